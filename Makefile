@@ -1,0 +1,66 @@
+# EdgeGLM — every target sets up what it needs, idempotently, on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+TRAIN_VENV := .venv-train
+BIN := $(VENV)/bin
+# pip prints one warning per missing local index folder of this machine's pip.conf; they are noise.
+PIP_FILTER := grep -v "is ignored: it is neither a file nor a directory" || true
+PIP := --disable-pip-version-check --quiet
+# Ultralytics must never reach the network nor write under $HOME.
+TRAIN_ENV := YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 YOLO_CONFIG_DIR=$(CURDIR)/.yolo OMP_WAIT_POLICY=PASSIVE PYTHONPATH=$(CURDIR)
+
+.PHONY: help setup demo test lint typecheck pytest bench protos train clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+# The runtime and test environment. torch==2.13.0 first: the CPU build on local disk, so that
+# nothing later asks pip for a multi-GB CUDA build.
+$(VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP) --upgrade pip 2>&1 | $(PIP_FILTER)
+	$(BIN)/pip install $(PIP) torch==2.13.0 2>&1 | $(PIP_FILTER)
+	$(BIN)/pip install $(PIP) -e '.[edge,cloud,sim,dev]' 2>&1 | $(PIP_FILTER)
+	$(BIN)/python -c "import torch, onnxruntime, grpc, cv2; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $@
+
+setup: $(VENV)/.ready ## create .venv with the runtime and test dependencies
+
+demo: $(VENV)/.ready ## generate a world sample and run the edge detector on it against ground truth
+	$(BIN)/edgeglm-sim demo --out .demo
+
+lint: $(VENV)/.ready
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.ready
+	$(BIN)/mypy
+
+pytest: $(VENV)/.ready
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest ## ruff, mypy and every test
+
+bench: $(VENV)/.ready ## benchmarks; results in bench/results/
+	$(BIN)/python -m bench.detector --out bench/results/detector.json
+
+protos: $(VENV)/.ready ## regenerate the Python modules from protos/*.proto
+	$(BIN)/python -m protos.generate
+
+# The training environment: ultralytics with torch 2.14.1 + torchvision 0.29.1 (local disk, CUDA
+# build that runs on the CPU), kept apart from .venv.
+$(TRAIN_VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install $(PIP) torch==2.14.1 torchvision==0.29.1 2>&1 | $(PIP_FILTER)
+	$(TRAIN_VENV)/bin/pip install $(PIP) -e '.[train]' 2>&1 | $(PIP_FILTER)
+	touch $@
+
+train: $(TRAIN_VENV)/.ready ## generate the world and train the edge and reference detectors (~1 h on 2 cores)
+	$(TRAIN_ENV) $(TRAIN_VENV)/bin/python -m sim.train.train --out sim/models
+
+clean: ## remove environments and caches (not the committed models)
+	rm -rf $(VENV) $(TRAIN_VENV) .yolo .demo .cache .mypy_cache .ruff_cache .pytest_cache
