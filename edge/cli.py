@@ -1,0 +1,80 @@
+"""`edgeglm-edge`: the edge agent's command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge.detect import Detector, DetectorConfig, DetectorError, ImageDecodeError, decode_image
+
+app = typer.Typer(
+    help=(
+        "EdgeGLM edge agent. Runs a YOLO detector (ONNX Runtime) on gateway cameras, acts on what it is "
+        "sure of and forwards only suspicious samples to the cloud. `detect` runs the detector on image "
+        "files, which is how to check a model on a gateway before deploying it."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level.")] = False,
+) -> None:
+    """Set up logging for every command."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def detect(
+    images: Annotated[list[Path], typer.Argument(help="JPEG or PNG files to run the detector on.")],
+    model: Annotated[Path, typer.Option(help="YOLO detection model exported to ONNX by ultralytics.")],
+    conf: Annotated[float, typer.Option(min=0.0, max=1.0, help="Minimum score of a detection.")] = 0.25,
+    iou: Annotated[float, typer.Option(min=0.0, max=1.0, help="IoU above which NMS drops a box.")] = 0.7,
+    provider: Annotated[
+        list[str] | None, typer.Option(help="Execution providers in preference order: cuda, openvino, cpu.")
+    ] = None,
+) -> None:
+    """Print one JSON line of detections per image; unreadable images are reported and skipped."""
+    providers = provider or ["cpu"]
+    try:
+        detector = Detector(
+            DetectorConfig.model_validate(
+                {"model_path": model, "conf_threshold": conf, "iou_threshold": iou, "providers": providers}
+            )
+        )
+    except DetectorError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    failed = 0
+    for path in images:
+        try:
+            frame = decode_image(path.read_bytes(), str(path))
+            found = detector.detect(frame)
+        except (OSError, ImageDecodeError, DetectorError) as err:
+            failed += 1
+            typer.echo(f"error: {err}", err=True)
+            continue
+        record = {
+            "image": str(path),
+            "detections": [
+                {
+                    "label": d.label,
+                    "class_id": d.class_id,
+                    "score": round(d.score, 4),
+                    "box": [round(v, 1) for v in d.box],
+                }
+                for d in found
+            ],
+        }
+        sys.stdout.write(json.dumps(record) + "\n")
+    if failed:
+        raise typer.Exit(1)

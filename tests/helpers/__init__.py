@@ -1,0 +1,1 @@
+"""Helpers shared by tests: small real ONNX models built with onnx.helper."""
