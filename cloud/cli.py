@@ -44,9 +44,7 @@ def decode(
 ) -> None:
     """Print a serialized EdgeGLM message as JSON (image bytes shown as base64)."""
     if kind not in MESSAGE_TYPES:
-        raise typer.BadParameter(
-            f"{kind!r} is not a message type (expected one of {', '.join(MESSAGE_TYPES)})"
-        )
+        raise typer.BadParameter(f"{kind!r} is not a message type (expected one of {', '.join(MESSAGE_TYPES)})")
     data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
     message = MESSAGE_TYPES[kind]()
     try:

@@ -50,9 +50,7 @@ def world(
     clips: Annotated[int, typer.Option(min=0, help="Camera clips to render.")] = 2,
     clip_seconds: Annotated[float, typer.Option(min=1.0, help="Length of each clip in seconds.")] = 60.0,
     fps: Annotated[float, typer.Option(min=0.5, max=60.0, help="Frames per second of the clips.")] = 5.0,
-    video: Annotated[
-        bool, typer.Option(help="Also write each clip as an MJPG .avi next to its frames.")
-    ] = False,
+    video: Annotated[bool, typer.Option(help="Also write each clip as an MJPG .avi next to its frames.")] = False,
 ) -> None:
     """Generate the world: a YOLO dataset (images/, labels/, meta/, data.yaml) and camera clips (clips/)."""
     spec = DatasetSpec(seed=seed, train=train, val=val, test=test)
@@ -76,13 +74,9 @@ def world(
 
 @app.command("eval-detector")
 def eval_detector(
-    model: Annotated[
-        Path, typer.Argument(help="An ultralytics-exported YOLO ONNX file.", exists=True, dir_okay=False)
-    ],
+    model: Annotated[Path, typer.Argument(help="An ultralytics-exported YOLO ONNX file.", exists=True, dir_okay=False)],
     split: Annotated[str, typer.Option(help="Dataset split to score: train, val or test.")] = "test",
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the metrics as JSON to this file.")
-    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON to this file.")] = None,
     data: Annotated[
         Path | None,
         typer.Option(help="Dataset folder from `world`; default: generate from --seed into a cache."),
@@ -113,11 +107,8 @@ def eval_detector(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the generated sample and the results.")] = Path(
-        ".demo"
-    ),
-    model: Annotated[Path, typer.Option(help="Edge detector ONNX.", dir_okay=False)] = MODELS_DIR
-    / "edge.onnx",
+    out: Annotated[Path, typer.Option(help="Folder for the generated sample and the results.")] = Path(".demo"),
+    model: Annotated[Path, typer.Option(help="Edge detector ONNX.", dir_okay=False)] = MODELS_DIR / "edge.onnx",
     images: Annotated[int, typer.Option(min=1, max=500, help="How many fresh scenes to generate.")] = 24,
     seed: Annotated[int, typer.Option(help="Seed of the fresh sample (not the training seed).")] = 2026,
 ) -> None:

@@ -20,9 +20,7 @@ from sim.world.photos import CLASSES
 MATCH_IOU = 0.5
 
 
-def match(
-    found: list[Detection], truth: list[tuple[int, tuple[float, float, float, float]]]
-) -> tuple[int, int, int]:
+def match(found: list[Detection], truth: list[tuple[int, tuple[float, float, float, float]]]) -> tuple[int, int, int]:
     """(true positives, false positives, misses) at IoU 0.5 with the class required to agree."""
     if not found or not truth:
         return 0, len(found), len(truth)
@@ -53,9 +51,7 @@ def run_demo(out: Path, model: Path, images: int, seed: int, console: Console) -
     console.print(f"edge detector {model.name}: input {detector.input_size}, provider {detector.provider}")
     meta = {
         m["image"]: m
-        for m in (
-            json.loads(line) for line in (out / "world" / "meta" / "test.jsonl").read_text().splitlines()
-        )
+        for m in (json.loads(line) for line in (out / "world" / "meta" / "test.jsonl").read_text().splitlines())
     }
     table = Table(title=f"edge detector on {images} fresh scenes (IoU ≥ {MATCH_IOU}, conf ≥ 0.25)")
     for column in ("image", "truth", "found", "tp", "fp", "miss", "hard cases"):
@@ -96,9 +92,7 @@ def run_demo(out: Path, model: Path, images: int, seed: int, console: Console) -
     (out / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
-def draw(
-    frame: np.ndarray, found: list[Detection], truth: list[tuple[int, tuple[float, float, float, float]]]
-) -> None:
+def draw(frame: np.ndarray, found: list[Detection], truth: list[tuple[int, tuple[float, float, float, float]]]) -> None:
     """Truth in green, detections in red with label and score."""
     for _, box in truth:
         x1, y1, x2, y2 = (int(v) for v in box)

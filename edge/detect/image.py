@@ -45,9 +45,7 @@ def _check_complete(data: bytes, source: str) -> None:
     if data.startswith(_JPEG_START):
         # Some cameras pad files with zero bytes after the end-of-image marker.
         if not data.rstrip(b"\x00").endswith(_JPEG_END):
-            raise ImageDecodeError(
-                f"{source}: JPEG is truncated ({len(data)} bytes, no end-of-image marker FFD9)"
-            )
+            raise ImageDecodeError(f"{source}: JPEG is truncated ({len(data)} bytes, no end-of-image marker FFD9)")
     elif data.startswith(_PNG_START) and not data.endswith(_PNG_END):
         raise ImageDecodeError(f"{source}: PNG is truncated ({len(data)} bytes, no IEND chunk)")
 
@@ -67,8 +65,6 @@ def as_bgr_frame(frame: object, name: str) -> NDArray[np.uint8]:
     if channels == 1:
         return np.asarray(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
     if channels != 3:
-        raise DetectorError(
-            f"{name}: expected 3 channels (BGR) or 1 (grey), got {channels} in shape {frame.shape}"
-        )
+        raise DetectorError(f"{name}: expected 3 channels (BGR) or 1 (grey), got {channels} in shape {frame.shape}")
     # OpenCV refuses some non-contiguous views (e.g. frame[:, ::-1]); this copies only then.
     return np.ascontiguousarray(frame)

@@ -83,9 +83,7 @@ def _gains(params: Letterbox, frame_hw: tuple[int, int]) -> tuple[float, float]:
     return params.resized_wh[0] / frame_hw[1], params.resized_wh[1] / frame_hw[0]
 
 
-def boxes_to_frame(
-    boxes: NDArray[np.float32], params: Letterbox, frame_hw: tuple[int, int]
-) -> NDArray[np.float32]:
+def boxes_to_frame(boxes: NDArray[np.float32], params: Letterbox, frame_hw: tuple[int, int]) -> NDArray[np.float32]:
     """Map xyxy boxes from model-input pixels back to the original frame, clipped to it."""
     gain_x, gain_y = _gains(params, frame_hw)
     mapped = np.array(boxes, dtype=np.float32, copy=True).reshape(-1, 4)
@@ -96,9 +94,7 @@ def boxes_to_frame(
     return mapped
 
 
-def boxes_to_input(
-    boxes: NDArray[np.float32], params: Letterbox, frame_hw: tuple[int, int]
-) -> NDArray[np.float32]:
+def boxes_to_input(boxes: NDArray[np.float32], params: Letterbox, frame_hw: tuple[int, int]) -> NDArray[np.float32]:
     """Map xyxy boxes from the original frame into model-input pixels (inverse of ``boxes_to_frame``)."""
     gain_x, gain_y = _gains(params, frame_hw)
     mapped = np.array(boxes, dtype=np.float32, copy=True).reshape(-1, 4)

@@ -40,9 +40,7 @@ def _literal(metadata: Mapping[str, str], key: str, model: str) -> object:
     try:
         return ast.literal_eval(metadata[key])
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
-        raise DetectorError(
-            f"{model}: metadata {key!r} is not a Python literal: {metadata[key][:80]!r}"
-        ) from exc
+        raise DetectorError(f"{model}: metadata {key!r} is not a Python literal: {metadata[key][:80]!r}") from exc
 
 
 def read_names(metadata: Mapping[str, str], model: str) -> dict[int, str]:
@@ -56,9 +54,7 @@ def read_names(metadata: Mapping[str, str], model: str) -> dict[int, str]:
     if isinstance(value, list):
         value = dict(enumerate(value))
     if not isinstance(value, dict) or not value or not all(isinstance(k, int) for k in value):
-        raise DetectorError(
-            f"{model}: metadata 'names' should map class ids to names, got {metadata['names'][:80]!r}"
-        )
+        raise DetectorError(f"{model}: metadata 'names' should map class ids to names, got {metadata['names'][:80]!r}")
     return {int(class_id): str(name) for class_id, name in value.items()}
 
 
@@ -89,9 +85,7 @@ def read_input(
             f"{model}: input {name!r} has shape {format_shape(shape)}; expected [batch, 3, height, width]"
         )
     if element_type not in _INPUT_TYPES:
-        raise DetectorError(
-            f"{model}: input {name!r} is {element_type}; expected tensor(float) or tensor(float16)"
-        )
+        raise DetectorError(f"{model}: input {name!r} is {element_type}; expected tensor(float) or tensor(float16)")
     batch, _, height, width = shape
     if isinstance(height, int) and isinstance(width, int):
         size_hw = (height, width)

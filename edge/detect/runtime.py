@@ -141,9 +141,7 @@ class Detector:
         try:
             (output,) = self._session.run([self._output_name], {self._input.name: feed})
         except Exception as exc:  # ORT's exceptions share no base class below Exception
-            raise DetectorError(
-                f"{self._model}: inference failed on input {list(tensor.shape)}: {exc}"
-            ) from exc
+            raise DetectorError(f"{self._model}: inference failed on input {list(tensor.shape)}: {exc}") from exc
         return np.asarray(output, dtype=np.float32)
 
     def postprocess(

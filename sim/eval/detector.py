@@ -6,6 +6,7 @@ low confidence threshold (0.001) used for mAP as ultralytics' validator does.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,13 +64,37 @@ def read_image(path: Path) -> NDArray[np.uint8]:
     return np.asarray(frame, dtype=np.uint8)
 
 
+# Image subsets scored apart: hard vs easy, then each kind of hard case on its own.
+SUBSETS: tuple[str, ...] = ("hard", "easy", "small", "occluded", "dark", "blur", "noise", "jpeg")
+
+
+def rounded(value: float) -> float | None:
+    """Four decimals, or None (JSON null) for an undefined score such as an empty subset."""
+    return None if math.isnan(value) else round(value, 4)
+
+
+def subsets_of(meta: dict[str, object]) -> list[str]:
+    """The subsets one image belongs to, from its metadata line."""
+    names = ["hard" if meta.get("hard") else "easy"]
+    objects = meta.get("objects", [])
+    assert isinstance(objects, list)
+    names += [tag for tag in ("small", "occluded") if any(o.get(tag) for o in objects)]
+    conditions = meta.get("conditions", [])
+    assert isinstance(conditions, list)
+    return names + [str(c) for c in conditions]
+
+
 @dataclass
 class EvalResult:
     """Everything `eval-detector` writes."""
 
     overall: DetectionEvaluator
-    hard: DetectionEvaluator
-    easy: DetectionEvaluator
+    subsets: dict[str, DetectionEvaluator]
+
+    @property
+    def hard(self) -> DetectionEvaluator:
+        """Images with a small, occluded, dark or blurred case."""
+        return self.subsets["hard"]
 
     def as_json(self, model: Path, split: str, dataset: Path) -> dict[str, object]:
         """The JSON report: overall mAP, per class, and the hard/easy subsets."""
@@ -80,16 +105,16 @@ class EvalResult:
             if c.instances > 0
         }
         subsets = {}
-        for name, evaluator in (("hard", self.hard), ("easy", self.easy)):
+        for name, evaluator in self.subsets.items():
             s50, s50_95 = evaluator.summary()
-            subsets[name] = {"map50": round(s50, 4), "map50_95": round(s50_95, 4), "images": evaluator.images}
+            subsets[name] = {"map50": rounded(s50), "map50_95": rounded(s50_95), "images": evaluator.images}
         return {
             "model": str(model),
             "split": split,
             "dataset": str(dataset),
             "images": self.overall.images,
-            "map50": round(map50, 4),
-            "map50_95": round(map50_95, 4),
+            "map50": rounded(map50),
+            "map50_95": rounded(map50_95),
             "per_class": per_class,
             "subsets": subsets,
         }
@@ -107,9 +132,9 @@ def evaluate(
     detector = Detector(
         DetectorConfig(model_path=model, conf_threshold=EVAL_CONF_THRESHOLD, iou_threshold=EVAL_IOU_THRESHOLD)
     )
-    meta = {str(m["image"]): bool(m["hard"]) for m in read_metadata(dataset, split)}
+    meta = {str(m["image"]): subsets_of(m) for m in read_metadata(dataset, split)}
     images = sorted((dataset / "images" / split).glob("*.jpg"))[:limit]
-    result = EvalResult(*(DetectionEvaluator(len(CLASSES)) for _ in range(3)))
+    result = EvalResult(DetectionEvaluator(len(CLASSES)), {name: DetectionEvaluator(len(CLASSES)) for name in SUBSETS})
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
         frames = [read_image(path) for path in chunk]
@@ -118,7 +143,8 @@ def evaluate(
             truths = read_labels(dataset / "labels" / split / f"{path.stem}.txt", width, height)
             preds = [Box(d.class_id, *d.box, score=d.score) for d in found]
             result.overall.add(preds, truths)
-            (result.hard if meta.get(path.stem, False) else result.easy).add(preds, truths)
+            for name in meta.get(path.stem, []):
+                result.subsets[name].add(preds, truths)
         if progress is not None:
             progress(len(chunk))
     return result

@@ -100,9 +100,7 @@ class DetectionEvaluator:
             matched = np.concatenate(self._matches[cls])[order]
             results.append(
                 ClassAP(
-                    np.array(
-                        [average_precision(matched[:, t], instances) for t in range(len(IOU_THRESHOLDS))]
-                    ),
+                    np.array([average_precision(matched[:, t], instances) for t in range(len(IOU_THRESHOLDS))]),
                     instances,
                 )
             )

@@ -174,9 +174,7 @@ def record_fixture(model_path: Path, dataset: Path, imgsz: int) -> None:
     records = []
     for image in images:
         shutil.copyfile(image, FIXTURE_DIR / image.name)
-        result = model.predict(
-            str(image), imgsz=imgsz, conf=0.25, iou=0.7, rect=False, device="cpu", verbose=False
-        )[0]
+        result = model.predict(str(image), imgsz=imgsz, conf=0.25, iou=0.7, rect=False, device="cpu", verbose=False)[0]
         boxes = result.boxes
         records.append(
             {
@@ -209,9 +207,7 @@ def record_fixture(model_path: Path, dataset: Path, imgsz: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `make train`."""
-    parser = argparse.ArgumentParser(
-        description="Train the EdgeGLM world detectors (ultralytics, CPU, offline)."
-    )
+    parser = argparse.ArgumentParser(description="Train the EdgeGLM world detectors (ultralytics, CPU, offline).")
     parser.add_argument("--out", type=Path, default=REPO / "sim" / "models", help="where the ONNX files go")
     parser.add_argument("--data", type=Path, default=REPO / ".cache" / "world-train", help="dataset folder")
     parser.add_argument("--seed", type=int, default=0, help="world generator and training seed")

@@ -102,15 +102,11 @@ def schedule_tracks(spec: ClipSpec, rng: np.random.Generator) -> list[Track]:
         frames = max(2, round(crossing_seconds * spec.fps))
         dy = float(rng.uniform(-0.1, 0.1)) * spec.height / frames
         placement = Placement(x0, base.y, base.width, base.height, not from_left, base.gain_bgr)
-        tracks.append(
-            Track(len(tracks), label, source, start, start + frames, placement, ((x1 - x0) / frames, dy))
-        )
+        tracks.append(Track(len(tracks), label, source, start, start + frames, placement, ((x1 - x0) / frames, dy)))
         t += crossing_seconds * float(rng.uniform(0.3, 1.0))
 
 
-def write_clip(
-    spec: ClipSpec, out: Path, video: bool = False, progress: Callable[[int], None] | None = None
-) -> Path:
+def write_clip(spec: ClipSpec, out: Path, video: bool = False, progress: Callable[[int], None] | None = None) -> Path:
     """Render the clip into `out` (created); returns the folder."""
     rng = np.random.default_rng([spec.seed, 1000 + spec.camera])
     background = render_background(rng, spec.width, spec.height).astype(np.float32)

@@ -118,9 +118,7 @@ def render_background(rng: np.random.Generator, width: int, height: int) -> Imag
     return np.asarray(np.clip(frame.astype(np.float32) * gain, 0, 255), dtype=np.uint8)
 
 
-def paste(
-    canvas: Image, source: SpriteSource, placement: Placement
-) -> tuple[float, float, float, float] | None:
+def paste(canvas: Image, source: SpriteSource, placement: Placement) -> tuple[float, float, float, float] | None:
     """Alpha-blend a sprite into `canvas` in place; returns the visible box or None if off-frame."""
     pixels, alpha = sprite_image(source)
     width = max(2, round(placement.width))

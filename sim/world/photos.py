@@ -118,8 +118,7 @@ def _read_raw(package: str, name: str) -> NDArray[np.uint8]:
     path = package_data_dir(package) / name
     if not path.is_file():
         raise PhotoMissingError(
-            f"{path}: sample photo not found; reinstall {package} "
-            "(the world needs the photos its wheel ships)"
+            f"{path}: sample photo not found; reinstall {package} (the world needs the photos its wheel ships)"
         )
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:

@@ -77,9 +77,7 @@ def test_to_tensor_is_rgb_nchw_float_in_unit_range():
 def test_boxes_round_trip_between_frame_and_input(frame_hw):
     height, width = frame_hw
     params = letterbox_params(frame_hw, INPUT_HW)
-    boxes = np.array(
-        [[0, 0, width, height], [width * 0.1, height * 0.2, width * 0.7, height * 0.9]], dtype=np.float32
-    )
+    boxes = np.array([[0, 0, width, height], [width * 0.1, height * 0.2, width * 0.7, height * 0.9]], dtype=np.float32)
 
     in_input = boxes_to_input(boxes, params, frame_hw)
     back = boxes_to_frame(in_input, params, frame_hw)

@@ -75,9 +75,7 @@ def _full_policy() -> policy_pb2.Policy:
         scope=policy_pb2.POLICY_SCOPE_SITE,
         scope_id="site-harbour",
         issued_at=CAPTURED_AT,
-        gate=policy_pb2.GateSettings(
-            pixel_diff_threshold=25, changed_area_fraction=0.002, downscale_width=320
-        ),
+        gate=policy_pb2.GateSettings(pixel_diff_threshold=25, changed_area_fraction=0.002, downscale_width=320),
         mining=policy_pb2.MiningSettings(
             uncertainty_band_enabled=True,
             uncertainty_bands=[
@@ -219,9 +217,7 @@ def test_edge_messages_survive_roundtrip_and_keep_their_kind() -> None:
 
 def test_cloud_messages_survive_roundtrip_and_keep_their_kind() -> None:
     messages = {
-        "ack": session_pb2.CloudMessage(
-            ack=session_pb2.Ack(sample_id="0b7e6c1e", accepted=True, duplicate=True)
-        ),
+        "ack": session_pb2.CloudMessage(ack=session_pb2.Ack(sample_id="0b7e6c1e", accepted=True, duplicate=True)),
         "verdict": session_pb2.CloudMessage(verdict=_full_verdict()),
         "policy": session_pb2.CloudMessage(policy=_signed_policy()),
         "error": session_pb2.CloudMessage(
