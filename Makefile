@@ -59,8 +59,9 @@ $(TRAIN_VENV)/.ready: pyproject.toml
 	$(TRAIN_VENV)/bin/pip install $(PIP) -e '.[train]' 2>&1 | $(PIP_FILTER)
 	touch $@
 
-train: $(TRAIN_VENV)/.ready ## generate the world and train the edge and reference detectors (~1 h on 2 cores)
+train: $(TRAIN_VENV)/.ready $(VENV)/.ready ## regenerate the world, retrain both detectors (~1 h on 2 cores), rewrite the report
 	$(TRAIN_ENV) $(TRAIN_VENV)/bin/python -m sim.train.train --out sim/models
+	$(BIN)/python -m sim.train.report --models sim/models --data .cache/world-train
 
 clean: ## remove environments and caches (not the committed models)
 	rm -rf $(VENV) $(TRAIN_VENV) .yolo .demo .cache .mypy_cache .ruff_cache .pytest_cache

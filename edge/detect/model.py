@@ -87,10 +87,7 @@ def read_input(
     if element_type not in _INPUT_TYPES:
         raise DetectorError(f"{model}: input {name!r} is {element_type}; expected tensor(float) or tensor(float16)")
     batch, _, height, width = shape
-    if isinstance(height, int) and isinstance(width, int):
-        size_hw = (height, width)
-    else:
-        size_hw = _imgsz(metadata, model)
+    size_hw = (height, width) if isinstance(height, int) and isinstance(width, int) else _imgsz(metadata, model)
     return ModelInput(
         name=name,
         size_hw=size_hw,

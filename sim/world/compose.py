@@ -180,10 +180,7 @@ def random_placement(
     """A size, position and look for a sprite; small objects are 10 to 36 px tall."""
     sx1, sy1, sx2, sy2 = source.box
     aspect = (sx2 - sx1) / (sy2 - sy1) * float(rng.uniform(0.9, 1.1))
-    if small:
-        height = float(rng.uniform(12, SMALL_OBJECT_MAX_HEIGHT))
-    else:
-        height = float(rng.uniform(48, frame_h * 0.5))
+    height = float(rng.uniform(12, SMALL_OBJECT_MAX_HEIGHT)) if small else float(rng.uniform(48, frame_h * 0.5))
     width = height * aspect
     x = float(rng.uniform(-0.15 * width, frame_w - 0.85 * width))
     y = float(rng.uniform(-0.1 * height, frame_h - 0.9 * height))
