@@ -228,6 +228,7 @@ class Sample(_message.Message):
     MINED_REASON_DETAIL_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    FRAME_SEQ_FIELD_NUMBER: _builtins.int
     sample_id: _builtins.str
     """Idempotency key, unique per sample (e.g. a UUID); the cloud deduplicates on it."""
     edge_id: _builtins.str
@@ -248,6 +249,10 @@ class Sample(_message.Message):
     """Send order in the outbox and uplink: higher goes first (more uncertain, more urgent)."""
     trace_id: _builtins.str
     """Correlates logs and metrics of this sample across edge and cloud (W3C trace id, hex)."""
+    frame_seq: _builtins.int
+    """Sequence number of the frame within its camera's stream, counted from 0 when the source
+    opened; with camera_id it names the frame (the simulation's oracle looks ground truth up by it).
+    """
     @_builtins.property
     def captured_at(self) -> _timestamp_pb2.Timestamp:
         """When the frame was captured, by the edge's clock."""
@@ -276,10 +281,11 @@ class Sample(_message.Message):
         mined_reason_detail: _builtins.str = ...,
         priority: _builtins.float = ...,
         trace_id: _builtins.str = ...,
+        frame_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "image", b"image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["camera_id", b"camera_id", "captured_at", b"captured_at", "detections", b"detections", "edge_id", b"edge_id", "edge_model_name", b"edge_model_name", "edge_model_version", b"edge_model_version", "image", b"image", "mined_reason", b"mined_reason", "mined_reason_detail", b"mined_reason_detail", "policy_version", b"policy_version", "priority", b"priority", "sample_id", b"sample_id", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["camera_id", b"camera_id", "captured_at", b"captured_at", "detections", b"detections", "edge_id", b"edge_id", "edge_model_name", b"edge_model_name", "edge_model_version", b"edge_model_version", "frame_seq", b"frame_seq", "image", b"image", "mined_reason", b"mined_reason", "mined_reason_detail", b"mined_reason_detail", "policy_version", b"policy_version", "priority", b"priority", "sample_id", b"sample_id", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -49,14 +49,14 @@ def empty_boxes() -> Boxes:
 def decode_v8(pred: NDArray[np.float32], conf_threshold: float, iou_threshold: float, max_det: int) -> Boxes:
     """Decode one image's ``[4 + nc, N]`` output: best class per candidate, threshold, class-aware NMS."""
     class_scores = pred[4:]
-    class_ids = class_scores.argmax(axis=0)
-    scores = np.take_along_axis(class_scores, class_ids[None, :], axis=0)[0]
+    # The best score of every candidate, but the class (argmax) only of the few kept ones.
+    scores = class_scores.max(axis=0)
     keep = scores >= conf_threshold
     if not keep.any():
         return empty_boxes()
     centre_wh = pred[:4, keep].T.astype(np.float32)
     scores = scores[keep].astype(np.float32)
-    class_ids = class_ids[keep].astype(np.int64)
+    class_ids = class_scores[:, keep].argmax(axis=0).astype(np.int64)
 
     xyxy = np.empty_like(centre_wh)
     xyxy[:, :2] = centre_wh[:, :2] - centre_wh[:, 2:] / 2

@@ -16,6 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 PAD_VALUE = 114  # ultralytics' grey border
+_SCALE = np.float32(255.0)
+_PAD_LEVEL = np.float32(PAD_VALUE) / _SCALE  # the border as the float tensor holds it
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,31 @@ def to_tensor(images: Sequence[NDArray[np.uint8]]) -> NDArray[np.float32]:
     tensor = np.ascontiguousarray(batch[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)
     tensor /= 255.0
     return tensor
+
+
+def letterbox_into(frame: NDArray[np.uint8], out: NDArray[np.float32]) -> Letterbox:
+    """Letterbox a BGR frame straight into one ``[3, H, W]`` image of the model's tensor.
+
+    The values are those of ``to_tensor([letterbox(frame, (H, W))[0]])[0]`` (RGB, divided by 255 in
+    float32), but the padded uint8 image, the stack and the strided transpose copy are skipped: each
+    resized plane is divided into the inside of ``out`` and only the border bands are filled with grey.
+    """
+    input_hw = (out.shape[1], out.shape[2])
+    params = letterbox_params((frame.shape[0], frame.shape[1]), input_hw)
+    resized = frame
+    if (frame.shape[1], frame.shape[0]) != params.resized_wh:
+        resized = np.asarray(cv2.resize(frame, params.resized_wh, interpolation=cv2.INTER_LINEAR), np.uint8)
+    width, height = params.resized_wh
+    top, left = params.pad_top, params.pad_left
+    out[:, :top] = _PAD_LEVEL
+    out[:, top + height :] = _PAD_LEVEL
+    out[:, top : top + height, :left] = _PAD_LEVEL
+    out[:, top : top + height, left + width :] = _PAD_LEVEL
+    inside = out[:, top : top + height, left : left + width]
+    # cv2.split gives contiguous planes, which numpy converts and divides far faster than strided ones.
+    for channel, plane in enumerate(reversed(cv2.split(resized))):  # BGR planes -> RGB channels
+        np.divide(plane, _SCALE, out=inside[channel])
+    return params
 
 
 def _gains(params: Letterbox, frame_hw: tuple[int, int]) -> tuple[float, float]:

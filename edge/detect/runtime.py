@@ -19,7 +19,7 @@ from edge.detect.config import DetectorConfig
 from edge.detect.decode import Boxes, Detection, decode_e2e, decode_v8, to_detections
 from edge.detect.errors import DetectorError
 from edge.detect.image import as_bgr_frame
-from edge.detect.letterbox import Letterbox, boxes_to_frame, letterbox, to_tensor
+from edge.detect.letterbox import Letterbox, boxes_to_frame, letterbox_into
 from edge.detect.model import (
     Layout,
     ModelInput,
@@ -103,13 +103,13 @@ class Detector:
         """Letterbox BGR frames into one NCHW float32 tensor; the params map boxes back."""
         if not frames:
             raise DetectorError(f"{self._model}: preprocess needs at least one frame")
-        images: list[NDArray[np.uint8]] = []
-        params: list[Letterbox] = []
-        for index, frame in enumerate(frames):
-            image, box = letterbox(as_bgr_frame(frame, f"frames[{index}]"), self._input.size_hw)
-            images.append(image)
-            params.append(box)
-        return to_tensor(images), params
+        # Each frame is letterboxed straight into its slot of the batch tensor: no intermediate
+        # padded image, stack or transpose copy (the same values as letterbox + to_tensor).
+        tensor = np.empty((len(frames), 3, *self._input.size_hw), dtype=np.float32)
+        params = [
+            letterbox_into(as_bgr_frame(frame, f"frames[{index}]"), tensor[index]) for index, frame in enumerate(frames)
+        ]
+        return tensor, params
 
     def run(self, tensor: NDArray[np.float32]) -> NDArray[np.float32]:
         """Raw model output for an NCHW tensor from ``preprocess``, one row per image.

@@ -1,0 +1,75 @@
+"""Prometheus metrics of one edge agent, on a registry of its own.
+
+A registry per agent (not the process-global one) lets tests run several agents in one process and
+lets /metrics show exactly this agent. Every component receives the `EdgeMetrics` it reports to.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class EdgeMetrics:
+    """All counters, gauges and histograms of the edge agent."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.frames_read = Counter("edgeglm_edge_frames_read", "Frames read from cameras.", ["camera"], registry=r)
+        self.frames_dropped = Counter(
+            "edgeglm_edge_frames_dropped",
+            "Frames dropped before detection (queue_full: inference lagged; fps_cap: above the camera's cap).",
+            ["camera", "reason"],
+            registry=r,
+        )
+        self.bad_frames = Counter(
+            "edgeglm_edge_bad_frames", "Frames that could not be decoded or were malformed.", ["camera"], registry=r
+        )
+        self.camera_reconnects = Counter(
+            "edgeglm_edge_camera_reconnects", "Camera reconnect attempts by the watchdog.", ["camera"], registry=r
+        )
+        self.camera_up = Gauge("edgeglm_edge_camera_up", "1 while the camera delivers frames.", ["camera"], registry=r)
+        self.frames_gated = Counter(
+            "edgeglm_edge_frames_gated", "Frames skipped by the gate (nothing changed).", ["camera"], registry=r
+        )
+        self.frames_detected = Counter(
+            "edgeglm_edge_frames_detected", "Frames the detector ran on.", ["camera"], registry=r
+        )
+        self.detect_seconds = Histogram(
+            "edgeglm_edge_detect_seconds",
+            "Detector time per batch (preprocess, inference, decode).",
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+            registry=r,
+        )
+        self.mined = Counter("edgeglm_edge_mined", "Frames judged suspicious, by reason.", ["reason"], registry=r)
+        self.local_events = Counter(
+            "edgeglm_edge_local_events", "Confident detections acted on locally.", ["label"], registry=r
+        )
+        self.decisions_without_cloud = Counter(
+            "edgeglm_edge_decisions_without_cloud",
+            "Frames decided while the cloud was unreachable (the edge result was used alone).",
+            registry=r,
+        )
+        self.samples_sent = Counter("edgeglm_edge_samples_sent", "Samples sent to the cloud.", registry=r)
+        self.samples_dropped = Counter(
+            "edgeglm_edge_samples_dropped", "Samples dropped before sending, by reason.", ["reason"], registry=r
+        )
+        self.uplink_bytes = Counter("edgeglm_edge_uplink_bytes", "Bytes of samples sent to the cloud.", registry=r)
+        self.acks = Counter("edgeglm_edge_acks", "Acks received, by outcome.", ["outcome"], registry=r)
+        self.verdicts = Counter("edgeglm_edge_verdicts", "Verdicts received, by decision.", ["decision"], registry=r)
+        self.verdict_latency = Histogram(
+            "edgeglm_edge_verdict_latency_seconds",
+            "From frame capture to the verdict's arrival.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+            registry=r,
+        )
+        self.policy_version = Gauge("edgeglm_edge_policy_version", "Version of the policy in force.", registry=r)
+        self.policies_applied = Counter("edgeglm_edge_policies_applied", "Policies applied.", registry=r)
+        self.policies_rejected = Counter(
+            "edgeglm_edge_policies_rejected",
+            "Policies refused, by reason (signature, stale, invalid).",
+            ["reason"],
+            registry=r,
+        )
+        self.uplink_connected = Gauge("edgeglm_edge_uplink_connected", "1 while the cloud session is up.", registry=r)
+        self.uplink_reconnects = Counter("edgeglm_edge_uplink_reconnects", "Cloud session (re)connects.", registry=r)
