@@ -261,11 +261,11 @@ def main(
     """Measure, write the JSON report and print a table."""
     if not model.is_file():
         hint = (
-            "run `make train` to train and export it (about an hour on 2 cores)"
+            "run `make train` to train and export it (about an hour on 2 cores), or pass --model PATH"
             if model == DEFAULT_MODEL
             else "check the --model path"
         )
-        console.print(f"{model}: model file not found; {hint}, or pass --model PATH to another YOLO ONNX")
+        console.print(f"{model}: model file not found; {hint}")
         raise typer.Exit(code=2)
     console.print(f"rendering {frames} camera frames...")
     images = camera_frames(frames)

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from edge.config import ConfigError, EdgeConfig, load_config
 from edge.detect import Detector, DetectorConfig, DetectorError, ImageDecodeError, decode_image
+
+logger = logging.getLogger("edge")
 
 app = typer.Typer(
     help=(
         "EdgeGLM edge agent. Runs a YOLO detector (ONNX Runtime) on gateway cameras, acts on what it is "
-        "sure of and forwards only suspicious samples to the cloud. `detect` runs the detector on image "
-        "files, which is how to check a model on a gateway before deploying it."
+        "sure of and forwards only suspicious samples to the cloud. `run` starts the agent daemon, "
+        "`check-config` validates edge.yaml, `detect` runs the detector on image files (to check a model on "
+        "a gateway before deploying it)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -76,3 +83,52 @@ def detect(
         sys.stdout.write(json.dumps(record) + "\n")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("check-config")
+def check_config(
+    path: Annotated[Path, typer.Argument(help="The agent's YAML config (see deploy/edge.example.yaml).")],
+) -> None:
+    """Validate edge.yaml: print every error with its YAML path and exit 1, or print ok."""
+    try:
+        config = load_config(path)
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"{path}: ok (edge {config.edge_id}, {len(config.cameras)} cameras, uplink {config.uplink.target})")
+
+
+@app.command()
+def run(
+    config_path: Annotated[Path, typer.Option("--config", "-c", help="The agent's YAML config.")],
+) -> None:
+    """Run the edge agent until SIGTERM/SIGINT (a second signal exits at once)."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from err
+    try:
+        asyncio.run(_run_agent(config))
+    except DetectorError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+
+
+async def _run_agent(config: EdgeConfig) -> None:
+    from edge.agent import EdgeAgent
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            logger.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+        logger.info("%s: draining (send it again to exit at once)", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    agent = EdgeAgent(config)
+    await agent.run(stop)

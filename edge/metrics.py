@@ -67,7 +67,7 @@ class EdgeMetrics:
         self.policies_applied = Counter("edgeglm_edge_policies_applied", "Policies applied.", registry=r)
         self.policies_rejected = Counter(
             "edgeglm_edge_policies_rejected",
-            "Policies refused, by reason (signature, stale, invalid).",
+            "Policies refused, by reason (signature, invalid, scope, stale).",
             ["reason"],
             registry=r,
         )

@@ -23,7 +23,7 @@ class GatePolicy(_Strict):
         18, ge=1, le=255, description="Grey-level change (0-255) above which a pixel counts as changed."
     )
     changed_area_fraction: float = Field(
-        0.002, ge=0.0, le=1.0, description="Share of changed pixels above which the frame counts as changed."
+        0.0003, ge=0.0, le=1.0, description="Share of changed pixels above which the frame counts as changed."
     )
     downscale_width: int = Field(160, ge=16, le=1920, description="Width the frame is shrunk to before differencing.")
 

@@ -1,0 +1,5 @@
+"""`python -m edge` runs the edge command line."""
+
+from edge.cli import app
+
+app()

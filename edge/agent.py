@@ -1,0 +1,333 @@
+"""The edge agent: cameras -> gate -> detect -> mine -> local events or samples up; verdicts and policies down.
+
+Everything runs on one asyncio loop; OpenCV reads run in each camera's own thread, the detector in
+one dedicated inference thread, JPEG encoding and gating in the default executor. Detection never
+waits on the uplink: samples are handed over without blocking, and the edge's own decision stands
+whether or not the cloud answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from edge import convert
+from edge.config import EdgeConfig
+from edge.detect import Detection, Detector
+from edge.events import EventSink
+from edge.gate import FrameGate
+from edge.health import HealthServer
+from edge.metrics import EdgeMetrics
+from edge.mine import Miner, MiningContext, MiningDecision
+from edge.policy.settings import EdgePolicy
+from edge.policy.signing import load_public_key
+from edge.policy.store import PolicyStore
+from edge.sources import CameraSource, Frame
+from edge.status import StatusBuilder, counter_total
+from edge.uplink.grpc import GrpcUplink, UplinkHandlers
+from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
+
+logger = logging.getLogger(__name__)
+AGENT_VERSION = "0.1.0"
+
+
+@dataclass
+class PendingSample:
+    """What the agent remembers of a sample until its verdict arrives."""
+
+    camera_id: str
+    frame_seq: int
+    captured_at: float
+    labels: tuple[str, ...]
+
+
+class EdgeAgent:
+    """One gateway's agent. `run(stop)` until the stop event is set, then an ordered shutdown."""
+
+    def __init__(self, config: EdgeConfig, metrics: EdgeMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or EdgeMetrics()
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        public_key = load_public_key(config.policy.public_key) if config.policy.public_key else None
+        self.policies = PolicyStore(
+            config.state_dir,
+            public_key,
+            self.metrics,
+            edge_id=config.edge_id,
+            site_id=config.site_id,
+            default=config.policy.initial,
+        )
+        self.events = EventSink(
+            config.events.path or config.state_dir / "events.jsonl",
+            edge_id=config.edge_id,
+            metrics=self.metrics,
+            cooldown_s=config.events.cooldown_s,
+        )
+        self.sources = [CameraSource(camera, self.metrics) for camera in config.cameras]
+        self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect")
+        self._detect_queue: asyncio.Queue[tuple[Frame, bool]] = asyncio.Queue(config.pipeline.detect_queue_size)
+        self._pending: dict[str, PendingSample] = {}
+        self._detector: Detector | None = None
+        self._gates: dict[str, FrameGate] = {}
+        self._miner: Miner | None = None
+        self._last_progress = time.monotonic()
+        self._draining = False
+        self._verdict_latencies_ms: list[float] = []
+        self.status = StatusBuilder(config.edge_id, config.site_id, self.metrics)
+        self.uplink = GrpcUplink(
+            config.uplink,
+            UplinkHandlers(
+                hello=self._hello,
+                status=self._heartbeat,
+                on_ack=self._on_ack,
+                on_verdict=self._on_verdict,
+                on_policy=self._on_policy,
+            ),
+            self.metrics,
+        )
+        self.health = HealthServer(
+            config.health.host, config.health.port, self.metrics.registry, self._liveness, self._readiness
+        )
+
+    @property
+    def policy(self) -> EdgePolicy:
+        """The policy in force."""
+        return self.policies.current
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start everything, process frames until `stop` is set or every camera has ended, then shut down."""
+        loop = asyncio.get_running_loop()
+        self.policies.load()
+        self.health.start()
+        self._detector = await loop.run_in_executor(self._infer_pool, Detector, self.config.detector)
+        self._apply(self.policy)
+        self.policies.subscribe(self._apply)
+        await self.uplink.start()
+        for source in self.sources:
+            await source.start()
+        workers = [asyncio.create_task(self._camera_loop(s), name=f"camera-{s.config.id}") for s in self.sources]
+        detector_task = asyncio.create_task(self._detect_loop(), name="detect")
+        cameras_done = asyncio.create_task(self._all_ended(workers))
+        stop_waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait([cameras_done, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+        cameras_done.cancel()
+        await self._shutdown(workers, detector_task)
+        stop_waiter.cancel()
+
+    @staticmethod
+    async def _all_ended(workers: list[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*workers)
+
+    async def _shutdown(self, workers: list[asyncio.Task[None]], detector_task: asyncio.Task[None]) -> None:
+        """Stop sources, finish queued frames, wait for acks, close transports — within one deadline."""
+        self._draining = True
+        deadline = time.monotonic() + self.config.pipeline.drain_deadline_s
+        logger.info("shutting down: stopping %d cameras", len(self.sources))
+        for source in self.sources:
+            await source.stop()
+        for worker in workers:
+            worker.cancel()
+        try:
+            await asyncio.wait_for(self._detect_queue.join(), timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            logger.warning("shutdown deadline: %d frames left undetected", self._detect_queue.qsize())
+        detector_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await detector_task
+        if not await self.uplink.drain(deadline):
+            logger.warning("shutdown deadline: %d samples not acknowledged", self.uplink.pending)
+        await self.uplink.stop()
+        self.events.close()
+        self._write_summary()
+        self.health.stop()
+        self._infer_pool.shutdown(wait=True)
+        logger.info("agent stopped")
+
+    def _write_summary(self) -> None:
+        """What this run did, for people and for the simulation's report (state_dir/summary.json)."""
+        m = self.metrics
+        summary = {
+            "edge_id": self.config.edge_id,
+            "frames_read": counter_total(m.frames_read),
+            "frames_gated": counter_total(m.frames_gated),
+            "frames_detected": counter_total(m.frames_detected),
+            "frames_dropped": counter_total(m.frames_dropped),
+            "samples_mined": counter_total(m.mined),
+            "samples_sent": counter_total(m.samples_sent),
+            "uplink_bytes": counter_total(m.uplink_bytes),
+            "verdicts": counter_total(m.verdicts),
+            "samples_unacknowledged": self.uplink.pending,
+            "policy_version": self.policy.version,
+            "verdict_latency_ms": self._verdict_latencies_ms,
+        }
+        path = self.config.state_dir / "summary.json"
+        path.write_text(json.dumps(summary, indent=1) + "\n")
+
+    def _apply(self, policy: EdgePolicy) -> None:
+        """Hand a newly applied policy to the gate and the miner."""
+        for gate in self._gates.values():
+            gate.update_policy(policy.gate)
+        if self._miner is None:
+            self._miner = Miner(policy.mining)
+        else:
+            self._miner.update_policy(policy.mining)
+
+    async def _camera_loop(self, source: CameraSource) -> None:
+        """Frames of one camera through the gate into the detector queue (oldest dropped when full)."""
+        loop = asyncio.get_running_loop()
+        camera = source.config.id
+        gate = self._gates.setdefault(camera, FrameGate(self.policy.gate))
+        while True:
+            frame = await source.get()
+            if frame is None:
+                logger.info("camera %s ended", camera)
+                return
+            self._last_progress = time.monotonic()
+            result = await loop.run_in_executor(None, gate.check, frame.image)
+            if not result.changed:
+                self.metrics.frames_gated.labels(camera).inc()
+                continue
+            if self._detect_queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    dropped, _ = self._detect_queue.get_nowait()
+                    self._detect_queue.task_done()
+                    self.metrics.frames_dropped.labels(dropped.camera_id, "detect_queue_full").inc()
+            self._detect_queue.put_nowait((frame, True))
+
+    async def _detect_loop(self) -> None:
+        """Batch what is waiting (up to detect_batch_size, across cameras), detect, decide."""
+        loop = asyncio.get_running_loop()
+        assert self._detector is not None
+        detector = self._detector
+        while True:
+            batch = [await self._detect_queue.get()]
+            while len(batch) < self.config.pipeline.detect_batch_size and not self._detect_queue.empty():
+                batch.append(self._detect_queue.get_nowait())
+            images = [frame.image for frame, _ in batch]
+            started = time.perf_counter()
+            results = await loop.run_in_executor(self._infer_pool, detector.detect_batch, images)
+            self.metrics.detect_seconds.observe(time.perf_counter() - started)
+            for (frame, motion), detections in zip(batch, results, strict=True):
+                self.metrics.frames_detected.labels(frame.camera_id).inc()
+                await self._decide(frame, motion, detections)
+                self._detect_queue.task_done()
+
+    async def _decide(self, frame: Frame, motion: bool, detections: list[Detection]) -> None:
+        """Mine one frame: confident results become events, suspicious ones samples."""
+        assert self._miner is not None
+        decision = self._miner.decide(MiningContext(frame.camera_id, frame.seq, motion, detections))
+        policy_version = self.policy.version
+        if not self.uplink.connected:
+            self.metrics.decisions_without_cloud.inc()
+        for detection in decision.confident:
+            self.events.emit(frame.camera_id, detection, frame.seq, frame.captured_at, policy_version, source="edge")
+        if decision.kind == "suspicious" and decision.reason is not None:
+            self.metrics.mined.labels(decision.reason).inc()
+            await self._send(frame, detections, decision)
+
+    async def _send(self, frame: Frame, detections: list[Detection], decision: MiningDecision) -> None:
+        """Encode the frame (or crop) as the policy says and hand the sample to the uplink."""
+        loop = asyncio.get_running_loop()
+        uplink_policy = self.policy.uplink
+        jpeg, crop = await loop.run_in_executor(
+            None,
+            convert.encode_sample_image,
+            frame.image,
+            detections,
+            uplink_policy.image_mode,
+            uplink_policy.jpeg_quality,
+        )
+        height, width = frame.image.shape[:2]
+        sample_id = f"{self.config.edge_id}-{frame.camera_id}-{frame.seq}-{uuid.uuid4().hex[:8]}"
+        sample = convert.build_sample(
+            sample_id=sample_id,
+            edge_id=self.config.edge_id,
+            camera_id=frame.camera_id,
+            frame_seq=frame.seq,
+            captured_at=frame.captured_at,
+            jpeg=jpeg,
+            crop=crop,
+            frame_size=(width, height),
+            jpeg_quality=uplink_policy.jpeg_quality,
+            detections=detections,
+            model_name=self.config.detector.model_path.stem,
+            model_version=self.config.model_version,
+            policy_version=self.policy.version,
+            reason=decision.reason or "random_audit",
+            detail=decision.detail,
+            priority=decision.priority,
+            trace_id=uuid.uuid4().hex,
+        )
+        labels = tuple(sorted({d.label for d in detections}))
+        self._pending[sample_id] = PendingSample(frame.camera_id, frame.seq, frame.captured_at, labels)
+        if not self.uplink.submit(sample):
+            self._pending.pop(sample_id, None)
+
+    def _hello(self) -> session_pb2.Hello:
+        return session_pb2.Hello(
+            edge_id=self.config.edge_id,
+            site_id=self.config.site_id,
+            model_name=self.config.detector.model_path.stem,
+            model_version=self.config.model_version,
+            policy_version=self.policy.version,
+            agent_version=AGENT_VERSION,
+            capabilities=["crop", "full_frame"],
+        )
+
+    def _heartbeat(self) -> status_pb2.EdgeStatus:
+        return self.status.build(
+            state=self._state(),
+            policy_version=self.policy.version,
+            model_name=self.config.detector.model_path.stem,
+            model_version=self.config.model_version,
+            outbox_samples=self.uplink.pending,
+            cameras=self.sources,
+        )
+
+    async def _on_ack(self, ack: session_pb2.Ack) -> None:
+        if not ack.accepted:
+            self._pending.pop(ack.sample_id, None)
+
+    async def _on_verdict(self, verdict: verdict_pb2.Verdict) -> None:
+        """Record the cloud's verdict; confirmed objects become events marked as the cloud's."""
+        summary = convert.verdict_summary(verdict)
+        self.metrics.verdicts.labels(summary.decision).inc()
+        pending = self._pending.pop(verdict.sample_id, None)
+        if pending is None:
+            return
+        latency_s = max(0.0, time.time() - pending.captured_at)
+        self.metrics.verdict_latency.observe(latency_s)
+        self._verdict_latencies_ms.append(round(latency_s * 1000, 2))
+        self.events.verdict(pending.camera_id, pending.frame_seq, pending.captured_at, summary, self.policy.version)
+
+    async def _on_policy(self, signed: policy_pb2.SignedPolicy) -> None:
+        self.policies.offer(signed)
+
+    def _state(self) -> str:
+        if self._draining:
+            return "draining"
+        if self._detector is None:
+            return "starting"
+        return "online" if self.uplink.connected else "autonomous"
+
+    def _liveness(self) -> tuple[bool, str]:
+        idle = time.monotonic() - self._last_progress
+        if idle > self.config.health.liveness_timeout_s:
+            return False, f"no frame from any camera for {idle:.0f} s"
+        return True, "frames flowing"
+
+    def _readiness(self) -> tuple[bool, str, list[str]]:
+        state = self._state()
+        reasons = []
+        if self._detector is None:
+            reasons.append("detector not loaded")
+        if not self.uplink.connected:
+            reasons.append(f"cloud unreachable ({self.uplink.last_error or 'connecting'})")
+        ready = self._detector is not None and (self.uplink.connected or self.config.pipeline.autonomous_ready)
+        return ready, state, reasons

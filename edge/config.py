@@ -1,0 +1,188 @@
+"""The edge agent's configuration: one pydantic tree shaped like edge.yaml.
+
+Values come from the YAML file, then from the environment (`EDGEGLM_EDGE_` prefix, `__` between
+nested keys, e.g. `EDGEGLM_EDGE_UPLINK__TARGET=cloud:50051`), then from secret files in
+/run/secrets. They are read once at start-up. `load_config` turns every validation error into a line
+that names the file, the YAML path and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edge.detect import DetectorConfig
+from edge.policy.settings import EdgePolicy
+from edge.sources import CameraConfig
+
+SECRETS_DIR = Path("/run/secrets")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GrpcUplinkConfig(_Section):
+    """The cloud over one gRPC Session stream."""
+
+    kind: Literal["grpc"] = "grpc"
+    target: str = Field("localhost:50051", min_length=3, description="host:port of the cloud's gRPC service.")
+    keepalive_time_ms: int = Field(20_000, ge=1_000, le=600_000, description="Ping the cloud after this idle time.")
+    keepalive_timeout_ms: int = Field(10_000, ge=500, le=120_000, description="Drop the link if a ping is unanswered.")
+    max_send_message_bytes: int = Field(8 << 20, ge=64 << 10, le=256 << 20, description="Largest message sent.")
+    max_receive_message_bytes: int = Field(8 << 20, ge=64 << 10, le=256 << 20, description="Largest message accepted.")
+    reconnect_backoff_initial_ms: int = Field(500, ge=50, le=60_000, description="First reconnect delay (gRPC's own).")
+    reconnect_backoff_max_ms: int = Field(15_000, ge=100, le=600_000, description="Cap of the reconnect delay.")
+    heartbeat_interval_s: float = Field(5.0, ge=0.5, le=3600, description="Seconds between status heartbeats.")
+    send_queue_size: int = Field(256, ge=1, le=100_000, description="Samples waiting to be sent; beyond, drop + count.")
+    call_timeout_s: float = Field(10.0, ge=0.1, le=600, description="Deadline of unary calls (GetPolicy).")
+
+    @field_validator("target")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port (expected e.g. cloud.example:50051)")
+        return value
+
+
+UplinkConfig = GrpcUplinkConfig
+
+
+class PolicyConfig(_Section):
+    """Where policies are verified and kept."""
+
+    public_key: Path | None = Field(
+        None, description="PEM public key of the cloud's policy signer; without it no cloud policy is accepted."
+    )
+    initial: EdgePolicy = Field(
+        default_factory=EdgePolicy, description="Policy in force until the cloud sends one (version 0)."
+    )
+
+
+class EventsConfig(_Section):
+    """Local events of confident detections."""
+
+    path: Path | None = Field(None, description="JSON-lines file of events; default: state_dir/events.jsonl.")
+    cooldown_s: float = Field(5.0, ge=0.0, le=3600, description="Same camera and label: at most one event per window.")
+
+
+class HealthConfig(_Section):
+    """The /healthz, /readyz and /metrics endpoint."""
+
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8081, ge=0, le=65535, description="Port (0 picks a free one).")
+    liveness_timeout_s: float = Field(30.0, ge=1, le=3600, description="Unhealthy when no frame progressed this long.")
+
+
+class PipelineConfig(_Section):
+    """Between the cameras and the uplink."""
+
+    detect_batch_size: int = Field(4, ge=1, le=64, description="Frames of several cameras detected in one call.")
+    detect_queue_size: int = Field(
+        8, ge=1, le=1024, description="Frames waiting for the detector; beyond, drop oldest."
+    )
+    drain_deadline_s: float = Field(10.0, ge=0, le=600, description="Shutdown: time to finish frames and sends.")
+    autonomous_ready: bool = Field(
+        True, description="Report ready while the cloud is unreachable (the edge decides alone meanwhile)."
+    )
+
+
+class EdgeConfig(BaseSettings):
+    """The whole edge.yaml."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", env_prefix="EDGEGLM_EDGE_", env_nested_delimiter="__", secrets_dir=None
+    )
+
+    edge_id: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$", description="Unique id.")
+    site_id: str = Field("default", min_length=1, max_length=128, description="Site the gateway belongs to.")
+    state_dir: Path = Field(Path("/var/lib/edgeglm"), description="Persisted policy, events and (later) outbox.")
+    cameras: list[CameraConfig] = Field(..., min_length=1, description="Cameras this agent reads.")
+    detector: DetectorConfig = Field(default_factory=DetectorConfig, description="The YOLO ONNX detector.")
+    model_version: str = Field("", max_length=128, description="Version reported for the detector model.")
+    uplink: UplinkConfig = Field(default_factory=GrpcUplinkConfig, description="Link to the cloud.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Policy verification and defaults.")
+    events: EventsConfig = Field(default_factory=EventsConfig, description="Local events.")
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Health and metrics endpoint.")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline queues and shutdown.")
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_cameras(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
+        ids = [camera.id for camera in cameras]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"camera ids must be unique; repeated: {', '.join(duplicates)}")
+        return cameras
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment beats the file; secrets fill what neither gave."""
+        return env_settings, init_settings, file_secret_settings
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message lists every problem with its YAML path."""
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        given = problem.get("input")
+        shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+        lines.append(f"{source}: {path}: {problem['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path) -> EdgeConfig:
+    """Read and validate edge.yaml; relative paths in it are relative to the file's folder."""
+    try:
+        raw: Any = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    secrets = SECRETS_DIR if SECRETS_DIR.is_dir() else None
+    try:
+        config = EdgeConfig(**raw, _secrets_dir=secrets)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(path.name, err)) from err
+    return resolve_paths(config, path.parent)
+
+
+def resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:
+    """Make the file's relative paths relative to its folder, not to the working directory."""
+
+    def fix(value: Path | None) -> Path | None:
+        if value is None or value.is_absolute():
+            return value
+        return (base / value).resolve()
+
+    updates: dict[str, Any] = {"state_dir": fix(config.state_dir)}
+    updates["detector"] = config.detector.model_copy(update={"model_path": fix(config.detector.model_path)})
+    updates["policy"] = config.policy.model_copy(update={"public_key": fix(config.policy.public_key)})
+    updates["events"] = config.events.model_copy(update={"path": fix(config.events.path)})
+    cameras = []
+    for camera in config.cameras:
+        url = camera.url
+        if "://" not in url and not os.path.isabs(url):
+            url = str((base / url).resolve())
+        cameras.append(camera.model_copy(update={"url": url}))
+    updates["cameras"] = cameras
+    return config.model_copy(update=updates)

@@ -1,0 +1,79 @@
+"""The miner: asks every enabled strategy about a frame and composes one decision.
+
+Strategies are asked in a fixed precedence (`edge.mine.strategies.PRECEDENCE`):
+
+    watch_list > uncertainty_band > ibt > cross_entropy > motion_without_detection > random_audit
+
+The first strategy that fires names the reason; the others that fired are listed in the detail so
+people and the cloud see every rule the frame broke. The priority is the highest any of them gave,
+so a frame that is both watch-listed and deeply unsure is sent as early as its doubt deserves.
+Fallback strategies (the random audit) are asked only when no other strategy fired, since an audit
+sample must come from the frames the edge would otherwise keep to itself.
+
+kind is "suspicious" when any strategy fired, else "confident" when a detection scored above its
+band's high, else "nothing". Confident detections are returned in every case: an event the edge is
+sure of is acted on locally even when the frame also goes up.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from edge.mine.base import MinedReasonName, MiningContext, MiningDecision, MiningStrategy, StrategyVote
+from edge.mine.strategies import default_strategies
+from edge.policy.settings import MiningPolicy
+
+
+class Miner:
+    """Hard-example mining under a `MiningPolicy` that can be replaced between frames."""
+
+    def __init__(
+        self,
+        policy: MiningPolicy,
+        rng: random.Random | None = None,
+        strategies: Sequence[MiningStrategy] | None = None,
+    ) -> None:
+        self._policy = policy
+        self._strategies = tuple(strategies) if strategies is not None else default_strategies(rng or random.Random())
+        names = [strategy.name for strategy in self._strategies]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Miner: strategies {names} name the same reason twice")
+
+    @property
+    def policy(self) -> MiningPolicy:
+        """The policy in force."""
+        return self._policy
+
+    def update_policy(self, policy: MiningPolicy) -> None:
+        """Use `policy` from the next frame on."""
+        self._policy = policy
+
+    def decide(self, ctx: MiningContext) -> MiningDecision:
+        """Confident, suspicious or nothing for one frame, with the reason, detail and priority."""
+        policy = self._policy
+        confident = tuple(d for d in ctx.detections if d.score > policy.band_for(d.label).high)
+        votes = self._votes(ctx, policy, fallback=False) or self._votes(ctx, policy, fallback=True)
+        if votes:
+            (reason, first), *others = votes
+            detail = first.detail
+            if others:
+                detail += "; also " + "; ".join(f"{name}: {vote.detail}" for name, vote in others)
+            priority = max(vote.priority for _, vote in votes)
+            return MiningDecision("suspicious", reason, detail, priority, confident)
+        if confident:
+            labels = ", ".join(f"{d.label} {d.score:.2f}" for d in confident)
+            return MiningDecision("confident", None, labels, 0.0, confident)
+        return MiningDecision("nothing", None, "", 0.0, confident)
+
+    def _votes(
+        self, ctx: MiningContext, policy: MiningPolicy, fallback: bool
+    ) -> list[tuple[MinedReasonName, StrategyVote]]:
+        votes: list[tuple[MinedReasonName, StrategyVote]] = []
+        for strategy in self._strategies:
+            if strategy.fallback != fallback or not strategy.enabled(policy):
+                continue
+            vote = strategy.evaluate(ctx, policy)
+            if vote is not None:
+                votes.append((strategy.name, vote))
+        return votes

@@ -1,0 +1,83 @@
+"""Verification of the cloud's policy signatures (Ed25519). The edge only verifies; it never signs.
+
+`SignedPolicy.policy` holds the serialized Policy, `signature` the Ed25519 signature of exactly those
+bytes, `algorithm` is "ed25519" and `key_id` the first 16 hex digits of sha256 of the raw 32-byte
+public key. The cloud keeps the private key; edges hold its SubjectPublicKeyInfo PEM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+from google.protobuf.message import DecodeError
+
+from protos import policy_pb2
+
+ALGORITHM = "ed25519"
+
+
+class PolicyKeyError(ValueError):
+    """The configured public key cannot be used (missing, not PEM, or not an Ed25519 key)."""
+
+
+class PolicySignatureError(ValueError):
+    """A signed policy that does not verify; the message says which check failed."""
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """The cloud's Ed25519 public key from a SubjectPublicKeyInfo PEM file."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise PolicyKeyError(f"{path}: policy public key cannot be read ({err.strerror})") from err
+    try:
+        key = load_pem_public_key(data)
+    except ValueError as err:
+        raise PolicyKeyError(f"{path}: not a PEM public key ({err}); expected a SubjectPublicKeyInfo PEM") from err
+    if not isinstance(key, Ed25519PublicKey):
+        raise PolicyKeyError(f"{path}: is a {type(key).__name__}, expected an Ed25519 public key")
+    return key
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """First 16 hex digits of sha256 of the raw public key: names the key a policy was signed with."""
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def verify(signed: policy_pb2.SignedPolicy, public_key: Ed25519PublicKey) -> policy_pb2.Policy:
+    """The policy inside `signed`, once its signature holds; else `PolicySignatureError`."""
+    if signed.algorithm != ALGORITHM:
+        raise PolicySignatureError(f"signature algorithm {signed.algorithm!r} is not supported (expected 'ed25519')")
+    expected = key_id(public_key)
+    if signed.key_id != expected:
+        raise PolicySignatureError(
+            f"signed with unknown key id {signed.key_id!r}; this edge trusts key {expected} "
+            "(install the cloud's current public key if it rotated)"
+        )
+    try:
+        public_key.verify(signed.signature, signed.policy)
+    except InvalidSignature as err:
+        raise PolicySignatureError(
+            f"bad signature by key {expected} over {len(signed.policy)} policy bytes (altered or forged)"
+        ) from err
+    policy = policy_pb2.Policy()
+    try:
+        policy.ParseFromString(signed.policy)
+    except DecodeError as err:
+        raise PolicySignatureError(f"signature holds but the {len(signed.policy)} policy bytes do not parse") from err
+    return policy
+
+
+def parse_signed(data: bytes) -> policy_pb2.SignedPolicy:
+    """A SignedPolicy from its serialized bytes; `PolicySignatureError` when they do not parse."""
+    signed = policy_pb2.SignedPolicy()
+    try:
+        signed.ParseFromString(data)
+    except DecodeError as err:
+        raise PolicySignatureError(f"{len(data)} bytes are not a SignedPolicy message") from err
+    return signed
