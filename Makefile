@@ -30,8 +30,8 @@ $(VENV)/.ready: pyproject.toml
 
 setup: $(VENV)/.ready ## create .venv with the runtime and test dependencies
 
-demo: $(VENV)/.ready ## generate a world sample and run the edge detector on it against ground truth
-	$(BIN)/edgeglm-sim demo --out .demo
+demo: $(VENV)/.ready ## a cloud and 3 edge agents on loopback over generated clips; summary in runs/demo
+	$(BIN)/edgeglm-sim demo --out runs/demo
 
 lint: $(VENV)/.ready
 	$(BIN)/ruff check .

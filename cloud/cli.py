@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from protos import policy_pb2, sample_pb2, session_pb2, verdict_pb2
+
+if TYPE_CHECKING:
+    from cloud.config import CloudConfig
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     "sample": sample_pb2.Sample,
@@ -21,20 +28,142 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     "cloud-message": session_pb2.CloudMessage,
 }
 
+logger = logging.getLogger("cloud")
 app = typer.Typer(
     help=(
         "EdgeGLM cloud service. Receives suspicious samples from edge agents over gRPC or MQTT, judges them "
-        "with a large model and pushes verdicts and policies back. `decode` turns a wire message (for "
-        "example an MQTT payload saved to a file) into readable JSON."
+        "with a large model and pushes verdicts and policies back. `serve` runs it, `check-config` validates "
+        "cloud.yaml, `keygen` makes the policy signing key, `policy set` changes the policy of a running "
+        "service, `decode` turns a wire message (for example an MQTT payload saved to a file) into readable JSON."
     ),
     no_args_is_help=True,
     add_completion=False,
 )
+policy_app = typer.Typer(help="Policies of a running cloud service (through its admin API).", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
 
 
 @app.callback()
-def main() -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level.")] = False,
+) -> None:
     """EdgeGLM cloud service."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command("check-config")
+def check_config(
+    path: Annotated[Path, typer.Argument(help="The service's YAML config (see deploy/cloud.example.yaml).")],
+) -> None:
+    """Validate cloud.yaml: print every error with its YAML path and exit 1, or print ok."""
+    from cloud.config import ConfigError, load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(1) from err
+    typer.echo(
+        f"{path}: ok (backend {config.backend.kind}, gRPC port {config.server.port}, "
+        f"{len(config.policy.edges)} edge overrides)"
+    )
+
+
+@app.command()
+def serve(
+    config_path: Annotated[Path, typer.Option("--config", "-c", help="The service's YAML config.")],
+) -> None:
+    """Run the cloud service until SIGTERM/SIGINT (a second signal exits at once)."""
+    from cloud.backends import BackendStartError
+    from cloud.config import ConfigError, load_config
+    from cloud.policy import SigningKeyError
+    from cloud.store import StoreError
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from err
+    try:
+        asyncio.run(_serve(config))
+    except (BackendStartError, SigningKeyError, StoreError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+
+
+async def _serve(config: CloudConfig) -> None:
+    from cloud.service import CloudService
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            logger.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+        logger.info("%s: shutting down (send it again to exit at once)", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    service = CloudService(config)
+    await service.start()
+    logger.info("listening: gRPC port %d, admin port %s", service.port, service.admin_port or "off")
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="Folder for policy-signing.key and policy-signing.pub.")],
+    force: Annotated[bool, typer.Option(help="Replace a key already there.")] = False,
+) -> None:
+    """Create the Ed25519 key pair policies are signed with (the .pub goes to every edge)."""
+    from cloud.policy import SigningKeyError, key_id, load_private_key, write_keypair
+
+    try:
+        private_path, public_path = write_keypair(out, overwrite=force)
+    except (SigningKeyError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"private key {private_path} (keep it on the cloud only)")
+    typer.echo(f"public key  {public_path} (install on the edges: policy.public_key)")
+    typer.echo(f"key id      {key_id(load_private_key(private_path).public_key())}")
+
+
+@policy_app.command("set")
+def policy_set(
+    path: Annotated[Path, typer.Argument(help="Policy settings in YAML or JSON; - for stdin.")],
+    admin: Annotated[str, typer.Option("--admin", help="Admin API of the running service, e.g. http://host:8080.")],
+    edge: Annotated[str | None, typer.Option("--edge", help="Set this edge's override instead of the fleet.")] = None,
+    site: Annotated[str | None, typer.Option("--site", help="Set this site's override instead of the fleet.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the service.")] = 10.0,
+) -> None:
+    """Send new policy settings to a running service and print the version it published."""
+    import httpx
+
+    if edge and site:
+        raise typer.BadParameter("give --edge or --site, not both")
+    body = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    target = f"edges/{edge}" if edge else f"sites/{site}" if site else "fleet"
+    url = f"{admin.rstrip('/')}/policies/{target}"
+    try:
+        response = httpx.put(url, content=body, headers={"content-type": "application/yaml"}, timeout=timeout)
+    except httpx.HTTPError as err:
+        typer.echo(f"error: {url}: {err}", err=True)
+        raise typer.Exit(2) from err
+    if response.status_code == 422:
+        for problem in response.json().get("detail", []):
+            typer.echo(f"{path}: {problem['loc']}: {problem['msg']}", err=True)
+        raise typer.Exit(1)
+    if response.status_code != 200:
+        typer.echo(f"error: {url}: HTTP {response.status_code}: {response.text[:500]}", err=True)
+        raise typer.Exit(2)
+    result = response.json()
+    scope = result["scope"] + (f" {result['scope_id']}" if result["scope_id"] else "")
+    typer.echo(f"policy v{result['version']} published ({scope})")
 
 
 @app.command()

@@ -105,17 +105,36 @@ def eval_detector(
     typer.echo(text)
 
 
-@app.command()
-def demo(
+@app.command("detect-demo")
+def detect_demo(
     out: Annotated[Path, typer.Option(help="Folder for the generated sample and the results.")] = Path(".demo"),
     model: Annotated[Path, typer.Option(help="Edge detector ONNX.", dir_okay=False)] = MODELS_DIR / "edge.onnx",
     images: Annotated[int, typer.Option(min=1, max=500, help="How many fresh scenes to generate.")] = 24,
     seed: Annotated[int, typer.Option(help="Seed of the fresh sample (not the training seed).")] = 2026,
 ) -> None:
-    """Generate a fresh world sample and run the edge detector on it, printing found vs truth."""
+    """Generate fresh scenes and run the edge detector on them, printing found vs truth."""
     from sim.demo import run_demo
 
     run_demo(out, model, images, seed, console)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Run folder: clips, configs, logs, summary.json.")] = Path("runs/demo"),
+    edges: Annotated[int, typer.Option(min=1, max=16, help="Edge agents (one process each).")] = 3,
+    cameras: Annotated[int, typer.Option(min=1, max=8, help="Cameras per edge.")] = 2,
+    seconds: Annotated[float, typer.Option(min=5, max=3600, help="Length of every camera's clip.")] = 60.0,
+    fps: Annotated[float, typer.Option(min=1, max=30, help="Camera frame rate.")] = 5.0,
+    seed: Annotated[int, typer.Option(help="World seed of the clips.")] = 0,
+) -> None:
+    """The system end to end: a cloud process and edge agent processes on loopback, a policy change midway."""
+    from sim.fleet.report import print_summary
+    from sim.fleet.run import FleetSpec, run_fleet
+
+    spec = FleetSpec(edges=edges, cameras=cameras, seconds=seconds, fps=fps, seed=seed)
+    summary = run_fleet(out, spec, console)
+    print_summary(summary, console)
+    console.print(f"summary written to {out / 'summary.json'}; logs in {out / 'logs'}")
 
 
 if __name__ == "__main__":

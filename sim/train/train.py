@@ -46,7 +46,8 @@ class Recipe:
 
 
 EDGE = Recipe("edge", depth=0.33, width=0.125, imgsz=320, epochs=30, batch=16, dynamic_batch=True)
-REFERENCE = Recipe("reference", depth=0.33, width=0.25, imgsz=640, epochs=15, batch=16, dynamic_batch=False)
+# The reference runs in the cloud behind a dynamic batcher: its batch axis must be dynamic too.
+REFERENCE = Recipe("reference", depth=0.33, width=0.25, imgsz=640, epochs=15, batch=16, dynamic_batch=True)
 
 
 def offline_environment(config_dir: Path) -> None:
@@ -121,13 +122,7 @@ def train_one(recipe: Recipe, data_yaml: Path, run_dir: Path, out_dir: Path, see
         CLASSES[int(c)]: {"map50": float(metrics.box.ap50[i]), "map50_95": float(metrics.box.ap[i])}
         for i, c in enumerate(metrics.box.ap_class_index)
     }
-    exported = trained.export(
-        format="onnx", imgsz=recipe.imgsz, opset=17, simplify=True, dynamic=recipe.dynamic_batch, device="cpu"
-    )
-    target = out_dir / f"{recipe.name}.onnx"
-    shutil.copyfile(exported, target)
-    if recipe.dynamic_batch:
-        fix_spatial_dims(target, recipe.imgsz)
+    target = export(recipe, weights, out_dir)
     return {
         "recipe": asdict(recipe),
         "parameters": int(params),
@@ -140,6 +135,20 @@ def train_one(recipe: Recipe, data_yaml: Path, run_dir: Path, out_dir: Path, see
             "per_class": per_class,
         },
     }
+
+
+def export(recipe: Recipe, weights: Path, out_dir: Path) -> Path:
+    """ONNX export of trained weights into out_dir/<name>.onnx (batch axis dynamic when the recipe says)."""
+    from ultralytics import YOLO
+
+    exported = YOLO(str(weights), task="detect").export(
+        format="onnx", imgsz=recipe.imgsz, opset=17, simplify=True, dynamic=recipe.dynamic_batch, device="cpu"
+    )
+    target = out_dir / f"{recipe.name}.onnx"
+    shutil.copyfile(exported, target)
+    if recipe.dynamic_batch:
+        fix_spatial_dims(target, recipe.imgsz)
+    return target
 
 
 def fix_spatial_dims(path: Path, imgsz: int) -> None:
@@ -212,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REPO / ".cache" / "world-train", help="dataset folder")
     parser.add_argument("--seed", type=int, default=0, help="world generator and training seed")
     parser.add_argument("--only", choices=["edge", "reference"], help="train one model only")
+    parser.add_argument("--export-only", action="store_true", help="re-export the last trained weights, no training")
     args = parser.parse_args(argv)
 
     offline_environment(REPO / ".yolo")
@@ -222,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     # ultralytics uses cores-1 threads on CPU (1 here); two threads cut an epoch by a third.
     torch_utils.NUM_THREADS = max(1, os.cpu_count() or 1)
 
+    if args.export_only:
+        for recipe in (EDGE, REFERENCE):
+            if not args.only or recipe.name == args.only:
+                print(f"exported {export(recipe, REPO / 'runs' / recipe.name / 'weights' / 'last.pt', args.out)}")
+        return 0
     spec = DatasetSpec(seed=args.seed)
     if not (args.data / "data.yaml").exists():
         print(f"generating the world dataset (seed {spec.seed}) into {args.data}", flush=True)

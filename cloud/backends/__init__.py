@@ -1,0 +1,17 @@
+"""Cloud backends: the models that judge suspicious samples (onnx reference detector, simulation oracle)."""
+
+from cloud.backends.base import BackendConfig, build_backend
+from cloud.backends.onnx import OnnxBackend, OnnxBackendConfig
+from cloud.backends.oracle import OracleBackend, OracleBackendConfig
+from cloud.backends.protocol import Backend, BackendStartError
+
+__all__ = [
+    "Backend",
+    "BackendConfig",
+    "BackendStartError",
+    "OnnxBackend",
+    "OnnxBackendConfig",
+    "OracleBackend",
+    "OracleBackendConfig",
+    "build_backend",
+]

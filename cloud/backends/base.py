@@ -1,0 +1,31 @@
+"""Choosing the cloud backend from config: the discriminated union of backend configs and its factory.
+
+Each backend is one module with its config model (`kind: Literal[...]`) and its class. New backends
+plug in here: the `glm` backend (GLM-4V through transformers, `cloud/backends/glm.py`) and the
+`openai` backend (an OpenAI-compatible endpoint such as vLLM or SGLang serving GLM,
+`cloud/backends/openai.py`) each add their config to `BackendConfig` and a branch to
+`build_backend`. Keep heavy imports (torch, transformers) inside their `start`, so that reading the
+config does not load them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from cloud.backends.onnx import OnnxBackend, OnnxBackendConfig
+from cloud.backends.oracle import OracleBackend, OracleBackendConfig
+from cloud.backends.protocol import Backend, BackendStartError
+
+# glm and openai join this union when they exist.
+BackendConfig = Annotated[OnnxBackendConfig | OracleBackendConfig, Field(discriminator="kind")]
+
+__all__ = ["Backend", "BackendConfig", "BackendStartError", "build_backend"]
+
+
+def build_backend(config: BackendConfig) -> Backend:
+    """The backend a config selects, not started yet (call `start`, or let the batcher do it)."""
+    if isinstance(config, OnnxBackendConfig):
+        return OnnxBackend(config)
+    return OracleBackend(config)

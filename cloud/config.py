@@ -1,0 +1,245 @@
+"""The cloud service's configuration: one pydantic tree shaped like cloud.yaml.
+
+Values come from the YAML file, then from the environment (`EDGEGLM_CLOUD_` prefix, `__` between
+nested keys, e.g. `EDGEGLM_CLOUD_SERVER__PORT=50051`), then from secret files in /run/secrets when
+that folder exists. They are read once, at start-up. `load_config` turns every validation error
+into one line naming the file, the YAML path and what is wrong, e.g.
+`cloud.yaml: batcher.max_batch_size: 0 is below the minimum 1`.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cloud.backends import BackendConfig, OracleBackendConfig
+from cloud.batcher import BatcherConfig
+from cloud.policy.settings import PolicyOverride, PolicySettings
+
+SECRETS_DIR = Path("/run/secrets")
+MIB = 1 << 20
+_EDGE_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    """The gRPC server the edges connect to."""
+
+    host: str = Field("0.0.0.0", min_length=1, description="Address to listen on ([::] for IPv6 too).")
+    port: int = Field(50051, ge=0, le=65535, description="Port to listen on; 0 picks a free one (logged at start).")
+    max_receive_message_bytes: int = Field(
+        8 * MIB, ge=64 << 10, le=256 * MIB, description="Largest message accepted; bigger ones get RESOURCE_EXHAUSTED."
+    )
+    max_send_message_bytes: int = Field(8 * MIB, ge=64 << 10, le=256 * MIB, description="Largest message sent.")
+    keepalive_time_ms: int = Field(
+        30_000, ge=1_000, le=3_600_000, description="Ping an edge after this long without traffic."
+    )
+    keepalive_timeout_ms: int = Field(
+        10_000, ge=500, le=600_000, description="Drop a connection whose ping is not answered within this time."
+    )
+    min_client_ping_interval_ms: int = Field(
+        10_000,
+        ge=1_000,
+        le=3_600_000,
+        description="Shortest interval between edge keepalive pings tolerated; keep it below the edges' keepalive.",
+    )
+    max_pings_without_data: int = Field(
+        0, ge=0, le=1_000, description="Pings sent with no data in between (0 = unlimited, for idle sessions)."
+    )
+    max_concurrent_streams: int = Field(
+        1_000, ge=1, le=100_000, description="Concurrent RPCs per connection (one Session per edge, plus unary calls)."
+    )
+    session_send_queue_size: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Messages waiting to go down one Session; when full, reading that edge's stream waits.",
+    )
+    max_samples_in_flight_per_session: int = Field(
+        512,
+        ge=1,
+        le=100_000,
+        description="Samples of one Session being judged at once; beyond, reading that edge's stream waits.",
+    )
+    hello_timeout_s: float = Field(10.0, gt=0, le=600, description="Time an edge has to say Hello after connecting.")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, le=600, description="Shutdown: time to finish judging and delivering what was accepted."
+    )
+
+
+class StoreConfig(_Section):
+    """Where the verdicts (deduplication) and the policy versions are kept."""
+
+    path: Path = Field(
+        Path("/var/lib/edgeglm-cloud/verdicts.sqlite"),
+        description="SQLite file of verdicts; the policy version state sits next to it (policy-state.json).",
+    )
+
+    @property
+    def policy_state_path(self) -> Path:
+        """The policy engine's version counter, next to the verdict store."""
+        return self.path.parent / "policy-state.json"
+
+
+class PolicyConfig(_Section):
+    """Policies the cloud signs and pushes to the fleet."""
+
+    signing_key: Path | None = Field(
+        None,
+        description=(
+            "Ed25519 private key (PKCS8 PEM) policies are signed with; edges hold its .pub. "
+            "Unset: a throw-away key per run (edges then refuse the policies)."
+        ),
+    )
+    create_signing_key: bool = Field(
+        False, description="Create signing_key (and its .pub next to it) when the file does not exist."
+    )
+    fleet: PolicySettings = Field(default_factory=PolicySettings, description="The policy of every edge.")
+    sites: dict[str, PolicyOverride] = Field(
+        default_factory=dict, description="site_id -> the fields that differ from the fleet policy for that site."
+    )
+    edges: dict[str, PolicyOverride] = Field(
+        default_factory=dict, description="edge_id -> the fields that differ from its site's and the fleet policy."
+    )
+
+
+class AdminConfig(_Section):
+    """The admin HTTP API: health, metrics, policies, fleet status."""
+
+    enabled: bool = Field(True, description="Serve the admin API.")
+    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on; it has no auth, keep it private.")
+    port: int = Field(8080, ge=0, le=65535, description="Port; 0 picks a free one (logged at start).")
+
+
+class CloudConfig(BaseSettings):
+    """The whole cloud.yaml."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", env_prefix="EDGEGLM_CLOUD_", env_nested_delimiter="__", secrets_dir=None
+    )
+
+    server: ServerConfig = Field(default_factory=ServerConfig, description="gRPC server for the edges.")
+    batcher: BatcherConfig = Field(default_factory=BatcherConfig, description="Dynamic batching before the backend.")
+    backend: BackendConfig = Field(
+        ..., description="The model that judges samples; no default: pick onnx, oracle (simulation), ... by `kind`."
+    )
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Verdict store and policy state.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Fleet policy, overrides and signing.")
+    known_edges: list[str] = Field(
+        default_factory=list, description="Edge ids allowed to connect; empty accepts any edge."
+    )
+    admin: AdminConfig = Field(default_factory=AdminConfig, description="Admin HTTP API.")
+
+    @field_validator("known_edges")
+    @classmethod
+    def _valid_edge_ids(cls, edges: list[str]) -> list[str]:
+        bad = [edge for edge in edges if not edge or not all(c.isalnum() or c in "_.-" for c in edge)]
+        if bad:
+            raise ValueError(f"edge ids are letters, digits, _ . - only; not {', '.join(map(repr, bad))}")
+        return edges
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment beats the file; secrets fill what neither gave."""
+        return env_settings, init_settings, file_secret_settings
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message lists every problem with its YAML path."""
+
+
+def _backend_kinds() -> set[str]:
+    union = typing.get_args(BackendConfig)[0]
+    return {member.model_fields["kind"].default for member in typing.get_args(union)}
+
+
+def _yaml_path(loc: tuple[int | str, ...]) -> str:
+    """The path as written in YAML: the discriminator tag pydantic inserts after `backend` is dropped."""
+    parts = list(loc)
+    if len(parts) > 1 and parts[0] == "backend" and parts[1] in _backend_kinds():
+        del parts[1]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _describe(problem: ErrorDetails) -> str:
+    given = problem.get("input")
+    context = problem.get("ctx") or {}
+    kind = problem["type"]
+    bounds = {
+        "greater_than_equal": ("is below the minimum", "ge"),
+        "greater_than": ("must be above", "gt"),
+        "less_than_equal": ("is above the maximum", "le"),
+        "less_than": ("must be below", "lt"),
+    }
+    if kind in bounds:
+        words, key = bounds[kind]
+        return f"{given!r} {words} {context.get(key)}"
+    if kind == "extra_forbidden":
+        return "is not a setting here (misspelt, or in the wrong section?)"
+    if kind == "missing":
+        return "is required"
+    if kind in ("value_error", "assertion_error") and "error" in context:
+        return str(context["error"])
+    shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+    return f"{problem['msg']}{shown}"
+
+
+def format_errors(source: str, err: ValidationError) -> str:
+    """One line per problem: `source: yaml.path: what is wrong`."""
+    return "\n".join(f"{source}: {_yaml_path(p['loc'])}: {_describe(p)}" for p in err.errors())
+
+
+def load_config(path: Path) -> CloudConfig:
+    """Read and validate cloud.yaml (plus environment and secrets); relative paths are relative to its folder."""
+    try:
+        raw: Any = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    secrets = SECRETS_DIR if SECRETS_DIR.is_dir() else None
+    try:
+        config = CloudConfig(**raw, _secrets_dir=secrets)
+    except ValidationError as err:
+        raise ConfigError(format_errors(path.name, err)) from err
+    return resolve_paths(config, path.parent)
+
+
+def resolve_paths(config: CloudConfig, base: Path) -> CloudConfig:
+    """Make the file's relative paths relative to its folder, not to the working directory."""
+
+    def fix(value: Path | None) -> Path | None:
+        return value if value is None or value.is_absolute() else (base / value).resolve()
+
+    store = config.store.model_copy(update={"path": fix(config.store.path)})
+    policy = config.policy.model_copy(update={"signing_key": fix(config.policy.signing_key)})
+    backend_paths: dict[str, Any] = {
+        name: fix(value) for name, value in vars(config.backend).items() if isinstance(value, Path)
+    }
+    if isinstance(config.backend, OracleBackendConfig):
+        backend_paths["ground_truth"] = {camera: fix(p) for camera, p in config.backend.ground_truth.items()}
+    backend = config.backend.model_copy(update=backend_paths)
+    return config.model_copy(update={"store": store, "policy": policy, "backend": backend})

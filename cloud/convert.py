@@ -1,0 +1,390 @@
+"""The cloud's one conversion module between protobuf messages and the cloud's own types.
+
+A `Sample` from the wire becomes a `SampleInput` (image decoded, geometry checked) that backends
+judge; a backend's `BackendResult` becomes the `Verdict` sent back. Coordinates on the wire are
+original-frame pixels; a backend sees the uploaded image (a crop, or a possibly downscaled frame),
+and `ImageRegion` maps boxes between the two. Protobuf floats are 32-bit: values read from the wire
+are turned into the shortest decimal naming the same float32 (0.35, not 0.3499999940395355).
+
+Decoding a JPEG is blocking work: call `sample_from_pb` in an executor, not on the event loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+from numpy.typing import NDArray
+
+from protos import sample_pb2, verdict_pb2
+
+Box = tuple[float, float, float, float]
+DecisionName = Literal["confirmed", "rejected", "unsure"]
+OriginName = Literal["backend", "timeout", "backend_error", "edge_fallback"]
+MinedReasonName = Literal[
+    "uncertainty_band", "ibt", "cross_entropy", "watch_list", "motion_without_detection", "random_audit"
+]
+BadSampleReason = Literal["bad_image", "malformed"]
+
+MINED_REASONS: dict[MinedReasonName, sample_pb2.MinedReason.ValueType] = {
+    "uncertainty_band": sample_pb2.MINED_REASON_UNCERTAINTY_BAND,
+    "ibt": sample_pb2.MINED_REASON_IBT,
+    "cross_entropy": sample_pb2.MINED_REASON_CROSS_ENTROPY,
+    "watch_list": sample_pb2.MINED_REASON_WATCH_LIST,
+    "motion_without_detection": sample_pb2.MINED_REASON_MOTION_WITHOUT_DETECTION,
+    "random_audit": sample_pb2.MINED_REASON_RANDOM_AUDIT,
+}
+_MINED_REASONS_FROM_PB = {pb: name for name, pb in MINED_REASONS.items()}
+DECISIONS: dict[DecisionName, verdict_pb2.Decision.ValueType] = {
+    "confirmed": verdict_pb2.DECISION_CONFIRMED,
+    "rejected": verdict_pb2.DECISION_REJECTED,
+    "unsure": verdict_pb2.DECISION_UNSURE,
+}
+_DECISIONS_FROM_PB = {pb: name for name, pb in DECISIONS.items()}
+ORIGINS: dict[OriginName, verdict_pb2.VerdictOrigin.ValueType] = {
+    "backend": verdict_pb2.VERDICT_ORIGIN_BACKEND,
+    "timeout": verdict_pb2.VERDICT_ORIGIN_TIMEOUT,
+    "backend_error": verdict_pb2.VERDICT_ORIGIN_BACKEND_ERROR,
+    "edge_fallback": verdict_pb2.VERDICT_ORIGIN_EDGE_FALLBACK,
+}
+_JPEG_START = b"\xff\xd8\xff"
+_JPEG_END = b"\xff\xd9"
+
+
+class BadSampleError(ValueError):
+    """A sample the cloud cannot judge; `reason` is the bad_messages label, the message names the sample."""
+
+    def __init__(self, sample_id: str, reason: BadSampleReason, problem: str) -> None:
+        """`problem` says what is wrong with sample `sample_id`."""
+        super().__init__(f"sample {sample_id or '<no sample_id>'}: {problem}")
+        self.sample_id = sample_id
+        self.reason: BadSampleReason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class CloudDetection:
+    """One object: label, class id in its model's label set, score, xyxy box in original-frame pixels."""
+
+    label: str
+    class_id: int
+    score: float
+    box: Box
+
+
+@dataclass(frozen=True, slots=True)
+class CropBox:
+    """Integer pixel region of the original frame (x2, y2 exclusive)."""
+
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+
+    @property
+    def width(self) -> int:
+        """Width in pixels."""
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> int:
+        """Height in pixels."""
+        return self.y2 - self.y1
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRegion:
+    """Where an image of `image_wh` pixels sits in the original frame: the `area` it shows, maybe scaled."""
+
+    area: CropBox
+    image_wh: tuple[int, int]
+
+    def to_frame(self, box: Box) -> Box:
+        """Map a box from image pixels to original-frame pixels."""
+        sx, sy = self.area.width / self.image_wh[0], self.area.height / self.image_wh[1]
+        x1, y1, x2, y2 = box
+        return (self.area.x1 + x1 * sx, self.area.y1 + y1 * sy, self.area.x1 + x2 * sx, self.area.y1 + y2 * sy)
+
+    def to_image(self, box: Box) -> Box:
+        """Map a box from original-frame pixels to image pixels (it may fall outside the image)."""
+        sx, sy = self.image_wh[0] / self.area.width, self.image_wh[1] / self.area.height
+        x1, y1, x2, y2 = box
+        return ((x1 - self.area.x1) * sx, (y1 - self.area.y1) * sy, (x2 - self.area.x1) * sx, (y2 - self.area.y1) * sy)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SampleInput:
+    """A sample as backends see it: the decoded BGR image, its place in the frame, what the edge found."""
+
+    sample_id: str
+    edge_id: str
+    camera_id: str
+    frame_seq: int
+    captured_at: float  # unix seconds, edge clock, microsecond precision
+    image: NDArray[np.uint8]  # BGR, HxWx3: the crop, or the whole frame
+    crop: CropBox | None  # None: the image shows the whole frame
+    frame_size: tuple[int, int]  # (width, height) of the original frame
+    detections: tuple[CloudDetection, ...]  # the edge's, in original-frame pixels
+    mined_reason: MinedReasonName
+    priority: float
+    trace_id: str
+    mined_reason_detail: str = ""
+    edge_model_name: str = ""
+    edge_model_version: str = ""
+    policy_version: int = 0
+    jpeg: bytes = b""  # the JPEG as received, for backends that forward it (GLM, OpenAI) as it is
+    jpeg_quality: int = 0
+
+    @property
+    def region(self) -> ImageRegion:
+        """Where the image sits in the original frame."""
+        width, height = self.frame_size
+        area = self.crop if self.crop is not None else CropBox(0, 0, width, height)
+        return ImageRegion(area, (int(self.image.shape[1]), int(self.image.shape[0])))
+
+
+@dataclass(frozen=True, slots=True)
+class BackendResult:
+    """A backend's judgement of one sample; detections in original-frame pixels."""
+
+    decision: DecisionName
+    detections: list[CloudDetection]
+    text: str
+    confidence: float
+
+
+def f32(value: float) -> float:
+    """The shortest decimal naming the same float32 as `value` (what a protobuf float field holds)."""
+    if not math.isfinite(value):
+        return float(value)
+    return float(str(np.float32(value)))
+
+
+def timestamp_from_seconds(seconds: float) -> Timestamp:
+    """A protobuf Timestamp of unix `seconds`, to the microsecond."""
+    stamp = Timestamp()
+    stamp.FromMicroseconds(round(seconds * 1_000_000))
+    return stamp
+
+
+def seconds_from_timestamp(stamp: Timestamp) -> float:
+    """Unix seconds of a protobuf Timestamp, to the microsecond."""
+    return stamp.ToMicroseconds() / 1_000_000
+
+
+def detection_to_pb(detection: CloudDetection) -> sample_pb2.Detection:
+    """The wire form of a detection."""
+    x1, y1, x2, y2 = detection.box
+    return sample_pb2.Detection(
+        class_id=detection.class_id,
+        label=detection.label,
+        score=detection.score,
+        box=sample_pb2.Box(x1=x1, y1=y1, x2=x2, y2=y2),
+    )
+
+
+def detection_from_pb(pb: sample_pb2.Detection) -> CloudDetection:
+    """A detection read from the wire."""
+    box = pb.box
+    return CloudDetection(
+        label=pb.label,
+        class_id=pb.class_id,
+        score=f32(pb.score),
+        box=(f32(box.x1), f32(box.y1), f32(box.x2), f32(box.y2)),
+    )
+
+
+def decode_jpeg(data: bytes, sample_id: str) -> NDArray[np.uint8]:
+    """Decode a sample's JPEG into a BGR image; BadSampleError (reason bad_image) names the sample."""
+    if not data:
+        raise BadSampleError(sample_id, "bad_image", "image.jpeg is empty (0 bytes)")
+    if not data.startswith(_JPEG_START):
+        raise BadSampleError(sample_id, "bad_image", f"image.jpeg is not a JPEG (starts with {data[:8].hex()})")
+    # libjpeg decodes a truncated JPEG "successfully", filling the rest with grey; a backend fed that
+    # frame would judge nonsense, so the end-of-image marker is checked here.
+    if not data.rstrip(b"\x00").endswith(_JPEG_END):
+        raise BadSampleError(sample_id, "bad_image", f"image.jpeg is truncated ({len(data)} bytes, no FFD9 marker)")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise BadSampleError(
+            sample_id, "bad_image", f"image.jpeg cannot be decoded ({len(data)} bytes): {exc}"
+        ) from exc
+    if image is None or image.size == 0:
+        raise BadSampleError(sample_id, "bad_image", f"image.jpeg cannot be decoded ({len(data)} bytes)")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def encode_jpeg(image: NDArray[np.uint8], quality: int = 90) -> bytes:
+    """JPEG bytes of a BGR image."""
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {image.shape} image as JPEG")
+    return bytes(buffer.tobytes())
+
+
+def sample_from_pb(pb: sample_pb2.Sample) -> SampleInput:
+    """Check a wire sample and decode its image; BadSampleError says what is wrong (blocking: run in an executor)."""
+    sample_id = pb.sample_id
+    if not sample_id:
+        raise BadSampleError(sample_id, "malformed", "sample_id is empty; every sample needs its idempotency key")
+    if pb.mined_reason not in _MINED_REASONS_FROM_PB:
+        raise BadSampleError(
+            sample_id, "malformed", f"mined_reason is {sample_pb2.MinedReason.Name(pb.mined_reason)}; expected one set"
+        )
+    image = decode_jpeg(pb.image.jpeg, sample_id)
+    crop = _crop_from_pb(pb)
+    frame_size = (pb.image.frame_width, pb.image.frame_height)
+    if frame_size == (0, 0) and crop is None:
+        frame_size = (int(image.shape[1]), int(image.shape[0]))
+    return SampleInput(
+        sample_id=sample_id,
+        edge_id=pb.edge_id,
+        camera_id=pb.camera_id,
+        frame_seq=pb.frame_seq,
+        captured_at=seconds_from_timestamp(pb.captured_at),
+        image=image,
+        crop=crop,
+        frame_size=frame_size,
+        detections=tuple(detection_from_pb(d) for d in pb.detections),
+        mined_reason=_MINED_REASONS_FROM_PB[pb.mined_reason],
+        priority=f32(pb.priority),
+        trace_id=pb.trace_id,
+        mined_reason_detail=pb.mined_reason_detail,
+        edge_model_name=pb.edge_model_name,
+        edge_model_version=pb.edge_model_version,
+        policy_version=pb.policy_version,
+        jpeg=pb.image.jpeg,
+        jpeg_quality=pb.image.jpeg_quality,
+    )
+
+
+def _crop_from_pb(pb: sample_pb2.Sample) -> CropBox | None:
+    """The crop box, checked to lie inside the frame; None when the image shows the whole frame."""
+    if not pb.image.HasField("crop"):
+        return None
+    c = pb.image.crop
+    crop = CropBox(c.x1, c.y1, c.x2, c.y2)
+    width, height = pb.image.frame_width, pb.image.frame_height
+    if width == 0 or height == 0:
+        raise BadSampleError(pb.sample_id, "malformed", "image.crop is set but image.frame_width/height are not")
+    if not (crop.x1 < crop.x2 <= width and crop.y1 < crop.y2 <= height):
+        raise BadSampleError(
+            pb.sample_id,
+            "malformed",
+            f"image.crop ({crop.x1}, {crop.y1}, {crop.x2}, {crop.y2}) is empty or outside the {width}x{height} frame",
+        )
+    return crop
+
+
+def sample_to_pb(sample: SampleInput) -> sample_pb2.Sample:
+    """The wire form of a sample; its received JPEG travels as it is, else the image is encoded."""
+    image = sample_pb2.SampleImage(
+        jpeg=sample.jpeg or encode_jpeg(sample.image, sample.jpeg_quality or 90),
+        frame_width=sample.frame_size[0],
+        frame_height=sample.frame_size[1],
+        jpeg_quality=sample.jpeg_quality,
+    )
+    if sample.crop is not None:
+        c = sample.crop
+        image.crop.CopyFrom(sample_pb2.CropBox(x1=c.x1, y1=c.y1, x2=c.x2, y2=c.y2))
+    return sample_pb2.Sample(
+        sample_id=sample.sample_id,
+        edge_id=sample.edge_id,
+        camera_id=sample.camera_id,
+        captured_at=timestamp_from_seconds(sample.captured_at),
+        image=image,
+        detections=[detection_to_pb(d) for d in sample.detections],
+        edge_model_name=sample.edge_model_name,
+        edge_model_version=sample.edge_model_version,
+        policy_version=sample.policy_version,
+        mined_reason=MINED_REASONS[sample.mined_reason],
+        mined_reason_detail=sample.mined_reason_detail,
+        priority=sample.priority,
+        trace_id=sample.trace_id,
+        frame_seq=sample.frame_seq,
+    )
+
+
+def verdict_to_pb(
+    sample: SampleInput,
+    result: BackendResult,
+    *,
+    backend: str,
+    model_name: str,
+    model_version: str,
+    queue_ms: float = 0.0,
+    inference_ms: float = 0.0,
+    origin: OriginName = "backend",
+    origin_detail: str = "",
+    decided_at: float | None = None,
+) -> verdict_pb2.Verdict:
+    """The verdict on `sample` from a backend's result; `decided_at` (unix seconds) defaults to now."""
+    return verdict_pb2.Verdict(
+        sample_id=sample.sample_id,
+        edge_id=sample.edge_id,
+        decision=DECISIONS[result.decision],
+        detections=[detection_to_pb(d) for d in result.detections],
+        text=result.text,
+        confidence=result.confidence,
+        backend=backend,
+        model_name=model_name,
+        model_version=model_version,
+        queue_time_ms=queue_ms,
+        inference_time_ms=inference_ms,
+        origin=ORIGINS[origin],
+        origin_detail=origin_detail,
+        decided_at=timestamp_from_seconds(time.time() if decided_at is None else decided_at),
+        trace_id=sample.trace_id,
+    )
+
+
+def fallback_verdict(
+    sample_id: str,
+    edge_id: str,
+    trace_id: str,
+    *,
+    origin: Literal["timeout", "backend_error"],
+    detail: str,
+    backend: str,
+    model_name: str = "",
+    model_version: str = "",
+    queue_ms: float = 0.0,
+    inference_ms: float = 0.0,
+    decided_at: float | None = None,
+) -> verdict_pb2.Verdict:
+    """An UNSURE verdict standing in for one the backend did not give in time or at all (origin says which)."""
+    return verdict_pb2.Verdict(
+        sample_id=sample_id,
+        edge_id=edge_id,
+        decision=verdict_pb2.DECISION_UNSURE,
+        backend=backend,
+        model_name=model_name,
+        model_version=model_version,
+        queue_time_ms=queue_ms,
+        inference_time_ms=inference_ms,
+        origin=ORIGINS[origin],
+        origin_detail=detail,
+        decided_at=timestamp_from_seconds(time.time() if decided_at is None else decided_at),
+        trace_id=trace_id,
+    )
+
+
+def result_from_pb(pb: verdict_pb2.Verdict) -> BackendResult:
+    """The judgement a verdict carries (UNSPECIFIED reads as unsure, as the wire contract says)."""
+    return BackendResult(
+        decision=_DECISIONS_FROM_PB.get(pb.decision, "unsure"),
+        detections=[detection_from_pb(d) for d in pb.detections],
+        text=pb.text,
+        confidence=f32(pb.confidence),
+    )
+
+
+def detections_to_frame(detections: Iterable[CloudDetection], region: ImageRegion) -> list[CloudDetection]:
+    """Detections found in a sample's image, moved to original-frame pixels."""
+    return [CloudDetection(d.label, d.class_id, d.score, region.to_frame(d.box)) for d in detections]

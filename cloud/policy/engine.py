@@ -1,0 +1,320 @@
+"""The policy engine: the fleet policy, its site and edge overrides, versions, signatures, and pushes.
+
+Every change (fleet, site or edge) takes the next number of one monotonic counter shared by all
+scopes. The policy an edge gets is fleet <- site override <- edge override, versioned with the
+highest version among those layers, so any change to a layer an edge depends on gives that edge a
+newer version and nothing else changes for the others. Removing an override leaves a tombstone
+with a fresh version, so the edge's version still goes up when it falls back to the fleet policy.
+
+The counter and the layers' versions live in a small JSON file next to the verdict store and are
+written before a version is published: a restart never reissues a version, and a layer whose
+settings did not change across a restart keeps its version (edges are not sent the same policy
+again). The settings themselves come from cloud.yaml at start; changes made through the admin API
+last until the next restart (write them into cloud.yaml to keep them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from cloud.convert import SampleInput, timestamp_from_seconds
+from cloud.metrics import CloudMetrics
+from cloud.policy.settings import (
+    Band,
+    PolicyOverride,
+    PolicySettings,
+    PolicyValidationError,
+    merge,
+    overrides_of,
+    parse_override,
+    parse_settings,
+    settings_to_pb,
+)
+from cloud.policy.signing import PolicySigner
+from protos import policy_pb2, verdict_pb2
+
+logger = logging.getLogger(__name__)
+
+ScopeName = Literal["fleet", "site", "edge"]
+_SCOPES: dict[ScopeName, policy_pb2.PolicyScope.ValueType] = {
+    "fleet": policy_pb2.POLICY_SCOPE_FLEET,
+    "site": policy_pb2.POLICY_SCOPE_SITE,
+    "edge": policy_pb2.POLICY_SCOPE_EDGE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """A new policy version for a scope: the fleet, one site or one edge."""
+
+    scope: ScopeName
+    scope_id: str
+    version: int
+
+
+_P = TypeVar("_P", bound=PolicySettings)
+PolicyListener = Callable[[PolicyChange], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    """One layer's settings (None: a removed override, kept as a tombstone) and the version that set them."""
+
+    settings: PolicySettings | None
+    version: int
+    issued_at: float
+    digest: str
+
+
+def _digest(settings: PolicySettings | None) -> str:
+    if settings is None:
+        return "removed"
+    written = settings.model_dump(mode="json") if type(settings) is PolicySettings else overrides_of(settings)
+    return hashlib.sha256(json.dumps(written, sort_keys=True).encode()).hexdigest()
+
+
+def _key(scope: ScopeName, scope_id: str) -> str:
+    return "fleet" if scope == "fleet" else f"{scope}:{scope_id}"
+
+
+class PolicyEngine:
+    """Holds the layers, versions and signs them, and tells listeners about every change."""
+
+    def __init__(
+        self,
+        signer: PolicySigner,
+        state_path: Path,
+        metrics: CloudMetrics,
+        fleet: PolicySettings | None = None,
+        sites: Mapping[str, PolicyOverride] | None = None,
+        edges: Mapping[str, PolicyOverride] | None = None,
+    ) -> None:
+        """Load the version state from `state_path` (created if missing) and version the given layers."""
+        self._signer = signer
+        self._state_path = state_path
+        self._metrics = metrics
+        self._listeners: list[PolicyListener] = []
+        self._lock = asyncio.Lock()
+        self._cache: dict[tuple[str, str], policy_pb2.SignedPolicy] = {}
+        self._last_version, persisted = self._read_state()
+        wanted: dict[str, PolicySettings | None] = {"fleet": fleet or PolicySettings()}
+        wanted |= {_key("site", s): o for s, o in (sites or {}).items()}
+        wanted |= {_key("edge", e): o for e, o in (edges or {}).items()}
+        for key in persisted:
+            wanted.setdefault(key, None)  # an override gone from the config since the last run: a tombstone
+        self._layers: dict[str, _Layer] = {}
+        for key, settings in wanted.items():
+            old = persisted.get(key)
+            digest = _digest(settings)
+            if old is not None and old.digest == digest:
+                self._layers[key] = dataclasses.replace(old, settings=settings)
+            else:
+                self._last_version += 1
+                self._layers[key] = _Layer(settings, self._last_version, time.time(), digest)
+        self._write_state()
+
+    @property
+    def version(self) -> int:
+        """The newest version issued."""
+        return self._last_version
+
+    @property
+    def key_id(self) -> str:
+        """Id of the key policies are signed with."""
+        return self._signer.key_id
+
+    @property
+    def fleet(self) -> PolicySettings:
+        """The fleet policy's settings."""
+        settings = self._layers["fleet"].settings
+        assert settings is not None  # the fleet layer is never removed
+        return settings
+
+    def subscribe(self, listener: PolicyListener) -> None:
+        """Call `listener` after every new version (the gRPC server pushes to its sessions from there)."""
+        self._listeners.append(listener)
+
+    def effective(self, edge_id: str, site_id: str = "") -> tuple[PolicySettings, int, ScopeName, str, float]:
+        """The merged settings of an edge, its version, scope and scope id, and when that version was issued."""
+        fleet = self._layers["fleet"]
+        site = self._layers.get(_key("site", site_id)) if site_id else None
+        edge = self._layers.get(_key("edge", edge_id))
+        layers = [layer for layer in (fleet, site, edge) if layer is not None]
+        newest = max(layers, key=lambda layer: layer.version)
+        overrides = [layer.settings for layer in (site, edge) if layer is not None and layer.settings is not None]
+        settings = merge(self.fleet, *overrides, where=f"policy of edge {edge_id}")
+        scope: ScopeName = "fleet"
+        scope_id = ""
+        if edge is not None and edge.settings is not None:
+            scope, scope_id = "edge", edge_id
+        elif site is not None and site.settings is not None:
+            scope, scope_id = "site", site_id
+        return settings, newest.version, scope, scope_id, newest.issued_at
+
+    def policy_for(self, edge_id: str, site_id: str = "") -> policy_pb2.SignedPolicy:
+        """The signed policy in force for an edge: fleet <- its site's override <- its own override."""
+        cached = self._cache.get((edge_id, site_id))
+        if cached is not None:
+            return cached
+        settings, version, scope, scope_id, issued_at = self.effective(edge_id, site_id)
+        policy = policy_pb2.Policy(
+            version=version, scope=_SCOPES[scope], scope_id=scope_id, issued_at=timestamp_from_seconds(issued_at)
+        )
+        settings_to_pb(settings, policy)
+        signed = self._signer.sign(policy)
+        self._cache[(edge_id, site_id)] = signed
+        return signed
+
+    def version_for(self, edge_id: str, site_id: str = "") -> int:
+        """The version of the policy in force for an edge (cheaper than `policy_for`)."""
+        keys = ["fleet", _key("site", site_id) if site_id else "", _key("edge", edge_id)]
+        return max(self._layers[k].version for k in keys if k in self._layers)
+
+    async def set_fleet(self, settings: PolicySettings | Mapping[str, Any]) -> int:
+        """Replace the fleet policy; returns the new version (PolicyValidationError when invalid, counted)."""
+        async with self._lock:
+            parsed = self._checked(lambda: parse_settings(settings, "fleet policy"))
+            for key, layer in self._layers.items():
+                if key != "fleet" and layer.settings is not None:
+                    self._check_merge(
+                        parsed, layer.settings, f"{key.replace(':', ' ')} override over the new fleet policy"
+                    )
+            return await self._publish("fleet", "", parsed)
+
+    async def set_site(self, site_id: str, settings: PolicySettings | Mapping[str, Any]) -> int:
+        """Set a site's override (fields not written follow the fleet); returns the new version."""
+        async with self._lock:
+            where = f"site {site_id} override"
+            parsed = self._checked(lambda: parse_override(settings, where))
+            self._check_merge(self.fleet, parsed, where)
+            return await self._publish("site", site_id, parsed)
+
+    async def set_edge(self, edge_id: str, settings: PolicySettings | Mapping[str, Any]) -> int:
+        """Set an edge's override (fields not written follow its site and the fleet); returns the new version."""
+        async with self._lock:
+            where = f"edge {edge_id} override"
+            parsed = self._checked(lambda: parse_override(settings, where))
+            self._check_merge(self.fleet, parsed, where)
+            return await self._publish("edge", edge_id, parsed)
+
+    async def clear_override(self, scope: Literal["site", "edge"], scope_id: str) -> int:
+        """Remove a site or edge override; its edges go back to what is underneath, under a new version."""
+        async with self._lock:
+            return await self._publish(scope, scope_id, None)
+
+    async def adjust_bands(self, edge_id: str, bands: Mapping[str, Band], reason: str) -> int:
+        """Seam for the closed-loop band controller (a later issue): move one edge's uncertainty bands.
+
+        The controller keeps, per edge and class, recent (edge score, cloud verdict) pairs (fed by
+        `observe`) and computes bands that keep recall of cloud-confirmed events at target with the
+        smallest uplink; it calls this with them. The bands become part of the edge's override (other
+        written fields stay), so they are versioned, signed, persisted and pushed like any change.
+        """
+        current = self._layers.get(_key("edge", edge_id))
+        written = overrides_of(current.settings) if current is not None and current.settings is not None else {}
+        mining = dict(written.get("mining", {}))
+        mining["bands"] = {**mining.get("bands", {}), **{label: band.model_dump() for label, band in bands.items()}}
+        logger.info("edge %s: adjusting bands of %s (%s)", edge_id, ", ".join(sorted(bands)), reason)
+        return await self.set_edge(edge_id, {**written, "mining": mining})
+
+    def observe(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
+        """Seam for the closed loop: every backend verdict with the sample it judged. No-op for now.
+
+        The band controller of a later issue records (edge_id, label, edge score, decision) here and
+        calls `adjust_bands` when a band should move. It must stay cheap: it runs on the event loop.
+        """
+
+    def snapshot(self) -> dict[str, Any]:
+        """Versions and written settings of every layer, for the admin API."""
+
+        def show(layer: _Layer) -> dict[str, Any]:
+            return {"version": layer.version, "issued_at": layer.issued_at, "settings": self._written(layer)}
+
+        result: dict[str, Any] = {"version": self._last_version, "key_id": self.key_id}
+        result["fleet"] = show(self._layers["fleet"])
+        for scope in ("site", "edge"):
+            prefix = f"{scope}:"
+            result[f"{scope}s"] = {
+                key.removeprefix(prefix): show(layer)
+                for key, layer in sorted(self._layers.items())
+                if key.startswith(prefix) and layer.settings is not None
+            }
+        return result
+
+    @staticmethod
+    def _written(layer: _Layer) -> dict[str, Any] | None:
+        if layer.settings is None:
+            return None
+        if type(layer.settings) is PolicySettings:
+            return layer.settings.model_dump(mode="json")
+        return overrides_of(layer.settings)
+
+    def _checked(self, parse: Callable[[], _P]) -> _P:
+        try:
+            return parse()
+        except PolicyValidationError:
+            self._metrics.policies_rejected.inc()
+            raise
+
+    def _check_merge(self, base: PolicySettings, override: PolicySettings, where: str) -> None:
+        self._checked(lambda: merge(base, override, where=where))
+
+    async def _publish(self, scope: ScopeName, scope_id: str, settings: PolicySettings | None) -> int:
+        key = _key(scope, scope_id)
+        if settings is None and self._layers.get(key, _Layer(None, 0, 0.0, "")).settings is None:
+            return self._last_version  # nothing to remove
+        self._last_version += 1
+        self._layers[key] = _Layer(settings, self._last_version, time.time(), _digest(settings))
+        self._cache.clear()
+        await asyncio.to_thread(self._write_state)
+        self._metrics.policies_published.labels(scope).inc()
+        change = PolicyChange(scope, scope_id, self._last_version)
+        logger.info("policy v%d published for %s%s", change.version, scope, f" {scope_id}" if scope_id else "")
+        for listener in list(self._listeners):
+            try:
+                await listener(change)
+            except Exception:
+                logger.exception("policy listener failed on v%d", change.version)
+        return change.version
+
+    def _read_state(self) -> tuple[int, dict[str, _Layer]]:
+        try:
+            raw = json.loads(self._state_path.read_text())
+        except FileNotFoundError:
+            return 0, {}
+        except (OSError, ValueError) as err:
+            raise RuntimeError(
+                f"{self._state_path}: policy version state unreadable ({err}); restore it or remove it only if "
+                "every edge may be reset to versions starting again at 1"
+            ) from err
+        layers = {
+            key: _Layer(None, int(entry["version"]), float(entry["issued_at"]), str(entry["digest"]))
+            for key, entry in raw.get("layers", {}).items()
+        }
+        return int(raw.get("last_version", 0)), layers
+
+    def _write_state(self) -> None:
+        state = {
+            "last_version": self._last_version,
+            "layers": {
+                key: {"version": layer.version, "issued_at": layer.issued_at, "digest": layer.digest}
+                for key, layer in sorted(self._layers.items())
+            },
+        }
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._state_path.with_suffix(".tmp")
+        with temporary.open("w") as handle:
+            json.dump(state, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self._state_path)

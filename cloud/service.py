@@ -1,0 +1,149 @@
+"""The cloud service assembled: store, backend, batcher, policy engine, gRPC server and admin API.
+
+Start-up order: open the store, load the signing key and the policy engine, start the batcher (which
+loads the backend's model), open the gRPC server (health NOT_SERVING until now) and the admin API,
+then report SERVING. `stop` is the one ordered shutdown: health NOT_SERVING, sessions end after
+delivering what they owe, the gRPC server stops accepting, the batcher serves what is queued, the
+last verdicts are stored, the admin API and the store close, all within server.shutdown_grace_s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from cloud.api import AdminServer, AdminState, create_app
+from cloud.backends import Backend, build_backend
+from cloud.batcher import DynamicBatcher
+from cloud.config import CloudConfig
+from cloud.metrics import CloudMetrics
+from cloud.policy import PolicyEngine, PolicySigner
+from cloud.policy.signing import write_key_files
+from cloud.server import EdgeGLMServicer, FleetStatus, Health, SampleJudge, SessionDeps, build_server
+from cloud.store import VerdictStore
+
+logger = logging.getLogger(__name__)
+
+
+def load_signer(config: CloudConfig) -> PolicySigner:
+    """The policy signer the config names (created if asked to), or a throw-away one when it names none."""
+    path = config.policy.signing_key
+    if path is None:
+        signer = PolicySigner.ephemeral()
+        logger.warning(
+            "policy.signing_key is not set: policies are signed with throw-away key %s that no edge trusts",
+            signer.key_id,
+        )
+        return signer
+    if not path.exists() and config.policy.create_signing_key:
+        write_key_files(path, path.with_suffix(".pub"))
+        logger.warning("created policy signing key %s; install %s on the edges", path, path.with_suffix(".pub"))
+    return PolicySigner.from_file(path)
+
+
+class CloudService:
+    """One cloud service instance; `start`, then `stop` (once)."""
+
+    def __init__(
+        self, config: CloudConfig, metrics: CloudMetrics | None = None, backend: Backend | None = None
+    ) -> None:
+        """Build the parts from config (nothing starts yet); `backend` replaces the configured one (tests)."""
+        self.config = config
+        self.metrics = metrics or CloudMetrics()
+        self.backend = backend or build_backend(config.backend)
+        self.store = VerdictStore(config.store.path)
+        self.batcher = DynamicBatcher(self.backend, config.batcher, self.metrics)
+        self.fleet = FleetStatus()
+        self.health = Health()
+        self.policy: PolicyEngine | None = None
+        self.servicer: EdgeGLMServicer | None = None
+        self._server: grpc.aio.Server | None = None
+        self._admin: AdminServer | None = None
+        self._judge: SampleJudge | None = None
+        self.port = 0
+        self.admin_port = 0
+        self._stopped = False
+
+    async def start(self) -> None:
+        """Open everything, load the model, listen; SERVING once ready. A failure closes what was opened."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        config = self.config
+        await self.store.open()
+        signer = await asyncio.to_thread(load_signer, config)
+        self.policy = await asyncio.to_thread(  # reads and writes the version state file
+            PolicyEngine,
+            signer,
+            config.store.policy_state_path,
+            self.metrics,
+            fleet=config.policy.fleet,
+            sites=config.policy.sites,
+            edges=config.policy.edges,
+        )
+        logger.info("policy v%d in force, signed by key %s", self.policy.version, signer.key_id)
+        self._judge = SampleJudge(self.store, self.batcher, self.backend, self.policy, self.metrics)
+        deps = SessionDeps(
+            judge=self._judge,
+            policy=self.policy,
+            fleet=self.fleet,
+            metrics=self.metrics,
+            known_edges=frozenset(config.known_edges),
+            send_queue_size=config.server.session_send_queue_size,
+            max_in_flight=config.server.max_samples_in_flight_per_session,
+            hello_timeout_s=config.server.hello_timeout_s,
+            shutdown_grace_s=config.server.shutdown_grace_s,
+        )
+        self.servicer = EdgeGLMServicer(deps)
+        self._server, self.port = build_server(config.server, self.servicer, self.health)
+        await self._server.start()
+        logger.info("gRPC on %s:%d (NOT_SERVING until the backend is loaded)", config.server.host, self.port)
+        if config.admin.enabled:
+            state = AdminState(policy=self.policy, fleet=self.fleet, metrics=self.metrics, health=self.health)
+            self._admin = AdminServer(create_app(state), config.admin.host, config.admin.port)
+            await self._admin.start()
+            self.admin_port = self._admin.port
+        await self.batcher.start()
+        await self.health.serving()
+        logger.info(
+            "serving: backend %s (model %s %s), gRPC port %d, admin port %s",
+            self.backend.name,
+            self.backend.model_name,
+            self.backend.model_version,
+            self.port,
+            self.admin_port or "off",
+        )
+
+    async def stop(self) -> None:
+        """The ordered shutdown, bounded by server.shutdown_grace_s (again is a no-op)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        deadline = time.monotonic() + self.config.server.shutdown_grace_s
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        await self.health.shutting_down()
+        if self.servicer is not None:
+            await self.servicer.stop_sessions()
+            if not await self.servicer.wait_sessions_closed(left()):
+                logger.warning("sessions still open at the end of the grace period; they are cut")
+        if self._server is not None:
+            await self._server.stop(left())
+        await self.batcher.stop(left())
+        if self._judge is not None:
+            unfinished = await self._judge.drain(time.monotonic() + left())
+            if unfinished:
+                logger.warning("%d samples were accepted but not judged before shutdown", unfinished)
+        if self._admin is not None:
+            await self._admin.stop()
+        await self.store.close()
+        logger.info("cloud service stopped")

@@ -1,0 +1,118 @@
+"""Unary calls, health and limits of the cloud's gRPC server (real server, real client channel)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos import policy_pb2, session_pb2, verdict_pb2
+from tests.integration.test_cloud_server import (
+    EDGE,
+    WAIT_S,
+    busy_frames,
+    channel,
+    counter,
+    make_clip,
+    make_config,
+    make_sample,
+    open_session,
+    read,
+    running,
+)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("clip") / "cam0")
+
+
+async def test_infer_returns_the_verdict_and_a_repeat_is_not_inferred_again(tmp_path: Path, clip: Path) -> None:
+    sample = make_sample(clip, busy_frames(clip)[0], "s-unary")
+    async with running(make_config(tmp_path, clip)) as service, channel(service) as stub:
+        first = await stub.Infer(session_pb2.InferRequest(sample=sample, timeout_ms=5_000), timeout=WAIT_S)
+        again = await stub.Infer(session_pb2.InferRequest(sample=sample), timeout=WAIT_S)
+        assert (first.sample_id, first.edge_id, first.decision) == ("s-unary", EDGE, verdict_pb2.DECISION_CONFIRMED)
+        assert first.origin == verdict_pb2.VERDICT_ORIGIN_BACKEND
+        assert {d.label for d in first.detections} == {d.label for d in sample.detections}
+        assert again == first
+        assert counter(service, "edgeglm_inference_request_success_total", backend="oracle") == 1
+
+
+async def test_infer_refuses_a_broken_image_with_invalid_argument(tmp_path: Path, clip: Path) -> None:
+    sample = make_sample(clip, busy_frames(clip)[0], "s-broken", jpeg=b"not a jpeg at all")
+    async with running(make_config(tmp_path, clip)) as service, channel(service) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Infer(session_pb2.InferRequest(sample=sample), timeout=WAIT_S)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "s-broken" in (refused.value.details() or "")
+        assert counter(service, "edgeglm_cloud_bad_messages_total", reason="bad_image") == 1
+
+
+async def test_a_backend_slower_than_the_deadline_gives_a_timeout_verdict(tmp_path: Path, clip: Path) -> None:
+    config = make_config(tmp_path, clip, backend={"delay_ms": 2_000})
+    sample = make_sample(clip, busy_frames(clip)[0], "s-slow")
+    async with running(config) as service, channel(service) as stub:
+        verdict = await stub.Infer(session_pb2.InferRequest(sample=sample, timeout_ms=100), timeout=WAIT_S)
+        assert (verdict.origin, verdict.decision) == (verdict_pb2.VERDICT_ORIGIN_TIMEOUT, verdict_pb2.DECISION_UNSURE)
+        assert "s-slow" in verdict.origin_detail
+        assert counter(service, "edgeglm_inference_request_failure_total", backend="oracle", reason="timeout") == 1
+
+
+async def test_infer_from_an_unknown_edge_is_refused(tmp_path: Path, clip: Path) -> None:
+    sample = make_sample(clip, busy_frames(clip)[0], "s-stranger", edge_id="gw-stranger")
+    async with running(make_config(tmp_path, clip, known_edges=[EDGE])) as service, channel(service) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Infer(session_pb2.InferRequest(sample=sample), timeout=WAIT_S)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert await service.store.count() == 0
+
+
+async def test_get_policy_returns_the_policy_and_nothing_once_the_edge_has_it(tmp_path: Path, clip: Path) -> None:
+    async with running(make_config(tmp_path, clip)) as service, channel(service) as stub:
+        signed = await stub.GetPolicy(session_pb2.GetPolicyRequest(edge_id=EDGE), timeout=WAIT_S)
+        version = policy_pb2.Policy.FromString(signed.policy).version
+        current = await stub.GetPolicy(
+            session_pb2.GetPolicyRequest(edge_id=EDGE, known_version=version), timeout=WAIT_S
+        )
+        assert signed.signature and signed.key_id
+        assert current == policy_pb2.SignedPolicy()
+        assert service.policy is not None and version == service.policy.version
+
+
+async def test_health_is_serving_once_started_and_not_serving_on_stop(tmp_path: Path, clip: Path) -> None:
+    async with (
+        running(make_config(tmp_path, clip)) as service,
+        grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as chan,
+    ):
+        health = health_pb2_grpc.HealthStub(chan)
+        for name in ("", "edgeglm.v1.EdgeGLM"):
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=WAIT_S)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        await service.health.shutting_down()
+        answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=WAIT_S)
+        assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_an_oversized_message_is_refused_and_the_server_keeps_serving(tmp_path: Path, clip: Path) -> None:
+    config = make_config(tmp_path, clip, server={"max_receive_message_bytes": 256 << 10})
+    small = make_sample(clip, busy_frames(clip)[0], "s-small")
+    huge = make_sample(clip, busy_frames(clip)[0], "s-huge")
+    huge.image.jpeg += b"\x00" * (512 << 10)
+    async with running(config) as service, channel(service) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await stub.Infer(session_pb2.InferRequest(sample=huge), timeout=WAIT_S)
+        call, _ = await open_session(stub)
+        await call.write(session_pb2.EdgeMessage(sample=huge))
+        with pytest.raises(grpc.aio.AioRpcError) as stream:
+            await asyncio.wait_for(call.read(), WAIT_S)
+        after, _ = await open_session(stub)
+        await after.write(session_pb2.EdgeMessage(sample=small))
+        ack, verdict = (await read(after)).ack, (await read(after)).verdict
+        after.cancel()
+        assert unary.value.code() == stream.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (ack.accepted, verdict.decision) == (True, verdict_pb2.DECISION_CONFIRMED)
+        assert await service.store.count() == 1

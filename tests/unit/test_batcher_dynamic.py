@@ -1,0 +1,304 @@
+"""The dynamic batcher's Triton semantics, with a fake backend: batch forming, bounds, deadlines, failures.
+
+No test asserts a duration: waits that should not end (a huge max_queue_delay_ms, a backend held on
+an event) make an outcome depend only on the rule under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from cloud.batcher import (
+    BackendError,
+    BatcherConfig,
+    BatcherStoppedError,
+    DynamicBatcher,
+    InferenceTimeoutError,
+    QueueFullError,
+)
+from cloud.convert import BackendResult, SampleInput
+from cloud.metrics import CloudMetrics
+
+NEVER_MS = 60_000.0  # a queue delay no test waits out (the config's maximum)
+
+
+class FakeBackend:
+    """Echoes each sample_id as the result text; can be held on an event, fail, or miscount."""
+
+    name = "fake"
+    model_name = "fake-model"
+    model_version = "1"
+
+    def __init__(self, max_batch_size=64, fail_on=(), short_by=0):
+        self.max_batch_size = max_batch_size
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+        self.fail_on = set(fail_on)
+        self.short_by = short_by
+        self.starts = 0
+        self.closes = 0
+
+    async def start(self):
+        self.starts += 1
+
+    async def close(self):
+        self.closes += 1
+
+    async def infer(self, batch):
+        ids = [s.sample_id for s in batch]
+        self.batches.append(ids)
+        await self.release.wait()
+        if self.fail_on & set(ids):
+            raise RuntimeError("CUDA out of memory")
+        return [BackendResult("confirmed", [], s.sample_id, 1.0) for s in batch][: len(batch) - self.short_by]
+
+    @property
+    def sizes(self):
+        return [len(b) for b in self.batches]
+
+
+def sample(sample_id: str) -> SampleInput:
+    return SampleInput(
+        sample_id=sample_id,
+        edge_id="edge-1",
+        camera_id="cam",
+        frame_seq=0,
+        captured_at=0.0,
+        image=np.zeros((2, 2, 3), np.uint8),
+        crop=None,
+        frame_size=(2, 2),
+        detections=(),
+        mined_reason="random_audit",
+        priority=0.5,
+        trace_id="",
+    )
+
+
+@pytest.fixture
+def metrics():
+    return CloudMetrics()
+
+
+def value(metrics, name, **labels):
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def failures(metrics, reason):
+    return value(metrics, "edgeglm_inference_request_failure_total", backend="fake", reason=reason)
+
+
+async def started(backend, metrics, **config) -> DynamicBatcher:
+    batcher = DynamicBatcher(backend, BatcherConfig(**config), metrics)
+    await batcher.start()
+    return batcher
+
+
+async def until(condition):
+    """Let the loop run until `condition()` holds, bounded so a broken batcher fails instead of hanging."""
+    async with asyncio.timeout(10):
+        while not condition():  # noqa: ASYNC110 - polls batcher state that has no event of its own
+            await asyncio.sleep(0.001)
+
+
+async def test_full_batches_leave_at_once_under_load(metrics):
+    backend = FakeBackend()
+    batcher = await started(backend, metrics, max_batch_size=4, max_queue_delay_ms=NEVER_MS)
+
+    replies = await asyncio.wait_for(asyncio.gather(*(batcher.submit(sample(f"s{i}"), 30) for i in range(8))), 10)
+
+    assert backend.sizes == [4, 4]
+    assert [result.text for result, _, _ in replies] == [f"s{i}" for i in range(8)]
+    assert value(metrics, "edgeglm_inference_exec_count_total", backend="fake") == 2
+    assert value(metrics, "edgeglm_inference_request_success_total", backend="fake") == 8
+    assert value(metrics, "edgeglm_inference_batch_size_sum", backend="fake") == 8
+    await batcher.stop()
+
+
+async def test_batches_grow_while_the_backend_is_busy(metrics):
+    backend = FakeBackend()
+    backend.release.clear()
+    batcher = await started(backend, metrics, max_batch_size=8, max_queue_delay_ms=0)
+    first = asyncio.create_task(batcher.submit(sample("first"), 30))
+    await until(lambda: backend.batches)
+
+    waiting = [asyncio.create_task(batcher.submit(sample(f"s{i}"), 30)) for i in range(5)]
+    await until(lambda: batcher.queue_depth == 5)
+    backend.release.set()
+    await asyncio.gather(first, *waiting)
+
+    assert backend.sizes == [1, 5]
+    await batcher.stop()
+
+
+async def test_batch_is_capped_by_the_backends_own_max_batch_size(metrics):
+    backend = FakeBackend(max_batch_size=2)
+    batcher = await started(backend, metrics, max_batch_size=8, max_queue_delay_ms=NEVER_MS)
+
+    await asyncio.wait_for(asyncio.gather(*(batcher.submit(sample(f"s{i}"), 30) for i in range(6))), 10)
+
+    assert backend.sizes == [2, 2, 2]
+    assert batcher.batch_limit == 2
+    await batcher.stop()
+
+
+async def test_lone_request_leaves_after_max_queue_delay(metrics):
+    backend = FakeBackend()
+    batcher = await started(backend, metrics, max_batch_size=8, max_queue_delay_ms=5)
+
+    result, queue_ms, infer_ms = await asyncio.wait_for(batcher.submit(sample("alone"), 30), 10)
+
+    assert result.text == "alone"
+    assert backend.sizes == [1]
+    assert queue_ms >= 0 and infer_ms >= 0
+    await batcher.stop()
+
+
+async def test_requests_arriving_within_the_delay_share_a_batch(metrics):
+    backend = FakeBackend()
+    batcher = await started(backend, metrics, max_batch_size=8, max_queue_delay_ms=500)
+
+    await asyncio.wait_for(asyncio.gather(*(batcher.submit(sample(f"s{i}"), 30) for i in range(3))), 10)
+
+    assert backend.sizes == [3]
+    await batcher.stop()
+
+
+async def test_full_queue_refuses_at_once_and_counts_it(metrics):
+    backend = FakeBackend()
+    backend.release.clear()
+    batcher = await started(backend, metrics, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2)
+    running = asyncio.create_task(batcher.submit(sample("running"), 30))
+    await until(lambda: backend.batches)
+    queued = [asyncio.create_task(batcher.submit(sample(f"q{i}"), 30)) for i in range(2)]
+    await until(lambda: batcher.queue_depth == 2)
+
+    with pytest.raises(QueueFullError, match="queue full"):
+        await batcher.submit(sample("one too many"), 30)
+
+    backend.release.set()
+    await asyncio.gather(running, *queued)
+    assert failures(metrics, "queue_full") == 1
+    assert "one too many" not in [name for batch in backend.batches for name in batch]
+    await batcher.stop()
+
+
+async def test_request_whose_deadline_passes_in_the_queue_is_never_inferred(metrics):
+    backend = FakeBackend()
+    backend.release.clear()
+    batcher = await started(backend, metrics, max_batch_size=1, max_queue_delay_ms=0)
+    running = asyncio.create_task(batcher.submit(sample("running"), 30))
+    await until(lambda: backend.batches)
+
+    with pytest.raises(InferenceTimeoutError, match=r"sample late: deadline passed .*queued, not inferred"):
+        await batcher.submit(sample("late"), 0.05)
+
+    backend.release.set()
+    await running
+    assert backend.batches == [["running"]]
+    assert batcher.queue_depth == 0
+    assert failures(metrics, "timeout") == 1
+    assert value(metrics, "edgeglm_inference_queue_depth") == 0
+    await batcher.stop()
+
+
+async def test_request_whose_deadline_passes_in_the_backend_times_out_and_its_result_is_dropped(metrics):
+    backend = FakeBackend()
+    backend.release.clear()
+    batcher = await started(backend, metrics, max_batch_size=1, max_queue_delay_ms=0)
+
+    with pytest.raises(InferenceTimeoutError, match="in the backend"):
+        await batcher.submit(sample("slow"), 0.05)
+
+    backend.release.set()
+    result, _, _ = await asyncio.wait_for(batcher.submit(sample("next"), 30), 10)
+    assert result.text == "next"
+    assert failures(metrics, "timeout") == 1
+    assert value(metrics, "edgeglm_inference_request_success_total", backend="fake") == 1
+    await batcher.stop()
+
+
+async def test_backend_failure_fails_its_whole_batch_and_the_batcher_keeps_serving(metrics):
+    backend = FakeBackend(fail_on={"poison"})
+    batcher = await started(backend, metrics, max_batch_size=3, max_queue_delay_ms=NEVER_MS)
+
+    outcomes = await asyncio.gather(
+        *(batcher.submit(sample(name), 30) for name in ("a", "poison", "b")), return_exceptions=True
+    )
+    after = await asyncio.gather(*(batcher.submit(sample(f"c{i}"), 30) for i in range(3)))
+
+    assert all(isinstance(outcome, BackendError) for outcome in outcomes)
+    assert "CUDA out of memory" in str(outcomes[0])
+    assert [result.text for result, _, _ in after] == ["c0", "c1", "c2"]
+    assert failures(metrics, "backend_error") == 3
+    assert value(metrics, "edgeglm_inference_request_success_total", backend="fake") == 3
+    await batcher.stop()
+
+
+async def test_backend_returning_too_few_results_fails_the_batch(metrics):
+    backend = FakeBackend(short_by=1)
+    batcher = await started(backend, metrics, max_batch_size=2, max_queue_delay_ms=NEVER_MS)
+
+    outcomes = await asyncio.gather(*(batcher.submit(sample(f"s{i}"), 30) for i in range(2)), return_exceptions=True)
+
+    assert all(
+        isinstance(outcome, BackendError) and "1 results for a batch of 2" in str(outcome) for outcome in outcomes
+    )
+    await batcher.stop()
+
+
+async def test_caller_that_gives_up_takes_its_request_out_of_the_queue(metrics):
+    backend = FakeBackend()
+    backend.release.clear()
+    batcher = await started(backend, metrics, max_batch_size=1, max_queue_delay_ms=0)
+    running = asyncio.create_task(batcher.submit(sample("running"), 30))
+    await until(lambda: backend.batches)
+    abandoned = asyncio.create_task(batcher.submit(sample("abandoned"), 30))
+    await until(lambda: batcher.queue_depth == 1)
+
+    abandoned.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await abandoned
+    backend.release.set()
+    await running
+
+    assert batcher.queue_depth == 0
+    assert backend.batches == [["running"]]
+    await batcher.stop()
+
+
+async def test_stop_serves_queued_requests_then_refuses_new_ones_and_closes_the_backend(metrics):
+    backend = FakeBackend()
+    batcher = await started(backend, metrics, max_batch_size=2, max_queue_delay_ms=NEVER_MS)
+    pending = [asyncio.create_task(batcher.submit(sample(f"s{i}"), 30)) for i in range(3)]
+    await until(lambda: batcher.queue_depth + sum(backend.sizes) == 3)
+
+    await batcher.stop(timeout_s=10)
+
+    assert [(await task)[0].text for task in pending] == ["s0", "s1", "s2"]
+    assert backend.sizes == [2, 1]  # the last one did not wait for a full batch
+    with pytest.raises(BatcherStoppedError):
+        await batcher.submit(sample("late"), 30)
+    assert (backend.starts, backend.closes) == (1, 1)
+    assert not batcher.ready
+
+
+async def test_stop_fails_what_it_could_not_serve_by_its_deadline(metrics):
+    backend = FakeBackend()
+    backend.release.clear()
+    batcher = await started(backend, metrics, max_batch_size=1, max_queue_delay_ms=0)
+    running = asyncio.create_task(batcher.submit(sample("running"), 30))
+    await until(lambda: backend.batches)
+    queued = asyncio.create_task(batcher.submit(sample("queued"), 30))
+    await until(lambda: batcher.queue_depth == 1)
+
+    await batcher.stop(timeout_s=0.05)
+
+    for task in (running, queued):
+        with pytest.raises(BatcherStoppedError):
+            await task
+    assert failures(metrics, "shutdown") == 2
+    assert backend.closes == 1
