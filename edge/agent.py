@@ -193,6 +193,10 @@ class EdgeAgent:
             if not result.changed:
                 self.metrics.frames_gated.labels(camera).inc()
                 continue
+            if not source.config.realtime:
+                # A recording played as fast as it is consumed: wait for the detector, lose nothing.
+                await self._detect_queue.put((frame, True))
+                continue
             if self._detect_queue.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
                     dropped, _ = self._detect_queue.get_nowait()

@@ -15,6 +15,7 @@ import typer
 
 from edge.config import ConfigError, EdgeConfig, load_config
 from edge.detect import Detector, DetectorConfig, DetectorError, ImageDecodeError, decode_image
+from edge.policy.signing import PolicyKeyError
 
 logger = logging.getLogger("edge")
 
@@ -110,7 +111,7 @@ def run(
         raise typer.Exit(2) from err
     try:
         asyncio.run(_run_agent(config))
-    except DetectorError as err:
+    except (DetectorError, PolicyKeyError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
 

@@ -1,0 +1,167 @@
+"""The whole loop in one process: a real cloud service (grpc.aio on a free port, oracle backend) and
+real edge agents on generated clips, talking over loopback gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud.config import CloudConfig
+from cloud.service import CloudService
+from edge.agent import EdgeAgent
+from edge.config import EdgeConfig
+from edge.status import counter_total
+from sim.world.clips import ClipSpec, write_clip
+from tests.helpers.policy_keys import generate_keypair
+
+MODEL = Path(__file__).resolve().parents[2] / "sim" / "models" / "edge.onnx"
+WAIT_S = 60.0
+
+# Mines nothing: no band, no watch-list, no motion rule, no audit.
+SILENT = {
+    "mining": {
+        "uncertainty_band_enabled": False,
+        "watch_list": [],
+        "motion_without_detection_enabled": False,
+        "random_audit_enabled": False,
+    }
+}
+# Everything the detector sees goes up.
+WATCH_ALL = {"mining": {**SILENT["mining"], "watch_list": ["person", "cat", "motorcycle", "cup", "rocket"]}}
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight seconds where objects cross often."""
+    folder = tmp_path_factory.mktemp("clip")
+    return write_clip(ClipSpec(seed=0, seconds=8, fps=5, quiet_start_seconds=0.5, mean_gap_seconds=1.5), folder)
+
+
+def cloud_config(tmp_path: Path, clip: Path, fleet: dict[str, Any]) -> CloudConfig:
+    return CloudConfig.model_validate(
+        {
+            "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 5},
+            "backend": {"kind": "oracle", "ground_truth": {"cam0": str(clip)}, "delay_ms": 5, "jitter_ms": 0},
+            "batcher": {"max_queue_delay_ms": 2},
+            "store": {"path": str(tmp_path / "cloud" / "verdicts.sqlite")},
+            "policy": {
+                "signing_key": str(tmp_path / "keys" / "policy-signing.key"),
+                "create_signing_key": True,
+                "fleet": fleet,
+            },
+            "admin": {"enabled": False},
+        }
+    )
+
+
+def edge_config(
+    tmp_path: Path, clip: Path, port: int, edge_id: str, *, loop: bool = False, initial: dict[str, Any] | None = None
+) -> EdgeConfig:
+    return EdgeConfig.model_validate(
+        {
+            "edge_id": edge_id,
+            "state_dir": str(tmp_path / edge_id),
+            "cameras": [{"id": "cam0", "url": str(clip / "frames"), "fps_cap": 5, "realtime": loop, "loop": loop}],
+            "detector": {"model_path": str(MODEL), "intra_op_threads": 1},
+            "uplink": {"target": f"127.0.0.1:{port}", "heartbeat_interval_s": 0.5},
+            "policy": {"public_key": str(tmp_path / "keys" / "policy-signing.pub"), "initial": initial or {}},
+            "health": {"host": "127.0.0.1", "port": 0},
+            "pipeline": {"drain_deadline_s": 20},
+        }
+    )
+
+
+@contextlib.asynccontextmanager
+async def cloud(config: CloudConfig) -> AsyncIterator[CloudService]:
+    service = CloudService(config)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait (bounded) for a condition of the running system."""
+    for _ in range(int(WAIT_S / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def run_to_end(agent: EdgeAgent) -> dict[str, Any]:
+    await asyncio.wait_for(agent.run(asyncio.Event()), timeout=WAIT_S)
+    summary: dict[str, Any] = json.loads((agent.config.state_dir / "summary.json").read_text())
+    return summary
+
+
+async def test_every_sample_sent_gets_its_verdict(tmp_path: Path, clip: Path) -> None:
+    async with cloud(cloud_config(tmp_path, clip, WATCH_ALL)) as service:
+        agents = [EdgeAgent(edge_config(tmp_path, clip, service.port, f"gw-{i}")) for i in range(2)]
+        summaries = await asyncio.gather(*(run_to_end(agent) for agent in agents))
+        stored = await service.store.count()
+        confirmed = service.metrics.verdicts_sent.labels("confirmed")._value.get()
+    for summary in summaries:
+        assert summary["frames_read"] == 40
+        assert summary["frames_dropped"] == 0
+        assert summary["frames_gated"] + summary["frames_detected"] == 40
+        assert summary["samples_sent"] > 0
+        assert summary["verdicts"] == summary["samples_sent"]
+        assert summary["samples_unacknowledged"] == 0
+        assert summary["policy_version"] >= 1
+        assert len(summary["verdict_latency_ms"]) == summary["samples_sent"]
+    assert stored == sum(s["samples_sent"] for s in summaries)
+    assert confirmed > 0, "the oracle confirms what the edge saw of real objects"
+    events = [json.loads(line) for line in (tmp_path / "gw-0" / "events.jsonl").read_text().splitlines()]
+    assert events
+    assert {e["source"] for e in events} <= {"edge", "cloud"}
+
+
+async def test_policy_set_midway_reaches_the_agent_and_changes_what_it_mines(tmp_path: Path, clip: Path) -> None:
+    async with cloud(cloud_config(tmp_path, clip, SILENT)) as service:
+        # Silent from the first frame (built-in policy too), so every sample mined is the new policy's doing.
+        agent = EdgeAgent(edge_config(tmp_path, clip, service.port, "gw-live", loop=True, initial=SILENT))
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        engine = service.policy
+        assert engine is not None
+        try:
+            first = engine.version_for("gw-live")
+            await until(lambda: agent.policy.version == first, "the first policy")
+            await until(lambda: counter_total(agent.metrics.frames_detected) >= 20, "frames detected")
+            assert counter_total(agent.metrics.mined) == 0
+            second = await engine.set_fleet(WATCH_ALL)
+            assert second > first
+            await until(lambda: agent.policy.version == second, "the new policy on the agent")
+            assert agent.policy.mining.watch_list == ("person", "cat", "motorcycle", "cup", "rocket")
+            await until(lambda: counter_total(agent.metrics.mined) > 0, "samples mined under the new policy")
+            await until(lambda: counter_total(agent.metrics.verdicts) > 0, "verdicts for them")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=WAIT_S)
+    restarted = EdgeAgent(edge_config(tmp_path, clip, 1, "gw-live"))
+    restarted.policies.load()
+    assert restarted.policy.version == second
+    assert restarted.policy.mining.watch_list == ("person", "cat", "motorcycle", "cup", "rocket")
+
+
+async def test_agent_keeps_deciding_when_the_cloud_is_unreachable(tmp_path: Path, clip: Path) -> None:
+    # Nothing listens on this port: the agent runs on its built-in policy and records local events.
+    generate_keypair(tmp_path / "keys", "policy-signing")
+    config = edge_config(tmp_path, clip, 9, "gw-alone")
+    config = config.model_copy(update={"pipeline": config.pipeline.model_copy(update={"drain_deadline_s": 1})})
+    agent = EdgeAgent(config)
+    summary = await run_to_end(agent)
+    assert summary["frames_read"] == 40
+    assert summary["verdicts"] == 0
+    assert counter_total(agent.metrics.decisions_without_cloud) > 0
+    events = (tmp_path / "gw-alone" / "events.jsonl").read_text().splitlines()
+    assert events, "confident detections become local events without the cloud"
