@@ -142,6 +142,9 @@ class EdgeAgent:
             await detector_task
         if not await self.uplink.drain(deadline):
             logger.warning("shutdown deadline: %d samples not acknowledged", self.uplink.pending)
+        # Acknowledged samples are the cloud's; their verdicts are still worth waiting for, within the deadline.
+        while self._pending and self.uplink.connected and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
         await self.uplink.stop()
         self.events.close()
         self._write_summary()
@@ -159,6 +162,12 @@ class EdgeAgent:
             "frames_detected": counter_total(m.frames_detected),
             "frames_dropped": counter_total(m.frames_dropped),
             "samples_mined": counter_total(m.mined),
+            "mined_by_reason": {
+                sample.labels["reason"]: sample.value
+                for metric in m.mined.collect()
+                for sample in metric.samples
+                if sample.name.endswith("_total")
+            },
             "samples_sent": counter_total(m.samples_sent),
             "uplink_bytes": counter_total(m.uplink_bytes),
             "verdicts": counter_total(m.verdicts),
