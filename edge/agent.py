@@ -79,6 +79,7 @@ class EdgeAgent:
         self._last_progress = time.monotonic()
         self._draining = False
         self._verdict_latencies_ms: list[float] = []
+        self._last_sent: dict[tuple[str, str, tuple[str, ...]], float] = {}
         self.status = StatusBuilder(config.edge_id, config.site_id, self.metrics)
         self.uplink = GrpcUplink(
             config.uplink,
@@ -241,8 +242,26 @@ class EdgeAgent:
         for detection in decision.confident:
             self.events.emit(frame.camera_id, detection, frame.seq, frame.captured_at, policy_version, source="edge")
         if decision.kind == "suspicious" and decision.reason is not None:
+            if self._sent_recently(frame, detections, decision.reason):
+                self.metrics.samples_dropped.labels("resend_interval").inc()
+                return
             self.metrics.mined.labels(decision.reason).inc()
             await self._send(frame, detections, decision)
+
+    def _sent_recently(self, frame: Frame, detections: list[Detection], reason: str) -> bool:
+        """True when this camera sent the same labels for the same reason within the policy's interval."""
+        interval = self.policy.mining.resend_interval_s
+        if interval <= 0 or reason == "random_audit":
+            return False
+        key = (frame.camera_id, reason, tuple(sorted({d.label for d in detections})))
+        last = self._last_sent.get(key)
+        if last is not None and 0 <= frame.captured_at - last < interval:
+            return True
+        if len(self._last_sent) > 4096:  # bounded: forget the oldest half
+            for stale in sorted(self._last_sent, key=self._last_sent.__getitem__)[:2048]:
+                del self._last_sent[stale]
+        self._last_sent[key] = frame.captured_at
+        return False
 
     async def _send(self, frame: Frame, detections: list[Detection], decision: MiningDecision) -> None:
         """Encode the frame (or crop) as the policy says and hand the sample to the uplink."""

@@ -118,6 +118,7 @@ def policy_to_pb(policy: EdgePolicy) -> policy_pb2.Policy:
             motion_without_detection_enabled=mining.motion_without_detection_enabled,
             random_audit_enabled=mining.random_audit_enabled,
             random_audit_rate=mining.random_audit_rate,
+            resend_interval_s=mining.resend_interval_s,
         ),
         uplink=policy_pb2.UplinkSettings(
             budget_bytes_per_s=policy.uplink.budget_bytes_per_s,
@@ -201,6 +202,7 @@ def _mining_from_pb(mining: policy_pb2.MiningSettings, base: EdgePolicy, where: 
         "motion_without_detection_enabled": mining.motion_without_detection_enabled,
         "random_audit_enabled": mining.random_audit_enabled,
         "random_audit_rate": f32(mining.random_audit_rate),
+        "resend_interval_s": f32(mining.resend_interval_s),
     }
 
 

@@ -70,6 +70,9 @@ class MiningSettings(_Strict):
     )
     random_audit_enabled: bool = Field(True, description="Send a random share of frames to measure edge accuracy.")
     random_audit_rate: float = Field(0.01, ge=0.0, le=1.0, description="Share of detected frames audited.")
+    resend_interval_s: float = Field(
+        2.0, ge=0.0, le=3600.0, description="Same camera, labels and reason: at most one sample per interval."
+    )
 
     @model_validator(mode="after")
     def _labelled(self) -> Self:
@@ -214,6 +217,7 @@ def settings_to_pb(settings: PolicySettings, policy: policy_pb2.Policy) -> None:
             motion_without_detection_enabled=mining.motion_without_detection_enabled,
             random_audit_enabled=mining.random_audit_enabled,
             random_audit_rate=mining.random_audit_rate,
+            resend_interval_s=mining.resend_interval_s,
         )
     )
     policy.uplink.CopyFrom(

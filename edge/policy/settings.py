@@ -63,6 +63,9 @@ class MiningPolicy(_Strict):
     )
     random_audit_enabled: bool = Field(True, description="Send a random share of frames to measure edge accuracy.")
     random_audit_rate: float = Field(0.01, ge=0.0, le=1.0, description="Share of detected frames audited.")
+    resend_interval_s: float = Field(
+        2.0, ge=0.0, le=3600.0, description="Same camera, labels and reason: at most one sample per interval."
+    )
 
     def band_for(self, label: str) -> Band:
         """The band of one class."""

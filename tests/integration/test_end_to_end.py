@@ -165,3 +165,20 @@ async def test_agent_keeps_deciding_when_the_cloud_is_unreachable(tmp_path: Path
     assert counter_total(agent.metrics.decisions_without_cloud) > 0
     events = (tmp_path / "gw-alone" / "events.jsonl").read_text().splitlines()
     assert events, "confident detections become local events without the cloud"
+
+
+async def test_resend_interval_sends_a_lingering_object_once_per_interval(tmp_path: Path, clip: Path) -> None:
+    sent: dict[float, int] = {}
+    dropped: dict[float, float] = {}
+    for interval in (0.0, 3600.0):
+        settings = {"mining": {**WATCH_ALL["mining"], "resend_interval_s": interval}}
+        async with cloud(cloud_config(tmp_path / str(interval), clip, settings)) as service:
+            edge_id = f"gw-{interval:.0f}"
+            agent = EdgeAgent(edge_config(tmp_path / str(interval), clip, service.port, edge_id, initial=settings))
+            summary = await run_to_end(agent)
+            sent[interval] = summary["samples_sent"]
+            dropped[interval] = agent.metrics.samples_dropped.labels("resend_interval")._value.get()
+    # Without an interval every frame showing a watched label goes up; with one, each camera/label set once.
+    assert dropped[0.0] == 0
+    assert sent[3600.0] < sent[0.0]
+    assert sent[3600.0] + dropped[3600.0] == sent[0.0]
