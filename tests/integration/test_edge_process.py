@@ -41,7 +41,11 @@ def test_agent_reports_autonomous_and_drains_on_sigterm(tmp_path: Path) -> None:
     config = {
         "edge_id": "gw-proc",
         "state_dir": str(tmp_path / "state"),
-        "cameras": [{"id": "cam0", "url": str(clip / "frames"), "fps_cap": 5, "loop": True}],
+        "cameras": [
+            {"id": "cam0", "url": str(clip / "frames"), "fps_cap": 5, "loop": True},
+            # Nothing listens there: this camera never answers, and must not stop the other one.
+            {"id": "dead", "url": f"rtsp://127.0.0.1:{free_port()}/x", "open_timeout_s": 0.5, "backoff_max_s": 1},
+        ],
         "detector": {"model_path": str(MODEL), "intra_op_threads": 1},
         "uplink": {"target": f"127.0.0.1:{free_port()}"},
         "policy": {"public_key": str(tmp_path / "keys" / "policy-signing.pub")},
@@ -68,7 +72,14 @@ def test_agent_reports_autonomous_and_drains_on_sigterm(tmp_path: Path) -> None:
         assert ready["state"] == "autonomous"
         assert any("cloud unreachable" in reason for reason in ready["reasons"])
         metrics = get(f"http://127.0.0.1:{health}/metrics")[1]
-        assert "edgeglm_edge_frames_read_total" in metrics
+        assert 'edgeglm_edge_frames_read_total{camera="cam0"}' in metrics
+        for _ in range(100):
+            metrics = get(f"http://127.0.0.1:{health}/metrics")[1]
+            if 'edgeglm_edge_camera_reconnects_total{camera="dead"}' in metrics:
+                break
+            time.sleep(0.1)
+        assert 'edgeglm_edge_camera_reconnects_total{camera="dead"}' in metrics
+        assert 'edgeglm_edge_camera_up{camera="dead"} 0.0' in metrics
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, (tmp_path / "edge.log").read_text()
     finally:
