@@ -25,11 +25,13 @@ from edge.gate import FrameGate
 from edge.health import HealthServer
 from edge.metrics import EdgeMetrics
 from edge.mine import Miner, MiningContext, MiningDecision
+from edge.outbox import Outbox
 from edge.policy.settings import EdgePolicy
 from edge.policy.signing import load_public_key
 from edge.policy.store import PolicyStore
 from edge.sources import CameraSource, Frame
 from edge.status import StatusBuilder, counter_total
+from edge.uplink.dispatch import Dispatcher
 from edge.uplink.grpc import GrpcUplink, UplinkHandlers
 from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
 
@@ -70,6 +72,13 @@ class EdgeAgent:
             cooldown_s=config.events.cooldown_s,
         )
         self.sources = [CameraSource(camera, self.metrics) for camera in config.cameras]
+        self.outbox = Outbox(
+            config.outbox.path or config.state_dir / "outbox.sqlite",
+            max_bytes=config.outbox.max_bytes,
+            max_age_s=config.outbox.max_age_s,
+            metrics=self.metrics,
+        )
+        self._outbox_samples = 0
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect")
         self._detect_queue: asyncio.Queue[tuple[Frame, bool]] = asyncio.Queue(config.pipeline.detect_queue_size)
         self._pending: dict[str, PendingSample] = {}
@@ -92,6 +101,9 @@ class EdgeAgent:
             ),
             self.metrics,
         )
+        self.dispatcher = Dispatcher(
+            self.outbox, self.uplink, self.policy.uplink, self.metrics, window=config.outbox.window
+        )
         self.health = HealthServer(
             config.health.host, config.health.port, self.metrics.registry, self._liveness, self._readiness
         )
@@ -105,11 +117,17 @@ class EdgeAgent:
         """Start everything, process frames until `stop` is set or every camera has ended, then shut down."""
         loop = asyncio.get_running_loop()
         self.policies.load()
+        await self.outbox.open()
+        self._outbox_samples = (await self.outbox.stats()).samples
         self.health.start()
         self._detector = await loop.run_in_executor(self._infer_pool, Detector, self.config.detector)
         self._apply(self.policy)
         self.policies.subscribe(self._apply)
         await self.uplink.start()
+        background = [
+            asyncio.create_task(self.dispatcher.run(), name="dispatch"),
+            asyncio.create_task(self._sweep_outbox(), name="outbox-sweep"),
+        ]
         for source in self.sources:
             await source.start()
         workers = [asyncio.create_task(self._camera_loop(s), name=f"camera-{s.config.id}") for s in self.sources]
@@ -118,14 +136,34 @@ class EdgeAgent:
         stop_waiter = asyncio.create_task(stop.wait())
         await asyncio.wait([cameras_done, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
         cameras_done.cancel()
-        await self._shutdown(workers, detector_task)
+        await self._shutdown(workers, detector_task, background)
         stop_waiter.cancel()
 
     @staticmethod
     async def _all_ended(workers: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*workers)
 
-    async def _shutdown(self, workers: list[asyncio.Task[None]], detector_task: asyncio.Task[None]) -> None:
+    async def _sweep_outbox(self) -> None:
+        """Drop samples past their age, and keep the outbox size at hand for heartbeats."""
+        while True:
+            await self.outbox.expire()
+            self._outbox_samples = (await self.outbox.stats()).samples
+            await asyncio.sleep(self.config.outbox.expire_every_s)
+
+    async def _drain_outbox(self, deadline: float) -> int:
+        """Wait (while the cloud is there) for the outbox to empty; returns what is left in it."""
+        left = (await self.outbox.stats()).samples
+        while left and self.uplink.connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            left = (await self.outbox.stats()).samples
+        return left
+
+    async def _shutdown(
+        self,
+        workers: list[asyncio.Task[None]],
+        detector_task: asyncio.Task[None],
+        background: list[asyncio.Task[None]],
+    ) -> None:
         """Stop sources, finish queued frames, wait for acks, close transports — within one deadline."""
         self._draining = True
         deadline = time.monotonic() + self.config.pipeline.drain_deadline_s
@@ -141,12 +179,18 @@ class EdgeAgent:
         detector_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await detector_task
-        if not await self.uplink.drain(deadline):
-            logger.warning("shutdown deadline: %d samples not acknowledged", self.uplink.pending)
+        left = await self._drain_outbox(deadline)
+        if left:
+            logger.warning("%d samples stay in the outbox for the next start", left)
         # Acknowledged samples are the cloud's; their verdicts are still worth waiting for, within the deadline.
         while self._pending and self.uplink.connected and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await self.uplink.stop()
+        self._outbox_samples = (await self.outbox.stats()).samples
+        await self.outbox.close()
         self.events.close()
         self._write_summary()
         self.health.stop()
@@ -172,7 +216,7 @@ class EdgeAgent:
             "samples_sent": counter_total(m.samples_sent),
             "uplink_bytes": counter_total(m.uplink_bytes),
             "verdicts": counter_total(m.verdicts),
-            "samples_unacknowledged": self.uplink.pending,
+            "samples_unacknowledged": self._outbox_samples,
             "policy_version": self.policy.version,
             "verdict_latency_ms": self._verdict_latencies_ms,
         }
@@ -183,6 +227,7 @@ class EdgeAgent:
         """Hand a newly applied policy to the gate and the miner."""
         for gate in self._gates.values():
             gate.update_policy(policy.gate)
+        self.dispatcher.update_policy(policy.uplink)
         if self._miner is None:
             self._miner = Miner(policy.mining)
         else:
@@ -298,8 +343,11 @@ class EdgeAgent:
         )
         labels = tuple(sorted({d.label for d in detections}))
         self._pending[sample_id] = PendingSample(frame.camera_id, frame.seq, frame.captured_at, labels)
-        if not self.uplink.submit(sample):
-            self._pending.pop(sample_id, None)
+        # On disk before anything is sent: from here on the sample survives crashes and outages.
+        for evicted in await self.outbox.put(sample):
+            self._pending.pop(evicted, None)
+        self._outbox_samples += 1
+        self.dispatcher.notify()
 
     def _hello(self) -> session_pb2.Hello:
         return session_pb2.Hello(
@@ -318,11 +366,15 @@ class EdgeAgent:
             policy_version=self.policy.version,
             model_name=self.config.detector.model_path.stem,
             model_version=self.config.model_version,
-            outbox_samples=self.uplink.pending,
+            outbox_samples=self._outbox_samples,
             cameras=self.sources,
         )
 
     async def _on_ack(self, ack: session_pb2.Ack) -> None:
+        # Accepted, duplicate or refused as malformed: either way it must not be sent again.
+        if await self.outbox.ack(ack.sample_id):
+            self._outbox_samples = max(0, self._outbox_samples - 1)
+        self.dispatcher.acknowledged(ack.sample_id)
         if not ack.accepted:
             self._pending.pop(ack.sample_id, None)
 

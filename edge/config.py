@@ -65,6 +65,20 @@ class PolicyConfig(_Section):
     )
 
 
+class OutboxConfig(_Section):
+    """The on-disk queue of samples waiting for the cloud's acknowledgement."""
+
+    path: Path | None = Field(None, description="SQLite file; default: state_dir/outbox.sqlite.")
+    max_bytes: int = Field(
+        512 << 20, ge=1 << 20, le=1 << 40, description="Bytes kept at most; beyond, lowest priority goes first."
+    )
+    max_age_s: float = Field(
+        86_400.0, ge=60, le=30 * 86_400, description="Samples older than this are dropped (and counted)."
+    )
+    expire_every_s: float = Field(15.0, ge=1, le=3600, description="How often old samples are swept.")
+    window: int = Field(16, ge=1, le=1024, description="Samples sent and not yet acknowledged, at most.")
+
+
 class EventsConfig(_Section):
     """Local events of confident detections."""
 
@@ -108,6 +122,7 @@ class EdgeConfig(BaseSettings):
     model_version: str = Field("", max_length=128, description="Version reported for the detector model.")
     uplink: UplinkConfig = Field(default_factory=GrpcUplinkConfig, description="Link to the cloud.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Policy verification and defaults.")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward queue.")
     events: EventsConfig = Field(default_factory=EventsConfig, description="Local events.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health and metrics endpoint.")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline queues and shutdown.")
@@ -178,6 +193,7 @@ def resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:
     updates["detector"] = config.detector.model_copy(update={"model_path": fix(config.detector.model_path)})
     updates["policy"] = config.policy.model_copy(update={"public_key": fix(config.policy.public_key)})
     updates["events"] = config.events.model_copy(update={"path": fix(config.events.path)})
+    updates["outbox"] = config.outbox.model_copy(update={"path": fix(config.outbox.path)})
     cameras = []
     for camera in config.cameras:
         url = camera.url

@@ -159,6 +159,10 @@ class GrpcUplink:
             except grpc.aio.AioRpcError as err:
                 self._last_error = f"{err.code().name}: {err.details()}"
                 logger.warning("cloud session to %s ended: %s", self._config.target, self._last_error)
+            except asyncio.InvalidStateError:
+                # A write raced the cloud closing the stream; the next session resends what is unacked.
+                self._last_error = "stream closed by the cloud"
+                logger.warning("cloud session to %s ended: %s", self._config.target, self._last_error)
             finally:
                 self._connected.clear()
                 self._metrics.uplink_connected.set(0)

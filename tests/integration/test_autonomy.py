@@ -1,0 +1,125 @@
+"""Store-and-forward over gRPC: the edge keeps working without the cloud and loses nothing.
+
+A real cloud service (oracle backend) is stopped and started again on the same port and SQLite
+store while a real agent plays a looping clip in real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from cloud.service import CloudService
+from edge.agent import EdgeAgent
+from edge.status import counter_total
+from sim.world.clips import ClipSpec, write_clip
+from tests.helpers.policy_keys import generate_keypair
+from tests.integration.test_end_to_end import WATCH_ALL, cloud_config, edge_config, until
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("clip")
+    return write_clip(ClipSpec(seed=0, seconds=8, fps=5, quiet_start_seconds=0.5, mean_gap_seconds=1.5), folder)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def every_frame(rate: int | None = None) -> dict[str, object]:
+    """Watch everything, no resend interval: many samples, quickly."""
+    uplink = {} if rate is None else {"budget_bytes_per_s": rate, "burst_bytes": rate}
+    return {"mining": {**WATCH_ALL["mining"], "resend_interval_s": 0.0}, "uplink": uplink}
+
+
+async def test_samples_mined_during_an_outage_reach_the_cloud_once_it_returns(tmp_path: Path, clip: Path) -> None:
+    port = free_port()
+    settings = every_frame()
+    config = cloud_config(tmp_path, clip, settings)
+    config = config.model_copy(update={"server": config.server.model_copy(update={"port": port})})
+    service = CloudService(config)
+    await service.start()
+    agent = EdgeAgent(edge_config(tmp_path, clip, port, "gw-out", loop=True, initial=settings))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await until(lambda: counter_total(agent.metrics.verdicts) >= 3, "verdicts while the cloud is up")
+        assert agent._readiness()[1] == "online"
+        await service.stop()
+        await until(lambda: not agent.uplink.connected, "the agent noticing the outage")
+        assert agent._readiness()[0], "an autonomous edge stays ready"
+        assert agent._readiness()[1] == "autonomous"
+        mined_before = counter_total(agent.metrics.mined)
+        events_before = counter_total(agent.metrics.local_events)
+        await until(lambda: counter_total(agent.metrics.mined) >= mined_before + 5, "mining during the outage")
+        assert counter_total(agent.metrics.decisions_without_cloud) > 0
+        assert (await agent.outbox.stats()).samples > 0
+        service = CloudService(config)
+        await service.start()
+        await until(lambda: agent.uplink.connected, "the agent reconnecting")
+        assert agent._readiness()[1] == "online"
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
+        assert counter_total(agent.metrics.local_events) >= events_before
+        stored = await service.store.count()
+    finally:
+        stop.set()
+        await service.stop()
+    assert agent._outbox_samples == 0
+    # Every sample the agent mined, before, during and after the outage, is in the cloud's store once.
+    assert stored == counter_total(agent.metrics.mined)
+
+
+async def test_a_full_outbox_evicts_and_the_agent_keeps_running(tmp_path: Path, clip: Path) -> None:
+    generate_keypair(tmp_path / "keys", "policy-signing")
+    config = edge_config(tmp_path, clip, free_port(), "gw-full", initial=every_frame())
+    config = config.model_copy(
+        update={
+            "outbox": config.outbox.model_copy(update={"max_bytes": 1 << 20}),
+            "pipeline": config.pipeline.model_copy(update={"drain_deadline_s": 1}),
+        }
+    )
+    agent = EdgeAgent(config)
+    await asyncio.wait_for(agent.run(asyncio.Event()), timeout=60)
+    evicted = agent.metrics.samples_dropped.labels("outbox_evicted")._value.get()
+    assert counter_total(agent.metrics.frames_read) == 40
+    assert evicted > 0
+    assert agent._outbox_samples + evicted == counter_total(agent.metrics.mined)
+
+
+async def test_replay_after_reconnect_stays_within_the_byte_budget(tmp_path: Path, clip: Path) -> None:
+    rate = 200_000
+    port = free_port()
+    settings = every_frame(rate)
+    config = cloud_config(tmp_path, clip, settings)
+    config = config.model_copy(update={"server": config.server.model_copy(update={"port": port})})
+    generate_keypair(tmp_path / "keys", "policy-signing")
+    agent = EdgeAgent(edge_config(tmp_path, clip, port, "gw-budget", initial=settings))
+    await asyncio.wait_for(agent.run(asyncio.Event()), timeout=60)  # no cloud: everything stays in the outbox
+    backlog = agent._outbox_samples
+    assert backlog >= 5
+    service = CloudService(config)
+    await service.start()
+    try:
+        # Replay only: the camera folder is gone, so no new frames (the source keeps retrying it).
+        restarted = EdgeAgent(edge_config(tmp_path, tmp_path / "gone", port, "gw-budget", initial=settings))
+        stop = asyncio.Event()
+        task = asyncio.create_task(restarted.run(stop))
+        await until(lambda: restarted.uplink.connected, "connection")
+        started = time.monotonic()
+        await until(lambda: counter_total(restarted.metrics.acks) >= backlog, "the backlog acknowledged")
+        elapsed = time.monotonic() - started
+        sent_bytes = counter_total(restarted.metrics.uplink_bytes)
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
+    finally:
+        await service.stop()
+    largest_sample = 200_000  # a 640x480 JPEG at quality 80 is well under this
+    assert sent_bytes <= rate * elapsed + rate + largest_sample
