@@ -47,6 +47,8 @@ test: lint typecheck pytest ## ruff, mypy and every test
 
 bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	$(BIN)/python -m bench.detector --out bench/results/detector.json
+	$(BIN)/python -m bench.pipeline --out bench/results/pipeline.json
+	$(BIN)/python -m bench.cloud --out bench/results/cloud.json
 
 protos: $(VENV)/.ready ## regenerate the Python modules from protos/*.proto
 	$(BIN)/python -m protos.generate
