@@ -28,7 +28,21 @@ $(VENV)/.ready: pyproject.toml
 	$(BIN)/python -c "import torch, onnxruntime, grpc, cv2; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 
-setup: $(VENV)/.ready ## create .venv with the runtime and test dependencies
+setup: $(VENV)/.ready mosquitto ## create .venv with the runtime and test dependencies
+
+# The MQTT tests start Debian's mosquitto on a free port: installed here when missing (CI runs as
+# root); elsewhere a warning, and those tests skip.
+.PHONY: mosquitto
+mosquitto:
+	@if command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq mosquitto >/dev/null 2>&1 \
+			|| { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq mosquitto >/dev/null 2>&1; } \
+			|| echo "warning: apt-get could not install mosquitto; the MQTT tests will be skipped" >&2; \
+	else \
+		echo "warning: mosquitto is missing (install it: sudo apt-get install mosquitto); the MQTT tests will be skipped" >&2; \
+	fi
 
 demo: $(VENV)/.ready ## a cloud and 3 edge agents on loopback over generated clips; summary in runs/demo
 	$(BIN)/edgeglm-sim demo --out runs/demo
@@ -43,7 +57,7 @@ typecheck: $(VENV)/.ready
 pytest: $(VENV)/.ready
 	$(BIN)/pytest -q
 
-test: lint typecheck pytest ## ruff, mypy and every test
+test: lint typecheck mosquitto pytest ## ruff, mypy and every test
 
 bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	$(BIN)/python -m bench.detector --out bench/results/detector.json

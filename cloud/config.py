@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from cloud.backends import BackendConfig, OracleBackendConfig
 from cloud.batcher import BatcherConfig
+from cloud.bridge.config import MqttBridgeConfig
 from cloud.policy.settings import PolicyOverride, PolicySettings
 
 SECRETS_DIR = Path("/run/secrets")
@@ -138,6 +139,9 @@ class CloudConfig(BaseSettings):
         default_factory=list, description="Edge ids allowed to connect; empty accepts any edge."
     )
     admin: AdminConfig = Field(default_factory=AdminConfig, description="Admin HTTP API.")
+    mqtt: MqttBridgeConfig = Field(
+        default_factory=MqttBridgeConfig, description="MQTT bridge: samples from edges that speak MQTT."
+    )
 
     @field_validator("known_edges")
     @classmethod

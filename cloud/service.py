@@ -18,6 +18,7 @@ import grpc
 from cloud.api import AdminServer, AdminState, create_app
 from cloud.backends import Backend, build_backend
 from cloud.batcher import DynamicBatcher
+from cloud.bridge.bridge import MqttBridge
 from cloud.config import CloudConfig
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine, PolicySigner
@@ -66,6 +67,7 @@ class CloudService:
         self.port = 0
         self.admin_port = 0
         self._stopped = False
+        self._bridge: MqttBridge | None = None
 
     async def start(self) -> None:
         """Open everything, load the model, listen; SERVING once ready. A failure closes what was opened."""
@@ -111,6 +113,12 @@ class CloudService:
             await self._admin.start()
             self.admin_port = self._admin.port
         await self.batcher.start()
+        if config.mqtt.enabled:
+            self._bridge = MqttBridge(
+                config.mqtt, self._judge, self.policy, self.metrics, fleet=self.fleet, known_edges=config.known_edges
+            )
+            await self._bridge.start()
+            logger.info("MQTT bridge to %s:%d", config.mqtt.host, config.mqtt.port)
         await self.health.serving()
         logger.info(
             "serving: backend %s (model %s %s), gRPC port %d, admin port %s",
@@ -138,6 +146,9 @@ class CloudService:
                 logger.warning("sessions still open at the end of the grace period; they are cut")
         if self._server is not None:
             await self._server.stop(left())
+        if self._bridge is not None:
+            # Before the batcher: the verdicts the bridge still owes need it.
+            await self._bridge.stop(time.monotonic() + left())
         await self.batcher.stop(left())
         if self._judge is not None:
             unfinished = await self._judge.drain(time.monotonic() + left())

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from edge import convert
-from edge.config import EdgeConfig
+from edge.config import EdgeConfig, MqttUplinkConfig
 from edge.detect import Detection, Detector
 from edge.events import EventSink
 from edge.gate import FrameGate
@@ -31,8 +31,10 @@ from edge.policy.signing import load_public_key
 from edge.policy.store import PolicyStore
 from edge.sources import CameraSource, Frame
 from edge.status import StatusBuilder, counter_total
+from edge.uplink.base import UplinkHandlers
 from edge.uplink.dispatch import Dispatcher
-from edge.uplink.grpc import GrpcUplink, UplinkHandlers
+from edge.uplink.grpc import GrpcUplink
+from edge.uplink.mqtt import MqttUplink
 from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
 
 logger = logging.getLogger(__name__)
@@ -90,16 +92,17 @@ class EdgeAgent:
         self._verdict_latencies_ms: list[float] = []
         self._last_sent: dict[tuple[str, str, tuple[str, ...]], float] = {}
         self.status = StatusBuilder(config.edge_id, config.site_id, self.metrics)
-        self.uplink = GrpcUplink(
-            config.uplink,
-            UplinkHandlers(
-                hello=self._hello,
-                status=self._heartbeat,
-                on_ack=self._on_ack,
-                on_verdict=self._on_verdict,
-                on_policy=self._on_policy,
-            ),
-            self.metrics,
+        handlers = UplinkHandlers(
+            hello=self._hello,
+            status=self._heartbeat,
+            on_ack=self._on_ack,
+            on_verdict=self._on_verdict,
+            on_policy=self._on_policy,
+        )
+        self.uplink: GrpcUplink | MqttUplink = (
+            MqttUplink(config.uplink, handlers, self.metrics)
+            if isinstance(config.uplink, MqttUplinkConfig)
+            else GrpcUplink(config.uplink, handlers, self.metrics)
         )
         self.dispatcher = Dispatcher(
             self.outbox, self.uplink, self.policy.uplink, self.metrics, window=config.outbox.window

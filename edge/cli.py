@@ -96,7 +96,9 @@ def check_config(
     except ConfigError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(1) from err
-    typer.echo(f"{path}: ok (edge {config.edge_id}, {len(config.cameras)} cameras, uplink {config.uplink.target})")
+    uplink = config.uplink
+    where = uplink.target if uplink.kind == "grpc" else f"mqtt://{uplink.host}:{uplink.port}"
+    typer.echo(f"{path}: ok (edge {config.edge_id}, {len(config.cameras)} cameras, uplink {where})")
 
 
 @app.command()

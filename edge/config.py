@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.detect import DetectorConfig
@@ -51,7 +51,50 @@ class GrpcUplinkConfig(_Section):
         return value
 
 
-UplinkConfig = GrpcUplinkConfig
+class MqttUplinkConfig(_Section):
+    """The cloud through an MQTT 5 broker."""
+
+    kind: Literal["mqtt"] = "mqtt"
+    host: str = Field("localhost", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    client_id: str = Field(
+        "", max_length=128, description="MQTT client id; empty: the edge id (one persistent session per edge)."
+    )
+    topic_prefix: str = Field(
+        "edgeglm", min_length=1, pattern=r"^[^#+\s]+$", description="First topic levels; no wildcards."
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive; the broker declares us gone after 1.5x.")
+    session_expiry_s: int = Field(
+        86_400, ge=0, le=4_294_967_295, description="How long the broker keeps our session and queued verdicts."
+    )
+    qos: Literal[1] = Field(1, description="QoS of samples, verdicts, policies and status (the contract: 1).")
+    max_inflight: int = Field(
+        20, ge=1, le=65_535, description="QoS 1 messages unacknowledged at once, each way (receive maximum)."
+    )
+    reconnect_backoff_min_s: int = Field(1, ge=1, le=600, description="First reconnect delay (paho's backoff).")
+    reconnect_backoff_max_s: int = Field(30, ge=1, le=3600, description="Cap of the reconnect delay.")
+    tls: Literal[False] = Field(False, description="TLS to the broker: not supported yet (plain TCP).")
+    heartbeat_interval_s: float = Field(5.0, ge=0.5, le=3600, description="Seconds between status heartbeats.")
+    send_queue_size: int = Field(
+        256, ge=1, le=100_000, description="Samples sent but not acknowledged by the cloud; beyond, drop + count."
+    )
+    ack_timeout_s: float = Field(
+        30.0, ge=1, le=3600, description="Republish a sample the broker took when the cloud's ack is this late."
+    )
+    call_timeout_s: float = Field(10.0, ge=0.1, le=600, description="Deadline of fetch_policy and of the last status.")
+
+
+def _uplink_kind(value: Any) -> str:
+    """The uplink's `kind`; gRPC when the file leaves it out."""
+    if isinstance(value, dict):
+        return str(value.get("kind", "grpc"))
+    return str(getattr(value, "kind", "grpc"))
+
+
+UplinkConfig = Annotated[
+    Annotated[GrpcUplinkConfig, Tag("grpc")] | Annotated[MqttUplinkConfig, Tag("mqtt")],
+    Discriminator(_uplink_kind),
+]
 
 
 class PolicyConfig(_Section):
@@ -120,7 +163,9 @@ class EdgeConfig(BaseSettings):
     cameras: list[CameraConfig] = Field(..., min_length=1, description="Cameras this agent reads.")
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="The YOLO ONNX detector.")
     model_version: str = Field("", max_length=128, description="Version reported for the detector model.")
-    uplink: UplinkConfig = Field(default_factory=GrpcUplinkConfig, description="Link to the cloud.")
+    uplink: UplinkConfig = Field(
+        default_factory=GrpcUplinkConfig, description="Link to the cloud: kind grpc (default) or mqtt."
+    )
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Policy verification and defaults.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward queue.")
     events: EventsConfig = Field(default_factory=EventsConfig, description="Local events.")
@@ -156,7 +201,11 @@ class ConfigError(Exception):
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = []
     for problem in err.errors():
-        path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        loc = list(problem["loc"])
+        # A tagged union puts its tag in the path (uplink.grpc.target): people wrote uplink.target.
+        if len(loc) > 1 and loc[0] == "uplink" and loc[1] in ("grpc", "mqtt"):
+            del loc[1]
+        path = ".".join(str(part) for part in loc) or "(top level)"
         given = problem.get("input")
         shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
         lines.append(f"{source}: {path}: {problem['msg']}{shown}")

@@ -68,9 +68,11 @@ class SampleJudge:
         """Samples accepted whose verdict is not made yet."""
         return len(self._tasks)
 
-    async def admit(self, pb: sample_pb2.Sample, timeout_s: float | None = None) -> Admission:
+    async def admit(
+        self, pb: sample_pb2.Sample, timeout_s: float | None = None, transport: str = TRANSPORT
+    ) -> Admission:
         """Ack a sample and start judging it (within `timeout_s`, default the batcher's) unless known already."""
-        self._metrics.samples_received.labels(TRANSPORT).inc()
+        self._metrics.samples_received.labels(transport).inc()
         self._metrics.uplink_bytes.inc(pb.ByteSize())
         sample_id = pb.sample_id
         if not sample_id:

@@ -14,15 +14,14 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import grpc
 import grpc.aio
 
 from edge.config import GrpcUplinkConfig
 from edge.metrics import EdgeMetrics
-from protos import policy_pb2, sample_pb2, session_pb2, session_pb2_grpc, status_pb2, verdict_pb2
+from edge.uplink.base import UplinkHandlers
+from protos import policy_pb2, sample_pb2, session_pb2, session_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -30,17 +29,6 @@ SessionCall = grpc.aio.StreamStreamCall[session_pb2.EdgeMessage, session_pb2.Clo
 
 # A stream that dies at once (cloud refusing us) must not spin: wait at least this before the next.
 MIN_SESSION_GAP_S = 0.2
-
-
-@dataclass(frozen=True)
-class UplinkHandlers:
-    """What the agent does with what comes down, and what it says going up."""
-
-    hello: Callable[[], session_pb2.Hello]
-    status: Callable[[], status_pb2.EdgeStatus]
-    on_ack: Callable[[session_pb2.Ack], Awaitable[None]]
-    on_verdict: Callable[[verdict_pb2.Verdict], Awaitable[None]]
-    on_policy: Callable[[policy_pb2.SignedPolicy], Awaitable[None]]
 
 
 def channel_options(config: GrpcUplinkConfig) -> list[tuple[str, object]]:

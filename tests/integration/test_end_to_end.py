@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from edge.agent import EdgeAgent
 from edge.config import EdgeConfig
 from edge.status import counter_total
 from sim.world.clips import ClipSpec, write_clip
+from tests.helpers.broker import MosquittoBroker, running_broker
 from tests.helpers.policy_keys import generate_keypair
 
 MODEL = Path(__file__).resolve().parents[2] / "sim" / "models" / "edge.onnx"
@@ -44,9 +45,15 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_clip(ClipSpec(seed=0, seconds=8, fps=5, quiet_start_seconds=0.5, mean_gap_seconds=1.5), folder)
 
 
-def cloud_config(tmp_path: Path, clip: Path, fleet: dict[str, Any]) -> CloudConfig:
+def cloud_config(
+    tmp_path: Path, clip: Path, fleet: dict[str, Any], broker: MosquittoBroker | None = None
+) -> CloudConfig:
+    mqtt: dict[str, Any] = {"enabled": broker is not None}
+    if broker is not None:
+        mqtt.update({"host": broker.host, "port": broker.port})
     return CloudConfig.model_validate(
         {
+            "mqtt": mqtt,
             "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 5},
             "backend": {"kind": "oracle", "ground_truth": {"cam0": str(clip)}, "delay_ms": 5, "jitter_ms": 0},
             "batcher": {"max_queue_delay_ms": 2},
@@ -62,20 +69,40 @@ def cloud_config(tmp_path: Path, clip: Path, fleet: dict[str, Any]) -> CloudConf
 
 
 def edge_config(
-    tmp_path: Path, clip: Path, port: int, edge_id: str, *, loop: bool = False, initial: dict[str, Any] | None = None
+    tmp_path: Path,
+    clip: Path,
+    port: int,
+    edge_id: str,
+    *,
+    loop: bool = False,
+    initial: dict[str, Any] | None = None,
+    broker: MosquittoBroker | None = None,
 ) -> EdgeConfig:
+    uplink: dict[str, Any] = {"target": f"127.0.0.1:{port}", "heartbeat_interval_s": 0.5}
+    if broker is not None:
+        uplink = {"kind": "mqtt", "host": broker.host, "port": broker.port, "heartbeat_interval_s": 0.5}
     return EdgeConfig.model_validate(
         {
             "edge_id": edge_id,
             "state_dir": str(tmp_path / edge_id),
             "cameras": [{"id": "cam0", "url": str(clip / "frames"), "fps_cap": 5, "realtime": loop, "loop": loop}],
             "detector": {"model_path": str(MODEL), "intra_op_threads": 1},
-            "uplink": {"target": f"127.0.0.1:{port}", "heartbeat_interval_s": 0.5},
+            "uplink": uplink,
             "policy": {"public_key": str(tmp_path / "keys" / "policy-signing.pub"), "initial": initial or {}},
             "health": {"host": "127.0.0.1", "port": 0},
             "pipeline": {"drain_deadline_s": 20},
         }
     )
+
+
+@pytest.fixture(params=["grpc", "mqtt"])
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MosquittoBroker | None]:
+    """None for gRPC; a running mosquitto for MQTT: every transport test runs on both."""
+    if request.param == "grpc":
+        yield None
+        return
+    with running_broker(tmp_path / "broker") as started:
+        yield started
 
 
 @contextlib.asynccontextmanager
@@ -103,9 +130,9 @@ async def run_to_end(agent: EdgeAgent) -> dict[str, Any]:
     return summary
 
 
-async def test_every_sample_sent_gets_its_verdict(tmp_path: Path, clip: Path) -> None:
-    async with cloud(cloud_config(tmp_path, clip, WATCH_ALL)) as service:
-        agents = [EdgeAgent(edge_config(tmp_path, clip, service.port, f"gw-{i}")) for i in range(2)]
+async def test_every_sample_sent_gets_its_verdict(tmp_path: Path, clip: Path, broker: MosquittoBroker | None) -> None:
+    async with cloud(cloud_config(tmp_path, clip, WATCH_ALL, broker)) as service:
+        agents = [EdgeAgent(edge_config(tmp_path, clip, service.port, f"gw-{i}", broker=broker)) for i in range(2)]
         summaries = await asyncio.gather(*(run_to_end(agent) for agent in agents))
         stored = await service.store.count()
         confirmed = service.metrics.verdicts_sent.labels("confirmed")._value.get()
@@ -125,10 +152,14 @@ async def test_every_sample_sent_gets_its_verdict(tmp_path: Path, clip: Path) ->
     assert {e["source"] for e in events} <= {"edge", "cloud"}
 
 
-async def test_policy_set_midway_reaches_the_agent_and_changes_what_it_mines(tmp_path: Path, clip: Path) -> None:
-    async with cloud(cloud_config(tmp_path, clip, SILENT)) as service:
+async def test_policy_set_midway_reaches_the_agent_and_changes_what_it_mines(
+    tmp_path: Path, clip: Path, broker: MosquittoBroker | None
+) -> None:
+    async with cloud(cloud_config(tmp_path, clip, SILENT, broker)) as service:
         # Silent from the first frame (built-in policy too), so every sample mined is the new policy's doing.
-        agent = EdgeAgent(edge_config(tmp_path, clip, service.port, "gw-live", loop=True, initial=SILENT))
+        agent = EdgeAgent(
+            edge_config(tmp_path, clip, service.port, "gw-live", loop=True, initial=SILENT, broker=broker)
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         engine = service.policy

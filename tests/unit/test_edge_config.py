@@ -54,7 +54,18 @@ def test_duplicate_camera_ids_are_refused(tmp_path: Path) -> None:
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, "edge_id: gw-1\ncameras:\n  - {id: a, url: /x}\nuplink: {target: 'a:1'}\n")
     monkeypatch.setenv("EDGEGLM_EDGE_UPLINK__TARGET", "cloud.internal:50051")
-    assert load_config(path).uplink.target == "cloud.internal:50051"
+    uplink = load_config(path).uplink
+    assert uplink.kind == "grpc"
+    assert uplink.target == "cloud.internal:50051"
+
+
+def test_mqtt_uplink_is_chosen_by_kind(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "edge_id: gw-1\ncameras:\n  - {id: a, url: /x}\nuplink: {kind: mqtt, host: broker, port: 1884}\n"
+    )
+    uplink = load_config(path).uplink
+    assert uplink.kind == "mqtt"
+    assert (uplink.host, uplink.port) == ("broker", 1884)
 
 
 def test_check_config_command_exits_nonzero_with_the_errors(tmp_path: Path) -> None:

@@ -1,0 +1,283 @@
+"""The MQTT bridge: samples from `$share/{group}/edgeglm/+/samples` to the judge, acks and verdicts back.
+
+Replicas subscribe through one shared subscription, so the broker gives each sample to one of them.
+Each sample goes through the same `SampleJudge` as the gRPC Session (dedup, batcher, store); its Ack
+and then its Verdict are published to `edgeglm/{edge}/verdicts` as session CloudMessages, QoS 1.
+A sample is acknowledged to the broker (manual ack) only once its verdict is published, so a replica
+that dies meanwhile gets it again when it returns, and the MQTT receive maximum (`max_in_flight`)
+is the bound on samples being judged: beyond it the broker waits. A payload that is not a Sample,
+or claims another edge than its topic, is counted in bad_messages and dropped (a refused Ack tells
+the edge when its id is known); nothing an edge sends ends the bridge.
+
+paho's network loop runs in its own thread; its callbacks only hand their arguments to the asyncio
+loop. Policies are kept current on the retained policy topics by `EdgeDirectory`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from google.protobuf.message import DecodeError
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from cloud.bridge.config import MqttBridgeConfig
+from cloud.bridge.edges import EdgeDirectory
+from cloud.metrics import CloudMetrics
+from cloud.policy import PolicyChange, PolicyEngine
+from cloud.server.fleet import FleetStatus
+from cloud.server.judge import SampleJudge
+from cloud.server.session import decision_label
+from protos import sample_pb2, session_pb2
+
+logger = logging.getLogger(__name__)
+QOS = 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    generation: int
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+
+class MqttBridge:
+    """One replica's MQTT front: `start`, then `stop` once."""
+
+    def __init__(
+        self,
+        config: MqttBridgeConfig,
+        judge: SampleJudge,
+        policy: PolicyEngine,
+        metrics: CloudMetrics,
+        *,
+        fleet: FleetStatus | None = None,
+        known_edges: Collection[str] = (),
+    ) -> None:
+        """Judge samples with `judge`, publish `policy`'s versions; `known_edges` (if any) is an allow-list."""
+        self._config = config
+        self._judge = judge
+        self._metrics = metrics
+        self._policy = policy
+        prefix = config.topic_prefix
+        self._samples_filter = f"$share/{config.share_group}/{prefix}/+/samples"
+        self._status_filter = f"{prefix}/+/status"
+        self.edges = EdgeDirectory(prefix, policy, metrics, self._publish, fleet, known_edges)
+        self._client: mqtt.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connected = False
+        self._stopping = False
+        self._last_error = "not connected yet"
+        self._unconfirmed: set[int] = set()  # mids of our publishes the broker has not acknowledged yet
+        self._generation = 0  # written by paho's thread only
+
+    @property
+    def connected(self) -> bool:
+        """True between the broker's CONNACK and the connection's loss."""
+        return self._connected
+
+    @property
+    def last_error(self) -> str:
+        """Why the connection is down or was lost last."""
+        return self._last_error
+
+    @property
+    def in_flight(self) -> int:
+        """Samples received and not yet answered with their verdict."""
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        """Connect in the background (paho's thread retries with backoff) and follow the policy engine."""
+        config = self._config
+        self._loop = asyncio.get_running_loop()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.effective_client_id(),
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        client.reconnect_delay_set(config.reconnect_backoff_min_s, config.reconnect_backoff_max_s)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it untyped
+        properties.SessionExpiryInterval = config.session_expiry_s
+        properties.ReceiveMaximum = config.max_in_flight
+        client.connect_async(config.host, config.port, config.keepalive_s, clean_start=False, properties=properties)
+        self._client = client
+        self._policy.subscribe(self._policy_changed)
+        client.loop_start()
+        logger.info("MQTT bridge to %s:%d, subscribing %s", config.host, config.port, self._samples_filter)
+
+    async def stop(self, deadline: float | None = None) -> None:
+        """Leave the share group, answer the samples in hand until `deadline` (monotonic), disconnect (again: no-op)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        client = self._client
+        if client is not None and self._connected:
+            client.unsubscribe(self._samples_filter)  # the broker sends new samples to the other replicas
+        while self._tasks:  # samples already on their way when we left the group are answered too
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            _, late = await asyncio.wait(set(self._tasks), timeout=timeout)
+            if late:
+                logger.warning("MQTT bridge stopped with %d samples unanswered (edges will resend)", len(late))
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+                break
+        # Closing with the broker's PUBACKs unread resets the connection, and the broker drops what it had not read.
+        while self._unconfirmed and self._connected and (deadline is None or time.monotonic() < deadline):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        if client is not None:
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+            # paho closes its wake-up socket pair only in __del__, which a reference cycle may run late.
+            client._reset_sockets()
+        self.edges.forget_presence()
+        self._connected = False
+
+    # ------------------------------------------------------------ paho's thread: hand over, nothing else
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the service is gone
+                self._loop.call_soon_threadsafe(callback, *args)
+
+    def _on_connect(self, client: mqtt.Client, _: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, __: Any) -> None:
+        if reason.is_failure:
+            self._post(self._connection_lost, f"broker refused the connection: {reason}")
+            return
+        self._generation += 1
+        options = SubscribeOptions(qos=QOS)
+        client.subscribe([(self._status_filter, options), (self._samples_filter, options)])
+        self._post(self._connection_made, flags.session_present)
+
+    def _on_connect_fail(self, _: mqtt.Client, __: Any) -> None:
+        self._post(self._connection_lost, f"cannot reach broker {self._config.host}:{self._config.port}")
+
+    def _on_disconnect(self, _: mqtt.Client, __: Any, ___: mqtt.DisconnectFlags, reason: ReasonCode, ____: Any) -> None:
+        self._post(self._connection_lost, f"connection to the broker lost: {reason}")
+
+    def _on_publish(self, _: mqtt.Client, __: Any, mid: int, ___: ReasonCode, ____: Any) -> None:
+        self._post(self._unconfirmed.discard, mid)
+
+    def _on_message(self, _: mqtt.Client, __: Any, message: mqtt.MQTTMessage) -> None:
+        self._post(
+            self._received, _Inbound(self._generation, message.topic, bytes(message.payload), message.mid, message.qos)
+        )
+
+    # ------------------------------------------------------------ the event loop
+
+    def _connection_made(self, session_present: bool) -> None:
+        self._connected = True
+        self._last_error = ""
+        logger.info(
+            "MQTT bridge connected to %s:%d (session %s)",
+            self._config.host,
+            self._config.port,
+            "resumed" if session_present else "new",
+        )
+        self.edges.connected()
+
+    def _connection_lost(self, why: str) -> None:
+        if self._connected or why != self._last_error:
+            logger.warning("MQTT bridge: %s", why)
+        self._connected = False
+        self._last_error = why
+
+    def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        if self._client is not None:
+            self._unconfirmed.add(self._client.publish(topic, payload, qos=QOS, retain=retain).mid)
+
+    async def _policy_changed(self, change: PolicyChange) -> None:
+        if not self._stopping:
+            await self.edges.policy_changed(change)
+
+    def _received(self, inbound: _Inbound) -> None:
+        edge_id, kind = self._parse_topic(inbound.topic)
+        if kind == "samples":
+            task = asyncio.create_task(self._answer(edge_id, inbound), name=f"mqtt-sample-{edge_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        try:
+            if kind == "status":
+                self.edges.status(edge_id, inbound.payload)
+            elif kind != "samples":
+                self._metrics.bad_messages.labels("malformed").inc()
+                logger.info("message on unexpected topic %r: dropped", inbound.topic)
+        finally:
+            self._ack(inbound)
+
+    def _parse_topic(self, topic: str) -> tuple[str, str]:
+        """(edge id, last level) of `{prefix}/{edge}/{kind}`; ("", "") when the topic has another shape."""
+        prefix = self._config.topic_prefix + "/"
+        levels = topic.removeprefix(prefix).split("/") if topic.startswith(prefix) else []
+        if len(levels) != 2 or not levels[0]:
+            return "", ""
+        return levels[0], levels[1]
+
+    def _ack(self, inbound: _Inbound) -> None:
+        # A message of an earlier connection is not acknowledged: the broker sends it again on this one.
+        if self._client is not None and inbound.qos > 0 and inbound.generation == self._generation:
+            self._client.ack(inbound.mid, inbound.qos)
+
+    async def _answer(self, edge_id: str, inbound: _Inbound) -> None:
+        try:
+            await self._judge_sample(edge_id, inbound.payload)
+        except Exception:
+            logger.exception("sample from edge %s over MQTT failed (the edge will resend it)", edge_id)
+        finally:
+            self._ack(inbound)
+
+    async def _judge_sample(self, edge_id: str, payload: bytes) -> None:
+        try:
+            sample = sample_pb2.Sample.FromString(payload)
+        except DecodeError:
+            self._metrics.bad_messages.labels("malformed").inc()
+            logger.info("unreadable sample (%d bytes) from edge %s: dropped", len(payload), edge_id)
+            return
+        if not sample.edge_id:
+            sample.edge_id = edge_id
+        if sample.edge_id != edge_id:
+            self._refuse(
+                edge_id, sample.sample_id, "malformed", f"edge_id {sample.edge_id!r} on edge {edge_id}'s topic"
+            )
+            return
+        if not self.edges.allowed(edge_id):
+            problem = f"edge {edge_id!r} is not in the cloud's known_edges; add it to cloud.yaml to let it in"
+            self._refuse(edge_id, sample.sample_id, "unknown_edge", problem)
+            return
+        self.edges.sample(edge_id)
+        admission = await self._judge.admit(sample, transport="mqtt")
+        self._send(edge_id, session_pb2.CloudMessage(ack=admission.ack))
+        if admission.verdict is None:
+            return
+        verdict = await asyncio.shield(admission.verdict)
+        self._send(edge_id, session_pb2.CloudMessage(verdict=verdict))
+        self._metrics.verdicts_sent.labels(decision_label(verdict)).inc()
+
+    def _refuse(self, edge_id: str, sample_id: str, reason: str, problem: str) -> None:
+        self._metrics.bad_messages.labels(reason).inc()
+        logger.info("sample %s refused: %s", sample_id, problem)
+        ack = session_pb2.Ack(sample_id=sample_id, accepted=False, error=f"sample {sample_id}: {problem}")
+        self._send(edge_id, session_pb2.CloudMessage(ack=ack))
+
+    def _send(self, edge_id: str, message: session_pb2.CloudMessage) -> None:
+        self._publish(f"{self._config.topic_prefix}/{edge_id}/verdicts", message.SerializeToString(), False)

@@ -1,0 +1,45 @@
+"""The MQTT bridge's section of cloud.yaml."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MqttBridgeConfig(BaseModel):
+    """The cloud's side of the MQTT transport: a shared subscription to every edge's samples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Run the MQTT bridge next to the gRPC server.")
+    host: str = Field("localhost", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    client_id: str = Field(
+        "", max_length=128, description="MQTT client id, unique per replica; empty: edgeglm-cloud-<host name>."
+    )
+    share_group: str = Field(
+        "edgeglm-cloud",
+        min_length=1,
+        pattern=r"^[^/#+\s]+$",
+        description="Shared-subscription group: replicas in one group split the samples between them.",
+    )
+    topic_prefix: str = Field(
+        "edgeglm", min_length=1, pattern=r"^[^#+\s]+$", description="First topic levels; no wildcards."
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive.")
+    session_expiry_s: int = Field(
+        60,
+        ge=0,
+        le=4_294_967_295,
+        description="How long the broker keeps this replica's session (samples in flight to it) after it vanishes.",
+    )
+    max_in_flight: int = Field(
+        256, ge=1, le=65_535, description="Samples being judged at once (the MQTT receive maximum: the broker waits)."
+    )
+    reconnect_backoff_min_s: int = Field(1, ge=1, le=600, description="First reconnect delay (paho's backoff).")
+    reconnect_backoff_max_s: int = Field(30, ge=1, le=3600, description="Cap of the reconnect delay.")
+
+    def effective_client_id(self) -> str:
+        """The client id to use: the configured one or one derived from this host's name."""
+        return self.client_id or f"edgeglm-cloud-{socket.gethostname()}"[:128]

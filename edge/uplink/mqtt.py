@@ -1,0 +1,438 @@
+"""The uplink over MQTT 5: the role of the gRPC uplink, through a broker (topics under `edgeglm/`).
+
+- `{edge}/samples` up, QoS 1: one protobuf Sample per message.
+- `{edge}/verdicts` down, QoS 1: one session CloudMessage per message, the envelope of the gRPC
+  stream: an Ack (the sample is the cloud's and leaves `pending`), a Verdict, or a SessionError.
+- `{edge}/policy` and `fleet/policy` down, retained: a SignedPolicy. The cloud keeps `{edge}/policy`
+  current for every edge it has heard from; `fleet/policy` serves edges it has not heard from yet.
+  An edge's merged policy can carry the same version number as the fleet's, so once `{edge}/policy`
+  has delivered a policy, `fleet/policy` is ignored. `{edge}/policy` is subscribed first and
+  `fleet/policy` only once that is acknowledged, so a retained edge policy always arrives first.
+- `{edge}/status` up, retained: an EdgeStatus at connect (online), at every heartbeat, and with state
+  EDGE_STATE_OFFLINE on a clean stop and as the last will, which the broker publishes when the edge
+  vanishes.
+
+Delivery: a persistent session (clean start off, session expiry from config), QoS 1 both ways.
+paho's network loop runs in its own thread; its callbacks only hand their arguments to the asyncio
+loop (`call_soon_threadsafe`). A sample stays pending until the cloud's Ack. paho retransmits what
+the broker has not acknowledged; this module republishes, on reconnect and after `ack_timeout_s`,
+what the broker took but the cloud did not acknowledge (a broker restarted without persistence, no
+bridge subscribed yet). The cloud deduplicates on sample_id. Messages that come down are
+acknowledged to the broker only after their handler ran (manual ack): a crash in between gets them
+again, and the broker never has more than `max_inflight` of them outstanding, which bounds the inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from google.protobuf.message import DecodeError
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge.config import MqttUplinkConfig
+from edge.metrics import EdgeMetrics
+from edge.uplink.base import UplinkHandlers
+from protos import policy_pb2, sample_pb2, session_pb2, status_pb2
+
+logger = logging.getLogger(__name__)
+
+FLEET = "fleet"
+# Policies remembered to skip the same bytes offered again (a retained policy on every resubscribe).
+POLICIES_REMEMBERED = 8
+NO_MATCHING_SUBSCRIBERS = 16  # PUBACK reason: the broker took the sample, no cloud bridge is subscribed
+# A sample nobody was subscribed to is republished after 1, 2, 4... s (capped by ack_timeout_s): a bridge
+# resubscribes within moments of a broker restart (mosquitto does not persist shared subscriptions).
+UNHEARD_RETRY_FIRST_S = 1.0
+TICK_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class _Topics:
+    samples: str
+    verdicts: str
+    policy: str
+    fleet_policy: str
+    status: str
+
+    @classmethod
+    def of(cls, prefix: str, edge_id: str) -> _Topics:
+        edge = f"{prefix}/{edge_id}"
+        return cls(
+            f"{edge}/samples", f"{edge}/verdicts", f"{edge}/policy", f"{prefix}/{FLEET}/policy", f"{edge}/status"
+        )
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """A sample not yet acknowledged by the cloud, and where its last publish stands."""
+
+    sample: sample_pb2.Sample
+    payload: bytes
+    mid: int | None = None
+    broker_acked: bool = False
+    published_at: float = 0.0
+    retry_after_s: float = 0.0
+    unheard: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    generation: int
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+
+class MqttUplink:
+    """Samples and heartbeats up; acks, verdicts and policies down; same interface as GrpcUplink."""
+
+    def __init__(self, config: MqttUplinkConfig, handlers: UplinkHandlers, metrics: EdgeMetrics) -> None:
+        self._config = config
+        self._handlers = handlers
+        self._metrics = metrics
+        self._samples: dict[str, _Outgoing] = {}
+        self._mids: dict[int, str] = {}
+        # Unbounded on purpose: the broker sends at most max_inflight unacknowledged messages (receive maximum).
+        self._inbox: asyncio.Queue[_Inbound] = asyncio.Queue()
+        self._client: mqtt.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._topics = _Topics.of(config.topic_prefix, "-")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connected = False
+        self._last_error = "not connected yet"
+        self._subscribed = asyncio.Event()
+        self._edge_policy_seen = False
+        self._delivered_policies: collections.deque[bytes] = collections.deque(maxlen=POLICIES_REMEMBERED)
+        self._latest_policy: dict[str, policy_pb2.SignedPolicy] = {}
+        self._nobody_listening = False
+        # Written by paho's thread only.
+        self._generation = 0
+        self._edge_subscription = -1
+        self._fleet_subscription = -1
+
+    @property
+    def connected(self) -> bool:
+        """True between the broker's CONNACK and the connection's loss."""
+        return self._connected
+
+    @property
+    def last_error(self) -> str:
+        """Why the connection is down or was lost last, for readiness and logs."""
+        return self._last_error
+
+    @property
+    def pending(self) -> int:
+        """Samples submitted and not yet acknowledged by the cloud."""
+        return len(self._samples)
+
+    def submit(self, sample: sample_pb2.Sample) -> bool:
+        """Publish a sample without waiting (paho queues it while offline); False (counted) when too many pend."""
+        if sample.sample_id in self._samples:
+            return True
+        if len(self._samples) >= self._config.send_queue_size:
+            self._metrics.samples_dropped.labels("send_queue_full").inc()
+            logger.warning("uplink full (%d pending): sample %s dropped", len(self._samples), sample.sample_id)
+            return False
+        outgoing = _Outgoing(sample, sample.SerializeToString())
+        self._samples[sample.sample_id] = outgoing
+        if self._client is not None:
+            self._publish(outgoing)
+        return True
+
+    async def start(self) -> None:
+        """Connect in the background (paho's thread retries with backoff) and start the heartbeats."""
+        hello = self._handlers.hello()
+        if hello.edge_id == FLEET:
+            raise ValueError(f"edge_id {FLEET!r} is reserved on MQTT ({self._config.topic_prefix}/fleet/policy)")
+        self._loop = asyncio.get_running_loop()
+        self._topics = _Topics.of(self._config.topic_prefix, hello.edge_id)
+        self._client = self._make_client(hello)
+        self._client.loop_start()
+        self._tasks = [
+            asyncio.create_task(self._read_inbox(), name="uplink-mqtt-inbox"),
+            asyncio.create_task(self._tick(), name="uplink-mqtt-tick"),
+        ]
+
+    def _make_client(self, hello: session_pb2.Hello) -> mqtt.Client:
+        config = self._config
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.client_id or hello.edge_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        client.max_inflight_messages_set(config.max_inflight)
+        client.reconnect_delay_set(config.reconnect_backoff_min_s, config.reconnect_backoff_max_s)
+        will = status_pb2.EdgeStatus(edge_id=hello.edge_id, site_id=hello.site_id, state=status_pb2.EDGE_STATE_OFFLINE)
+        client.will_set(self._topics.status, will.SerializeToString(), qos=config.qos, retain=True)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it untyped
+        properties.SessionExpiryInterval = config.session_expiry_s
+        properties.ReceiveMaximum = config.max_inflight
+        client.connect_async(config.host, config.port, config.keepalive_s, clean_start=False, properties=properties)
+        return client
+
+    async def fetch_policy(self, edge_id: str, site_id: str, known_version: int) -> policy_pb2.SignedPolicy | None:
+        """The retained policy for this edge if newer than `known_version`; None when none came in time.
+
+        Policies also arrive through `on_policy`; this only lets a caller wait for the first one.
+        """
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), self._config.call_timeout_s)
+        except TimeoutError:
+            logger.info(
+                "no policy from %s:%d within %.1f s", self._config.host, self._config.port, self._config.call_timeout_s
+            )
+            return None
+        topic = self._topics.policy if self._edge_policy_seen else self._topics.fleet_policy
+        signed = self._latest_policy.get(topic)
+        if signed is None or _version(signed) <= known_version:
+            return None
+        return signed
+
+    async def drain(self, deadline: float) -> bool:
+        """Wait until every sample is acknowledged or the deadline (monotonic) passes."""
+        # Polled, not evented: acks arrive one by one and the deadline bounds the wait anyway.
+        while self.pending and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        return not self.pending
+
+    async def stop(self) -> None:
+        """Say offline (retained), disconnect and stop paho's thread; the broker keeps the session."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        client = self._client
+        if client is not None:
+            if self._connected:
+                status = self._handlers.status()
+                status.state = status_pb2.EDGE_STATE_OFFLINE
+                info = client.publish(
+                    self._topics.status, status.SerializeToString(), qos=self._config.qos, retain=True
+                )
+                if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                    await asyncio.to_thread(info.wait_for_publish, self._config.call_timeout_s)
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+            # paho closes its wake-up socket pair only in __del__, which a reference cycle may run late.
+            client._reset_sockets()
+        self._connected = False
+        self._metrics.uplink_connected.set(0)
+
+    # ------------------------------------------------------------ paho's thread: hand over, nothing else
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is gone
+                self._loop.call_soon_threadsafe(callback, *args)
+
+    def _on_connect(self, client: mqtt.Client, _: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, __: Any) -> None:
+        if reason.is_failure:
+            self._post(self._connection_lost, f"broker refused the connection: {reason}")
+            return
+        self._generation += 1
+        qos = SubscribeOptions(qos=self._config.qos)
+        _, mid = client.subscribe([(self._topics.verdicts, qos), (self._topics.policy, qos)])
+        self._edge_subscription = mid if mid is not None else -1
+        self._post(self._connection_made, flags.session_present)
+
+    def _on_subscribe(self, client: mqtt.Client, _: Any, mid: int, reasons: list[ReasonCode], __: Any) -> None:
+        refused = [str(reason) for reason in reasons if reason.is_failure]
+        if refused:
+            self._post(logger.error, "broker refused subscription %d: %s", mid, ", ".join(refused))
+        if mid == self._edge_subscription:
+            _, fleet_mid = client.subscribe(self._topics.fleet_policy, options=SubscribeOptions(qos=self._config.qos))
+            self._fleet_subscription = fleet_mid if fleet_mid is not None else -1
+        elif mid == self._fleet_subscription:
+            self._post(self._subscribed.set)
+
+    def _on_connect_fail(self, _: mqtt.Client, __: Any) -> None:
+        self._post(self._connection_lost, f"cannot reach broker {self._config.host}:{self._config.port}")
+
+    def _on_disconnect(self, _: mqtt.Client, __: Any, ___: mqtt.DisconnectFlags, reason: ReasonCode, ____: Any) -> None:
+        self._post(self._connection_lost, f"connection to the broker lost: {reason}")
+
+    def _on_message(self, _: mqtt.Client, __: Any, message: mqtt.MQTTMessage) -> None:
+        inbound = _Inbound(self._generation, message.topic, bytes(message.payload), message.mid, message.qos)
+        self._post(self._received, inbound)
+
+    def _on_publish(self, _: mqtt.Client, __: Any, mid: int, reason: ReasonCode, ___: Any) -> None:
+        self._post(self._broker_acked, mid, reason.value)
+
+    # ------------------------------------------------------------ the event loop
+
+    def _connection_made(self, session_present: bool) -> None:
+        self._connected = True
+        self._last_error = ""
+        self._metrics.uplink_connected.set(1)
+        self._metrics.uplink_reconnects.inc()
+        resend = [o for o in self._samples.values() if o.mid is None or o.broker_acked]
+        logger.info(
+            "connected to broker %s:%d (session %s, %d samples to resend)",
+            self._config.host,
+            self._config.port,
+            "resumed" if session_present else "new",
+            len(resend),
+        )
+        self._publish_status()
+        self._republish(resend)
+
+    def _connection_lost(self, why: str) -> None:
+        if self._connected or why != self._last_error:
+            logger.warning("%s", why)
+        self._connected = False
+        self._last_error = why
+        self._metrics.uplink_connected.set(0)
+
+    def _broker_acked(self, mid: int, reason: int) -> None:
+        sample_id = self._mids.pop(mid, None)
+        outgoing = self._samples.get(sample_id) if sample_id is not None else None
+        if outgoing is None or outgoing.mid != mid:
+            return
+        outgoing.broker_acked = True
+        nobody = reason == NO_MATCHING_SUBSCRIBERS
+        if nobody:
+            outgoing.retry_after_s = min(self._config.ack_timeout_s, UNHEARD_RETRY_FIRST_S * 2**outgoing.unheard)
+            outgoing.unheard += 1
+        else:
+            outgoing.retry_after_s = self._config.ack_timeout_s
+        if reason >= 0x80:
+            self._last_error = f"broker refused sample {sample_id}: reason {reason}"
+            logger.warning("%s; republished after %.0f s", self._last_error, self._config.ack_timeout_s)
+        if nobody and not self._nobody_listening:
+            logger.warning("no cloud bridge subscribes %s: samples wait and are republished", self._topics.samples)
+        self._nobody_listening = nobody
+
+    def _received(self, inbound: _Inbound) -> None:
+        """Remember the newest policy of each topic (for fetch_policy), then queue the message for its handler."""
+        if inbound.topic in (self._topics.policy, self._topics.fleet_policy) and inbound.payload:
+            with contextlib.suppress(DecodeError):
+                self._latest_policy[inbound.topic] = policy_pb2.SignedPolicy.FromString(inbound.payload)
+        self._inbox.put_nowait(inbound)
+
+    def _publish(self, outgoing: _Outgoing) -> None:
+        assert self._client is not None
+        info = self._client.publish(self._topics.samples, outgoing.payload, qos=self._config.qos)
+        outgoing.mid, outgoing.broker_acked, outgoing.published_at = info.mid, False, time.monotonic()
+        self._mids[info.mid] = outgoing.sample.sample_id
+        self._metrics.samples_sent.inc()
+        self._metrics.uplink_bytes.inc(len(outgoing.payload))
+
+    def _republish(self, outgoing: list[_Outgoing]) -> None:
+        for item in sorted(outgoing, key=lambda o: -o.sample.priority):
+            self._publish(item)
+
+    def _publish_status(self) -> None:
+        if self._client is not None:
+            status = self._handlers.status().SerializeToString()
+            self._client.publish(self._topics.status, status, qos=self._config.qos, retain=True)
+
+    async def _tick(self) -> None:
+        """Heartbeats, and republishing of samples whose ack is overdue, while connected."""
+        interval = self._config.heartbeat_interval_s
+        next_heartbeat = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.monotonic()
+            if not self._connected:
+                continue
+            if now >= next_heartbeat:
+                self._publish_status()
+                next_heartbeat = now + interval
+            late = [o for o in self._samples.values() if o.broker_acked and now - o.published_at >= o.retry_after_s]
+            if late:
+                logger.info("%d samples without the cloud's ack: republished", len(late))
+                self._republish(late)
+
+    async def _read_inbox(self) -> None:
+        while True:
+            inbound = await self._inbox.get()
+            try:
+                await self._handle(inbound)
+            except Exception:
+                logger.exception("handling a message of %s failed; it is acknowledged all the same", inbound.topic)
+            finally:
+                self._ack(inbound)
+
+    def _ack(self, inbound: _Inbound) -> None:
+        # A message of an earlier connection is not acknowledged: the broker sends it again on this one.
+        if self._client is not None and inbound.qos > 0 and inbound.generation == self._generation:
+            self._client.ack(inbound.mid, inbound.qos)
+
+    async def _handle(self, inbound: _Inbound) -> None:
+        if inbound.topic == self._topics.verdicts:
+            try:
+                message = session_pb2.CloudMessage.FromString(inbound.payload)
+            except DecodeError:
+                logger.warning("unreadable message (%d bytes) on %s: dropped", len(inbound.payload), inbound.topic)
+                return
+            await self._dispatch(message)
+        elif inbound.topic in (self._topics.policy, self._topics.fleet_policy):
+            await self._on_policy(inbound)
+        else:
+            logger.warning("message on unexpected topic %s: dropped", inbound.topic)
+
+    async def _dispatch(self, message: session_pb2.CloudMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "ack":
+            await self._on_ack(message.ack)
+        elif kind == "verdict":
+            await self._handlers.on_verdict(message.verdict)
+        elif kind == "policy":
+            await self._handlers.on_policy(message.policy)
+        elif kind == "error":
+            logger.error("cloud says: %s %s", message.error.code, message.error.message)
+
+    async def _on_ack(self, ack: session_pb2.Ack) -> None:
+        outcome = "duplicate" if ack.duplicate else "accepted" if ack.accepted else "refused"
+        self._metrics.acks.labels(outcome).inc()
+        if not ack.accepted:
+            logger.warning("cloud refused sample %s: %s", ack.sample_id, ack.error)
+        # Refused samples are not resent: the cloud judged them malformed, and would again.
+        self._samples.pop(ack.sample_id, None)
+        await self._handlers.on_ack(ack)
+
+    async def _on_policy(self, inbound: _Inbound) -> None:
+        if not inbound.payload:
+            return  # a retained policy cleared
+        if inbound.topic == self._topics.fleet_policy and self._edge_policy_seen:
+            return
+        try:
+            signed = policy_pb2.SignedPolicy.FromString(inbound.payload)
+        except DecodeError:
+            logger.warning("unreadable policy (%d bytes) on %s: ignored", len(inbound.payload), inbound.topic)
+            return
+        if inbound.topic == self._topics.policy:
+            self._edge_policy_seen = True
+        if inbound.payload in self._delivered_policies:
+            return
+        self._delivered_policies.append(inbound.payload)
+        await self._handlers.on_policy(signed)
+
+
+def _version(signed: policy_pb2.SignedPolicy) -> int:
+    """The version a signed policy claims (unverified: only to compare with what the caller has)."""
+    try:
+        return policy_pb2.Policy.FromString(signed.policy).version
+    except DecodeError:
+        return 0

@@ -1,0 +1,157 @@
+"""A real Mosquitto broker for tests: a free port on loopback, a temporary config and persistence folder.
+
+`running_broker(folder)` starts one and stops it on exit; `broker.restart()` stops it (SIGTERM, so
+Mosquitto writes its persistence file) and starts it again on the same port, the way an operator's
+restart looks to clients; `broker.kill()` stops it without that. Tests are skipped with a clear
+message when mosquitto is not installed (`make test` installs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+
+def mosquitto_binary() -> str | None:
+    """Path of the mosquitto executable, or None (it lives in /usr/sbin on Debian, often not on PATH)."""
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+
+
+def require_mosquitto() -> str:
+    """The mosquitto executable; skips the calling test when it is missing."""
+    binary = mosquitto_binary()
+    if binary is None and os.environ.get("CI") == "true":
+        pytest.fail(
+            "mosquitto is not installed on CI: `make test` should have installed it (apt-get install mosquitto)"
+        )
+    if binary is None:
+        pytest.skip("mosquitto is not installed: run `make test` (installs it) or `apt-get install mosquitto`")
+    return binary
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class MosquittoBroker:
+    """One mosquitto process with persistence in `folder`; `start`, `stop`, `restart`, `kill`."""
+
+    def __init__(self, folder: Path, binary: str, port: int | None = None) -> None:
+        self.folder = folder
+        self.binary = binary
+        self.host = HOST
+        self.port = port or free_port()
+        self.log_path = folder / "mosquitto.log"
+        self.config_path = folder / "mosquitto.conf"
+        self._process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "data").mkdir(exist_ok=True)
+        self.config_path.write_text(
+            "\n".join(
+                [
+                    f"listener {self.port} {HOST}",
+                    "allow_anonymous true",
+                    # Started as root, mosquitto would become user mosquitto and lose access to this folder.
+                    f"user {getpass.getuser()}",
+                    "persistence true",
+                    f"persistence_location {folder / 'data'}/",
+                    "autosave_interval 1",
+                    # Tests queue more than the default 1000 messages for an offline session.
+                    "max_queued_messages 100000",
+                    f"log_dest file {self.log_path}",
+                    "log_type error",
+                    "log_type warning",
+                    "log_type notice",
+                    "log_type information",
+                    "",
+                ]
+            )
+        )
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start mosquitto and wait until it accepts connections (RuntimeError with its log otherwise)."""
+        if self.running:
+            return
+        self._process = subprocess.Popen(
+            [self.binary, "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self._process.returncode} at start:\n{self._log_tail()}")
+            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), timeout=0.5):
+                return
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"mosquitto did not accept on {HOST}:{self.port} within {timeout_s} s:\n{self._log_tail()}")
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM (mosquitto saves its persistence file), SIGKILL if it does not exit in time."""
+        self._end(signal.SIGTERM, timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing saved since the last autosave."""
+        self._end(signal.SIGKILL, STOP_TIMEOUT_S)
+
+    def restart(self) -> None:
+        """Stop gracefully and start again on the same port."""
+        self.stop()
+        self.start()
+
+    def _end(self, sig: signal.Signals, timeout_s: float) -> None:
+        process = self._process
+        if process is None:
+            return
+        self._process = None
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout_s)
+        if process.stderr is not None:
+            process.stderr.close()
+
+    def _log_tail(self, lines: int = 30) -> str:
+        stderr = b""
+        if self._process is not None and self._process.stderr is not None and self._process.poll() is not None:
+            stderr = self._process.stderr.read()
+        log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join([*log.splitlines()[-lines:], stderr.decode(errors="replace")]).strip()
+
+
+@contextlib.contextmanager
+def running_broker(folder: Path) -> Iterator[MosquittoBroker]:
+    """A started broker in `folder` (skips the test when mosquitto is missing), stopped on exit."""
+    broker = MosquittoBroker(folder, require_mosquitto())
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.kill()

@@ -1,0 +1,119 @@
+"""The cloud's MQTT bridge against a real mosquitto: share groups, bad input, allow-list, shutdown;
+and the edge uplink's own bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from protos import sample_pb2
+from tests.integration.test_mqtt_transport import (
+    EDGE,
+    bridge_config,
+    broker,
+    clip,
+    cloud,
+    edge,
+    edge_config,
+    observer_factory,
+    samples,
+    wait_until,
+)
+
+__all__ = ["broker", "clip", "observer_factory"]  # fixtures shared with test_mqtt_transport
+
+
+async def test_two_bridges_in_one_share_group_split_the_samples(tmp_path: Path, clip: Path, broker: Any) -> None:
+    sent = samples(clip, 20)
+    first, second = bridge_config(broker, client_id="replica-a"), bridge_config(broker, client_id="replica-b")
+    async with (
+        cloud(tmp_path / "a", clip, first) as replica_a,
+        cloud(tmp_path / "b", clip, second) as replica_b,
+        edge(edge_config(broker)) as gw,
+    ):
+        await wait_until(lambda: replica_a.bridge.connected and replica_b.bridge.connected, "both bridges")
+        await asyncio.sleep(0.3)  # both subscriptions in place
+        assert gw.uplink is not None
+        for sample in sent:
+            gw.uplink.submit(sample)
+        await wait_until(lambda: gw.verdict_ids() == {s.sample_id for s in sent}, "every verdict")
+        judged = [await replica.store.count() for replica in (replica_a, replica_b)]
+        received = [
+            sum(replica.counter("edgeglm_cloud_samples_received_total", transport=t) for t in ("grpc", "mqtt"))
+            for replica in (replica_a, replica_b)
+        ]
+    assert sum(judged) == len(sent), judged
+    assert min(judged) > 0, f"one replica got nothing: {judged}"
+    assert received == judged  # each sample went to one replica only
+
+
+async def test_malformed_messages_are_counted_and_dropped_and_the_bridge_goes_on(
+    tmp_path: Path, clip: Path, broker: Any, observer_factory: Any
+) -> None:
+    good = samples(clip, 1, "good")[0]
+    liar = samples(clip, 1, "liar", edge_id="gw-other")[0]
+    nameless = sample_pb2.Sample(edge_id=EDGE)
+    publisher = observer_factory()
+    async with cloud(tmp_path, clip, bridge_config(broker)) as replica, edge(edge_config(broker)) as gw:
+        await wait_until(lambda: replica.bridge.connected, "the bridge to connect")
+        await publisher.publish(f"edgeglm/{EDGE}/samples", b"\xff\x00 not a protobuf")
+        await publisher.publish(f"edgeglm/{EDGE}/samples", liar.SerializeToString())
+        await publisher.publish(f"edgeglm/{EDGE}/samples", nameless.SerializeToString())
+        await publisher.publish("edgeglm/gw-9/status", b"\xff\x00 not a status")
+        assert gw.uplink is not None
+        gw.uplink.submit(good)
+        await wait_until(lambda: gw.verdict_ids() == {good.sample_id}, "the good sample's verdict")
+        await wait_until(lambda: len([a for a in gw.acks if not a.accepted]) == 2, "two refusals")
+        assert replica.counter("edgeglm_cloud_bad_messages_total", reason="malformed") == 4
+        refused = {ack.sample_id: ack.error for ack in gw.acks if not ack.accepted}
+        assert set(refused) == {liar.sample_id, ""}
+        assert "gw-other" in refused[liar.sample_id]
+        assert await replica.store.count() == 1
+
+
+async def test_an_edge_missing_from_known_edges_is_refused(tmp_path: Path, clip: Path, broker: Any) -> None:
+    stranger = samples(clip, 1, "stranger", edge_id="gw-stranger")[0]
+    config = bridge_config(broker)
+    async with (
+        cloud(tmp_path, clip, config, known_edges=(EDGE,)) as replica,
+        edge(edge_config(broker), edge_id="gw-stranger") as gw,
+    ):
+        await wait_until(lambda: replica.bridge.connected, "the bridge to connect")
+        assert gw.uplink is not None
+        gw.uplink.submit(stranger)
+        await wait_until(lambda: len(gw.acks) == 1, "the refusal")
+        assert not gw.acks[0].accepted and "known_edges" in gw.acks[0].error
+        assert gw.uplink.pending == 0  # refused samples are not resent
+        assert gw.policies == [] or all(p.policy for p in gw.policies)
+        assert replica.counter("edgeglm_cloud_bad_messages_total", reason="unknown_edge") >= 1
+        assert await replica.store.count() == 0
+
+
+async def test_stopping_the_bridge_still_answers_the_samples_in_hand(tmp_path: Path, clip: Path, broker: Any) -> None:
+    sent = samples(clip, 2)
+    async with edge(edge_config(broker)) as gw:
+        assert gw.uplink is not None
+        async with cloud(tmp_path, clip, bridge_config(broker), delay_ms=400) as replica:
+            await wait_until(lambda: replica.bridge.connected, "the bridge to connect")
+            for sample in sent:
+                gw.uplink.submit(sample)
+            await wait_until(lambda: replica.bridge.in_flight == len(sent), "the samples to be in hand")
+            await replica.bridge.stop(time.monotonic() + 10)
+            assert replica.bridge.in_flight == 0
+        await wait_until(lambda: gw.verdict_ids() == {s.sample_id for s in sent}, "the verdicts owed")
+
+
+async def test_the_uplink_drops_and_counts_samples_beyond_its_bound(clip: Path, broker: Any) -> None:
+    broker.stop()
+    async with edge(edge_config(broker, send_queue_size=2), connected=False) as gw:
+        assert gw.uplink is not None
+        taken = [gw.uplink.submit(sample) for sample in samples(clip, 3)]
+        assert taken == [True, True, False]
+        assert gw.uplink.pending == 2
+        dropped = gw.metrics.registry.get_sample_value(
+            "edgeglm_edge_samples_dropped_total", {"reason": "send_queue_full"}
+        )
+        assert dropped == 1
