@@ -104,6 +104,8 @@ class EdgeAgent:
             if isinstance(config.uplink, MqttUplinkConfig)
             else GrpcUplink(config.uplink, handlers, self.metrics)
         )
+        if isinstance(self.uplink, MqttUplink):
+            self.events.add_publisher(self.uplink.publish_event)
         self.dispatcher = Dispatcher(
             self.outbox, self.uplink, self.policy.uplink, self.metrics, window=config.outbox.window
         )

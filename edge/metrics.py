@@ -45,6 +45,11 @@ class EdgeMetrics:
         self.local_events = Counter(
             "edgeglm_edge_local_events", "Confident detections acted on locally.", ["label"], registry=r
         )
+        self.events_unpublished = Counter(
+            "edgeglm_edge_events_unpublished",
+            "Local events not published on MQTT because the broker was away (they stay in the events file).",
+            registry=r,
+        )
         self.decisions_without_cloud = Counter(
             "edgeglm_edge_decisions_without_cloud",
             "Frames decided while the cloud was unreachable (the edge result was used alone).",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -65,12 +66,18 @@ class _Topics:
     policy: str
     fleet_policy: str
     status: str
+    events: str
 
     @classmethod
     def of(cls, prefix: str, edge_id: str) -> _Topics:
         edge = f"{prefix}/{edge_id}"
         return cls(
-            f"{edge}/samples", f"{edge}/verdicts", f"{edge}/policy", f"{prefix}/{FLEET}/policy", f"{edge}/status"
+            f"{edge}/samples",
+            f"{edge}/verdicts",
+            f"{edge}/policy",
+            f"{prefix}/{FLEET}/policy",
+            f"{edge}/status",
+            f"{edge}/events",
         )
 
 
@@ -329,6 +336,14 @@ class MqttUplink:
             with contextlib.suppress(DecodeError):
                 self._latest_policy[inbound.topic] = policy_pb2.SignedPolicy.FromString(inbound.payload)
         self._inbox.put_nowait(inbound)
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        """A local event as JSON on {prefix}/{edge}/events (QoS 1, not retained), for Home Assistant or
+        Node-RED; the schema is edge/events.py's. While the broker is away the event stays in the file only."""
+        if self._client is None or not self.connected:
+            self._metrics.events_unpublished.inc()
+            return
+        self._client.publish(self._topics.events, json.dumps(event, separators=(",", ":")), qos=self._config.qos)
 
     def _publish(self, outgoing: _Outgoing) -> None:
         assert self._client is not None

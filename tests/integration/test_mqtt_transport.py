@@ -8,6 +8,7 @@ other test_mqtt_* modules.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import signal
@@ -395,3 +396,16 @@ async def test_the_last_will_says_offline_when_the_edge_process_dies(broker: Any
     finally:
         process.kill()
         process.wait(WAIT_S)
+
+
+async def test_local_events_are_published_as_json_for_home_automation(broker: Any, observer_factory: Any) -> None:
+    watcher = observer_factory(f"edgeglm/{EDGE}/events")
+    await asyncio.sleep(0.2)  # the observer's subscription is in place
+    event = {"type": "detection", "edge_id": EDGE, "camera_id": "cam0", "label": "cat", "score": 0.91}
+    async with edge(edge_config(broker)) as recorder:
+        assert recorder.uplink is not None
+        recorder.uplink.publish_event(event)
+        message = await asyncio.to_thread(watcher.messages.get, True, WAIT_S)
+    assert message.topic == f"edgeglm/{EDGE}/events"
+    assert json.loads(bytes(message.payload)) == event
+    assert not message.retain
