@@ -30,18 +30,19 @@ $(VENV)/.ready: pyproject.toml
 
 setup: $(VENV)/.ready mosquitto ## create .venv with the runtime and test dependencies
 
-# The MQTT tests start Debian's mosquitto on a free port: installed here when missing (CI runs as
-# root); elsewhere a warning, and those tests skip.
+# The MQTT tests start Debian's mosquitto on a free port and read topics with mosquitto_sub (a client
+# this project did not write): installed here when missing (CI runs as root); elsewhere a warning,
+# and those tests skip (on CI they fail instead).
 .PHONY: mosquitto
 mosquitto:
-	@if command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; then exit 0; fi; \
+	@if { command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; } && command -v mosquitto_sub >/dev/null; then exit 0; fi; \
 	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get install -y -qq mosquitto >/dev/null 2>&1 \
-			|| { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq mosquitto >/dev/null 2>&1; } \
+		apt-get install -y -qq mosquitto mosquitto-clients >/dev/null 2>&1 \
+			|| { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq mosquitto mosquitto-clients >/dev/null 2>&1; } \
 			|| echo "warning: apt-get could not install mosquitto; the MQTT tests will be skipped" >&2; \
 	else \
-		echo "warning: mosquitto is missing (install it: sudo apt-get install mosquitto); the MQTT tests will be skipped" >&2; \
+		echo "warning: mosquitto is missing (sudo apt-get install mosquitto mosquitto-clients); MQTT tests skip" >&2; \
 	fi
 
 demo: $(VENV)/.ready ## a cloud and 3 edge agents on loopback over generated clips; summary in runs/demo

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -409,3 +410,39 @@ async def test_local_events_are_published_as_json_for_home_automation(broker: An
     assert message.topic == f"edgeglm/{EDGE}/events"
     assert json.loads(bytes(message.payload)) == event
     assert not message.retain
+
+
+async def test_mosquitto_sub_reads_the_events_topic_as_documented_json(tmp_path: Path, broker: Any) -> None:
+    binary = shutil.which("mosquitto_sub")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mosquitto_sub is missing on CI: `make test` installs mosquitto-clients")
+        pytest.skip("mosquitto_sub is not installed (apt-get install mosquitto-clients)")
+    topic = f"edgeglm/{EDGE}/events"
+    reader = await asyncio.create_subprocess_exec(
+        binary,
+        "-h",
+        broker.host,
+        "-p",
+        str(broker.port),
+        "-t",
+        topic,
+        "-q",
+        "1",
+        "-C",
+        "2",
+        "-W",
+        "30",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    await asyncio.sleep(0.5)  # mosquitto_sub subscribed
+    events = [
+        {"type": "detection", "edge_id": EDGE, "camera_id": "cam0", "label": "person", "score": 0.8, "frame_seq": 7},
+        {"type": "detection", "edge_id": EDGE, "camera_id": "cam1", "label": "cup", "score": 0.95, "frame_seq": 9},
+    ]
+    async with edge(edge_config(broker)) as recorder:
+        assert recorder.uplink is not None
+        for event in events:
+            recorder.uplink.publish_event(event)
+        out, _ = await asyncio.wait_for(reader.communicate(), WAIT_S)
+    assert [json.loads(line) for line in out.decode().splitlines()] == events
