@@ -107,7 +107,12 @@ class EdgeAgent:
         if isinstance(self.uplink, MqttUplink):
             self.events.add_publisher(self.uplink.publish_event)
         self.dispatcher = Dispatcher(
-            self.outbox, self.uplink, self.policy.uplink, self.metrics, window=config.outbox.window
+            self.outbox,
+            self.uplink,
+            self.policy.uplink,
+            self.metrics,
+            window=config.outbox.window,
+            can_send=self._cloud_reachable,
         )
         self.health = HealthServer(
             config.health.host, config.health.port, self.metrics.registry, self._liveness, self._readiness
@@ -158,7 +163,7 @@ class EdgeAgent:
     async def _drain_outbox(self, deadline: float) -> int:
         """Wait (while the cloud is there) for the outbox to empty; returns what is left in it."""
         left = (await self.outbox.stats()).samples
-        while left and self.uplink.connected and time.monotonic() < deadline:
+        while left and self._cloud_reachable() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             left = (await self.outbox.stats()).samples
         return left
@@ -188,7 +193,7 @@ class EdgeAgent:
         if left:
             logger.warning("%d samples stay in the outbox for the next start", left)
         # Acknowledged samples are the cloud's; their verdicts are still worth waiting for, within the deadline.
-        while self._pending and self.uplink.connected and time.monotonic() < deadline:  # noqa: ASYNC110
+        while self._pending and self._cloud_reachable() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         for task in background:
             task.cancel()
@@ -287,7 +292,7 @@ class EdgeAgent:
         assert self._miner is not None
         decision = self._miner.decide(MiningContext(frame.camera_id, frame.seq, motion, detections))
         policy_version = self.policy.version
-        if not self.uplink.connected:
+        if not self._cloud_reachable():
             self.metrics.decisions_without_cloud.inc()
         for detection in decision.confident:
             self.events.emit(frame.camera_id, detection, frame.seq, frame.captured_at, policy_version, source="edge")
@@ -398,12 +403,18 @@ class EdgeAgent:
     async def _on_policy(self, signed: policy_pb2.SignedPolicy) -> None:
         self.policies.offer(signed)
 
+    def _cloud_reachable(self) -> bool:
+        """gRPC: the Session stream is up. MQTT: the broker is, and a cloud bridge says it is online."""
+        if isinstance(self.uplink, MqttUplink):
+            return self.uplink.cloud_present
+        return self.uplink.connected
+
     def _state(self) -> str:
         if self._draining:
             return "draining"
         if self._detector is None:
             return "starting"
-        return "online" if self.uplink.connected else "autonomous"
+        return "online" if self._cloud_reachable() else "autonomous"
 
     def _liveness(self) -> tuple[bool, str]:
         idle = time.monotonic() - self._last_progress
@@ -416,7 +427,7 @@ class EdgeAgent:
         reasons = []
         if self._detector is None:
             reasons.append("detector not loaded")
-        if not self.uplink.connected:
-            reasons.append(f"cloud unreachable ({self.uplink.last_error or 'connecting'})")
-        ready = self._detector is not None and (self.uplink.connected or self.config.pipeline.autonomous_ready)
+        if not self._cloud_reachable():
+            reasons.append(f"cloud unreachable ({self.uplink.last_error or 'no cloud answering'})")
+        ready = self._detector is not None and (self._cloud_reachable() or self.config.pipeline.autonomous_ready)
         return ready, state, reasons

@@ -99,6 +99,11 @@ class MqttBridge:
         """Samples received and not yet answered with their verdict."""
         return len(self._tasks)
 
+    @property
+    def _presence_topic(self) -> str:
+        """This replica's retained presence: b"online" while connected, b"offline" (also its last will)."""
+        return f"{self._config.topic_prefix}/cloud/{self._config.effective_client_id()}/status"
+
     async def start(self) -> None:
         """Connect in the background (paho's thread retries with backoff) and follow the policy engine."""
         config = self._config
@@ -115,6 +120,8 @@ class MqttBridge:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        # Presence: edges treat the cloud as reachable while some replica's retained status says online.
+        client.will_set(self._presence_topic, b"offline", qos=QOS, retain=True)
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it untyped
         properties.SessionExpiryInterval = config.session_expiry_s
         properties.ReceiveMaximum = config.max_in_flight
@@ -132,6 +139,8 @@ class MqttBridge:
         client = self._client
         if client is not None and self._connected:
             client.unsubscribe(self._samples_filter)  # the broker sends new samples to the other replicas
+            info = client.publish(self._presence_topic, b"offline", qos=QOS, retain=True)
+            self._unconfirmed.add(info.mid)
         while self._tasks:  # samples already on their way when we left the group are answered too
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             _, late = await asyncio.wait(set(self._tasks), timeout=timeout)
@@ -166,6 +175,7 @@ class MqttBridge:
         self._generation += 1
         options = SubscribeOptions(qos=QOS)
         client.subscribe([(self._status_filter, options), (self._samples_filter, options)])
+        client.publish(self._presence_topic, b"online", qos=QOS, retain=True)
         self._post(self._connection_made, flags.session_present)
 
     def _on_connect_fail(self, _: mqtt.Client, __: Any) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 from edge.metrics import EdgeMetrics
@@ -53,6 +54,7 @@ class Dispatcher:
         *,
         window: int = 16,
         poll_s: float = 0.05,
+        can_send: Callable[[], bool] | None = None,
     ) -> None:
         self._outbox = outbox
         self._transport = transport
@@ -63,6 +65,8 @@ class Dispatcher:
         self._poll_s = poll_s
         self._in_flight: set[str] = set()
         self._wake = asyncio.Event()
+        # Whether the cloud is there to take samples (default: the transport is connected).
+        self._can_send = can_send or (lambda: transport.connected)
 
     def update_policy(self, policy: UplinkPolicy) -> None:
         """New budget and replay order, effective for the next sample."""
@@ -86,7 +90,7 @@ class Dispatcher:
     async def run(self) -> None:
         """Until cancelled."""
         while True:
-            if not self._transport.connected:
+            if not self._can_send():
                 # Whatever was in flight will be resent by the transport or, after a restart, by us.
                 await self._sleep()
                 continue
@@ -105,7 +109,7 @@ class Dispatcher:
             for sample in batch:
                 size = sample.ByteSize()
                 await self._bucket.take(size, deadline=time.monotonic() + 3600)
-                if not self._transport.connected or not self._transport.submit(sample):
+                if not self._can_send() or not self._transport.submit(sample):
                     break
                 self._in_flight.add(sample.sample_id)
 

@@ -67,6 +67,7 @@ class _Topics:
     fleet_policy: str
     status: str
     events: str
+    cloud_presence: str
 
     @classmethod
     def of(cls, prefix: str, edge_id: str) -> _Topics:
@@ -78,6 +79,7 @@ class _Topics:
             f"{prefix}/{FLEET}/policy",
             f"{edge}/status",
             f"{edge}/events",
+            f"{prefix}/cloud/+/status",
         )
 
 
@@ -119,6 +121,7 @@ class MqttUplink:
         self._topics = _Topics.of(config.topic_prefix, "-")
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = False
+        self._cloud_replicas: dict[str, bool] = {}
         self._last_error = "not connected yet"
         self._subscribed = asyncio.Event()
         self._edge_policy_seen = False
@@ -261,6 +264,7 @@ class MqttUplink:
         qos = SubscribeOptions(qos=self._config.qos)
         _, mid = client.subscribe([(self._topics.verdicts, qos), (self._topics.policy, qos)])
         self._edge_subscription = mid if mid is not None else -1
+        client.subscribe(self._topics.cloud_presence, options=qos)
         self._post(self._connection_made, flags.session_present)
 
     def _on_subscribe(self, client: mqtt.Client, _: Any, mid: int, reasons: list[ReasonCode], __: Any) -> None:
@@ -288,6 +292,15 @@ class MqttUplink:
 
     # ------------------------------------------------------------ the event loop
 
+    def _is_presence(self, topic: str) -> bool:
+        prefix = self._topics.cloud_presence.split("+")[0]
+        return topic.startswith(prefix) and topic.endswith("/status") and topic.count("/") == prefix.count("/") + 1
+
+    @property
+    def cloud_present(self) -> bool:
+        """Connected to the broker and at least one cloud bridge replica says it is online."""
+        return self._connected and any(self._cloud_replicas.values())
+
     def _connection_made(self, session_present: bool) -> None:
         self._connected = True
         self._last_error = ""
@@ -308,6 +321,7 @@ class MqttUplink:
         if self._connected or why != self._last_error:
             logger.warning("%s", why)
         self._connected = False
+        self._cloud_replicas.clear()  # the retained statuses come again with the next subscription
         self._last_error = why
         self._metrics.uplink_connected.set(0)
 
@@ -404,6 +418,9 @@ class MqttUplink:
             await self._dispatch(message)
         elif inbound.topic in (self._topics.policy, self._topics.fleet_policy):
             await self._on_policy(inbound)
+        elif self._is_presence(inbound.topic):
+            replica = inbound.topic.split("/")[-2]
+            self._cloud_replicas[replica] = inbound.payload == b"online"
         else:
             logger.warning("message on unexpected topic %s: dropped", inbound.topic)
 
