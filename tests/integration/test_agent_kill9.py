@@ -13,8 +13,11 @@ import yaml
 
 from cloud.service import CloudService
 from sim.world.clips import ClipSpec, write_clip
+from tests.helpers.broker import MosquittoBroker
 from tests.integration.test_autonomy import every_frame, free_port
-from tests.integration.test_end_to_end import cloud_config, edge_config
+from tests.integration.test_end_to_end import broker, cloud_config, edge_config
+
+__all__ = ["broker"]  # the transport fixture: runs on gRPC and on MQTT
 
 WAIT_S = 60.0
 
@@ -31,16 +34,18 @@ def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def test_agent_killed_mid_run_resends_everything_after_restart(tmp_path: Path) -> None:
+async def test_agent_killed_mid_run_resends_everything_after_restart(
+    tmp_path: Path, broker: MosquittoBroker | None
+) -> None:
     clip = write_clip(ClipSpec(seed=0, seconds=8, fps=5, quiet_start_seconds=0.5, mean_gap_seconds=1.5), tmp_path / "c")
     port = free_port()
     # A slow uplink keeps a backlog in the outbox, so the kill lands while samples wait there.
     settings = every_frame(rate=120_000)
-    config = cloud_config(tmp_path, clip, settings)
+    config = cloud_config(tmp_path, clip, settings, broker)
     config = config.model_copy(update={"server": config.server.model_copy(update={"port": port})})
     service = CloudService(config)
     await service.start()
-    edge = edge_config(tmp_path, clip, port, "gw-kill", loop=True, initial=settings)
+    edge = edge_config(tmp_path, clip, port, "gw-kill", loop=True, initial=settings, broker=broker)
     config_path = tmp_path / "edge.yaml"
     config_path.write_text(yaml.safe_dump(edge.model_dump(mode="json")))
     outbox = tmp_path / "gw-kill" / "outbox.sqlite"

@@ -17,7 +17,7 @@ from cloud.service import CloudService
 from edge.agent import EdgeAgent
 from edge.status import counter_total
 from sim.world.clips import ClipSpec, write_clip
-from tests.helpers.broker import MosquittoBroker
+from tests.helpers.broker import MosquittoBroker, running_broker
 from tests.helpers.policy_keys import generate_keypair
 from tests.integration.test_end_to_end import WATCH_ALL, broker, cloud_config, edge_config, until
 
@@ -100,14 +100,16 @@ async def test_a_full_outbox_evicts_and_the_agent_keeps_running(tmp_path: Path, 
     assert agent._outbox_samples + evicted == counter_total(agent.metrics.mined)
 
 
-async def test_replay_after_reconnect_stays_within_the_byte_budget(tmp_path: Path, clip: Path) -> None:
+async def test_replay_after_reconnect_stays_within_the_byte_budget(
+    tmp_path: Path, clip: Path, broker: MosquittoBroker | None
+) -> None:
     rate = 200_000
     port = free_port()
     settings = every_frame(rate)
-    config = cloud_config(tmp_path, clip, settings)
+    config = cloud_config(tmp_path, clip, settings, broker)
     config = config.model_copy(update={"server": config.server.model_copy(update={"port": port})})
     generate_keypair(tmp_path / "keys", "policy-signing")
-    agent = EdgeAgent(edge_config(tmp_path, clip, port, "gw-budget", initial=settings))
+    agent = EdgeAgent(edge_config(tmp_path, clip, port, "gw-budget", initial=settings, broker=broker))
     await asyncio.wait_for(agent.run(asyncio.Event()), timeout=60)  # no cloud: everything stays in the outbox
     backlog = agent._outbox_samples
     assert backlog >= 5
@@ -115,10 +117,12 @@ async def test_replay_after_reconnect_stays_within_the_byte_budget(tmp_path: Pat
     await service.start()
     try:
         # Replay only: the camera folder is gone, so no new frames (the source keeps retrying it).
-        restarted = EdgeAgent(edge_config(tmp_path, tmp_path / "gone", port, "gw-budget", initial=settings))
+        restarted = EdgeAgent(
+            edge_config(tmp_path, tmp_path / "gone", port, "gw-budget", initial=settings, broker=broker)
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(restarted.run(stop))
-        await until(lambda: restarted.uplink.connected, "connection")
+        await until(restarted._cloud_reachable, "connection")
         started = time.monotonic()
         await until(lambda: counter_total(restarted.metrics.acks) >= backlog, "the backlog acknowledged")
         elapsed = time.monotonic() - started
@@ -129,3 +133,28 @@ async def test_replay_after_reconnect_stays_within_the_byte_budget(tmp_path: Pat
         await service.stop()
     largest_sample = 200_000  # a 640x480 JPEG at quality 80 is well under this
     assert sent_bytes <= rate * elapsed + rate + largest_sample
+
+
+async def test_no_sample_is_lost_when_the_broker_restarts_mid_run(tmp_path: Path, clip: Path) -> None:
+    settings = every_frame()
+    with running_broker(tmp_path / "broker") as mqtt_broker:
+        config = cloud_config(tmp_path, clip, settings, mqtt_broker)
+        service = CloudService(config)
+        await service.start()
+        agent = EdgeAgent(edge_config(tmp_path, clip, 1, "gw-mqtt", loop=True, initial=settings, broker=mqtt_broker))
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            await until(lambda: counter_total(agent.metrics.verdicts) >= 3, "verdicts before the restart")
+            mqtt_broker.restart()
+            mined_at_restart = counter_total(agent.metrics.mined)
+            await until(lambda: counter_total(agent.metrics.mined) >= mined_at_restart + 5, "mining after the restart")
+            await until(agent._cloud_reachable, "the cloud reachable again")
+            stop.set()
+            await asyncio.wait_for(task, timeout=60)
+            stored = await service.store.count()
+        finally:
+            stop.set()
+            await service.stop()
+    assert agent._outbox_samples == 0
+    assert stored == counter_total(agent.metrics.mined)
