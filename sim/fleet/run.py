@@ -22,6 +22,7 @@ import httpx
 import yaml
 from rich.console import Console
 
+from sim.fleet.broker import mosquitto_binary, start_mosquitto
 from sim.fleet.summary import CameraRun, cloud_only_bytes, event_recall, percentile, read_jsonl
 from sim.world.clips import ClipSpec, write_clip
 
@@ -60,10 +61,11 @@ def fleet_policy(watch_list: list[str], low: float, high: float, jpeg_quality: i
     }
 
 
-def cloud_yaml(out: Path, grpc_port: int, admin_port: int, spec: FleetSpec) -> dict[str, Any]:
-    """The cloud's config: the reference detector behind the dynamic batcher."""
+def cloud_yaml(out: Path, grpc_port: int, admin_port: int, spec: FleetSpec, mqtt_port: int | None) -> dict[str, Any]:
+    """The cloud's config: the reference detector behind the dynamic batcher; the MQTT bridge when a broker runs."""
     reference = MODELS / "reference.onnx"
     return {
+        "mqtt": {"enabled": mqtt_port is not None, "host": "127.0.0.1", "port": mqtt_port or 1883},
         "server": {"host": "127.0.0.1", "port": grpc_port},
         "admin": {"host": "127.0.0.1", "port": admin_port},
         "backend": {"kind": "onnx", "model_path": str(reference), "intra_op_threads": 1},
@@ -76,9 +78,14 @@ def cloud_yaml(out: Path, grpc_port: int, admin_port: int, spec: FleetSpec) -> d
     }
 
 
-def edge_yaml(out: Path, index: int, grpc_port: int, health_port: int, spec: FleetSpec) -> dict[str, Any]:
-    """One edge's config: its cameras are clip folders played back in real time."""
+def edge_yaml(
+    out: Path, index: int, grpc_port: int, health_port: int, spec: FleetSpec, mqtt_port: int | None = None
+) -> dict[str, Any]:
+    """One edge's config: its cameras are clip folders played back in real time; gRPC, or MQTT when given a broker."""
     edge_id = f"edge-{index}"
+    uplink: dict[str, Any] = {"target": f"127.0.0.1:{grpc_port}", "heartbeat_interval_s": 2}
+    if mqtt_port is not None:
+        uplink = {"kind": "mqtt", "host": "127.0.0.1", "port": mqtt_port, "heartbeat_interval_s": 2}
     return {
         "edge_id": edge_id,
         "site_id": "demo",
@@ -89,7 +96,7 @@ def edge_yaml(out: Path, index: int, grpc_port: int, health_port: int, spec: Fle
         ],
         "detector": {"model_path": str(MODELS / "edge.onnx"), "intra_op_threads": 1},
         "model_version": "world-seed0",
-        "uplink": {"target": f"127.0.0.1:{grpc_port}", "heartbeat_interval_s": 2},
+        "uplink": uplink,
         "policy": {"public_key": str(out / "keys" / "policy-signing.pub")},
         "health": {"host": "127.0.0.1", "port": health_port},
         "pipeline": {"drain_deadline_s": 20},
@@ -113,9 +120,9 @@ def generate_world(out: Path, spec: FleetSpec, console: Console) -> list[CameraR
 def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     """A program of ours in its own process, output to a log file."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    handle = log.open("wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
+    with log.open("wb") as handle:  # the child has its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
 
 
 def wait_http(url: str, deadline: float, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -157,11 +164,20 @@ def run_fleet(out: Path, spec: FleetSpec, console: Console) -> dict[str, Any]:
     )
     grpc_port, admin_port = free_port(), free_port()
     (out / "config").mkdir(parents=True, exist_ok=True)
-    cloud_config = out / "config" / "cloud.yaml"
-    cloud_config.write_text(yaml.safe_dump(cloud_yaml(out, grpc_port, admin_port, spec), sort_keys=False))
     logs = out / "logs"
     processes: list[subprocess.Popen[bytes]] = []
+    # The last edge speaks MQTT through a local mosquitto, so both transports run side by side.
+    mqtt_port = free_port() if mosquitto_binary() is not None and spec.edges > 1 else None
+    if mqtt_port is None:
+        console.print("mosquitto not installed: every edge uses gRPC (`make setup` installs it)")
     try:
+        if mqtt_port is not None:
+            processes.append(start_mosquitto(out / "broker", mqtt_port))
+            console.print(f"MQTT broker (mosquitto) on 127.0.0.1:{mqtt_port}")
+        cloud_config = out / "config" / "cloud.yaml"
+        cloud_config.write_text(
+            yaml.safe_dump(cloud_yaml(out, grpc_port, admin_port, spec, mqtt_port), sort_keys=False)
+        )
         cloud = start(["cloud", "serve", "--config", str(cloud_config)], logs / "cloud.log")
         processes.append(cloud)
         admin = f"http://127.0.0.1:{admin_port}"
@@ -170,10 +186,16 @@ def run_fleet(out: Path, spec: FleetSpec, console: Console) -> dict[str, Any]:
         edges = []
         for index in range(spec.edges):
             config = out / "config" / f"edge-{index}.yaml"
-            config.write_text(yaml.safe_dump(edge_yaml(out, index, grpc_port, free_port(), spec), sort_keys=False))
+            mqtt = mqtt_port if index == spec.edges - 1 else None
+            settings = edge_yaml(out, index, grpc_port, free_port(), spec, mqtt)
+            config.write_text(yaml.safe_dump(settings, sort_keys=False))
             edges.append(start(["edge", "run", "--config", str(config)], logs / f"edge-{index}.log"))
         processes.extend(edges)
-        console.print(f"{spec.edges} edge agents started, {spec.cameras} cameras each, {spec.seconds:.0f} s of video")
+        transports = "gRPC" if mqtt_port is None else f"gRPC, edge-{spec.edges - 1} over MQTT"
+        console.print(
+            f"{spec.edges} edge agents started ({transports}), {spec.cameras} cameras each, "
+            f"{spec.seconds:.0f} s of video"
+        )
         started = time.monotonic()
         change_at = started + spec.seconds * spec.policy_change_at
         changed_version = None

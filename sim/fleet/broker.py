@@ -1,0 +1,54 @@
+"""A local MQTT broker for the fleet runner: Debian's mosquitto when it is installed (`make` installs it)."""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def mosquitto_binary() -> str | None:
+    """The mosquitto executable (Debian keeps it in /usr/sbin, often off PATH), or None."""
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+
+
+def start_mosquitto(folder: Path, port: int, timeout_s: float = 10.0) -> subprocess.Popen[bytes]:
+    """mosquitto on loopback with persistence in `folder`; waits until it accepts connections."""
+    binary = mosquitto_binary()
+    if binary is None:
+        raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    config = folder / "mosquitto.conf"
+    config.write_text(
+        "\n".join(
+            [
+                f"listener {port} {HOST}",
+                "allow_anonymous true",
+                # Started as root, mosquitto would switch to user mosquitto and lose this folder.
+                f"user {getpass.getuser()}",
+                "persistence true",
+                f"persistence_location {folder / 'data'}/",
+                # An offline edge's verdicts wait in its session; the default of 1000 would drop some.
+                "max_queued_messages 100000",
+                f"log_dest file {folder / 'mosquitto.log'}",
+                "",
+            ]
+        )
+    )
+    process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mosquitto exited with {process.returncode}; see {folder / 'mosquitto.log'}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise TimeoutError(f"mosquitto did not accept connections on {HOST}:{port} within {timeout_s} s")
