@@ -45,7 +45,7 @@ mosquitto:
 		echo "warning: mosquitto is missing (sudo apt-get install mosquitto mosquitto-clients); MQTT tests skip" >&2; \
 	fi
 
-demo: $(VENV)/.ready ## a cloud and 3 edge agents on loopback over generated clips; summary in runs/demo
+demo: $(VENV)/.ready mosquitto ## a cloud, a broker and 3 edge agents (gRPC and MQTT) on loopback over generated clips
 	$(BIN)/edgeglm-sim demo --out runs/demo
 
 lint: $(VENV)/.ready
