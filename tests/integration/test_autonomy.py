@@ -117,8 +117,11 @@ async def test_replay_after_reconnect_stays_within_the_byte_budget(
     await service.start()
     try:
         # Replay only: the camera folder is gone, so no new frames (the source keeps retrying it).
+        restarted_config = edge_config(tmp_path, tmp_path / "gone", port, "gw-budget", initial=settings, broker=broker)
         restarted = EdgeAgent(
-            edge_config(tmp_path, tmp_path / "gone", port, "gw-budget", initial=settings, broker=broker)
+            restarted_config.model_copy(
+                update={"pipeline": restarted_config.pipeline.model_copy(update={"drain_deadline_s": 5})}
+            )
         )
         stop = asyncio.Event()
         task = asyncio.create_task(restarted.run(stop))
