@@ -40,7 +40,6 @@ class GrpcUplinkConfig(_Section):
     reconnect_backoff_max_ms: int = Field(15_000, ge=100, le=600_000, description="Cap of the reconnect delay.")
     heartbeat_interval_s: float = Field(5.0, ge=0.5, le=3600, description="Seconds between status heartbeats.")
     send_queue_size: int = Field(256, ge=1, le=100_000, description="Samples waiting to be sent; beyond, drop + count.")
-    call_timeout_s: float = Field(10.0, ge=0.1, le=600, description="Deadline of unary calls (GetPolicy).")
 
     @field_validator("target")
     @classmethod
@@ -81,7 +80,7 @@ class MqttUplinkConfig(_Section):
     ack_timeout_s: float = Field(
         30.0, ge=1, le=3600, description="Republish a sample the broker took when the cloud's ack is this late."
     )
-    call_timeout_s: float = Field(10.0, ge=0.1, le=600, description="Deadline of fetch_policy and of the last status.")
+    call_timeout_s: float = Field(10.0, ge=0.1, le=600, description="Deadline of the offline status published at stop.")
 
 
 def _uplink_kind(value: Any) -> str:

@@ -36,9 +36,6 @@ class Transport(Protocol):
     @property
     def connected(self) -> bool: ...
 
-    @property
-    def pending(self) -> int: ...
-
     def submit(self, sample: sample_pb2.Sample) -> bool: ...
 
 

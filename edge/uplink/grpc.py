@@ -21,7 +21,7 @@ import grpc.aio
 from edge.config import GrpcUplinkConfig
 from edge.metrics import EdgeMetrics
 from edge.uplink.base import UplinkHandlers
-from protos import policy_pb2, sample_pb2, session_pb2, session_pb2_grpc
+from protos import sample_pb2, session_pb2, session_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -107,24 +107,6 @@ class GrpcUplink:
         """Open the channel and start the session loop in the background."""
         self._channel = grpc.aio.insecure_channel(self._config.target, options=channel_options(self._config))
         self._task = asyncio.create_task(self._run(), name="uplink-session")
-
-    async def fetch_policy(self, edge_id: str, site_id: str, known_version: int) -> policy_pb2.SignedPolicy | None:
-        """Ask for the current policy once (with gRPC retries); None when unreachable or nothing newer."""
-        stub = self._stub()
-        request = session_pb2.GetPolicyRequest(edge_id=edge_id, site_id=site_id, known_version=known_version)
-        try:
-            signed = await stub.GetPolicy(request, timeout=self._config.call_timeout_s)
-        except grpc.aio.AioRpcError as err:
-            logger.info("GetPolicy from %s failed: %s", self._config.target, err.code().name)
-            return None
-        return signed if signed.policy else None
-
-    async def drain(self, deadline: float) -> bool:
-        """Wait until every sample is acknowledged or the deadline (monotonic) passes."""
-        # Polled, not evented: acks arrive one by one and the deadline bounds the wait anyway.
-        while self.pending and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        return not self.pending
 
     async def stop(self) -> None:
         """End the stream and close the channel."""

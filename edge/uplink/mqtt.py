@@ -123,15 +123,12 @@ class MqttUplink:
         self._connected = False
         self._cloud_replicas: dict[str, bool] = {}
         self._last_error = "not connected yet"
-        self._subscribed = asyncio.Event()
         self._edge_policy_seen = False
         self._delivered_policies: collections.deque[bytes] = collections.deque(maxlen=POLICIES_REMEMBERED)
-        self._latest_policy: dict[str, policy_pb2.SignedPolicy] = {}
         self._nobody_listening = False
         # Written by paho's thread only.
         self._generation = 0
         self._edge_subscription = -1
-        self._fleet_subscription = -1
 
     @property
     def connected(self) -> bool:
@@ -200,31 +197,6 @@ class MqttUplink:
         client.connect_async(config.host, config.port, config.keepalive_s, clean_start=False, properties=properties)
         return client
 
-    async def fetch_policy(self, edge_id: str, site_id: str, known_version: int) -> policy_pb2.SignedPolicy | None:
-        """The retained policy for this edge if newer than `known_version`; None when none came in time.
-
-        Policies also arrive through `on_policy`; this only lets a caller wait for the first one.
-        """
-        try:
-            await asyncio.wait_for(self._subscribed.wait(), self._config.call_timeout_s)
-        except TimeoutError:
-            logger.info(
-                "no policy from %s:%d within %.1f s", self._config.host, self._config.port, self._config.call_timeout_s
-            )
-            return None
-        topic = self._topics.policy if self._edge_policy_seen else self._topics.fleet_policy
-        signed = self._latest_policy.get(topic)
-        if signed is None or _version(signed) <= known_version:
-            return None
-        return signed
-
-    async def drain(self, deadline: float) -> bool:
-        """Wait until every sample is acknowledged or the deadline (monotonic) passes."""
-        # Polled, not evented: acks arrive one by one and the deadline bounds the wait anyway.
-        while self.pending and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        return not self.pending
-
     async def stop(self) -> None:
         """Say offline (retained), disconnect and stop paho's thread; the broker keeps the session."""
         for task in self._tasks:
@@ -272,10 +244,7 @@ class MqttUplink:
         if refused:
             self._post(logger.error, "broker refused subscription %d: %s", mid, ", ".join(refused))
         if mid == self._edge_subscription:
-            _, fleet_mid = client.subscribe(self._topics.fleet_policy, options=SubscribeOptions(qos=self._config.qos))
-            self._fleet_subscription = fleet_mid if fleet_mid is not None else -1
-        elif mid == self._fleet_subscription:
-            self._post(self._subscribed.set)
+            client.subscribe(self._topics.fleet_policy, options=SubscribeOptions(qos=self._config.qos))
 
     def _on_connect_fail(self, _: mqtt.Client, __: Any) -> None:
         self._post(self._connection_lost, f"cannot reach broker {self._config.host}:{self._config.port}")
@@ -345,10 +314,7 @@ class MqttUplink:
         self._nobody_listening = nobody
 
     def _received(self, inbound: _Inbound) -> None:
-        """Remember the newest policy of each topic (for fetch_policy), then queue the message for its handler."""
-        if inbound.topic in (self._topics.policy, self._topics.fleet_policy) and inbound.payload:
-            with contextlib.suppress(DecodeError):
-                self._latest_policy[inbound.topic] = policy_pb2.SignedPolicy.FromString(inbound.payload)
+        """Queue the message for its handler, on the event loop."""
         self._inbox.put_nowait(inbound)
 
     def publish_event(self, event: dict[str, Any]) -> None:
@@ -460,11 +426,3 @@ class MqttUplink:
             return
         self._delivered_policies.append(inbound.payload)
         await self._handlers.on_policy(signed)
-
-
-def _version(signed: policy_pb2.SignedPolicy) -> int:
-    """The version a signed policy claims (unverified: only to compare with what the caller has)."""
-    try:
-        return policy_pb2.Policy.FromString(signed.policy).version
-    except DecodeError:
-        return 0
