@@ -17,6 +17,29 @@ def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
 
 
+def mosquitto_config(port: int, data_dir: Path, log_path: Path) -> str:
+    """A loopback listener with persistence, runnable as the current user."""
+    return "\n".join(
+        [
+            f"listener {port} {HOST}",
+            "allow_anonymous true",
+            # Started as root, mosquitto would switch to user mosquitto and lose access to these folders.
+            f"user {getpass.getuser()}",
+            "persistence true",
+            f"persistence_location {data_dir}/",
+            "autosave_interval 1",
+            # An offline session's queue; the default of 1000 would drop messages for a slow edge.
+            "max_queued_messages 100000",
+            f"log_dest file {log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "",
+        ]
+    )
+
+
 def start_mosquitto(folder: Path, port: int, timeout_s: float = 10.0) -> subprocess.Popen[bytes]:
     """mosquitto on loopback with persistence in `folder`; waits until it accepts connections."""
     binary = mosquitto_binary()
@@ -24,22 +47,7 @@ def start_mosquitto(folder: Path, port: int, timeout_s: float = 10.0) -> subproc
         raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
     (folder / "data").mkdir(parents=True, exist_ok=True)
     config = folder / "mosquitto.conf"
-    config.write_text(
-        "\n".join(
-            [
-                f"listener {port} {HOST}",
-                "allow_anonymous true",
-                # Started as root, mosquitto would switch to user mosquitto and lose this folder.
-                f"user {getpass.getuser()}",
-                "persistence true",
-                f"persistence_location {folder / 'data'}/",
-                # An offline edge's verdicts wait in its session; the default of 1000 would drop some.
-                "max_queued_messages 100000",
-                f"log_dest file {folder / 'mosquitto.log'}",
-                "",
-            ]
-        )
-    )
+    config.write_text(mosquitto_config(port, folder / "data", folder / "mosquitto.log"))
     process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

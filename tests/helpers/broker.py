@@ -9,9 +9,7 @@ message when mosquitto is not installed (`make test` installs it).
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,14 +19,10 @@ from pathlib import Path
 
 import pytest
 
-HOST = "127.0.0.1"
+from sim.fleet.broker import HOST, mosquitto_binary, mosquitto_config
+
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
-
-
-def mosquitto_binary() -> str | None:
-    """Path of the mosquitto executable, or None (it lives in /usr/sbin on Debian, often not on PATH)."""
-    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
 
 
 def require_mosquitto() -> str:
@@ -64,27 +58,7 @@ class MosquittoBroker:
         self._process: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "data").mkdir(exist_ok=True)
-        self.config_path.write_text(
-            "\n".join(
-                [
-                    f"listener {self.port} {HOST}",
-                    "allow_anonymous true",
-                    # Started as root, mosquitto would become user mosquitto and lose access to this folder.
-                    f"user {getpass.getuser()}",
-                    "persistence true",
-                    f"persistence_location {folder / 'data'}/",
-                    "autosave_interval 1",
-                    # Tests queue more than the default 1000 messages for an offline session.
-                    "max_queued_messages 100000",
-                    f"log_dest file {self.log_path}",
-                    "log_type error",
-                    "log_type warning",
-                    "log_type notice",
-                    "log_type information",
-                    "",
-                ]
-            )
-        )
+        self.config_path.write_text(mosquitto_config(self.port, folder / "data", self.log_path))
 
     @property
     def running(self) -> bool:
