@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
 
 logger = logging.getLogger(__name__)
 AGENT_VERSION = "0.1.0"
+LATENCY_RECORDS = 100_000  # latencies kept for the run summary (the newest)
 
 
 @dataclass
@@ -89,7 +91,10 @@ class EdgeAgent:
         self._miner: Miner | None = None
         self._last_progress = time.monotonic()
         self._draining = False
-        self._verdict_latencies_ms: list[float] = []
+        # The latest latencies, for the run summary the simulation reads; bounded for a long-lived daemon.
+        self._verdict_latencies_ms: deque[float] = deque(maxlen=LATENCY_RECORDS)
+        self._local_latencies_ms: deque[float] = deque(maxlen=LATENCY_RECORDS)
+        self._verdicts_unmatched = 0
         self._last_sent: dict[tuple[str, str, tuple[str, ...]], float] = {}
         self.status = StatusBuilder(config.edge_id, config.site_id, self.metrics)
         handlers = UplinkHandlers(
@@ -228,7 +233,9 @@ class EdgeAgent:
             "verdicts": counter_total(m.verdicts),
             "samples_unacknowledged": self._outbox_samples,
             "policy_version": self.policy.version,
-            "verdict_latency_ms": self._verdict_latencies_ms,
+            "verdicts_unmatched": self._verdicts_unmatched,
+            "verdict_latency_ms": list(self._verdict_latencies_ms),
+            "local_latency_ms": list(self._local_latencies_ms),
         }
         path = self.config.state_dir / "summary.json"
         path.write_text(json.dumps(summary, indent=1) + "\n")
@@ -291,6 +298,7 @@ class EdgeAgent:
         """Mine one frame: confident results become events, suspicious ones samples."""
         assert self._miner is not None
         decision = self._miner.decide(MiningContext(frame.camera_id, frame.seq, motion, detections))
+        self._local_latencies_ms.append(round(max(0.0, time.time() - frame.captured_at) * 1000, 2))
         policy_version = self.policy.version
         if not self._cloud_reachable():
             self.metrics.decisions_without_cloud.inc()
@@ -393,7 +401,8 @@ class EdgeAgent:
         summary = convert.verdict_summary(verdict)
         self.metrics.verdicts.labels(summary.decision).inc()
         pending = self._pending.pop(verdict.sample_id, None)
-        if pending is None:
+        if pending is None:  # a second verdict for one sample, or one for a sample sent before a restart
+            self._verdicts_unmatched += 1
             return
         latency_s = max(0.0, time.time() - pending.captured_at)
         self.metrics.verdict_latency.observe(latency_s)

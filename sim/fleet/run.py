@@ -239,6 +239,8 @@ def summarise(out: Path, cameras: list[CameraRun], spec: FleetSpec) -> dict[str,
     per_edge = {e: json.loads((out / "edges" / e / "summary.json").read_text()) for e in edges}
     events = {e: read_jsonl(out / "edges" / e / "events.jsonl") for e in edges}
     latencies = [v for s in per_edge.values() for v in s.pop("verdict_latency_ms")]
+    for s in per_edge.values():
+        s.pop("local_latency_ms", None)
     frames, all_bytes = cloud_only_bytes(cameras, spec.jpeg_quality)
     recall = event_recall(cameras, events)
     uplink = int(sum(s["uplink_bytes"] for s in per_edge.values()))
