@@ -1,8 +1,10 @@
 """The `oracle` backend, for simulation only: the scenario's ground truth after a modelled delay.
 
 It answers as a perfect reference detector would, from the `gt.jsonl` the world generator wrote
-for each camera, looked up by (camera_id, frame_seq), with the same decision rule as the `onnx`
-backend. Each batch takes `delay_ms` plus a uniform jitter in [0, `jitter_ms`] drawn from a seeded
+for each camera, looked up by ("<edge_id>/<camera_id>", frame_seq) and, when that key is not
+configured, by (camera_id, frame_seq), with the same decision rule as the `onnx` backend. Many keys
+may name the same file (a large simulated fleet shares a few clips): each file is read once.
+Each batch takes `delay_ms` plus a uniform jitter in [0, `jitter_ms`] drawn from a seeded
 generator, so fleet-scale bandwidth and latency runs need no GPU and repeat exactly.
 """
 
@@ -35,7 +37,10 @@ class OracleBackendConfig(BaseModel):
     kind: Literal["oracle"] = Field(default="oracle", description="Selects the simulation oracle backend.")
     ground_truth: dict[str, Path] = Field(
         default_factory=dict,
-        description="camera_id -> the gt.jsonl of its clip (or the clip folder holding gt.jsonl).",
+        description=(
+            "'<edge_id>/<camera_id>' (or camera_id alone, for every edge) -> the gt.jsonl of its clip "
+            "(or the clip folder holding gt.jsonl); the edge-qualified key wins."
+        ),
     )
     delay_ms: float = Field(default=200.0, ge=0.0, le=600_000.0, description="Modelled inference time per batch.")
     jitter_ms: float = Field(
@@ -86,16 +91,20 @@ class OracleBackend:
     def _load(self) -> dict[str, GroundTruth]:
         digest = hashlib.sha256()
         truth: dict[str, GroundTruth] = {}
-        for camera_id, location in sorted(self._config.ground_truth.items()):
-            path = location / "gt.jsonl" if location.is_dir() else location
-            try:
-                text = path.read_text()
-            except OSError as exc:
-                raise BackendStartError(
-                    f"oracle backend: ground_truth[{camera_id!r}]: cannot read {path}: {exc.strerror or exc}"
-                ) from exc
-            digest.update(text.encode())
-            truth[camera_id] = read_ground_truth(text, f"{path}")
+        by_file: dict[Path, GroundTruth] = {}  # keys sharing a file share one parsed copy
+        for key, location in sorted(self._config.ground_truth.items()):
+            path = (location / "gt.jsonl" if location.is_dir() else location).resolve()
+            if path not in by_file:
+                try:
+                    text = path.read_text()
+                except OSError as exc:
+                    raise BackendStartError(
+                        f"oracle backend: ground_truth[{key!r}]: cannot read {path}: {exc.strerror or exc}"
+                    ) from exc
+                digest.update(text.encode())
+                by_file[path] = read_ground_truth(text, f"{path}")
+            digest.update(f"{key}={path}\n".encode())
+            truth[key] = by_file[path]
         self._version = "sha256:" + digest.hexdigest()[:12]
         return truth
 
@@ -110,14 +119,22 @@ class OracleBackend:
         return [self._judge(self._truth, sample) for sample in batch]
 
     def _judge(self, truth: dict[str, GroundTruth], sample: SampleInput) -> BackendResult:
-        clip = truth.get(sample.camera_id)
+        key = f"{sample.edge_id}/{sample.camera_id}"
+        clip = truth.get(key)
         if clip is None:
-            known = ", ".join(sorted(truth)) or "none"
-            return _unsure(f"{ORACLE_TEXT}: no ground truth for camera {sample.camera_id!r} (known cameras: {known})")
+            key = sample.camera_id
+            clip = truth.get(key)
+        if clip is None:
+            known = ", ".join(sorted(truth)[:10]) or "none"
+            more = f" and {len(truth) - 10} more" if len(truth) > 10 else ""
+            return _unsure(
+                f"{ORACLE_TEXT}: no ground truth for camera {sample.camera_id!r} of edge {sample.edge_id!r} "
+                f"(known keys: {known}{more})"
+            )
         objects = clip.get(sample.frame_seq)
         if objects is None:
             return _unsure(
-                f"{ORACLE_TEXT}: no ground truth for camera {sample.camera_id!r} frame {sample.frame_seq} "
+                f"{ORACLE_TEXT}: no ground truth for camera {key!r} frame {sample.frame_seq} "
                 f"(its clip has {len(clip)} frames)"
             )
         if sample.crop is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -193,3 +194,66 @@ def test_backend_config_selects_the_plugin_by_kind(clip):
         adapter.validate_python({"kind": "tarot"})
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         adapter.validate_python({"kind": "oracle", "delay": 5})
+
+
+OTHER_CLIP = ClipSpec(seed=4, seconds=3, fps=5, quiet_start_seconds=0.0, mean_gap_seconds=0.5)
+
+
+@pytest.fixture(scope="module")
+def other_clip(tmp_path_factory) -> Path:
+    """A second clip, busy where CLIP is still empty."""
+    return write_clip(OTHER_CLIP, tmp_path_factory.mktemp("other"))
+
+
+def first_object(clip: Path, frame: int) -> dict[str, object]:
+    record = json.loads((clip / "gt.jsonl").read_text().splitlines()[frame])
+    assert record["objects"], f"frame {frame} of {clip} is empty; pick another"
+    found: dict[str, object] = record["objects"][0]
+    return found
+
+
+async def test_cameras_that_share_an_id_on_two_edges_are_judged_against_their_own_edge_truth(clip, other_clip):
+    # Frame EMPTY_FRAME is empty in CLIP but has an object in OTHER_CLIP: the same sample is confirmed
+    # for the edge whose camera sees OTHER_CLIP and rejected for the one whose camera sees CLIP.
+    obj = first_object(other_clip, EMPTY_FRAME)
+    seen = [(obj["label"], obj["box"])]
+    backend = OracleBackend(
+        OracleBackendConfig(
+            ground_truth={f"edge-a/{CAMERA}": clip, f"edge-b/{CAMERA}": other_clip, CAMERA: clip},
+            delay_ms=0,
+            jitter_ms=0,
+        )
+    )
+    await backend.start()
+    samples = []
+    for edge in ("edge-a", "edge-b", "edge-c"):
+        one = sample(clip, EMPTY_FRAME, seen)
+        samples.append(dataclasses.replace(one, edge_id=edge, sample_id=f"{edge}-{EMPTY_FRAME}"))
+
+    on_a, on_b, on_c = await backend.infer(samples)
+
+    assert on_a.decision == "rejected"
+    assert on_b.decision == "confirmed"
+    assert [d.label for d in on_b.detections] == [obj["label"]]
+    assert on_c.decision == "rejected"  # no "edge-c/yard": the camera-only key applies
+
+
+async def test_a_ground_truth_file_named_by_many_keys_is_read_once(clip, monkeypatch):
+    reads: list[Path] = []
+    read_text = Path.read_text
+
+    def counting(self: Path, *args, **kwargs) -> str:
+        reads.append(self)
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    keys = {f"edge-{i}/cam{c}": (clip if i % 2 else clip / "gt.jsonl") for i in range(50) for c in range(3)}
+    backend = OracleBackend(OracleBackendConfig(ground_truth=keys, delay_ms=0, jitter_ms=0))
+    await backend.start()
+    monkeypatch.undo()
+
+    assert reads == [(clip / "gt.jsonl").resolve()]
+    (result,) = await backend.infer(
+        [dataclasses.replace(sample(clip, EMPTY_FRAME), edge_id="edge-49", camera_id="cam2")]
+    )
+    assert result.decision == "rejected"  # judged from the clip (an unknown key would be "unsure")
