@@ -50,6 +50,19 @@ class CloudMetrics:
         )
         self.queue_depth = Gauge("edgeglm_inference_queue_depth", "Requests waiting in the batcher.", registry=r)
         self.exec_count = Counter("edgeglm_inference_exec_count", "Batches executed.", ["backend"], registry=r)
+        # Backends: samples a backend could not judge (they become unsure), by what went wrong.
+        self.backend_errors = Counter(
+            "edgeglm_cloud_backend_errors",
+            "Samples a backend answered unsure because of an error (timeout, connection, http_5xx, auth, ...).",
+            ["backend", "kind"],
+            registry=r,
+        )
+        self.backend_unparsable = Counter(
+            "edgeglm_cloud_backend_unparsable_answers",
+            "Model answers with no valid JSON verdict in them (the sample becomes unsure).",
+            ["backend"],
+            registry=r,
+        )
         # Ingest and sessions.
         self.samples_received = Counter(
             "edgeglm_cloud_samples_received", "Samples received, by transport.", ["transport"], registry=r
