@@ -1,5 +1,37 @@
-"""The cloud's durable state: verdicts by sample_id (deduplication) in SQLite (WAL)."""
+"""The cloud's durable state in SQLite (WAL): verdicts by sample_id (deduplication) with their samples'
+metadata and thumbnails, the policy history and edge snapshots, behind the `VerdictRepository` interface.
+"""
 
+from cloud.store.base import MAX_PAGE, VerdictRepository
+from cloud.store.queries import CursorError
+from cloud.store.records import (
+    DecisionPoint,
+    EdgeDetectionSummary,
+    EdgeSnapshot,
+    PolicyRecord,
+    SampleMeta,
+    UplinkPoint,
+    VerdictFilter,
+    VerdictPage,
+    VerdictRecord,
+)
+from cloud.store.thumbnails import make_thumbnail
 from cloud.store.verdicts import StoreError, VerdictStore
 
-__all__ = ["StoreError", "VerdictStore"]
+__all__ = [
+    "MAX_PAGE",
+    "CursorError",
+    "DecisionPoint",
+    "EdgeDetectionSummary",
+    "EdgeSnapshot",
+    "PolicyRecord",
+    "SampleMeta",
+    "StoreError",
+    "UplinkPoint",
+    "VerdictFilter",
+    "VerdictPage",
+    "VerdictRecord",
+    "VerdictRepository",
+    "VerdictStore",
+    "make_thumbnail",
+]

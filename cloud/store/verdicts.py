@@ -1,5 +1,10 @@
 """VerdictStore: every sample_id the cloud received, and its verdict once judged, in SQLite (WAL).
 
+Besides the idempotency record it keeps, for the admin API and the dashboard, each judged sample's
+metadata and thumbnail, the history of published policies and snapshots of the edges (schema
+version 2, see `cloud.store.schema`; a version-1 file is migrated when opened). It implements
+`cloud.store.base.VerdictRepository`.
+
 The cloud deduplicates on sample_id: an edge that did not hear an ack sends the sample again, and
 gets the stored verdict instead of a second judgement. sqlite3 is blocking, so every statement runs
 in one dedicated thread that owns the connection (statements run in submission order), never on
@@ -11,15 +16,31 @@ cloud judges those samples again).
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from cloud.store.schema import SCHEMA_VERSION, STATEMENTS
+from cloud.store import queries
+from cloud.store.base import MAX_PAGE
+from cloud.store.columns import all_labels, meta_params, verdict_columns
+from cloud.store.records import (
+    DecisionPoint,
+    EdgeSnapshot,
+    PolicyRecord,
+    SampleMeta,
+    UplinkPoint,
+    VerdictFilter,
+    VerdictPage,
+    VerdictRecord,
+)
+from cloud.store.schema import SCHEMA_VERSION, migrate
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 5.0
 # An upsert that fills the verdict of a row recorded on arrival, but never replaces a verdict.
@@ -27,6 +48,17 @@ _PUT_VERDICT = """
 INSERT INTO verdicts (sample_id, edge_id, received_at, decided_at, verdict) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (sample_id) DO UPDATE SET decided_at = excluded.decided_at, verdict = excluded.verdict
 WHERE verdicts.verdict IS NULL
+"""
+_PUT_COLUMNS = """
+UPDATE verdicts SET decision = :decision, labels = :labels, confidence = :confidence, text = :text,
+    backend = :backend, model = :model, origin = :origin, origin_detail = :origin_detail
+WHERE sample_id = :sample_id
+"""
+_PUT_META = """
+UPDATE verdicts SET camera_id = :camera_id, frame_seq = :frame_seq, captured_at = :captured_at,
+    mined_reason = :mined_reason, edge_detections = :edge_detections, policy_version = :policy_version,
+    uplink_bytes = :uplink_bytes
+WHERE sample_id = :sample_id
 """
 
 
@@ -90,11 +122,13 @@ class VerdictStore:
         *,
         received_at: float | None = None,
         decided_at: float | None = None,
+        meta: SampleMeta | None = None,
     ) -> bool:
-        """Store the verdict of `sample_id` unless it has one already; returns whether it was stored.
+        """Store the verdict of `sample_id` (with the sample's `meta`) unless it has one already; whether it was.
 
         Idempotent: a second put for the same sample_id changes nothing and returns False. A sample
-        recorded with `record_received` gets its verdict here.
+        recorded with `record_received` gets its verdict here. The verdict's fields are read into
+        columns here too (before the write, off the loop), in one transaction with the verdict.
         """
         now = time.time()
         row = (
@@ -103,16 +137,7 @@ class VerdictStore:
             now if received_at is None else received_at,
             now if decided_at is None else decided_at,
         )
-        return await self._run(
-            "put",
-            lambda conn: (
-                conn.execute(
-                    _PUT_VERDICT,
-                    (*row, verdict),
-                ).rowcount
-                == 1
-            ),
-        )
+        return await self._run("put", lambda conn: _put(conn, row, verdict, meta))
 
     async def count(self) -> int:
         """Number of verdicts stored."""
@@ -123,11 +148,96 @@ class VerdictStore:
         return await self._scalar("count_pending", "SELECT COUNT(*) FROM verdicts WHERE verdict IS NULL")
 
     async def prune(self, decided_before: float) -> int:
-        """Forget verdicts decided before `decided_before` (unix seconds); returns how many went."""
+        """Forget verdicts (and their thumbnails, labels) and edge snapshots older than `decided_before`.
+
+        Returns how many verdicts went. The policy history is kept: it is small and versions are never reissued.
+        """
+        return await self._run("prune", lambda conn: _prune(conn, decided_before))
+
+    async def list_verdicts(
+        self, where: VerdictFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> VerdictPage:
+        """Judged samples matching `where`, newest decided first, `limit` (1..MAX_PAGE) per page after `cursor`.
+
+        Raises `queries.CursorError` (a ValueError) for a cursor this store did not hand out.
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit {limit} is outside 1..{MAX_PAGE}")
+        if cursor is not None:
+            queries.decode_cursor(cursor)  # a bad cursor fails here, not as a StoreError
         return await self._run(
-            "prune",
-            lambda conn: conn.execute("DELETE FROM verdicts WHERE decided_at < ?", (decided_before,)).rowcount,
+            "list_verdicts", lambda conn: queries.list_verdicts(conn, where or VerdictFilter(), limit, cursor)
         )
+
+    async def get_record(self, sample_id: str) -> VerdictRecord | None:
+        """One judged sample's record, or None (unknown or not judged yet)."""
+        return await self._run("get_record", lambda conn: queries.get_record(conn, sample_id))
+
+    async def get_thumbnail(self, sample_id: str) -> bytes | None:
+        """The sample's thumbnail JPEG, or None when there is none."""
+        row = await self._run(
+            "get_thumbnail",
+            lambda conn: conn.execute("SELECT jpeg FROM thumbnails WHERE sample_id = ?", (sample_id,)).fetchone(),
+        )
+        return None if row is None else bytes(row[0])
+
+    async def uplink_series(
+        self, bucket_s: float, since: float | None = None, until: float | None = None
+    ) -> list[UplinkPoint]:
+        """Per edge and bucket of arrival time: samples received (each sample_id once) and their bytes.
+
+        Bytes are the Sample messages' sizes as received; rows written before schema 2, or not judged yet,
+        count as samples with 0 bytes.
+        """
+        return await self._run("uplink_series", lambda conn: queries.uplink_series(conn, bucket_s, since, until))
+
+    async def decision_series(
+        self, bucket_s: float, since: float | None = None, until: float | None = None
+    ) -> list[DecisionPoint]:
+        """Per edge and bucket of decision time: forwarded samples the cloud confirmed, rejected, was unsure of.
+
+        This is the verdict mix of what edges *sent*; it is not the edges' recall (that needs the
+        events an edge did not send, which the cloud never sees).
+        """
+        return await self._run("decision_series", lambda conn: queries.decision_series(conn, bucket_s, since, until))
+
+    async def add_policy(self, record: PolicyRecord) -> bool:
+        """Keep a published policy version; False when that version is kept already."""
+        settings = None if record.settings is None else json.dumps(record.settings, sort_keys=True)
+        params = (record.version, record.scope, record.scope_id, settings, record.created_at, record.reason)
+        return await self._run(
+            "add_policy",
+            lambda conn: (
+                conn.execute(
+                    "INSERT OR IGNORE INTO policy_history (version, scope, scope_id, settings, created_at, reason)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    params,
+                ).rowcount
+                == 1
+            ),
+        )
+
+    async def list_policies(self, limit: int = 100, before_version: int | None = None) -> list[PolicyRecord]:
+        """Published versions, newest first, `limit` of them below `before_version` if given."""
+        return await self._run("list_policies", lambda conn: queries.list_policies(conn, limit, before_version))
+
+    async def get_policy(self, version: int) -> PolicyRecord | None:
+        """One published version, or None."""
+        return await self._run("get_policy", lambda conn: queries.get_policy(conn, version))
+
+    async def add_edge_snapshots(self, snapshots: Sequence[EdgeSnapshot]) -> None:
+        """Keep edges' records as they are now (one row per edge and time)."""
+        rows = [(s.edge_id, s.taken_at, json.dumps(s.record, sort_keys=True)) for s in snapshots]
+        await self._run(
+            "add_edge_snapshots",
+            lambda conn: conn.executemany(
+                "INSERT OR REPLACE INTO edge_snapshots (edge_id, taken_at, record) VALUES (?, ?, ?)", rows
+            ),
+        )
+
+    async def latest_edge_snapshots(self) -> list[EdgeSnapshot]:
+        """The newest snapshot of every edge ever kept, by edge id."""
+        return await self._run("latest_edge_snapshots", queries.latest_edge_snapshots)
 
     async def close(self) -> None:
         """Finish queued statements, close the database and its thread; again is a no-op."""
@@ -188,9 +298,15 @@ def _connect(path: Path) -> sqlite3.Connection:
                 f"{path}: schema version {version} is newer than this cloud service's {SCHEMA_VERSION}; "
                 "run a newer cloud service or point the store at another file"
             )
-        for statement in STATEMENTS:
-            conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        backfilled = migrate(conn)  # idempotent: also completes a file created with fewer tables
+        if 0 < version < SCHEMA_VERSION:
+            logger.info(
+                "%s: schema migrated from version %d to %d (%d verdicts backfilled)",
+                path,
+                version,
+                SCHEMA_VERSION,
+                backfilled,
+            )
     except sqlite3.Error as exc:
         conn.close()
         raise StoreError(f"{path}: cannot open the verdict store: {exc}") from exc
@@ -198,3 +314,45 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _put(conn: sqlite3.Connection, row: tuple[str, str, float, float], verdict: bytes, meta: SampleMeta | None) -> bool:
+    """The verdict row, its columns, labels, metadata and thumbnail, in one transaction."""
+    columns = verdict_columns(verdict)
+    sample_id = row[0]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        stored = conn.execute(_PUT_VERDICT, (*row, verdict)).rowcount == 1
+        if stored:
+            conn.execute(_PUT_COLUMNS, {**columns.as_params(), "sample_id": sample_id})
+            conn.executemany(
+                "INSERT OR IGNORE INTO verdict_labels (label, sample_id) VALUES (?, ?)",
+                [(label, sample_id) for label in sorted(all_labels(columns, meta))],
+            )
+            if meta is not None:
+                conn.execute(_PUT_META, {**meta_params(meta), "sample_id": sample_id})
+                if meta.thumbnail_jpeg:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO thumbnails (sample_id, jpeg) VALUES (?, ?)",
+                        (sample_id, meta.thumbnail_jpeg),
+                    )
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return stored
+
+
+def _prune(conn: sqlite3.Connection, before: float) -> int:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        old = "SELECT sample_id FROM verdicts WHERE decided_at < ?"
+        conn.execute(f"DELETE FROM thumbnails WHERE sample_id IN ({old})", (before,))
+        conn.execute(f"DELETE FROM verdict_labels WHERE sample_id IN ({old})", (before,))
+        gone = conn.execute("DELETE FROM verdicts WHERE decided_at < ?", (before,)).rowcount
+        conn.execute("DELETE FROM edge_snapshots WHERE taken_at < ?", (before,))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return gone

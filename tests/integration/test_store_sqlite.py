@@ -8,6 +8,7 @@ import sqlite3
 import pytest
 
 from cloud.store import StoreError, VerdictStore
+from cloud.store.schema import SCHEMA_VERSION
 from protos import verdict_pb2
 
 
@@ -78,7 +79,7 @@ async def test_database_is_in_wal_mode_with_the_schema_versioned(store):
 
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
 
 async def test_prune_forgets_old_verdicts_only(store):

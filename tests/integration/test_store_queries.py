@@ -1,0 +1,215 @@
+"""The store's query side on real SQLite files: filters, cursor paging, thumbnails, series, policy history,
+edge snapshots, and the migration of a schema-1 file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cloud.store import (
+    CursorError,
+    EdgeDetectionSummary,
+    EdgeSnapshot,
+    PolicyRecord,
+    SampleMeta,
+    VerdictFilter,
+    VerdictRepository,
+    VerdictStore,
+    make_thumbnail,
+)
+from cloud.store.schema import SCHEMA_VERSION
+from protos import sample_pb2, verdict_pb2
+
+CONFIRMED, REJECTED, UNSURE = verdict_pb2.DECISION_CONFIRMED, verdict_pb2.DECISION_REJECTED, verdict_pb2.DECISION_UNSURE
+
+
+def verdict(sample_id: str, decision: int = CONFIRMED, labels: tuple[str, ...] = ("person",), text: str = "") -> bytes:
+    return verdict_pb2.Verdict(
+        sample_id=sample_id,
+        decision=decision,  # type: ignore[arg-type]
+        detections=[sample_pb2.Detection(label=label, score=0.9) for label in labels],
+        text=text or f"verdict on {sample_id}",
+        confidence=0.75,
+        backend="oracle",
+        model_name="truth",
+        model_version="v1",
+        origin=verdict_pb2.VERDICT_ORIGIN_BACKEND,
+    ).SerializeToString()
+
+
+def meta(camera: str = "cam0", edge_labels: tuple[str, ...] = ("car",), size: int = 1000) -> SampleMeta:
+    return SampleMeta(
+        camera_id=camera,
+        frame_seq=7,
+        captured_at=999.5,
+        mined_reason="uncertainty_band",
+        edge_detections=tuple(EdgeDetectionSummary(label, 0.4) for label in edge_labels),
+        policy_version=3,
+        uplink_bytes=size,
+        thumbnail_jpeg=make_thumbnail(np.full((480, 640, 3), 128, dtype=np.uint8)),
+    )
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = VerdictStore(tmp_path / "verdicts.sqlite")
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_a_verdict_is_stored_with_its_sample_metadata_and_thumbnail(store):
+    await store.put("s-1", "gw-1", verdict("s-1", text="a person by the door"), received_at=990.0, meta=meta())
+
+    record = await store.get_record("s-1")
+    thumbnail = await store.get_thumbnail("s-1")
+
+    assert record is not None
+    assert (record.edge_id, record.camera_id, record.frame_seq, record.mined_reason) == (
+        "gw-1",
+        "cam0",
+        7,
+        "uncertainty_band",
+    )
+    assert (record.decision, record.labels, record.text) == ("confirmed", ("person",), "a person by the door")
+    assert (record.backend, record.model, record.policy_version, record.origin) == ("oracle", "truth v1", 3, "backend")
+    assert (record.uplink_bytes, record.received_at, record.captured_at) == (1000, 990.0, 999.5)
+    assert [(d.label, d.score) for d in record.edge_detections] == [("car", 0.4)]
+    assert record.has_thumbnail
+    assert thumbnail is not None and thumbnail.startswith(b"\xff\xd8\xff")
+    decoded = cv2.imdecode(np.frombuffer(thumbnail, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (120, 160, 3)
+    assert await store.get_thumbnail("unknown") is None
+
+
+async def test_filters_select_by_edge_camera_label_decision_and_time(store):
+    await store.put("a", "gw-1", verdict("a"), decided_at=100.0, meta=meta("cam0", ("car",)))
+    await store.put("b", "gw-1", verdict("b", REJECTED, ()), decided_at=200.0, meta=meta("cam1", ("dog",)))
+    await store.put("c", "gw-2", verdict("c", UNSURE, ("cat",)), decided_at=300.0, meta=meta("cam0", ()))
+    await store.record_received("pending", "gw-1")  # not judged: never listed
+
+    async def ids(**where: object) -> list[str]:
+        page = await store.list_verdicts(VerdictFilter(**where))  # type: ignore[arg-type]
+        return [r.sample_id for r in page.items]
+
+    assert await ids() == ["c", "b", "a"]
+    assert await ids(edge_id="gw-1") == ["b", "a"]
+    assert await ids(camera_id="cam0") == ["c", "a"]
+    assert await ids(label="person") == ["a"]  # the cloud's label
+    assert await ids(label="dog") == ["b"]  # the edge's label, on a sample the cloud rejected
+    assert await ids(decision="unsure") == ["c"]
+    assert await ids(since=150.0, until=300.0) == ["b"]
+    assert await ids(edge_id="gw-1", decision="confirmed", label="car") == ["a"]
+
+
+async def test_paging_by_cursor_visits_every_verdict_once_while_new_ones_arrive(store):
+    for i in range(23):
+        await store.put(f"s-{i:02d}", "gw-1", verdict(f"s-{i:02d}"), decided_at=1000.0 + i // 2)  # ties on time
+    seen: list[str] = []
+    cursor = None
+    for page_number in range(10):
+        page = await store.list_verdicts(limit=5, cursor=cursor)
+        seen += [r.sample_id for r in page.items]
+        if page_number == 1:  # a newer verdict arriving mid-paging lands before page 1, not in later pages
+            await store.put("late", "gw-1", verdict("late"), decided_at=5000.0)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+
+    assert seen == sorted((f"s-{i:02d}" for i in range(23)), key=lambda s: (1000 + int(s[2:]) // 2, s), reverse=True)
+    with pytest.raises(CursorError):
+        await store.list_verdicts(cursor="not-a-cursor")
+
+
+async def test_series_count_bytes_and_decisions_per_edge_and_bucket(store):
+    await store.put("a", "gw-1", verdict("a"), received_at=0.5, decided_at=1.0, meta=meta(size=100))
+    await store.put("b", "gw-1", verdict("b", REJECTED), received_at=5.0, decided_at=6.0, meta=meta(size=200))
+    await store.put("c", "gw-1", verdict("c"), received_at=12.0, decided_at=13.0, meta=meta(size=400))
+    await store.put("d", "gw-2", verdict("d", UNSURE), received_at=1.0, decided_at=2.0, meta=meta(size=50))
+
+    uplink = await store.uplink_series(10.0)
+    decisions = await store.decision_series(10.0, since=0.0, until=20.0)
+
+    assert [(p.edge_id, p.bucket_start, p.samples, p.bytes) for p in uplink] == [
+        ("gw-1", 0.0, 2, 300),
+        ("gw-1", 10.0, 1, 400),
+        ("gw-2", 0.0, 1, 50),
+    ]
+    assert [(p.edge_id, p.bucket_start, p.confirmed, p.rejected, p.unsure) for p in decisions] == [
+        ("gw-1", 0.0, 1, 1, 0),
+        ("gw-1", 10.0, 1, 0, 0),
+        ("gw-2", 0.0, 0, 0, 1),
+    ]
+
+
+async def test_policy_history_keeps_each_version_once_newest_first(store):
+    first = PolicyRecord(1, "fleet", "", {"uplink": {"jpeg_quality": 80}}, 10.0, "cloud.yaml at start")
+    second = PolicyRecord(2, "edge", "gw-1", None, 20.0, "override removed")
+
+    assert await store.add_policy(first) and await store.add_policy(second)
+    assert not await store.add_policy(first)
+    assert await store.list_policies() == [second, first]
+    assert await store.list_policies(before_version=2) == [first]
+    assert await store.get_policy(1) == first
+    assert await store.get_policy(3) is None
+
+
+async def test_the_newest_snapshot_of_each_edge_is_kept_across_reopening(tmp_path):
+    path = tmp_path / "verdicts.sqlite"
+    first = VerdictStore(path)
+    await first.add_edge_snapshots([EdgeSnapshot("gw-1", 1.0, {"samples": 1}), EdgeSnapshot("gw-2", 1.0, {})])
+    await first.add_edge_snapshots([EdgeSnapshot("gw-1", 2.0, {"samples": 5})])
+    await first.close()
+    again: VerdictRepository = VerdictStore(path)
+    try:
+        snapshots = await again.latest_edge_snapshots()
+    finally:
+        await again.close()
+    assert [(s.edge_id, s.taken_at, s.record) for s in snapshots] == [("gw-1", 2.0, {"samples": 5}), ("gw-2", 1.0, {})]
+
+
+def write_v1_file(path: Path) -> None:
+    """A store as schema 1 wrote it: the verdicts table only, user_version 1."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(
+            "CREATE TABLE verdicts (sample_id TEXT PRIMARY KEY, edge_id TEXT NOT NULL, received_at REAL NOT NULL,"
+            " decided_at REAL, verdict BLOB) WITHOUT ROWID"
+        )
+        conn.execute("CREATE INDEX verdicts_decided_at ON verdicts (decided_at)")
+        rows = [
+            ("old-1", "gw-1", 1.0, 2.0, verdict("old-1", CONFIRMED, ("person",), "seen before the upgrade")),
+            ("old-2", "gw-1", 3.0, 4.0, verdict("old-2", REJECTED, ())),
+            ("old-pending", "gw-2", 5.0, None, None),
+        ]
+        conn.executemany("INSERT INTO verdicts VALUES (?, ?, ?, ?, ?)", rows)
+        conn.execute("PRAGMA user_version=1")
+
+
+async def test_a_schema_1_file_is_migrated_and_its_verdicts_become_queryable(tmp_path):
+    path = tmp_path / "v1.sqlite"
+    write_v1_file(path)
+    store = VerdictStore(path)
+    try:
+        assert verdict_pb2.Verdict.FromString(await store.get("old-1")).text == "seen before the upgrade"
+        assert await store.put("old-1", "gw-1", verdict("old-1", text="again")) is False  # still deduplicated
+        assert await store.put("old-pending", "gw-2", verdict("old-pending"), meta=meta()) is True
+        listed = (await store.list_verdicts()).items
+        by_label = (await store.list_verdicts(VerdictFilter(label="person"))).items
+        old = await store.get_record("old-1")
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+
+    assert version == SCHEMA_VERSION
+    assert [r.sample_id for r in listed] == ["old-pending", "old-2", "old-1"]
+    assert [r.decision for r in listed] == ["confirmed", "rejected", "confirmed"]
+    assert {r.sample_id for r in by_label} == {"old-1", "old-pending"}
+    assert old is not None
+    assert (old.text, old.camera_id, old.uplink_bytes) == ("seen before the upgrade", "", None)
+    assert not old.has_thumbnail
