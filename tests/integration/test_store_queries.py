@@ -82,7 +82,7 @@ async def test_a_verdict_is_stored_with_its_sample_metadata_and_thumbnail(store)
     assert record.has_thumbnail
     assert thumbnail is not None and thumbnail.startswith(b"\xff\xd8\xff")
     decoded = cv2.imdecode(np.frombuffer(thumbnail, np.uint8), cv2.IMREAD_COLOR)
-    assert decoded.shape == (120, 160, 3)
+    assert decoded is not None and decoded.shape == (120, 160, 3)
     assert await store.get_thumbnail("unknown") is None
 
 
@@ -195,7 +195,8 @@ async def test_a_schema_1_file_is_migrated_and_its_verdicts_become_queryable(tmp
     write_v1_file(path)
     store = VerdictStore(path)
     try:
-        assert verdict_pb2.Verdict.FromString(await store.get("old-1")).text == "seen before the upgrade"
+        stored = await store.get("old-1")
+        assert stored is not None and verdict_pb2.Verdict.FromString(stored).text == "seen before the upgrade"
         assert await store.put("old-1", "gw-1", verdict("old-1", text="again")) is False  # still deduplicated
         assert await store.put("old-pending", "gw-2", verdict("old-pending"), meta=meta()) is True
         listed = (await store.list_verdicts()).items
