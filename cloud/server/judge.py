@@ -17,10 +17,11 @@ from typing import Literal
 
 from cloud.backends import Backend
 from cloud.batcher import BatcherError, DynamicBatcher, InferenceTimeoutError
-from cloud.convert import BadSampleError, SampleInput, fallback_verdict, sample_from_pb, verdict_to_pb
+from cloud.convert import BadSampleError, SampleInput, fallback_verdict, verdict_to_pb
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine
-from cloud.store import StoreError, VerdictStore
+from cloud.server.sample_meta import decode_sample
+from cloud.store import SampleMeta, StoreError, VerdictStore
 from protos import sample_pb2, session_pb2, verdict_pb2
 
 logger = logging.getLogger(__name__)
@@ -103,11 +104,12 @@ class SampleJudge:
             self._metrics.samples_duplicate.inc()
             return Admission(_ack(pb.sample_id, duplicate=True), pending.verdict)
         try:
-            sample = await asyncio.get_running_loop().run_in_executor(None, sample_from_pb, pb)
+            # Decoding and the dashboard's thumbnail both off the loop.
+            sample, meta = await asyncio.get_running_loop().run_in_executor(None, decode_sample, pb)
         except BadSampleError as err:
             return self._refuse(err)
         await self._store.record_received(sample.sample_id, sample.edge_id)
-        task = asyncio.create_task(self._judge(sample, pending, timeout_s), name=f"judge-{sample.sample_id}")
+        task = asyncio.create_task(self._judge(sample, meta, pending, timeout_s), name=f"judge-{sample.sample_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return Admission(_ack(sample.sample_id), pending.verdict)
@@ -125,11 +127,11 @@ class SampleJudge:
         logger.info("sample refused: %s", err)
         return Admission(session_pb2.Ack(sample_id=err.sample_id, accepted=False, error=str(err)), None)
 
-    async def _judge(self, sample: SampleInput, pending: _Pending, timeout_s: float | None) -> None:
+    async def _judge(self, sample: SampleInput, meta: SampleMeta, pending: _Pending, timeout_s: float | None) -> None:
         try:
             verdict = await self._verdict(sample, timeout_s)
             try:
-                await self._store.put(sample.sample_id, sample.edge_id, verdict.SerializeToString())
+                await self._store.put(sample.sample_id, sample.edge_id, verdict.SerializeToString(), meta=meta)
             except StoreError:
                 # The verdict still goes out; only a later resend would be judged again.
                 logger.exception("verdict of %s not stored", sample.sample_id)
