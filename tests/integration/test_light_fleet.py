@@ -1,0 +1,81 @@
+"""A lightweight fleet against a real in-process cloud: 50 simulated edges, each its own Session stream
+over shared gRPC channels, the oracle backend judging real JPEG crops from generated clips.
+
+Every edge reuses the camera ids cam0 and cam1 while its cameras show different clips, so the
+oracle must look ground truth up by edge and camera to judge right.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cloud.backends import OracleBackendConfig
+from sim.fleet.light import RESULT_FILE, run_light_fleet
+from sim.fleet.light_config import LightFleetConfig
+from sim.fleet.light_samples import camera_clips, ensure_clips
+from tests.integration.test_cloud_server import counter, make_config, running
+
+FLEET = LightFleetConfig(
+    edges=50,
+    cameras_per_edge=2,
+    samples_per_edge=4,
+    rate_per_edge_hz=20.0,
+    edges_per_channel=10,
+    generated_clips=3,
+    clip_seconds=6.0,
+    frames_per_clip=16,
+    start_ramp_s=1.0,
+    verdict_wait_s=30.0,
+    deadline_s=90.0,
+)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return ensure_clips(FLEET, tmp_path_factory.mktemp("light"))
+
+
+async def test_fifty_light_edges_get_every_verdict_once_and_right(tmp_path: Path, clips: list[Path]) -> None:
+    truth = {key: str(path) for key, path in camera_clips(FLEET, clips).items()}
+    config = make_config(
+        tmp_path,
+        clips[0],
+        backend={"ground_truth": truth, "max_batch_size": 64},
+        batcher={"max_batch_size": 64, "max_queue_size": 5_000},
+        admin={"enabled": True, "host": "127.0.0.1", "port": 0},
+    )
+    assert isinstance(config.backend, OracleBackendConfig)
+    assert "cam0" in config.backend.ground_truth  # make_config's camera-only key stays, as a fallback
+    async with running(config) as service:
+        result = await run_light_fleet(
+            FLEET,
+            f"127.0.0.1:{service.port}",
+            tmp_path / "out",
+            progress=False,
+            metrics_url=f"http://127.0.0.1:{service.admin_port}/metrics",
+            clips=clips,
+        )
+        received = counter(service, "edgeglm_cloud_samples_received_total", transport="grpc")
+
+    planned = FLEET.edges * FLEET.samples_each
+    assert result.samples_planned == planned
+    assert (result.samples_sent, result.samples_unsent, result.verdicts_received) == (planned, 0, planned)
+    assert (result.samples_lost, result.samples_duplicated, result.samples_refused) == (0, 0, 0)
+    assert (result.verdicts_correct, result.verdicts_wrong) == (planned, 0), result.wrong_examples
+    assert result.decisions["confirmed"] > 0
+    assert result.decisions["rejected"] > 0
+    assert result.origins == {"backend": planned}
+    assert result.sessions_opened == FLEET.edges
+    assert received == result.sends == planned
+    assert result.cloud["samples_received"] == planned
+    assert result.cloud["verdicts_sent"] == planned
+    assert result.ingest_rate_verdicts_per_s is not None
+    assert result.ingest_rate_verdicts_per_s > 0
+    assert result.verdict_latency_ms["p99"] is not None
+    assert not result.deadline_reached
+    written = json.loads((tmp_path / "out" / RESULT_FILE).read_text())
+    assert written["samples_lost"] == 0
+    assert written["verdicts_received"] == planned
