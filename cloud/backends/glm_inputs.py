@@ -1,0 +1,101 @@
+"""GLM-4V model inputs without `Glm4vProcessor` (it needs torchvision): chat text, token ids, pixels.
+
+Shared by the `glm` backend and the world-GLM training recipe (`sim/glm`), so a model is trained on
+exactly the inputs it is later asked with. The chat follows GLM-4.1V's template: one `<|image|>`
+token per merged vision patch between `<|begin_of_image|>` and `<|end_of_image|>`, then the prompt,
+then `<|assistant|>`. Batches are padded on the left (generation appends on the right).
+
+torch and transformers are imported inside the functions that need them: importing this module
+(the backend's config does) must not load them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    import torch
+
+# GLM-4.1V's special tokens in upstream order (ids 151329...151344 there). A local tokenizer that puts
+# them first keeps the same relative order; the model config's token ids point at its own ids.
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "<sop>",
+    "<eop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<|begin_of_image|>",
+    "<|end_of_image|>",
+    "<|begin_of_video|>",
+    "<|end_of_video|>",
+    "<|image|>",
+    "<|video|>",
+)
+END_OF_TEXT = "<|endoftext|>"
+IMAGE_TOKEN = "<|image|>"
+# The processor refuses aspect ratios above 200; below a few pixels a side an image is no picture.
+MIN_IMAGE_SIDE = 4
+MAX_ASPECT_RATIO = 200.0
+
+
+class BadImageError(ValueError):
+    """An image the model cannot be shown (empty, degenerate, wrong channels); the message says why."""
+
+
+def chat_prefix(prompt: str, image_tokens: int) -> str:
+    """The text before the answer: the user turn with the image placeholders and `prompt`, then the assistant tag."""
+    image = "<|begin_of_image|>" + IMAGE_TOKEN * image_tokens + "<|end_of_image|>"
+    return f"[gMASK]<sop><|user|>\n{image}{prompt}<|assistant|>\n"
+
+
+def image_tokens_for(image_size: int, patch_size: int, merge_size: int) -> int:
+    """How many `<|image|>` tokens a square `image_size` image takes (one per merged patch)."""
+    side = image_size // patch_size
+    return (side // merge_size) ** 2
+
+
+def check_image(image: NDArray[np.uint8]) -> None:
+    """Raise BadImageError unless `image` is an HxWx3 uint8 picture the processor accepts."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise BadImageError(f"image has shape {tuple(image.shape)} (expected HxWx3)")
+    height, width = int(image.shape[0]), int(image.shape[1])
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise BadImageError(f"image is {width}x{height} pixels (at least {MIN_IMAGE_SIDE} a side needed)")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise BadImageError(f"image is {width}x{height} pixels (aspect ratio above {MAX_ASPECT_RATIO:.0f})")
+
+
+def to_model_rgb(image_bgr: NDArray[np.uint8], image_size: int) -> NDArray[np.uint8]:
+    """The BGR image squeezed to `image_size` square (the size the model was trained on), as RGB."""
+    check_image(image_bgr)
+    height, width = image_bgr.shape[:2]
+    interp = cv2.INTER_AREA if min(height, width) > image_size else cv2.INTER_LINEAR
+    resized = cv2.resize(image_bgr, (image_size, image_size), interpolation=interp)
+    return np.ascontiguousarray(resized[:, :, ::-1])
+
+
+def pixel_inputs(processor: Any, images_rgb: Sequence[NDArray[np.uint8]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pixel_values` (all patches, concatenated) and `image_grid_thw` for RGB images through the image processor."""
+    features = processor(images=list(images_rgb), return_tensors="pt")
+    return features["pixel_values"], features["image_grid_thw"]
+
+
+def text_inputs(tokenizer: Any, texts: Sequence[str], image_token_id: int) -> dict[str, torch.Tensor]:
+    """Token ids, attention mask and `mm_token_type_ids` (1 on image tokens) for `texts`, padded on the left."""
+    encoded = tokenizer(list(texts), return_tensors="pt", padding=True, padding_side="left")
+    input_ids = encoded["input_ids"]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": encoded["attention_mask"],
+        "mm_token_type_ids": (input_ids == image_token_id).long(),
+    }
