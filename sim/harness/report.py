@@ -1,0 +1,260 @@
+"""The report of a scenario run: report.json, report.md with the comparison table, PNG plots, a verdict.
+
+Plots (matplotlib, Agg): bandwidth against recall across modes, verdict-latency CDFs, uplink bytes
+over time with the outage windows shaded, and the policy band of the edgeglm mode over time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from sim.harness.run import ModeRun
+from sim.scenarios.spec import Scenario
+
+Figures = dict[str, Any]
+COLUMNS: tuple[tuple[str, Callable[[Figures], str]], ...] = (
+    ("uplink MB", lambda f: _mb(f["uplink_bytes"])),
+    ("uplink / cloud_only", lambda f: _pct(f["uplink_ratio"])),
+    ("recall", lambda f: _num(f["event_recall"])),
+    ("watched recall", lambda f: _num(f["watched_recall"])),
+    ("precision", lambda f: _num(f["event_precision"])),
+    ("verdict p50/p95/p99 ms", lambda f: _lat(f["verdict_latency_ms"])),
+    ("local p50/p95 ms", lambda f: _lat(f["local_latency_ms"], 2)),
+    ("sent", lambda f: str(f["samples_sent"])),
+    ("lost", lambda f: str(f["samples_lost"])),
+    ("dup", lambda f: str(f["samples_duplicated"])),
+    ("model s", lambda f: f"{f['cloud_model_seconds']:.1f}"),
+    ("$ / 1k frames", lambda f: f"{f['cost_per_1000_frames_usd']:.4f}"),
+)
+
+
+def _mb(value: float) -> str:
+    return f"{value / 1e6:.2f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f} %"
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _lat(values: dict[str, float | None], count: int = 3) -> str:
+    shown = [values[k] for k in ("p50", "p95", "p99")[:count]]
+    return "–" if shown[0] is None else " / ".join(f"{v:.0f}" for v in shown if v is not None)
+
+
+def table(modes: dict[str, dict[str, Any]]) -> str:
+    """The comparison as a Markdown table."""
+    head = "| mode | " + " | ".join(name for name, _ in COLUMNS) + " |"
+    rule = "|---" * (len(COLUMNS) + 1) + "|"
+    rows = [f"| {mode} | " + " | ".join(cell(f) for _, cell in COLUMNS) + " |" for mode, f in modes.items()]
+    return "\n".join([head, rule, *rows])
+
+
+def verdict(modes: dict[str, dict[str, Any]]) -> str:
+    """One paragraph in plain words: does collaboration pay on this scenario, against what."""
+    ours = modes.get("edgeglm")
+    if ours is None:
+        return "The edgeglm mode was not run, so this report compares baselines only."
+    parts = []
+    cloud = modes.get("cloud_only")
+    if cloud is not None and ours["uplink_ratio"] is not None:
+        keep = _share(ours["event_recall"], cloud["event_recall"])
+        parts.append(
+            f"EdgeGLM sent {ours['uplink_ratio'] * 100:.1f} % of the bytes that sending every frame to the cloud "
+            f"took, and kept {keep} of its event recall ({_num(ours['event_recall'])} against "
+            f"{_num(cloud['event_recall'])})."
+        )
+        if cloud["verdict_latency_ms"]["p50"] is not None and ours["verdict_latency_ms"]["p50"] is not None:
+            parts.append(
+                f"Its median verdict came in {ours['verdict_latency_ms']['p50']:.0f} ms against "
+                f"{cloud['verdict_latency_ms']['p50']:.0f} ms for cloud-only, and every local decision took "
+                f"{ours['local_latency_ms']['p50']:.0f} ms at the median."
+            )
+    sedna = modes.get("sedna_ibt")
+    if sedna is not None:
+        fewer = ours["uplink_bytes"] < sedna["uplink_bytes"]
+        better = (ours["event_recall"] or 0) >= (sedna["event_recall"] or 0)
+        outcome = (
+            "fewer bytes at equal or better recall"
+            if fewer and better
+            else "fewer bytes but lower recall"
+            if fewer
+            else "better recall but more bytes"
+            if better
+            else "more bytes and lower recall"
+        )
+        parts.append(
+            f"Against Sedna's static IBT rule it sent {outcome} ({_mb(ours['uplink_bytes'])} MB and recall "
+            f"{_num(ours['event_recall'])} against {_mb(sedna['uplink_bytes'])} MB and {_num(sedna['event_recall'])})."
+        )
+    edge = modes.get("edge_only")
+    if edge is not None:
+        parts.append(
+            f"The edge alone, never asking, recalled {_num(edge['event_recall'])} with precision "
+            f"{_num(edge['event_precision'])}: that gap is what the cloud model adds."
+        )
+    lost = sum(f["samples_lost"] for f in modes.values())
+    parts.append("No mined sample was lost in any mode." if lost == 0 else f"{lost} mined samples were lost in all.")
+    return " ".join(parts)
+
+
+def _share(ours: float | None, reference: float | None) -> str:
+    if ours is None or not reference:
+        return "–"
+    return f"{ours / reference * 100:.0f} %"
+
+
+def write_report(
+    out: Path,
+    scenario: Scenario,
+    modes: dict[str, dict[str, Any]],
+    runs: dict[str, ModeRun],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """report.json, report.md and the plots; returns the report."""
+    report = {"scenario": scenario.name, **meta, "modes": modes, "verdict": verdict(modes)}
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    plots = {
+        "bandwidth_vs_recall.png": plot_bandwidth_recall(modes),
+        "latency_cdf.png": plot_latency_cdf(runs),
+        "uplink_over_time.png": plot_uplink_over_time(runs, scenario),
+        "policy_band.png": plot_band(runs.get("edgeglm")),
+    }
+    shown = []
+    for name, figure in plots.items():
+        if figure is None:
+            continue
+        figure.savefig(out / name, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        shown.append(name)
+    lines = [
+        f"# Scenario `{scenario.name}`",
+        "",
+        scenario.description.strip(),
+        "",
+        f"Link emulation: **{meta['link_mode']}**. Cloud backend: **{scenario.cloud.backend}**. "
+        f"{meta['edges']} edges, {meta['cameras']} cameras, {scenario.duration_s:.0f} s of video each, "
+        f"{meta['frames']} frames per mode. Uplink ratio basis: {meta['ratio_basis']}.",
+        "",
+        table(modes),
+        "",
+        "## Verdict",
+        "",
+        report["verdict"],
+        "",
+        *[f"![{name}]({name})" for name in shown],
+        "",
+        "Definitions: see `sim/harness/measure.py`. Figures come from one run on a shared 2-core machine.",
+    ]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return report
+
+
+def plot_bandwidth_recall(modes: dict[str, dict[str, Any]]) -> Any:
+    """Each mode as a point: uplink bytes (log) against event recall."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for mode, f in modes.items():
+        if f["event_recall"] is None:
+            continue
+        x = max(f["uplink_bytes"], 1) / 1e6
+        axis.scatter([x], [f["event_recall"]], s=60)
+        axis.annotate(mode, (x, f["event_recall"]), textcoords="offset points", xytext=(6, 4))
+    axis.set_xscale("log")
+    axis.set_xlabel("uplink MB (log)")
+    axis.set_ylabel("event recall")
+    axis.set_ylim(0, 1.05)
+    axis.set_title("Bandwidth against recall")
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def plot_latency_cdf(runs: dict[str, ModeRun]) -> Any:
+    """Verdict latency CDF per mode (solid) and the edgeglm mode's local decision latency (dashed)."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for mode, run in runs.items():
+        values = sorted(v for s in run.edge_summaries.values() for v in s.get("verdict_latency_ms", []))
+        if values:
+            axis.plot(values, np.linspace(0, 1, len(values)), label=f"{mode} verdict")
+    ours = runs.get("edgeglm")
+    if ours is not None:
+        local = sorted(v for s in ours.edge_summaries.values() for v in s.get("local_latency_ms", []))
+        if local:
+            axis.plot(local, np.linspace(0, 1, len(local)), "--", label="edgeglm local decision")
+    axis.set_xscale("log")
+    axis.set_xlabel("latency ms (log)")
+    axis.set_ylabel("share of samples")
+    axis.set_title("Latency CDF")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def plot_uplink_over_time(runs: dict[str, ModeRun], scenario: Scenario) -> Any:
+    """Bytes per second up, summed over edges, per mode; outage windows shaded."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for mode, run in runs.items():
+        series: dict[int, float] = {}
+        for stats in run.link_stats.values():
+            for second, value in enumerate(stats.get("up_series_bytes", [])):
+                series[second] = series.get(second, 0.0) + float(value)
+        if series:
+            seconds = sorted(series)
+            axis.plot(seconds, [series[s] / 1e3 for s in seconds], label=mode)
+    windows = {(w.start_s, w.duration_s) for _, g in scenario.edge_ids() for w in scenario.link_for(g).outages}
+    for start, duration in sorted(windows):
+        axis.axvspan(start, start + duration, color="grey", alpha=0.25, label="outage")
+    axis.set_yscale("symlog")
+    axis.set_xlabel("seconds since the edges started")
+    axis.set_ylabel("uplink kB/s (all edges)")
+    axis.set_title("Uplink over time")
+    handles, labels = axis.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    axis.legend(unique.values(), unique.keys(), fontsize=8)
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def band_series(run: ModeRun) -> dict[str, list[tuple[float, float, float]]]:
+    """(t, low, high) per 'edge/label' (or the fleet default) from the polled policies."""
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for poll in run.band_history:
+        policies = poll["policies"]
+        fleet_mining = ((policies.get("fleet") or {}).get("settings") or {}).get("mining", {})
+        default = fleet_mining.get("default_band", {"low": 0.25, "high": 0.6})
+        series.setdefault("fleet default", []).append((poll["t"], default["low"], default["high"]))
+        for edge, layer in (policies.get("edges") or {}).items():
+            bands = ((layer.get("settings") or {}).get("mining") or {}).get("bands", {})
+            for label, band in bands.items():
+                series.setdefault(f"{edge}/{label}", []).append((poll["t"], band["low"], band["high"]))
+    return series
+
+
+def plot_band(run: ModeRun | None) -> Any:
+    """The edgeglm mode's uncertainty bands over time (low solid, high dashed)."""
+    if run is None or not run.band_history:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for index, (name, points) in enumerate(sorted(band_series(run).items())[:8]):
+        t, low, high = zip(*points, strict=True)
+        color = f"C{index}"
+        axis.step(t, low, where="post", color=color, label=f"{name} low")
+        axis.step(t, high, where="post", color=color, linestyle="--", label=f"{name} high")
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("seconds since the edges started")
+    axis.set_ylabel("score")
+    axis.set_title("Uncertainty band (edgeglm, closed loop)")
+    axis.legend(fontsize=7, ncol=2)
+    axis.grid(alpha=0.3)
+    return figure
