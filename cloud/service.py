@@ -54,7 +54,7 @@ class CloudService:
         """Build the parts from config (nothing starts yet); `backend` replaces the configured one (tests)."""
         self.config = config
         self.metrics = metrics or CloudMetrics()
-        self.backend = backend or build_backend(config.backend)
+        self.backend = backend or build_backend(config.backend, self.metrics)
         self.store = VerdictStore(config.store.path)
         self.batcher = DynamicBatcher(self.backend, config.batcher, self.metrics)
         self.fleet = FleetStatus()

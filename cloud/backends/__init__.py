@@ -2,6 +2,7 @@
 
 from cloud.backends.base import BackendConfig, build_backend
 from cloud.backends.onnx import OnnxBackend, OnnxBackendConfig
+from cloud.backends.openai import OpenAIBackend, OpenAIBackendConfig
 from cloud.backends.oracle import OracleBackend, OracleBackendConfig
 from cloud.backends.protocol import Backend, BackendStartError
 
@@ -11,6 +12,8 @@ __all__ = [
     "BackendStartError",
     "OnnxBackend",
     "OnnxBackendConfig",
+    "OpenAIBackend",
+    "OpenAIBackendConfig",
     "OracleBackend",
     "OracleBackendConfig",
     "build_backend",

@@ -1,0 +1,327 @@
+"""A small OpenAI-compatible chat-completions server, for tests and the sim.
+
+`POST /v1/chat/completions` takes the request the `openai` cloud backend sends (one user message with
+a `data:` image URL and a text part), decodes the image and the text, and answers with a pluggable
+generator (`Generator`): a model, or scripted replies that test the backend's failure
+handling (a fixed text, a non-JSON text, an HTTP error, a body that is not a chat completion, a delay
+longer than the client's timeout). `GET /v1/models` lists the one served model. When an API key is
+configured, requests without `Authorization: Bearer <key>` get 401, as from OpenAI or vLLM.
+
+    python -m sim.openai_server --scripted-answer '{"decision": "rejected", ...}' --port 0
+
+It is not vLLM: one request is one generation (the world GLM's backend batches nothing here), and it
+fetches no remote image URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import logging
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+import cv2
+import numpy as np
+import typer
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+logger = logging.getLogger(__name__)
+STARTUP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInput:
+    """What one chat-completions request asks: the user text and the image it carries (BGR, decoded)."""
+
+    model: str
+    text: str
+    image: NDArray[np.uint8] | None
+    jpeg: bytes
+    max_tokens: int
+    temperature: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A generator's answer: the assistant text, or an HTTP error status, after an optional delay.
+
+    `body`, when set, is sent as the response body instead of a chat completion (to test clients
+    against malformed responses).
+    """
+
+    text: str = ""
+    status: int = 200
+    delay_s: float = 0.0
+    body: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Generator(Protocol):
+    """Answers one chat request."""
+
+    async def generate(self, chat: ChatInput) -> Reply:
+        """The reply to `chat`."""
+        ...
+
+
+class ScriptedGenerator:
+    """Replies chosen by a rule on each request (tests): a fixed Reply, or a function of the ChatInput."""
+
+    def __init__(self, script: Reply | Callable[[ChatInput], Reply]) -> None:
+        """`script` is the Reply to every request, or a function choosing it per request."""
+        self._script = script
+
+    async def generate(self, chat: ChatInput) -> Reply:
+        """The scripted reply for `chat`."""
+        return self._script(chat) if callable(self._script) else self._script
+
+
+@dataclass
+class ServerStats:
+    """What the server saw: requests by status, and the most requests it held at once."""
+
+    requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    texts: list[str] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one chat request while it is being answered."""
+        self.requests += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+
+class _ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    url: str
+    detail: str = "auto"
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+    image_url: _ImageUrl | None = None
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[_Part] | None = None
+
+
+class ChatRequest(BaseModel):
+    """The part of an OpenAI chat-completions request this server reads (other fields are ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[_Message] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+
+
+class BadRequestError(ValueError):
+    """The request cannot be answered; the message says why (sent back as a 400)."""
+
+
+def decode_data_url(url: str) -> tuple[bytes, NDArray[np.uint8]]:
+    """The bytes and decoded BGR image of a `data:image/...;base64,` URL; BadRequestError otherwise."""
+    head, sep, payload = url.partition(",")
+    if not head.startswith("data:image/") or not head.endswith(";base64") or not sep:
+        raise BadRequestError(f"image_url must be a data:image/...;base64, URL (got {url[:40]!r}); nothing is fetched")
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except binascii.Error as err:
+        raise BadRequestError(f"image_url: invalid base64 ({err})") from err
+    image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise BadRequestError(f"image_url: {len(raw)} bytes that do not decode as an image")
+    return raw, np.asarray(image, dtype=np.uint8)
+
+
+def chat_input(request: ChatRequest) -> ChatInput:
+    """The text and the image of the request's last user message (BadRequestError if it has neither)."""
+    users = [m for m in request.messages if m.role == "user"]
+    if not users:
+        raise BadRequestError("messages: no message with role 'user'")
+    content = users[-1].content
+    texts: list[str] = []
+    jpeg, image = b"", None
+    if isinstance(content, str):
+        texts.append(content)
+    for part in content if isinstance(content, list) else []:
+        if part.type == "text" and part.text is not None:
+            texts.append(part.text)
+        elif part.type == "image_url" and part.image_url is not None:
+            if image is not None:
+                raise BadRequestError("messages: this server takes at most one image per request")
+            jpeg, image = decode_data_url(part.image_url.url)
+    if not texts and image is None:
+        raise BadRequestError("messages: the user message has neither text nor an image")
+    max_tokens = request.max_completion_tokens or request.max_tokens or 256
+    return ChatInput(request.model, "\n".join(texts), image, jpeg, max_tokens, request.temperature)
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+def completion_body(model: str, reply: Reply) -> dict[str, Any]:
+    """The OpenAI chat-completion response for `reply`."""
+    return {
+        "id": "chatcmpl-" + uuid.uuid4().hex,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        },
+    }
+
+
+def create_app(
+    generator: Generator, model_name: str, api_key: str | None = None, stats: ServerStats | None = None
+) -> FastAPI:
+    """The server's FastAPI app: `generator` answers requests for `model_name`; `api_key` guards them."""
+    app = FastAPI(title="EdgeGLM OpenAI-compatible test server", docs_url=None, redoc_url=None)
+    seen = stats if stats is not None else ServerStats()
+    app.state.stats = seen
+    created = int(time.time())
+
+    def authorised(request: Request) -> bool:
+        if api_key is None:
+            return True
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        if not authorised(request):
+            return _error(401, "invalid or missing API key", "authentication_error")
+        entry = {"id": model_name, "object": "model", "created": created, "owned_by": "edgeglm-sim"}
+        return JSONResponse({"object": "list", "data": [entry]})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        with seen.track():
+            response = await _answer(request)
+        seen.by_status[response.status_code] = seen.by_status.get(response.status_code, 0) + 1
+        return response
+
+    async def _answer(request: Request) -> Response:
+        if not authorised(request):
+            return _error(401, "invalid or missing API key", "authentication_error")
+        try:
+            parsed = ChatRequest.model_validate_json(await request.body())
+            chat = chat_input(parsed)
+        except ValidationError as err:
+            return _error(400, f"not a chat-completions request: {err.errors()[0]['msg']}", "invalid_request_error")
+        except BadRequestError as err:
+            return _error(400, str(err), "invalid_request_error")
+        if chat.model != model_name:
+            return _error(404, f"model {chat.model!r} is not served here (this server has {model_name!r})", "not_found")
+        seen.texts.append(chat.text)
+        reply = await generator.generate(chat)
+        if reply.delay_s > 0:
+            await asyncio.sleep(reply.delay_s)
+        if reply.status != 200:
+            return _error(reply.status, f"scripted failure {reply.status}", "server_error")
+        if reply.body is not None:
+            return Response(reply.body, media_type="application/json")
+        return JSONResponse(completion_body(model_name, reply))
+
+    return app
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: whoever embeds the server stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave the process's signal handlers alone."""
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve `app` as a task of the running loop; yields the base URL (`http://host:port/v1`)."""
+    sock = socket.create_server((host, port))
+    server = _EmbeddedServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="openai-test-server")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_TIMEOUT_S
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the OpenAI-compatible server stopped during start-up")
+            if loop.time() > deadline:
+                raise TimeoutError(f"the OpenAI-compatible server did not start within {STARTUP_TIMEOUT_S} s")
+            await asyncio.sleep(0.01)
+        yield f"http://{host}:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT_S)
+        except TimeoutError:
+            server.force_exit = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        sock.close()
+
+
+def main(
+    scripted_answer: Annotated[str, typer.Option(help="Answer every request with this text (no model).")],
+    model_name: Annotated[
+        str, typer.Option(help="Served model name; empty: the model folder's name, or 'scripted'.")
+    ] = "",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one (printed).")] = 8000,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="File holding the API key clients must send as a Bearer token.")
+    ] = None,
+) -> None:
+    """Serve chat completions until interrupted; prints the base URL once listening."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api_key = None
+    if api_key_file is not None:
+        api_key = api_key_file.read_text(encoding="utf-8").strip()
+        if not api_key:
+            raise typer.BadParameter(f"{api_key_file} is empty", param_hint="--api-key-file")
+    generator = ScriptedGenerator(Reply(text=scripted_answer))
+    name = model_name or "scripted"
+    sock = socket.create_server((host, port))
+    config = uvicorn.Config(create_app(generator, name, api_key), log_level="info", lifespan="off")
+    print(f"serving {name} on http://{host}:{sock.getsockname()[1]}/v1", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,61 @@
+"""`python -m sim.openai_server` as a process: it prints where it listens, checks the key, answers chats."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT_S = 30.0
+
+
+@contextmanager
+def server_process(*args: str) -> Iterator[str]:
+    """Start the server on a free port; yields its base URL (read from its first line of output)."""
+    command = [sys.executable, "-m", "sim.openai_server", "--port", "0", *args]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()  # "serving <model> on http://127.0.0.1:<port>/v1"
+            assert " on http://127.0.0.1:" in line, line
+            yield line.rsplit(" ", 1)[1].strip()
+        finally:
+            process.terminate()
+            try:
+                process.wait(WAIT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(WAIT_S)
+
+
+def chat_body(model: str) -> dict[str, object]:
+    jpeg = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes()
+    url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Edge: cat 0.40"}]
+    return {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 16}
+
+
+def test_the_scripted_server_process_answers_with_the_key_and_refuses_without(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-cli\n")
+    with server_process("--scripted-answer", '{"decision": "rejected"}', "--api-key-file", str(key_file)) as url:
+        good = {"Authorization": "Bearer sk-cli"}
+        models = httpx.get(f"{url}/models", headers=good, timeout=WAIT_S)
+        answer = httpx.post(f"{url}/chat/completions", json=chat_body("scripted"), headers=good, timeout=WAIT_S)
+        refused = httpx.post(f"{url}/chat/completions", json=chat_body("scripted"), timeout=WAIT_S)
+        other_model = httpx.post(f"{url}/chat/completions", json=chat_body("gpt-4o"), headers=good, timeout=WAIT_S)
+    assert [m["id"] for m in models.json()["data"]] == ["scripted"]
+    assert answer.status_code == 200
+    assert answer.json()["choices"][0]["message"]["content"] == '{"decision": "rejected"}'
+    assert refused.status_code == 401
+    assert refused.json()["error"]["type"] == "authentication_error"
+    assert other_model.status_code == 404
+    assert "'gpt-4o' is not served here" in other_model.json()["error"]["message"]
