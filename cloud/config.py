@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from cloud.backends import BackendConfig, OracleBackendConfig
 from cloud.batcher import BatcherConfig
 from cloud.bridge.config import MqttBridgeConfig
+from cloud.policy.loop_config import ClosedLoopConfig
 from cloud.policy.settings import PolicyOverride, PolicySettings
 
 SECRETS_DIR = Path("/run/secrets")
@@ -110,6 +111,9 @@ class PolicyConfig(_Section):
     )
     edges: dict[str, PolicyOverride] = Field(
         default_factory=dict, description="edge_id -> the fields that differ from its site's and the fleet policy."
+    )
+    closed_loop: ClosedLoopConfig = Field(
+        default_factory=ClosedLoopConfig, description="Move each edge's uncertainty bands from the cloud's verdicts."
     )
 
 

@@ -22,9 +22,11 @@ from cloud.bridge.bridge import MqttBridge
 from cloud.config import CloudConfig
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine, PolicySigner
+from cloud.policy.loop import BandController
 from cloud.policy.signing import write_key_files
 from cloud.server import EdgeGLMServicer, FleetStatus, Health, SampleJudge, SessionDeps, build_server
 from cloud.store import VerdictStore
+from cloud.store.pairs import PairStore
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class CloudService:
         self.admin_port = 0
         self._stopped = False
         self._bridge: MqttBridge | None = None
+        self.bands: BandController | None = None  # the closed loop, when policy.closed_loop.enabled
 
     async def start(self) -> None:
         """Open everything, load the model, listen; SERVING once ready. A failure closes what was opened."""
@@ -91,6 +94,10 @@ class CloudService:
             edges=config.policy.edges,
         )
         logger.info("policy v%d in force, signed by key %s", self.policy.version, signer.key_id)
+        if config.policy.closed_loop.enabled:
+            self.bands = self._band_controller(self.policy)
+            await self.bands.start()
+            self.policy.add_observer(self.bands.observe)
         self._judge = SampleJudge(self.store, self.batcher, self.backend, self.policy, self.metrics)
         deps = SessionDeps(
             judge=self._judge,
@@ -129,6 +136,16 @@ class CloudService:
             self.admin_port or "off",
         )
 
+    def _band_controller(self, policy: PolicyEngine) -> BandController:
+        loop = self.config.policy.closed_loop
+        pairs = PairStore(self.config.store.path, loop.window_pairs, loop.history_per_key)
+
+        def site_of(edge_id: str) -> str:
+            record = self.fleet.get(edge_id)
+            return record.site_id if record is not None else ""
+
+        return BandController(loop, policy, pairs, self.metrics.registry, site_of=site_of)
+
     async def stop(self) -> None:
         """The ordered shutdown, bounded by server.shutdown_grace_s (again is a no-op)."""
         if self._stopped:
@@ -154,6 +171,8 @@ class CloudService:
             unfinished = await self._judge.drain(time.monotonic() + left())
             if unfinished:
                 logger.warning("%d samples were accepted but not judged before shutdown", unfinished)
+        if self.bands is not None:
+            await self.bands.close()  # after the last verdicts: their pairs are written
         if self._admin is not None:
             await self._admin.stop()
         await self.store.close()

@@ -64,6 +64,7 @@ class PolicyChange:
 
 _P = TypeVar("_P", bound=PolicySettings)
 PolicyListener = Callable[[PolicyChange], Awaitable[None]]
+VerdictObserver = Callable[[SampleInput, verdict_pb2.Verdict], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,7 @@ class PolicyEngine:
         self._state_path = state_path
         self._metrics = metrics
         self._listeners: list[PolicyListener] = []
+        self._observers: list[VerdictObserver] = []
         self._lock = asyncio.Lock()
         self._cache: dict[tuple[str, str], policy_pb2.SignedPolicy] = {}
         self._last_version, persisted = self._read_state()
@@ -213,7 +215,7 @@ class PolicyEngine:
             return await self._publish(scope, scope_id, None)
 
     async def adjust_bands(self, edge_id: str, bands: Mapping[str, Band], reason: str) -> int:
-        """Seam for the closed-loop band controller (a later issue): move one edge's uncertainty bands.
+        """Move one edge's uncertainty bands (the closed loop's `BandController`, cloud/policy/loop.py).
 
         The controller keeps, per edge and class, recent (edge score, cloud verdict) pairs (fed by
         `observe`) and computes bands that keep recall of cloud-confirmed events at target with the
@@ -227,12 +229,17 @@ class PolicyEngine:
         logger.info("edge %s: adjusting bands of %s (%s)", edge_id, ", ".join(sorted(bands)), reason)
         return await self.set_edge(edge_id, {**written, "mining": mining})
 
-    def observe(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
-        """Seam for the closed loop: every backend verdict with the sample it judged. No-op for now.
+    def add_observer(self, observer: VerdictObserver) -> None:
+        """Hand every backend verdict to `observer` (the closed loop's `BandController.observe`)."""
+        self._observers.append(observer)
 
-        The band controller of a later issue records (edge_id, label, edge score, decision) here and
-        calls `adjust_bands` when a band should move. It must stay cheap: it runs on the event loop.
+    def observe(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
+        """Every backend verdict with the sample it judged, passed on to the observers (the closed loop).
+
+        Observers run on the event loop: they must stay cheap and must not raise.
         """
+        for observer in self._observers:
+            observer(sample, verdict)
 
     def snapshot(self) -> dict[str, Any]:
         """Versions and written settings of every layer, for the admin API."""

@@ -1,0 +1,336 @@
+"""The closed loop: per edge and class, (edge score, cloud decision) pairs move the uncertainty band.
+
+`PolicyEngine.observe` hands every backend verdict to `BandController.observe` on the event loop.
+It turns each detection the edge reported into a pair (its score; whether the cloud confirmed that
+object; unsure verdicts are ignored), weighted for the sampling bias (`cloud.policy.bands`), and
+appends it to the (edge_id, label) window in memory, bounded by count and age. That is all it does:
+a few dict and deque operations per detection. Every `evaluate_every_pairs` pairs of an edge, a task
+of the controller persists the new pairs (`cloud.store.pairs`, SQLite in a thread), computes each
+class's optimum in a worker thread (`cloud.policy.bands.plan_band`: minimum counts, hysteresis) and,
+unless the edge's bands moved less than `min_interval_s` ago, publishes the moved bands through
+`PolicyEngine.adjust_bands`: a new signed version, persisted and pushed to the edge.
+
+The window and the band history survive a restart (SQLite). The engine keeps operators' settings
+from cloud.yaml only, so at start the controller publishes again the last band it set for each class
+whose band in force differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from cloud.convert import SampleInput
+from cloud.policy.bands import BandPlan, ScorePair, edge_decisions, estimate, plan_band
+from cloud.policy.engine import PolicyEngine
+from cloud.policy.loop_config import BandMetrics, ClosedLoopConfig
+from cloud.policy.settings import Band, PolicySettings, PolicyValidationError
+from cloud.store import StoreError
+from cloud.store.pairs import BandMoveRow, PairRow, PairStore
+from protos import verdict_pb2
+
+logger = logging.getLogger(__name__)
+Key = tuple[str, str]  # (edge_id, label)
+_JUDGED = (verdict_pb2.DECISION_CONFIRMED, verdict_pb2.DECISION_REJECTED)
+__all__ = ["BandController", "ClosedLoopConfig", "edge_decisions"]
+
+
+def _band_of(settings: PolicySettings, label: str) -> Band:
+    return settings.mining.bands.get(label, settings.mining.default_band)
+
+
+def _plan_all(inputs: Mapping[str, tuple[list[ScorePair], Band]], config: ClosedLoopConfig) -> dict[str, BandPlan]:
+    return {
+        label: plan_band(
+            pairs,
+            (band.low, band.high),
+            target_recall=config.target_recall,
+            target_precision=config.target_precision,
+            hysteresis=config.hysteresis,
+            min_pairs=config.min_pairs,
+            min_audit_pairs=config.min_audit_pairs,
+        )
+        for label, (pairs, band) in inputs.items()
+    }
+
+
+class BandController:
+    """Keeps the pairs of every (edge, class), moves their bands through the policy engine."""
+
+    def __init__(
+        self,
+        config: ClosedLoopConfig,
+        engine: PolicyEngine,
+        store: PairStore,
+        registry: CollectorRegistry,
+        *,
+        site_of: Callable[[str], str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Feed from `engine`'s verdicts, persist in `store`; `site_of` names an edge's site (its policy's layer)."""
+        self._config = config
+        self._engine = engine
+        self._store = store
+        self._metrics = BandMetrics(registry)
+        self._site_of = site_of or (lambda edge_id: "")
+        self._clock = clock
+        self._windows: dict[Key, deque[ScorePair]] = {}
+        self._history: dict[Key, deque[BandMoveRow]] = {}
+        self._plans: dict[Key, tuple[float, BandPlan]] = {}
+        self._unsaved: deque[PairRow] = deque()
+        self._new_pairs: dict[str, int] = {}
+        self._due: set[str] = set()
+        self._last_move: dict[str, float] = {}
+        self._settings_cache: dict[str, tuple[tuple[int, str], PolicySettings]] = {}
+        self._wake = asyncio.Event()
+        self._evaluating = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def config(self) -> ClosedLoopConfig:
+        """The closed loop's settings."""
+        return self._config
+
+    async def start(self) -> None:
+        """Load the window and the band history from SQLite, publish the last bands again, start evaluating."""
+        await self._store.open()
+        now = self._clock()
+        for row in await self._store.load_pairs(now - self._config.window_age_s):
+            pair = ScorePair(row.score, row.confirmed, row.weight, row.audit, row.observed_at)
+            self._window((row.edge_id, row.label)).append(pair)
+        moves = await self._store.load_moves()
+        for move in moves:
+            key = (move.edge_id, move.label)
+            self._history.setdefault(key, deque(maxlen=self._config.history_per_key)).append(move)
+            self._last_move[move.edge_id] = max(self._last_move.get(move.edge_id, move.moved_at), move.moved_at)
+        await self._restore(moves)
+        logger.info(
+            "closed loop: %d pairs in %d windows and %d band moves loaded from %s",
+            sum(map(len, self._windows.values())),
+            len(self._windows),
+            len(moves),
+            self._store.path,
+        )
+        self._task = asyncio.create_task(self._run(), name="band-controller")
+
+    def observe(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
+        """Take the pairs of one backend verdict (on the event loop: O(detections), no I/O; never raises)."""
+        try:
+            self._observe(sample, verdict)
+        except Exception:
+            self._metrics.errors.labels("observe").inc()
+            logger.exception("closed loop: verdict of %s not observed", sample.sample_id)
+
+    async def evaluate(self, edge_id: str) -> int | None:
+        """Evaluate every class of one edge now; the policy version that moved bands, or None if none moved."""
+        async with self._evaluating:
+            return await self._evaluate(edge_id)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The loop's state for the admin API and the dashboard (O(pairs held): call it per request, not per sample).
+
+        Shape::
+
+            {"target_recall": 0.95, "target_precision": 0.95, "window_pairs": 2000, "window_age_s": 86400.0,
+             "edges": {edge_id: {label: {
+                 "band": {"low": 0.25, "high": 0.6},        # in force for the edge now
+                 "pairs": 812, "audit_pairs": 31, "confirmed_pairs": 404,   # the window now
+                 "recall": 0.97 | None, "precision": 0.99, "upload": 0.41,  # of that band on the window
+                 "last_evaluation": None | {"at": unix_s, "target": None | {"low", "high"}, "why": str},
+                 "history": [{"at": unix_s, "low", "high", "version": int, "reason": str}, ...],  # oldest first
+             }}}}
+
+        recall, precision and upload are the weighted estimates of `cloud.policy.bands` (recall None
+        while no object of the class was confirmed).
+        """
+        now = self._clock()
+        edges: dict[str, dict[str, Any]] = {}
+        for key in sorted(set(self._windows) | set(self._history)):
+            edge_id, label = key
+            band = _band_of(self._settings(edge_id), label)
+            window = self._windows.get(key, deque())
+            self._expire(window, now)
+            shown = estimate(window, band.low, band.high)
+            last = self._plans.get(key)
+            edges.setdefault(edge_id, {})[label] = {
+                "band": {"low": band.low, "high": band.high},
+                "pairs": shown.pairs,
+                "audit_pairs": shown.audit_pairs,
+                "confirmed_pairs": shown.confirmed_pairs,
+                "recall": shown.recall,
+                "precision": shown.precision,
+                "upload": shown.upload,
+                "last_evaluation": None if last is None else _evaluation_json(*last),
+                "history": [
+                    {"at": m.moved_at, "low": m.low, "high": m.high, "version": m.version, "reason": m.reason}
+                    for m in self._history.get(key, ())
+                ],
+            }
+        config = self._config
+        return {
+            "target_recall": config.target_recall,
+            "target_precision": config.target_precision,
+            "window_pairs": config.window_pairs,
+            "window_age_s": config.window_age_s,
+            "edges": edges,
+        }
+
+    async def close(self) -> None:
+        """Stop evaluating, write the pairs not saved yet, close the pair store."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(StoreError):  # logged and counted in _flush
+            await self._flush()
+        await self._store.close()
+
+    def _observe(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
+        detections = sample.detections
+        if not detections:
+            return
+        if verdict.decision not in _JUDGED:
+            self._metrics.dropped.labels("unsure").inc(len(detections))
+            return
+        audit = sample.mined_reason == "random_audit"
+        weight = 1.0
+        if audit:
+            mining = self._settings(sample.edge_id).mining
+            rate = mining.random_audit_rate if mining.random_audit_enabled else 0.0
+            if rate <= 0.0:  # an audit the current policy no longer asks for: its chance is unknown
+                self._metrics.dropped.labels("no_audit_rate").inc(len(detections))
+                return
+            weight = 1.0 / rate
+        now = self._clock()
+        edge_id = sample.edge_id
+        for detection, confirmed in zip(
+            detections, edge_decisions(sample, verdict, self._config.match_iou), strict=True
+        ):
+            self._window((edge_id, detection.label)).append(ScorePair(detection.score, confirmed, weight, audit, now))
+            if len(self._unsaved) >= self._config.max_unsaved_pairs:
+                self._unsaved.popleft()
+                self._metrics.dropped.labels("not_saved").inc()
+            self._unsaved.append(PairRow(edge_id, detection.label, detection.score, confirmed, weight, audit, now))
+            self._metrics.pairs.labels("confirmed" if confirmed else "rejected").inc()
+        count = self._new_pairs.get(edge_id, 0) + len(detections)
+        self._new_pairs[edge_id] = count
+        if count >= self._config.evaluate_every_pairs:
+            self._new_pairs[edge_id] = 0
+            self._due.add(edge_id)
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._config.flush_interval_s)
+            self._wake.clear()
+            with contextlib.suppress(StoreError):  # logged and counted; the pairs stay in memory
+                await self._flush()
+            due, self._due = self._due, set()
+            for edge_id in sorted(due):
+                try:
+                    await self.evaluate(edge_id)
+                except Exception:
+                    self._metrics.errors.labels("evaluate").inc()
+                    logger.exception("closed loop: evaluating the bands of edge %s failed", edge_id)
+
+    async def _flush(self) -> None:
+        rows = list(self._unsaved)
+        try:
+            await self._store.add_pairs(rows)
+            await self._store.prune_pairs(self._clock() - self._config.window_age_s)
+        except StoreError:
+            self._metrics.errors.labels("flush").inc()
+            logger.exception("closed loop: %d pairs not written (kept in memory, retried)", len(rows))
+            raise
+        for _ in range(min(len(rows), len(self._unsaved))):  # those observed meanwhile stay queued
+            self._unsaved.popleft()
+
+    async def _evaluate(self, edge_id: str) -> int | None:
+        now = self._clock()
+        if now - self._last_move.get(edge_id, float("-inf")) < self._config.min_interval_s:
+            return None
+        settings = self._settings(edge_id)
+        inputs: dict[str, tuple[list[ScorePair], Band]] = {}
+        for (edge, label), window in self._windows.items():
+            if edge == edge_id:
+                self._expire(window, now)
+                inputs[label] = (list(window), _band_of(settings, label))
+        plans = await asyncio.to_thread(_plan_all, inputs, self._config)
+        for label, plan in plans.items():
+            self._plans[(edge_id, label)] = (now, plan)
+            self._metrics.low.labels(edge_id, label).set(plan.current.low)
+            self._metrics.high.labels(edge_id, label).set(plan.current.high)
+        moved = {label: plan.proposed for label, plan in plans.items() if plan.proposed is not None}
+        if not moved:
+            return None
+        bands = {label: Band(low=p.low, high=p.high) for label, p in moved.items()}
+        reason = "; ".join(f"{label} {plans[label].why}" for label in sorted(moved))
+        version = await self._engine.adjust_bands(edge_id, bands, f"closed loop: {reason}")
+        self._last_move[edge_id] = now
+        for label, band in sorted(bands.items()):
+            row = BandMoveRow(edge_id, label, now, band.low, band.high, version, plans[label].why)
+            self._history.setdefault((edge_id, label), deque(maxlen=self._config.history_per_key)).append(row)
+            self._metrics.moves.labels(edge_id, label).inc()
+            self._metrics.low.labels(edge_id, label).set(band.low)
+            self._metrics.high.labels(edge_id, label).set(band.high)
+            logger.info("closed loop: edge %s %s band moved (policy v%d): %s", edge_id, label, version, row.reason)
+            try:
+                await self._store.add_move(row)
+            except StoreError:
+                self._metrics.errors.labels("flush").inc()
+                logger.exception("closed loop: band move of edge %s %s not recorded", edge_id, label)
+        return version
+
+    async def _restore(self, moves: list[BandMoveRow]) -> None:
+        latest: dict[str, dict[str, Band]] = {}
+        for move in moves:
+            latest.setdefault(move.edge_id, {})[move.label] = Band(low=move.low, high=move.high)
+        for edge_id, bands in sorted(latest.items()):
+            settings = self._settings(edge_id)
+            differing = {label: band for label, band in bands.items() if _band_of(settings, label) != band}
+            for label, band in bands.items():
+                self._metrics.low.labels(edge_id, label).set(band.low)
+                self._metrics.high.labels(edge_id, label).set(band.high)
+            if not differing:
+                continue
+            try:
+                await self._engine.adjust_bands(edge_id, differing, "closed loop: bands restored after a restart")
+            except PolicyValidationError:
+                self._metrics.errors.labels("restore").inc()
+                logger.exception("closed loop: the last bands of edge %s no longer fit its policy", edge_id)
+
+    def _window(self, key: Key) -> deque[ScorePair]:
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = deque(maxlen=self._config.window_pairs)
+        return window
+
+    def _expire(self, window: deque[ScorePair], now: float) -> None:
+        oldest = now - self._config.window_age_s
+        while window and window[0].observed_at < oldest:
+            window.popleft()
+
+    def _settings(self, edge_id: str) -> PolicySettings:
+        """The edge's merged policy settings, recomputed only when its version or site changes."""
+        site_id = self._site_of(edge_id)
+        stamp = (self._engine.version_for(edge_id, site_id), site_id)
+        cached = self._settings_cache.get(edge_id)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        settings = self._engine.effective(edge_id, site_id)[0]
+        self._settings_cache[edge_id] = (stamp, settings)
+        return settings
+
+
+def _evaluation_json(at: float, plan: BandPlan) -> dict[str, Any]:
+    target = None if plan.target is None else {"low": plan.target[0], "high": plan.target[1]}
+    return {"at": at, "target": target, "why": plan.why}

@@ -1,0 +1,89 @@
+"""The closed loop's settings (`policy.closed_loop` in cloud.yaml) and its metrics."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ClosedLoopConfig(BaseModel):
+    """The `policy.closed_loop` section of cloud.yaml: targets, window, and how eagerly bands move."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(False, description="Move each edge's uncertainty bands from the cloud's verdicts.")
+    target_recall: float = Field(
+        0.95, gt=0.0, le=1.0, description="Share of cloud-confirmed objects the edge must not drop (below low)."
+    )
+    target_precision: float = Field(
+        0.95, gt=0.0, le=1.0, description="Share of the edge's local accepts (above high) the cloud would confirm."
+    )
+    window_pairs: int = Field(2000, ge=10, le=1_000_000, description="Newest pairs kept per edge and class.")
+    window_age_s: float = Field(
+        86_400.0, gt=0.0, le=90 * 86_400.0, description="Pairs older than this (seconds) leave the window."
+    )
+    min_pairs: int = Field(200, ge=1, le=1_000_000, description="Pairs a class needs in its window before it moves.")
+    min_audit_pairs: int = Field(
+        20, ge=0, le=1_000_000, description="Random-audit pairs a class needs: only they show scores outside the band."
+    )
+    hysteresis: float = Field(
+        0.02, ge=0.0, le=0.5, description="A bound moves only when its optimum is further than this from it."
+    )
+    min_interval_s: float = Field(
+        600.0, ge=0.0, le=30 * 86_400.0, description="Shortest time between two band moves of one edge."
+    )
+    evaluate_every_pairs: int = Field(
+        100, ge=1, le=1_000_000, description="An edge's bands are evaluated after this many new pairs from it."
+    )
+    match_iou: float = Field(
+        0.3, gt=0.0, le=1.0, description="IoU at which an object the cloud found confirms an edge box of its label."
+    )
+    flush_interval_s: float = Field(
+        5.0, gt=0.0, le=3600.0, description="New pairs are written to SQLite at least this often (seconds)."
+    )
+    max_unsaved_pairs: int = Field(
+        50_000, ge=100, le=10_000_000, description="Pairs waiting to be written; beyond, the oldest are not saved."
+    )
+    history_per_key: int = Field(100, ge=1, le=100_000, description="Band moves remembered per edge and class.")
+
+    @model_validator(mode="after")
+    def _reachable(self) -> Self:
+        if self.min_pairs > self.window_pairs or self.min_audit_pairs > self.window_pairs:
+            raise ValueError(
+                f"min_pairs ({self.min_pairs}) and min_audit_pairs ({self.min_audit_pairs}) must not exceed "
+                f"window_pairs ({self.window_pairs}), or no band would ever move"
+            )
+        return self
+
+
+class BandMetrics:
+    """The closed loop's metrics, on the cloud service's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Register every metric on `registry`."""
+        by_key = ["edge_id", "label"]
+        self.moves = Counter("edgeglm_cloud_band_moves", "Bands moved by the closed loop.", by_key, registry=registry)
+        self.low = Gauge("edgeglm_cloud_band_low", "Band low in force, by edge and class.", by_key, registry=registry)
+        self.high = Gauge(
+            "edgeglm_cloud_band_high", "Band high in force, by edge and class.", by_key, registry=registry
+        )
+        self.pairs = Counter(
+            "edgeglm_cloud_closed_loop_pairs",
+            "Score pairs taken from verdicts, by decision.",
+            ["decision"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "edgeglm_cloud_closed_loop_pairs_dropped",
+            "Edge detections not used, by reason (unsure, no_audit_rate, not_saved).",
+            ["reason"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "edgeglm_cloud_closed_loop_errors",
+            "Closed-loop failures, by stage (observe, flush, evaluate, restore).",
+            ["stage"],
+            registry=registry,
+        )

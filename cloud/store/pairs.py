@@ -1,0 +1,229 @@
+"""PairStore: the closed loop's window of (edge score, cloud decision) pairs and its band moves, in SQLite.
+
+The tables live in the verdict store's file (WAL mode, so this second connection never blocks the
+verdict store's readers) and are created here with CREATE TABLE IF NOT EXISTS: they do not touch
+the verdict store's schema version. Rows are bounded per (edge_id, label): `max_pairs_per_key` pairs
+and `max_moves_per_key` band moves, the oldest go first. sqlite3 is blocking, so every statement runs
+in one dedicated thread that owns the connection, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from cloud.store import StoreError
+
+T = TypeVar("T")
+BUSY_TIMEOUT_S = 5.0
+
+SCORE_PAIRS_TABLE = """
+CREATE TABLE IF NOT EXISTS score_pairs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    edge_id     TEXT NOT NULL,
+    label       TEXT NOT NULL,
+    edge_score  REAL NOT NULL,
+    confirmed   INTEGER NOT NULL,
+    weight      REAL NOT NULL,
+    audit       INTEGER NOT NULL,
+    observed_at REAL NOT NULL
+)
+"""
+SCORE_PAIRS_BY_KEY = "CREATE INDEX IF NOT EXISTS score_pairs_key ON score_pairs (edge_id, label, id)"
+SCORE_PAIRS_BY_TIME = "CREATE INDEX IF NOT EXISTS score_pairs_observed_at ON score_pairs (observed_at)"
+BAND_MOVES_TABLE = """
+CREATE TABLE IF NOT EXISTS band_moves (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    edge_id  TEXT NOT NULL,
+    label    TEXT NOT NULL,
+    moved_at REAL NOT NULL,
+    low      REAL NOT NULL,
+    high     REAL NOT NULL,
+    version  INTEGER NOT NULL,
+    reason   TEXT NOT NULL
+)
+"""
+BAND_MOVES_BY_KEY = "CREATE INDEX IF NOT EXISTS band_moves_key ON band_moves (edge_id, label, id)"
+STATEMENTS = (SCORE_PAIRS_TABLE, SCORE_PAIRS_BY_KEY, SCORE_PAIRS_BY_TIME, BAND_MOVES_TABLE, BAND_MOVES_BY_KEY)
+
+# Keep only the newest `limit` rows of one key: everything at or below the id of the (limit+1)-th newest.
+_TRIM = """
+DELETE FROM {table} WHERE edge_id = ? AND label = ? AND id <= COALESCE(
+    (SELECT id FROM {table} WHERE edge_id = ? AND label = ? ORDER BY id DESC LIMIT 1 OFFSET ?), -1)
+"""
+_LOAD_PAIRS = """
+SELECT edge_id, label, edge_score, confirmed, weight, audit, observed_at FROM score_pairs
+WHERE observed_at >= ? ORDER BY id
+"""
+_LOAD_MOVES = "SELECT edge_id, label, moved_at, low, high, version, reason FROM band_moves ORDER BY id"
+
+
+@dataclass(frozen=True, slots=True)
+class PairRow:
+    """One object an edge reported and the cloud judged, for one (edge_id, label) window."""
+
+    edge_id: str
+    label: str
+    score: float
+    confirmed: bool
+    weight: float
+    audit: bool
+    observed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BandMoveRow:
+    """One band the closed loop published for an edge's class, with the policy version and why."""
+
+    edge_id: str
+    label: str
+    moved_at: float
+    low: float
+    high: float
+    version: int
+    reason: str
+
+
+class PairStore:
+    """Score pairs and band moves in a SQLite file; all methods are coroutines safe to call from the loop."""
+
+    def __init__(self, path: Path | str, max_pairs_per_key: int, max_moves_per_key: int = 100) -> None:
+        """Use the database at `path` (normally the verdict store's file), bounded per (edge_id, label)."""
+        self._path = Path(path)
+        self._max_pairs = max_pairs_per_key
+        self._max_moves = max_moves_per_key
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pair-store")
+        self._conn: sqlite3.Connection | None = None  # touched only in the store's thread
+        self._closed = False
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    async def open(self) -> None:
+        """Open the database and create the tables now, so a bad path fails at start-up."""
+        await self._run("open", lambda conn: None)
+
+    async def add_pairs(self, rows: Sequence[PairRow]) -> None:
+        """Append pairs in one transaction, then trim each key they touched to its newest rows."""
+        if rows:
+            await self._run("add_pairs", lambda conn: self._add_pairs(conn, rows))
+
+    async def load_pairs(self, since: float) -> list[PairRow]:
+        """Every pair observed at or after `since` (unix seconds), oldest first."""
+        found = await self._run("load_pairs", lambda conn: conn.execute(_LOAD_PAIRS, (since,)).fetchall())
+        return [
+            PairRow(str(e), str(lab), float(s), bool(c), float(w), bool(a), float(t)) for e, lab, s, c, w, a, t in found
+        ]
+
+    async def prune_pairs(self, observed_before: float) -> int:
+        """Forget pairs observed before `observed_before` (unix seconds); returns how many went."""
+        return await self._run(
+            "prune_pairs",
+            lambda conn: conn.execute("DELETE FROM score_pairs WHERE observed_at < ?", (observed_before,)).rowcount,
+        )
+
+    async def add_move(self, move: BandMoveRow) -> None:
+        """Record a band move, keeping the newest `max_moves_per_key` of its key."""
+        await self._run("add_move", lambda conn: self._add_move(conn, move))
+
+    async def load_moves(self) -> list[BandMoveRow]:
+        """Every band move kept, oldest first."""
+        found = await self._run("load_moves", lambda conn: conn.execute(_LOAD_MOVES).fetchall())
+        return [
+            BandMoveRow(str(e), str(lab), float(t), float(lo), float(hi), int(v), str(r))
+            for e, lab, t, lo, hi, v, r in found
+        ]
+
+    async def count_pairs(self) -> int:
+        """Number of pairs stored."""
+        row = await self._run("count_pairs", lambda conn: conn.execute("SELECT COUNT(*) FROM score_pairs").fetchone())
+        return int(row[0])
+
+    async def close(self) -> None:
+        """Finish queued statements, close the database and its thread; again is a no-op."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._disconnect)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def _add_pairs(self, conn: sqlite3.Connection, rows: Sequence[PairRow]) -> None:
+        with conn:  # one transaction: a batch is stored whole or not at all
+            conn.execute("BEGIN")
+            conn.executemany(
+                "INSERT INTO score_pairs (edge_id, label, edge_score, confirmed, weight, audit, observed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r.edge_id, r.label, r.score, int(r.confirmed), r.weight, int(r.audit), r.observed_at) for r in rows],
+            )
+            for edge_id, label in sorted({(r.edge_id, r.label) for r in rows}):
+                trim = _TRIM.format(table="score_pairs")
+                conn.execute(trim, (edge_id, label, edge_id, label, self._max_pairs))
+
+    def _add_move(self, conn: sqlite3.Connection, move: BandMoveRow) -> None:
+        with conn:
+            conn.execute("BEGIN")
+            conn.execute(
+                "INSERT INTO band_moves (edge_id, label, moved_at, low, high, version, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (move.edge_id, move.label, move.moved_at, move.low, move.high, move.version, move.reason),
+            )
+            trim = _TRIM.format(table="band_moves")
+            conn.execute(trim, (move.edge_id, move.label, move.edge_id, move.label, self._max_moves))
+
+    async def _run(self, operation: str, statement: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError(f"{self._path}: {operation} on a closed pair store")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, operation, statement)
+
+    def _call(self, operation: str, statement: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return statement(self._connection())
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self._path}: {operation} failed: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = _connect(self._path)
+        return self._conn
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open the database in WAL mode and create the closed loop's tables."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the store's folder: {exc.strerror or exc}") from exc
+    # Autocommit (isolation_level=None): statements outside an explicit BEGIN are durable on return.
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"{path}: SQLite refused WAL mode (journal_mode is {mode}); is it on a network filesystem?"
+            )
+        conn.execute("PRAGMA synchronous=NORMAL")
+        for statement in STATEMENTS:
+            conn.execute(statement)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"{path}: cannot open the closed loop's pair store: {exc}") from exc
+    except StoreError:
+        conn.close()
+        raise
+    return conn
