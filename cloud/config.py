@@ -123,6 +123,9 @@ class AdminConfig(_Section):
     enabled: bool = Field(True, description="Serve the admin API.")
     host: str = Field("127.0.0.1", min_length=1, description="Address to listen on; it has no auth, keep it private.")
     port: int = Field(8080, ge=0, le=65535, description="Port; 0 picks a free one (logged at start).")
+    edge_snapshot_interval_s: float = Field(
+        10.0, ge=0.1, le=3600, description="How often edges' status is copied to the store (kept across restarts)."
+    )
 
 
 class CloudConfig(BaseSettings):

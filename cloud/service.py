@@ -16,6 +16,7 @@ import time
 import grpc
 
 from cloud.api import AdminServer, AdminState, create_app
+from cloud.api.recorder import EdgeSnapshotter, PolicyRecorder
 from cloud.backends import Backend, build_backend
 from cloud.batcher import DynamicBatcher
 from cloud.bridge.bridge import MqttBridge
@@ -70,6 +71,7 @@ class CloudService:
         self.admin_port = 0
         self._stopped = False
         self._bridge: MqttBridge | None = None
+        self._snapshotter: EdgeSnapshotter | None = None
         self.bands: BandController | None = None  # the closed loop, when policy.closed_loop.enabled
 
     async def start(self) -> None:
@@ -94,6 +96,9 @@ class CloudService:
             edges=config.policy.edges,
         )
         logger.info("policy v%d in force, signed by key %s", self.policy.version, signer.key_id)
+        await PolicyRecorder(self.policy, self.store).start()  # the policy history of the admin API
+        self._snapshotter = EdgeSnapshotter(self.fleet, self.store, config.admin.edge_snapshot_interval_s)
+        self._snapshotter.start()
         if config.policy.closed_loop.enabled:
             self.bands = self._band_controller(self.policy)
             await self.bands.start()
@@ -115,7 +120,9 @@ class CloudService:
         await self._server.start()
         logger.info("gRPC on %s:%d (NOT_SERVING until the backend is loaded)", config.server.host, self.port)
         if config.admin.enabled:
-            state = AdminState(policy=self.policy, fleet=self.fleet, metrics=self.metrics, health=self.health)
+            state = AdminState(
+                policy=self.policy, fleet=self.fleet, metrics=self.metrics, health=self.health, store=self.store
+            )
             self._admin = AdminServer(create_app(state), config.admin.host, config.admin.port)
             await self._admin.start()
             self.admin_port = self._admin.port
@@ -175,5 +182,7 @@ class CloudService:
             await self.bands.close()  # after the last verdicts: their pairs are written
         if self._admin is not None:
             await self._admin.stop()
+        if self._snapshotter is not None:
+            await self._snapshotter.stop()
         await self.store.close()
         logger.info("cloud service stopped")

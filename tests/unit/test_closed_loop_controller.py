@@ -1,0 +1,238 @@
+"""BandController with a real PolicyEngine and a real SQLite file, fed verdicts directly, on a fake clock.
+
+Edge scores of true objects come from U(0.4, 1.0), of false ones from U(0.0, 0.6); for targets 0.95
+the right band is [0.43, 0.578] (see test_policy_bands.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cloud.convert import CloudDetection, MinedReasonName, SampleInput
+from cloud.metrics import CloudMetrics
+from cloud.policy import PolicyEngine, PolicySettings, PolicySigner
+from cloud.policy.loop import BandController, ClosedLoopConfig
+from cloud.store.pairs import PairStore
+from protos import sample_pb2, verdict_pb2
+
+EDGE = "gw-1"
+BOX = (100.0, 100.0, 200.0, 300.0)
+RIGHT_LOW, RIGHT_HIGH = 0.43, 0.52 / 0.9
+FLEET = PolicySettings.model_validate({"mining": {"random_audit_rate": 0.2}})
+
+
+class Clock:
+    """Unix time the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def loop_config(**fields: Any) -> ClosedLoopConfig:
+    defaults: dict[str, Any] = {
+        "enabled": True,
+        "min_pairs": 200,
+        "min_audit_pairs": 10,
+        "window_pairs": 5000,
+        "evaluate_every_pairs": 1_000_000,  # evaluated by hand unless a test says otherwise
+        "min_interval_s": 600,
+    }
+    return ClosedLoopConfig.model_validate(defaults | fields)
+
+
+@asynccontextmanager
+async def controller(
+    tmp_path: Path, clock: Clock, config: ClosedLoopConfig | None = None
+) -> AsyncIterator[tuple[BandController, PolicyEngine, CloudMetrics]]:
+    """An engine (state in tmp_path) and a started controller on tmp_path's SQLite file, closed on exit."""
+    metrics = CloudMetrics()
+    engine = PolicyEngine(PolicySigner.ephemeral(), tmp_path / "policy-state.json", metrics, fleet=FLEET)
+    config = config or loop_config()
+    store = PairStore(tmp_path / "verdicts.sqlite", config.window_pairs, config.history_per_key)
+    bands = BandController(config, engine, store, metrics.registry, clock=clock)
+    await bands.start()
+    engine.add_observer(bands.observe)
+    try:
+        yield bands, engine, metrics
+    finally:
+        await bands.close()
+
+
+def observe(engine: PolicyEngine, score: float, truth: bool, reason: MinedReasonName, label: str = "person") -> None:
+    """One verdict on a one-detection sample: the cloud finds the object exactly when it is true."""
+    sample = SampleInput(
+        sample_id=f"s-{random.random()}",
+        edge_id=EDGE,
+        camera_id="cam0",
+        frame_seq=1,
+        captured_at=0.0,
+        image=np.zeros((8, 8, 3), dtype=np.uint8),
+        crop=None,
+        frame_size=(640, 480),
+        detections=(CloudDetection(label, 0, score, BOX),),
+        mined_reason=reason,
+        priority=0.5,
+        trace_id="t",
+    )
+    found = [sample_pb2.Detection(label=label, score=0.9, box=sample_pb2.Box(x1=100, y1=100, x2=200, y2=300))]
+    decision = verdict_pb2.DECISION_CONFIRMED if truth else verdict_pb2.DECISION_REJECTED
+    engine.observe(sample, verdict_pb2.Verdict(decision=decision, detections=found if truth else []))
+
+
+def edge_traffic(
+    engine: PolicyEngine,
+    rng: random.Random,
+    count: int,
+    band: tuple[float, float] = (0.25, 0.6),
+    true_scores: tuple[float, float] = (0.4, 1.0),
+) -> int:
+    """`count` true and `count` false objects, mixed, as an edge with `band` and audit rate 0.2 sends them.
+
+    Returns how many pairs were sent.
+    """
+    sent = 0
+    truths = [True] * count + [False] * count
+    rng.shuffle(truths)
+    for truth in truths:
+        score = rng.uniform(*true_scores) if truth else rng.uniform(0.0, 0.6)
+        if band[0] <= score <= band[1]:
+            observe(engine, score, truth, "uncertainty_band")
+        elif rng.random() < 0.2:
+            observe(engine, score, truth, "random_audit")
+        else:
+            continue
+        sent += 1
+    return sent
+
+
+def band_of(engine: PolicyEngine, label: str = "person") -> tuple[float, float]:
+    mining = engine.effective(EDGE)[0].mining
+    band = mining.bands.get(label, mining.default_band)
+    return band.low, band.high
+
+
+async def test_a_band_moves_to_the_right_place_under_a_new_policy_version(tmp_path: Path) -> None:
+    async with controller(tmp_path, Clock()) as (bands, engine, metrics):
+        before = engine.version_for(EDGE)
+        edge_traffic(engine, random.Random(1), 4000)
+        version = await bands.evaluate(EDGE)
+        assert version is not None and version > before
+        assert engine.version_for(EDGE) == version
+        low, high = band_of(engine)
+        assert low == pytest.approx(RIGHT_LOW, abs=0.02)
+        assert high == pytest.approx(RIGHT_HIGH, abs=0.02)
+        assert band_of(engine, "car") == (0.25, 0.6)  # a class without pairs keeps the fleet band
+        labels = {"edge_id": EDGE, "label": "person"}
+        assert metrics.registry.get_sample_value("edgeglm_cloud_band_moves_total", labels) == 1
+        assert metrics.registry.get_sample_value("edgeglm_cloud_band_low", labels) == low
+        shown = bands.snapshot()["edges"][EDGE]["person"]
+        assert shown["band"] == {"low": low, "high": high}
+        assert shown["recall"] == pytest.approx(0.95, abs=0.01)
+        assert [(h["low"], h["high"], h["version"]) for h in shown["history"]] == [(low, high, version)]
+        assert "recall" in shown["history"][0]["reason"] and "upload" in shown["history"][0]["reason"]
+
+
+async def test_nothing_moves_before_min_pairs_nor_within_min_interval(tmp_path: Path) -> None:
+    clock = Clock()
+    async with controller(tmp_path, clock, loop_config(min_pairs=1000)) as (bands, engine, _):
+        rng = random.Random(2)
+        sent = edge_traffic(engine, rng, 500)
+        assert sent < 1000
+        assert await bands.evaluate(EDGE) is None
+        assert band_of(engine) == (0.25, 0.6)
+        edge_traffic(engine, rng, 3000)
+        first = await bands.evaluate(EDGE)
+        assert first is not None
+        moved = band_of(engine)
+        # The edge's model changed: true objects now score 0.6 and up, low should follow them up,
+        # but not within 600 s of the last move.
+        edge_traffic(engine, rng, 6000, band=moved, true_scores=(0.6, 1.0))
+        clock.now += 599
+        assert await bands.evaluate(EDGE) is None
+        assert band_of(engine) == moved
+        clock.now += 2
+        assert await bands.evaluate(EDGE) is not None
+        assert band_of(engine)[0] > moved[0] + 0.1  # the window still holds pairs from before the change
+
+
+async def test_every_n_pairs_the_task_evaluates_by_itself(tmp_path: Path) -> None:
+    config = loop_config(evaluate_every_pairs=500, min_interval_s=0)
+    async with controller(tmp_path, Clock(), config) as (_, engine, _):
+        before = engine.version_for(EDGE)
+        edge_traffic(engine, random.Random(3), 4000)
+        for _ in range(200):  # bounded wait for the controller's task (its work runs in a thread)
+            if engine.version_for(EDGE) > before:
+                break
+            await asyncio.sleep(0.05)
+        assert engine.version_for(EDGE) > before
+        assert band_of(engine) != (0.25, 0.6)
+
+
+async def test_unsure_verdicts_and_audits_of_unknown_rate_give_no_pairs(tmp_path: Path) -> None:
+    async with controller(tmp_path, Clock()) as (bands, engine, metrics):
+        sample = SampleInput(
+            sample_id="s-unsure",
+            edge_id=EDGE,
+            camera_id="cam0",
+            frame_seq=1,
+            captured_at=0.0,
+            image=np.zeros((8, 8, 3), dtype=np.uint8),
+            crop=None,
+            frame_size=(640, 480),
+            detections=(CloudDetection("person", 0, 0.5, BOX),),
+            mined_reason="uncertainty_band",
+            priority=0.5,
+            trace_id="t",
+        )
+        engine.observe(sample, verdict_pb2.Verdict(decision=verdict_pb2.DECISION_UNSURE))
+        await engine.set_edge(EDGE, {"mining": {"random_audit_enabled": False}})
+        observe(engine, 0.9, True, "random_audit")
+        assert bands.snapshot()["edges"] == {}
+        dropped = "edgeglm_cloud_closed_loop_pairs_dropped_total"
+        assert metrics.registry.get_sample_value(dropped, {"reason": "unsure"}) == 1
+        assert metrics.registry.get_sample_value(dropped, {"reason": "no_audit_rate"}) == 1
+
+
+async def test_the_window_and_the_bands_survive_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    config = loop_config(window_pairs=1500, min_audit_pairs=5)
+    async with controller(tmp_path, clock, config) as (bands, engine, _):
+        edge_traffic(engine, random.Random(4), 3000)
+        assert await bands.evaluate(EDGE) is not None
+        moved, version = band_of(engine), engine.version_for(EDGE)
+        window = bands.snapshot()["edges"][EDGE]["person"]
+    assert window["pairs"] == 1500
+    assert await PairStore(tmp_path / "verdicts.sqlite", 1500).count_pairs() == 1500  # bounded per key
+    clock.now += 60
+    async with controller(tmp_path, clock, config) as (bands, engine, _):
+        assert band_of(engine) == moved  # published again: the engine itself keeps only cloud.yaml's settings
+        assert engine.version_for(EDGE) > version
+        again = bands.snapshot()["edges"][EDGE]["person"]
+        assert (again["pairs"], again["audit_pairs"], again["confirmed_pairs"]) == (
+            window["pairs"],
+            window["audit_pairs"],
+            window["confirmed_pairs"],
+        )
+        assert [h["version"] for h in again["history"]] == [h["version"] for h in window["history"]]
+        assert await bands.evaluate(EDGE) is None  # min_interval_s counts from the move before the restart
+
+
+async def test_pairs_older_than_the_window_age_leave_it(tmp_path: Path) -> None:
+    clock = Clock()
+    async with controller(tmp_path, clock, loop_config(window_age_s=3600)) as (bands, engine, _):
+        edge_traffic(engine, random.Random(5), 300)
+        assert bands.snapshot()["edges"][EDGE]["person"]["pairs"] > 0
+        clock.now += 3601
+        assert bands.snapshot()["edges"][EDGE]["person"]["pairs"] == 0
+        assert await bands.evaluate(EDGE) is None
