@@ -1,0 +1,145 @@
+"""Policy routes: read the layers and their history, set or remove a layer (YAML or JSON bodies).
+
+The writing routes are served twice: under /api (what the dashboard and new tools use) and at their
+first paths (/policies/...), which `edgeglm-cloud policy set` and existing scripts use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import yaml
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+
+from cloud.api.recorder import policy_reason
+from cloud.api.state import AdminState, require_store
+from cloud.policy import PolicyValidationError
+
+MAX_POLICY_BYTES = 1 << 20
+MAX_REASON_CHARS = 500
+ReasonQuery = Query("", max_length=MAX_REASON_CHARS, description="Why: kept in the policy history.")
+
+
+def _invalid(err: PolicyValidationError) -> JSONResponse:
+    detail = [{"loc": path, "msg": message} for path, message in err.problems]
+    return JSONResponse(status_code=422, content={"error": str(err), "detail": detail})
+
+
+async def _settings_body(request: Request, state: AdminState, where: str) -> Any:
+    """The request body parsed as YAML/JSON; PolicyValidationError (counted) when it is not a policy document."""
+    body = await request.body()
+    if len(body) > MAX_POLICY_BYTES:
+        state.metrics.policies_rejected.inc()
+        raise PolicyValidationError(where, [("(body)", f"{len(body)} bytes is above the limit {MAX_POLICY_BYTES}")])
+    try:
+        return yaml.safe_load(body) if body.strip() else {}
+    except yaml.YAMLError as err:
+        state.metrics.policies_rejected.inc()
+        raise PolicyValidationError(where, [("(body)", f"not valid YAML or JSON: {err}")]) from err
+
+
+async def _publish(
+    request: Request,
+    state: AdminState,
+    where: str,
+    reason: str,
+    set_layer: Callable[[Any], Awaitable[int]],
+    scope: str,
+    scope_id: str,
+) -> JSONResponse:
+    stated = f"{request.method} {request.url.path}" + (f": {reason}" if reason else "")
+    try:
+        body = await _settings_body(request, state, where)
+        with policy_reason(stated):
+            version = await set_layer(body)
+    except PolicyValidationError as err:
+        return _invalid(err)
+    return JSONResponse({"version": version, "scope": scope, "scope_id": scope_id})
+
+
+def _writing_routes(state: AdminState) -> APIRouter:
+    router = APIRouter()
+    policy = state.policy
+
+    @router.put("/policies/fleet")
+    async def put_fleet(request: Request, reason: str = ReasonQuery) -> JSONResponse:
+        """Replace the fleet policy (YAML or JSON settings); 422 names each invalid field."""
+        return await _publish(request, state, "fleet policy", reason, policy.set_fleet, "fleet", "")
+
+    @router.put("/policies/sites/{site_id}")
+    async def put_site(site_id: str, request: Request, reason: str = ReasonQuery) -> JSONResponse:
+        """Set a site's override: only the fields given differ from the fleet policy."""
+
+        async def set_site(body: Any) -> int:
+            return await policy.set_site(site_id, body)
+
+        return await _publish(request, state, f"site {site_id} override", reason, set_site, "site", site_id)
+
+    @router.put("/policies/edges/{edge_id}")
+    async def put_edge(edge_id: str, request: Request, reason: str = ReasonQuery) -> JSONResponse:
+        """Set an edge's override: only the fields given differ from its site's and the fleet policy."""
+
+        async def set_edge(body: Any) -> int:
+            return await policy.set_edge(edge_id, body)
+
+        return await _publish(request, state, f"edge {edge_id} override", reason, set_edge, "edge", edge_id)
+
+    @router.delete("/policies/edges/{edge_id}")
+    async def delete_edge(edge_id: str, request: Request, reason: str = ReasonQuery) -> JSONResponse:
+        """Remove an edge's override; the edge gets its site's or the fleet policy under a new version."""
+        with policy_reason(f"DELETE {request.url.path}" + (f": {reason}" if reason else "")):
+            version = await policy.clear_override("edge", edge_id)
+        return JSONResponse({"version": version, "scope": "fleet", "scope_id": ""})
+
+    @router.delete("/policies/sites/{site_id}")
+    async def delete_site(site_id: str, request: Request, reason: str = ReasonQuery) -> JSONResponse:
+        """Remove a site's override; its edges get the fleet policy (or their own override) under a new version."""
+        with policy_reason(f"DELETE {request.url.path}" + (f": {reason}" if reason else "")):
+            version = await policy.clear_override("site", site_id)
+        return JSONResponse({"version": version, "scope": "fleet", "scope_id": ""})
+
+    return router
+
+
+def _reading_routes(state: AdminState) -> APIRouter:
+    router = APIRouter(prefix="/api")
+
+    @router.get("/policies")
+    async def policies(
+        limit: int = Query(50, ge=1, le=500, description="History entries per page."),
+        before_version: int | None = Query(None, ge=1, description="History page: versions below this one."),
+    ) -> dict[str, Any]:
+        """The layers in force (fleet, sites, edges) and the published versions, newest first."""
+        history = await require_store(state).list_policies(limit, before_version)
+        more = len(history) == limit and history[-1].version > 1
+        return {
+            "current": state.policy.snapshot(),
+            "history": [record.to_json() for record in history],
+            "next_before_version": history[-1].version if more else None,
+        }
+
+    @router.get("/policies/{version}")
+    async def policy_version(version: int) -> dict[str, Any]:
+        """One published version: the layer it changed, its settings, when and why."""
+        record = await require_store(state).get_policy(version)
+        if record is None:
+            raise HTTPException(404, f"policy version {version} is not in the history")
+        return record.to_json()
+
+    return router
+
+
+def add_policy_routes(app: FastAPI, state: AdminState) -> None:
+    """The policy routes, writing ones at /api/policies/... and /policies/..., reading ones under /api."""
+
+    @app.get("/policies", tags=["policies"])
+    async def legacy_policies() -> dict[str, Any]:
+        """The fleet policy, every site and edge override, and the newest version."""
+        return state.policy.snapshot()
+
+    writing = _writing_routes(state)
+    app.include_router(_reading_routes(state), tags=["policies"])
+    app.include_router(writing, prefix="/api", tags=["policies"])
+    app.include_router(writing, tags=["policies (first paths)"])
