@@ -34,7 +34,9 @@ def mode_policy(mode: ModeName, scenario: Scenario) -> dict[str, Any]:
     """The fleet policy settings (cloud.yaml `policy.fleet`) of one mode."""
     policy = scenario.policy
     base = scenario.baselines
-    sure = {"low": base.local_threshold, "high": base.local_threshold}
+    # Boxes below the edgeglm band's low are noise to every mode (Sedna's detector threshold); above the
+    # baselines' local threshold the edge is sure.
+    sure = {"low": min(policy.band_low, base.local_threshold), "high": base.local_threshold}
     uplink: dict[str, Any] = {
         "image_mode": policy.image_mode,
         "jpeg_quality": policy.jpeg_quality,

@@ -1,0 +1,154 @@
+"""The harness's figures and report on a hand-made run whose right answers are known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sim.fleet.summary import CameraRun
+from sim.harness.measure import accuracy, fill_ratios, measure_mode, percentiles
+from sim.harness.report import band_series, verdict, write_report
+from sim.harness.run import ModeRun
+from sim.scenarios.spec import SCENARIOS_DIR, load_scenario
+
+
+def _clip(folder: Path) -> Path:
+    """Frames 0-9: a person in 2-5, a cat in 6-8; the person is watched."""
+    folder.mkdir(parents=True)
+    lines = []
+    for frame in range(10):
+        objects = []
+        if 2 <= frame <= 5:
+            objects.append({"label": "person", "class_id": 0, "box": [0, 0, 10, 10]})
+        if 6 <= frame <= 8:
+            objects.append({"label": "cat", "class_id": 3, "box": [0, 0, 10, 10]})
+        lines.append(json.dumps({"frame": frame, "objects": objects}))
+    (folder / "gt.jsonl").write_text("\n".join(lines) + "\n")
+    events = [
+        {"label": "person", "watched": True, "start_frame": 2, "end_frame": 5},
+        {"label": "cat", "watched": False, "start_frame": 6, "end_frame": 8},
+    ]
+    (folder / "events.json").write_text(json.dumps(events))
+    return folder
+
+
+def _events(folder: Path, edge: str, records: list[tuple[str, int]]) -> None:
+    (folder / "edges" / edge).mkdir(parents=True, exist_ok=True)
+    lines = [
+        json.dumps({"type": "detection", "camera_id": "cam0", "label": label, "frame_seq": frame})
+        for label, frame in records
+    ]
+    (folder / "edges" / edge / "events.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_recall_and_precision_count_against_ground_truth(tmp_path: Path) -> None:
+    camera = CameraRun("e-0", "cam0", _clip(tmp_path / "clip"))
+    mode = tmp_path / "mode"
+    # The person is found (frame 3), the cat is not; one false cat at frame 1.
+    _events(mode, "e-0", [("person", 3), ("cat", 1), ("person", 4)])
+    figures = accuracy([camera], mode)
+    assert figures["event_recall"] == pytest.approx(0.5)
+    assert figures["watched_recall"] == pytest.approx(1.0)
+    assert figures["event_precision"] == pytest.approx(2 / 3)
+
+
+def test_percentiles_and_ratios() -> None:
+    assert percentiles([]) == {"p50": None, "p95": None, "p99": None}
+    assert percentiles([float(v) for v in range(1, 101)])["p50"] == pytest.approx(50.5)
+    modes: dict[str, dict[str, Any]] = {"cloud_only": {"uplink_bytes": 1000}, "edgeglm": {"uplink_bytes": 40}}
+    assert fill_ratios(modes, 5000) == "cloud_only measured"
+    assert modes["edgeglm"]["uplink_ratio"] == pytest.approx(0.04)
+    only: dict[str, dict[str, Any]] = {"edgeglm": {"uplink_bytes": 50}}
+    assert "estimate" in fill_ratios(only, 5000)
+    assert only["edgeglm"]["uplink_ratio"] == pytest.approx(0.01)
+
+
+def _run(tmp_path: Path, mode: str, sent: int, up: int, records: list[tuple[str, int]]) -> ModeRun:
+    folder = tmp_path / "modes" / mode
+    _events(folder, "e-0", records)
+    summary = {
+        "frames_read": 10,
+        "frames_detected": 10,
+        "samples_sent": sent,
+        "samples_mined": sent + 1,
+        "mined_by_reason": {"uncertainty_band": sent + 1},
+        "samples_unacknowledged": 1,
+        "verdicts": sent,
+        "verdicts_unmatched": 0,
+        "uplink_bytes": up - 100,
+        "policy_version": 3,
+        "verdict_latency_ms": [100.0 + i for i in range(sent)],
+        "local_latency_ms": [5.0] * 10,
+    }
+    stats = {"bytes_up": up, "bytes_down": 10, "up_series_bytes": [up // 2, up // 2], "down_series_bytes": [5, 5]}
+    history = [
+        {"t": 0.0, "policies": {"fleet": {"settings": {"mining": {"default_band": {"low": 0.25, "high": 0.6}}}}}},
+        {
+            "t": 2.0,
+            "policies": {
+                "fleet": {"settings": {"mining": {"default_band": {"low": 0.25, "high": 0.6}}}},
+                "edges": {"e-0": {"settings": {"mining": {"bands": {"person": {"low": 0.4, "high": 0.7}}}}}},
+            },
+        },
+    ]
+    return ModeRun(
+        mode=mode,  # type: ignore[arg-type]
+        folder=folder,
+        started_at=0.0,
+        wall_s=12.0,
+        edge_summaries={"e-0": summary},
+        link_stats={"e-0": stats},
+        cloud_metrics={"model_seconds": 3.6},
+        cloud_received={"e-0": sent},
+        band_history=history if mode == "edgeglm" else [],
+    )
+
+
+def test_report_files_table_and_verdict(tmp_path: Path) -> None:
+    scenario = load_scenario(SCENARIOS_DIR / "demo.yaml")
+    camera = CameraRun("e-0", "cam0", _clip(tmp_path / "clip"))
+    runs = {
+        "cloud_only": _run(tmp_path, "cloud_only", 10, 100_000, [("person", 3), ("cat", 7)]),
+        "sedna_ibt": _run(tmp_path, "sedna_ibt", 3, 9_000, [("person", 3)]),
+        "edgeglm": _run(tmp_path, "edgeglm", 2, 4_000, [("person", 3), ("cat", 7)]),
+    }
+    figures = {mode: measure_mode(run, [camera], scenario, frames=10) for mode, run in runs.items()}
+    assert figures["edgeglm"]["samples_lost"] == 0  # mined 3 = received 2 + 1 still in the outbox
+    assert figures["edgeglm"]["cloud_model_seconds"] == pytest.approx(3.6)
+    # 3.6 model-seconds at 2.5 $/GPU-hour plus 4 kB at 0.5 $/GB, over 10 frames, per 1,000 frames.
+    expected = (3.6 / 3600 * 2.5 + 4_000 / 1e9 * 0.5) / 10 * 1000
+    assert figures["edgeglm"]["cost_per_1000_frames_usd"] == pytest.approx(expected, rel=1e-3)
+    basis = fill_ratios(figures, 1)
+    meta = {"link_mode": "inproc", "edges": 1, "cameras": 1, "frames": 10, "ratio_basis": basis}
+    report = write_report(tmp_path, scenario, figures, runs, meta)
+    written = json.loads((tmp_path / "report.json").read_text())
+    assert written["modes"]["edgeglm"]["uplink_ratio"] == pytest.approx(0.04)
+    assert set(written["modes"]) == {"cloud_only", "sedna_ibt", "edgeglm"}
+    for name in ("bandwidth_vs_recall.png", "latency_cdf.png", "uplink_over_time.png", "policy_band.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| edgeglm |" in markdown and "4.0 %" in markdown
+    assert "4.0 % of the bytes" in report["verdict"]
+    assert "fewer bytes at equal or better recall" in report["verdict"]
+    assert band_series(runs["edgeglm"])["e-0/person"] == [(2.0, 0.4, 0.7)]
+
+
+def test_verdict_says_when_edgeglm_loses() -> None:
+    base: dict[str, Any] = {
+        "uplink_ratio": 0.5,
+        "event_recall": 0.5,
+        "event_precision": 0.9,
+        "samples_lost": 2,
+        "verdict_latency_ms": {"p50": None},
+        "local_latency_ms": {"p50": 3.0},
+    }
+    modes = {
+        "edgeglm": {**base, "uplink_bytes": 500},
+        "sedna_ibt": {**base, "uplink_bytes": 100, "event_recall": 0.8},
+    }
+    text = verdict(modes)
+    assert "more bytes and lower recall" in text
+    assert "4 mined samples were lost" in text
