@@ -1,0 +1,151 @@
+"""The netns link emulator: a real client process in the edge's namespace, tc for rate, nftables for loss and outages.
+
+Needs root, iproute2 and nftables (`make netns-tools`); skipped with the reason otherwise, failed on CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sim.link import LinkProfile, Outage, make_emulator, netns_available
+from sim.link.netns import BRIDGE, eglm_namespaces, run
+from tests.helpers.link_servers import pattern, sink_server
+
+pytestmark = pytest.mark.slow
+
+# The edge side of each test: a plain Python client in the namespace (argv: host port size [count interval]).
+SEND_PATTERN = """
+import socket, sys, time
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+count, interval = (int(sys.argv[4]), float(sys.argv[5])) if len(sys.argv) > 4 else (1, 0.0)
+block = bytes(range(251)) * (size // 251 + 1)
+data = block[:size]
+s = socket.create_connection((host, port), timeout=20)
+for i in range(count):
+    s.sendall(data[i * size // count:(i + 1) * size // count])
+    time.sleep(interval)
+s.shutdown(socket.SHUT_WR)
+s.recv(1)
+s.close()
+"""
+
+
+@pytest.fixture(autouse=True)
+def _netns_or_skip() -> None:
+    ok, reason = netns_available()
+    if ok:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"netns link tests cannot run on CI: {reason}")
+    pytest.skip(reason)
+
+
+@contextlib.asynccontextmanager
+async def edge_process(
+    prefix: list[str], address: tuple[str, int], *args: object
+) -> AsyncIterator[asyncio.Future[int]]:
+    """The client started with the link's command prefix; yields its exit code as a future; killed if still running."""
+    process = await asyncio.create_subprocess_exec(
+        *prefix, sys.executable, "-c", SEND_PATTERN, address[0], str(address[1]), *map(str, args)
+    )
+    waiter = asyncio.ensure_future(process.wait())
+    try:
+        yield waiter
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await waiter
+
+
+def assert_nothing_left() -> None:
+    assert eglm_namespaces() == []
+    assert f"{BRIDGE}:" not in run(["ip", "-o", "link", "show"])
+
+
+async def test_netns_rate_limit_holds_within_fifteen_percent(tmp_path: Path) -> None:
+    size = 400_000
+    async with sink_server() as sink, make_emulator("netns", tmp_path) as emulator:
+        link = await emulator.add_edge("edge-1", LinkProfile(up_kbit=1000.0), {"grpc": ("127.0.0.1", sink.port)})
+        assert link.command_prefix[:3] == ["ip", "netns", "exec"]
+        emulator.start_clock()
+        async with edge_process(link.command_prefix, link.addresses["grpc"], size) as exit_code:
+            assert await asyncio.wait_for(exit_code, 15.0) == 0
+        stats = link.stats()
+    assert_nothing_left()
+    assert bytes(sink.connections[0].data) == pattern(size)
+    assert stats.mode == "netns"
+    assert stats.bytes_up == size
+    assert stats.up_active_s is not None
+    first, last = stats.up_active_s
+    # 1000 kbit/s of payload = 125,000 bytes/s, on the proxy's own delivery times.
+    assert size / (last - first) == pytest.approx(125_000, rel=0.15)
+    assert stats.segments > size // 1448
+
+
+async def test_netns_outage_blocks_traffic_then_releases_all_of_it(tmp_path: Path) -> None:
+    window = Outage(start_s=1.0, duration_s=1.5)
+    size, messages = 70 * 1024, 70  # 1 KB every 50 ms for 3.5 s, across the window
+    async with sink_server() as sink, make_emulator("netns", tmp_path) as emulator:
+        profile = LinkProfile(up_kbit=2000.0, down_kbit=2000.0, rtt_ms=20.0, outages=[window])
+        link = await emulator.add_edge("edge-1", profile, {"grpc": ("127.0.0.1", sink.port)})
+        address = link.addresses["grpc"]
+        async with edge_process(link.command_prefix, address, size, messages, 0.05) as steady:
+            for _ in range(200):  # the steady sender is connected before t=0
+                if sink.connections:
+                    break
+                await asyncio.sleep(0.05)
+            assert sink.connections, "the edge process never connected"
+            emulator.start_clock()
+            t0 = emulator.clock.t0
+            assert t0 is not None
+            await asyncio.sleep(max(0.0, t0 + 1.3 - time.monotonic()))
+            async with edge_process(link.command_prefix, address, 5) as late:
+                assert await asyncio.wait_for(late, 15.0) == 0
+            assert await asyncio.wait_for(steady, 15.0) == 0
+        stats = link.stats()
+    assert_nothing_left()
+    first, second = sink.connections
+    inside = [(at, n) for at, n in first.arrivals if t0 + window.start_s + 0.1 <= at < t0 + window.end_s]
+    assert inside == []
+    assert bytes(first.data) == pattern(size)
+    assert any(at >= t0 + window.end_s for at, _ in first.arrivals)
+    # A connection opened inside the window gets through only after it (its SYNs were dropped).
+    assert second.connected_at >= t0 + window.end_s
+    assert bytes(second.data) == pattern(5)
+    assert stats.outages_applied == 1
+    assert stats.refused_during_outage >= 1
+    assert stats.outage_packets_dropped > stats.refused_during_outage
+
+
+async def test_netns_loss_is_counted_at_the_configured_rate_and_every_byte_arrives(tmp_path: Path) -> None:
+    size = 1_000_000
+    async with sink_server() as sink, make_emulator("netns", tmp_path) as emulator:
+        link = await emulator.add_edge("edge-1", LinkProfile(loss=0.05), {"grpc": ("127.0.0.1", sink.port)})
+        async with edge_process(link.command_prefix, link.addresses["grpc"], size) as exit_code:
+            assert await asyncio.wait_for(exit_code, 15.0) == 0
+        stats = link.stats()
+    assert_nothing_left()
+    assert hashlib.sha256(bytes(sink.connections[0].data)).digest() == hashlib.sha256(pattern(size)).digest()
+    tolerance = 4 * math.sqrt(stats.segments * 0.05 * 0.95)
+    assert stats.segments > size // 1448
+    assert abs(stats.segments_lost - 0.05 * stats.segments) <= tolerance
+
+
+async def test_netns_removes_a_crashed_runs_namespaces_at_start(tmp_path: Path) -> None:
+    run(["ip", "netns", "add", "eglm-99-crashed"])
+    try:
+        async with make_emulator("netns", tmp_path):
+            assert "eglm-99-crashed" not in eglm_namespaces()
+    finally:
+        run(["ip", "netns", "del", "eglm-99-crashed"], check=False)
+    assert_nothing_left()
