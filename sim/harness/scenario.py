@@ -83,10 +83,11 @@ async def _one(
 
 def _run_light(scenario: Scenario, out: Path, console: Console) -> dict[str, Any]:
     """fleet-1000: lightweight simulated edges against one cloud process (ingest capacity)."""
-    from sim.fleet.light import LightFleetConfig, run_fleet_1000
+    from sim.fleet.light_cloud import run_fleet_1000
+    from sim.fleet.light_config import Fleet1000Config
 
     assert scenario.light_fleet is not None
-    config = LightFleetConfig(**scenario.light_fleet.settings)
+    config = Fleet1000Config(**scenario.light_fleet.settings)
     result = run_fleet_1000(config, out, console)
     report = {"scenario": scenario.name, "kind": "light_fleet", "light_fleet": result}
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")

@@ -94,7 +94,9 @@ class CostSpec(_Section):
 class LightFleetSpec(_Section):
     """fleet-1000: lightweight simulated edges (no detector) against one cloud, for ingest capacity."""
 
-    settings: dict[str, Any] = Field(default_factory=dict, description="sim.fleet.light.LightFleetConfig fields.")
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="sim.fleet.light_config.Fleet1000Config fields: `fleet` and `cloud`."
+    )
 
 
 class Scenario(_Section):

@@ -127,3 +127,12 @@ def test_only_edgeglm_runs_the_closed_loop() -> None:
     scenario = _scenario()
     assert closed_loop("edgeglm", scenario) == dict(scenario.cloud.closed_loop)
     assert all(closed_loop(mode, scenario) is None for mode in ALL_MODES if mode != "edgeglm")
+
+
+def test_fleet_1000_describes_a_thousand_light_edges() -> None:
+    from sim.fleet.light_config import Fleet1000Config
+
+    scenario = load_scenario(SCENARIOS_DIR / "fleet-1000.yaml")
+    assert scenario.light_fleet is not None
+    config = Fleet1000Config(**scenario.light_fleet.settings)
+    assert config.fleet.edges == 1000
