@@ -143,7 +143,11 @@ class BandController:
                  "band": {"low": 0.25, "high": 0.6},        # in force for the edge now
                  "pairs": 812, "audit_pairs": 31, "confirmed_pairs": 404,   # the window now
                  "recall": 0.97 | None, "precision": 0.99, "upload": 0.41,  # of that band on the window
-                 "last_evaluation": None | {"at": unix_s, "target": None | {"low", "high"}, "why": str},
+                 "last_evaluation": None | {         # the last time the controller looked at the class
+                     "at": unix_s, "band": {"low", "high"},        # the band it found in force
+                     "recall", "precision", "upload",              # that band's estimates then
+                     "target": None | {"low", "high"},             # the optimum then (None: undecidable)
+                     "why": str},                                  # the move, or why it held
                  "history": [{"at": unix_s, "low", "high", "version": int, "reason": str}, ...],  # oldest first
              }}}}
 
@@ -332,5 +336,14 @@ class BandController:
 
 
 def _evaluation_json(at: float, plan: BandPlan) -> dict[str, Any]:
+    now = plan.current
     target = None if plan.target is None else {"low": plan.target[0], "high": plan.target[1]}
-    return {"at": at, "target": target, "why": plan.why}
+    return {
+        "at": at,
+        "band": {"low": now.low, "high": now.high},
+        "recall": now.recall,
+        "precision": now.precision,
+        "upload": now.upload,
+        "target": target,
+        "why": plan.why,
+    }
