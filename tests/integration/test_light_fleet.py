@@ -7,14 +7,18 @@ oracle must look ground truth up by edge and camera to judge right.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
+import yaml
+from rich.console import Console
 
 from cloud.backends import OracleBackendConfig
 from sim.fleet.light import RESULT_FILE, run_light_fleet
-from sim.fleet.light_config import LightFleetConfig
+from sim.fleet.light_cloud import run_fleet_1000
+from sim.fleet.light_config import Fleet1000Config, LightCloudConfig, LightFleetConfig
 from sim.fleet.light_samples import camera_clips, ensure_clips
 from tests.integration.test_cloud_server import counter, make_config, running
 
@@ -79,3 +83,19 @@ async def test_fifty_light_edges_get_every_verdict_once_and_right(tmp_path: Path
     written = json.loads((tmp_path / "out" / RESULT_FILE).read_text())
     assert written["samples_lost"] == 0
     assert written["verdicts_received"] == planned
+
+
+def test_the_fleet_runner_starts_a_cloud_process_and_reads_its_ingest_counters(tmp_path: Path) -> None:
+    fleet = FLEET.model_copy(update={"edges": 20, "samples_per_edge": 3, "edges_per_channel": 8, "generated_clips": 2})
+    config = Fleet1000Config(fleet=fleet, cloud=LightCloudConfig(oracle_delay_ms=5, oracle_jitter_ms=0))
+
+    summary = run_fleet_1000(config, tmp_path, Console(file=io.StringIO()))
+
+    assert (summary["samples_sent"], summary["verdicts_received"], summary["verdicts_correct"]) == (60, 60, 60)
+    assert (summary["samples_lost"], summary["samples_duplicated"]) == (0, 0)
+    assert summary["cloud"]["samples_received"] == 60
+    assert summary["cloud"]["ingest_rate_per_s"] > 0
+    cloud_yaml = yaml.safe_load((tmp_path / "config" / "cloud.yaml").read_text())
+    assert len(cloud_yaml["backend"]["ground_truth"]) == 20 * FLEET.cameras_per_edge
+    assert cloud_yaml["known_edges"] == []
+    assert "cloud service stopped" in (tmp_path / "logs" / "cloud.log").read_text()  # stopped in order, not killed
