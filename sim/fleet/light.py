@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -74,6 +75,7 @@ class LightFleetResult:
     decisions: dict[str, int]
     origins: dict[str, int]
     elapsed_s: float
+    client_cpu_s: float
     deadline_reached: bool
     wrong_examples: list[str]
     lost_examples: list[str]
@@ -148,6 +150,7 @@ async def run_light_fleet(
     configured or generated clip folders (each camera shows clips[(edge * cameras + camera) % len]).
     """
     started = time.monotonic()
+    cpu_before = time.process_time()
     deadline = started + config.deadline_s
     await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     folders = clips if clips else await asyncio.to_thread(ensure_clips, config, out_dir)
@@ -189,6 +192,7 @@ async def run_light_fleet(
     for edge in edges:
         edge.account_end()
     result = _result(config, tally, before, after, first_send, elapsed, time.monotonic() >= deadline)
+    result = dataclasses.replace(result, client_cpu_s=time.process_time() - cpu_before)
     await asyncio.to_thread((out_dir / RESULT_FILE).write_text, json.dumps(result.to_dict(), indent=1) + "\n")
     return result
 
@@ -258,6 +262,7 @@ def _result(
         decisions=dict(tally.decisions),
         origins=dict(tally.origins),
         elapsed_s=elapsed,
+        client_cpu_s=0.0,
         deadline_reached=deadline_reached,
         wrong_examples=tally.wrong_examples,
         lost_examples=tally.lost_examples,

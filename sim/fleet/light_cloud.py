@@ -8,6 +8,7 @@ so the run reads the cloud's own ingest counters from /metrics.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,16 @@ def light_cloud_yaml(
     }
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a running process has used, from /proc; None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # Fields after the command name start at field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_fleet_1000(config: Fleet1000Config, out_dir: Path, console: Console) -> dict[str, Any]:
     """Start the cloud process, run the lightweight fleet against it, stop it; returns the result dict.
 
@@ -89,9 +100,11 @@ def run_fleet_1000(config: Fleet1000Config, out_dir: Path, console: Console) -> 
         result = asyncio.run(run_light_fleet(fleet, target, out, progress=True, metrics_url=metrics, clips=clips))
         if cloud.poll() is not None:
             raise RuntimeError(f"the cloud exited with {cloud.returncode} during the run; see {log}")
+        cloud_cpu_s = process_cpu_s(cloud.pid)
     finally:
         stop_process(cloud, timeout=CLOUD_GRACE_S + 10)
     summary = result.to_dict()
+    summary["cloud_cpu_s"] = cloud_cpu_s
     summary["cloud_config"] = str(cloud_config)
     summary["cloud_log"] = str(log)
     return summary
