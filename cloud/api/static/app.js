@@ -7,6 +7,7 @@ const POLL_FLEET_MS = 3000;
 const POLL_POLICY_MS = 5000;
 const POLL_CHARTS_MS = 10000;
 const FEED_PAGE = 30;
+const SILENT_AFTER_S = 60;
 const PALETTE = ["#3f6fd8", "#1f9d63", "#d0453b", "#c98a12", "#8b5cf6", "#0e9aa7", "#db2777", "#65a30d"];
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -92,9 +93,10 @@ async function refreshHealth() {
 function edgeCard(edge) {
   const status = edge.status || {};
   const counters = status.counters || {};
-  let stateName = edge.state || "unspecified";
+  // The state the edge last reported, unless the cloud has not heard from it for a while.
+  let stateName = edge.state && edge.state !== "unspecified" ? edge.state : "online";
   if (!edge.live) stateName = "stale";
-  else if (stateName === "unspecified" && edge.connected) stateName = "online";
+  else if (!edge.connected && Date.now() / 1000 - edge.last_seen > SILENT_AFTER_S) stateName = "offline";
   const behind = edge.policy_version < edge.policy_version_current;
   return el("article", { class: "edge", "data-edge": edge.edge_id },
     el("div", { class: "edge-head" },
@@ -228,15 +230,21 @@ async function openDetail(sampleId) {
 
 // ------------------------------------------------------------------ charts
 
-function niceMax(value) {
-  if (value <= 0) return 1;
-  const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= value) return step * power;
+const TICKS = 4;
+
+// A round tick step covering `value` in TICKS steps (whole numbers when `whole`).
+function niceStep(value, whole) {
+  const raw = Math.max(value / TICKS, whole ? 1 : 1e-9);
+  const power = 10 ** Math.floor(Math.log10(raw));
+  for (const step of [1, 2, 2.5, 5, 10]) {
+    const candidate = step * power;
+    if (candidate >= raw && (!whole || Number.isInteger(candidate))) return candidate;
+  }
   return 10 * power;
 }
 
 // series: [{name, color, dash, points: [[t, y], ...]}]; draws lines over [since, until] on a 0-based y axis.
-function lineChart(target, series, since, until, format) {
+function lineChart(target, series, since, until, format, whole) {
   const width = target.clientWidth || 600;
   const height = target.clientHeight || 190;
   const pad = { left: 52, right: 10, top: 10, bottom: 34 };
@@ -244,17 +252,18 @@ function lineChart(target, series, since, until, format) {
   const h = height - pad.top - pad.bottom;
   target.setAttribute("viewBox", `0 0 ${width} ${height}`);
   target.replaceChildren();
-  const ymax = niceMax(Math.max(0, ...series.flatMap((s) => s.points.map((p) => p[1]))));
+  const ymax = TICKS * niceStep(Math.max(0, ...series.flatMap((s) => s.points.map((p) => p[1]))), whole);
   const x = (t) => pad.left + ((t - since) / Math.max(1, until - since)) * w;
   const y = (v) => pad.top + h - (v / ymax) * h;
-  for (let i = 0; i <= 4; i += 1) {
-    const value = (ymax * i) / 4;
+  for (let i = 0; i <= TICKS; i += 1) {
+    const value = (ymax * i) / TICKS;
     target.append(svg("line", { class: "grid", x1: pad.left, x2: pad.left + w, y1: y(value), y2: y(value) }),
       svg("text", { x: pad.left - 6, y: y(value) + 3, "text-anchor": "end" }, format(value)));
   }
-  for (let i = 0; i <= 4; i += 1) {
-    const t = since + ((until - since) * i) / 4;
-    target.append(svg("text", { x: x(t), y: pad.top + h + 14, "text-anchor": "middle" },
+  for (let i = 0; i <= TICKS; i += 1) {
+    const t = since + ((until - since) * i) / TICKS;
+    const anchor = i === 0 ? "start" : i === TICKS ? "end" : "middle";
+    target.append(svg("text", { x: x(t), y: pad.top + h + 14, "text-anchor": anchor },
       new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
   }
   target.append(svg("line", { class: "axis", x1: pad.left, x2: pad.left + w, y1: y(0), y2: y(0) }));
@@ -301,13 +310,13 @@ async function refreshCharts() {
   const uplinkSeries = Object.entries(uplink.series).map(([edge, rows]) => ({
     edge, name: edge, color: edgeColor(edge), points: filled(rows, "bytes", since, until, bucket),
   }));
-  lineChart($("chart-uplink"), uplinkSeries, since, until, bytes);
+  lineChart($("chart-uplink"), uplinkSeries, since, until, bytes, false);
   const dashes = { confirmed: "none", rejected: "6 3", unsure: "1.5 3" };
   const mixSeries = Object.entries(mix.series).flatMap(([edge, rows]) =>
     Object.entries(dashes).map(([decision, dash]) => ({
       edge, name: `${edge} ${decision}`, color: edgeColor(edge), dash, points: filled(rows, decision, since, until, bucket),
     })));
-  lineChart($("chart-verdicts"), mixSeries, since, until, (v) => (Number.isInteger(v) ? String(v) : v.toFixed(1)));
+  lineChart($("chart-verdicts"), mixSeries, since, until, (v) => String(Math.round(v)), true);
 }
 
 // ------------------------------------------------------------------ policy

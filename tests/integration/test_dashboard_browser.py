@@ -1,0 +1,73 @@
+"""The dashboard in a real browser: a running service judges a sample sent over gRPC, and headless
+chromium shows that verdict (sample id, edge, description and thumbnail), the edge and the policy
+history; a screenshot is saved under tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.helpers.browser import headless_chromium, require_chromium
+from tests.integration.test_admin_api_verdicts import admin_config, send
+from tests.integration.test_cloud_server import WAIT_S, busy_frames, make_clip, running
+
+PAGE_WAIT_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("clip") / "cam0")
+
+
+def read_dashboard(url: str, sample_id: str, profile: Path, screenshot: Path) -> dict[str, Any]:
+    """Open the dashboard, wait until the verdict is in the feed, and return what the page shows."""
+    with headless_chromium(profile) as browser:
+        browser.set_page_load_timeout(PAGE_WAIT_S)
+        browser.get(url)
+        wait = WebDriverWait(browser, PAGE_WAIT_S)
+        item = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, f'li.verdict[data-sample-id="{sample_id}"]'))
+        thumb = item.find_element(By.CSS_SELECTOR, "img.thumb")
+        wait.until(lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", thumb))
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#history tr"))
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#chart-uplink polyline"))
+        shown = {
+            "item": item.text,
+            "thumbnail_width": browser.execute_script("return arguments[0].naturalWidth", thumb),
+            "edges": [e.get_attribute("data-edge") for e in browser.find_elements(By.CSS_SELECTOR, "#edges .edge")],
+            "history": [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#history tr")],
+            "uplink_lines": len(browser.find_elements(By.CSS_SELECTOR, "#chart-uplink polyline")),
+            "errors": [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"],
+        }
+        browser.save_screenshot(str(screenshot))
+    return shown
+
+
+async def test_the_dashboard_shows_a_verdict_made_from_a_real_sample(tmp_path: Path, clip: Path) -> None:
+    require_chromium()
+    frames = busy_frames(clip)
+    screenshot = tmp_path / "dashboard.png"
+    async with running(admin_config(tmp_path, clip)) as service:
+        base = f"http://127.0.0.1:{service.admin_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=WAIT_S) as client:
+            reason = {"reason": "watch the loading bay"}
+            changed = await client.put("/api/policies/edges/gw-2", params=reason, content="uplink: {jpeg_quality: 60}")
+        await send(service, clip, "gw-2", frames[3:6], "bay")
+        (sample,) = await send(service, clip, "gw-1", frames[:1], "door")
+        # The browser is blocking: it runs in a thread while this loop serves its requests.
+        shown = await asyncio.to_thread(read_dashboard, base + "/", sample.sample_id, tmp_path / "profile", screenshot)
+
+    assert changed.status_code == 200
+    assert sample.sample_id in shown["item"]
+    assert "gw-1" in shown["item"] and "simulation oracle" in shown["item"] and "confirmed" in shown["item"]
+    assert shown["thumbnail_width"] == 160
+    assert shown["edges"] == ["gw-1", "gw-2"]
+    assert any("watch the loading bay" in row for row in shown["history"])
+    assert shown["uplink_lines"] == 2
+    assert shown["errors"] == []
+    assert screenshot.read_bytes().startswith(b"\x89PNG")
