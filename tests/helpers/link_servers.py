@@ -71,6 +71,24 @@ async def echo_server(host: str = "127.0.0.1") -> AsyncIterator[int]:
         yield server.sockets[0].getsockname()[1]
 
 
+@contextlib.asynccontextmanager
+async def source_server(payload: bytes, host: str = "127.0.0.1") -> AsyncIterator[int]:
+    """A server that writes `payload` to each connection and closes it; yields its port."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(payload)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
 def numbered(count: int) -> bytes:
     """`count` big-endian 32-bit sequence numbers: any reordering or loss shows."""
     return b"".join(struct.pack(">I", i) for i in range(count))

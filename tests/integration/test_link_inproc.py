@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sim.link import LinkProfile, LinkStats, Outage, make_emulator
-from tests.helpers.link_servers import echo_server, numbered, pattern, sink_server
+from tests.helpers.link_servers import echo_server, numbered, pattern, sink_server, source_server
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +50,25 @@ async def test_rate_limit_holds_within_fifteen_percent(tmp_path: Path) -> None:
     # 1000 kbit/s = 125,000 bytes/s, measured on the proxy's own delivery times.
     assert full_seconds_rate(stats.up_series_bytes) == pytest.approx(125_000, rel=0.15)
     assert stats.connections == 1
+
+
+async def test_down_rate_limit_holds_and_leaves_the_up_direction_alone(tmp_path: Path) -> None:
+    payload = pattern(300_000)
+    async with source_server(payload) as port, make_emulator("inproc", tmp_path) as emulator:
+        link = await emulator.add_edge("e1", LinkProfile(down_kbit=800.0), {"grpc": ("127.0.0.1", port)})
+        emulator.start_clock()
+        reader, writer = await asyncio.open_connection(*link.addresses["grpc"])
+        received = await asyncio.wait_for(reader.read(), 15.0)
+        writer.close()
+        stats = link.stats()
+    assert received == payload
+    assert (stats.bytes_down, stats.bytes_up) == (len(payload), 0)
+    assert stats.down_active_s is not None
+    first, last = stats.down_active_s
+    burst_bytes = LinkProfile().burst_bits(800.0) / 8
+    # 800 kbit/s = 100,000 bytes/s on the proxy's delivery times; the first burst leaves at once.
+    assert (len(payload) - burst_bytes) / (last - first) == pytest.approx(100_000, rel=0.15)
+    assert full_seconds_rate(stats.down_series_bytes) == pytest.approx(100_000, rel=0.15)
 
 
 async def test_two_upstreams_of_one_edge_share_its_rate(tmp_path: Path) -> None:
