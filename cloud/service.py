@@ -121,7 +121,12 @@ class CloudService:
         logger.info("gRPC on %s:%d (NOT_SERVING until the backend is loaded)", config.server.host, self.port)
         if config.admin.enabled:
             state = AdminState(
-                policy=self.policy, fleet=self.fleet, metrics=self.metrics, health=self.health, store=self.store
+                policy=self.policy,
+                fleet=self.fleet,
+                metrics=self.metrics,
+                health=self.health,
+                store=self.store,
+                closed_loop=self.bands,
             )
             self._admin = AdminServer(create_app(state), config.admin.host, config.admin.port)
             await self._admin.start()

@@ -50,6 +50,16 @@ def api_router(state: AdminState) -> APIRouter:
         stored = await require_store(state).latest_edge_snapshots()
         return _edges(state, [snapshot.record for snapshot in stored])
 
+    @router.get("/closed-loop", tags=["fleet"])
+    async def closed_loop() -> dict[str, Any]:
+        """The closed loop: targets and, per edge and class, the band, its estimates on the window, its moves.
+
+        `enabled` is false (and nothing else is given) when policy.closed_loop.enabled is false.
+        """
+        if state.closed_loop is None:
+            return {"enabled": False}
+        return {"enabled": True, **state.closed_loop.snapshot()}
+
     @router.get("/verdicts", tags=["verdicts"])
     async def verdicts(
         edge_id: str | None = Query(None, description="Only this edge's samples."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from fastapi import HTTPException
 
@@ -10,6 +11,13 @@ from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine
 from cloud.server import FleetStatus, Health
 from cloud.store import VerdictRepository
+
+
+class ClosedLoopView(Protocol):
+    """The closed-loop band controller as the admin API sees it."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The loop's targets and, per edge and class, band, window estimates and moves."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +29,7 @@ class AdminState:
     metrics: CloudMetrics
     health: Health
     store: VerdictRepository | None = None
+    closed_loop: ClosedLoopView | None = None  # None: policy.closed_loop is off
 
 
 def require_store(state: AdminState) -> VerdictRepository:

@@ -231,3 +231,28 @@ async def test_openapi_docs_and_dashboard_are_served_from_local_files(tmp_path: 
     assert page.status_code == 200 and '<script src="/static/app.js">' in page.text
     assert "https://" not in page.text and "https://" not in script.text and "https://" not in style.text
     assert script.status_code == 200 and "/api/verdicts" in script.text
+
+
+async def test_the_closed_loop_state_is_served_when_the_loop_is_on(tmp_path: Path, clip: Path) -> None:
+    frames = busy_frames(clip)[:2]
+    looped = make_config(
+        tmp_path / "on",
+        clip,
+        admin={"enabled": True, "host": "127.0.0.1", "port": 0},
+        policy={"closed_loop": {"enabled": True}},
+    )
+    async with running(admin_config(tmp_path / "off", clip)) as service, admin(service) as client:
+        off = await client.get("/api/closed-loop")
+    async with running(looped) as service:
+        await send(service, clip, "gw-1", frames, "s")
+        async with admin(service) as client:
+            on = (await client.get("/api/closed-loop")).json()
+
+    pairs: dict[str, int] = {}
+    for frame in frames:
+        for thing in truth(clip)[frame]:
+            pairs[thing["label"]] = pairs.get(thing["label"], 0) + 1
+    assert off.json() == {"enabled": False}
+    assert on["enabled"] is True
+    assert {label: entry["pairs"] for label, entry in on["edges"]["gw-1"].items()} == pairs
+    assert 0 < on["target_recall"] <= 1

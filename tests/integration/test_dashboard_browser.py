@@ -1,6 +1,6 @@
 """The dashboard in a real browser: a running service judges a sample sent over gRPC, and headless
-chromium shows that verdict (sample id, edge, description and thumbnail), the edge and the policy
-history; a screenshot is saved under tmp_path."""
+chromium shows that verdict (sample id, edge, description and thumbnail), the edges, the policy
+history and the closed loop's classes; a screenshot is saved under tmp_path."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.helpers.browser import headless_chromium, require_chromium
-from tests.integration.test_admin_api_verdicts import admin_config, send
-from tests.integration.test_cloud_server import WAIT_S, busy_frames, make_clip, running
+from tests.integration.test_admin_api_verdicts import send
+from tests.integration.test_cloud_server import WAIT_S, busy_frames, make_clip, make_config, running
 
 PAGE_WAIT_S = 30.0
 
@@ -36,14 +36,18 @@ def read_dashboard(url: str, sample_id: str, profile: Path, screenshot: Path) ->
         wait.until(lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", thumb))
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#history tr"))
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#chart-uplink polyline"))
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#loop-rows tr td.mono"))
         shown = {
             "item": item.text,
             "thumbnail_width": browser.execute_script("return arguments[0].naturalWidth", thumb),
             "edges": [e.get_attribute("data-edge") for e in browser.find_elements(By.CSS_SELECTOR, "#edges .edge")],
             "history": [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#history tr")],
             "uplink_lines": len(browser.find_elements(By.CSS_SELECTOR, "#chart-uplink polyline")),
+            "loop_edges": {r.text.split()[0] for r in browser.find_elements(By.CSS_SELECTOR, "#loop-rows tr")},
             "errors": [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"],
         }
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1440, int(height) + 160)  # the whole page in one picture
         browser.save_screenshot(str(screenshot))
     return shown
 
@@ -52,7 +56,8 @@ async def test_the_dashboard_shows_a_verdict_made_from_a_real_sample(tmp_path: P
     require_chromium()
     frames = busy_frames(clip)
     screenshot = tmp_path / "dashboard.png"
-    async with running(admin_config(tmp_path, clip)) as service:
+    admin = {"enabled": True, "host": "127.0.0.1", "port": 0}
+    async with running(make_config(tmp_path, clip, admin=admin, policy={"closed_loop": {"enabled": True}})) as service:
         base = f"http://127.0.0.1:{service.admin_port}"
         async with httpx.AsyncClient(base_url=base, timeout=WAIT_S) as client:
             reason = {"reason": "watch the loading bay"}
@@ -69,5 +74,6 @@ async def test_the_dashboard_shows_a_verdict_made_from_a_real_sample(tmp_path: P
     assert shown["edges"] == ["gw-1", "gw-2"]
     assert any("watch the loading bay" in row for row in shown["history"])
     assert shown["uplink_lines"] == 2
+    assert shown["loop_edges"] == {"gw-1", "gw-2"}
     assert shown["errors"] == []
     assert screenshot.read_bytes().startswith(b"\x89PNG")

@@ -359,6 +359,30 @@ function showHistory(record) {
   });
 }
 
+// ------------------------------------------------------------------ closed loop (when the service runs it)
+
+function ratio(value) { return value === null || value === undefined ? "–" : `${(value * 100).toFixed(1)}%`; }
+
+async function refreshLoop() {
+  const loop = await api("/api/closed-loop");
+  $("loop").hidden = !loop.enabled;
+  if (!loop.enabled) return;
+  $("loop-targets").textContent = `(targets: recall ${ratio(loop.target_recall)}, precision ${ratio(loop.target_precision)})`;
+  const rows = [];
+  for (const [edge, classes] of Object.entries(loop.edges)) {
+    for (const [label, entry] of Object.entries(classes)) {
+      const last = entry.last_evaluation;
+      rows.push(el("tr", {},
+        el("td", { style: `color:${edgeColor(edge)}` }, edge), el("td", {}, label),
+        el("td", { class: "mono" }, `${entry.band.low.toFixed(2)}–${entry.band.high.toFixed(2)}`),
+        el("td", {}, `${count(entry.pairs)} (${count(entry.audit_pairs)} audit)`),
+        el("td", {}, ratio(entry.recall)), el("td", {}, ratio(entry.precision)), el("td", {}, ratio(entry.upload)),
+        el("td", { class: "reason", title: last ? last.why : "" }, last ? `${ago(last.at)}: ${last.why}` : "not yet")));
+    }
+  }
+  $("loop-rows").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 8, class: "empty" }, "No pair yet."))]));
+}
+
 // ------------------------------------------------------------------ polling
 
 function every(ms, task) {
@@ -378,5 +402,5 @@ window.addEventListener("resize", () => { clearTimeout(state.resizeTimer); state
 
 every(POLL_FLEET_MS, async () => { await refreshHealth(); await refreshFleet(); });
 every(POLL_FEED_MS, refreshFeed);
-every(POLL_POLICY_MS, refreshPolicy);
+every(POLL_POLICY_MS, async () => { await refreshPolicy(); await refreshLoop(); });
 every(POLL_CHARTS_MS, refreshCharts);
