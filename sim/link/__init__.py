@@ -22,9 +22,16 @@ Modes, same `LinkProfile`:
   outages by nftables in the edge's namespace, delay and jitter by the same proxy listening on
   10.199.0.1. Start the edge with `command_prefix` (`ip netns exec <ns>`). One netns emulator runs
   at a time on a machine (a lock file); it removes a crashed run's `eglm-*` leftovers at start and
-  everything it made at exit. Rates there count Ethernet frames, so payload goodput is ~4 % below.
+  everything it made at exit. tbf runs at rate x 1514/1448 so that full-size segments carry the
+  profile's rate in TCP payload, as in inproc mode. `segments` / `segments_lost` are then kernel
+  packets (GSO is off on the veth) and `refused_during_outage` counts SYNs dropped in a window.
 
-`LinkStats.up_series_bytes` / `down_series_bytes` are bytes delivered per second since
+Rates are TCP payload in kbit/s (1000 bit/s). The inproc shaper lives in a Python thread: a stall of
+that thread longer than the bucket depth (20 ms by default) is capacity lost, so on a loaded machine
+its goodput can fall a few percent below the rate at high rates (`python -m bench.link` measures it).
+
+`EdgeLink.edge_host` is where the harness reaches a port the edge listens on (its namespace address in
+netns mode). `LinkStats.up_series_bytes` / `down_series_bytes` are bytes delivered per second since
 start_clock(); at exit the emulator writes every link's stats to `workdir/link_stats.json`.
 """
 

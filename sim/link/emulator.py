@@ -95,12 +95,20 @@ class EdgeLink:
     """Where an edge connects instead of its upstreams, how to start it, and what crossed its link."""
 
     def __init__(
-        self, edge_id: str, addresses: dict[str, tuple[str, int]], command_prefix: list[str], stats: _StatsSource
+        self,
+        edge_id: str,
+        addresses: dict[str, tuple[str, int]],
+        command_prefix: list[str],
+        stats: _StatsSource,
+        edge_host: str = "127.0.0.1",
     ) -> None:
         """Built by an emulator's add_edge()."""
         self.edge_id = edge_id
         self.addresses = addresses
         self.command_prefix = command_prefix
+        # Where the harness reaches a port the edge listens on (health, metrics): its namespace's address
+        # in netns mode (the edge must bind 0.0.0.0 there), loopback in inproc mode.
+        self.edge_host = edge_host
         self._stats = stats
 
     def stats(self) -> LinkStats:

@@ -305,7 +305,7 @@ class NetnsEmulator(ProxyEmulator):
         addresses = await self._listen_all(proxy, upstreams, self.listen_host)
         if self.clock.t0 is not None:
             self._schedule_outages(edge, self.clock.t0)
-        link = EdgeLink(edge_id, addresses, ["ip", "netns", "exec", edge.namespace], edge)
+        link = EdgeLink(edge_id, addresses, ["ip", "netns", "exec", edge.namespace], edge, edge_host=edge.address)
         self.links[edge_id] = link
         return link
 

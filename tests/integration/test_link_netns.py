@@ -77,6 +77,8 @@ async def test_netns_rate_limit_holds_within_fifteen_percent(tmp_path: Path) -> 
     async with sink_server() as sink, make_emulator("netns", tmp_path) as emulator:
         link = await emulator.add_edge("edge-1", LinkProfile(up_kbit=1000.0), {"grpc": ("127.0.0.1", sink.port)})
         assert link.command_prefix[:3] == ["ip", "netns", "exec"]
+        assert link.edge_host.startswith("10.199.")
+        assert link.addresses["grpc"][0] == "10.199.0.1"
         emulator.start_clock()
         async with edge_process(link.command_prefix, link.addresses["grpc"], size) as exit_code:
             assert await asyncio.wait_for(exit_code, 15.0) == 0
