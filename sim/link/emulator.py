@@ -40,6 +40,7 @@ class LinkStats(BaseModel):
         ge=0, description="inproc: segments that paid a retransmission delay; netns: packets nftables dropped for loss"
     )
     connections: int = Field(ge=0, description="TCP connections the edge opened through the proxy")
+    connect_failures: int = Field(ge=0, description="connections the proxy could not open to the upstream (closed)")
     refused_during_outage: int = Field(
         ge=0,
         description="inproc: connections held (not connected upstream) because they arrived in a window;"
@@ -83,6 +84,7 @@ def proxy_stats(proxy: EdgeProxy, clock: LinkClock, mode: LinkMode, **kernel_cou
         bytes_up=up.bytes,
         bytes_down=down.bytes,
         connections=proxy.connections,
+        connect_failures=proxy.connect_failures,
         up_series_bytes=up.series,
         down_series_bytes=down.series,
         up_active_s=active_window(up, clock),

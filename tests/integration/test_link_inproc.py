@@ -179,3 +179,16 @@ async def test_stats_are_written_to_the_workdir_at_exit(tmp_path: Path) -> None:
     stats = LinkStats.model_validate(saved["edges"]["edge-a"])
     assert (stats.bytes_up, stats.bytes_down) == (1000, 1000)
     assert link.command_prefix == []
+
+
+async def test_an_unreachable_upstream_is_counted_and_the_edge_connection_closed(tmp_path: Path) -> None:
+    async with echo_server() as port:
+        pass  # the port is now closed: nothing listens there
+    async with make_emulator("inproc", tmp_path) as emulator:
+        link = await emulator.add_edge("e1", LinkProfile(), {"grpc": ("127.0.0.1", port)})
+        reader, writer = await asyncio.open_connection(*link.addresses["grpc"])
+        writer.write(b"hello")
+        assert await asyncio.wait_for(reader.read(), 10.0) == b""
+        writer.close()
+        stats = link.stats()
+    assert (stats.connections, stats.connect_failures, stats.bytes_up) == (1, 1, 0)

@@ -151,3 +151,29 @@ async def test_netns_removes_a_crashed_runs_namespaces_at_start(tmp_path: Path) 
     finally:
         run(["ip", "netns", "del", "eglm-99-crashed"], check=False)
     assert_nothing_left()
+
+
+class RunFailedError(Exception):
+    """Raised inside the emulator's context, carrying the process it left running in the namespace."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        super().__init__("the run failed")
+        self.process = process
+
+
+async def fail_with_a_process_left_running(workdir: Path, port: int) -> None:
+    async with make_emulator("netns", workdir) as emulator:
+        link = await emulator.add_edge("edge-1", LinkProfile(), {"grpc": ("127.0.0.1", port)})
+        sleeper = await asyncio.create_subprocess_exec(
+            *link.command_prefix, sys.executable, "-c", "import time; time.sleep(60)"
+        )
+        raise RunFailedError(sleeper)
+
+
+async def test_netns_tears_down_after_an_error_and_stops_processes_left_in_a_namespace(tmp_path: Path) -> None:
+    async with sink_server() as sink:
+        with pytest.raises(RunFailedError) as failure:
+            await fail_with_a_process_left_running(tmp_path, sink.port)
+    assert await asyncio.wait_for(failure.value.process.wait(), 10.0) != 0
+    assert_nothing_left()
+    assert (tmp_path / "link_stats.json").exists()
