@@ -1,0 +1,235 @@
+"""The broker config of deploy/k3s, run by a real mosquitto: TLS with client certificates, per-edge ACL.
+
+The ConfigMap's mosquitto.conf and ACL files are used as rendered; only what belongs to the pod is
+moved to this machine (the /mosquitto folders become temporary ones, the listeners loopback ports, and
+mosquitto keeps the current user instead of switching to `mosquitto`). Certificates are made here the
+way the README makes them: a CA, a server certificate, and one client certificate per edge whose CN is
+the edge id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import getpass
+import ipaddress
+import queue
+import re
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.deploy.k3s import by_kind, render
+from tests.helpers.broker import free_port, require_mosquitto
+
+WAIT_S = 20.0
+HOST = "127.0.0.1"
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def _certificate(
+    folder: Path, name: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, server: bool = False
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A P-256 key and certificate `name` (self-signed CA when issuer is None), written as name.crt/.key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer[0].subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]),
+            critical=False,
+        )
+    certificate = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+    (folder / f"{name}.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, folder / f"{name}.key")
+    return certificate, key
+
+
+def _broker_files(folder: Path) -> tuple[Path, int, int]:
+    """The rendered broker config moved into `folder`: (mosquitto.conf, TLS port, plain port)."""
+    config_map = next(o for o in by_kind(render("fleet"), "ConfigMap") if o["metadata"]["name"].startswith("mosq"))
+    files: dict[str, str] = config_map["data"]
+    tls_port, plain_port = free_port(), free_port()
+    (folder / "config").mkdir()
+    (folder / "data").mkdir()
+    for name, rendered in files.items():
+        text = rendered.replace("/mosquitto/", f"{folder}/")
+        text = re.sub(r"^listener 8883$", f"listener {tls_port} {HOST}", text, flags=re.MULTILINE)
+        text = re.sub(r"^listener 1883$", f"listener {plain_port} {HOST}", text, flags=re.MULTILINE)
+        text = text.replace("log_dest stdout", f"log_dest file {folder}/mosquitto.log")
+        (folder / "config" / name).write_text(text)
+    conf = folder / "config" / "mosquitto.conf"
+    conf.write_text(conf.read_text() + f"\nuser {getpass.getuser()}\n")
+    return conf, tls_port, plain_port
+
+
+@contextlib.contextmanager
+def _running(command: list[str], ports: list[int], log: Path) -> Iterator[None]:
+    """Run `command` until the block ends; it must accept connections on every port within WAIT_S."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        waiting = list(ports)
+        while waiting:
+            if process.poll() is not None or time.monotonic() > deadline:
+                error = process.stderr.read().decode() if process.stderr and process.poll() is not None else ""
+                logged = log.read_text() if log.exists() else ""
+                raise RuntimeError(f"mosquitto did not start with the rendered config:\n{error}{logged}")
+            with contextlib.suppress(OSError), socket.create_connection((HOST, waiting[0]), timeout=1):
+                waiting.pop(0)
+                continue
+            time.sleep(0.05)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(WAIT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(WAIT_S)
+        if process.stderr:
+            process.stderr.close()
+
+
+class Client:
+    """A paho MQTT 5 client that collects what it receives in a queue."""
+
+    def __init__(self, client_id: str, port: int, certs: Path | None, name: str | None) -> None:
+        self.received: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if certs is not None:
+            self.client.tls_set(
+                ca_certs=str(certs / "ca.crt"),
+                certfile=str(certs / f"{name}.crt") if name else None,
+                keyfile=str(certs / f"{name}.key") if name else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        self.client.on_message = lambda _c, _u, message: self.received.put((message.topic, bytes(message.payload)))
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.connect(HOST, port)
+        self.client.loop_start()
+
+    def subscribe(self, *topics: str) -> None:
+        """Subscribe at QoS 1 and wait for the broker's answer."""
+        self._subscribed.clear()
+        self.client.subscribe([(topic, 1) for topic in topics])
+        assert self._subscribed.wait(WAIT_S), "no SUBACK"
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 1 and wait until the broker acknowledged it (allowed or not)."""
+        self.client.publish(topic, payload, qos=1).wait_for_publish(WAIT_S)
+
+    def next(self) -> tuple[str, bytes]:
+        """The next message received."""
+        return self.received.get(timeout=WAIT_S)
+
+    def close(self) -> None:
+        """Disconnect and stop the network thread."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
+    binary = require_mosquitto()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca = _certificate(certs, "ca", None)
+    _certificate(certs, "server", ca, server=True)
+    (certs / "tls.crt").write_bytes((certs / "server.crt").read_bytes())
+    (certs / "tls.key").write_bytes((certs / "server.key").read_bytes())
+    for name in ("gw-01", "gw-02", "edgeglm-cloud"):
+        _certificate(certs, name, ca)
+    conf, tls_port, plain_port = _broker_files(tmp_path)
+    with _running([binary, "-c", str(conf)], [tls_port, plain_port], tmp_path / "mosquitto.log"):
+        yield certs, tls_port, plain_port
+
+
+def _clients(*clients: Client) -> Any:
+    class _Closing:
+        def __enter__(self) -> tuple[Client, ...]:
+            return clients
+
+        def __exit__(self, *_: object) -> None:
+            for each in clients:
+                each.close()
+
+    return _Closing()
+
+
+def test_an_edge_publishes_and_reads_only_under_its_own_id(broker: tuple[Path, int, int]) -> None:
+    certs, tls_port, _ = broker
+    with _clients(
+        Client("edgeglm-cloud-0", tls_port, certs, "edgeglm-cloud"),
+        Client("gw-01", tls_port, certs, "gw-01"),
+    ) as (cloud, edge):
+        cloud.subscribe("$share/edgeglm-cloud/edgeglm/+/samples")
+        edge.subscribe("edgeglm/gw-02/verdicts", "edgeglm/gw-01/verdicts")
+        # Messages from one client are handled in order: when the allowed one arrives, a forged one
+        # sent before it would have arrived first.
+        edge.publish("edgeglm/gw-02/samples", b"forged")
+        edge.publish("edgeglm/gw-01/samples", b"own")
+        assert cloud.next() == ("edgeglm/gw-01/samples", b"own")
+        cloud.publish("edgeglm/gw-02/verdicts", b"not yours")
+        cloud.publish("edgeglm/gw-01/verdicts", b"yours")
+        assert edge.next() == ("edgeglm/gw-01/verdicts", b"yours")
+        assert cloud.received.empty() and edge.received.empty()
+
+
+# MQTT 3.1.1 CONNECT, clean session, keepalive 60 s, client id "nobody".
+CONNECT = bytes([0x10, 18, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 6]) + b"nobody"
+
+
+def test_clients_without_a_certificate_are_refused_on_the_tls_listener(broker: tuple[Path, int, int]) -> None:
+    certs, tls_port, _ = broker
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    with socket.create_connection((HOST, tls_port), timeout=WAIT_S) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(CONNECT)
+                answer = tls.recv(16)
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            answer = b""  # refused during the handshake (TLS 1.2) or right after it (TLS 1.3)
+    assert answer == b"", f"the broker answered a client without a certificate: {answer!r}"
+
+
+def test_the_plain_listener_only_carries_the_clouds_topics(broker: tuple[Path, int, int]) -> None:
+    certs, tls_port, plain_port = broker
+    with _clients(
+        Client("edgeglm-cloud-0", tls_port, certs, "edgeglm-cloud"),
+        Client("edgeglm-cloud-1", plain_port, None, None),
+    ) as (watcher, internal):
+        watcher.subscribe("$share/edgeglm-cloud/edgeglm/+/samples", "edgeglm/cloud/+/status")
+        internal.publish("edgeglm/gw-01/samples", b"forged by an anonymous client")
+        internal.publish("edgeglm/cloud/edgeglm-cloud-1/status", b"online")
+        assert watcher.next() == ("edgeglm/cloud/edgeglm-cloud-1/status", b"online")
+        assert watcher.received.empty()
