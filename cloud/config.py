@@ -85,6 +85,13 @@ class StoreConfig(_Section):
         Path("/var/lib/edgeglm-cloud/verdicts.sqlite"),
         description="SQLite file of verdicts; the policy version state sits next to it (policy-state.json).",
     )
+    retention_s: float = Field(
+        7 * 86400.0,
+        ge=3600,
+        le=10 * 365 * 86400.0,
+        description="Verdicts, thumbnails and edge snapshots older than this are pruned (hourly); keep it above "
+        "the edges' outbox TTL, or an old resend is judged again.",
+    )
 
     @property
     def policy_state_path(self) -> Path:
@@ -236,7 +243,14 @@ def load_config(path: Path) -> CloudConfig:
         config = CloudConfig(**raw, _secrets_dir=secrets)
     except ValidationError as err:
         raise ConfigError(format_errors(path.name, err)) from err
-    return resolve_paths(config, path.parent)
+    resolved = resolve_paths(config, path.parent)
+    model_path = getattr(resolved.backend, "model_path", None)
+    if resolved.backend.kind == "glm" and isinstance(model_path, Path) and not model_path.exists():
+        raise ConfigError(
+            f"{path.name}: backend.model_path: {model_path} does not exist "
+            "(train one with make train-glm, or point at a GLM-4V folder)"
+        )
+    return resolved
 
 
 def resolve_paths(config: CloudConfig, base: Path) -> CloudConfig:

@@ -27,6 +27,7 @@ from cloud.policy.loop import BandController
 from cloud.policy.signing import write_key_files
 from cloud.server import EdgeGLMServicer, FleetStatus, Health, SampleJudge, SessionDeps, build_server
 from cloud.store import VerdictStore
+from cloud.store.retention import StoreRetention
 from cloud.store.pairs import PairStore
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class CloudService:
         self._stopped = False
         self._bridge: MqttBridge | None = None
         self._snapshotter: EdgeSnapshotter | None = None
+        self._retention: StoreRetention | None = None
         self.bands: BandController | None = None  # the closed loop, when policy.closed_loop.enabled
 
     async def start(self) -> None:
@@ -99,6 +101,8 @@ class CloudService:
         await PolicyRecorder(self.policy, self.store).start()  # the policy history of the admin API
         self._snapshotter = EdgeSnapshotter(self.fleet, self.store, config.admin.edge_snapshot_interval_s)
         self._snapshotter.start()
+        self._retention = StoreRetention(self.store, config.store.retention_s)
+        self._retention.start()
         if config.policy.closed_loop.enabled:
             self.bands = self._band_controller(self.policy)
             await self.bands.start()
@@ -189,5 +193,7 @@ class CloudService:
             await self._admin.stop()
         if self._snapshotter is not None:
             await self._snapshotter.stop()
+        if self._retention is not None:
+            await self._retention.stop()
         await self.store.close()
         logger.info("cloud service stopped")

@@ -14,14 +14,16 @@ from typing import Annotated
 
 from pydantic import Field
 
+from cloud.backends.glm import GlmBackend, GlmBackendConfig
 from cloud.backends.onnx import OnnxBackend, OnnxBackendConfig
 from cloud.backends.openai import OpenAIBackend, OpenAIBackendConfig
 from cloud.backends.oracle import OracleBackend, OracleBackendConfig
 from cloud.backends.protocol import Backend, BackendStartError
 from cloud.metrics import CloudMetrics
 
-# glm joins this union when it exists.
-BackendConfig = Annotated[OnnxBackendConfig | OracleBackendConfig | OpenAIBackendConfig, Field(discriminator="kind")]
+BackendConfig = Annotated[
+    OnnxBackendConfig | OracleBackendConfig | OpenAIBackendConfig | GlmBackendConfig, Field(discriminator="kind")
+]
 
 __all__ = ["Backend", "BackendConfig", "BackendStartError", "build_backend"]
 
@@ -29,8 +31,10 @@ __all__ = ["Backend", "BackendConfig", "BackendStartError", "build_backend"]
 def build_backend(config: BackendConfig, metrics: CloudMetrics | None = None) -> Backend:
     """The backend a config selects, not started yet (call `start`, or let the batcher do it).
 
-    `metrics` is where backends that count their own errors (openai) count them.
+    `metrics` is where backends that count their own errors (openai, glm) count them.
     """
+    if isinstance(config, GlmBackendConfig):
+        return GlmBackend(config, metrics)
     if isinstance(config, OpenAIBackendConfig):
         return OpenAIBackend(config, metrics)
     if isinstance(config, OnnxBackendConfig):

@@ -1,0 +1,328 @@
+"""The `glm` backend: a GLM-4V vision-language model through transformers, asked about each sample's image.
+
+The model, its tokenizer and its image processor load from a local folder (nothing is downloaded):
+the world GLM trained by `make train-glm`, or any GLM-4.1V/GLM-4V checkpoint saved with
+`save_pretrained`. Everything torch does runs in one dedicated worker thread; `infer` runs ONE
+batched, left-padded `generate` for the whole batch and parses each answer with `verdict_text`.
+
+Shared-prefix KV-cache reuse is not done: the only text every sample shares is the 5 tokens before
+the image ("[gMASK]<sop><|user|>\\n<|begin_of_image|>"); the image tokens and the edge's claims that
+follow differ per sample, and left padding puts even those 5 tokens at different positions. There is
+nothing worth caching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cloud.backends.glm_inputs import BadImageError, chat_prefix, pixel_inputs, text_inputs, to_model_rgb
+from cloud.backends.protocol import BackendStartError
+from cloud.backends.verdict_text import DEFAULT_QUESTION, build_prompt, parse_answer, to_result
+from cloud.convert import BackendResult, SampleInput
+from cloud.metrics import CloudMetrics
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+class GlmBackendConfig(BaseModel):
+    """A local GLM-4V folder (config, safetensors, tokenizer, image processor) and how it is asked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["glm"] = Field(default="glm", description="Selects the GLM-4V (transformers) backend.")
+    model_path: Path = Field(
+        description="Folder saved by save_pretrained: config.json, safetensors, tokenizer, preprocessor_config.json."
+    )
+    model_name: str = Field(default="", description="Model name written in verdicts; empty: the folder's name.")
+    model_version: str = Field(
+        default="", description="Model version written in verdicts; empty: 'sha256:' and 12 hex of the weights."
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto", description="Where the model runs; auto: CUDA when torch sees a GPU, else the CPU."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="Weights and activations; auto: bf16 on CUDA if supported, else fp16; fp32 on CPU."
+    )
+    max_new_tokens: int = Field(default=64, ge=8, le=2048, description="Most tokens generated per answer.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 decodes greedily.")
+    prompt_template: str | None = Field(
+        default=None,
+        description="User text with {detections}, {reason} and {question}; empty: the template the world GLM knows.",
+    )
+    question: str = Field(default=DEFAULT_QUESTION, min_length=1, description="The question asked about each image.")
+    max_batch_size: int = Field(default=8, ge=1, le=256, description="Most samples per generate call.")
+    image_size: int = Field(
+        default=112,
+        ge=28,
+        le=2016,
+        description="Side (pixels) every image is resized to: the model's trained size; a multiple of 28.",
+    )
+    compile: bool = Field(default=False, description="torch.compile the model (CUDA only; ignored on the CPU).")
+    threads: int = Field(default=0, ge=0, le=256, description="torch intra-op threads on the CPU; 0: torch decides.")
+
+    @field_validator("image_size")
+    @classmethod
+    def _whole_merged_patches(cls, value: int) -> int:
+        if value % 28:
+            raise ValueError(f"{value} is not a multiple of 28 (patch 14 x merge 2); try {round(value / 28) * 28}")
+        return value
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_fields(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            value.format(detections="", reason="", question="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(
+                f"cannot be filled ({type(err).__name__}: {err}); use only {{detections}}, {{reason}}, {{question}} "
+                "and double other braces"
+            ) from err
+        return value
+
+
+@dataclass
+class _Loaded:
+    """What `start` loads: the model and its text and image front ends, and where they run."""
+
+    model: Any
+    tokenizer: Any
+    processor: Any
+    device: str
+    dtype: Any
+    image_token_id: int
+    merge_size: int
+
+
+class GlmBackend:
+    """Judges samples by asking a GLM-4V model (transformers) about each image, one batched generate per batch."""
+
+    name = "glm"
+
+    def __init__(self, config: GlmBackendConfig, metrics: CloudMetrics | None = None) -> None:
+        """Keep the config; the model loads in `start`. `metrics` counts unparsable answers and bad images."""
+        self._config = config
+        self._metrics = metrics or CloudMetrics()
+        self._loaded: _Loaded | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._version = config.model_version
+
+    @property
+    def model_name(self) -> str:
+        """Name of the model (the folder's name unless configured)."""
+        return self._config.model_name or self._config.model_path.name
+
+    @property
+    def model_version(self) -> str:
+        """Version of the model ("unknown" before `start`)."""
+        return self._version or "unknown"
+
+    @property
+    def max_batch_size(self) -> int:
+        """Most samples per `infer` call."""
+        return self._config.max_batch_size
+
+    @property
+    def device(self) -> str | None:
+        """Where the model runs ("cpu", "cuda"), None before `start`."""
+        return self._loaded.device if self._loaded is not None else None
+
+    async def start(self) -> None:
+        """Load model, tokenizer and image processor in the backend's thread; again is a no-op."""
+        if self._loaded is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glm-backend")
+        try:
+            self._loaded = await asyncio.get_running_loop().run_in_executor(executor, self._load)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+
+    def _load(self) -> _Loaded:
+        config = self._config
+        path = config.model_path
+        weights = _check_folder(path)
+        import torch
+        from transformers import AutoTokenizer, Glm4vForConditionalGeneration, Glm4vImageProcessorPil
+
+        device, dtype = _placement(config, torch)
+        if device == "cpu" and config.threads:
+            torch.set_num_threads(config.threads)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            processor = Glm4vImageProcessorPil.from_pretrained(path, local_files_only=True)
+            model: Any = Glm4vForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise BackendStartError(f"glm backend: {path} cannot be loaded: {err}") from err
+        model = model.to(device).eval()
+        if config.compile and device == "cuda":
+            model = torch.compile(model)
+        elif config.compile:
+            logger.warning("glm backend: compile is set but the model runs on the CPU; not compiling")
+        if not self._version:
+            self._version = "sha256:" + _sha256(weights)[:12]
+        params = sum(p.numel() for p in model.parameters())
+        logger.info(
+            "glm backend: %s (%s, %.1f M parameters) on %s in %s; images %dx%d, batch %d, max %d new tokens, %s",
+            path,
+            self._version,
+            params / 1e6,
+            device,
+            str(dtype).removeprefix("torch."),
+            config.image_size,
+            config.image_size,
+            config.max_batch_size,
+            config.max_new_tokens,
+            "greedy" if config.temperature == 0 else f"temperature {config.temperature}",
+        )
+        return _Loaded(
+            model=model,
+            tokenizer=tokenizer,
+            processor=processor,
+            device=device,
+            dtype=dtype,
+            image_token_id=int(model.config.image_token_id),
+            merge_size=int(processor.merge_size),
+        )
+
+    async def infer(self, batch: list[SampleInput]) -> list[BackendResult]:
+        """Ask about every image of the batch in one generate call; one result per sample, in order.
+
+        An image the model cannot be shown is "unsure" for that sample alone (counted as a bad_image
+        backend error); an answer with no valid JSON verdict is "unsure" too (counted as unparsable).
+        """
+        answers = await self.ask(batch)
+        results = []
+        for sample, answer in zip(batch, answers, strict=True):
+            if isinstance(answer, BadImageError):
+                self._metrics.backend_errors.labels(self.name, "bad_image").inc()
+                results.append(BackendResult("unsure", [], f"glm backend: sample {sample.sample_id}: {answer}", 0.0))
+                continue
+            parsed = parse_answer(answer)
+            if parsed is None:
+                self._metrics.backend_unparsable.labels(self.name).inc()
+            results.append(to_result(parsed, answer, sample))
+        return results
+
+    async def ask(self, batch: list[SampleInput]) -> list[str | BadImageError]:
+        """The model's raw answer to each sample (one generate call), or why its image could not be shown."""
+        if self._loaded is None or self._executor is None:
+            raise RuntimeError(f"glm backend {self._config.model_path}: infer called before start")
+        if not batch:
+            return []
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._ask_blocking, self._loaded, batch)
+
+    def _ask_blocking(self, loaded: _Loaded, batch: list[SampleInput]) -> list[str | BadImageError]:
+        answers: list[str | BadImageError] = []
+        images: list[Any] = []
+        grids: list[Any] = []
+        asked: list[int] = []
+        for index, sample in enumerate(batch):
+            try:
+                pixels, grid = pixel_inputs(loaded.processor, [to_model_rgb(sample.image, self._config.image_size)])
+            except BadImageError as err:
+                answers.append(err)
+                continue
+            except ValueError as err:  # the image processor's own refusal
+                answers.append(BadImageError(str(err)))
+                continue
+            answers.append("")
+            images.append(pixels)
+            grids.append(grid)
+            asked.append(index)
+        if asked:
+            texts = self._generate(loaded, [batch[i] for i in asked], images, grids)
+            for index, text in zip(asked, texts, strict=True):
+                answers[index] = text
+        return answers
+
+    def _generate(self, loaded: _Loaded, samples: list[SampleInput], images: list[Any], grids: list[Any]) -> list[str]:
+        """One left-padded generate call for `samples`; the decoded new text of each."""
+        import torch
+
+        config = self._config
+        texts = []
+        for sample, grid in zip(samples, grids, strict=True):
+            image_tokens = int(grid.prod()) // loaded.merge_size**2
+            texts.append(chat_prefix(build_prompt(sample, config.question, config.prompt_template), image_tokens))
+        inputs = {
+            k: v.to(loaded.device) for k, v in text_inputs(loaded.tokenizer, texts, loaded.image_token_id).items()
+        }
+        sampling: dict[str, Any] = {"do_sample": False}
+        if config.temperature > 0:
+            sampling = {"do_sample": True, "temperature": config.temperature}
+        with torch.inference_mode():
+            output = loaded.model.generate(
+                **inputs,
+                pixel_values=torch.cat(images).to(loaded.device, loaded.dtype),
+                image_grid_thw=torch.cat(grids).to(loaded.device),
+                max_new_tokens=config.max_new_tokens,
+                pad_token_id=loaded.tokenizer.pad_token_id,
+                eos_token_id=loaded.tokenizer.eos_token_id,
+                **sampling,
+            )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return [str(text) for text in loaded.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    async def close(self) -> None:
+        """Release the model and its thread (a running generate finishes in the background)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+        self._loaded = None
+
+
+def _check_folder(path: Path) -> Path:
+    """The weights file of a model folder; BackendStartError names what is missing."""
+    if not path.is_dir():
+        raise BackendStartError(
+            f"glm backend: model_path {path} does not exist "
+            "(train one with make train-glm, or point at a GLM-4V folder)"
+        )
+    for name in ("config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        if not (path / name).is_file():
+            raise BackendStartError(f"glm backend: {path / name} is missing (save the model with save_pretrained)")
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise BackendStartError(f"glm backend: {path / WEIGHT_FILES[0]} is missing (no safetensors weights in {path})")
+
+
+def _placement(config: GlmBackendConfig, torch: Any) -> tuple[str, Any]:
+    """Device and dtype from the config and what torch sees; the choice (and any fallback) is logged."""
+    has_cuda = bool(torch.cuda.is_available())
+    device = "cuda" if config.device in ("auto", "cuda") and has_cuda else "cpu"
+    if config.device == "cuda" and not has_cuda:
+        logger.warning("glm backend: device cuda asked but torch %s sees no GPU; running on the CPU", torch.__version__)
+    if config.dtype != "auto":
+        dtype = getattr(torch, config.dtype)
+        reason = "as configured"
+    elif device == "cuda" and torch.cuda.is_bf16_supported():
+        dtype, reason = torch.bfloat16, "auto: the GPU supports bf16"
+    elif device == "cuda":
+        dtype, reason = torch.float16, "auto: the GPU has no bf16"
+    else:
+        dtype, reason = torch.float32, "auto: CPU"
+    logger.info("glm backend: device %s, dtype %s (%s)", device, str(dtype).removeprefix("torch."), reason)
+    return device, dtype
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
