@@ -27,8 +27,8 @@ from cloud.policy.loop import BandController
 from cloud.policy.signing import write_key_files
 from cloud.server import EdgeGLMServicer, FleetStatus, Health, SampleJudge, SessionDeps, build_server
 from cloud.store import VerdictStore
-from cloud.store.retention import StoreRetention
 from cloud.store.pairs import PairStore
+from cloud.store.retention import StoreRetention
 
 logger = logging.getLogger(__name__)
 

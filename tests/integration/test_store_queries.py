@@ -4,6 +4,7 @@ edge snapshots, and the migration of a schema-1 file."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import cv2
@@ -21,6 +22,7 @@ from cloud.store import (
     VerdictStore,
     make_thumbnail,
 )
+from cloud.store.retention import StoreRetention
 from cloud.store.schema import SCHEMA_VERSION
 from protos import sample_pb2, verdict_pb2
 
@@ -214,3 +216,18 @@ async def test_a_schema_1_file_is_migrated_and_its_verdicts_become_queryable(tmp
     assert old is not None
     assert (old.text, old.camera_id, old.uplink_bytes) == ("seen before the upgrade", "", None)
     assert not old.has_thumbnail
+
+
+async def test_retention_prunes_old_verdicts_with_their_thumbnails_labels_and_snapshots(store):
+    now = time.time()
+    await store.put("old", "gw-1", verdict("old"), decided_at=now - 10 * 86400, meta=meta())
+    await store.put("new", "gw-1", verdict("new"), decided_at=now - 60, meta=meta())
+    await store.add_edge_snapshots([EdgeSnapshot("gw-1", now - 10 * 86400, {}), EdgeSnapshot("gw-2", now, {})])
+
+    assert await StoreRetention(store, retention_s=7 * 86400).prune_now() == 1
+
+    assert await store.get_thumbnail("old") is None and await store.get_thumbnail("new") is not None
+    assert [r.sample_id for r in (await store.list_verdicts(VerdictFilter(label="car"))).items] == ["new"]
+    assert [s.edge_id for s in await store.latest_edge_snapshots()] == ["gw-2"]
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM verdict_labels WHERE sample_id = 'old'").fetchone()[0] == 0
