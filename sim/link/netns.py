@@ -50,6 +50,10 @@ MAX_EDGES = 65_000
 WIRE_PER_PAYLOAD = (SEGMENT_BYTES + 66) / SEGMENT_BYTES
 
 
+# The reason netns_available() gives when root and the tools are there but the kernel or container refuses.
+NAMESPACES_REFUSED = "cannot create a network namespace with nftables here"
+
+
 def _tool(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
 
@@ -77,7 +81,7 @@ def netns_available() -> tuple[bool, str]:
         run(["ip", "netns", "add", probe])
         run(["ip", "netns", "exec", probe, "nft", "list", "ruleset"])
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"cannot create a network namespace with nftables here: {exc}"
+        return False, f"{NAMESPACES_REFUSED}: {exc}"
     finally:
         run(["ip", "netns", "del", probe], check=False)
     return True, "root, ip, tc and nft present; namespaces can be created"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sim.link import LinkProfile, Outage, make_emulator, netns_available
-from sim.link.netns import BRIDGE, eglm_namespaces, run
+from sim.link.netns import BRIDGE, NAMESPACES_REFUSED, eglm_namespaces, run
 from tests.helpers.link_servers import pattern, sink_server
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,8 @@ def _netns_or_skip() -> None:
     ok, reason = netns_available()
     if ok:
         return
-    if os.environ.get("CI") == "true":
+    # CI runs as root and `make test` installs the tools: only a container that refuses namespaces may skip.
+    if os.environ.get("CI") == "true" and not reason.startswith(NAMESPACES_REFUSED):
         pytest.fail(f"netns link tests cannot run on CI: {reason}")
     pytest.skip(reason)
 
