@@ -183,10 +183,11 @@ def write_v1_file(path: Path) -> None:
             " decided_at REAL, verdict BLOB) WITHOUT ROWID"
         )
         conn.execute("CREATE INDEX verdicts_decided_at ON verdicts (decided_at)")
+        at = time.time() - 3600  # recent: within any retention
         rows = [
-            ("old-1", "gw-1", 1.0, 2.0, verdict("old-1", CONFIRMED, ("person",), "seen before the upgrade")),
-            ("old-2", "gw-1", 3.0, 4.0, verdict("old-2", REJECTED, ())),
-            ("old-pending", "gw-2", 5.0, None, None),
+            ("old-1", "gw-1", at + 1, at + 2, verdict("old-1", CONFIRMED, ("person",), "seen before the upgrade")),
+            ("old-2", "gw-1", at + 3, at + 4, verdict("old-2", REJECTED, ())),
+            ("old-pending", "gw-2", at + 5, None, None),
         ]
         conn.executemany("INSERT INTO verdicts VALUES (?, ?, ?, ?, ?)", rows)
         conn.execute("PRAGMA user_version=1")
