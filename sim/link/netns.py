@@ -177,7 +177,7 @@ class NetnsEdge:
         self.outage_syn_dropped = 0
         self.outage_dropped = 0
         self.outages_applied = 0
-        self._in_outage = False
+        self.in_outage = False
         self._final: dict[str, int] | None = None
 
     def create(self) -> None:
@@ -211,7 +211,7 @@ class NetnsEdge:
         base = ["ip", "netns", "exec", ns, "nft", "add", "rule", "inet", TABLE, "outage"]
         run([*base, "tcp", "flags", "&", "(syn|ack)", "==", "syn", "counter", "drop", "comment", '"outage_syn"'])
         run([*base, "counter", "drop", "comment", '"outage_all"'])
-        self._in_outage = True
+        self.in_outage = True
         self.outages_applied += 1
 
     def end_outage(self) -> None:
@@ -220,7 +220,7 @@ class NetnsEdge:
         self.outage_syn_dropped += counts.get("outage_syn", 0)
         self.outage_dropped += counts.get("outage_syn", 0) + counts.get("outage_all", 0)
         run(["ip", "netns", "exec", self.namespace, "nft", "flush", "chain", "inet", TABLE, "outage"])
-        self._in_outage = False
+        self.in_outage = False
 
     async def schedule_outages(self, t0: float) -> None:
         """Apply each window at its time after `t0` (runs on the proxy loop; commands in an executor)."""
@@ -234,7 +234,7 @@ class NetnsEdge:
     def freeze(self) -> None:
         """Keep the final counters (before the namespace goes), including a window still open."""
         try:
-            if self._in_outage:
+            if self.in_outage:
                 self.end_outage()
             self._final = read_counters(self.namespace)
         except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
@@ -321,6 +321,8 @@ class NetnsEmulator(ProxyEmulator):
             future.cancel()
         self._schedulers.clear()
         for edge in self.edges:
+            if edge.in_outage:  # a restart mid-window: that window's rules go with the old schedule
+                edge.end_outage()
             self._schedule_outages(edge, self.clock.t0)
 
     def _schedule_outages(self, edge: NetnsEdge, t0: float) -> None:
