@@ -117,7 +117,13 @@ def cloud_settings(scenario: Scenario, mode: ModeName, folder: Path, ports: dict
 
 
 def edge_settings(
-    scenario: Scenario, edge_id: str, cameras: list[CameraRun], folder: Path, link: EdgeLink, transport: str
+    scenario: Scenario,
+    mode: ModeName,
+    edge_id: str,
+    cameras: list[CameraRun],
+    folder: Path,
+    link: EdgeLink,
+    transport: str,
 ) -> dict[str, Any]:
     """The edge.yaml of one edge in one mode: its uplink points at its emulated link."""
     host, port = link.addresses[transport]
@@ -135,7 +141,11 @@ def edge_settings(
         "detector": {"model_path": str(EDGE_MODEL), "intra_op_threads": 1},
         "model_version": f"world-seed{scenario.seed}",
         "uplink": uplink,
-        "policy": {"public_key": str(folder.parent.parent / "keys" / "policy-signing.pub")},
+        # The mode's policy from the first frame, not only once the cloud has pushed it.
+        "policy": {
+            "public_key": str(folder.parent.parent / "keys" / "policy-signing.pub"),
+            "initial": mode_policy(mode, scenario),
+        },
         # In a namespace loopback is the namespace's own: the health port never collides there.
         "health": {"host": "127.0.0.1", "port": free_port()},
         "pipeline": {"drain_deadline_s": 20},
@@ -190,7 +200,7 @@ async def run_mode(
             started_at = time.time()
             for edge_id, group in scenario.edge_ids():
                 own = [c for c in cameras if c.edge_id == edge_id]
-                settings = edge_settings(scenario, edge_id, own, folder, links[edge_id], group.transport)
+                settings = edge_settings(scenario, mode, edge_id, own, folder, links[edge_id], group.transport)
                 path = folder / "config" / f"{edge_id}.yaml"
                 path.write_text(yaml.safe_dump(settings, sort_keys=False))
                 edges[edge_id] = start_program(

@@ -10,7 +10,7 @@ import pytest
 from cloud.policy.settings import parse_settings
 from edge.detect import Detection
 from edge.mine import Miner, MiningContext
-from edge.policy.settings import GatePolicy, MiningPolicy
+from edge.policy.settings import EdgePolicy, GatePolicy, MiningPolicy
 from sim.scenarios.modes import closed_loop, mode_policy
 from sim.scenarios.spec import ALL_MODES, SCENARIOS_DIR, Scenario, ScenarioError, load_scenario
 
@@ -57,8 +57,11 @@ def _scenario() -> Scenario:
 
 @pytest.mark.parametrize("mode", ALL_MODES)
 def test_every_mode_policy_is_a_valid_signed_policy(mode: str) -> None:
-    settings = parse_settings(mode_policy(mode, _scenario()), f"mode {mode}")  # type: ignore[arg-type]
+    raw = mode_policy(mode, _scenario())  # type: ignore[arg-type]
+    settings = parse_settings(raw, f"mode {mode}")
     assert settings.uplink.jpeg_quality == 80
+    # The same settings are the edge's initial policy, in force before the cloud has spoken.
+    assert EdgePolicy(**raw).mining.model_dump() == settings.mining.model_dump()
 
 
 def _miner(mode: str) -> tuple[Miner, GatePolicy]:
