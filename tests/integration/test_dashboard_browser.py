@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.helpers.browser import headless_chromium, require_chromium
 from tests.integration.test_admin_api_verdicts import send
@@ -46,6 +46,16 @@ def read_dashboard(url: str, sample_id: str, profile: Path, screenshot: Path) ->
             "loop_edges": {r.text.split()[0] for r in browser.find_elements(By.CSS_SELECTOR, "#loop-rows tr")},
             "errors": [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"],
         }
+        item.click()  # the detail dialog: the verdict as sent
+        wait.until(lambda b: b.find_element(By.ID, "detail").get_attribute("open") is not None)
+        shown["detail"] = browser.find_element(By.ID, "detail-body").text
+        browser.find_element(By.CSS_SELECTOR, "#detail button.close").click()
+        wait.until(lambda b: b.find_element(By.ID, "detail").get_attribute("open") is None)
+        Select(browser.find_element(By.ID, "f-decision")).select_by_value("rejected")
+        wait.until(lambda b: "No verdict matches." in b.find_element(By.ID, "feed").text)
+        Select(browser.find_element(By.ID, "f-decision")).select_by_value("")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f'li.verdict[data-sample-id="{sample_id}"]'))
+        shown["errors"] += [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
         height = browser.execute_script("return document.documentElement.scrollHeight")
         browser.set_window_size(1440, int(height) + 160)  # the whole page in one picture
         browser.save_screenshot(str(screenshot))
@@ -75,5 +85,6 @@ async def test_the_dashboard_shows_a_verdict_made_from_a_real_sample(tmp_path: P
     assert any("watch the loading bay" in row for row in shown["history"])
     assert shown["uplink_lines"] == 2
     assert shown["loop_edges"] == {"gw-1", "gw-2"}
+    assert f'"sample_id": "{sample.sample_id}"' in shown["detail"] and "Verdict as sent" in shown["detail"]
     assert shown["errors"] == []
     assert screenshot.read_bytes().startswith(b"\x89PNG")
