@@ -90,6 +90,7 @@ bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	$(BIN)/python -m bench.outbox --out bench/results/outbox.json
 	$(BIN)/python -m bench.link --out bench/results/link.json
 	$(BIN)/python -m bench.closed_loop --out bench/results/closed_loop.json
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.glm --out bench/results/glm.json
 
 protos: $(VENV)/.ready ## regenerate the Python modules from protos/*.proto
 	$(BIN)/python -m protos.generate
@@ -105,6 +106,13 @@ $(TRAIN_VENV)/.ready: pyproject.toml
 train: $(TRAIN_VENV)/.ready $(VENV)/.ready ## regenerate the world, retrain both detectors (~1 h on 2 cores), rewrite the report
 	$(TRAIN_ENV) $(TRAIN_VENV)/bin/python -m sim.train.train --out sim/models
 	$(BIN)/python -m sim.train.report --models sim/models --data .cache/world-train
+
+# The world GLM: a ~3M-parameter GLM-4V trained from scratch on world crops, in .venv (torch CPU and
+# transformers, no torchvision). PASSIVE: OpenMP threads must not spin on cores other work shares.
+.PHONY: train-glm
+train-glm: $(VENV)/.ready ## train the world GLM (~20 min on 2 cores) and rewrite its REPORT.md
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m sim.glm.train --out sim/models/glm-world
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m sim.glm.report --model sim/models/glm-world
 
 clean: ## remove environments and caches (not the committed models)
 	rm -rf $(VENV) $(TRAIN_VENV) .yolo .demo .cache .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,4 @@
-"""Train the world GLM: `python -m sim.glm.train --out sim/models/glm-world --steps 2500 --minutes 20`.
+"""Train the world GLM: `python -m sim.glm.train --out sim/models/glm-world --steps 1800 --minutes 24`.
 
 A ~3M-parameter `Glm4vForConditionalGeneration` from scratch on crops of the sim world (see
 `sim/glm/crops.py`), asked with the cloud's own prompt (`cloud.backends.verdict_text`) and taught to
@@ -127,8 +127,8 @@ def versions() -> dict[str, str]:
 @app.command()
 def main(
     out: Annotated[Path, typer.Option(help="Folder the model is saved in.")] = Path("sim/models/glm-world"),
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps (the schedule's length).")] = 2200,
-    minutes: Annotated[float, typer.Option(min=0.1, help="Wall-time cap; training stops when reached.")] = 22.0,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps (the schedule's length).")] = 1800,
+    minutes: Annotated[float, typer.Option(min=0.1, help="Wall-time cap; training stops when reached.")] = 24.0,
     seed: Annotated[int, typer.Option(help="Seed of the world, the crops, the claims and the weights.")] = 0,
     train_frames: Annotated[int, typer.Option(min=10, help="Generated frames (train split) cropped.")] = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 32,
