@@ -2,15 +2,16 @@
 
 `POST /v1/chat/completions` takes the request the `openai` cloud backend sends (one user message with
 a `data:` image URL and a text part), decodes the image and the text, and answers with a pluggable
-generator (`Generator`): a model, or scripted replies that test the backend's failure
+generator: the world GLM (`sim.openai_glm`), or scripted replies that test the backend's failure
 handling (a fixed text, a non-JSON text, an HTTP error, a body that is not a chat completion, a delay
 longer than the client's timeout). `GET /v1/models` lists the one served model. When an API key is
 configured, requests without `Authorization: Bearer <key>` get 401, as from OpenAI or vLLM.
 
+    python -m sim.openai_server --model-path sim/models/glm-world --port 0
     python -m sim.openai_server --scripted-answer '{"decision": "rejected", ...}' --port 0
 
-It is not vLLM: one request is one generation (the world GLM's backend batches nothing here), and it
-fetches no remote image URLs.
+It is not vLLM: requests that arrive together share one generate (up to --max-batch-size) but there is
+no continuous batching, and it fetches no remote image URLs.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import cv2
 import numpy as np
@@ -41,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 logger = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+DeviceName = Literal["auto", "cuda", "cpu"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,7 @@ class ChatInput:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A generator's answer: the assistant text, or an HTTP error status, after an optional delay.
+    """A generator's answer: the assistant text (or, with an error status, the error message), after a delay.
 
     `body`, when set, is sent as the response body instead of a chat completion (to test clients
     against malformed responses).
@@ -251,7 +253,8 @@ def create_app(
         if reply.delay_s > 0:
             await asyncio.sleep(reply.delay_s)
         if reply.status != 200:
-            return _error(reply.status, f"scripted failure {reply.status}", "server_error")
+            kind = "invalid_request_error" if reply.status < 500 else "server_error"
+            return _error(reply.status, reply.text or f"the generator failed with {reply.status}", kind)
         if reply.body is not None:
             return Response(reply.body, media_type="application/json")
         return JSONResponse(completion_body(model_name, reply))
@@ -298,7 +301,10 @@ async def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Async
 
 
 def main(
-    scripted_answer: Annotated[str, typer.Option(help="Answer every request with this text (no model).")],
+    model_path: Annotated[
+        Path | None, typer.Option(help="World GLM folder (or a GLM-4V checkpoint) to answer with.")
+    ] = None,
+    scripted_answer: Annotated[str | None, typer.Option(help="Answer every request with this text (no model).")] = None,
     model_name: Annotated[
         str, typer.Option(help="Served model name; empty: the model folder's name, or 'scripted'.")
     ] = "",
@@ -307,20 +313,49 @@ def main(
     api_key_file: Annotated[
         Path | None, typer.Option(help="File holding the API key clients must send as a Bearer token.")
     ] = None,
+    device: Annotated[DeviceName, typer.Option(help="Where the model runs.")] = "auto",
+    max_batch_size: Annotated[int, typer.Option(min=1, max=256, help="Most requests per model generate.")] = 8,
 ) -> None:
     """Serve chat completions until interrupted; prints the base URL once listening."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if (model_path is None) == (scripted_answer is None):
+        raise typer.BadParameter("give exactly one of --model-path and --scripted-answer")
     api_key = None
     if api_key_file is not None:
         api_key = api_key_file.read_text(encoding="utf-8").strip()
         if not api_key:
             raise typer.BadParameter(f"{api_key_file} is empty", param_hint="--api-key-file")
-    generator = ScriptedGenerator(Reply(text=scripted_answer))
-    name = model_name or "scripted"
+    name = model_name or (model_path.resolve().name if model_path is not None else "scripted")
+    asyncio.run(_serve(model_path, scripted_answer, name, host, port, api_key, device, max_batch_size))
+
+
+async def _serve(
+    model_path: Path | None,
+    scripted_answer: str | None,
+    name: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    device: DeviceName,
+    max_batch_size: int,
+) -> None:
+    closing: Callable[[], Awaitable[None]] | None = None
+    generator: Generator
+    if model_path is not None:
+        from sim.openai_glm import GlmGenerator
+
+        glm = await GlmGenerator.load(model_path, device, max_batch_size)
+        generator, closing = glm, glm.close
+    else:
+        generator = ScriptedGenerator(Reply(text=scripted_answer or ""))
     sock = socket.create_server((host, port))
     config = uvicorn.Config(create_app(generator, name, api_key), log_level="info", lifespan="off")
     print(f"serving {name} on http://{host}:{sock.getsockname()[1]}/v1", flush=True)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        await uvicorn.Server(config).serve(sockets=[sock])
+    finally:
+        if closing is not None:
+            await closing()
 
 
 if __name__ == "__main__":

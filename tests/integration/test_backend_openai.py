@@ -310,3 +310,16 @@ async def test_an_endpoint_that_is_down_at_start_does_not_stop_the_service(caplo
         async with backend_for(f"http://127.0.0.1:{port}/v1", CloudMetrics(), max_retries=0) as backend:
             assert backend.model_name == MODEL
     assert "is not reachable yet" in caplog.text
+
+
+async def test_a_key_refused_after_start_is_unsure_not_retried_and_says_to_check_the_key() -> None:
+    metrics = CloudMetrics()
+    async with (
+        server(ScriptedGenerator(Reply(status=401))) as (url, stats),
+        backend_for(url, metrics, max_retries=3, retry_backoff_s=0.01) as backend,
+    ):
+        (result,) = await backend.infer([make_sample("s-1", "cat")])
+    assert result.decision == "unsure"
+    assert "answered HTTP 401 (check the API key in backend.api_key_file)" in result.text
+    assert stats.by_status == {401: 1}
+    assert errors(metrics, "auth") == 1

@@ -11,9 +11,19 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from cloud.backends import BackendConfig, OpenAIBackend, OpenAIBackendConfig, build_backend
+from cloud.backends.verdict_text import DEFAULT_QUESTION, build_prompt, format_prompt
 from cloud.config import load_config
 from cloud.metrics import CloudMetrics
-from sim.openai_server import BadRequestError, ChatRequest, Reply, chat_input, completion_body, decode_data_url
+from sim.openai_glm import PromptError, sample_from_chat
+from sim.openai_server import (
+    BadRequestError,
+    ChatInput,
+    ChatRequest,
+    Reply,
+    chat_input,
+    completion_body,
+    decode_data_url,
+)
 
 
 def test_the_union_selects_the_openai_backend_from_yaml_values() -> None:
@@ -127,3 +137,31 @@ def test_the_deploy_example_selects_the_openai_backend_with_the_key_from_a_secre
     assert '{"decision": "confirmed" or "rejected"' in backend.prompt_template.format(
         detections="cat 0.50", reason="uncertainty_band", question="?"
     )
+
+
+@pytest.mark.parametrize(
+    "claims", [(), (("cat", 0.62),), (("person", 0.31), ("motorcycle", 0.9))], ids=["motion", "one", "two"]
+)
+def test_the_world_glm_adapter_rebuilds_the_sample_the_prompt_was_made_from(
+    claims: tuple[tuple[str, float], ...],
+) -> None:
+    image = np.zeros((30, 40, 3), np.uint8)
+    prompt = format_prompt(claims, "watch_list", DEFAULT_QUESTION)
+    sample = sample_from_chat(ChatInput("m", prompt, image, b"", 64, 0.0))
+    assert [(d.label, d.score) for d in sample.detections] == list(claims)
+    assert sample.mined_reason == "watch_list"
+    assert build_prompt(sample, DEFAULT_QUESTION) == prompt
+
+
+@pytest.mark.parametrize(
+    ("prompt", "problem"),
+    [
+        ("What is this?", "does not start with 'Edge: ...'"),
+        ("Edge: cat 0.50\nMined: gut_feeling\nq", "mined reason 'gut_feeling' is not one of"),
+        ("Edge: cat high\nMined: ibt\nq", "edge claim 'cat high' is not '<label> <score>'"),
+        ("Edge: cat 0.50\nMined: ibt\nIs it a cat?\nJSON please", "answers only its trained prompt"),
+    ],
+)
+def test_the_world_glm_adapter_refuses_prompts_it_was_not_trained_on(prompt: str, problem: str) -> None:
+    with pytest.raises(PromptError, match=problem):
+        sample_from_chat(ChatInput("m", prompt, np.zeros((30, 40, 3), np.uint8), b"", 64, 0.0))
