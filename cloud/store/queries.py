@@ -147,7 +147,8 @@ def decision_series(
     rows = conn.execute(
         "SELECT edge_id, CAST(decided_at / ? AS INTEGER) AS bucket, SUM(decision = 'confirmed'),"
         " SUM(decision = 'rejected'), SUM(decision = 'unsure')"
-        f" FROM verdicts WHERE verdict IS NOT NULL AND {where} GROUP BY edge_id, bucket ORDER BY edge_id, bucket",
+        # decision is set exactly on judged rows (put and the schema-2 backfill), and is in the covering index.
+        f" FROM verdicts WHERE decision IS NOT NULL AND {where} GROUP BY edge_id, bucket ORDER BY edge_id, bucket",
         (bucket_s, *params),
     ).fetchall()
     return [DecisionPoint(edge, bucket * bucket_s, int(c), int(r), int(u)) for edge, bucket, c, r, u in rows]
