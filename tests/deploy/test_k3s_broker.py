@@ -2,19 +2,18 @@
 
 The ConfigMap's mosquitto.conf and ACL files are used as rendered; only what belongs to the pod is
 moved to this machine (the /mosquitto folders become temporary ones, the listeners loopback ports, and
-mosquitto keeps the current user instead of switching to `mosquitto`). Certificates are made here the
-way the README makes them: a CA, a server certificate, and one client certificate per edge whose CN is
-the edge id.
+mosquitto keeps the current user instead of switching to `mosquitto`). Certificates are made by running
+the README's own openssl commands: a CA, the broker's certificate, and one client certificate per edge
+whose CN is the edge id.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import getpass
-import ipaddress
 import queue
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -27,50 +26,31 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.deploy.k3s import by_kind, render
+from tests.deploy.k3s import K3S, by_kind, find, render
 from tests.helpers.broker import free_port, require_mosquitto
 
 WAIT_S = 20.0
 HOST = "127.0.0.1"
 
 
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-
-
-def _certificate(
-    folder: Path, name: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, server: bool = False
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A P-256 key and certificate `name` (self-signed CA when issuer is None), written as name.crt/.key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer[0].subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]),
-            critical=False,
+def _readme_certificates(folder: Path, clients: tuple[str, ...]) -> None:
+    """Run the README's openssl commands in `folder`: the CA, the broker's certificate, and one client
+    certificate per name (the README's example client, gw-lobby-01, renamed)."""
+    text = (K3S / "README.md").read_text()
+    section = text[text.index("**Mosquitto TLS.**") :]
+    block = section[section.index("```sh") + len("```sh") : section.index("```", section.index("```sh") + 5)]
+    commands = [line for line in block.replace("\\\n", " ").splitlines() if line.startswith("openssl")]
+    shared = [c for c in commands if "gw-lobby-01" not in c]
+    per_client = [c for c in commands if "gw-lobby-01" in c]
+    assert len(shared) == 3 and len(per_client) == 2, "the README's certificate steps changed: update this test"
+    script = shared + [c.replace("gw-lobby-01", name) for name in clients for c in per_client]
+    for command in script:
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=folder, capture_output=True, text=True, timeout=60, check=False
         )
-    certificate = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-    (folder / f"{name}.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    _write_key(key, folder / f"{name}.key")
-    return certificate, key
+        assert result.returncode == 0, f"README step failed: {command}\n{result.stderr}"
 
 
 def _broker_files(folder: Path) -> tuple[Path, int, int]:
@@ -133,6 +113,9 @@ class Client:
                 keyfile=str(certs / f"{name}.key") if name else None,
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
+            # The certificate names the broker's Service (checked above), not 127.0.0.1: the chain is
+            # still verified against the CA.
+            self.client.tls_insecure_set(True)
         self.client.on_message = lambda _c, _u, message: self.received.put((message.topic, bytes(message.payload)))
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.connect(HOST, port)
@@ -158,20 +141,36 @@ class Client:
         self.client.loop_stop()
 
 
+def require_openssl() -> str:
+    """The openssl command the README uses; skips (fails under CI=true) when missing."""
+    found = shutil.which("openssl")
+    if found is None:
+        from tests.deploy.k3s import missing_tool
+
+        missing_tool("openssl")
+    assert found is not None
+    return found
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
     binary = require_mosquitto()
+    require_openssl()
     certs = tmp_path / "certs"
     certs.mkdir()
-    ca = _certificate(certs, "ca", None)
-    _certificate(certs, "server", ca, server=True)
-    (certs / "tls.crt").write_bytes((certs / "server.crt").read_bytes())
-    (certs / "tls.key").write_bytes((certs / "server.key").read_bytes())
-    for name in ("gw-01", "gw-02", "edgeglm-cloud"):
-        _certificate(certs, name, ca)
+    _readme_certificates(certs, ("gw-01", "gw-02", "edgeglm-cloud"))
     conf, tls_port, plain_port = _broker_files(tmp_path)
     with _running([binary, "-c", str(conf)], [tls_port, plain_port], tmp_path / "mosquitto.log"):
         yield certs, tls_port, plain_port
+
+
+def test_the_brokers_certificate_names_its_service(broker: tuple[Path, int, int]) -> None:
+    certs, _, _ = broker
+    certificate = x509.load_pem_x509_certificate((certs / "tls.crt").read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    service = find(render("fleet"), "Service", "mosquitto")
+    fqdn = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    assert fqdn in names.get_values_for_type(x509.DNSName)
 
 
 def _clients(*clients: Client) -> Any:
@@ -214,7 +213,7 @@ def test_clients_without_a_certificate_are_refused_on_the_tls_listener(broker: t
     context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
     with socket.create_connection((HOST, tls_port), timeout=WAIT_S) as raw:
         try:
-            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            with context.wrap_socket(raw, server_hostname="mosquitto.edgeglm.svc.cluster.local") as tls:
                 tls.sendall(CONNECT)
                 answer = tls.recv(16)
         except (ssl.SSLError, ConnectionResetError, BrokenPipeError):

@@ -268,3 +268,40 @@ def test_dockerfiles_install_the_right_extra_and_run_as_the_pods_user(
     args = container(pod, container_name)["args"]
     assert args == command
     mounted_config(objects, pod, args[args.index("--config") + 1])
+
+
+def _readme_secrets() -> dict[tuple[str, str], set[str]]:
+    """(namespace, name) -> keys of every `kubectl -n NS create secret generic NAME --from-file=...` in the README."""
+    text = (ROOT / "deploy" / "k3s" / "README.md").read_text().replace("\\\n", " ")
+    secrets: dict[tuple[str, str], set[str]] = {}
+    for namespace, name, rest in re.findall(r"kubectl -n (\S+) create secret generic (\S+)(.*)", text):
+        sources = re.findall(r"--from-file=(\S+)", rest)
+        secrets[(namespace, name)] = {s.split("=")[0] if "=" in s else Path(s).name for s in sources}
+    return secrets
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_readme_creates_every_secret_the_manifests_mount(variant: str) -> None:
+    created = _readme_secrets()
+    for workload in (o for o in render(variant) if o["kind"] in ("Deployment", "DaemonSet", "StatefulSet")):
+        for volume in pod_spec(workload).get("volumes", []):
+            if "secret" not in volume:
+                continue
+            key = (workload["metadata"]["namespace"], volume["secret"]["secretName"])
+            assert key in created, f"the README never creates Secret {key[1]} in {key[0]}"
+            needed = {item["key"] for item in volume["secret"].get("items", [])}
+            assert needed <= created[key], f"Secret {key[1]}: the README gives {created[key]}, pods read {needed}"
+    # The broker's Secret is mounted whole: the files its config names must be in it.
+    objects = render(variant)
+    conf = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].startswith("mosquitto-config"))
+    pattern = r"^(?:cafile|certfile|keyfile) /mosquitto/certs/(\S+)$"
+    named = set(re.findall(pattern, conf["data"]["mosquitto.conf"], re.MULTILINE))
+    assert named == {"ca.crt", "tls.crt", "tls.key"}
+    assert named <= created[("edgeglm", "mosquitto-tls")]
+    broker = find(objects, "StatefulSet", "mosquitto")
+    for name in named:
+        assert volume_for(broker, f"/mosquitto/certs/{name}")[1]["secret"]["secretName"] == "mosquitto-tls"
+    for acl in re.findall(r"^acl_file (\S+)$", conf["data"]["mosquitto.conf"], re.MULTILINE):
+        mount, volume = volume_for(broker, acl)
+        assert volume["configMap"]["name"] == conf["metadata"]["name"]
+        assert acl.removeprefix(mount["mountPath"] + "/") in conf["data"]
