@@ -131,8 +131,8 @@ class LightEdge:
         try:
             await call.write(session_pb2.EdgeMessage(hello=session_pb2.Hello(edge_id=self.edge_id, site_id="light")))
             for sample_id in self.unanswered:
-                self._tally.errors["resent"] += 1
                 await self._write(call, self._sent[sample_id].sample)
+                self._tally.errors["resent"] += 1
             await self._send_planned(call, reader, deadline)
             waiter = asyncio.create_task(self._complete.wait())
             try:

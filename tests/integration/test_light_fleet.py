@@ -7,6 +7,7 @@ oracle must look ground truth up by edge and camera to judge right.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
@@ -20,6 +21,7 @@ from sim.fleet.light import RESULT_FILE, run_light_fleet
 from sim.fleet.light_cloud import run_fleet_1000
 from sim.fleet.light_config import Fleet1000Config, LightCloudConfig, LightFleetConfig
 from sim.fleet.light_samples import camera_clips, ensure_clips
+from sim.fleet.run import free_port
 from tests.integration.test_cloud_server import counter, make_config, running
 
 FLEET = LightFleetConfig(
@@ -99,3 +101,45 @@ def test_the_fleet_runner_starts_a_cloud_process_and_reads_its_ingest_counters(t
     assert len(cloud_yaml["backend"]["ground_truth"]) == 20 * FLEET.cameras_per_edge
     assert cloud_yaml["known_edges"] == []
     assert "cloud service stopped" in (tmp_path / "logs" / "cloud.log").read_text()  # stopped in order, not killed
+
+
+async def test_light_edges_resend_across_a_cloud_restart_and_nothing_is_lost_or_doubled(
+    tmp_path: Path, clips: list[Path]
+) -> None:
+    fleet = FLEET.model_copy(
+        update={"edges": 30, "samples_per_edge": 8, "rate_per_edge_hz": 2.0, "edges_per_channel": 6}
+    )
+    truth = {key: str(path) for key, path in camera_clips(fleet, clips).items()}
+    config = make_config(
+        tmp_path,
+        clips[0],
+        # The restarted cloud listens where the first one did. While the first one stops it delivers the
+        # verdicts it owes (a slow backend: that takes a while) and reads no more, so what the edges
+        # write meanwhile is never read: they must resend it to the second one.
+        server={"port": free_port()},
+        backend={"ground_truth": truth, "delay_ms": 300, "max_batch_size": 64},
+        batcher={"max_batch_size": 64, "max_queue_size": 5_000},
+    )
+    planned = fleet.edges * fleet.samples_each
+    fleet_run = asyncio.create_task(
+        run_light_fleet(fleet, f"127.0.0.1:{config.server.port}", tmp_path / "out", progress=False, clips=clips)
+    )
+    async with running(config) as first:
+        for _ in range(200):  # until a third of the verdicts went out, at most 20 s
+            if counter(first, "edgeglm_cloud_samples_received_total", transport="grpc") >= planned / 3:
+                break
+            await asyncio.sleep(0.1)
+        judged_by_first = await first.store.count()
+    assert 0 < judged_by_first < planned
+    await asyncio.sleep(0.5)
+    async with running(config) as second:
+        result = await asyncio.wait_for(fleet_run, fleet.deadline_s + 30)
+        stored = await second.store.count()
+
+    assert (result.samples_sent, result.samples_unsent, result.verdicts_received) == (planned, 0, planned)
+    assert (result.samples_lost, result.samples_duplicated) == (0, 0)
+    assert (result.verdicts_correct, result.verdicts_wrong) == (planned, 0), result.wrong_examples
+    assert result.sessions_opened > fleet.edges  # every edge came back on a new stream
+    assert result.errors["resent"] > 0
+    assert result.sends > planned
+    assert stored == planned  # one verdict per sample over both clouds (same store): no second judgement
