@@ -70,8 +70,10 @@ async def timed(repeats: int, query: Callable[[], Awaitable[object]]) -> dict[st
 
 async def benchmark(folder: Path, rows: int, edges: int, repeats: int) -> dict[str, Any]:
     """Fill a fresh store, then time each query."""
+    frames = [frame(seed) for seed in range(8)]
+    make_thumbnail(frames[0])  # the codec's first call sets itself up: not timed
     started = time.perf_counter()
-    thumbnails = [make_thumbnail(frame(seed)) for seed in range(8)]
+    thumbnails = [make_thumbnail(image) for image in frames]
     thumbnail_ms = (time.perf_counter() - started) * 1000 / len(thumbnails)
     path = folder / "verdicts.sqlite"
     store = VerdictStore(path)
