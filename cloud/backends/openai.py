@@ -346,15 +346,7 @@ class OpenAIBackend:
             raise _RequestError("connection", f"{url}: {_describe(err)}") from err
         status = response.status_code
         if status != 200:
-            kind: ErrorKind = (
-                "auth"
-                if status in (401, 403)
-                else "http_429"
-                if status == 429
-                else "http_5xx"
-                if status >= 500
-                else "http_4xx"
-            )
+            kind = _status_kind(status)
             hint = " (check the API key in backend.api_key_file)" if kind == "auth" else ""
             raise _RequestError(kind, f"{url} answered HTTP {status}{hint}: {_snippet(response.text)}")
         return _answer_text(url, response)
@@ -379,6 +371,14 @@ def _answer_text(url: str, response: httpx.Response) -> str:
     if not isinstance(content, str):
         raise _RequestError("malformed", f"{url} answered a message without text content: {_snippet(response.text)}")
     return content
+
+
+def _status_kind(status: int) -> ErrorKind:
+    if status in (401, 403):
+        return "auth"
+    if status == 429:
+        return "http_429"
+    return "http_5xx" if status >= 500 else "http_4xx"
 
 
 def _encode_jpeg(sample: SampleInput, quality: int) -> bytes:
