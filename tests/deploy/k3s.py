@@ -71,9 +71,12 @@ def _composed_tree() -> Path:
     kustomize refuses absolute paths to bases and components, so the composed kustomizations sit in a
     copy of the tree next to the overlays they name.
     """
+    import atexit
     import tempfile
 
-    tree = Path(tempfile.mkdtemp(prefix="edgeglm-k3s-")) / "k3s"
+    scratch = Path(tempfile.mkdtemp(prefix="edgeglm-k3s-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    tree = scratch / "k3s"
     shutil.copytree(K3S, tree)
     for name, (overlay, components) in VARIANTS.items():
         if not components:
