@@ -101,7 +101,6 @@ class ServerStats:
     in_flight: int = 0
     max_in_flight: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
-    texts: list[str] = field(default_factory=list)
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
@@ -248,7 +247,6 @@ def create_app(
             return _error(400, str(err), "invalid_request_error")
         if chat.model != model_name:
             return _error(404, f"model {chat.model!r} is not served here (this server has {model_name!r})", "not_found")
-        seen.texts.append(chat.text)
         reply = await generator.generate(chat)
         if reply.delay_s > 0:
             await asyncio.sleep(reply.delay_s)
