@@ -22,7 +22,7 @@ from edge import convert
 from edge.config import EdgeConfig, MqttUplinkConfig
 from edge.detect import Detection, Detector
 from edge.events import EventSink
-from edge.gate import FrameGate
+from edge.gate import FrameGate, GateResult
 from edge.health import HealthServer
 from edge.metrics import EdgeMetrics
 from edge.mine import Miner, MiningContext, MiningDecision
@@ -84,7 +84,7 @@ class EdgeAgent:
         )
         self._outbox_samples = 0
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect")
-        self._detect_queue: asyncio.Queue[tuple[Frame, bool]] = asyncio.Queue(config.pipeline.detect_queue_size)
+        self._detect_queue: asyncio.Queue[tuple[Frame, GateResult]] = asyncio.Queue(config.pipeline.detect_queue_size)
         self._pending: dict[str, PendingSample] = {}
         self._detector: Detector | None = None
         self._gates: dict[str, FrameGate] = {}
@@ -267,14 +267,14 @@ class EdgeAgent:
                 continue
             if not source.config.realtime:
                 # A recording played as fast as it is consumed: wait for the detector, lose nothing.
-                await self._detect_queue.put((frame, True))
+                await self._detect_queue.put((frame, result))
                 continue
             if self._detect_queue.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
                     dropped, _ = self._detect_queue.get_nowait()
                     self._detect_queue.task_done()
                     self.metrics.frames_dropped.labels(dropped.camera_id, "detect_queue_full").inc()
-            self._detect_queue.put_nowait((frame, True))
+            self._detect_queue.put_nowait((frame, result))
 
     async def _detect_loop(self) -> None:
         """Batch what is waiting (up to detect_batch_size, across cameras), detect, decide."""
@@ -289,15 +289,15 @@ class EdgeAgent:
             started = time.perf_counter()
             results = await loop.run_in_executor(self._infer_pool, detector.detect_batch, images)
             self.metrics.detect_seconds.observe(time.perf_counter() - started)
-            for (frame, motion), detections in zip(batch, results, strict=True):
+            for (frame, gate), detections in zip(batch, results, strict=True):
                 self.metrics.frames_detected.labels(frame.camera_id).inc()
-                await self._decide(frame, motion, detections)
+                await self._decide(frame, gate, detections)
                 self._detect_queue.task_done()
 
-    async def _decide(self, frame: Frame, motion: bool, detections: list[Detection]) -> None:
+    async def _decide(self, frame: Frame, gate: GateResult, detections: list[Detection]) -> None:
         """Mine one frame: confident results become events, suspicious ones samples."""
         assert self._miner is not None
-        decision = self._miner.decide(MiningContext(frame.camera_id, frame.seq, motion, detections))
+        decision = self._miner.decide(MiningContext(frame.camera_id, frame.seq, gate.changed, detections))
         self._local_latencies_ms.append(round(max(0.0, time.time() - frame.captured_at) * 1000, 2))
         policy_version = self.policy.version
         if not self._cloud_reachable():
@@ -309,7 +309,7 @@ class EdgeAgent:
                 self.metrics.samples_dropped.labels("resend_interval").inc()
                 return
             self.metrics.mined.labels(decision.reason).inc()
-            await self._send(frame, detections, decision)
+            await self._send(frame, detections, decision, gate.changed_box)
 
     def _sent_recently(self, frame: Frame, detections: list[Detection], reason: str) -> bool:
         """True when this camera sent the same labels for the same reason within the policy's interval."""
@@ -326,7 +326,13 @@ class EdgeAgent:
         self._last_sent[key] = frame.captured_at
         return False
 
-    async def _send(self, frame: Frame, detections: list[Detection], decision: MiningDecision) -> None:
+    async def _send(
+        self,
+        frame: Frame,
+        detections: list[Detection],
+        decision: MiningDecision,
+        motion_box: tuple[int, int, int, int] | None = None,
+    ) -> None:
         """Encode the frame (or crop) as the policy says and hand the sample to the uplink."""
         loop = asyncio.get_running_loop()
         uplink_policy = self.policy.uplink
@@ -337,6 +343,7 @@ class EdgeAgent:
             detections,
             uplink_policy.image_mode,
             uplink_policy.jpeg_quality,
+            motion_box,
         )
         height, width = frame.image.shape[:2]
         sample_id = f"{self.config.edge_id}-{frame.camera_id}-{frame.seq}-{uuid.uuid4().hex[:8]}"

@@ -67,6 +67,7 @@ _ORIGINS: dict[int, OriginName] = {
 }
 # Crop mode: the union of the boxes grows by this share of its width (height) on each side, for context.
 CROP_PADDING = 0.25
+MIN_MOTION_CROP = 96  # pixels a side: enough context for the cloud to recognise a small object
 
 
 class InvalidPolicyError(ValueError):
@@ -371,12 +372,43 @@ def crop_box(
     return left, top, right, bottom
 
 
+def motion_crop_box(
+    frame_size: tuple[int, int], changed: tuple[int, int, int, int], padding: float = CROP_PADDING
+) -> tuple[int, int, int, int] | None:
+    """The region the gate saw change in, padded and at least MIN_MOTION_CROP pixels a side (None: whole frame)."""
+    width, height = frame_size
+    x1, y1, x2, y2 = changed
+    side_x = max(MIN_MOTION_CROP, (x2 - x1) * (1 + 2 * padding))
+    side_y = max(MIN_MOTION_CROP, (y2 - y1) * (1 + 2 * padding))
+    centre_x, centre_y = (x1 + x2) / 2, (y1 + y2) / 2
+    left = max(0, math.floor(centre_x - side_x / 2))
+    top = max(0, math.floor(centre_y - side_y / 2))
+    right = min(width, math.ceil(centre_x + side_x / 2))
+    bottom = min(height, math.ceil(centre_y + side_y / 2))
+    if right <= left or bottom <= top or (right - left) * (bottom - top) >= 0.8 * width * height:
+        return None
+    return left, top, right, bottom
+
+
 def encode_sample_image(
-    frame: NDArray[np.uint8], detections: Sequence[Detection], mode: ImageMode, jpeg_quality: int
+    frame: NDArray[np.uint8],
+    detections: Sequence[Detection],
+    mode: ImageMode,
+    jpeg_quality: int,
+    motion_box: tuple[int, int, int, int] | None = None,
 ) -> tuple[bytes, tuple[int, int, int, int] | None]:
-    """The JPEG a sample carries and the crop it shows (None: the whole frame). Blocking: run in an executor."""
+    """The JPEG a sample carries and the crop it shows (None: the whole frame). Blocking: run in an executor.
+
+    In crop mode a sample with detections shows their padded union; one without (motion without
+    detection) shows the padded region where the gate saw change, when the gate gave one.
+    """
     height, width = frame.shape[:2]
-    crop = crop_box((width, height), detections) if mode == "crop" else None
+    crop = None
+    if mode == "crop":
+        if detections:
+            crop = crop_box((width, height), detections)
+        elif motion_box is not None:
+            crop = motion_crop_box((width, height), motion_box)
     image = frame if crop is None else frame[crop[1] : crop[3], crop[0] : crop[2]]
     ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
     if not ok:

@@ -30,12 +30,23 @@ DEFAULT_BACKGROUND_ALPHA = 0.05
 _BLUR_KERNEL = (3, 3)
 
 
+# Changed pixels are opened with this kernel before their bounding box is taken, so that isolated
+# noise pixels do not stretch the box over the whole frame.
+_OPEN_KERNEL = np.ones((2, 2), np.uint8)
+
+
 @dataclass(frozen=True, slots=True)
 class GateResult:
-    """Whether a frame is worth detecting on, and the share of its pixels that changed (0..1)."""
+    """Whether a frame is worth detecting on, the share of its pixels that changed (0..1), and where.
+
+    `changed_box` is the bounding box (x1, y1, x2, y2, original-frame pixels, x2/y2 exclusive) of the
+    changed pixels that survive a small morphological opening; None when nothing did (or on a first
+    frame). A motion-without-detection sample can carry just that region instead of the whole frame.
+    """
 
     changed: bool
     changed_fraction: float
+    changed_box: tuple[int, int, int, int] | None = None
 
 
 class FrameGate:
@@ -82,10 +93,13 @@ class FrameGate:
             self._background = small
             return GateResult(changed=True, changed_fraction=1.0)
         difference = cv2.absdiff(small, self._background)
-        changed_pixels = int(np.count_nonzero(difference > policy.pixel_diff_threshold))
+        mask = (difference > policy.pixel_diff_threshold).astype(np.uint8)
+        changed_pixels = int(np.count_nonzero(mask))
         fraction = changed_pixels / difference.size
         cv2.accumulateWeighted(small, self._background, self._alpha)
-        return GateResult(changed=fraction >= policy.changed_area_fraction, changed_fraction=fraction)
+        changed = fraction >= policy.changed_area_fraction
+        box = _changed_box(mask, frame_hw) if changed and changed_pixels else None
+        return GateResult(changed=changed, changed_fraction=fraction, changed_box=box)
 
     def _apply_pending(self) -> None:
         with self._pending_lock:
@@ -109,6 +123,21 @@ def _prepare(frame: NDArray[np.uint8], downscale_width: int) -> NDArray[np.float
         grey = np.asarray(cv2.resize(grey, (target_width, target_height), interpolation=cv2.INTER_AREA), np.uint8)
     blurred = cv2.GaussianBlur(grey, _BLUR_KERNEL, 0)
     return np.asarray(blurred, dtype=np.float32)
+
+
+def _changed_box(mask: NDArray[np.uint8], frame_hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """Bounding box of the opened change mask, scaled to original-frame pixels (None: only noise changed)."""
+    opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _OPEN_KERNEL)
+    if not opened.any():
+        return None
+    x, y, w, h = cv2.boundingRect(opened)
+    scale_x, scale_y = frame_hw[1] / mask.shape[1], frame_hw[0] / mask.shape[0]
+    return (
+        int(x * scale_x),
+        int(y * scale_y),
+        min(frame_hw[1], int(np.ceil((x + w) * scale_x))),
+        min(frame_hw[0], int(np.ceil((y + h) * scale_y))),
+    )
 
 
 def _to_grey(frame: NDArray[np.uint8]) -> NDArray[np.uint8]:

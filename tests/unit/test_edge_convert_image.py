@@ -58,3 +58,20 @@ def test_lower_jpeg_quality_gives_fewer_bytes() -> None:
     small, _ = encode_sample_image(image, [], "full_frame", 20)
     large, _ = encode_sample_image(image, [], "full_frame", 95)
     assert len(small) < len(large)
+
+
+def test_a_motion_sample_in_crop_mode_carries_the_changed_region() -> None:
+    # A 20 x 20 change is padded to the minimum side of 96 around its centre.
+    jpeg, crop = encode_sample_image(frame(), [], "crop", 80, motion_box=(200, 100, 220, 120))
+    assert crop == (162, 62, 258, 158)
+    assert decoded_shape(jpeg) == (96, 96, 3)
+
+
+def test_a_motion_region_over_most_of_the_frame_sends_the_whole_frame() -> None:
+    _, crop = encode_sample_image(frame(), [], "crop", 80, motion_box=(5, 5, 300, 230))
+    assert crop is None
+
+
+def test_detections_win_over_the_motion_region() -> None:
+    _, crop = encode_sample_image(frame(), [det(100, 80, 140, 120)], "crop", 80, motion_box=(0, 0, 20, 20))
+    assert crop == (90, 70, 150, 130)

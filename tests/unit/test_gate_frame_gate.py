@@ -177,3 +177,23 @@ def test_a_frame_that_is_not_an_image_is_refused_with_its_shape():
 def test_background_weight_outside_0_1_is_refused():
     with pytest.raises(ValueError, match="background_alpha"):
         FrameGate(GatePolicy(), background_alpha=0.0)
+
+
+def test_the_changed_box_surrounds_what_moved_and_not_the_noise():
+    gate = FrameGate(GatePolicy())
+    rng = np.random.default_rng(3)
+    frame = scene()
+    gate.check(with_noise(frame, rng))
+    result = gate.check(with_noise(with_square(frame, 200, 40, size=32), rng, sigma=5.0))
+    assert result.changed and result.changed_box is not None
+    x1, y1, x2, y2 = result.changed_box
+    # The square is (200, 40)-(232, 72); downscaling by 2 and the blur blur its edge by a few pixels.
+    assert 190 <= x1 <= 200 and 30 <= y1 <= 40
+    assert 232 <= x2 <= 242 and 72 <= y2 <= 82
+
+
+def test_no_changed_box_without_change():
+    gate = FrameGate(GatePolicy())
+    frame = scene()
+    gate.check(frame)
+    assert gate.check(frame).changed_box is None
