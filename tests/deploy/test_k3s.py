@@ -273,3 +273,14 @@ def test_cloud_configmap_passes_cloud_check_config(variant: str, tmp_path: Path)
     env = pod_environment(container(cloud, "cloud"), *NODE)
     output = _check_config("edgeglm-cloud", name, text, env, tmp_path)
     assert f"(backend {kind}, gRPC port 50051," in output
+
+
+def test_a_missing_tool_fails_on_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.deploy.k3s import missing_tool
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="kubectl is not installed"):
+        missing_tool("kubectl")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="make test"):
+        missing_tool("kubectl")
