@@ -1,7 +1,8 @@
 """The dashboard (static files at /) and the API docs at /docs, both served without any CDN.
 
 FastAPI's own /docs page loads Swagger UI from a CDN, which the cloud's private network may not
-reach; here its files come from the `swagger-ui-bundle` package (cloud extra) instead. Without that
+reach; here its files (Swagger UI 5, which reads FastAPI's OpenAPI 3.1) come from the static folder
+of the `fastapi-offline` package (cloud extra) instead; only those files are used. Without that
 package /docs says so and points at /openapi.json, which always works.
 """
 
@@ -18,16 +19,17 @@ from fastapi.staticfiles import StaticFiles
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 _NO_SWAGGER = """<!doctype html><meta charset="utf-8"><title>EdgeGLM cloud admin API</title>
-<p>Swagger UI's files are not installed (<code>pip install swagger-ui-bundle</code>, part of the cloud extra).
+<p>Swagger UI's files are not installed (<code>pip install fastapi-offline</code>, part of the cloud extra).
 The OpenAPI schema is at <a href="/openapi.json">/openapi.json</a>.</p>"""
 
 
 def _swagger_assets() -> Path | None:
     try:
-        from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+        import fastapi_offline
     except ImportError:
         return None
-    return Path(swagger_ui_path)
+    folder = Path(fastapi_offline.__file__).parent / "static"
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
 
 
 def add_web_routes(app: FastAPI) -> None:
@@ -37,7 +39,7 @@ def add_web_routes(app: FastAPI) -> None:
     if assets is not None:
         app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
     else:
-        logger.warning("swagger-ui-bundle is not installed: /docs shows a link to /openapi.json only")
+        logger.warning("fastapi-offline is not installed: /docs shows a link to /openapi.json only")
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:
@@ -54,5 +56,5 @@ def add_web_routes(app: FastAPI) -> None:
             title=f"{app.title} — API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js",
             swagger_css_url="/docs-assets/swagger-ui.css",
-            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            swagger_favicon_url="/docs-assets/favicon.png",
         )

@@ -56,6 +56,13 @@ def read_dashboard(url: str, sample_id: str, profile: Path, screenshot: Path) ->
         Select(browser.find_element(By.ID, "f-decision")).select_by_value("")
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f'li.verdict[data-sample-id="{sample_id}"]'))
         shown["errors"] += [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+        browser.get(url + "docs")  # Swagger UI from local files, over /openapi.json
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock"))
+        shown["docs_paths"] = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        shown["errors"] += [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+        browser.get(url)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f'li.verdict[data-sample-id="{sample_id}"]'))
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#loop-rows tr td.mono"))
         height = browser.execute_script("return document.documentElement.scrollHeight")
         browser.set_window_size(1440, int(height) + 160)  # the whole page in one picture
         browser.save_screenshot(str(screenshot))
@@ -86,5 +93,6 @@ async def test_the_dashboard_shows_a_verdict_made_from_a_real_sample(tmp_path: P
     assert shown["uplink_lines"] == 2
     assert shown["loop_edges"] == {"gw-1", "gw-2"}
     assert f'"sample_id": "{sample.sample_id}"' in shown["detail"] and "Verdict as sent" in shown["detail"]
+    assert {"/api/verdicts", "/api/policies/fleet"} <= {path.replace("\u200b", "") for path in shown["docs_paths"]}
     assert shown["errors"] == []
     assert screenshot.read_bytes().startswith(b"\x89PNG")
