@@ -1,4 +1,4 @@
-"""The admin HTTP API: health, metrics, policies, fleet status."""
+"""The admin HTTP API and dashboard: health, metrics, policies and their history, fleet, verdicts, series."""
 
 from cloud.api.app import AdminState, create_app
 from cloud.api.server import AdminServer
