@@ -45,6 +45,20 @@ mosquitto:
 		echo "warning: mosquitto is missing (sudo apt-get install mosquitto mosquitto-clients); MQTT tests skip" >&2; \
 	fi
 
+# netns link emulation (sim/link) needs ip, tc (iproute2) and nft (nftables); installed here when root
+# (CI runs as root); elsewhere a warning, and the netns tests skip (on CI they fail instead).
+.PHONY: netns-tools
+netns-tools:
+	@if command -v ip >/dev/null && command -v tc >/dev/null && command -v nft >/dev/null; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get -o DPkg::Lock::Timeout=300 install -y -qq iproute2 nftables >/dev/null 2>&1 \
+			|| { apt-get update -qq >/dev/null 2>&1 && apt-get -o DPkg::Lock::Timeout=300 install -y -qq iproute2 nftables >/dev/null 2>&1; } \
+			|| echo "warning: apt-get could not install iproute2 nftables; the netns link tests will be skipped" >&2; \
+	else \
+		echo "warning: ip/tc/nft missing (sudo apt-get install iproute2 nftables); netns link tests skip" >&2; \
+	fi
+
 # The dashboard test drives Debian's chromium headless through its chromedriver (selenium, dev
 # extra): installed here when missing (CI runs as root); elsewhere a warning, and that test skips (on
 # CI it fails instead).
@@ -81,7 +95,7 @@ k3s-tools: $(VENV)/.ready
 pytest: $(VENV)/.ready k3s-tools
 	$(BIN)/pytest -q
 
-test: lint typecheck mosquitto chromium pytest ## ruff, mypy and every test
+test: lint typecheck mosquitto netns-tools chromium pytest ## ruff, mypy and every test
 
 bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	$(BIN)/python -m bench.detector --out bench/results/detector.json
