@@ -13,9 +13,10 @@ import yaml
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
-from cloud.api.recorder import policy_reason
+from cloud.api.recorder import UNSTATED, policy_reason
 from cloud.api.state import AdminState, require_store
 from cloud.policy import PolicyValidationError
+from cloud.store import PolicyRecord
 
 MAX_POLICY_BYTES = 1 << 20
 MAX_REASON_CHARS = 500
@@ -103,6 +104,25 @@ def _writing_routes(state: AdminState) -> APIRouter:
     return router
 
 
+def _closed_loop_reasons(state: AdminState) -> dict[int, str]:
+    """Policy version -> why the closed loop moved bands under it (the engine's listeners do not get reasons)."""
+    if state.closed_loop is None:
+        return {}
+    reasons: dict[int, list[str]] = {}
+    for classes in state.closed_loop.snapshot()["edges"].values():
+        for label, entry in sorted(classes.items()):
+            for move in entry["history"]:
+                reasons.setdefault(int(move["version"]), []).append(f"{label} {move['reason']}")
+    return {version: "closed loop: " + "; ".join(parts) for version, parts in reasons.items()}
+
+
+def _shown(record: PolicyRecord, loop_reasons: dict[int, str]) -> dict[str, Any]:
+    shown = record.to_json()
+    if record.reason == UNSTATED and record.version in loop_reasons:
+        shown["reason"] = loop_reasons[record.version]
+    return shown
+
+
 def _reading_routes(state: AdminState) -> APIRouter:
     router = APIRouter(prefix="/api")
 
@@ -114,9 +134,10 @@ def _reading_routes(state: AdminState) -> APIRouter:
         """The layers in force (fleet, sites, edges) and the published versions, newest first."""
         history = await require_store(state).list_policies(limit, before_version)
         more = len(history) == limit and history[-1].version > 1
+        loop_reasons = _closed_loop_reasons(state)
         return {
             "current": state.policy.snapshot(),
-            "history": [record.to_json() for record in history],
+            "history": [_shown(record, loop_reasons) for record in history],
             "next_before_version": history[-1].version if more else None,
         }
 
@@ -126,7 +147,7 @@ def _reading_routes(state: AdminState) -> APIRouter:
         record = await require_store(state).get_policy(version)
         if record is None:
             raise HTTPException(404, f"policy version {version} is not in the history")
-        return record.to_json()
+        return _shown(record, _closed_loop_reasons(state))
 
     return router
 

@@ -239,14 +239,19 @@ async def test_the_closed_loop_state_is_served_when_the_loop_is_on(tmp_path: Pat
         tmp_path / "on",
         clip,
         admin={"enabled": True, "host": "127.0.0.1", "port": 0},
-        policy={"closed_loop": {"enabled": True}},
+        # A loop that moves on the first evaluation: every pair is confirmed at score 0.5, inside the band.
+        policy={"closed_loop": {"enabled": True, "min_pairs": 1, "min_audit_pairs": 0, "min_interval_s": 0}},
     )
     async with running(admin_config(tmp_path / "off", clip)) as service, admin(service) as client:
         off = await client.get("/api/closed-loop")
     async with running(looped) as service:
         await send(service, clip, "gw-1", frames, "s")
+        assert service.bands is not None
+        moved = await service.bands.evaluate("gw-1")
         async with admin(service) as client:
             on = (await client.get("/api/closed-loop")).json()
+            history = (await client.get("/api/policies")).json()["history"]
+            one = (await client.get(f"/api/policies/{moved}")).json()
 
     pairs: dict[str, int] = {}
     for frame in frames:
@@ -256,3 +261,7 @@ async def test_the_closed_loop_state_is_served_when_the_loop_is_on(tmp_path: Pat
     assert on["enabled"] is True
     assert {label: entry["pairs"] for label, entry in on["edges"]["gw-1"].items()} == pairs
     assert 0 < on["target_recall"] <= 1
+    assert moved == 2 and history[0]["version"] == 2
+    labels = sorted(pairs)
+    assert history[0]["reason"].startswith(f"closed loop: {labels[0]} [") and one["reason"] == history[0]["reason"]
+    assert history[0]["settings"]["mining"]["bands"].keys() == set(labels)
