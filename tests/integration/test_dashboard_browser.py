@@ -13,11 +13,28 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from protos import session_pb2, status_pb2
 from tests.helpers.browser import headless_chromium, require_chromium
 from tests.integration.test_admin_api_verdicts import send
-from tests.integration.test_cloud_server import WAIT_S, busy_frames, make_clip, make_config, running
+from tests.integration.test_cloud_server import (
+    WAIT_S,
+    busy_frames,
+    channel,
+    make_clip,
+    make_config,
+    open_session,
+    running,
+)
 
 PAGE_WAIT_S = 30.0
+HEARTBEAT = status_pb2.EdgeStatus(
+    edge_id="gw-1",
+    state=status_pb2.EDGE_STATE_ONLINE,
+    model_name="yolo-world-n",
+    model_version="v1",
+    policy_version=1,
+    counters=status_pb2.EdgeCounters(frames_read=1200, samples_mined=40, samples_sent=38, bytes_sent=1_900_000),
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +54,10 @@ def read_dashboard(url: str, sample_id: str, profile: Path, screenshot: Path) ->
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#history tr"))
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#chart-uplink polyline"))
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#loop-rows tr td.mono"))
+        wait.until(lambda b: "1 connected" in b.find_element(By.ID, "fleet-summary").text)
+        wait.until(lambda b: "yolo-world-n v1" in b.find_element(By.CSS_SELECTOR, '.edge[data-edge="gw-1"]').text)
         shown = {
+            "gw1_card": browser.find_element(By.CSS_SELECTOR, '.edge[data-edge="gw-1"]').text,
             "item": item.text,
             "thumbnail_width": browser.execute_script("return arguments[0].naturalWidth", thumb),
             "edges": [e.get_attribute("data-edge") for e in browser.find_elements(By.CSS_SELECTOR, "#edges .edge")],
@@ -81,8 +101,14 @@ async def test_the_dashboard_shows_a_verdict_made_from_a_real_sample(tmp_path: P
             changed = await client.put("/api/policies/edges/gw-2", params=reason, content="uplink: {jpeg_quality: 60}")
         await send(service, clip, "gw-2", frames[3:6], "bay")
         (sample,) = await send(service, clip, "gw-1", frames[:1], "door")
-        # The browser is blocking: it runs in a thread while this loop serves its requests.
-        shown = await asyncio.to_thread(read_dashboard, base + "/", sample.sample_id, tmp_path / "profile", screenshot)
+        async with channel(service) as stub:  # gw-1 stays connected, reporting its counters, while the page is read
+            call, _ = await open_session(stub, "gw-1")
+            await call.write(session_pb2.EdgeMessage(heartbeat=HEARTBEAT))
+            # The browser is blocking: it runs in a thread while this loop serves its requests.
+            shown = await asyncio.to_thread(
+                read_dashboard, base + "/", sample.sample_id, tmp_path / "profile", screenshot
+            )
+            call.cancel()
 
     assert changed.status_code == 200
     assert sample.sample_id in shown["item"]
@@ -94,5 +120,6 @@ async def test_the_dashboard_shows_a_verdict_made_from_a_real_sample(tmp_path: P
     assert shown["loop_edges"] == {"gw-1", "gw-2"}
     assert f'"sample_id": "{sample.sample_id}"' in shown["detail"] and "Verdict as sent" in shown["detail"]
     assert {"/api/verdicts", "/api/policies/fleet"} <= {path.replace("\u200b", "") for path in shown["docs_paths"]}
+    assert "1,200" in shown["gw1_card"] and "40 / 38" in shown["gw1_card"] and "1.9 MB" in shown["gw1_card"]
     assert shown["errors"] == []
     assert screenshot.read_bytes().startswith(b"\x89PNG")

@@ -107,7 +107,8 @@ function edgeCard(edge) {
       el("dt", {}, "policy"),
       el("dd", { class: behind ? "behind" : "" },
         `v${edge.policy_version}` + (behind ? ` (v${edge.policy_version_current} pending)` : "")),
-      el("dt", {}, "model"), el("dd", {}, [edge.model_name, edge.model_version].filter(Boolean).join(" ") || "–"),
+      el("dt", {}, "model"), el("dd", {}, [status.model_name || edge.model_name, status.model_version || edge.model_version]
+        .filter(Boolean).join(" ") || "–"),
       el("dt", {}, "frames read"), el("dd", {}, count(counters.frames_read)),
       el("dt", {}, "mined / sent"), el("dd", {}, `${count(counters.samples_mined)} / ${count(counters.samples_sent)}`),
       el("dt", {}, "bytes sent"), el("dd", {}, bytes(counters.bytes_sent === undefined ? null : Number(counters.bytes_sent))),
