@@ -32,15 +32,19 @@ class FakeCall:
     def __init__(self, cloud: FakeCloud) -> None:
         self.cloud = cloud
         self.samples = 0
+        self.broken = False
         self.down: asyncio.Queue[session_pb2.CloudMessage | BaseException | None] = asyncio.Queue()
 
     async def write(self, message: session_pb2.EdgeMessage) -> None:
+        if self.broken:  # as grpc.aio does when writing to a call that has ended
+            raise asyncio.InvalidStateError("RPC already finished")
         self.cloud.received.append(message)
         if message.WhichOneof("kind") != "sample":
             return
         self.samples += 1
         if self.samples == self.cloud.break_at:
             self.cloud.break_at = 0  # only the first stream breaks
+            self.broken = True
             empty = grpc.aio.Metadata()
             self.down.put_nowait(grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, empty, empty, "gone", None))
             return
@@ -120,7 +124,9 @@ async def run_edge(cloud: FakeCloud, settings: LightFleetConfig) -> tuple[LightE
 async def test_a_light_edge_resends_what_was_unanswered_when_its_stream_breaks() -> None:
     cloud = FakeCloud(break_at=3)  # the first stream dies on the third sample, leaving it unanswered
 
-    _, tally = await run_edge(cloud, config())
+    # 20 samples/s: the edge's reader sees the broken stream before its writer sends the next sample.
+    # (Faster, the writer may hit the dead stream first; then more is resent, as a real edge would.)
+    _, tally = await run_edge(cloud, config(rate_per_edge_hz=20.0))
 
     hellos = [m.hello.edge_id for m in cloud.received if m.WhichOneof("kind") == "hello"]
     assert hellos == ["light-00007", "light-00007"]
