@@ -100,9 +100,12 @@ class SampleJudge:
         stored = await self._store.get(pb.sample_id)
         if stored is not None:
             verdict = verdict_pb2.Verdict.FromString(stored)
-            pending.verdict.set_result(verdict)
-            self._metrics.samples_duplicate.inc()
-            return Admission(_ack(pb.sample_id, duplicate=True), pending.verdict)
+            # A fallback (timeout, backend error: e.g. cut by a shutdown) was never a judgement: a resend
+            # is judged now. Anything the backend decided is answered from the store.
+            if verdict.origin not in _FALLBACK_ORIGINS:
+                pending.verdict.set_result(verdict)
+                self._metrics.samples_duplicate.inc()
+                return Admission(_ack(pb.sample_id, duplicate=True), pending.verdict)
         try:
             # Decoding and the dashboard's thumbnail both off the loop.
             sample, meta = await asyncio.get_running_loop().run_in_executor(None, decode_sample, pb)
@@ -188,6 +191,9 @@ class SampleJudge:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         return len(left)
+
+
+_FALLBACK_ORIGINS = frozenset({verdict_pb2.VERDICT_ORIGIN_TIMEOUT, verdict_pb2.VERDICT_ORIGIN_BACKEND_ERROR})
 
 
 def _ack(sample_id: str, duplicate: bool = False) -> session_pb2.Ack:

@@ -47,7 +47,7 @@ BUSY_TIMEOUT_S = 5.0
 _PUT_VERDICT = """
 INSERT INTO verdicts (sample_id, edge_id, received_at, decided_at, verdict) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (sample_id) DO UPDATE SET decided_at = excluded.decided_at, verdict = excluded.verdict
-WHERE verdicts.verdict IS NULL
+WHERE verdicts.verdict IS NULL OR verdicts.origin IN ('timeout', 'backend_error')
 """
 _PUT_COLUMNS = """
 UPDATE verdicts SET decision = :decision, labels = :labels, confidence = :confidence, text = :text,
@@ -126,7 +126,9 @@ class VerdictStore:
     ) -> bool:
         """Store the verdict of `sample_id` (with the sample's `meta`) unless it has one already; whether it was.
 
-        Idempotent: a second put for the same sample_id changes nothing and returns False. A sample
+        Idempotent: a second put for the same sample_id changes nothing and returns False, except over
+        a fallback verdict (timeout, backend error): the sample was never really judged, and a resend
+        judged later replaces it. A sample
         recorded with `record_received` gets its verdict here. The verdict's fields are read into
         columns here too (before the write, off the loop), in one transaction with the verdict.
         """

@@ -299,3 +299,33 @@ async def test_stopping_the_service_delivers_owed_verdicts_then_says_shutting_do
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await asyncio.wait_for(call.read(), WAIT_S)
         assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_sample_cut_by_a_shutdown_is_judged_when_resent_after_the_restart(tmp_path: Path, clip: Path) -> None:
+    # A grace shorter than the backend's time: the verdict being made is cut, and what the store
+    # holds for it is a fallback, not a judgement. The resend after the restart must be judged.
+    config = make_config(tmp_path, clip, server={"shutdown_grace_s": 0.1}, backend={"delay_ms": 600})
+    sample = make_sample(clip, busy_frames(clip)[0], "s-cut")
+    service = CloudService(config)
+    await asyncio.wait_for(service.start(), WAIT_S)
+    try:
+        async with channel(service) as stub:
+            call, _ = await open_session(stub)
+            await call.write(session_pb2.EdgeMessage(sample=sample))
+            assert (await read(call)).ack.accepted
+            call.cancel()
+    finally:
+        await asyncio.wait_for(service.stop(), WAIT_S)
+    async with running(make_config(tmp_path, clip)) as again, channel(again) as stub:
+        call, _ = await open_session(stub)
+        await call.write(session_pb2.EdgeMessage(sample=sample))
+        ack, verdict = (await read(call)).ack, (await read(call)).verdict
+        call.cancel()
+        assert ack.accepted and not ack.duplicate
+        assert verdict.origin == verdict_pb2.VERDICT_ORIGIN_BACKEND
+        assert verdict.decision == verdict_pb2.DECISION_CONFIRMED
+        assert counter(again, "edgeglm_inference_request_success_total", backend="oracle") == 1
+        stored = await again.store.get("s-cut")
+        assert (
+            stored is not None and verdict_pb2.Verdict.FromString(stored).origin == verdict_pb2.VERDICT_ORIGIN_BACKEND
+        )
