@@ -105,6 +105,7 @@ bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	$(BIN)/python -m bench.store --out bench/results/store.json
 	$(BIN)/python -m bench.link --out bench/results/link.json
 	$(BIN)/python -m bench.closed_loop --out bench/results/closed_loop.json
+	$(BIN)/python -m bench.fleet --out bench/results/fleet-1000.json
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.glm --out bench/results/glm.json
 
 protos: $(VENV)/.ready ## regenerate the Python modules from protos/*.proto

@@ -87,7 +87,9 @@ def _run_light(scenario: Scenario, out: Path, console: Console) -> dict[str, Any
     from sim.fleet.light_config import Fleet1000Config
 
     assert scenario.light_fleet is not None
-    config = Fleet1000Config(**scenario.light_fleet.settings)
+    settings = dict(scenario.light_fleet.settings)
+    settings["fleet"] = {"seed": scenario.seed, **settings.get("fleet", {})}
+    config = Fleet1000Config(**settings)
     result = run_fleet_1000(config, out, console)
     report = {"scenario": scenario.name, "kind": "light_fleet", "light_fleet": result}
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
