@@ -29,8 +29,10 @@ console = Console(stderr=True)
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
 
-async def _measure(model: Path, batch: int, queue_delay_ms: float, load: Load, rounds: int, seconds: float) -> Any:
-    backend = GlmBackend(GlmBackendConfig(model_path=model, max_batch_size=batch))
+async def _measure(
+    model: Path, batch: int, queue_delay_ms: float, load: Load, rounds: int, seconds: float, max_new_tokens: int
+) -> Any:
+    backend = GlmBackend(GlmBackendConfig(model_path=model, max_batch_size=batch, max_new_tokens=max_new_tokens))
     samples = [case.sample for case in held_out_cases(12, seed=0, claim_seed=5)]
     configs = {
         "A": BatcherConfig(max_batch_size=1, max_queue_delay_ms=0.0, default_timeout_ms=600_000),
@@ -77,11 +79,12 @@ def main(
     burst_seconds: Annotated[float, typer.Option(min=1, help="Longest burst.")] = 30.0,
     rounds: Annotated[int, typer.Option(min=1, max=20, help="Interleaved rounds.")] = 3,
     seconds: Annotated[float, typer.Option(min=1, help="Time budget for the rounds.")] = 240.0,
+    max_new_tokens: Annotated[int, typer.Option(min=8, help="The backend's max_new_tokens.")] = 64,
 ) -> None:
     """Measure A and B side by side and write the report."""
     load = Load((1, concurrency), requests=requests, burst_seconds=burst_seconds, request_timeout_s=600.0)
     machine = machine_facts()
-    result = asyncio.run(_measure(model, batch, queue_delay_ms, load, rounds, seconds))
+    result = asyncio.run(_measure(model, batch, queue_delay_ms, load, rounds, seconds, max_new_tokens))
     if hasattr(os, "getloadavg"):
         machine["load_average_at_end"] = list(os.getloadavg())
     weights = (model / "model.safetensors").read_bytes()
@@ -94,6 +97,7 @@ def main(
             "concurrency": list(load.concurrency),
             "requests_per_burst": requests,
             "burst_seconds": burst_seconds,
+            "max_new_tokens": max_new_tokens,
             "load": "closed loop: each client submits, waits for the reply, submits again",
         },
         **result,
