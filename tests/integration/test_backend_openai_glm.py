@@ -118,7 +118,6 @@ async def test_a_prompt_the_model_was_not_trained_on_is_refused_and_unsure(rando
     assert value == 1
 
 
-@pytest.mark.skipif(not (WORLD_GLM / "eval.json").is_file(), reason="the world GLM is not trained yet")
 async def test_world_glm_verdicts_through_http_agree_with_ground_truth_as_reported() -> None:
     reported = json.loads((WORLD_GLM / "eval.json").read_text())["held_out"]["decision_accuracy"]
     cases = held_out_cases(AGREEMENT_FRAMES, seed=0, claim_seed=42)
