@@ -107,6 +107,7 @@ bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	$(BIN)/python -m bench.closed_loop --out bench/results/closed_loop.json
 	$(BIN)/python -m bench.fleet --out bench/results/fleet-1000.json
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.glm --out bench/results/glm.json
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.openai --out bench/results/openai.json
 
 protos: $(VENV)/.ready ## regenerate the Python modules from protos/*.proto
 	$(BIN)/python -m protos.generate

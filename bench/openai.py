@@ -91,7 +91,7 @@ def main(
         "bench/results/openai.json"
     ),
     model: Annotated[Path, typer.Option(help="The GLM-4V folder (the world GLM).")] = DEFAULT_MODEL,
-    frames: Annotated[int, typer.Option(min=1, max=200, help="Held-out world frames whose crops are judged.")] = 8,
+    frames: Annotated[int, typer.Option(min=1, max=200, help="Held-out world frames whose crops are judged.")] = 24,
     batch: Annotated[int, typer.Option(min=1, max=64, help="Samples per infer call (and requests in flight).")] = 8,
     rounds: Annotated[int, typer.Option(min=1, max=10, help="Interleaved rounds; the best of each counts.")] = 3,
 ) -> None:
