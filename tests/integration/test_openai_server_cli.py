@@ -13,6 +13,9 @@ import cv2
 import httpx
 import numpy as np
 
+from cloud.backends import OpenAIBackend, OpenAIBackendConfig
+from sim.glm.evaluate import held_out_cases
+
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
 
@@ -59,3 +62,18 @@ def test_the_scripted_server_process_answers_with_the_key_and_refuses_without(tm
     assert refused.json()["error"]["type"] == "authentication_error"
     assert other_model.status_code == 404
     assert "'gpt-4o' is not served here" in other_model.json()["error"]["message"]
+
+
+async def test_the_world_glm_server_process_judges_held_out_crops_for_the_openai_backend() -> None:
+    cases = held_out_cases(2, seed=0, claim_seed=42)
+    with server_process("--model-path", str(ROOT / "sim" / "models" / "glm-world"), "--device", "cpu") as url:
+        backend = OpenAIBackend(OpenAIBackendConfig(base_url=url, model="glm-world", timeout_s=WAIT_S))
+        await backend.start()
+        try:
+            results = await backend.infer([case.sample for case in cases])
+        finally:
+            await backend.close()
+    assert len(cases) >= 5
+    assert not [r.text for r in results if r.text.startswith(("openai backend:", "unparsable"))]
+    agree = sum(r.decision == case.truth.decision for r, case in zip(results, cases, strict=True))
+    assert agree >= len(cases) - 2  # the model is right on 9 in 10 of held-out crops (its eval.json)
