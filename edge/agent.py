@@ -297,7 +297,8 @@ class EdgeAgent:
     async def _decide(self, frame: Frame, gate: GateResult, detections: list[Detection]) -> None:
         """Mine one frame: confident results become events, suspicious ones samples."""
         assert self._miner is not None
-        decision = self._miner.decide(MiningContext(frame.camera_id, frame.seq, gate.changed, detections))
+        motion = gate.changed and gate.background_ready  # a first frame is not motion: nothing to compare it with
+        decision = self._miner.decide(MiningContext(frame.camera_id, frame.seq, motion, detections))
         self._local_latencies_ms.append(round(max(0.0, time.time() - frame.captured_at) * 1000, 2))
         policy_version = self.policy.version
         if not self._cloud_reachable():

@@ -47,6 +47,9 @@ class GateResult:
     changed: bool
     changed_fraction: float
     changed_box: tuple[int, int, int, int] | None = None
+    background_ready: bool = True
+    """False on a camera's first frame (or after a reset): it is "changed" only because there is
+    nothing to compare it with, so it is worth detecting on but is not motion."""
 
 
 class FrameGate:
@@ -91,7 +94,7 @@ class FrameGate:
         small = _prepare(frame, policy.downscale_width)
         if self._background is None:
             self._background = small
-            return GateResult(changed=True, changed_fraction=1.0)
+            return GateResult(changed=True, changed_fraction=1.0, background_ready=False)
         difference = cv2.absdiff(small, self._background)
         mask = (difference > policy.pixel_diff_threshold).astype(np.uint8)
         changed_pixels = int(np.count_nonzero(mask))

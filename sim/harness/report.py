@@ -85,16 +85,12 @@ def verdict(modes: dict[str, dict[str, Any]]) -> str:
     sedna = modes.get("sedna_ibt")
     if sedna is not None:
         fewer = ours["uplink_bytes"] < sedna["uplink_bytes"]
-        better = (ours["event_recall"] or 0) >= (sedna["event_recall"] or 0)
-        outcome = (
-            "fewer bytes at equal or better recall"
-            if fewer and better
-            else "fewer bytes but lower recall"
-            if fewer
-            else "better recall but more bytes"
-            if better
-            else "more bytes and lower recall"
-        )
+        ours_recall, sedna_recall = ours["event_recall"] or 0.0, sedna["event_recall"] or 0.0
+        recall = "better" if ours_recall > sedna_recall else "equal" if ours_recall == sedna_recall else "lower"
+        if fewer:
+            outcome = "fewer bytes at equal or better recall" if recall != "lower" else "fewer bytes but lower recall"
+        else:
+            outcome = f"more bytes at {recall} recall"
         parts.append(
             f"Against Sedna's static IBT rule it sent {outcome} ({_mb(ours['uplink_bytes'])} MB and recall "
             f"{_num(ours['event_recall'])} against {_mb(sedna['uplink_bytes'])} MB and {_num(sedna['event_recall'])})."

@@ -30,7 +30,7 @@ def with_square(frame: np.ndarray, x: int, y: int, size: int = 40, value: int = 
 
 def test_first_frame_counts_as_changed():
     result = FrameGate(GatePolicy()).check(scene())
-    assert result == GateResult(changed=True, changed_fraction=1.0)
+    assert result == GateResult(changed=True, changed_fraction=1.0, background_ready=False)
 
 
 def test_identical_frames_after_the_first_are_gated():
@@ -123,7 +123,7 @@ def test_a_new_downscale_width_restarts_the_background():
     frame = scene()
     gate.check(frame)
     gate.update_policy(GatePolicy(downscale_width=80))
-    assert gate.check(frame) == GateResult(changed=True, changed_fraction=1.0)
+    assert gate.check(frame) == GateResult(changed=True, changed_fraction=1.0, background_ready=False)
     assert not gate.check(frame).changed
 
 
@@ -139,7 +139,7 @@ def test_a_resolution_change_restarts_the_background():
     gate = FrameGate(GatePolicy())
     gate.check(scene())
     bigger = np.kron(scene(), np.ones((2, 2, 1), dtype=np.uint8))
-    assert gate.check(bigger) == GateResult(changed=True, changed_fraction=1.0)
+    assert gate.check(bigger) == GateResult(changed=True, changed_fraction=1.0, background_ready=False)
     assert not gate.check(bigger).changed
 
 

@@ -150,5 +150,5 @@ def test_verdict_says_when_edgeglm_loses() -> None:
         "sedna_ibt": {**base, "uplink_bytes": 100, "event_recall": 0.8},
     }
     text = verdict(modes)
-    assert "more bytes and lower recall" in text
+    assert "more bytes at lower recall" in text
     assert "4 mined samples were lost" in text
