@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -150,6 +151,9 @@ def run(
         str | None, typer.Option(help="Comma-separated modes to run instead of the scenario's, e.g. edgeglm,sedna_ibt.")
     ] = None,
     duration: Annotated[float | None, typer.Option(min=5, help="Override the clips' length in seconds.")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Override the cloud backend: onnx, glm (the world GLM) or oracle.")
+    ] = None,
 ) -> None:
     """Run a scenario: every mode (cloud_only, edge_only, sedna_ibt, random, edgeglm) as real processes on the
     same clips over emulated links, then compare them in DIR/report.md and DIR/report.json with plots."""
@@ -165,7 +169,9 @@ def run(
         overrides["duration_s"] = duration
     try:
         spec = load_scenario(scenario, overrides)
-    except ScenarioError as err:
+        if backend is not None:
+            spec = spec.model_validate({**spec.model_dump(), "cloud": {**spec.cloud.model_dump(), "backend": backend}})
+    except (ScenarioError, ValidationError) as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from err
     run_scenario(spec, out, console)
