@@ -40,6 +40,7 @@ from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
 
 logger = logging.getLogger(__name__)
 AGENT_VERSION = "0.1.0"
+GLOBAL_CHANGE_AREA = 0.6  # a changed region this share of the frame or more is the scene changing
 LATENCY_RECORDS = 100_000  # latencies kept for the run summary (the newest)
 
 
@@ -51,6 +52,18 @@ class PendingSample:
     frame_seq: int
     captured_at: float
     labels: tuple[str, ...]
+
+
+def _local_change(gate: GateResult, frame: Frame) -> bool:
+    """Whether the gate saw something move, not the whole scene change (light, exposure, a bump).
+
+    A first frame has nothing to compare with; a change spread over most of the frame is not an object.
+    """
+    if gate.changed_box is None:
+        return False
+    height, width = frame.image.shape[:2]
+    x1, y1, x2, y2 = gate.changed_box
+    return bool((x2 - x1) * (y2 - y1) < GLOBAL_CHANGE_AREA * width * height)
 
 
 class EdgeAgent:
@@ -297,7 +310,7 @@ class EdgeAgent:
     async def _decide(self, frame: Frame, gate: GateResult, detections: list[Detection]) -> None:
         """Mine one frame: confident results become events, suspicious ones samples."""
         assert self._miner is not None
-        motion = gate.changed and gate.background_ready  # a first frame is not motion: nothing to compare it with
+        motion = gate.changed and gate.background_ready and _local_change(gate, frame)
         decision = self._miner.decide(MiningContext(frame.camera_id, frame.seq, motion, detections))
         self._local_latencies_ms.append(round(max(0.0, time.time() - frame.captured_at) * 1000, 2))
         policy_version = self.policy.version
