@@ -312,6 +312,9 @@ class EdgeAgent:
         assert self._miner is not None
         motion = gate.changed and gate.background_ready and _local_change(gate, frame)
         decision = self._miner.decide(MiningContext(frame.camera_id, frame.seq, motion, detections))
+        if self.config.pipeline.send_every_frame and decision.kind != "suspicious":
+            detail = "every frame is sent (pipeline.send_every_frame)"
+            decision = MiningDecision("suspicious", "random_audit", detail, 0.05, decision.confident)
         self._local_latencies_ms.append(round(max(0.0, time.time() - frame.captured_at) * 1000, 2))
         policy_version = self.policy.version
         if not self._cloud_reachable():

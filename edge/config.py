@@ -144,6 +144,13 @@ class PipelineConfig(_Section):
         8, ge=1, le=1024, description="Frames waiting for the detector; beyond, drop oldest."
     )
     drain_deadline_s: float = Field(10.0, ge=0, le=600, description="Shutdown: time to finish frames and sends.")
+    send_every_frame: bool = Field(
+        False,
+        description=(
+            "Send every frame that passes the gate to the cloud (data collection, or the cloud-only baseline of "
+            "the simulation), as an audit sample when no mining rule fired; local events still happen."
+        ),
+    )
     autonomous_ready: bool = Field(
         True, description="Report ready while the cloud is unreachable (the edge decides alone meanwhile)."
     )

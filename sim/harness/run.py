@@ -148,7 +148,7 @@ def edge_settings(
         },
         # In a namespace loopback is the namespace's own: the health port never collides there.
         "health": {"host": "127.0.0.1", "port": free_port()},
-        "pipeline": {"drain_deadline_s": 20},
+        "pipeline": {"drain_deadline_s": 20, "send_every_frame": mode == "cloud_only"},
     }
 
 

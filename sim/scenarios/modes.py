@@ -2,9 +2,9 @@
 
 Every mode runs the real edge agents and the real cloud; only the signed fleet policy differs:
 
-- `cloud_only`: the gate passes every frame, no detection is trusted locally (band [0, 1]), and every
-  frame goes up (motion without detection for empty frames, the band or an audit at rate 1 for the
-  rest); the cloud decides everything.
+- `cloud_only`: the gate passes every frame, no detection is trusted locally (band [0, 1]), and the
+  edges run with `pipeline.send_every_frame` (set by the harness in their edge.yaml), so every frame
+  goes up; the cloud decides everything.
 - `edge_only`: every strategy is off; the edge acts on detections above the local threshold and
   never sends a sample (its heartbeats still go up, and are counted).
 - `sedna_ibt`: KubeEdge Sedna's joint-inference rule, image-box-threshold, at Sedna's defaults; a
