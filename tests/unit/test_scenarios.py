@@ -123,7 +123,7 @@ def test_edgeglm_mines_the_band_the_watch_list_and_motion() -> None:
     assert counts[0] == 200  # motion without detection
     assert counts[1] == 200  # a watch-listed person, even a sure one
     assert counts[2] == 200
-    assert 0 < counts[4] < 60  # a sure cat: only the audit's share (5 %)
+    assert 10 < counts[4] < 50  # a sure cat: only the audit's share (15 % in the demo)
 
 
 def test_only_edgeglm_runs_the_closed_loop() -> None:
