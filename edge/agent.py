@@ -41,6 +41,7 @@ from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
 logger = logging.getLogger(__name__)
 AGENT_VERSION = "0.1.0"
 GLOBAL_CHANGE_AREA = 0.6  # a changed region this share of the frame or more is the scene changing
+UPLINK_STOP_S = 10.0  # shutdown: the most the transport may take to close
 LATENCY_RECORDS = 100_000  # latencies kept for the run summary (the newest)
 
 
@@ -216,7 +217,11 @@ class EdgeAgent:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        await self.uplink.stop()
+        try:
+            # Bounded: a transport that does not close must not keep the agent from exiting.
+            await asyncio.wait_for(self.uplink.stop(), timeout=UPLINK_STOP_S)
+        except TimeoutError:
+            logger.warning("uplink did not close within %.0f s; exiting without it", UPLINK_STOP_S)
         self._outbox_samples = (await self.outbox.stats()).samples
         await self.outbox.close()
         self.events.close()

@@ -29,6 +29,7 @@ SessionCall = grpc.aio.StreamStreamCall[session_pb2.EdgeMessage, session_pb2.Clo
 
 # A stream that dies at once (cloud refusing us) must not spin: wait at least this before the next.
 MIN_SESSION_GAP_S = 0.2
+STOP_WAIT_S = 5.0  # stop(): the most the session task, then the channel, may take to close
 
 
 def channel_options(config: GrpcUplinkConfig) -> list[tuple[str, object]]:
@@ -113,10 +114,17 @@ class GrpcUplink:
         self._stopping.set()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(self._task, timeout=STOP_WAIT_S)
+            except asyncio.CancelledError:
+                pass
+            except TimeoutError:
+                logger.warning("cloud session task did not end within %.0f s of being cancelled", STOP_WAIT_S)
         if self._channel is not None:
-            await self._channel.close(grace=None)
+            try:
+                await asyncio.wait_for(self._channel.close(grace=None), timeout=STOP_WAIT_S)
+            except TimeoutError:
+                logger.warning("gRPC channel to %s did not close within %.0f s", self._config.target, STOP_WAIT_S)
         self._connected.clear()
         self._metrics.uplink_connected.set(0)
 
