@@ -97,9 +97,18 @@ def verdict(modes: dict[str, dict[str, Any]]) -> str:
         )
     edge = modes.get("edge_only")
     if edge is not None:
+        alone, with_cloud = edge["event_recall"] or 0.0, ours["event_recall"] or 0.0
+        comparison = (
+            f"; EdgeGLM's {_num(with_cloud)} is what asking the cloud adds."
+            if with_cloud > alone
+            else ", as much as EdgeGLM: on this run asking the cloud added no recall."
+            if with_cloud == alone
+            else f", more than EdgeGLM's {_num(with_cloud)}: on this run asking the cloud cost recall "
+            "(verdicts that rejected or came too late)."
+        )
         parts.append(
             f"The edge alone, never asking, recalled {_num(edge['event_recall'])} with precision "
-            f"{_num(edge['event_precision'])}: that gap is what the cloud model adds."
+            f"{_num(edge['event_precision'])}{comparison}"
         )
     lost = sum(f["samples_lost"] for f in modes.values())
     parts.append("No mined sample was lost in any mode." if lost == 0 else f"{lost} mined samples were lost in all.")

@@ -149,6 +149,8 @@ def test_verdict_says_when_edgeglm_loses() -> None:
         "edgeglm": {**base, "uplink_bytes": 500},
         "sedna_ibt": {**base, "uplink_bytes": 100, "event_recall": 0.8},
     }
+    modes["edge_only"] = {**base, "uplink_bytes": 0, "event_recall": 0.7}
     text = verdict(modes)
     assert "more bytes at lower recall" in text
-    assert "4 mined samples were lost" in text
+    assert "more than EdgeGLM's 0.500: on this run asking the cloud cost recall" in text
+    assert "6 mined samples were lost" in text  # 2 in each of the three modes
