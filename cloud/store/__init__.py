@@ -15,8 +15,9 @@ from cloud.store.records import (
     VerdictPage,
     VerdictRecord,
 )
+from cloud.store.sqlite import StoreError
 from cloud.store.thumbnails import make_thumbnail
-from cloud.store.verdicts import StoreError, VerdictStore
+from cloud.store.verdicts import VerdictStore
 
 __all__ = [
     "MAX_PAGE",

@@ -9,18 +9,15 @@ in one dedicated thread that owns the connection, never on the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from cloud.store import StoreError
+from cloud.store.sqlite import SqliteWorker, StoreError, open_wal
 
 T = TypeVar("T")
-BUSY_TIMEOUT_S = 5.0
 
 SCORE_PAIRS_TABLE = """
 CREATE TABLE IF NOT EXISTS score_pairs (
@@ -97,9 +94,7 @@ class PairStore:
         self._path = Path(path)
         self._max_pairs = max_pairs_per_key
         self._max_moves = max_moves_per_key
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pair-store")
-        self._conn: sqlite3.Connection | None = None  # touched only in the store's thread
-        self._closed = False
+        self._db = SqliteWorker(self._path, "pair store", _connect)
 
     @property
     def path(self) -> Path:
@@ -148,14 +143,7 @@ class PairStore:
 
     async def close(self) -> None:
         """Finish queued statements, close the database and its thread; again is a no-op."""
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._disconnect)
-        finally:
-            self._executor.shutdown(wait=False)
+        await self._db.close()
 
     def _add_pairs(self, conn: sqlite3.Connection, rows: Sequence[PairRow]) -> None:
         with conn:  # one transaction: a batch is stored whole or not at all
@@ -181,43 +169,13 @@ class PairStore:
             conn.execute(trim, (move.edge_id, move.label, move.edge_id, move.label, self._max_moves))
 
     async def _run(self, operation: str, statement: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise StoreError(f"{self._path}: {operation} on a closed pair store")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, operation, statement)
-
-    def _call(self, operation: str, statement: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            return statement(self._connection())
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self._path}: {operation} failed: {exc}") from exc
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = _connect(self._path)
-        return self._conn
-
-    def _disconnect(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        return await self._db.run(operation, statement)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
     """Open the database in WAL mode and create the closed loop's tables."""
+    conn = open_wal(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create the store's folder: {exc.strerror or exc}") from exc
-    # Autocommit (isolation_level=None): statements outside an explicit BEGIN are durable on return.
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(
-                f"{path}: SQLite refused WAL mode (journal_mode is {mode}); is it on a network filesystem?"
-            )
-        conn.execute("PRAGMA synchronous=NORMAL")
         for statement in STATEMENTS:
             conn.execute(statement)
     except sqlite3.Error as exc:

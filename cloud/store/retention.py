@@ -7,7 +7,8 @@ import contextlib
 import logging
 import time
 
-from cloud.store.verdicts import StoreError, VerdictStore
+from cloud.store.sqlite import StoreError
+from cloud.store.verdicts import VerdictStore
 
 logger = logging.getLogger(__name__)
 PRUNE_EVERY_S = 3600.0

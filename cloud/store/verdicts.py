@@ -15,13 +15,11 @@ cloud judges those samples again).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,10 +37,10 @@ from cloud.store.records import (
     VerdictRecord,
 )
 from cloud.store.schema import SCHEMA_VERSION, migrate
+from cloud.store.sqlite import SqliteWorker, StoreError, open_wal
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-BUSY_TIMEOUT_S = 5.0
 # An upsert that fills the verdict of a row recorded on arrival, but never replaces a verdict.
 _PUT_VERDICT = """
 INSERT INTO verdicts (sample_id, edge_id, received_at, decided_at, verdict) VALUES (?, ?, ?, ?, ?)
@@ -62,19 +60,13 @@ WHERE sample_id = :sample_id
 """
 
 
-class StoreError(RuntimeError):
-    """The store's database cannot be opened or written; the message names the file."""
-
-
 class VerdictStore:
     """Verdicts by sample_id in a SQLite file; all methods are coroutines safe to call from the loop."""
 
     def __init__(self, path: Path | str) -> None:
         """Use the database at `path` (created with its folder on first use)."""
         self._path = Path(path)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verdict-store")
-        self._conn: sqlite3.Connection | None = None  # touched only in the store's thread
-        self._closed = False
+        self._db = SqliteWorker(self._path, "verdict store", _connect)
 
     @property
     def path(self) -> Path:
@@ -243,57 +235,20 @@ class VerdictStore:
 
     async def close(self) -> None:
         """Finish queued statements, close the database and its thread; again is a no-op."""
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._disconnect)
-        finally:
-            self._executor.shutdown(wait=False)
+        await self._db.close()
 
     async def _scalar(self, operation: str, sql: str) -> int:
         row = await self._run(operation, lambda conn: conn.execute(sql).fetchone())
         return int(row[0])
 
     async def _run(self, operation: str, statement: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise StoreError(f"{self._path}: {operation} on a closed verdict store")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, operation, statement)
-
-    def _call(self, operation: str, statement: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            return statement(self._connection())
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self._path}: {operation} failed: {exc}") from exc
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = _connect(self._path)
-        return self._conn
-
-    def _disconnect(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        return await self._db.run(operation, statement)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
     """Open the database in WAL mode and create or check its schema."""
+    conn = open_wal(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create the store's folder: {exc.strerror or exc}") from exc
-    # Autocommit (isolation_level=None): every statement is its own transaction, durable on return.
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(
-                f"{path}: SQLite refused WAL mode (journal_mode is {mode}); is it on a network filesystem?"
-            )
-        conn.execute("PRAGMA synchronous=NORMAL")
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise StoreError(

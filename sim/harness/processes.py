@@ -11,12 +11,9 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
-from sim.fleet.run import free_port, tail
+from sim.fleet.run import free_port, tail, wait_http
 
 __all__ = ["free_port", "metric_values", "start_program", "stop_process", "tail", "wait_http"]
 
@@ -29,20 +26,6 @@ def start_program(args: list[str], log: Path, prefix: list[str] | None = None) -
         return subprocess.Popen(
             [*(prefix or []), sys.executable, "-m", *args], stdout=handle, stderr=subprocess.STDOUT, env=env
         )
-
-
-def wait_http(url: str, deadline: float, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Until `url` answers 200; fails with the log's tail when the process dies or time runs out."""
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{tail(log)}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer in time:\n{tail(log)}")
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int | None:

@@ -1,0 +1,92 @@
+"""What the cloud's SQLite stores share: one connection in WAL mode, used from one dedicated thread.
+
+`VerdictStore` and the closed loop's `PairStore` keep their tables in the same file, each through
+its own connection on its own thread, so that blocking SQLite work never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+BUSY_TIMEOUT_S = 5.0
+T = TypeVar("T")
+
+
+class StoreError(RuntimeError):
+    """The store's database cannot be opened or written; the message names the file."""
+
+
+def open_wal(path: Path) -> sqlite3.Connection:
+    """An autocommit connection to `path` (its folder created) in WAL mode with synchronous=NORMAL."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the store's folder: {exc.strerror or exc}") from exc
+    # Autocommit (isolation_level=None): statements outside an explicit BEGIN are durable on return.
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"{path}: SQLite refused WAL mode (journal_mode is {mode}); is it on a network filesystem?"
+            )
+        conn.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"{path}: cannot open the database: {exc}") from exc
+    except StoreError:
+        conn.close()
+        raise
+    return conn
+
+
+class SqliteWorker:
+    """One connection, opened lazily by `connect` on the worker thread; every statement runs there."""
+
+    def __init__(self, path: Path, what: str, connect: Callable[[Path], sqlite3.Connection]) -> None:
+        """`what` names the store in errors ("verdict store"); `connect` opens and prepares the connection."""
+        self._path = path
+        self._what = what
+        self._connect = connect
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=what.replace(" ", "-"))
+        self._conn: sqlite3.Connection | None = None
+        self.closed = False
+
+    async def run(self, operation: str, statement: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `statement` on the worker thread; SQLite errors become StoreError naming the file and operation."""
+        if self.closed:
+            raise StoreError(f"{self._path}: {operation} on a closed {self._what}")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, operation, statement)
+
+    async def close(self) -> None:
+        """Close the connection on its thread and stop the thread (again is a no-op)."""
+        if self.closed:
+            return
+        self.closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._disconnect)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def _call(self, operation: str, statement: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return statement(self._connection())
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self._path}: {operation} failed: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._connect(self._path)
+        return self._conn
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
