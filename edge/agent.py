@@ -40,7 +40,6 @@ from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
 
 logger = logging.getLogger(__name__)
 AGENT_VERSION = "0.1.0"
-GLOBAL_CHANGE_AREA = 0.6  # a changed region this share of the frame or more is the scene changing
 UPLINK_STOP_S = 10.0  # shutdown: the most the transport may take to close
 LATENCY_RECORDS = 100_000  # latencies kept for the run summary (the newest)
 
@@ -53,18 +52,6 @@ class PendingSample:
     frame_seq: int
     captured_at: float
     labels: tuple[str, ...]
-
-
-def _local_change(gate: GateResult, frame: Frame) -> bool:
-    """Whether the gate saw something move, not the whole scene change (light, exposure, a bump).
-
-    A first frame has nothing to compare with; a change spread over most of the frame is not an object.
-    """
-    if gate.changed_box is None:
-        return False
-    height, width = frame.image.shape[:2]
-    x1, y1, x2, y2 = gate.changed_box
-    return bool((x2 - x1) * (y2 - y1) < GLOBAL_CHANGE_AREA * width * height)
 
 
 class EdgeAgent:
@@ -315,8 +302,7 @@ class EdgeAgent:
     async def _decide(self, frame: Frame, gate: GateResult, detections: list[Detection]) -> None:
         """Mine one frame: confident results become events, suspicious ones samples."""
         assert self._miner is not None
-        motion = gate.changed and gate.background_ready and _local_change(gate, frame)
-        decision = self._miner.decide(MiningContext(frame.camera_id, frame.seq, motion, detections))
+        decision = self._miner.decide(MiningContext(frame.camera_id, frame.seq, gate.motion, detections))
         if self.config.pipeline.send_every_frame and decision.kind != "suspicious":
             detail = "every frame is sent (pipeline.send_every_frame)"
             decision = MiningDecision("suspicious", "random_audit", detail, 0.05, decision.confident)

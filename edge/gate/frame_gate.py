@@ -30,6 +30,9 @@ DEFAULT_BACKGROUND_ALPHA = 0.05
 _BLUR_KERNEL = (3, 3)
 
 
+GLOBAL_CHANGE_AREA = 0.6
+"""A changed region this share of the frame or more is the scene changing, not something moving."""
+
 # Changed pixels are opened with this kernel before their bounding box is taken, so that isolated
 # noise pixels do not stretch the box over the whole frame.
 _OPEN_KERNEL = np.ones((2, 2), np.uint8)
@@ -50,6 +53,10 @@ class GateResult:
     background_ready: bool = True
     """False on a camera's first frame (or after a reset): it is "changed" only because there is
     nothing to compare it with, so it is worth detecting on but is not motion."""
+    motion: bool = False
+    """Something moved: a change with a `changed_box` covering less than GLOBAL_CHANGE_AREA of the
+    frame. A first frame is not motion, nor is a change over most of the frame (light, exposure, a
+    bump of the camera): that is the scene changing, not an object."""
 
 
 class FrameGate:
@@ -102,7 +109,10 @@ class FrameGate:
         cv2.accumulateWeighted(small, self._background, self._alpha)
         changed = fraction >= policy.changed_area_fraction
         box = _changed_box(mask, frame_hw) if changed and changed_pixels else None
-        return GateResult(changed=changed, changed_fraction=fraction, changed_box=box)
+        motion = (
+            box is not None and (box[2] - box[0]) * (box[3] - box[1]) < GLOBAL_CHANGE_AREA * frame_hw[0] * frame_hw[1]
+        )
+        return GateResult(changed=changed, changed_fraction=fraction, changed_box=box, motion=motion)
 
     def _apply_pending(self) -> None:
         with self._pending_lock:
