@@ -117,12 +117,14 @@ def generate_world(out: Path, spec: FleetSpec, console: Console) -> list[CameraR
     return runs
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """A program of ours in its own process, output to a log file."""
+def start(args: list[str], log: Path, prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """`python -m <args>` in its own process, behind `prefix` when given (e.g. `ip netns exec NS`), output to a log."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     with log.open("wb") as handle:  # the child has its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(
+            [*(prefix or []), sys.executable, "-m", *args], stdout=handle, stderr=subprocess.STDOUT, env=env
+        )
 
 
 def wait_http(url: str, deadline: float, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -144,8 +146,8 @@ def tail(log: Path, lines: int = 30) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    """SIGTERM, wait, then SIGKILL if it did not drain in time."""
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> int | None:
+    """SIGTERM, wait, then SIGKILL if it did not drain in time; returns the exit code."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -153,6 +155,7 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> Non
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    return process.returncode
 
 
 def run_fleet(out: Path, spec: FleetSpec, console: Console) -> dict[str, Any]:

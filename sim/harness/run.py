@@ -21,13 +21,14 @@ from typing import Any
 
 import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
 from sim.fleet.broker import mosquitto_binary, start_mosquitto
+from sim.fleet.run import free_port, start, stop_process, tail, wait_http
 from sim.fleet.summary import CameraRun
-from sim.harness.processes import free_port, metric_values, start_program, stop_process, tail, wait_http
-from sim.link.emulator import EdgeLink, LinkMode, make_emulator
+from sim.link.emulator import EdgeLink, make_emulator
 from sim.scenarios.modes import closed_loop, mode_policy
 from sim.scenarios.spec import ModeName, Scenario
 from sim.world.clips import ClipSpec, write_clip
@@ -42,7 +43,6 @@ class ModeRun:
 
     mode: ModeName
     folder: Path
-    started_at: float  # unix seconds when the edges were started (t = 0 of the plots)
     wall_s: float
     edge_summaries: dict[str, dict[str, Any]]
     link_stats: dict[str, dict[str, Any]]
@@ -167,7 +167,6 @@ async def run_mode(
     cameras: list[CameraRun],
     progress: Progress,
     task: TaskID,
-    link_mode: LinkMode,
 ) -> ModeRun:
     """One mode from start to finish; every process is stopped whatever happens."""
     folder = out / "modes" / mode
@@ -186,12 +185,12 @@ async def run_mode(
             processes.append(start_mosquitto(folder / "broker", ports["mqtt"]))
         cloud_yaml = folder / "config" / "cloud.yaml"
         cloud_yaml.write_text(yaml.safe_dump(cloud_settings(scenario, mode, folder, ports), sort_keys=False))
-        cloud = start_program(["cloud", "serve", "--config", str(cloud_yaml)], logs / "cloud.log")
+        cloud = start(["cloud", "serve", "--config", str(cloud_yaml)], logs / "cloud.log")
         processes.append(cloud)
         admin = f"http://127.0.0.1:{ports['admin']}"
         await asyncio.to_thread(wait_http, f"{admin}/healthz", time.monotonic() + 180, cloud, logs / "cloud.log")
         upstreams = {name: ("127.0.0.1", port) for name, port in ports.items() if name in ("grpc", "mqtt")}
-        async with make_emulator(link_mode, folder / "links", seed=scenario.seed) as emulator:
+        async with make_emulator(scenario.link_mode, folder / "links", seed=scenario.seed) as emulator:
             links = {
                 edge_id: await emulator.add_edge(edge_id, scenario.link_for(group), upstreams)
                 for edge_id, group in scenario.edge_ids()
@@ -203,7 +202,7 @@ async def run_mode(
                 settings = edge_settings(scenario, mode, edge_id, own, folder, links[edge_id], group.transport)
                 path = folder / "config" / f"{edge_id}.yaml"
                 path.write_text(yaml.safe_dump(settings, sort_keys=False))
-                edges[edge_id] = start_program(
+                edges[edge_id] = start(
                     ["edge", "run", "--config", str(path)], logs / f"{edge_id}.log", links[edge_id].command_prefix
                 )
             processes.extend(edges.values())
@@ -212,7 +211,7 @@ async def run_mode(
         metrics_text = await asyncio.to_thread(lambda: httpx.get(f"{admin}/metrics", timeout=10).text)
     finally:
         for process in reversed(processes):
-            await asyncio.to_thread(stop_process, process)
+            await asyncio.to_thread(stop_process, process, 30.0)
     wall = time.time() - started_at
     for edge_id, process in edges.items():
         if process.returncode not in (0, None):
@@ -221,7 +220,6 @@ async def run_mode(
     return ModeRun(
         mode=mode,
         folder=folder,
-        started_at=started_at,
         wall_s=wall,
         edge_summaries=summaries,
         link_stats=link_stats,
@@ -276,7 +274,14 @@ CLOUD_METRICS = {
 
 
 def _cloud_metrics(text: str) -> dict[str, float]:
-    return {key: metric_values(text, name) for key, name in CLOUD_METRICS.items()}
+    """The CLOUD_METRICS samples of a /metrics text, each summed over its label sets."""
+    totals = dict.fromkeys(CLOUD_METRICS, 0.0)
+    keys = {name: key for key, name in CLOUD_METRICS.items()}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in keys:
+                totals[keys[sample.name]] += float(sample.value)
+    return totals
 
 
 def _received(store: Path) -> dict[str, int]:

@@ -16,7 +16,7 @@ from sim.fleet.summary import cloud_only_bytes
 from sim.harness.measure import fill_ratios, measure_mode
 from sim.harness.report import table, write_report
 from sim.harness.run import ModeRun, generate_world, keygen, run_mode
-from sim.scenarios.spec import ModeName, Scenario
+from sim.scenarios.spec import Scenario
 
 
 def run_scenario(scenario: Scenario, out: Path, console: Console) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def run_scenario(scenario: Scenario, out: Path, console: Console) -> dict[str, A
         tasks = {mode: progress.add_task(mode, total=scenario.duration_s, start=False) for mode in scenario.modes}
         for mode in scenario.modes:
             progress.start_task(tasks[mode])
-            run = asyncio.run(_one(scenario, mode, out, cameras, progress, tasks[mode]))
+            run = asyncio.run(run_mode(scenario, mode, out, cameras, progress, tasks[mode]))
             runs[mode] = run
             figures[mode] = measure_mode(run, cameras, scenario, frames)
             progress.console.print(
@@ -73,12 +73,6 @@ def run_scenario(scenario: Scenario, out: Path, console: Console) -> dict[str, A
     console.print(report["verdict"])
     console.print(f"report: {out / 'report.md'} (and report.json, *.png)")
     return report
-
-
-async def _one(
-    scenario: Scenario, mode: ModeName, out: Path, cameras: list[Any], progress: Progress, task: Any
-) -> ModeRun:
-    return await run_mode(scenario, mode, out, cameras, progress, task, scenario.link_mode)
 
 
 def _run_light(scenario: Scenario, out: Path, console: Console) -> dict[str, Any]:

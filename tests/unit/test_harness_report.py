@@ -97,7 +97,6 @@ def _run(tmp_path: Path, mode: str, sent: int, up: int, records: list[tuple[str,
     return ModeRun(
         mode=mode,  # type: ignore[arg-type]
         folder=folder,
-        started_at=0.0,
         wall_s=12.0,
         edge_summaries={"e-0": summary},
         link_stats={"e-0": stats},
