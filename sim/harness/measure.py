@@ -60,9 +60,12 @@ def events_by_camera(events: Iterable[dict[str, Any]]) -> dict[str, list[dict[st
 def accuracy(cameras: list[CameraRun], mode_folder: Path) -> dict[str, Any]:
     """Event recall (all objects and watched ones) and event precision of one mode."""
     objects = recalled = watched = watched_recalled = records = true_records = 0
+    by_edge = {
+        edge: events_by_camera(read_jsonl(mode_folder / "edges" / edge / "events.jsonl"))
+        for edge in {camera.edge_id for camera in cameras}
+    }
     for camera in cameras:
-        events = read_jsonl(mode_folder / "edges" / camera.edge_id / "events.jsonl")
-        seen = events_by_camera(events).get(camera.camera_id, [])
+        seen = by_edge[camera.edge_id].get(camera.camera_id, [])
         for truth in json.loads((camera.clip / "events.json").read_text()):
             start, end = int(truth["start_frame"]), int(truth["end_frame"])
             hit = any(e.get("label") == truth["label"] and start <= int(e.get("frame_seq", -1)) <= end for e in seen)
@@ -134,7 +137,7 @@ def _sum_dicts(dicts: Iterable[dict[str, float]]) -> dict[str, int]:
     return dict(total)
 
 
-def fill_ratios(modes: dict[str, dict[str, Any]], estimate_bytes: int) -> str:
+def fill_ratios(modes: dict[str, dict[str, Any]], estimate_bytes: int | None) -> str:
     """Set each mode's uplink_ratio against cloud_only's measured bytes (or the estimate); returns the basis."""
     basis_bytes = modes["cloud_only"]["uplink_bytes"] if "cloud_only" in modes else estimate_bytes
     basis = "cloud_only measured" if "cloud_only" in modes else "every frame as a JPEG (estimate; cloud_only not run)"
