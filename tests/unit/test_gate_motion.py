@@ -21,4 +21,3 @@ def test_an_object_moving_is_motion_and_a_light_change_is_not() -> None:
     brighter = np.clip(scene.astype(np.int16) + 60, 0, 255).astype(np.uint8)
     lit = gate.check(brighter)
     assert lit.changed and not lit.motion
-
