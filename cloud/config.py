@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from cloud.backends import BackendConfig, OracleBackendConfig
 from cloud.batcher import BatcherConfig
 from cloud.bridge.config import MqttBridgeConfig
+from cloud.ingest.config import IngestConfig
 from cloud.policy.loop_config import ClosedLoopConfig
 from cloud.policy.settings import PolicyOverride, PolicySettings
 
@@ -153,6 +154,9 @@ class CloudConfig(BaseSettings):
         default_factory=list, description="Edge ids allowed to connect; empty accepts any edge."
     )
     admin: AdminConfig = Field(default_factory=AdminConfig, description="Admin HTTP API.")
+    ingest: IngestConfig = Field(
+        default_factory=IngestConfig, description="Back-pressure and retry hints for samples not judged at once."
+    )
     mqtt: MqttBridgeConfig = Field(
         default_factory=MqttBridgeConfig, description="MQTT bridge: samples from edges that speak MQTT."
     )

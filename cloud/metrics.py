@@ -70,6 +70,13 @@ class CloudMetrics:
         self.samples_duplicate = Counter(
             "edgeglm_cloud_samples_duplicate", "Samples received again (answered from the store).", registry=r
         )
+        self.samples_deferred = Counter(
+            "edgeglm_cloud_samples_deferred",
+            "Samples not judged now, the edge told to send them again, by reason (overloaded, timeout, "
+            "backend_error, store_error, shutting_down).",
+            ["reason"],
+            registry=r,
+        )
         self.bad_messages = Counter(
             "edgeglm_cloud_bad_messages",
             "Messages refused, by reason (oversized, malformed, unknown_edge, bad_image, no_hello).",

@@ -21,11 +21,12 @@ from cloud.backends import Backend, build_backend
 from cloud.batcher import DynamicBatcher
 from cloud.bridge.bridge import MqttBridge
 from cloud.config import CloudConfig
+from cloud.ingest import IngestCore
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine, PolicySigner
 from cloud.policy.loop import BandController
 from cloud.policy.signing import write_key_files
-from cloud.server import EdgeGLMServicer, FleetStatus, Health, SampleJudge, SessionDeps, build_server
+from cloud.server import EdgeGLMServicer, FleetStatus, Health, SessionDeps, build_server
 from cloud.store import VerdictStore
 from cloud.store.pairs import PairStore
 from cloud.store.retention import StoreRetention
@@ -67,7 +68,7 @@ class CloudService:
         self.servicer: EdgeGLMServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._admin: AdminServer | None = None
-        self._judge: SampleJudge | None = None
+        self.ingest: IngestCore | None = None
         self.port = 0
         self.admin_port = 0
         self._stopped = False
@@ -103,13 +104,14 @@ class CloudService:
         self._snapshotter.start()
         self._retention = StoreRetention(self.store, config.store.retention_s)
         self._retention.start()
+        self.ingest = IngestCore(self.store, self.batcher, self.backend, self.metrics, config.ingest)
         if config.policy.closed_loop.enabled:
             self.bands = self._band_controller(self.policy)
             await self.bands.start()
-            self.policy.add_observer(self.bands.observe)
-        self._judge = SampleJudge(self.store, self.batcher, self.backend, self.policy, self.metrics)
+            self.ingest.add_observer(self.bands.observe)
         deps = SessionDeps(
-            judge=self._judge,
+            ingest=self.ingest,
+            backend=self.backend,
             policy=self.policy,
             fleet=self.fleet,
             metrics=self.metrics,
@@ -138,7 +140,7 @@ class CloudService:
         await self.batcher.start()
         if config.mqtt.enabled:
             self._bridge = MqttBridge(
-                config.mqtt, self._judge, self.policy, self.metrics, fleet=self.fleet, known_edges=config.known_edges
+                config.mqtt, self.ingest, self.policy, self.metrics, fleet=self.fleet, known_edges=config.known_edges
             )
             await self._bridge.start()
             logger.info("MQTT bridge to %s:%d", config.mqtt.host, config.mqtt.port)
@@ -183,10 +185,12 @@ class CloudService:
             # Before the batcher: the verdicts the bridge still owes need it.
             await self._bridge.stop(time.monotonic() + left())
         await self.batcher.stop(left())
-        if self._judge is not None:
-            unfinished = await self._judge.drain(time.monotonic() + left())
+        if self.ingest is not None:
+            unfinished = await self.ingest.drain(time.monotonic() + left())
             if unfinished:
-                logger.warning("%d samples were accepted but not judged before shutdown", unfinished)
+                logger.warning(
+                    "%d samples were accepted but not judged before shutdown (edges send them again)", unfinished
+                )
         if self.bands is not None:
             await self.bands.close()  # after the last verdicts: their pairs are written
         if self._admin is not None:

@@ -16,42 +16,30 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from edge import convert
-from edge.config import EdgeConfig, MqttUplinkConfig
+from edge.config import EdgeConfig
 from edge.detect import Detection, Detector
 from edge.events import EventSink
 from edge.gate import FrameGate, GateResult
 from edge.health import HealthServer
 from edge.metrics import EdgeMetrics
 from edge.mine import Miner, MiningContext, MiningDecision
-from edge.outbox import Outbox
+from edge.outbox import Outbox, OutboxError
 from edge.policy.settings import EdgePolicy
 from edge.policy.signing import load_public_key
 from edge.policy.store import PolicyStore
 from edge.sources import CameraSource, Frame
 from edge.status import StatusBuilder, counter_total
-from edge.uplink.base import UplinkHandlers
+from edge.uplink import UplinkHandlers, make_uplink
 from edge.uplink.dispatch import Dispatcher
-from edge.uplink.grpc import GrpcUplink
-from edge.uplink.mqtt import MqttUplink
 from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
 
 logger = logging.getLogger(__name__)
 AGENT_VERSION = "0.1.0"
+DROP_OUTBOX_UNAVAILABLE = "outbox_unavailable"
 UPLINK_STOP_S = 10.0  # shutdown: the most the transport may take to close
 LATENCY_RECORDS = 100_000  # latencies kept for the run summary (the newest)
-
-
-@dataclass
-class PendingSample:
-    """What the agent remembers of a sample until its verdict arrives."""
-
-    camera_id: str
-    frame_seq: int
-    captured_at: float
-    labels: tuple[str, ...]
 
 
 class EdgeAgent:
@@ -86,12 +74,12 @@ class EdgeAgent:
         self._outbox_samples = 0
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect")
         self._detect_queue: asyncio.Queue[tuple[Frame, GateResult]] = asyncio.Queue(config.pipeline.detect_queue_size)
-        self._pending: dict[str, PendingSample] = {}
         self._detector: Detector | None = None
         self._gates: dict[str, FrameGate] = {}
         self._miner: Miner | None = None
         self._last_progress = time.monotonic()
         self._draining = False
+        self._outbox_error: str | None = None  # why the last put failed, until one succeeds
         # The latest latencies, for the run summary the simulation reads; bounded for a long-lived daemon.
         self._verdict_latencies_ms: deque[float] = deque(maxlen=LATENCY_RECORDS)
         self._local_latencies_ms: deque[float] = deque(maxlen=LATENCY_RECORDS)
@@ -104,21 +92,19 @@ class EdgeAgent:
             on_ack=self._on_ack,
             on_verdict=self._on_verdict,
             on_policy=self._on_policy,
+            on_cloud_back=self._on_cloud_back,
+            on_deferred=self._on_deferred,
         )
-        self.uplink: GrpcUplink | MqttUplink = (
-            MqttUplink(config.uplink, handlers, self.metrics)
-            if isinstance(config.uplink, MqttUplinkConfig)
-            else GrpcUplink(config.uplink, handlers, self.metrics)
-        )
-        if isinstance(self.uplink, MqttUplink):
-            self.events.add_publisher(self.uplink.publish_event)
+        self.uplink = make_uplink(config.uplink, handlers, self.metrics)
+        self.events.add_publisher(self.uplink.publish_event)
         self.dispatcher = Dispatcher(
             self.outbox,
             self.uplink,
             self.policy.uplink,
             self.metrics,
             window=config.outbox.window,
-            can_send=self._cloud_reachable,
+            ack_timeout_s=config.outbox.ack_timeout_s,
+            verdict_timeout_s=config.outbox.verdict_timeout_s,
         )
         self.health = HealthServer(
             config.health.host, config.health.port, self.metrics.registry, self._liveness, self._readiness
@@ -198,9 +184,6 @@ class EdgeAgent:
         left = await self._drain_outbox(deadline)
         if left:
             logger.warning("%d samples stay in the outbox for the next start", left)
-        # Acknowledged samples are the cloud's; their verdicts are still worth waiting for, within the deadline.
-        while self._pending and self._cloud_reachable() and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -374,12 +357,21 @@ class EdgeAgent:
             priority=decision.priority,
             trace_id=uuid.uuid4().hex,
         )
-        labels = tuple(sorted({d.label for d in detections}))
-        self._pending[sample_id] = PendingSample(frame.camera_id, frame.seq, frame.captured_at, labels)
         # On disk before anything is sent: from here on the sample survives crashes and outages.
-        for evicted in await self.outbox.put(sample):
-            self._pending.pop(evicted, None)
-        self._outbox_samples += 1
+        try:
+            evicted = await self.outbox.put(sample)
+        except OutboxError as err:
+            # Detection and local events go on; this sample cannot be kept, so it is dropped, counted.
+            self.metrics.samples_dropped.labels(DROP_OUTBOX_UNAVAILABLE).inc()
+            self.metrics.outbox_errors.inc()
+            if self._outbox_error is None:
+                logger.error("outbox unavailable, samples are dropped until it works again: %s", err)
+            self._outbox_error = str(err)
+            return
+        if self._outbox_error is not None:
+            logger.info("outbox works again")
+            self._outbox_error = None
+        self._outbox_samples += 1 - len(evicted)
         self.dispatcher.notify()
 
     def _hello(self) -> session_pb2.Hello:
@@ -403,35 +395,38 @@ class EdgeAgent:
             cameras=self.sources,
         )
 
+    # The transport is made before the dispatcher that uses it; these hand what comes down to the dispatcher.
     async def _on_ack(self, ack: session_pb2.Ack) -> None:
-        # Accepted, duplicate or refused as malformed: either way it must not be sent again.
-        if await self.outbox.ack(ack.sample_id):
-            self._outbox_samples = max(0, self._outbox_samples - 1)
-        self.dispatcher.acknowledged(ack.sample_id)
-        if not ack.accepted:
-            self._pending.pop(ack.sample_id, None)
+        await self.dispatcher.on_ack(ack)
+
+    def _on_cloud_back(self) -> None:
+        self.dispatcher.cloud_back()
+
+    def _on_deferred(self, sample_id: str, after_s: float, reason: str) -> None:
+        self.dispatcher.deferred(sample_id, after_s, reason)
 
     async def _on_verdict(self, verdict: verdict_pb2.Verdict) -> None:
-        """Record the cloud's verdict; confirmed objects become events marked as the cloud's."""
+        """The sample leaves the outbox; confirmed objects become events marked as the cloud's."""
         summary = convert.verdict_summary(verdict)
         self.metrics.verdicts.labels(summary.decision).inc()
-        pending = self._pending.pop(verdict.sample_id, None)
-        if pending is None:  # a second verdict for one sample, or one for a sample sent before a restart
+        item = await self.dispatcher.on_verdict(verdict.sample_id)
+        if item is None:  # a second verdict for one sample (a resend crossed the first answer)
             self._verdicts_unmatched += 1
             return
-        latency_s = max(0.0, time.time() - pending.captured_at)
+        self._outbox_samples = max(0, self._outbox_samples - 1)
+        sample = item.sample()
+        captured_at = convert.seconds_of(sample.captured_at)
+        latency_s = max(0.0, time.time() - captured_at)
         self.metrics.verdict_latency.observe(latency_s)
         self._verdict_latencies_ms.append(round(latency_s * 1000, 2))
-        self.events.verdict(pending.camera_id, pending.frame_seq, pending.captured_at, summary, self.policy.version)
+        self.events.verdict(sample.camera_id, sample.frame_seq, captured_at, summary, self.policy.version)
 
     async def _on_policy(self, signed: policy_pb2.SignedPolicy) -> None:
         self.policies.offer(signed)
 
     def _cloud_reachable(self) -> bool:
         """gRPC: the Session stream is up. MQTT: the broker is, and a cloud bridge says it is online."""
-        if isinstance(self.uplink, MqttUplink):
-            return self.uplink.cloud_present
-        return self.uplink.connected
+        return self.uplink.cloud_reachable
 
     def _state(self) -> str:
         if self._draining:

@@ -39,7 +39,9 @@ class GrpcUplinkConfig(_Section):
     reconnect_backoff_initial_ms: int = Field(500, ge=50, le=60_000, description="First reconnect delay (gRPC's own).")
     reconnect_backoff_max_ms: int = Field(15_000, ge=100, le=600_000, description="Cap of the reconnect delay.")
     heartbeat_interval_s: float = Field(5.0, ge=0.5, le=3600, description="Seconds between status heartbeats.")
-    send_queue_size: int = Field(256, ge=1, le=100_000, description="Samples waiting to be sent; beyond, drop + count.")
+    send_queue_size: int = Field(
+        256, ge=1, le=100_000, description="Samples waiting for the stream's writer, at most; beyond, wait."
+    )
 
     @field_validator("target")
     @classmethod
@@ -75,10 +77,7 @@ class MqttUplinkConfig(_Section):
     tls: Literal[False] = Field(False, description="TLS to the broker: not supported yet (plain TCP).")
     heartbeat_interval_s: float = Field(5.0, ge=0.5, le=3600, description="Seconds between status heartbeats.")
     send_queue_size: int = Field(
-        256, ge=1, le=100_000, description="Samples sent but not acknowledged by the cloud; beyond, drop + count."
-    )
-    ack_timeout_s: float = Field(
-        30.0, ge=1, le=3600, description="Republish a sample the broker took when the cloud's ack is this late."
+        256, ge=1, le=100_000, description="Sample publishes the broker has not acknowledged, at most; beyond, wait."
     )
     call_timeout_s: float = Field(10.0, ge=0.1, le=600, description="Deadline of the offline status published at stop.")
 
@@ -108,7 +107,7 @@ class PolicyConfig(_Section):
 
 
 class OutboxConfig(_Section):
-    """The on-disk queue of samples waiting for the cloud's acknowledgement."""
+    """The on-disk queue of samples, each kept until its verdict comes (protos/session.proto)."""
 
     path: Path | None = Field(None, description="SQLite file; default: state_dir/outbox.sqlite.")
     max_bytes: int = Field(
@@ -118,7 +117,15 @@ class OutboxConfig(_Section):
         86_400.0, ge=60, le=30 * 86_400, description="Samples older than this are dropped (and counted)."
     )
     expire_every_s: float = Field(15.0, ge=1, le=3600, description="How often old samples are swept.")
-    window: int = Field(16, ge=1, le=1024, description="Samples sent and not yet acknowledged, at most.")
+    window: int = Field(
+        16, ge=1, le=1024, description="Samples sent whose verdict has not come, at most (bounds the cloud's work)."
+    )
+    ack_timeout_s: float = Field(
+        30.0, ge=0.1, le=3600, description="Send a sample again when the cloud's Ack is this late."
+    )
+    verdict_timeout_s: float = Field(
+        120.0, ge=0.1, le=86_400, description="Send a sample again when its Verdict is this late after the Ack."
+    )
 
 
 class EventsConfig(_Section):

@@ -261,6 +261,11 @@ def detection_from_pb(pb: sample_pb2.Detection) -> Detection:
     return Detection(box=box, score=f32(pb.score), class_id=pb.class_id, label=pb.label)
 
 
+def seconds_of(stamp: Timestamp) -> float:
+    """Unix seconds of a protobuf Timestamp."""
+    return stamp.seconds + stamp.nanos / 1e9
+
+
 def timestamp_from_seconds(seconds: float) -> Timestamp:
     """A protobuf Timestamp from unix seconds (whole seconds split off first: a float64 holds ~0.2 µs there)."""
     whole = math.floor(seconds)

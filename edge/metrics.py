@@ -59,6 +59,24 @@ class EdgeMetrics:
         self.samples_dropped = Counter(
             "edgeglm_edge_samples_dropped", "Samples dropped before sending, by reason.", ["reason"], registry=r
         )
+        self.samples_deferred = Counter(
+            "edgeglm_edge_samples_deferred",
+            "Samples the cloud (or the broker) did not take now, kept and sent again later, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.samples_resent = Counter(
+            "edgeglm_edge_samples_resent",
+            "Samples sent again (cloud back, no ack or no verdict in time, deferred), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.outbox_errors = Counter(
+            "edgeglm_edge_outbox_errors", "Outbox reads or writes that failed (e.g. a full disk).", registry=r
+        )
+        self.samples_in_flight = Gauge(
+            "edgeglm_edge_samples_in_flight", "Samples sent whose verdict has not come yet.", registry=r
+        )
         self.uplink_bytes = Counter("edgeglm_edge_uplink_bytes", "Bytes of samples sent to the cloud.", registry=r)
         self.acks = Counter("edgeglm_edge_acks", "Acks received, by outcome.", ["outcome"], registry=r)
         self.verdicts = Counter("edgeglm_edge_verdicts", "Verdicts received, by decision.", ["decision"], registry=r)

@@ -44,7 +44,9 @@ class _SessionErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Sess
     SESSION_ERROR_CODE_INVALID_MESSAGE: _SessionErrorCode.ValueType  # 3
     """A message could not be understood (missing fields, wrong values)."""
     SESSION_ERROR_CODE_OVERLOADED: _SessionErrorCode.ValueType  # 4
-    """The cloud is overloaded; the edge should slow down and retry later."""
+    """The cloud is overloaded; the edge keeps its samples, slows down and retries later (in an Ack
+    with retry_after_ms).
+    """
     SESSION_ERROR_CODE_SHUTTING_DOWN: _SessionErrorCode.ValueType  # 5
     """The cloud is shutting down; the edge should reconnect (to another replica)."""
     SESSION_ERROR_CODE_INTERNAL: _SessionErrorCode.ValueType  # 6
@@ -62,7 +64,9 @@ SESSION_ERROR_CODE_UNKNOWN_EDGE: SessionErrorCode.ValueType  # 2
 SESSION_ERROR_CODE_INVALID_MESSAGE: SessionErrorCode.ValueType  # 3
 """A message could not be understood (missing fields, wrong values)."""
 SESSION_ERROR_CODE_OVERLOADED: SessionErrorCode.ValueType  # 4
-"""The cloud is overloaded; the edge should slow down and retry later."""
+"""The cloud is overloaded; the edge keeps its samples, slows down and retries later (in an Ack
+with retry_after_ms).
+"""
 SESSION_ERROR_CODE_SHUTTING_DOWN: SessionErrorCode.ValueType  # 5
 """The cloud is shutting down; the edge should reconnect (to another replica)."""
 SESSION_ERROR_CODE_INTERNAL: SessionErrorCode.ValueType  # 6
@@ -132,7 +136,7 @@ class EdgeMessage(_message.Message):
 
     @_builtins.property
     def sample(self) -> _sample_pb2.Sample:
-        """A suspicious sample to judge; answered by an Ack and later a Verdict."""
+        """A suspicious sample to judge; answered by an Ack and, when accepted, later a Verdict."""
 
     @_builtins.property
     def heartbeat(self) -> _status_pb2.EdgeStatus:
@@ -157,7 +161,21 @@ Global___EdgeMessage: _TypeAlias = EdgeMessage  # noqa: Y015
 
 @_typing.final
 class Ack(_message.Message):
-    """The cloud's receipt for one sample: once accepted, the edge may delete it from its outbox."""
+    """The cloud's answer on taking (or not taking) one sample. An Ack paces the edge; it never ends the
+    edge's duty to keep the sample. Delivery works like this, on gRPC and MQTT alike:
+     - The edge keeps every sample in its outbox (on disk) until the sample's Verdict reaches it, or
+       until an Ack refuses the sample for good. An accepted Ack does not free the sample.
+     - The cloud judges a sample_id at most once to a real verdict (origin BACKEND) and stores that
+       verdict durably before it sends it. A sample sent again is answered with the stored verdict;
+       one still being judged is answered when its judgement ends; one the cloud does not know (it
+       crashed, or the message was lost) is judged.
+     - The edge sends a sample again when its session (gRPC stream, or the cloud's MQTT presence)
+       comes back, when no Ack came within its ack timeout, when no Verdict came within its verdict
+       timeout after an accepted Ack, and after `retry_after_ms` of a deferring Ack.
+    So a crash of the cloud at any moment loses nothing, and a verdict cut off by a disconnect
+    reaches the edge after it reconnects. Timeouts and backend errors are never verdicts: the cloud
+    defers the sample (code INTERNAL) and it is judged again when the edge sends it again.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -165,14 +183,30 @@ class Ack(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     sample_id: _builtins.str
     """The sample acknowledged."""
     accepted: _builtins.bool
-    """The cloud has stored the sample durably and will judge it."""
+    """The cloud is judging the sample; its Verdict follows on this session (or verdicts topic). The
+    edge keeps the sample until that Verdict arrives.
+    """
     duplicate: _builtins.bool
-    """The cloud had already received this sample_id; accepted is true and no second verdict comes."""
+    """The cloud had this sample_id already (judged or being judged): it is not judged twice, and its
+    one verdict is sent (again) when it is made. accepted is true.
+    """
     error: _builtins.str
     """Why the sample was not accepted, for people; empty when accepted."""
+    code: Global___SessionErrorCode.ValueType
+    """Why the sample was not accepted, for machines: OVERLOADED (the batcher is full: back off),
+    INTERNAL (judging failed: timeout, backend or store error), SHUTTING_DOWN, or INVALID_MESSAGE
+    (malformed: refused for good); UNSPECIFIED when accepted.
+    """
+    retry_after_ms: _builtins.float
+    """When not accepted and > 0: the sample is deferred, not refused. The edge keeps it and sends it
+    again after this many milliseconds (and sends nothing new to this cloud meanwhile when the code
+    is OVERLOADED). 0 with accepted false: refused for good; the edge drops the sample, counted.
+    """
     def __init__(
         self,
         *,
@@ -180,10 +214,12 @@ class Ack(_message.Message):
         accepted: _builtins.bool = ...,
         duplicate: _builtins.bool = ...,
         error: _builtins.str = ...,
+        code: Global___SessionErrorCode.ValueType = ...,
+        retry_after_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "duplicate", b"duplicate", "error", b"error", "sample_id", b"sample_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "code", b"code", "duplicate", b"duplicate", "error", b"error", "retry_after_ms", b"retry_after_ms", "sample_id", b"sample_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -191,7 +227,7 @@ Global___Ack: _TypeAlias = Ack  # noqa: Y015
 
 @_typing.final
 class SessionError(_message.Message):
-    """A problem with the session as a whole (problems with one sample go in its Ack)."""
+    """A problem with the session as a whole (problems with one sample go in its Ack, with the same codes)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -1,7 +1,7 @@
 """The batcher stage: Triton-style dynamic batching of single requests in front of one backend."""
 
 from cloud.batcher.config import BatcherConfig
-from cloud.batcher.dynamic import DynamicBatcher, Reply
+from cloud.batcher.dynamic import DynamicBatcher, Reply, Ticket
 from cloud.batcher.errors import (
     BackendError,
     BatcherError,
@@ -19,4 +19,5 @@ __all__ = [
     "InferenceTimeoutError",
     "QueueFullError",
     "Reply",
+    "Ticket",
 ]

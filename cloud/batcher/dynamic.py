@@ -49,6 +49,18 @@ class _Request:
     future: asyncio.Future[Reply]
 
 
+@dataclass(frozen=True, eq=False)
+class Ticket:
+    """A request in the batcher's queue, to wait on with `DynamicBatcher.result`."""
+
+    request: _Request
+
+    @property
+    def deadline(self) -> float:
+        """The request's deadline (loop time)."""
+        return self.request.deadline
+
+
 class DynamicBatcher:
     """Collects single requests into batches for a backend; one backend call at a time."""
 
@@ -95,6 +107,14 @@ class DynamicBatcher:
         `timeout_s` bounds queue plus inference (default: the config's default_timeout_ms). Raises
         QueueFullError, InferenceTimeoutError, BackendError or BatcherStoppedError.
         """
+        return await self.result(self.enqueue(sample, timeout_s))
+
+    def enqueue(self, sample: SampleInput, timeout_s: float | None = None) -> Ticket:
+        """Queue `sample` now, or raise at once (QueueFullError, BatcherStoppedError, InferenceTimeoutError).
+
+        Synchronous, so that a caller learns before it promises anything whether the sample is taken:
+        the ingest core defers an edge's sample on QueueFullError instead of accepting it.
+        """
         if self._state != "running":
             raise self._count(BatcherStoppedError(f"{self._label} batcher is {self._state}: not accepting requests"))
         if len(self._queue) >= self._config.max_queue_size:
@@ -113,8 +133,14 @@ class DynamicBatcher:
         self._queue.append(request)
         self._metrics.queue_depth.set(len(self._queue))
         self._wake.set()
+        return Ticket(request)
+
+    async def result(self, ticket: Ticket) -> Reply:
+        """Wait for a queued request's result until its deadline; cancelling withdraws it from the queue."""
+        request = ticket.request
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(asyncio.shield(request.future), timeout)
+            return await asyncio.wait_for(asyncio.shield(request.future), max(0.0, request.deadline - loop.time()))
         except TimeoutError:
             self._fail(request, InferenceTimeoutError(self._timeout_message(request, loop.time())))
             # The result may have landed in the same instant; result() returns it or raises the error.
@@ -126,6 +152,11 @@ class DynamicBatcher:
                 request.future.cancel()
                 self._metrics.request_failure.labels(self._label, "cancelled").inc()
             raise
+
+    @property
+    def room(self) -> int:
+        """Requests the queue takes before it refuses (0 when not running)."""
+        return max(0, self._config.max_queue_size - len(self._queue)) if self._state == "running" else 0
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Refuse new requests, serve the queued ones for up to `timeout_s`, fail the rest, close the backend."""

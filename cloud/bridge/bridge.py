@@ -1,8 +1,11 @@
 """The MQTT bridge: samples from `$share/{group}/edgeglm/+/samples` to the judge, acks and verdicts back.
 
 Replicas subscribe through one shared subscription, so the broker gives each sample to one of them.
-Each sample goes through the same `SampleJudge` as the gRPC Session (dedup, batcher, store); its Ack
-and then its Verdict are published to `edgeglm/{edge}/verdicts` as session CloudMessages, QoS 1.
+Each sample goes through the same `IngestCore` as the gRPC Session (dedup, batcher, store); its Ack
+and then its Verdict (or a deferring Ack) are published to `edgeglm/{edge}/verdicts` as session
+CloudMessages, QoS 1. The edge keeps each sample until its Verdict and sends it again when no answer
+comes (protos/session.proto), so what the broker loses (a session that expired while the cloud was
+away, a broker restarted without persistence) is sent again, not lost.
 A sample is acknowledged to the broker (manual ack) only once its verdict is published, so a replica
 that dies meanwhile gets it again when it returns, and the MQTT receive maximum (`max_in_flight`)
 is the bound on samples being judged: beyond it the broker waits. A payload that is not a Sample,
@@ -33,11 +36,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cloud.bridge.config import MqttBridgeConfig
 from cloud.bridge.edges import EdgeDirectory
+from cloud.ingest import Deferral, IngestCore, decision_label
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyChange, PolicyEngine
 from cloud.server.fleet import FleetStatus
-from cloud.server.judge import SampleJudge
-from cloud.server.session import decision_label
 from protos import sample_pb2, session_pb2
 
 logger = logging.getLogger(__name__)
@@ -59,16 +61,16 @@ class MqttBridge:
     def __init__(
         self,
         config: MqttBridgeConfig,
-        judge: SampleJudge,
+        ingest: IngestCore,
         policy: PolicyEngine,
         metrics: CloudMetrics,
         *,
         fleet: FleetStatus | None = None,
         known_edges: Collection[str] = (),
     ) -> None:
-        """Judge samples with `judge`, publish `policy`'s versions; `known_edges` (if any) is an allow-list."""
+        """Judge samples with `ingest`, publish `policy`'s versions; `known_edges` (if any) is an allow-list."""
         self._config = config
-        self._judge = judge
+        self._ingest = ingest
         self._metrics = metrics
         self._policy = policy
         prefix = config.topic_prefix
@@ -275,11 +277,14 @@ class MqttBridge:
             self._refuse(edge_id, sample.sample_id, "unknown_edge", problem)
             return
         self.edges.sample(edge_id)
-        admission = await self._judge.admit(sample, transport="mqtt")
+        admission = await self._ingest.admit(sample, transport="mqtt")
         self._send(edge_id, session_pb2.CloudMessage(ack=admission.ack))
-        if admission.verdict is None:
+        if admission.outcome is None:
             return
-        verdict = await asyncio.shield(admission.verdict)
+        verdict = await asyncio.shield(admission.outcome)
+        if isinstance(verdict, Deferral):
+            self._send(edge_id, session_pb2.CloudMessage(ack=verdict.ack()))
+            return
         self._send(edge_id, session_pb2.CloudMessage(verdict=verdict))
         self._metrics.verdicts_sent.labels(decision_label(verdict)).inc()
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from cloud.convert import SampleInput, timestamp_from_seconds
+from cloud.convert import timestamp_from_seconds
 from cloud.metrics import CloudMetrics
 from cloud.policy.settings import (
     Band,
@@ -41,7 +41,7 @@ from cloud.policy.settings import (
     settings_to_pb,
 )
 from cloud.policy.signing import PolicySigner
-from protos import policy_pb2, verdict_pb2
+from protos import policy_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,6 @@ class PolicyChange:
 
 _P = TypeVar("_P", bound=PolicySettings)
 PolicyListener = Callable[[PolicyChange], Awaitable[None]]
-VerdictObserver = Callable[[SampleInput, verdict_pb2.Verdict], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +104,6 @@ class PolicyEngine:
         self._state_path = state_path
         self._metrics = metrics
         self._listeners: list[PolicyListener] = []
-        self._observers: list[VerdictObserver] = []
         self._lock = asyncio.Lock()
         self._cache: dict[tuple[str, str], policy_pb2.SignedPolicy] = {}
         self._last_version, persisted = self._read_state()
@@ -218,9 +216,9 @@ class PolicyEngine:
         """Move one edge's uncertainty bands (the closed loop's `BandController`, cloud/policy/loop.py).
 
         The controller keeps, per edge and class, recent (edge score, cloud verdict) pairs (fed by
-        `observe`) and computes bands that keep recall of cloud-confirmed events at target with the
-        smallest uplink; it calls this with them. The bands become part of the edge's override (other
-        written fields stay), so they are versioned, signed, persisted and pushed like any change.
+        the ingest core's observer hook) and computes bands that keep recall of cloud-confirmed
+        events at target with the smallest uplink; it calls this with them. The bands become part of
+        the edge's override (other written fields stay), so they are versioned, signed, persisted and pushed like any change.
         """
         current = self._layers.get(_key("edge", edge_id))
         written = overrides_of(current.settings) if current is not None and current.settings is not None else {}
@@ -228,18 +226,6 @@ class PolicyEngine:
         mining["bands"] = {**mining.get("bands", {}), **{label: band.model_dump() for label, band in bands.items()}}
         logger.info("edge %s: adjusting bands of %s (%s)", edge_id, ", ".join(sorted(bands)), reason)
         return await self.set_edge(edge_id, {**written, "mining": mining})
-
-    def add_observer(self, observer: VerdictObserver) -> None:
-        """Hand every backend verdict to `observer` (the closed loop's `BandController.observe`)."""
-        self._observers.append(observer)
-
-    def observe(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
-        """Every backend verdict with the sample it judged, passed on to the observers (the closed loop).
-
-        Observers run on the event loop: they must stay cheap and must not raise.
-        """
-        for observer in self._observers:
-            observer(sample, verdict)
 
     def snapshot(self) -> dict[str, Any]:
         """Versions and written settings of every layer, for the admin API."""

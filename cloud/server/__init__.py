@@ -3,19 +3,16 @@
 from cloud.server.fleet import EdgeRecord, FleetStatus
 from cloud.server.grpc_server import build_server, server_options
 from cloud.server.health import SERVICE_NAME, Health
-from cloud.server.judge import Admission, SampleJudge
 from cloud.server.servicer import EdgeGLMServicer
 from cloud.server.session import EdgeSession, SessionDeps
 
 __all__ = [
     "SERVICE_NAME",
-    "Admission",
     "EdgeGLMServicer",
     "EdgeRecord",
     "EdgeSession",
     "FleetStatus",
     "Health",
-    "SampleJudge",
     "SessionDeps",
     "build_server",
     "server_options",

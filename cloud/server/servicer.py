@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from cloud.convert import fallback_verdict
+from cloud.ingest import Deferral, decision_label
 from cloud.policy import PolicyChange
-from cloud.server.session import EdgeSession, SessionDeps, decision_label
-from protos import policy_pb2, session_pb2, session_pb2_grpc, verdict_pb2
+from cloud.server.session import EdgeSession, SessionDeps
+from protos import policy_pb2, sample_pb2, session_pb2, session_pb2_grpc, verdict_pb2
 
 logger = logging.getLogger(__name__)
 # Share of an Infer call's remaining gRPC deadline given to the batcher, so that a TIMEOUT verdict
@@ -19,13 +21,19 @@ logger = logging.getLogger(__name__)
 DEADLINE_SHARE = 0.9
 
 Context = grpc.aio.ServicerContext[object, object]
+# A sample Infer could not take: the gRPC status that tells a unary caller the same as the Ack's code.
+_UNARY_STATUS = {
+    session_pb2.SESSION_ERROR_CODE_OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    session_pb2.SESSION_ERROR_CODE_SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
+    session_pb2.SESSION_ERROR_CODE_INTERNAL: grpc.StatusCode.UNAVAILABLE,
+}
 
 
 class EdgeGLMServicer(session_pb2_grpc.EdgeGLMServicer):
     """Serves the edges; pushes policy changes to the sessions they concern."""
 
     def __init__(self, deps: SessionDeps) -> None:
-        """Serve with the shared judge, policy engine, fleet status and metrics."""
+        """Serve with the shared ingest core, policy engine, fleet status and metrics."""
         self._deps = deps
         self._sessions: set[EdgeSession] = set()
         self._stopping = False
@@ -72,18 +80,35 @@ class EdgeGLMServicer(session_pb2_grpc.EdgeGLMServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the cloud is shutting down; retry on another replica")
         await self._check_edge(sample.edge_id, context)
         timeout = self._timeout_s(request.timeout_ms, context.time_remaining())
-        admission = await self._deps.judge.admit(sample, timeout)
-        if admission.verdict is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, admission.ack.error)
+        admission = await self._deps.ingest.admit(sample, timeout)
+        if admission.outcome is None:
+            await context.abort(
+                _UNARY_STATUS.get(admission.ack.code, grpc.StatusCode.INVALID_ARGUMENT), admission.ack.error
+            )
             raise AssertionError("abort returns only by raising")
         remaining = context.time_remaining()
         try:
-            verdict = await asyncio.wait_for(asyncio.shield(admission.verdict), remaining)
+            outcome = await asyncio.wait_for(asyncio.shield(admission.outcome), remaining)
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"sample {sample.sample_id}: no verdict in time")
             raise
+        verdict = outcome if not isinstance(outcome, Deferral) else self._fallback(sample, outcome)
         self._deps.metrics.verdicts_sent.labels(decision_label(verdict)).inc()
         return verdict
+
+    def _fallback(self, sample: sample_pb2.Sample, deferral: Deferral) -> verdict_pb2.Verdict:
+        """A unary caller gets an answer: UNSURE, saying why, and never stored (a resend is judged)."""
+        backend = self._deps.backend
+        return fallback_verdict(
+            sample.sample_id,
+            sample.edge_id,
+            sample.trace_id,
+            origin="timeout" if deferral.reason == "timeout" else "backend_error",
+            detail=deferral.detail,
+            backend=backend.name,
+            model_name=backend.model_name,
+            model_version=backend.model_version,
+        )
 
     async def GetPolicy(  # noqa: N802
         self, request: session_pb2.GetPolicyRequest, context: Context

@@ -1,7 +1,9 @@
 """One edge's Session stream: Hello first, then samples and heartbeats up; acks, verdicts, policies down.
 
 Reading never waits for a judgement: each sample is handled in its own task (at most
-`max_samples_in_flight_per_session` at once), which sends the sample's Ack and later its Verdict.
+`max_samples_in_flight_per_session` at once), which sends the sample's Ack and later its Verdict, or
+a deferring Ack when it could not be judged (the edge keeps every sample until its Verdict; see
+protos/session.proto).
 Everything going down passes through one bounded queue per session; when it is full the producers
 wait, which stops reading that edge's stream (gRPC flow control then slows the edge down): nothing
 is dropped, an edge that does not read only slows itself.
@@ -19,11 +21,12 @@ from typing import Any
 
 import grpc
 
+from cloud.backends import Backend
+from cloud.ingest import Deferral, IngestCore, decision_label
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine
 from cloud.server.fleet import FleetStatus
-from cloud.server.judge import SampleJudge
-from protos import sample_pb2, session_pb2, status_pb2, verdict_pb2
+from protos import sample_pb2, session_pb2, status_pb2
 
 logger = logging.getLogger(__name__)
 _END = None
@@ -33,7 +36,8 @@ _END = None
 class SessionDeps:
     """What every session of one server shares."""
 
-    judge: SampleJudge
+    ingest: IngestCore
+    backend: Backend
     policy: PolicyEngine
     fleet: FleetStatus
     metrics: CloudMetrics
@@ -233,12 +237,15 @@ class EdgeSession:
             await self.send(session_pb2.CloudMessage(ack=session_pb2.Ack(sample_id=sample.sample_id, error=problem)))
             return
         self._deps.fleet.sample(self.edge_id)
-        admission = await self._deps.judge.admit(sample)
+        admission = await self._deps.ingest.admit(sample)
         await self.send(session_pb2.CloudMessage(ack=admission.ack))
-        if admission.verdict is None:
+        if admission.outcome is None:
             return
         started = time.monotonic()
-        verdict = await asyncio.shield(admission.verdict)
+        verdict = await asyncio.shield(admission.outcome)
+        if isinstance(verdict, Deferral):
+            await self.send(session_pb2.CloudMessage(ack=verdict.ack()))
+            return
         await self.send(session_pb2.CloudMessage(verdict=verdict))
         self._deps.metrics.verdicts_sent.labels(decision_label(verdict)).inc()
         logger.debug("sample %s: verdict after %.0f ms", sample.sample_id, (time.monotonic() - started) * 1000)
@@ -250,11 +257,6 @@ class EdgeSession:
         if release:
             task.add_done_callback(lambda _: self._slots.release())
         task.add_done_callback(_log_failure)
-
-
-def decision_label(verdict: verdict_pb2.Verdict) -> str:
-    """The verdicts_sent label of a verdict's decision."""
-    return verdict_pb2.Decision.Name(verdict.decision).removeprefix("DECISION_").lower()
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

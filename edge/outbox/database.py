@@ -71,11 +71,24 @@ class PutResult:
     evicted: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """One stored sample as it goes on the wire: its stored bytes, sent as they are."""
+
+    sample_id: str
+    priority: float
+    payload: bytes  # a serialized Sample, checked to parse and to name sample_id
+
+    def sample(self) -> sample_pb2.Sample:
+        """The sample itself (parses the payload)."""
+        return sample_pb2.Sample.FromString(self.payload)
+
+
 @dataclass(frozen=True)
 class BatchResult:
     """Samples to send, and ids of rows that did not parse (already deleted)."""
 
-    samples: list[sample_pb2.Sample]
+    samples: list[OutboxItem]
     corrupt: list[str]
 
 
@@ -124,7 +137,7 @@ class OutboxDatabase:
     def next_batch(self, limit: int, order: ReplayOrder, exclude: Set[str]) -> BatchResult:
         """Up to `limit` samples in `order`, skipping `exclude`; rows that do not parse are deleted."""
         conn = self.connect()
-        samples: list[sample_pb2.Sample] = []
+        samples: list[OutboxItem] = []
         corrupt: list[str] = []
         # Ids come from the covering index; a blob is read only for a row that will be sent.
         ids = conn.execute(f"SELECT sample_id FROM outbox ORDER BY {_SEND_ORDER[order]}")
@@ -145,8 +158,8 @@ class OutboxDatabase:
             self._delete(conn, corrupt)
         return BatchResult(samples, corrupt)
 
-    def ack(self, sample_id: str) -> bool:
-        """Delete one sample; False when it is not there (acked before, evicted or expired)."""
+    def remove(self, sample_id: str) -> bool:
+        """Delete one sample; False when it is not there (removed before, evicted or expired)."""
         return bool(self._delete(self.connect(), [sample_id]))
 
     def expire(self, captured_before: float) -> list[str]:
@@ -212,10 +225,12 @@ class OutboxDatabase:
         self._forget(victims)
         return [sample_id for sample_id, _ in victims]
 
-    def _load(self, conn: sqlite3.Connection, sample_id: str) -> sample_pb2.Sample | None:
+    def _load(self, conn: sqlite3.Connection, sample_id: str) -> OutboxItem | None:
         (data,) = conn.execute("SELECT data FROM outbox WHERE sample_id = ?", (sample_id,)).fetchone()
         try:
-            sample = sample_pb2.Sample.FromString(bytes(data))
+            payload = bytes(data)
+            # Parsed only to trust the row; the stored bytes are what is sent.
+            sample = sample_pb2.Sample.FromString(payload)
         except (DecodeError, TypeError) as exc:
             logger.error("%s: outbox row %s does not parse as a Sample (%s); deleted", self.path, sample_id, exc)
             return None
@@ -223,7 +238,7 @@ class OutboxDatabase:
         if sample.sample_id != sample_id:
             logger.error("%s: outbox row %s holds sample %r; deleted", self.path, sample_id, sample.sample_id)
             return None
-        return sample
+        return OutboxItem(sample_id, sample.priority, payload)
 
     def _delete(self, conn: sqlite3.Connection, sample_ids: list[str]) -> int:
         with self._transaction(conn):

@@ -1,7 +1,8 @@
 """Outbox: the agent's zero-loss queue of samples for the cloud, as coroutines over one SQLite thread.
 
-Every suspicious sample is put here before any send and leaves only when the cloud acknowledged it
-(`ack`), when it grew too old (`expire`), or when the byte bound evicted it for a more urgent one.
+Every suspicious sample is put here before any send and leaves only when its verdict came or the
+cloud refused it for good (`remove`), when it grew too old (`expire`), or when the byte bound
+evicted it for a more urgent one.
 sqlite3 blocks, so all of its calls run in one dedicated thread (a single-worker executor that owns
 the connection, statements in submission order); the event loop only serializes and parses nothing
 larger than one message. Schema in `edge.outbox.schema`, durability in `edge.outbox.database`.
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from edge.metrics import EdgeMetrics
-from edge.outbox.database import OutboxDatabase, OutboxError, OutboxStats, ReplayOrder
+from edge.outbox.database import OutboxDatabase, OutboxError, OutboxItem, OutboxStats, ReplayOrder
 from protos import sample_pb2
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ EVICTION_LOG_INTERVAL_S = 60.0
 
 
 class Outbox:
-    """Samples waiting for the cloud's ack, bounded by bytes and age; all methods are safe on the loop."""
+    """Samples waiting for their verdict, bounded by bytes and age; all methods are safe on the loop."""
 
     def __init__(self, path: Path, *, max_bytes: int, max_age_s: float, metrics: EdgeMetrics | None = None) -> None:
         """Use the SQLite file at `path` (created with its folder on first use)."""
@@ -79,12 +80,12 @@ class Outbox:
 
     async def next_batch(
         self, limit: int, order: ReplayOrder = "priority", exclude: Set[str] = frozenset()
-    ) -> list[sample_pb2.Sample]:
+    ) -> list[OutboxItem]:
         """Up to `limit` samples to send, in `order`, leaving out the ids in `exclude` (e.g. in flight).
 
         "priority": most uncertain (highest priority) first, then newest; "newest_first" and
         "oldest_first": by capture time, for replaying a backlog. The samples stay in the outbox
-        until acked. Rows that do not parse are deleted and counted (reason "outbox_corrupt").
+        until removed. Rows that do not parse are deleted and counted (reason "outbox_corrupt").
         """
         if order not in ("priority", "newest_first", "oldest_first"):
             raise ValueError(f"outbox order {order!r} is not one of priority, newest_first, oldest_first")
@@ -96,9 +97,9 @@ class Outbox:
             self._count(DROP_CORRUPT, len(result.corrupt))
         return result.samples
 
-    async def ack(self, sample_id: str) -> bool:
-        """Delete an acknowledged sample; False when it was not there (acked before, evicted or expired)."""
-        return await self._run("ack", self._db.ack, sample_id)
+    async def remove(self, sample_id: str) -> bool:
+        """Delete a sample whose verdict came (or that the cloud refused for good); False when not there."""
+        return await self._run("remove", self._db.remove, sample_id)
 
     async def expire(self, now: float | None = None) -> int:
         """Delete samples captured more than max_age_s before `now` (unix seconds, default now); returns how many."""

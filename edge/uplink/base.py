@@ -1,9 +1,14 @@
-"""What every uplink transport (gRPC, MQTT) shares with the agent."""
+"""The one interface every uplink transport (gRPC, MQTT) gives the agent, and what it hands back.
+
+A transport moves bytes and reports what comes down; it keeps no state of its own about samples.
+What is in flight (sent, without its verdict yet) is the dispatcher's alone (`edge.uplink.dispatch`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
 
@@ -17,3 +22,38 @@ class UplinkHandlers:
     on_ack: Callable[[session_pb2.Ack], Awaitable[None]]
     on_verdict: Callable[[verdict_pb2.Verdict], Awaitable[None]]
     on_policy: Callable[[policy_pb2.SignedPolicy], Awaitable[None]]
+    # A cloud is there again (a new gRPC session, a bridge online again): what it had may be lost.
+    on_cloud_back: Callable[[], None]
+    # The transport could not hand a sample to a cloud (no bridge subscribed, broker refused it):
+    # (sample_id, seconds to wait before sending it again, reason for the metric).
+    on_deferred: Callable[[str, float, str], None]
+
+
+class Uplink(Protocol):
+    """A transport to the cloud: the agent and the dispatcher know it only through this."""
+
+    @property
+    def cloud_reachable(self) -> bool:
+        """True while a cloud is there to take samples (gRPC: a session is open; MQTT: a bridge is online)."""
+        ...
+
+    @property
+    def last_error(self) -> str:
+        """Why the cloud is not reachable, or was lost last, for readiness and logs."""
+        ...
+
+    async def start(self) -> None:
+        """Connect in the background; reconnect for as long as the agent runs."""
+        ...
+
+    async def stop(self) -> None:
+        """Say goodbye and close, bounded."""
+        ...
+
+    def send(self, sample_id: str, payload: bytes) -> bool:
+        """Hand a serialized Sample to the cloud without waiting; False when it cannot be taken now."""
+        ...
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        """A local event for home-automation users, where the transport carries them (MQTT); else nothing."""
+        ...

@@ -2,8 +2,9 @@
 
 Reconnection is gRPC's own: the stream is opened with `wait_for_ready=True`, so a new call waits for
 the channel, which reconnects with the backoff set in the channel options. This module only opens a
-new stream when the old one ends, and resends what the cloud has not acknowledged (the cloud
-deduplicates on sample_id, so a resend is never judged twice).
+new stream when the old one ends and says so (`on_cloud_back`): the dispatcher then sends again what
+is in flight. Samples go up as the outbox stored them: the stream's request serializer frames the
+stored Sample bytes as an EdgeMessage without parsing them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import random
 import time
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -21,11 +23,13 @@ import grpc.aio
 from edge.config import GrpcUplinkConfig
 from edge.metrics import EdgeMetrics
 from edge.uplink.base import UplinkHandlers
-from protos import sample_pb2, session_pb2, session_pb2_grpc
+from protos import session_pb2
 
 logger = logging.getLogger(__name__)
 
-SessionCall = grpc.aio.StreamStreamCall[session_pb2.EdgeMessage, session_pb2.CloudMessage]
+SessionCall = grpc.aio.StreamStreamCall[bytes, session_pb2.CloudMessage]
+SESSION_METHOD = "/edgeglm.v1.EdgeGLM/Session"
+_SAMPLE_TAG = bytes([(2 << 3) | 2])  # EdgeMessage.sample: field 2, length-delimited
 
 # A stream that dies at once (cloud refusing us) must not spin: wait at least this before the next.
 MIN_SESSION_GAP_S = 0.2
@@ -63,6 +67,27 @@ def channel_options(config: GrpcUplinkConfig) -> list[tuple[str, object]]:
     ]
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def sample_message(payload: bytes) -> bytes:
+    """An EdgeMessage holding the serialized Sample `payload`, framed by hand (protobuf's wire format:
+    an embedded message is its tag, its length and its bytes), so the stored bytes go as they are."""
+    return _SAMPLE_TAG + _varint(len(payload)) + payload
+
+
+def _serialize(message: bytes | session_pb2.EdgeMessage) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
 class GrpcUplink:
     """Samples and heartbeats up; acks, verdicts and policies down."""
 
@@ -70,17 +95,15 @@ class GrpcUplink:
         self._config = config
         self._handlers = handlers
         self._metrics = metrics
-        self._queue: asyncio.Queue[sample_pb2.Sample] = asyncio.Queue(maxsize=config.send_queue_size)
-        self._in_flight: dict[str, sample_pb2.Sample] = {}
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=config.send_queue_size)
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()
-        self._last_heard = 0.0
         self._last_error = ""
 
     @property
-    def connected(self) -> bool:
+    def cloud_reachable(self) -> bool:
         """True while a Session stream is open."""
         return self._connected.is_set()
 
@@ -89,20 +112,18 @@ class GrpcUplink:
         """Why the last stream ended, for readiness and logs."""
         return self._last_error
 
-    @property
-    def pending(self) -> int:
-        """Samples queued or sent but not yet acknowledged."""
-        return self._queue.qsize() + len(self._in_flight)
-
-    def submit(self, sample: sample_pb2.Sample) -> bool:
-        """Queue a sample without waiting; False (and counted) when the queue is full."""
+    def send(self, sample_id: str, payload: bytes) -> bool:
+        """Queue a sample for the open stream without waiting; False when no stream is open or the queue is full."""
+        if not self.cloud_reachable:
+            return False
         try:
-            self._queue.put_nowait(sample)
+            self._queue.put_nowait((sample_id, payload))
         except asyncio.QueueFull:
-            self._metrics.samples_dropped.labels("send_queue_full").inc()
-            logger.warning("uplink queue full (%d): sample %s dropped", self._queue.maxsize, sample.sample_id)
             return False
         return True
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        """gRPC carries no local events (they stay in the events file)."""
 
     async def start(self) -> None:
         """Open the channel and start the session loop in the background."""
@@ -129,43 +150,43 @@ class GrpcUplink:
         self._metrics.uplink_connected.set(0)
 
     async def _run(self) -> None:
-        stub = self._stub()
         while not self._stopping.is_set():
             started = time.monotonic()
             try:
-                await self._session(stub)
+                await self._session()
             except grpc.aio.AioRpcError as err:
                 self._last_error = f"{err.code().name}: {err.details()}"
                 logger.warning("cloud session to %s ended: %s", self._config.target, self._last_error)
             except asyncio.InvalidStateError:
-                # A write raced the cloud closing the stream; the next session resends what is unacked.
+                # A write raced the cloud closing the stream; the dispatcher resends on the next session.
                 self._last_error = "stream closed by the cloud"
                 logger.warning("cloud session to %s ended: %s", self._config.target, self._last_error)
             finally:
                 self._connected.clear()
                 self._metrics.uplink_connected.set(0)
+                _drain(self._queue)  # what was queued for the dead stream is in flight: resent when back
             gap = MIN_SESSION_GAP_S * (1 + random.random()) - (time.monotonic() - started)
             if gap > 0:
                 await asyncio.sleep(gap)
 
-    def _stub(self) -> session_pb2_grpc.EdgeGLMAsyncStub:
+    def _open(self) -> SessionCall:
         if self._channel is None:
             raise RuntimeError("uplink not started")
-        # The generated stub serves sync and aio channels alike; typed here as the aio one it is.
-        return session_pb2_grpc.EdgeGLMStub(self._channel)  # type: ignore[return-value,unused-ignore]
+        method = self._channel.stream_stream(
+            SESSION_METHOD, request_serializer=_serialize, response_deserializer=session_pb2.CloudMessage.FromString
+        )
+        return method(None, wait_for_ready=True)  # None: we write to the call ourselves
 
-    async def _session(self, stub: session_pb2_grpc.EdgeGLMAsyncStub) -> None:
-        call = stub.Session(None, wait_for_ready=True)  # None: we write to the call ourselves
-        await call.write(session_pb2.EdgeMessage(hello=self._handlers.hello()))
+    async def _session(self) -> None:
+        call = self._open()
+        await call.write(session_pb2.EdgeMessage(hello=self._handlers.hello()).SerializeToString())
         self._connected.set()
         self._metrics.uplink_connected.set(1)
         self._metrics.uplink_reconnects.inc()
-        self._last_heard = time.monotonic()
-        logger.info("cloud session open to %s (%d samples to resend)", self._config.target, len(self._in_flight))
+        logger.info("cloud session open to %s", self._config.target)
+        self._handlers.on_cloud_back()
         reader = asyncio.create_task(self._read(call), name="uplink-read")
         try:
-            for sample in sorted(self._in_flight.values(), key=lambda s: -s.priority):
-                await self._write_sample(call, sample)
             await self._write_loop(call, reader)
         finally:
             reader.cancel()
@@ -178,28 +199,22 @@ class GrpcUplink:
         while not reader.done():
             now = time.monotonic()
             if now >= next_heartbeat:
-                await call.write(session_pb2.EdgeMessage(heartbeat=self._handlers.status()))
+                await call.write(session_pb2.EdgeMessage(heartbeat=self._handlers.status()).SerializeToString())
                 next_heartbeat = now + self._config.heartbeat_interval_s
             try:
-                sample = await asyncio.wait_for(self._queue.get(), timeout=max(0.01, next_heartbeat - now))
+                _, payload = await asyncio.wait_for(self._queue.get(), timeout=max(0.01, next_heartbeat - now))
             except TimeoutError:
                 continue
-            self._in_flight[sample.sample_id] = sample
-            await self._write_sample(call, sample)
+            await call.write(sample_message(payload))
+            self._metrics.samples_sent.inc()
+            self._metrics.uplink_bytes.inc(len(payload))
         reader.result()  # re-raise the reader's error, if it had one
-
-    async def _write_sample(self, call: SessionCall, sample: sample_pb2.Sample) -> None:
-        self._in_flight[sample.sample_id] = sample
-        await call.write(session_pb2.EdgeMessage(sample=sample))
-        self._metrics.samples_sent.inc()
-        self._metrics.uplink_bytes.inc(sample.ByteSize())
 
     async def _read(self, call: SessionCall) -> None:
         async for message in call:
-            self._last_heard = time.monotonic()
             kind = message.WhichOneof("kind")
             if kind == "ack":
-                await self._on_ack(message.ack)
+                await self._handlers.on_ack(message.ack)
             elif kind == "verdict":
                 await self._handlers.on_verdict(message.verdict)
             elif kind == "policy":
@@ -207,11 +222,7 @@ class GrpcUplink:
             elif kind == "error":
                 logger.error("cloud says: %s %s", message.error.code, message.error.message)
 
-    async def _on_ack(self, ack: session_pb2.Ack) -> None:
-        outcome = "duplicate" if ack.duplicate else "accepted" if ack.accepted else "refused"
-        self._metrics.acks.labels(outcome).inc()
-        if not ack.accepted:
-            logger.warning("cloud refused sample %s: %s", ack.sample_id, ack.error)
-        # Refused samples are not resent: the cloud judged them malformed, and would again.
-        self._in_flight.pop(ack.sample_id, None)
-        await self._handlers.on_ack(ack)
+
+def _drain(queue: asyncio.Queue[tuple[str, bytes]]) -> None:
+    while not queue.empty():
+        queue.get_nowait()

@@ -2,7 +2,7 @@
 
 - `{edge}/samples` up, QoS 1: one protobuf Sample per message.
 - `{edge}/verdicts` down, QoS 1: one session CloudMessage per message, the envelope of the gRPC
-  stream: an Ack (the sample is the cloud's and leaves `pending`), a Verdict, or a SessionError.
+  stream: an Ack, a Verdict, or a SessionError (meanings in protos/session.proto).
 - `{edge}/policy` and `fleet/policy` down, retained: a SignedPolicy. The cloud keeps `{edge}/policy`
   current for every edge it has heard from; `fleet/policy` serves edges it has not heard from yet.
   An edge's merged policy can carry the same version number as the fleet's, so once `{edge}/policy`
@@ -14,10 +14,11 @@
 
 Delivery: a persistent session (clean start off, session expiry from config), QoS 1 both ways.
 paho's network loop runs in its own thread; its callbacks only hand their arguments to the asyncio
-loop (`call_soon_threadsafe`). A sample stays pending until the cloud's Ack. paho retransmits what
-the broker has not acknowledged; this module republishes, on reconnect and after `ack_timeout_s`,
-what the broker took but the cloud did not acknowledge (a broker restarted without persistence, no
-bridge subscribed yet). The cloud deduplicates on sample_id. Messages that come down are
+loop (`call_soon_threadsafe`). paho retransmits what the broker has not acknowledged; everything
+else is the dispatcher's: it keeps each sample until its verdict and sends it again when a cloud
+bridge comes back online (`on_cloud_back`), when the broker says nobody subscribes (`on_deferred`)
+and when an ack or verdict is late. So a broker session that expired while the cloud was away, or
+a broker restarted without persistence, costs a resend, not a sample. Messages that come down are
 acknowledged to the broker only after their handler ran (manual ack): a crash in between gets them
 again, and the broker never has more than `max_inflight` of them outstanding, which bounds the inbox.
 """
@@ -45,7 +46,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge.config import MqttUplinkConfig
 from edge.metrics import EdgeMetrics
 from edge.uplink.base import UplinkHandlers
-from protos import policy_pb2, sample_pb2, session_pb2, status_pb2
+from protos import policy_pb2, session_pb2, status_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,11 @@ FLEET = "fleet"
 # Policies remembered to skip the same bytes offered again (a retained policy on every resubscribe).
 POLICIES_REMEMBERED = 8
 NO_MATCHING_SUBSCRIBERS = 16  # PUBACK reason: the broker took the sample, no cloud bridge is subscribed
-# A sample nobody was subscribed to is republished after 1, 2, 4... s (capped by ack_timeout_s): a bridge
+# A sample nobody was subscribed to is sent again after 1, 2, 4... s (capped at 30 s): a bridge
 # resubscribes within moments of a broker restart (mosquitto does not persist shared subscriptions).
 UNHEARD_RETRY_FIRST_S = 1.0
+UNHEARD_RETRY_MAX_S = 30.0
+UNHEARD_REMEMBERED = 4096
 TICK_S = 0.25
 
 
@@ -83,19 +86,6 @@ class _Topics:
         )
 
 
-@dataclass(slots=True)
-class _Outgoing:
-    """A sample not yet acknowledged by the cloud, and where its last publish stands."""
-
-    sample: sample_pb2.Sample
-    payload: bytes
-    mid: int | None = None
-    broker_acked: bool = False
-    published_at: float = 0.0
-    retry_after_s: float = 0.0
-    unheard: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class _Inbound:
     generation: int
@@ -112,8 +102,7 @@ class MqttUplink:
         self._config = config
         self._handlers = handlers
         self._metrics = metrics
-        self._samples: dict[str, _Outgoing] = {}
-        self._mids: dict[int, str] = {}
+        self._mids: dict[int, str] = {}  # our sample publishes the broker has not acknowledged yet
         # Unbounded on purpose: the broker sends at most max_inflight unacknowledged messages (receive maximum).
         self._inbox: asyncio.Queue[_Inbound] = asyncio.Queue()
         self._client: mqtt.Client | None = None
@@ -126,6 +115,7 @@ class MqttUplink:
         self._edge_policy_seen = False
         self._delivered_policies: collections.deque[bytes] = collections.deque(maxlen=POLICIES_REMEMBERED)
         self._nobody_listening = False
+        self._unheard: dict[str, int] = {}  # sample_id -> times the broker said nobody subscribes
         # Written by paho's thread only.
         self._generation = 0
         self._edge_subscription = -1
@@ -136,27 +126,25 @@ class MqttUplink:
         return self._connected
 
     @property
+    def cloud_reachable(self) -> bool:
+        """Connected to the broker and at least one cloud bridge replica says it is online."""
+        return self._connected and any(self._cloud_replicas.values())
+
+    @property
     def last_error(self) -> str:
         """Why the connection is down or was lost last, for readiness and logs."""
         return self._last_error
 
-    @property
-    def pending(self) -> int:
-        """Samples submitted and not yet acknowledged by the cloud."""
-        return len(self._samples)
-
-    def submit(self, sample: sample_pb2.Sample) -> bool:
-        """Publish a sample without waiting (paho queues it while offline); False (counted) when too many pend."""
-        if sample.sample_id in self._samples:
-            return True
-        if len(self._samples) >= self._config.send_queue_size:
-            self._metrics.samples_dropped.labels("send_queue_full").inc()
-            logger.warning("uplink full (%d pending): sample %s dropped", len(self._samples), sample.sample_id)
+    def send(self, sample_id: str, payload: bytes) -> bool:
+        """Publish a serialized Sample without waiting; False while offline or when the broker owes too many PUBACKs."""
+        if self._client is None or not self._connected or len(self._mids) >= self._config.send_queue_size:
             return False
-        outgoing = _Outgoing(sample, sample.SerializeToString())
-        self._samples[sample.sample_id] = outgoing
-        if self._client is not None:
-            self._publish(outgoing)
+        info = self._client.publish(self._topics.samples, payload, qos=self._config.qos)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        self._mids[info.mid] = sample_id
+        self._metrics.samples_sent.inc()
+        self._metrics.uplink_bytes.inc(len(payload))
         return True
 
     async def start(self) -> None:
@@ -265,52 +253,49 @@ class MqttUplink:
         prefix = self._topics.cloud_presence.split("+")[0]
         return topic.startswith(prefix) and topic.endswith("/status") and topic.count("/") == prefix.count("/") + 1
 
-    @property
-    def cloud_present(self) -> bool:
-        """Connected to the broker and at least one cloud bridge replica says it is online."""
-        return self._connected and any(self._cloud_replicas.values())
-
     def _connection_made(self, session_present: bool) -> None:
         self._connected = True
         self._last_error = ""
         self._metrics.uplink_connected.set(1)
         self._metrics.uplink_reconnects.inc()
-        resend = [o for o in self._samples.values() if o.mid is None or o.broker_acked]
         logger.info(
-            "connected to broker %s:%d (session %s, %d samples to resend)",
+            "connected to broker %s:%d (session %s)",
             self._config.host,
             self._config.port,
             "resumed" if session_present else "new",
-            len(resend),
         )
         self._publish_status()
-        self._republish(resend)
 
     def _connection_lost(self, why: str) -> None:
         if self._connected or why != self._last_error:
             logger.warning("%s", why)
         self._connected = False
         self._cloud_replicas.clear()  # the retained statuses come again with the next subscription
+        self._mids.clear()  # paho's own retransmission is not ours to track: what is lost is resent
         self._last_error = why
         self._metrics.uplink_connected.set(0)
 
     def _broker_acked(self, mid: int, reason: int) -> None:
         sample_id = self._mids.pop(mid, None)
-        outgoing = self._samples.get(sample_id) if sample_id is not None else None
-        if outgoing is None or outgoing.mid != mid:
+        if sample_id is None:
             return
-        outgoing.broker_acked = True
         nobody = reason == NO_MATCHING_SUBSCRIBERS
         if nobody:
-            outgoing.retry_after_s = min(self._config.ack_timeout_s, UNHEARD_RETRY_FIRST_S * 2**outgoing.unheard)
-            outgoing.unheard += 1
-        else:
-            outgoing.retry_after_s = self._config.ack_timeout_s
-        if reason >= 0x80:
+            unheard = self._unheard.get(sample_id, 0)
+            self._unheard[sample_id] = unheard + 1
+            if len(self._unheard) > UNHEARD_REMEMBERED:
+                self._unheard.pop(next(iter(self._unheard)))
+            self._handlers.on_deferred(
+                sample_id, min(UNHEARD_RETRY_MAX_S, UNHEARD_RETRY_FIRST_S * 2**unheard), "no_subscriber"
+            )
+            if not self._nobody_listening:
+                logger.warning("no cloud bridge subscribes %s: samples wait and are sent again", self._topics.samples)
+        elif reason >= 0x80:
             self._last_error = f"broker refused sample {sample_id}: reason {reason}"
-            logger.warning("%s; republished after %.0f s", self._last_error, self._config.ack_timeout_s)
-        if nobody and not self._nobody_listening:
-            logger.warning("no cloud bridge subscribes %s: samples wait and are republished", self._topics.samples)
+            logger.warning("%s; sent again later", self._last_error)
+            self._handlers.on_deferred(sample_id, UNHEARD_RETRY_MAX_S, "broker_refused")
+        else:
+            self._unheard.pop(sample_id, None)
         self._nobody_listening = nobody
 
     def _received(self, inbound: _Inbound) -> None:
@@ -325,25 +310,13 @@ class MqttUplink:
             return
         self._client.publish(self._topics.events, json.dumps(event, separators=(",", ":")), qos=self._config.qos)
 
-    def _publish(self, outgoing: _Outgoing) -> None:
-        assert self._client is not None
-        info = self._client.publish(self._topics.samples, outgoing.payload, qos=self._config.qos)
-        outgoing.mid, outgoing.broker_acked, outgoing.published_at = info.mid, False, time.monotonic()
-        self._mids[info.mid] = outgoing.sample.sample_id
-        self._metrics.samples_sent.inc()
-        self._metrics.uplink_bytes.inc(len(outgoing.payload))
-
-    def _republish(self, outgoing: list[_Outgoing]) -> None:
-        for item in sorted(outgoing, key=lambda o: -o.sample.priority):
-            self._publish(item)
-
     def _publish_status(self) -> None:
         if self._client is not None:
             status = self._handlers.status().SerializeToString()
             self._client.publish(self._topics.status, status, qos=self._config.qos, retain=True)
 
     async def _tick(self) -> None:
-        """Heartbeats, and republishing of samples whose ack is overdue, while connected."""
+        """Heartbeats while connected."""
         interval = self._config.heartbeat_interval_s
         next_heartbeat = time.monotonic() + interval
         while True:
@@ -354,10 +327,6 @@ class MqttUplink:
             if now >= next_heartbeat:
                 self._publish_status()
                 next_heartbeat = now + interval
-            late = [o for o in self._samples.values() if o.broker_acked and now - o.published_at >= o.retry_after_s]
-            if late:
-                logger.info("%d samples without the cloud's ack: republished", len(late))
-                self._republish(late)
 
     async def _read_inbox(self) -> None:
         while True:
@@ -386,29 +355,24 @@ class MqttUplink:
             await self._on_policy(inbound)
         elif self._is_presence(inbound.topic):
             replica = inbound.topic.split("/")[-2]
+            was_reachable = self.cloud_reachable
             self._cloud_replicas[replica] = inbound.payload == b"online"
+            if self.cloud_reachable and not was_reachable:
+                logger.info("cloud bridge %s online", replica)
+                self._handlers.on_cloud_back()
         else:
             logger.warning("message on unexpected topic %s: dropped", inbound.topic)
 
     async def _dispatch(self, message: session_pb2.CloudMessage) -> None:
         kind = message.WhichOneof("kind")
         if kind == "ack":
-            await self._on_ack(message.ack)
+            await self._handlers.on_ack(message.ack)
         elif kind == "verdict":
             await self._handlers.on_verdict(message.verdict)
         elif kind == "policy":
             await self._handlers.on_policy(message.policy)
         elif kind == "error":
             logger.error("cloud says: %s %s", message.error.code, message.error.message)
-
-    async def _on_ack(self, ack: session_pb2.Ack) -> None:
-        outcome = "duplicate" if ack.duplicate else "accepted" if ack.accepted else "refused"
-        self._metrics.acks.labels(outcome).inc()
-        if not ack.accepted:
-            logger.warning("cloud refused sample %s: %s", ack.sample_id, ack.error)
-        # Refused samples are not resent: the cloud judged them malformed, and would again.
-        self._samples.pop(ack.sample_id, None)
-        await self._handlers.on_ack(ack)
 
     async def _on_policy(self, inbound: _Inbound) -> None:
         if not inbound.payload:

@@ -62,14 +62,13 @@ async def controller(
     store = PairStore(tmp_path / "verdicts.sqlite", config.window_pairs, config.history_per_key)
     bands = BandController(config, engine, store, metrics.registry, clock=clock)
     await bands.start()
-    engine.add_observer(bands.observe)
     try:
         yield bands, engine, metrics
     finally:
         await bands.close()
 
 
-def observe(engine: PolicyEngine, score: float, truth: bool, reason: MinedReasonName, label: str = "person") -> None:
+def observe(bands: BandController, score: float, truth: bool, reason: MinedReasonName, label: str = "person") -> None:
     """One verdict on a one-detection sample: the cloud finds the object exactly when it is true."""
     sample = SampleInput(
         sample_id=f"s-{random.random()}",
@@ -87,11 +86,11 @@ def observe(engine: PolicyEngine, score: float, truth: bool, reason: MinedReason
     )
     found = [sample_pb2.Detection(label=label, score=0.9, box=sample_pb2.Box(x1=100, y1=100, x2=200, y2=300))]
     decision = verdict_pb2.DECISION_CONFIRMED if truth else verdict_pb2.DECISION_REJECTED
-    engine.observe(sample, verdict_pb2.Verdict(decision=decision, detections=found if truth else []))
+    bands.observe(sample, verdict_pb2.Verdict(decision=decision, detections=found if truth else []))
 
 
 def edge_traffic(
-    engine: PolicyEngine,
+    bands: BandController,
     rng: random.Random,
     count: int,
     band: tuple[float, float] = (0.25, 0.6),
@@ -107,9 +106,9 @@ def edge_traffic(
     for truth in truths:
         score = rng.uniform(*true_scores) if truth else rng.uniform(0.0, 0.6)
         if band[0] <= score <= band[1]:
-            observe(engine, score, truth, "uncertainty_band")
+            observe(bands, score, truth, "uncertainty_band")
         elif rng.random() < 0.2:
-            observe(engine, score, truth, "random_audit")
+            observe(bands, score, truth, "random_audit")
         else:
             continue
         sent += 1
@@ -125,7 +124,7 @@ def band_of(engine: PolicyEngine, label: str = "person") -> tuple[float, float]:
 async def test_a_band_moves_to_the_right_place_under_a_new_policy_version(tmp_path: Path) -> None:
     async with controller(tmp_path, Clock()) as (bands, engine, metrics):
         before = engine.version_for(EDGE)
-        edge_traffic(engine, random.Random(1), 4000)
+        edge_traffic(bands, random.Random(1), 4000)
         version = await bands.evaluate(EDGE)
         assert version is not None and version > before
         assert engine.version_for(EDGE) == version
@@ -147,17 +146,17 @@ async def test_nothing_moves_before_min_pairs_nor_within_min_interval(tmp_path: 
     clock = Clock()
     async with controller(tmp_path, clock, loop_config(min_pairs=1000)) as (bands, engine, _):
         rng = random.Random(2)
-        sent = edge_traffic(engine, rng, 500)
+        sent = edge_traffic(bands, rng, 500)
         assert sent < 1000
         assert await bands.evaluate(EDGE) is None
         assert band_of(engine) == (0.25, 0.6)
-        edge_traffic(engine, rng, 3000)
+        edge_traffic(bands, rng, 3000)
         first = await bands.evaluate(EDGE)
         assert first is not None
         moved = band_of(engine)
         # The edge's model changed: true objects now score 0.6 and up, low should follow them up,
         # but not within 600 s of the last move.
-        edge_traffic(engine, rng, 6000, band=moved, true_scores=(0.6, 1.0))
+        edge_traffic(bands, rng, 6000, band=moved, true_scores=(0.6, 1.0))
         clock.now += 599
         assert await bands.evaluate(EDGE) is None
         assert band_of(engine) == moved
@@ -168,9 +167,9 @@ async def test_nothing_moves_before_min_pairs_nor_within_min_interval(tmp_path: 
 
 async def test_every_n_pairs_the_task_evaluates_by_itself(tmp_path: Path) -> None:
     config = loop_config(evaluate_every_pairs=500, min_interval_s=0)
-    async with controller(tmp_path, Clock(), config) as (_, engine, _):
+    async with controller(tmp_path, Clock(), config) as (bands, engine, _):
         before = engine.version_for(EDGE)
-        edge_traffic(engine, random.Random(3), 4000)
+        edge_traffic(bands, random.Random(3), 4000)
         for _ in range(200):  # bounded wait for the controller's task (its work runs in a thread)
             if engine.version_for(EDGE) > before:
                 break
@@ -195,9 +194,9 @@ async def test_unsure_verdicts_and_audits_of_unknown_rate_give_no_pairs(tmp_path
             priority=0.5,
             trace_id="t",
         )
-        engine.observe(sample, verdict_pb2.Verdict(decision=verdict_pb2.DECISION_UNSURE))
+        bands.observe(sample, verdict_pb2.Verdict(decision=verdict_pb2.DECISION_UNSURE))
         await engine.set_edge(EDGE, {"mining": {"random_audit_enabled": False}})
-        observe(engine, 0.9, True, "random_audit")
+        observe(bands, 0.9, True, "random_audit")
         assert bands.snapshot()["edges"] == {}
         dropped = "edgeglm_cloud_closed_loop_pairs_dropped_total"
         assert metrics.registry.get_sample_value(dropped, {"reason": "unsure"}) == 1
@@ -208,7 +207,7 @@ async def test_the_window_and_the_bands_survive_a_restart(tmp_path: Path) -> Non
     clock = Clock()
     config = loop_config(window_pairs=1500, min_audit_pairs=5)
     async with controller(tmp_path, clock, config) as (bands, engine, _):
-        edge_traffic(engine, random.Random(4), 3000)
+        edge_traffic(bands, random.Random(4), 3000)
         assert await bands.evaluate(EDGE) is not None
         moved, version = band_of(engine), engine.version_for(EDGE)
         window = bands.snapshot()["edges"][EDGE]["person"]
@@ -231,7 +230,7 @@ async def test_the_window_and_the_bands_survive_a_restart(tmp_path: Path) -> Non
 async def test_pairs_older_than_the_window_age_leave_it(tmp_path: Path) -> None:
     clock = Clock()
     async with controller(tmp_path, clock, loop_config(window_age_s=3600)) as (bands, engine, _):
-        edge_traffic(engine, random.Random(5), 300)
+        edge_traffic(bands, random.Random(5), 300)
         assert bands.snapshot()["edges"][EDGE]["person"]["pairs"] > 0
         clock.now += 3601
         assert bands.snapshot()["edges"][EDGE]["person"]["pairs"] == 0

@@ -1,0 +1,30 @@
+"""How the ingest core answers a sample it cannot judge now (ingest: in cloud.yaml)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class IngestConfig(BaseModel):
+    """Back-pressure and retry hints the cloud gives the edges (in a deferring Ack's retry_after_ms)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    overloaded_retry_after_s: float = Field(
+        2.0,
+        gt=0,
+        le=600,
+        description="The batcher is full: the edge keeps the sample and sends it (and anything new) again after this.",
+    )
+    failed_retry_after_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Judging failed (timeout, backend or store error): the edge sends the sample again after this.",
+    )
+    shutting_down_retry_after_s: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description="This replica is stopping: the edge sends the sample again after this (to another replica).",
+    )

@@ -1,0 +1,285 @@
+"""From a wire sample to its one real verdict: deduplicate, decode, batch, judge, store, observe.
+
+Every front (Session stream, unary Infer, MQTT bridge) goes through `IngestCore.admit`. The contract
+is the one `protos/session.proto` gives the Ack:
+
+- A sample_id gets at most one real verdict (origin BACKEND), stored before anyone is told of it. A
+  resend while it is being judged joins that judgement; a resend after gets the stored verdict.
+- Whether the batcher takes a sample is known before the Ack is sent: a full batcher defers the
+  sample (code OVERLOADED, retry after), it is never accepted and then failed.
+- A timeout, a backend error or a store error is not a judgement: the sample's outcome is a
+  `Deferral` (code INTERNAL) and nothing is stored; the edge, which keeps the sample until its
+  verdict, sends it again.
+
+Judging runs in a task owned by the core, not by the caller, so a verdict is still made and stored
+when the edge disconnects in between (its resend then finds it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from cloud.backends import Backend
+from cloud.batcher import (
+    BatcherError,
+    BatcherStoppedError,
+    DynamicBatcher,
+    InferenceTimeoutError,
+    QueueFullError,
+    Ticket,
+)
+from cloud.convert import BadSampleError, SampleInput, verdict_to_pb
+from cloud.ingest.config import IngestConfig
+from cloud.ingest.decode import decode_sample
+from cloud.metrics import CloudMetrics
+from cloud.store import SampleMeta, StoreError, VerdictStore
+from protos import sample_pb2, session_pb2, verdict_pb2
+
+logger = logging.getLogger(__name__)
+
+VerdictObserver = Callable[[SampleInput, verdict_pb2.Verdict], None]
+DeferReason = Literal["overloaded", "timeout", "backend_error", "store_error", "shutting_down"]
+
+_CODES: dict[DeferReason, session_pb2.SessionErrorCode.ValueType] = {
+    "overloaded": session_pb2.SESSION_ERROR_CODE_OVERLOADED,
+    "timeout": session_pb2.SESSION_ERROR_CODE_INTERNAL,
+    "backend_error": session_pb2.SESSION_ERROR_CODE_INTERNAL,
+    "store_error": session_pb2.SESSION_ERROR_CODE_INTERNAL,
+    "shutting_down": session_pb2.SESSION_ERROR_CODE_SHUTTING_DOWN,
+}
+# Fallbacks an older version stored as verdicts; never a judgement, so a resend is judged.
+_FALLBACK_ORIGINS = frozenset({verdict_pb2.VERDICT_ORIGIN_TIMEOUT, verdict_pb2.VERDICT_ORIGIN_BACKEND_ERROR})
+
+
+@dataclass(frozen=True, slots=True)
+class Deferral:
+    """The sample was not judged now; the edge keeps it and sends it again after `retry_after_s`."""
+
+    sample_id: str
+    reason: DeferReason
+    retry_after_s: float
+    detail: str
+
+    def ack(self) -> session_pb2.Ack:
+        """The Ack that tells the edge so."""
+        return session_pb2.Ack(
+            sample_id=self.sample_id,
+            accepted=False,
+            error=self.detail,
+            code=_CODES[self.reason],
+            retry_after_ms=self.retry_after_s * 1000,
+        )
+
+
+Outcome = verdict_pb2.Verdict | Deferral
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A sample being admitted or judged: its ack once known, its outcome once made."""
+
+    ack: asyncio.Future[session_pb2.Ack]
+    outcome: asyncio.Future[Outcome]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What to answer a sample with: the Ack now and, when accepted, the outcome to wait for."""
+
+    ack: session_pb2.Ack
+    outcome: asyncio.Future[Outcome] | None
+
+
+class IngestCore:
+    """Admits samples and judges each sample_id to one stored verdict."""
+
+    def __init__(
+        self,
+        store: VerdictStore,
+        batcher: DynamicBatcher,
+        backend: Backend,
+        metrics: CloudMetrics,
+        config: IngestConfig | None = None,
+    ) -> None:
+        """Judge with `batcher` (in front of `backend`), keep verdicts in `store`."""
+        self._store = store
+        self._batcher = batcher
+        self._backend = backend
+        self._metrics = metrics
+        self._config = config or IngestConfig()
+        self._observers: list[VerdictObserver] = []
+        self._pending: dict[str, _Pending] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def judging(self) -> int:
+        """Samples accepted whose outcome is not made yet."""
+        return len(self._tasks)
+
+    def add_observer(self, observer: VerdictObserver) -> None:
+        """Hand every stored backend verdict, with its sample, to `observer` (e.g. the closed loop)."""
+        self._observers.append(observer)
+
+    async def admit(self, pb: sample_pb2.Sample, timeout_s: float | None = None, transport: str = "grpc") -> Admission:
+        """The Ack for a sample, and (accepted) its judgement started within `timeout_s` (default the batcher's)."""
+        self._metrics.samples_received.labels(transport).inc()
+        self._metrics.uplink_bytes.inc(pb.ByteSize())
+        sample_id = pb.sample_id
+        if not sample_id:
+            return self._refuse(BadSampleError("", "malformed", "sample_id is empty; every sample needs one"))
+        pending = self._pending.get(sample_id)
+        if pending is not None:
+            return await self._join(pending, sample_id)
+        loop = asyncio.get_running_loop()
+        # Registered before the first await, so a resend arriving meanwhile joins this one.
+        pending = _Pending(loop.create_future(), loop.create_future())
+        self._pending[sample_id] = pending
+        try:
+            admission = await self._admit_new(pb, pending, timeout_s)
+        except BaseException as err:
+            self._pending.pop(sample_id, None)
+            _fail(pending, err)
+            raise
+        if admission.outcome is None or admission.ack.duplicate:
+            self._pending.pop(sample_id, None)
+        pending.ack.set_result(admission.ack)
+        return admission
+
+    async def _admit_new(self, pb: sample_pb2.Sample, pending: _Pending, timeout_s: float | None) -> Admission:
+        stored = await self._stored_verdict(pb.sample_id)
+        if stored is not None:
+            pending.outcome.set_result(stored)
+            self._metrics.samples_duplicate.inc()
+            return Admission(_accepted(pb.sample_id, duplicate=True), pending.outcome)
+        try:
+            # Decoding and the dashboard's thumbnail both off the loop.
+            sample, meta = await asyncio.get_running_loop().run_in_executor(None, decode_sample, pb)
+        except BadSampleError as err:
+            return self._refuse(err)
+        try:
+            ticket = self._batcher.enqueue(sample, timeout_s)
+        except BatcherError as err:
+            deferral = self._defer(sample.sample_id, err)
+            return Admission(deferral.ack(), None)
+        task = asyncio.create_task(self._judge(sample, meta, ticket, pending), name=f"judge-{sample.sample_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return Admission(_accepted(sample.sample_id), pending.outcome)
+
+    async def _stored_verdict(self, sample_id: str) -> verdict_pb2.Verdict | None:
+        try:
+            stored = await self._store.get(sample_id)
+        except StoreError:
+            # Not knowing is not a reason to refuse: judged again, the store keeps the first verdict.
+            logger.exception("sample %s: store lookup failed; judging it", sample_id)
+            return None
+        if stored is None:
+            return None
+        verdict = verdict_pb2.Verdict.FromString(stored)
+        return None if verdict.origin in _FALLBACK_ORIGINS else verdict
+
+    async def _join(self, pending: _Pending, sample_id: str) -> Admission:
+        """A resend of a sample still being admitted or judged: same outcome, no second judgement."""
+        first = await asyncio.shield(pending.ack)
+        self._metrics.samples_duplicate.inc()
+        if not first.accepted:
+            return Admission(first, None)
+        return Admission(_accepted(sample_id, duplicate=True), pending.outcome)
+
+    def _refuse(self, err: BadSampleError) -> Admission:
+        self._metrics.bad_messages.labels(err.reason).inc()
+        logger.info("sample refused: %s", err)
+        ack = session_pb2.Ack(
+            sample_id=err.sample_id, accepted=False, error=str(err), code=session_pb2.SESSION_ERROR_CODE_INVALID_MESSAGE
+        )
+        return Admission(ack, None)
+
+    def _defer(self, sample_id: str, err: BatcherError | StoreError) -> Deferral:
+        config = self._config
+        reason: DeferReason
+        if isinstance(err, QueueFullError):
+            reason, after = "overloaded", config.overloaded_retry_after_s
+        elif isinstance(err, BatcherStoppedError):
+            reason, after = "shutting_down", config.shutting_down_retry_after_s
+        elif isinstance(err, InferenceTimeoutError):
+            reason, after = "timeout", config.failed_retry_after_s
+        elif isinstance(err, StoreError):
+            reason, after = "store_error", config.failed_retry_after_s
+        else:
+            reason, after = "backend_error", config.failed_retry_after_s
+        self._metrics.samples_deferred.labels(reason).inc()
+        logger.warning("sample %s deferred (%s): %s", sample_id, reason, err)
+        return Deferral(sample_id, reason, after, f"sample {sample_id} not judged ({reason}): {err}; send it again")
+
+    async def _judge(self, sample: SampleInput, meta: SampleMeta, ticket: Ticket, pending: _Pending) -> None:
+        try:
+            pending.outcome.set_result(await self._outcome(sample, meta, ticket))
+        except BaseException as err:
+            _fail(pending, err)
+            raise
+        finally:
+            self._pending.pop(sample.sample_id, None)
+
+    async def _outcome(self, sample: SampleInput, meta: SampleMeta, ticket: Ticket) -> Outcome:
+        backend = self._backend
+        try:
+            result, queue_ms, inference_ms = await self._batcher.result(ticket)
+        except BatcherError as err:
+            return self._defer(sample.sample_id, err)
+        verdict = verdict_to_pb(
+            sample,
+            result,
+            backend=backend.name,
+            model_name=backend.model_name,
+            model_version=backend.model_version,
+            queue_ms=queue_ms,
+            inference_ms=inference_ms,
+        )
+        try:
+            stored = await self._store.put(sample.sample_id, sample.edge_id, verdict.SerializeToString(), meta=meta)
+        except StoreError as err:
+            # Not durable, so not sent: a verdict the cloud could not answer a resend with again.
+            return self._defer(sample.sample_id, err)
+        if not stored:  # another replica's verdict got there first: that one is the sample's verdict
+            kept = await self._stored_verdict(sample.sample_id)
+            if kept is not None:
+                return kept
+        for observer in self._observers:
+            observer(sample, verdict)
+        return verdict
+
+    async def drain(self, deadline: float) -> int:
+        """Wait for the judgements under way until `deadline` (monotonic); returns how many were cut."""
+        while self._tasks and time.monotonic() < deadline:
+            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+        left = list(self._tasks)
+        for task in left:
+            task.cancel()
+        for task in left:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return len(left)
+
+
+def decision_label(verdict: verdict_pb2.Verdict) -> str:
+    """The verdicts_sent label of a verdict's decision."""
+    return verdict_pb2.Decision.Name(verdict.decision).removeprefix("DECISION_").lower()
+
+
+def _accepted(sample_id: str, duplicate: bool = False) -> session_pb2.Ack:
+    return session_pb2.Ack(sample_id=sample_id, accepted=True, duplicate=duplicate)
+
+
+def _fail(pending: _Pending, err: BaseException) -> None:
+    """Wake whoever waits on a pending sample that will not get its ack or outcome."""
+    error = err if isinstance(err, Exception) else RuntimeError(f"judging stopped ({type(err).__name__})")
+    for future in (pending.ack, pending.outcome):
+        if not future.done():
+            future.set_exception(error)
+            future.exception()  # marked retrieved: nobody may be waiting
