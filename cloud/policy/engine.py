@@ -218,7 +218,8 @@ class PolicyEngine:
         The controller keeps, per edge and class, recent (edge score, cloud verdict) pairs (fed by
         the ingest core's observer hook) and computes bands that keep recall of cloud-confirmed
         events at target with the smallest uplink; it calls this with them. The bands become part of
-        the edge's override (other written fields stay), so they are versioned, signed, persisted and pushed like any change.
+        the edge's override (other written fields stay), so they are versioned, signed, persisted
+        and pushed like any change.
         """
         current = self._layers.get(_key("edge", edge_id))
         written = overrides_of(current.settings) if current is not None and current.settings is not None else {}
