@@ -2,7 +2,7 @@
 
 Run as ``python -m bench.outbox --out bench/results/outbox.json`` (``make bench``). Write = `put` of
 camera-sized samples one after the other (each durable when it returns: WAL, synchronous=FULL).
-Replay = what the dispatcher does after an outage: `next_batch` in replay order, then `ack` each.
+Replay = what the dispatcher does after an outage: `next_batch` in replay order, then `remove` each.
 Rounds alternate and the medians are reported, since the machine is shared.
 """
 
@@ -60,7 +60,7 @@ async def one_round(folder: Path, samples: list[sample_pb2.Sample], batch: int) 
         if not chunk:
             break
         for sample in chunk:
-            await outbox.ack(sample.sample_id)
+            await outbox.remove(sample.sample_id)
         replayed += len(chunk)
     replay = replayed / (time.perf_counter() - started)
     await outbox.close()

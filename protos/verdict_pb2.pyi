@@ -64,9 +64,14 @@ class _VerdictOriginEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Verdict
     VERDICT_ORIGIN_BACKEND: _VerdictOrigin.ValueType  # 1
     """A cloud backend judged the sample."""
     VERDICT_ORIGIN_TIMEOUT: _VerdictOrigin.ValueType  # 2
-    """The deadline passed before the backend answered; decision is UNSURE."""
+    """The deadline passed before the backend answered; decision is UNSURE. Only the unary Infer
+    answers with it: it is not a judgement, so it is never stored nor sent on a Session (there the
+    sample is deferred in its Ack and judged again).
+    """
     VERDICT_ORIGIN_BACKEND_ERROR: _VerdictOrigin.ValueType  # 3
-    """The backend failed on this sample; decision is UNSURE and origin_detail says why."""
+    """The backend failed on this sample; decision is UNSURE and origin_detail says why. Like TIMEOUT,
+    only in a unary Infer's answer.
+    """
     VERDICT_ORIGIN_EDGE_FALLBACK: _VerdictOrigin.ValueType  # 4
     """Made on the edge from its own detections because the cloud could not be reached."""
 
@@ -78,9 +83,14 @@ VERDICT_ORIGIN_UNSPECIFIED: VerdictOrigin.ValueType  # 0
 VERDICT_ORIGIN_BACKEND: VerdictOrigin.ValueType  # 1
 """A cloud backend judged the sample."""
 VERDICT_ORIGIN_TIMEOUT: VerdictOrigin.ValueType  # 2
-"""The deadline passed before the backend answered; decision is UNSURE."""
+"""The deadline passed before the backend answered; decision is UNSURE. Only the unary Infer
+answers with it: it is not a judgement, so it is never stored nor sent on a Session (there the
+sample is deferred in its Ack and judged again).
+"""
 VERDICT_ORIGIN_BACKEND_ERROR: VerdictOrigin.ValueType  # 3
-"""The backend failed on this sample; decision is UNSURE and origin_detail says why."""
+"""The backend failed on this sample; decision is UNSURE and origin_detail says why. Like TIMEOUT,
+only in a unary Infer's answer.
+"""
 VERDICT_ORIGIN_EDGE_FALLBACK: VerdictOrigin.ValueType  # 4
 """Made on the edge from its own detections because the cloud could not be reached."""
 Global___VerdictOrigin: _TypeAlias = VerdictOrigin  # noqa: Y015

@@ -80,7 +80,7 @@ async def reopen(path: Path) -> tuple[int, int, list[str], bool]:
     box = Outbox(path, max_bytes=1 << 30, max_age_s=10**9, metrics=None)
     try:
         stats = await box.stats(now=T0)
-        samples = await box.next_batch(stats.samples + 10, "oldest_first", set())
+        samples = [item.sample() for item in await box.next_batch(stats.samples + 10, "oldest_first", set())]
         intact = all(
             s.image.jpeg == bytes([int(s.sample_id[2:]) % 251]) * JPEG_BYTES
             and s.captured_at.seconds == T0 + int(s.sample_id[2:])

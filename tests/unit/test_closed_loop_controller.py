@@ -229,7 +229,7 @@ async def test_the_window_and_the_bands_survive_a_restart(tmp_path: Path) -> Non
 
 async def test_pairs_older_than_the_window_age_leave_it(tmp_path: Path) -> None:
     clock = Clock()
-    async with controller(tmp_path, clock, loop_config(window_age_s=3600)) as (bands, engine, _):
+    async with controller(tmp_path, clock, loop_config(window_age_s=3600)) as (bands, _, _):
         edge_traffic(bands, random.Random(5), 300)
         assert bands.snapshot()["edges"][EDGE]["person"]["pairs"] > 0
         clock.now += 3601

@@ -56,9 +56,9 @@ async def test_a_row_that_does_not_parse_is_deleted_counted_and_skipped(tmp_path
         batch = await box.next_batch(2, "priority", set())
         assert [s.sample_id for s in batch] == ["good-2", "good-1"]  # the batch is still full
         assert dropped(metrics, "outbox_corrupt") == 1
-        assert await box.ack("bad") is False  # gone from the file
+        assert await box.remove("bad") is False  # gone from the file
         stats = await box.stats(now=T0)
-        assert (stats.samples, stats.bytes) == (2, sum(s.ByteSize() for s in batch))
+        assert (stats.samples, stats.bytes) == (2, sum(len(s.payload) for s in batch))
     finally:
         await box.close()
 

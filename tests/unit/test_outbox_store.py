@@ -42,16 +42,17 @@ async def ids(box: Outbox, limit: int = 100, order="priority", exclude=frozenset
     return [s.sample_id for s in await box.next_batch(limit, order, exclude)]
 
 
-async def test_put_then_next_batch_returns_the_sample_and_ack_removes_it(outbox):
+async def test_put_then_next_batch_returns_the_stored_bytes_and_remove_deletes_them(outbox):
     sample = make_sample("s-1")
     assert await outbox.put(sample) == []
 
     (got,) = await outbox.next_batch(10, "priority", set())
-    assert got == sample
-    assert await outbox.next_batch(10, "priority", set()) == [sample]  # not gone until acked
+    assert got.sample() == sample
+    assert got.payload == sample.SerializeToString()  # sent as stored, not serialized again
+    assert [i.sample() for i in await outbox.next_batch(10, "priority", set())] == [sample]  # stays until removed
 
-    assert await outbox.ack("s-1") is True
-    assert await outbox.ack("s-1") is False
+    assert await outbox.remove("s-1") is True
+    assert await outbox.remove("s-1") is False
     assert await outbox.next_batch(10, "priority", set()) == []
     assert (await outbox.stats(now=T0)).samples == 0
 
@@ -149,7 +150,7 @@ async def test_stats_count_samples_bytes_and_the_age_of_the_oldest(outbox):
     assert await outbox.stats(now=T0 + 25) == OutboxStats(
         samples=2, bytes=a.ByteSize() + b.ByteSize(), oldest_age_s=25.0
     )
-    await outbox.ack("a")
+    await outbox.remove("a")
     assert await outbox.stats(now=T0 + 25) == OutboxStats(samples=1, bytes=b.ByteSize(), oldest_age_s=15.0)
 
 
@@ -159,12 +160,12 @@ async def test_reopening_the_file_keeps_the_samples_and_their_byte_count(tmp_pat
     samples = [make_sample(f"s{i}", priority=i / 10, captured_at=T0 + i) for i in range(5)]
     for sample in samples:
         await first.put(sample)
-    await first.ack("s0")
+    await first.remove("s0")
     await first.close()
 
     again = Outbox(path, max_bytes=1 << 20, max_age_s=3600, metrics=None)
     try:
-        assert await again.next_batch(10, "oldest_first", set()) == samples[1:]
+        assert [i.sample() for i in await again.next_batch(10, "oldest_first", set())] == samples[1:]
         stats = await again.stats(now=T0)
         assert (stats.samples, stats.bytes) == (4, sum(s.ByteSize() for s in samples[1:]))
         assert await again.put(samples[2]) == []  # still idempotent across restarts
