@@ -59,8 +59,8 @@ async def one_round(folder: Path, samples: list[sample_pb2.Sample], batch: int) 
         chunk = await outbox.next_batch(batch, "oldest_first")
         if not chunk:
             break
-        for sample in chunk:
-            await outbox.remove(sample.sample_id)
+        for item in chunk:
+            await outbox.remove(item.sample_id)
         replayed += len(chunk)
     replay = replayed / (time.perf_counter() - started)
     await outbox.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+from common.supervise import spawn
 from edge import convert
 from edge.config import EdgeConfig
 from edge.detect import Detection, Detector
@@ -77,7 +79,8 @@ class EdgeAgent:
         self._detector: Detector | None = None
         self._gates: dict[str, FrameGate] = {}
         self._miner: Miner | None = None
-        self._last_progress = time.monotonic()
+        # Liveness: a frame got through the gate or a batch through the detector (not frames read).
+        self._last_detected = self._last_gated = time.monotonic()
         self._draining = False
         self._outbox_error: str | None = None  # why the last put failed, until one succeeds
         # The latest latencies, for the run summary the simulation reads; bounded for a long-lived daemon.
@@ -127,13 +130,16 @@ class EdgeAgent:
         self.policies.subscribe(self._apply)
         await self.uplink.start()
         background = [
-            asyncio.create_task(self.dispatcher.run(), name="dispatch"),
-            asyncio.create_task(self._sweep_outbox(), name="outbox-sweep"),
+            spawn("dispatch", self.dispatcher.run, self._task_failed),
+            spawn("outbox-sweep", self._sweep_outbox, self._task_failed),
         ]
         for source in self.sources:
             await source.start()
-        workers = [asyncio.create_task(self._camera_loop(s), name=f"camera-{s.config.id}") for s in self.sources]
-        detector_task = asyncio.create_task(self._detect_loop(), name="detect")
+        workers = [
+            spawn(f"camera-{s.config.id}", functools.partial(self._camera_loop, s), self._task_failed)
+            for s in self.sources
+        ]
+        detector_task = spawn("detect", self._detect_loop, self._task_failed)
         cameras_done = asyncio.create_task(self._all_ended(workers))
         stop_waiter = asyncio.create_task(stop.wait())
         await asyncio.wait([cameras_done, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
@@ -145,11 +151,19 @@ class EdgeAgent:
     async def _all_ended(workers: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*workers)
 
+    def _task_failed(self, name: str, _: BaseException) -> None:
+        """A supervised task failed (already logged with its traceback); it is being restarted."""
+        self.metrics.task_failures.labels(name).inc()
+
     async def _sweep_outbox(self) -> None:
         """Drop samples past their age, and keep the outbox size at hand for heartbeats."""
         while True:
-            await self.outbox.expire()
-            self._outbox_samples = (await self.outbox.stats()).samples
+            try:
+                await self.outbox.expire()
+                self._outbox_samples = (await self.outbox.stats()).samples
+            except OutboxError as err:  # a full or failing disk: counted, tried again next sweep
+                self.metrics.outbox_errors.inc()
+                logger.warning("outbox sweep failed: %s", err)
             await asyncio.sleep(self.config.outbox.expire_every_s)
 
     async def _drain_outbox(self, deadline: float) -> int:
@@ -248,10 +262,10 @@ class EdgeAgent:
             if frame is None:
                 logger.info("camera %s ended", camera)
                 return
-            self._last_progress = time.monotonic()
             result = await loop.run_in_executor(None, gate.check, frame.image)
             if not result.changed:
                 self.metrics.frames_gated.labels(camera).inc()
+                self._last_gated = time.monotonic()
                 continue
             if not source.config.realtime:
                 # A recording played as fast as it is consumed: wait for the detector, lose nothing.
@@ -273,14 +287,19 @@ class EdgeAgent:
             batch = [await self._detect_queue.get()]
             while len(batch) < self.config.pipeline.detect_batch_size and not self._detect_queue.empty():
                 batch.append(self._detect_queue.get_nowait())
-            images = [frame.image for frame, _ in batch]
-            started = time.perf_counter()
-            results = await loop.run_in_executor(self._infer_pool, detector.detect_batch, images)
-            self.metrics.detect_seconds.observe(time.perf_counter() - started)
-            for (frame, gate), detections in zip(batch, results, strict=True):
-                self.metrics.frames_detected.labels(frame.camera_id).inc()
-                await self._decide(frame, gate, detections)
-                self._detect_queue.task_done()
+            try:
+                images = [frame.image for frame, _ in batch]
+                started = time.perf_counter()
+                results = await loop.run_in_executor(self._infer_pool, detector.detect_batch, images)
+                self.metrics.detect_seconds.observe(time.perf_counter() - started)
+                for (frame, gate), detections in zip(batch, results, strict=True):
+                    self.metrics.frames_detected.labels(frame.camera_id).inc()
+                    await self._decide(frame, gate, detections)
+                self._last_detected = time.monotonic()
+            finally:
+                # Whatever happened, these frames are done: a shutdown waiting on the queue must not hang.
+                for _ in batch:
+                    self._detect_queue.task_done()
 
     async def _decide(self, frame: Frame, gate: GateResult, detections: list[Detection]) -> None:
         """Mine one frame: confident results become events, suspicious ones samples."""
@@ -433,13 +452,19 @@ class EdgeAgent:
             return "draining"
         if self._detector is None:
             return "starting"
+        if self._outbox_error is not None or self.dispatcher.outbox_failing:
+            return "degraded"
         return "online" if self._cloud_reachable() else "autonomous"
 
     def _liveness(self) -> tuple[bool, str]:
-        idle = time.monotonic() - self._last_progress
-        if idle > self.config.health.liveness_timeout_s:
-            return False, f"no frame from any camera for {idle:.0f} s"
-        return True, "frames flowing"
+        now, limit = time.monotonic(), self.config.health.liveness_timeout_s
+        if not self._detect_queue.empty() and now - self._last_detected > limit:
+            stuck = now - self._last_detected
+            return False, f"{self._detect_queue.qsize()} frames wait and no detection finished for {stuck:.0f} s"
+        idle = now - max(self._last_detected, self._last_gated)
+        if idle > limit:
+            return False, f"no frame detected or gated for {idle:.0f} s"
+        return True, "frames detected"
 
     def _readiness(self) -> tuple[bool, str, list[str]]:
         state = self._state()
@@ -448,5 +473,9 @@ class EdgeAgent:
             reasons.append("detector not loaded")
         if not self._cloud_reachable():
             reasons.append(f"cloud unreachable ({self.uplink.last_error or 'no cloud answering'})")
-        ready = self._detector is not None and (self._cloud_reachable() or self.config.pipeline.autonomous_ready)
+        outbox_ok = self._outbox_error is None and not self.dispatcher.outbox_failing
+        if not outbox_ok:
+            reasons.append(f"outbox unavailable, samples dropped ({self._outbox_error or 'reads fail'})")
+        cloud_ok = self._cloud_reachable() or self.config.pipeline.autonomous_ready
+        ready = self._detector is not None and cloud_ok and outbox_ok
         return ready, state, reasons

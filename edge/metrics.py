@@ -74,6 +74,12 @@ class EdgeMetrics:
         self.outbox_errors = Counter(
             "edgeglm_edge_outbox_errors", "Outbox reads or writes that failed (e.g. a full disk).", registry=r
         )
+        self.task_failures = Counter(
+            "edgeglm_edge_task_failures",
+            "Background tasks that failed and were restarted, by task.",
+            ["task"],
+            registry=r,
+        )
         self.samples_in_flight = Gauge(
             "edgeglm_edge_samples_in_flight", "Samples sent whose verdict has not come yet.", registry=r
         )

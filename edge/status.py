@@ -16,6 +16,7 @@ EDGE_STATES = {
     "online": status_pb2.EDGE_STATE_ONLINE,
     "autonomous": status_pb2.EDGE_STATE_AUTONOMOUS,
     "draining": status_pb2.EDGE_STATE_DRAINING,
+    "degraded": status_pb2.EDGE_STATE_DEGRADED,
     "starting": status_pb2.EDGE_STATE_UNSPECIFIED,
 }
 CAMERA_STATES = {

@@ -39,6 +39,10 @@ class _EdgeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EdgeState.V
     """Shutting down: sources stopped, draining and flushing the outbox."""
     EDGE_STATE_OFFLINE: _EdgeState.ValueType  # 4
     """Stopped (also the MQTT last-will state)."""
+    EDGE_STATE_DEGRADED: _EdgeState.ValueType  # 5
+    """Detecting and acting locally, but its outbox cannot keep samples (e.g. a full disk): the
+    samples it mines meanwhile are dropped, counted; it recovers by itself when the disk does.
+    """
 
 class EdgeState(_EdgeState, metaclass=_EdgeStateEnumTypeWrapper):
     """The edge agent's relation to the cloud."""
@@ -53,6 +57,10 @@ EDGE_STATE_DRAINING: EdgeState.ValueType  # 3
 """Shutting down: sources stopped, draining and flushing the outbox."""
 EDGE_STATE_OFFLINE: EdgeState.ValueType  # 4
 """Stopped (also the MQTT last-will state)."""
+EDGE_STATE_DEGRADED: EdgeState.ValueType  # 5
+"""Detecting and acting locally, but its outbox cannot keep samples (e.g. a full disk): the
+samples it mines meanwhile are dropped, counted; it recovers by itself when the disk does.
+"""
 Global___EdgeState: _TypeAlias = EdgeState  # noqa: Y015
 
 class _CameraState:

@@ -23,7 +23,14 @@ logger = logging.getLogger(__name__)
 
 FLEET = "fleet"
 Publish = Callable[[str, bytes, bool], None]
-_PRESENT = frozenset({status_pb2.EDGE_STATE_ONLINE, status_pb2.EDGE_STATE_AUTONOMOUS, status_pb2.EDGE_STATE_DRAINING})
+_PRESENT = frozenset(
+    {
+        status_pb2.EDGE_STATE_ONLINE,
+        status_pb2.EDGE_STATE_AUTONOMOUS,
+        status_pb2.EDGE_STATE_DRAINING,
+        status_pb2.EDGE_STATE_DEGRADED,
+    }
+)
 
 
 class EdgeDirectory:
