@@ -109,10 +109,17 @@ async def _serve(config: CloudConfig) -> None:
     service = CloudService(config)
     await service.start()
     logger.info("listening: gRPC port %d, admin port %s", service.port, service.admin_port or "off")
+    failed = asyncio.create_task(service.failed.wait())
+    stopped = asyncio.create_task(stop.wait())
     try:
-        await stop.wait()
+        await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        failed.cancel()
+        stopped.cancel()
         await service.stop()
+    if service.failed.is_set():
+        logger.error("exiting with status 1: %s", service.failure)
+        raise SystemExit(1)
 
 
 @app.command()

@@ -77,6 +77,9 @@ class CloudMetrics:
             ["reason"],
             registry=r,
         )
+        self.task_failures = Counter(
+            "edgeglm_cloud_task_failures", "Background tasks that failed, by task.", ["task"], registry=r
+        )
         self.bad_messages = Counter(
             "edgeglm_cloud_bad_messages",
             "Messages refused, by reason (oversized, malformed, unknown_edge, bad_image, no_hello).",

@@ -76,6 +76,10 @@ class CloudService:
         self._snapshotter: EdgeSnapshotter | None = None
         self._retention: StoreRetention | None = None
         self.bands: BandController | None = None  # the closed loop, when policy.closed_loop.enabled
+        self.failed = asyncio.Event()  # set when a part it cannot work without died; the process must exit
+        self.failure = ""
+        self._health_task: asyncio.Task[None] | None = None
+        self.batcher.on_failure = self._part_failed
 
     async def start(self) -> None:
         """Open everything, load the model, listen; SERVING once ready. A failure closes what was opened."""
@@ -153,6 +157,14 @@ class CloudService:
             self.port,
             self.admin_port or "off",
         )
+
+    def _part_failed(self, error: BaseException) -> None:
+        """The batcher died: NOT_SERVING at once (load balancers and edges go elsewhere), then exit non-zero."""
+        self.failure = f"the batcher died: {error!r}"
+        logger.critical("%s; NOT_SERVING, the service stops", self.failure)
+        self.metrics.task_failures.labels("batcher").inc()
+        self._health_task = asyncio.get_running_loop().create_task(self.health.not_serving())
+        self.failed.set()
 
     def _band_controller(self, policy: PolicyEngine) -> BandController:
         loop = self.config.policy.closed_loop

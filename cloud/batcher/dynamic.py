@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -76,6 +77,8 @@ class DynamicBatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._state: State = "new"
+        # Called once if scheduling dies of a bug: the service cannot judge any more and must say so.
+        self.on_failure: Callable[[BaseException], None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -187,10 +190,13 @@ class DynamicBatcher:
         """If scheduling ever dies of a bug, say so and fail what waits rather than leave it to time out."""
         if task.cancelled() or task.exception() is None:
             return
-        logger.error("%s batcher: scheduling failed", self._label, exc_info=task.exception())
+        error = task.exception()
+        logger.error("%s batcher: scheduling failed", self._label, exc_info=error)
         self._state = "stopped"
         for request in [*self._in_flight, *self._queue]:
             self._fail(request, BatcherStoppedError(f"sample {request.sample.sample_id}: batcher failed"))
+        if self.on_failure is not None and error is not None:
+            self.on_failure(error)
 
     async def _serve(self) -> None:
         """Form batches and run them, one at a time, until stopping and the queue is empty."""

@@ -24,6 +24,11 @@ class Health:
         for service in _SERVICES:
             await self.servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 
+    async def not_serving(self) -> None:
+        """Report NOT_SERVING (a part the service cannot work without has died)."""
+        for service in _SERVICES:
+            await self.servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def shutting_down(self) -> None:
         """Report NOT_SERVING from now on, for good."""
         await self.servicer.enter_graceful_shutdown()

@@ -161,6 +161,10 @@ class GrpcUplink:
                 # A write raced the cloud closing the stream; the dispatcher resends on the next session.
                 self._last_error = "stream closed by the cloud"
                 logger.warning("cloud session to %s ended: %s", self._config.target, self._last_error)
+            except Exception as err:  # a fault of ours (a handler): logged, counted, and a new session
+                self._last_error = f"session failed: {err!r}"
+                logger.exception("cloud session to %s failed", self._config.target)
+                self._metrics.task_failures.labels("uplink-session").inc()
             finally:
                 self._connected.clear()
                 self._metrics.uplink_connected.set(0)
