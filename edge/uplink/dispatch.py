@@ -87,6 +87,7 @@ class Dispatcher:
         self._paused_until = -math.inf
         self._wake = asyncio.Event()
         self._outbox_failing = False
+        self.passes = 0  # turns of the run loop: lets a watcher know the dispatcher looked again
 
     def update_policy(self, policy: UplinkPolicy) -> None:
         """New budget and replay order, effective for the next sample."""
@@ -164,6 +165,7 @@ class Dispatcher:
     async def run(self) -> None:
         """Until cancelled."""
         while True:
+            self.passes += 1
             if not self._uplink.cloud_reachable:
                 await self._sleep()
                 continue
