@@ -1,8 +1,12 @@
 """One lightweight simulated edge: a real Session stream, real samples at a steady rate, every verdict awaited.
 
-It behaves on the wire as `edge.uplink.grpc` does: Hello first, samples up, acks, verdicts and
-policies down; when the stream breaks it opens a new one (bounded tries, jittered backoff) and
-resends every sample it has no verdict for, under the same sample_id, which the cloud deduplicates.
+It keeps the delivery contract of protos/session.proto as the agent's dispatcher does: Hello first,
+samples up, acks, verdicts and policies down; a sample is kept until its verdict (an accepted Ack
+only says the cloud is judging it), a deferring Ack sends it again after its retry_after, and when
+the stream breaks it opens a new one (bounded tries, jittered backoff) and resends every sample it
+has no verdict for, under the same sample_id, which the cloud deduplicates. (It is its own small
+implementation of that contract, not the agent's uplink code: a thousand of those in one process
+would cost a thread and a SQLite file each.)
 It has no detector, outbox or policy logic: its samples are prepared crops with ground-truth
 detections, so the verdict each should get is known and checked.
 """
@@ -78,6 +82,7 @@ class LightEdge:
         ]
         self._next = 0
         self._sent: dict[str, _Sent] = {}
+        self._deferred: dict[str, float] = {}  # sample_id -> when to send it again (monotonic)
         self._answered: set[str] = set()
         self._complete = asyncio.Event()
         self._t0: float | None = None
@@ -136,8 +141,13 @@ class LightEdge:
             await self._send_planned(call, reader, deadline)
             waiter = asyncio.create_task(self._complete.wait())
             try:
-                timeout = max(0.0, self._drain_until(deadline) - time.monotonic())
-                await asyncio.wait({reader, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                while not reader.done() and not waiter.done():
+                    timeout = max(0.0, self._drain_until(deadline) - time.monotonic())
+                    if timeout <= 0:
+                        break
+                    # Wake at least every second to send again what the cloud deferred.
+                    await asyncio.wait({reader, waiter}, timeout=min(1.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+                    await self._resend_deferred(call)
             finally:
                 waiter.cancel()
             if not reader.done():
@@ -162,6 +172,7 @@ class LightEdge:
                 await asyncio.wait({reader}, timeout=wait)
                 if reader.done() or time.monotonic() >= deadline:
                     return
+            await self._resend_deferred(call)
             number, camera, crop = self._plan[self._next]
             sample_id = f"{self.edge_id}-{number:06d}"
             sample = build_sample(crop, sample_id, self.edge_id, f"cam{camera}", self._config.box_noise_px, self._rng)
@@ -170,6 +181,15 @@ class LightEdge:
             self._tally.unique_sent += 1
             await self._write(call, sample)
             self._last_send = time.monotonic()
+
+    async def _resend_deferred(self, call: SessionCall) -> None:
+        now = time.monotonic()
+        for sample_id, due in list(self._deferred.items()):
+            if due <= now:
+                del self._deferred[sample_id]
+                if sample_id not in self._answered:
+                    await self._write(call, self._sent[sample_id].sample)
+                    self._tally.errors["resent"] += 1
 
     async def _write(self, call: SessionCall, sample: sample_pb2.Sample) -> None:
         await call.write(session_pb2.EdgeMessage(sample=sample))
@@ -192,6 +212,11 @@ class LightEdge:
 
     def _on_ack(self, ack: session_pb2.Ack) -> None:
         self._tally.acks += 1
+        if not ack.accepted and ack.retry_after_ms > 0 and ack.sample_id in self._sent:
+            # Deferred (overloaded, judging failed): kept, and sent again on this stream after retry_after.
+            self._tally.errors[f"deferred_{session_pb2.SessionErrorCode.Name(ack.code).lower()}"] += 1
+            self._deferred[ack.sample_id] = time.monotonic() + ack.retry_after_ms / 1000
+            return
         if not ack.accepted and ack.sample_id in self._sent and ack.sample_id not in self._answered:
             # Refused as malformed: no verdict will come and a resend would be refused again.
             self._answered.add(ack.sample_id)
