@@ -32,7 +32,10 @@ class MqttBridgeConfig(BaseModel):
         60,
         ge=0,
         le=4_294_967_295,
-        description="How long the broker keeps this replica's session (samples in flight to it) after it vanishes.",
+        description=(
+            "How long the broker keeps this replica's session (samples in flight to it) after it vanishes; what is"
+            " lost past it the edges send again (each keeps its samples until their verdicts)."
+        ),
     )
     max_in_flight: int = Field(
         256, ge=1, le=65_535, description="Samples being judged at once (the MQTT receive maximum: the broker waits)."
