@@ -41,12 +41,15 @@ class CloudProcess:
 
     async def start(self) -> None:
         """Start the process and wait until its gRPC health says SERVING."""
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "cloud", "serve", "--config", str(self.config_path)], stdout=log, stderr=log
-            )
+        self._process = self._spawn()
         self.starts += 1
         await self._wait_serving()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "cloud", "serve", "--config", str(self.config_path)], stdout=log, stderr=log
+            )
 
     async def _wait_serving(self) -> None:
         loop = asyncio.get_running_loop()

@@ -106,7 +106,7 @@ async def test_a_cloud_killed_at_random_moments_loses_no_sample(
     try:
         for kill in range(KILLS):
             judged = stored_count(config.store.path)
-            await until(lambda: stored_count(config.store.path) >= judged + 3, "the cloud judging again")
+            await until(lambda at=judged: stored_count(config.store.path) >= at + 3, "the cloud judging again")
             await asyncio.sleep(rng.uniform(0.0, 0.4))  # a random moment of that work, not a synchronisation
             cloud.kill()
             # On MQTT the last outage outlasts the bridge's broker session (1 s): what it held is gone there.
