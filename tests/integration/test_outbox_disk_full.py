@@ -1,0 +1,160 @@
+"""The outbox on a small tmpfs that fills up while the agent runs, then frees again.
+
+While the disk is full: detection and local events go on, the samples that cannot be stored are
+dropped and counted with their reason, /readyz says degraded, the uplink stays up. When space
+returns it all recovers by itself: samples are stored and judged again, /readyz is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud.service import CloudService
+from edge.agent import EdgeAgent
+from edge.config import EdgeConfig
+from sim.world.clips import ClipSpec, write_clip
+from tests.integration.test_autonomy import every_frame
+from tests.integration.test_end_to_end import cloud_config, edge_config
+
+WAIT_S = 60.0
+TMPFS_BYTES = 4 << 20
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path) -> Iterator[Path]:
+    """A tmpfs of TMPFS_BYTES at `path` (root only; on CI a missing permission fails instead of skipping)."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        why = f"cannot mount a tmpfs ({mounted.stderr.strip() or 'not root'})"
+        if os.environ.get("CI") == "true" and os.geteuid() == 0:
+            pytest.fail(why)
+        pytest.skip(why)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Write a file in `folder` until the disk is full; returns it (delete it to free the space)."""
+    filler = folder / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(bytes(64 << 10))
+                out.flush()
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+    return filler
+
+
+def counter(agent: EdgeAgent, name: str, **labels: str) -> float:
+    return agent.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def readiness(agent: EdgeAgent) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{agent.health.port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            body: dict[str, Any] = json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        body = json.loads(err.read())
+    return body
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+async def test_a_full_disk_under_the_outbox_degrades_and_recovers_by_itself(tmp_path: Path, clip: Path) -> None:
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    with small_tmpfs(tmp_path / "small-disk") as disk:
+        settings = every_frame()
+        async with _cloud(cloud_config(tmp_path, clip, settings)) as service:
+            dumped = edge_config(tmp_path, clip, service.port, "gw-disk", loop=True, initial=settings).model_dump(
+                mode="json"
+            )
+            dumped["outbox"] = {**dumped["outbox"], "path": str(disk / "outbox.sqlite")}
+            agent = EdgeAgent(EdgeConfig.model_validate(dumped))
+            events = agent.config.state_dir / "events.jsonl"
+            stop = asyncio.Event()
+            running = asyncio.create_task(agent.run(stop))
+            try:
+                await until(lambda: counter(agent, "edgeglm_edge_verdicts_total", decision="confirmed") > 0, "verdicts")
+                filler = fill(disk)
+                await until(
+                    lambda: counter(agent, "edgeglm_edge_samples_dropped_total", reason="outbox_unavailable") >= 3,
+                    "samples dropped for the full disk",
+                )
+                ready = await asyncio.to_thread(readiness, agent)
+                assert ready["state"] == "degraded", ready
+                assert not ready["ready"]
+                assert any("outbox unavailable" in reason for reason in ready["reasons"]), ready
+                detected, written = counter(agent, "edgeglm_edge_frames_detected_total", camera="cam0"), lines(events)
+                await until(
+                    lambda: (
+                        counter(agent, "edgeglm_edge_frames_detected_total", camera="cam0") > detected + 5
+                        and lines(events) > written
+                    ),
+                    "detection and local events going on with the disk full",
+                )
+                assert agent.uplink.cloud_reachable
+                assert not running.done()
+
+                filler.unlink()
+                verdicts = counter(agent, "edgeglm_edge_verdicts_total", decision="confirmed")
+                await until(
+                    lambda: counter(agent, "edgeglm_edge_verdicts_total", decision="confirmed") > verdicts + 2,
+                    "samples stored and judged again once space returned",
+                )
+                await until(lambda: readiness(agent)["state"] == "online", "ready again")
+            finally:
+                stop.set()
+                await asyncio.wait_for(running, WAIT_S)
+    assert counter(agent, "edgeglm_edge_task_failures_total", task="detect") == 0
+
+
+@contextlib.asynccontextmanager
+async def _cloud(config: Any) -> Any:
+    service = CloudService(config)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("clip")
+    return write_clip(ClipSpec(seed=0, seconds=8, fps=5, quiet_start_seconds=0.5, mean_gap_seconds=1.5), folder)
