@@ -158,6 +158,14 @@ class BackendResult:
     confidence: float
 
 
+@dataclass(frozen=True)
+class SampleFailure:
+    """A backend could not judge one sample (timeout, endpoint error): not a judgement, judged again later."""
+
+    kind: str  # for the metric, e.g. "timeout", "http_5xx"
+    text: str  # what happened, for people
+
+
 def f32(value: float) -> float:
     """The shortest decimal naming the same float32 as `value` (what a protobuf float field holds)."""
     if not math.isfinite(value):

@@ -40,7 +40,9 @@ from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
 logger = logging.getLogger(__name__)
 AGENT_VERSION = "0.1.0"
 DROP_OUTBOX_UNAVAILABLE = "outbox_unavailable"
-UPLINK_STOP_S = 10.0  # shutdown: the most the transport may take to close
+UPLINK_STOP_S = 5.0  # shutdown: the most of the drain deadline kept for closing the transport
+CLOSE_SHARE = 0.25  # ... and at most this share of it
+MIN_CLOSE_S = 0.5  # the transport gets this even when the deadline has passed (an offline status to say)
 LATENCY_RECORDS = 100_000  # latencies kept for the run summary (the newest)
 
 
@@ -180,9 +182,14 @@ class EdgeAgent:
         detector_task: asyncio.Task[None],
         background: list[asyncio.Task[None]],
     ) -> None:
-        """Stop sources, finish queued frames, wait for acks, close transports — within one deadline."""
+        """Stop sources, finish queued frames, wait for verdicts, close transports — all within one deadline.
+
+        pipeline.drain_deadline_s bounds the whole of it (the DaemonSet's grace period is that plus a
+        margin); the last part of it is kept for closing the uplink.
+        """
         self._draining = True
-        deadline = time.monotonic() + self.config.pipeline.drain_deadline_s
+        end = time.monotonic() + self.config.pipeline.drain_deadline_s
+        deadline = end - min(UPLINK_STOP_S, CLOSE_SHARE * self.config.pipeline.drain_deadline_s)
         logger.info("shutting down: stopping %d cameras", len(self.sources))
         for source in self.sources:
             await source.stop()
@@ -201,11 +208,12 @@ class EdgeAgent:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        close_s = max(MIN_CLOSE_S, end - time.monotonic())
         try:
             # Bounded: a transport that does not close must not keep the agent from exiting.
-            await asyncio.wait_for(self.uplink.stop(), timeout=UPLINK_STOP_S)
+            await asyncio.wait_for(self.uplink.stop(), timeout=close_s)
         except TimeoutError:
-            logger.warning("uplink did not close within %.0f s; exiting without it", UPLINK_STOP_S)
+            logger.warning("uplink did not close within %.1f s; exiting without it", close_s)
         self._outbox_samples = (await self.outbox.stats()).samples
         await self.outbox.close()
         self.events.close()

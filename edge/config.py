@@ -150,7 +150,12 @@ class PipelineConfig(_Section):
     detect_queue_size: int = Field(
         8, ge=1, le=1024, description="Frames waiting for the detector; beyond, drop oldest."
     )
-    drain_deadline_s: float = Field(10.0, ge=0, le=600, description="Shutdown: time to finish frames and sends.")
+    drain_deadline_s: float = Field(
+        10.0,
+        ge=0,
+        le=600,
+        description="Shutdown as a whole: finishing frames, waiting for verdicts and closing the uplink fit in this.",
+    )
     send_every_frame: bool = Field(
         False,
         description=(

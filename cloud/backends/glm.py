@@ -198,7 +198,7 @@ class GlmBackend:
             merge_size=int(processor.merge_size),
         )
 
-    async def infer(self, batch: list[SampleInput]) -> list[BackendResult]:
+    async def infer(self, batch: list[SampleInput], deadline: float | None = None) -> list[BackendResult]:
         """Ask about every image of the batch in one generate call; one result per sample, in order.
 
         An image the model cannot be shown is "unsure" for that sample alone (counted as a bad_image

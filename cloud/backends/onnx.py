@@ -127,7 +127,7 @@ class OnnxBackend:
         )
         return model
 
-    async def infer(self, batch: list[SampleInput]) -> list[BackendResult]:
+    async def infer(self, batch: list[SampleInput], deadline: float | None = None) -> list[BackendResult]:
         """Detect on every sample's image at once, map the boxes into the frame, apply the decision rule."""
         if self._model is None or self._executor is None:
             raise RuntimeError(f"onnx backend {self._config.model_path}: infer called before start")

@@ -4,10 +4,11 @@ Each sample is one request, sent concurrently with the rest of its batch (at mos
 in flight): the image as a `data:image/jpeg;base64,` URL (the JPEG as the edge sent it, when there
 is one) and the same prompt as the `glm` backend (`verdict_text`). The answer's first JSON verdict
 becomes the result. A timeout, a refused connection, an HTTP error or a body that is not a chat
-completion makes *that* sample `unsure` with a text naming the endpoint and what happened, counted
-in `edgeglm_cloud_backend_errors_total{backend="openai",kind}`; the rest of the batch is judged as
+completion is no judgement: *that* sample gets a SampleFailure naming the endpoint and what happened
+(the ingest core defers it and it is judged again later), counted in
+`edgeglm_cloud_backend_errors_total{backend="openai",kind}`; the rest of the batch is judged as
 usual. 5xx, 429 and connection errors are retried with jittered exponential backoff, all within the
-sample's one deadline (`timeout_s`).
+sample's one deadline: the batcher's (passed to `infer`), or `timeout_s` if that comes first.
 
 The API key is never in the YAML: it is read at start from `api_key_file` (e.g. a Kubernetes
 secret mounted at /run/secrets/openai-api-key) or from the environment variable `api_key_env`.
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from cloud.backends.protocol import BackendStartError
 from cloud.backends.verdict_text import DEFAULT_QUESTION, build_prompt, format_prompt, parse_answer, to_result
-from cloud.convert import BackendResult, SampleInput
+from cloud.convert import BackendResult, SampleFailure, SampleInput
 from cloud.metrics import CloudMetrics
 
 logger = logging.getLogger(__name__)
@@ -266,21 +267,31 @@ class OpenAIBackend:
                 served,
             )
 
-    async def infer(self, batch: list[SampleInput]) -> list[BackendResult]:
-        """Ask about every sample concurrently (at most max_concurrency at once); one result per sample."""
+    async def infer(
+        self, batch: list[SampleInput], deadline: float | None = None
+    ) -> list[BackendResult | SampleFailure]:
+        """Ask about every sample concurrently (at most max_concurrency at once); one result per sample.
+
+        Each request ends by `deadline` (the batcher's, for the samples' own deadline) or after
+        timeout_s, whichever comes first.
+        """
         if self._client is None:
             raise RuntimeError(f"openai backend {self._config.base_url}: infer called before start")
         client = self._client
-        return list(await asyncio.gather(*(self._judge(client, sample) for sample in batch)))
+        return list(await asyncio.gather(*(self._judge(client, sample, deadline) for sample in batch)))
 
-    async def _judge(self, client: httpx.AsyncClient, sample: SampleInput) -> BackendResult:
+    async def _judge(
+        self, client: httpx.AsyncClient, sample: SampleInput, deadline: float | None
+    ) -> BackendResult | SampleFailure:
         try:
             body = await self._request_body(sample)
             async with self._slots:
-                text = await self._ask(client, body)
+                text = await self._ask(client, body, deadline)
         except _RequestError as failure:
             self._metrics.backend_errors.labels(self.name, failure.kind).inc()
-            return BackendResult("unsure", [], f"openai backend: {failure.text}", 0.0)
+            if failure.kind == "bad_image":  # this sample's image: asking again would fail again
+                return BackendResult("unsure", [], f"openai backend: {failure.text}", 0.0)
+            return SampleFailure(failure.kind, f"openai backend: {failure.text}")
         parsed = parse_answer(text)
         if parsed is None:
             self._metrics.backend_unparsable.labels(self.name).inc()
@@ -309,11 +320,11 @@ class OpenAIBackend:
         }
         return body
 
-    async def _ask(self, client: httpx.AsyncClient, body: dict[str, Any]) -> str:
+    async def _ask(self, client: httpx.AsyncClient, body: dict[str, Any], by: float | None) -> str:
         """The answer text, retrying what may pass; raises _RequestError when the deadline or the retries run out."""
         config = self._config
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + config.timeout_s
+        deadline = loop.time() + config.timeout_s if by is None else min(by, loop.time() + config.timeout_s)
         attempt = 0
         while True:
             remaining = deadline - loop.time()

@@ -108,7 +108,7 @@ class OracleBackend:
         self._version = "sha256:" + digest.hexdigest()[:12]
         return truth
 
-    async def infer(self, batch: list[SampleInput]) -> list[BackendResult]:
+    async def infer(self, batch: list[SampleInput], deadline: float | None = None) -> list[BackendResult]:
         """Wait the modelled delay once for the batch, then judge each sample against ground truth."""
         if self._truth is None:
             raise RuntimeError("oracle backend: infer called before start")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from cloud.convert import BackendResult, SampleInput
+from cloud.convert import BackendResult, SampleFailure, SampleInput
 
 
 class BackendStartError(RuntimeError):
@@ -46,8 +47,13 @@ class Backend(Protocol):
         """Load the model (or ground truth); raises BackendStartError naming what is missing."""
         ...
 
-    async def infer(self, batch: list[SampleInput]) -> list[BackendResult]:
-        """Judge a batch: one result per sample, in order."""
+    async def infer(
+        self, batch: list[SampleInput], deadline: float | None = None
+    ) -> Sequence[BackendResult | SampleFailure]:
+        """Judge a batch: one result per sample, in order, by `deadline` (event-loop time; None: no bound).
+
+        A sample the backend could not judge gets a SampleFailure in its place, never a made-up verdict.
+        """
         ...
 
     async def close(self) -> None:

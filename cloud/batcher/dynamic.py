@@ -33,7 +33,7 @@ from cloud.batcher.errors import (
     InferenceTimeoutError,
     QueueFullError,
 )
-from cloud.convert import BackendResult, SampleInput
+from cloud.convert import BackendResult, SampleFailure, SampleInput
 from cloud.metrics import CloudMetrics
 
 logger = logging.getLogger(__name__)
@@ -239,7 +239,8 @@ class DynamicBatcher:
             self._metrics.queue_duration.labels(self._label).observe(started - request.enqueued_at)
         self._in_flight = batch
         try:
-            results = await self._backend.infer([request.sample for request in batch])
+            deadline = min(request.deadline for request in batch)  # the batch is due when its first sample is
+            results = await self._backend.infer([request.sample for request in batch], deadline)
             if len(results) != len(batch):
                 raise ValueError(f"returned {len(results)} results for a batch of {len(batch)}")
         except Exception as exc:  # any backend failure fails its batch, never the batcher
@@ -257,6 +258,9 @@ class DynamicBatcher:
         metrics.exec_count.labels(self._label).inc()
         for request, result in zip(batch, results, strict=True):
             if request.future.done():  # timed out or cancelled while the batch ran
+                continue
+            if isinstance(result, SampleFailure):
+                self._fail(request, BackendError(f"{self._label} backend could not judge it: {result.text}"))
                 continue
             request.future.set_result((result, (started - request.enqueued_at) * 1000, infer_ms))
             metrics.request_success.labels(self._label).inc()

@@ -20,9 +20,10 @@ import pytest
 
 from cloud.backends import BackendStartError, OpenAIBackend, OpenAIBackendConfig
 from cloud.backends.verdict_text import DEFAULT_QUESTION, build_prompt
-from cloud.convert import CloudDetection, SampleInput
+from cloud.convert import BackendResult, CloudDetection, SampleFailure, SampleInput
 from cloud.metrics import CloudMetrics
 from sim.openai_server import ChatInput, Generator, Reply, ScriptedGenerator, ServerStats, create_app, serving
+from tests.helpers.backends import judgements
 
 MODEL = "glm-test"
 KEY = "sk-test-0123456789"
@@ -117,7 +118,7 @@ async def test_scripted_answers_become_verdicts_and_the_edge_boxes_of_confirmed_
     metrics = CloudMetrics()
     batch = [make_sample("s-cat", "cat"), make_sample("s-dog", "dog"), make_sample("s-motion", None)]
     async with server(ScriptedGenerator(script)) as (url, _stats), backend_for(url, metrics) as backend:
-        cat, dog, motion = await backend.infer(batch)
+        cat, dog, motion = judgements(await backend.infer(batch))
     assert (cat.decision, cat.text, cat.confidence) == ("confirmed", "a cat", 0.91)
     assert [d.label for d in cat.detections] == ["cat"]
     assert cat.detections[0].box == batch[0].detections[0].box
@@ -130,7 +131,7 @@ async def test_the_server_receives_the_edge_jpeg_as_sent_and_the_shared_prompt()
     recorder = Recorder()
     sent, raw = make_sample("s-jpeg", "cat"), make_sample("s-raw", "cat", with_jpeg=False, size=48)
     async with server(recorder) as (url, _stats), backend_for(url, CloudMetrics()) as backend:
-        results = await backend.infer([sent, raw])
+        results = judgements(await backend.infer([sent, raw]))
     assert [r.decision for r in results] == ["confirmed", "confirmed"]
     asked = {chat.jpeg == sent.jpeg: chat for chat in recorder.asked}
     assert set(asked) == {True, False}  # one came as the edge's JPEG, byte for byte; one was encoded here
@@ -146,14 +147,14 @@ async def test_a_non_json_answer_is_unsure_counted_and_the_rest_of_the_batch_is_
     script = by_label({"cat": Reply(text=CONFIRMED), "dog": Reply(text="I think it is probably a dog.")})
     metrics = CloudMetrics()
     async with server(ScriptedGenerator(script)) as (url, _stats), backend_for(url, metrics) as backend:
-        cat, dog = await backend.infer([make_sample("s-1", "cat"), make_sample("s-2", "dog")])
+        cat, dog = judgements(await backend.infer([make_sample("s-1", "cat"), make_sample("s-2", "dog")]))
     assert cat.decision == "confirmed"
     assert dog.decision == "unsure"
     assert "probably a dog" in dog.text
     assert unparsable(metrics) == 1
 
 
-async def test_a_500_is_retried_then_unsure_and_counted_while_the_others_pass() -> None:
+async def test_a_500_is_retried_then_a_failure_not_a_verdict_and_counted_while_the_others_pass() -> None:
     script = by_label({"cat": Reply(text=CONFIRMED), "boom": Reply(status=500)})
     metrics = CloudMetrics()
     async with (
@@ -161,8 +162,8 @@ async def test_a_500_is_retried_then_unsure_and_counted_while_the_others_pass() 
         backend_for(url, metrics, max_retries=2, retry_backoff_s=0.01) as backend,
     ):
         cat, boom = await backend.infer([make_sample("s-1", "cat"), make_sample("s-2", "boom")])
-    assert cat.decision == "confirmed"
-    assert boom.decision == "unsure"
+    assert isinstance(cat, BackendResult) and cat.decision == "confirmed"
+    assert isinstance(boom, SampleFailure)
     assert f"{url}/chat/completions answered HTTP 500" in boom.text
     assert "after 2 retries" in boom.text
     assert stats.by_status == {200: 1, 500: 3}
@@ -177,13 +178,13 @@ async def test_a_passing_500_is_retried_into_a_verdict() -> None:
         server(ScriptedGenerator(script)) as (url, stats),
         backend_for(url, metrics, max_retries=1, retry_backoff_s=0.01) as backend,
     ):
-        (cat,) = await backend.infer([make_sample("s-1", "cat")])
+        (cat,) = judgements(await backend.infer([make_sample("s-1", "cat")]))
     assert cat.decision == "confirmed"
     assert stats.by_status == {503: 1, 200: 1}
     assert errors(metrics, "http_5xx") == 0
 
 
-async def test_a_timeout_is_unsure_and_counted_and_the_next_request_still_works() -> None:
+async def test_a_timeout_is_a_failure_counted_and_the_next_request_still_works() -> None:
     script = by_label({"cat": Reply(text=CONFIRMED), "slow": Reply(text=CONFIRMED, delay_s=1.5)})
     metrics = CloudMetrics()
     async with (
@@ -191,33 +192,34 @@ async def test_a_timeout_is_unsure_and_counted_and_the_next_request_still_works(
         backend_for(url, metrics, timeout_s=0.3, max_retries=3, retry_backoff_s=0.01) as backend,
     ):
         slow, cat = await backend.infer([make_sample("s-1", "slow"), make_sample("s-2", "cat")])
-        (after,) = await backend.infer([make_sample("s-3", "cat")])
-    assert slow.decision == "unsure"
+        (after,) = judgements(await backend.infer([make_sample("s-3", "cat")]))
+    assert isinstance(slow, SampleFailure)
     assert "ReadTimeout" in slow.text
     assert url in slow.text
+    assert isinstance(cat, BackendResult)
     assert (cat.decision, after.decision) == ("confirmed", "confirmed")
     assert errors(metrics, "timeout") == 1
 
 
-async def test_a_refused_connection_is_unsure_and_counted() -> None:
+async def test_a_refused_connection_is_a_failure_and_counted() -> None:
     with socket.socket() as probe:  # a port nobody listens on any more
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     metrics = CloudMetrics()
     async with backend_for(f"http://127.0.0.1:{port}/v1", metrics, max_retries=1, retry_backoff_s=0.01) as backend:
         (result,) = await backend.infer([make_sample("s-1", "cat")])
-    assert result.decision == "unsure"
+    assert isinstance(result, SampleFailure)
     assert f"127.0.0.1:{port}/v1/chat/completions: ConnectError" in result.text
     assert errors(metrics, "connection") == 1
 
 
-async def test_a_body_that_is_not_a_chat_completion_is_unsure_and_counted() -> None:
+async def test_a_body_that_is_not_a_chat_completion_is_a_failure_and_counted() -> None:
     script = by_label({"cat": Reply(text=CONFIRMED), "odd": Reply(body='{"result": "confirmed"}')})
     metrics = CloudMetrics()
     async with server(ScriptedGenerator(script)) as (url, _stats), backend_for(url, metrics) as backend:
         cat, odd = await backend.infer([make_sample("s-1", "cat"), make_sample("s-2", "odd")])
-    assert cat.decision == "confirmed"
-    assert odd.decision == "unsure"
+    assert isinstance(cat, BackendResult) and cat.decision == "confirmed"
+    assert isinstance(odd, SampleFailure)
     assert "no chat completion" in odd.text
     assert '{"result": "confirmed"}' in odd.text
     assert errors(metrics, "malformed") == 1
@@ -246,7 +248,7 @@ async def test_no_more_than_max_concurrency_requests_are_in_flight() -> None:
         serving(create_app(gathering, MODEL, None, stats)) as url,
         backend_for(url, metrics, max_concurrency=3, max_batch_size=10) as backend,
     ):
-        results = await backend.infer([make_sample(f"s-{i}", "cat") for i in range(10)])
+        results = judgements(await backend.infer([make_sample(f"s-{i}", "cat") for i in range(10)]))
     assert [r.decision for r in results] == ["confirmed"] * 10
     assert stats.requests == 10
     assert stats.max_in_flight == 3
@@ -280,14 +282,14 @@ async def test_the_right_key_from_a_file_or_the_environment_is_sent(
     monkeypatch.setenv("EDGEGLM_TEST_OPENAI_KEY", KEY)
     async with server(ScriptedGenerator(Reply(text=CONFIRMED)), api_key=KEY) as (url, stats):
         async with backend_for(url, CloudMetrics(), api_key_file=key_file) as backend:
-            (from_file,) = await backend.infer([make_sample("s-1", "cat")])
+            (from_file,) = judgements(await backend.infer([make_sample("s-1", "cat")]))
         async with backend_for(url, CloudMetrics(), api_key_env="EDGEGLM_TEST_OPENAI_KEY") as backend:
-            (from_env,) = await backend.infer([make_sample("s-2", "cat")])
+            (from_env,) = judgements(await backend.infer([make_sample("s-2", "cat")]))
     assert (from_file.decision, from_env.decision) == ("confirmed", "confirmed")
     assert stats.by_status == {200: 2}
 
 
-async def test_an_endpoint_without_a_model_list_starts_and_its_404s_are_unsure(
+async def test_an_endpoint_without_a_model_list_starts_and_its_404s_are_failures(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     metrics = CloudMetrics()
@@ -297,7 +299,7 @@ async def test_an_endpoint_without_a_model_list_starts_and_its_404s_are_unsure(
             async with backend_for(wrong_root, metrics) as backend:
                 (result,) = await backend.infer([make_sample("s-1", "cat")])
     assert "answered HTTP 404; not checking the model list" in caplog.text
-    assert result.decision == "unsure"
+    assert isinstance(result, SampleFailure)
     assert "answered HTTP 404" in result.text
     assert errors(metrics, "http_4xx") == 1
 
@@ -312,14 +314,14 @@ async def test_an_endpoint_that_is_down_at_start_does_not_stop_the_service(caplo
     assert "is not reachable yet" in caplog.text
 
 
-async def test_a_key_refused_after_start_is_unsure_not_retried_and_says_to_check_the_key() -> None:
+async def test_a_key_refused_after_start_is_a_failure_not_retried_and_says_to_check_the_key() -> None:
     metrics = CloudMetrics()
     async with (
         server(ScriptedGenerator(Reply(status=401))) as (url, stats),
         backend_for(url, metrics, max_retries=3, retry_backoff_s=0.01) as backend,
     ):
         (result,) = await backend.infer([make_sample("s-1", "cat")])
-    assert result.decision == "unsure"
+    assert isinstance(result, SampleFailure)
     assert "answered HTTP 401 (check the API key in backend.api_key_file)" in result.text
     assert stats.by_status == {401: 1}
     assert errors(metrics, "auth") == 1

@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 
 from cloud.backends import OpenAIBackend, OpenAIBackendConfig
-from cloud.convert import CloudDetection, SampleInput
+from cloud.convert import CloudDetection, SampleFailure, SampleInput
 from cloud.metrics import CloudMetrics
 from sim.glm.evaluate import held_out_cases
 from sim.openai_glm import GlmGenerator
 from sim.openai_server import ServerStats, create_app, serving
+from tests.helpers.backends import judgements
 
 WORLD_GLM = Path(__file__).resolve().parents[2] / "sim" / "models" / "glm-world"
 MODEL = "glm-world"
@@ -94,7 +95,7 @@ def unparsable(metrics: CloudMetrics) -> float:
 async def test_random_weights_behind_http_answer_nonsense_that_is_unsure_and_batched(random_glm: Path) -> None:
     metrics = CloudMetrics()
     async with glm_behind_http(random_glm, metrics, max_tokens=16, max_concurrency=4) as (backend, generator, stats):
-        results = await backend.infer([grey_sample(f"s-{i}") for i in range(4)])
+        results = judgements(await backend.infer([grey_sample(f"s-{i}") for i in range(4)]))
     assert [r.decision for r in results] == ["unsure"] * 4
     assert all(r.text.startswith("unparsable answer:") for r in results)
     assert unparsable(metrics) == 4
@@ -108,7 +109,7 @@ async def test_a_prompt_the_model_was_not_trained_on_is_refused_and_unsure(rando
     template = "Edge: {detections}\nMined: {reason}\n{question}\nAnswer in JSON, please."
     async with glm_behind_http(random_glm, metrics, prompt_template=template) as (backend, _generator, stats):
         (result,) = await backend.infer([grey_sample("s-1")])
-    assert result.decision == "unsure"
+    assert isinstance(result, SampleFailure)  # not a judgement: judged again later
     assert "answered HTTP 400" in result.text
     assert "the world GLM answers only its trained prompt" in result.text
     assert stats.by_status == {400: 1}
@@ -123,7 +124,7 @@ async def test_world_glm_verdicts_through_http_agree_with_ground_truth_as_report
     cases = held_out_cases(AGREEMENT_FRAMES, seed=0, claim_seed=42)
     metrics = CloudMetrics()
     async with glm_behind_http(WORLD_GLM, metrics, max_concurrency=8, max_batch_size=64) as (backend, _gen, _stats):
-        results = await backend.infer([case.sample for case in cases])
+        results = judgements(await backend.infer([case.sample for case in cases]))
     agree = sum(r.decision == case.truth.decision for r, case in zip(results, cases, strict=True))
     n = len(cases)
     # The reported rate less a margin: 0.05 plus two binomial standard errors at this sample count.

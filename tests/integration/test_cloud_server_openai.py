@@ -23,7 +23,9 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_clip(tmp_path_factory.mktemp("clip") / "cam0")
 
 
-async def test_the_service_judges_through_the_endpoint_and_counts_its_failures(tmp_path: Path, clip: Path) -> None:
+async def test_the_service_judges_through_the_endpoint_and_its_failures_are_not_verdicts(
+    tmp_path: Path, clip: Path
+) -> None:
     def script(chat: ChatInput) -> Reply:  # both prompts read alike: the image size tells the samples apart
         assert chat.image is not None
         return Reply(status=500) if chat.image.shape[1] < 100 else Reply(text=json.dumps(CONFIRMED))
@@ -42,9 +44,12 @@ async def test_the_service_judges_through_the_endpoint_and_counts_its_failures(t
             good = await stub.Infer(session_pb2.InferRequest(sample=whole, timeout_ms=10_000), timeout=WAIT_S)
             bad = await stub.Infer(session_pb2.InferRequest(sample=broken, timeout_ms=10_000), timeout=WAIT_S)
             errors = counter(service, "edgeglm_cloud_backend_errors_total", backend="openai", kind="http_5xx")
+            stored_bad = await service.store.get("s-500")
     assert (good.decision, good.backend, good.text) == (verdict_pb2.DECISION_CONFIRMED, "openai", "it is there")
     assert {d.label for d in good.detections} == {d.label for d in whole.detections}
-    assert (bad.decision, bad.origin) == (verdict_pb2.DECISION_UNSURE, verdict_pb2.VERDICT_ORIGIN_BACKEND)
-    assert "answered HTTP 500" in bad.text
+    # Not a judgement: the unary caller hears why, nothing is stored, a resend is judged again.
+    assert (bad.decision, bad.origin) == (verdict_pb2.DECISION_UNSURE, verdict_pb2.VERDICT_ORIGIN_BACKEND_ERROR)
+    assert "answered HTTP 500" in bad.origin_detail
+    assert stored_bad is None
     assert errors == 1
     assert stats.by_status == {200: 1, 500: 2}

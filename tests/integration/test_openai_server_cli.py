@@ -15,6 +15,7 @@ import numpy as np
 
 from cloud.backends import OpenAIBackend, OpenAIBackendConfig
 from sim.glm.evaluate import held_out_cases
+from tests.helpers.backends import judgements
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
@@ -70,7 +71,7 @@ async def test_the_world_glm_server_process_judges_held_out_crops_for_the_openai
         backend = OpenAIBackend(OpenAIBackendConfig(base_url=url, model="glm-world", timeout_s=WAIT_S))
         await backend.start()
         try:
-            results = await backend.infer([case.sample for case in cases])
+            results = judgements(await backend.infer([case.sample for case in cases]))
         finally:
             await backend.close()
     assert len(cases) >= 5

@@ -19,7 +19,7 @@ from cloud.batcher import (
     InferenceTimeoutError,
     QueueFullError,
 )
-from cloud.convert import BackendResult, SampleInput
+from cloud.convert import BackendResult, SampleFailure, SampleInput
 from cloud.metrics import CloudMetrics
 
 NEVER_MS = 60_000.0  # a queue delay no test waits out (the config's maximum)
@@ -32,8 +32,10 @@ class FakeBackend:
     model_name = "fake-model"
     model_version = "1"
 
-    def __init__(self, max_batch_size=64, fail_on=(), short_by=0):
+    def __init__(self, max_batch_size=64, fail_on=(), short_by=0, cannot_judge=()):
         self.max_batch_size = max_batch_size
+        self.cannot_judge = set(cannot_judge)
+        self.deadlines: list[float | None] = []
         self.batches: list[list[str]] = []
         self.release = asyncio.Event()
         self.release.set()
@@ -48,13 +50,20 @@ class FakeBackend:
     async def close(self):
         self.closes += 1
 
-    async def infer(self, batch):
+    async def infer(self, batch, deadline=None):
         ids = [s.sample_id for s in batch]
         self.batches.append(ids)
+        self.deadlines.append(deadline)
         await self.release.wait()
         if self.fail_on & set(ids):
             raise RuntimeError("CUDA out of memory")
-        return [BackendResult("confirmed", [], s.sample_id, 1.0) for s in batch][: len(batch) - self.short_by]
+        results = [
+            SampleFailure("timeout", f"{s.sample_id}: no answer")
+            if s.sample_id in self.cannot_judge
+            else BackendResult("confirmed", [], s.sample_id, 1.0)
+            for s in batch
+        ]
+        return results[: len(batch) - self.short_by]
 
     @property
     def sizes(self):
@@ -302,3 +311,28 @@ async def test_stop_fails_what_it_could_not_serve_by_its_deadline(metrics):
             await task
     assert failures(metrics, "shutdown") == 2
     assert backend.closes == 1
+
+
+async def test_the_backend_gets_the_batch_s_deadline_the_earliest_of_its_samples(metrics):
+    backend = FakeBackend()
+    batcher = await started(backend, metrics, max_batch_size=2, max_queue_delay_ms=NEVER_MS)
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    await asyncio.gather(batcher.submit(sample("late"), 30), batcher.submit(sample("soon"), 5))
+    (deadline,) = backend.deadlines
+    assert deadline is not None
+    assert before + 5 <= deadline < before + 6  # the 5 s sample's, not the 30 s one's
+    await batcher.stop()
+
+
+async def test_a_sample_the_backend_could_not_judge_fails_alone_as_a_backend_error(metrics):
+    backend = FakeBackend(cannot_judge={"s1"})
+    batcher = await started(backend, metrics, max_batch_size=2, max_queue_delay_ms=NEVER_MS)
+    good, bad = await asyncio.gather(
+        batcher.submit(sample("s0"), 30), batcher.submit(sample("s1"), 30), return_exceptions=True
+    )
+    assert not isinstance(good, BaseException) and good[0].text == "s0"
+    assert isinstance(bad, BackendError)
+    assert "s1: no answer" in str(bad)
+    assert failures(metrics, "backend_error") == 1
+    await batcher.stop()
