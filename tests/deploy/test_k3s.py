@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.k3s import (
+from tests.helpers.k3s import (
     CRD_KINDS,
     VARIANTS,
     WORKLOAD_KINDS,
@@ -43,7 +43,7 @@ def validator() -> Any:
     try:
         import kubernetes_validate  # type: ignore[import-untyped]
     except ImportError:
-        from tests.deploy.k3s import missing_tool
+        from tests.helpers.k3s import missing_tool
 
         missing_tool("kubernetes-validate")
     return kubernetes_validate
@@ -276,7 +276,7 @@ def test_cloud_configmap_passes_cloud_check_config(variant: str, tmp_path: Path)
 
 
 def test_a_missing_tool_fails_on_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.deploy.k3s import missing_tool
+    from tests.helpers.k3s import missing_tool
 
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="kubectl is not installed"):

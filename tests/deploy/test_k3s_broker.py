@@ -28,8 +28,8 @@ import pytest
 from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.deploy.k3s import K3S, by_kind, find, render
 from tests.helpers.broker import free_port, require_mosquitto
+from tests.helpers.k3s import K3S, by_kind, find, render
 
 WAIT_S = 20.0
 HOST = "127.0.0.1"
@@ -145,7 +145,7 @@ def require_openssl() -> str:
     """The openssl command the README uses; skips (fails under CI=true) when missing."""
     found = shutil.which("openssl")
     if found is None:
-        from tests.deploy.k3s import missing_tool
+        from tests.helpers.k3s import missing_tool
 
         missing_tool("openssl")
     assert found is not None

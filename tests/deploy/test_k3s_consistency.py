@@ -21,7 +21,7 @@ from cloud.metrics import CloudMetrics
 from cloud.server.health import SERVICE_NAME
 from edge.config import HealthConfig, PipelineConfig
 from edge.metrics import EdgeMetrics
-from tests.deploy.k3s import (
+from tests.helpers.k3s import (
     ROOT,
     VARIANTS,
     by_kind,

@@ -21,7 +21,7 @@ from cloud.config import CloudConfig
 from cloud.service import CloudService
 from edge.health import HealthServer
 from edge.metrics import EdgeMetrics
-from tests.deploy.k3s import container, dockerfile_copies, find, mounted_config, render
+from tests.helpers.k3s import container, dockerfile_copies, find, mounted_config, render
 
 WAIT_S = 60.0
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.deploy.k3s import ROOT, container, dockerfile_copies, dockerfile_lines, find, mounted_config, render
+from tests.helpers.k3s import ROOT, container, dockerfile_copies, dockerfile_lines, find, mounted_config, render
 
 IMAGES = {
     "edge.Dockerfile": ("edge", ("DaemonSet", "edgeglm-edge", "edge"), "/etc/edgeglm/edge.yaml"),

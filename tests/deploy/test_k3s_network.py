@@ -17,7 +17,7 @@ import pytest
 
 from cloud.config import ServerConfig
 from edge.config import HealthConfig
-from tests.deploy.k3s import VARIANTS, by_kind, find, render
+from tests.helpers.k3s import VARIANTS, by_kind, find, render
 
 POD_NETWORK = "10.42.{}.{}"  # K3s' default cluster CIDR 10.42.0.0/16
 

@@ -6,34 +6,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import cv2
 import httpx
 import numpy as np
-import pytest
 
 from cloud.config import CloudConfig
 from cloud.service import CloudService
-from protos import session_pb2, status_pb2
-from tests.integration.test_cloud_server import (
+from tests.helpers.cloud import (
     WAIT_S,
     busy_frames,
-    channel,
-    make_clip,
     make_config,
-    make_sample,
-    open_session,
-    read,
     running,
+    send,
     truth,
 )
-from tests.integration.test_store_queries import write_v1_file
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clip") / "cam0")
+from tests.helpers.store import write_v1_file
 
 
 def admin_config(tmp_path: Path, clip: Path) -> CloudConfig:
@@ -44,22 +32,6 @@ def admin_config(tmp_path: Path, clip: Path) -> CloudConfig:
 async def admin(service: CloudService) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.admin_port}", timeout=WAIT_S) as client:
         yield client
-
-
-async def send(service: CloudService, clip: Path, edge_id: str, frames: list[int], prefix: str) -> list[Any]:
-    """Send one sample per frame over a Session and wait for every verdict; returns the samples sent."""
-    samples = [make_sample(clip, frame, f"{prefix}-{frame:03d}", edge_id) for frame in frames]
-    async with channel(service) as stub:
-        call, _ = await open_session(stub, edge_id)
-        status = status_pb2.EdgeStatus(edge_id=edge_id, state=status_pb2.EDGE_STATE_ONLINE, policy_version=1)
-        await call.write(session_pb2.EdgeMessage(heartbeat=status))
-        for sample in samples:
-            await call.write(session_pb2.EdgeMessage(sample=sample))
-        verdicts = 0
-        while verdicts < len(samples):
-            verdicts += (await read(call)).WhichOneof("kind") == "verdict"
-        call.cancel()
-    return samples
 
 
 async def test_verdicts_of_real_samples_are_filtered_and_paged_by_cursor(tmp_path: Path, clip: Path) -> None:

@@ -13,11 +13,8 @@ import yaml
 
 from cloud.service import CloudService
 from sim.world.clips import ClipSpec, write_clip
-from tests.helpers.broker import MosquittoBroker
-from tests.integration.test_autonomy import every_frame, free_port
-from tests.integration.test_end_to_end import broker, cloud_config, edge_config
-
-__all__ = ["broker"]  # the transport fixture: runs on gRPC and on MQTT
+from tests.helpers.agents import cloud_config, edge_config, every_frame
+from tests.helpers.broker import MosquittoBroker, free_port
 
 WAIT_S = 60.0
 

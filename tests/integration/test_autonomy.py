@@ -7,7 +7,6 @@ store while a real agent plays a looping clip in real time.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 
@@ -16,30 +15,15 @@ import pytest
 from cloud.service import CloudService
 from edge.agent import EdgeAgent
 from edge.status import counter_total
-from sim.world.clips import ClipSpec, write_clip
-from tests.helpers.broker import MosquittoBroker, running_broker
+from tests.helpers.agents import cloud_config, edge_config, every_frame, make_agent_clip
+from tests.helpers.broker import MosquittoBroker, free_port, running_broker
 from tests.helpers.policy_keys import generate_keypair
-from tests.integration.test_end_to_end import WATCH_ALL, broker, cloud_config, edge_config, until
-
-__all__ = ["broker"]  # the transport fixture: every test taking it runs on gRPC and on MQTT
+from tests.helpers.wait import wait_until
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("clip")
-    return write_clip(ClipSpec(seed=0, seconds=8, fps=5, quiet_start_seconds=0.5, mean_gap_seconds=1.5), folder)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def every_frame(rate: int | None = None) -> dict[str, object]:
-    """Watch everything, no resend interval: many samples, quickly."""
-    uplink = {} if rate is None else {"budget_bytes_per_s": rate, "burst_bytes": rate}
-    return {"mining": {**WATCH_ALL["mining"], "resend_interval_s": 0.0}, "uplink": uplink}
+    return make_agent_clip(tmp_path_factory.mktemp("clip"))
 
 
 async def test_samples_mined_during_an_outage_reach_the_cloud_once_it_returns(
@@ -55,21 +39,21 @@ async def test_samples_mined_during_an_outage_reach_the_cloud_once_it_returns(
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     try:
-        await until(lambda: counter_total(agent.metrics.verdicts) >= 3, "verdicts while the cloud is up")
+        await wait_until(lambda: counter_total(agent.metrics.verdicts) >= 3, "verdicts while the cloud is up")
         assert agent._readiness()[1] == "online"
         await service.stop()
         # Over MQTT the broker stays up: the cloud's retained presence (and its last will) tells the edge.
-        await until(lambda: not agent._cloud_reachable(), "the agent noticing the outage")
+        await wait_until(lambda: not agent._cloud_reachable(), "the agent noticing the outage")
         assert agent._readiness()[0], "an autonomous edge stays ready"
         assert agent._readiness()[1] == "autonomous"
         mined_before = counter_total(agent.metrics.mined)
         events_before = counter_total(agent.metrics.local_events)
-        await until(lambda: counter_total(agent.metrics.mined) >= mined_before + 5, "mining during the outage")
+        await wait_until(lambda: counter_total(agent.metrics.mined) >= mined_before + 5, "mining during the outage")
         assert counter_total(agent.metrics.decisions_without_cloud) > 0
         assert (await agent.outbox.stats()).samples > 0
         service = CloudService(config)
         await service.start()
-        await until(agent._cloud_reachable, "the agent reconnecting")
+        await wait_until(agent._cloud_reachable, "the agent reconnecting")
         assert agent._readiness()[1] == "online"
         stop.set()
         await asyncio.wait_for(task, timeout=60)
@@ -125,9 +109,9 @@ async def test_replay_after_reconnect_stays_within_the_byte_budget(
         )
         stop = asyncio.Event()
         task = asyncio.create_task(restarted.run(stop))
-        await until(restarted._cloud_reachable, "connection")
+        await wait_until(restarted._cloud_reachable, "connection")
         started = time.monotonic()
-        await until(lambda: counter_total(restarted.metrics.acks) >= backlog, "the backlog acknowledged")
+        await wait_until(lambda: counter_total(restarted.metrics.acks) >= backlog, "the backlog acknowledged")
         elapsed = time.monotonic() - started
         sent_bytes = counter_total(restarted.metrics.uplink_bytes)
         stop.set()
@@ -148,11 +132,13 @@ async def test_no_sample_is_lost_when_the_broker_restarts_mid_run(tmp_path: Path
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:
-            await until(lambda: counter_total(agent.metrics.verdicts) >= 3, "verdicts before the restart")
+            await wait_until(lambda: counter_total(agent.metrics.verdicts) >= 3, "verdicts before the restart")
             mqtt_broker.restart()
             mined_at_restart = counter_total(agent.metrics.mined)
-            await until(lambda: counter_total(agent.metrics.mined) >= mined_at_restart + 5, "mining after the restart")
-            await until(agent._cloud_reachable, "the cloud reachable again")
+            await wait_until(
+                lambda: counter_total(agent.metrics.mined) >= mined_at_restart + 5, "mining after the restart"
+            )
+            await wait_until(agent._cloud_reachable, "the cloud reachable again")
             stop.set()
             await asyncio.wait_for(task, timeout=60)
             stored = await service.store.count()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,8 @@ from cloud.cli import app as cloud_app
 from cloud.convert import CloudDetection, SampleInput
 from cloud.metrics import CloudMetrics
 from sim.glm.evaluate import EvalCase, held_out_cases
-from tests.helpers.glm_models import save_random_glm
+from tests.helpers.glm_models import WORLD_GLM, agreement_bound, save_random_glm
 
-WORLD_GLM = Path(__file__).resolve().parents[2] / "sim" / "models" / "glm-world"
 # Test-split frames whose crops the world GLM is asked about here (a fixed, seeded set).
 AGREEMENT_FRAMES = 12
 
@@ -26,11 +24,6 @@ AGREEMENT_FRAMES = 12
 def counted(metrics: CloudMetrics, name: str, **labels: str) -> float:
     value = metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
-
-
-def agreement_bound(rate: float, samples: int) -> float:
-    """The reported rate less a margin: 0.05 plus two binomial standard errors at this sample count."""
-    return rate - 0.05 - 2 * math.sqrt(rate * (1 - rate) / samples)
 
 
 def image_sample(image: np.ndarray, sample_id: str, label: str = "cat") -> SampleInput:

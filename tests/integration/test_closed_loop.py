@@ -18,12 +18,11 @@ from typing import Any
 import pytest
 
 from protos import policy_pb2, sample_pb2, session_pb2
-from tests.integration.test_cloud_server import (
+from tests.helpers.cloud import (
     EDGE,
     WAIT_S,
     busy_frames,
     channel,
-    make_clip,
     make_config,
     make_sample,
     open_session,
@@ -34,11 +33,6 @@ from tests.integration.test_cloud_server import (
 RIGHT_LOW, RIGHT_HIGH = 0.43, 0.52 / 0.9
 PER_CLASS = 200
 NOWHERE = sample_pb2.Box(x1=500, y1=40, x2=560, y2=100)  # no object of the clip is there
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clip") / "cam0")
 
 
 def edge_samples(clip: Path) -> list[Any]:

@@ -1,147 +1,31 @@
 """The cloud's Session stream end to end: a real grpc.aio server on a free port, the oracle backend
 answering from a generated clip's ground truth, and a real grpc.aio client channel.
-
-The helpers here (clip, samples, config, a running service) are shared by the other
-test_cloud_server_* modules.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from cloud.config import CloudConfig
 from cloud.service import CloudService
-from protos import policy_pb2, sample_pb2, session_pb2, session_pb2_grpc, status_pb2, verdict_pb2
-from sim.world.clips import ClipSpec, write_clip
-
-WAIT_S = 20.0
-EDGE = "gw-1"
-
-# ---------------------------------------------------------------- shared helpers
-
-
-def make_clip(folder: Path) -> Path:
-    """A three-second clip with objects on screen in nearly every frame (seed chosen for that)."""
-    return write_clip(ClipSpec(seed=4, seconds=3, fps=5, quiet_start_seconds=0.0, mean_gap_seconds=0.5), folder)
-
-
-def truth(clip: Path) -> dict[int, list[dict[str, Any]]]:
-    """Ground-truth objects by frame number."""
-    lines = (clip / "gt.jsonl").read_text().splitlines()
-    return {record["frame"]: record["objects"] for record in map(json.loads, lines)}
-
-
-def busy_frames(clip: Path) -> list[int]:
-    """Frames with at least one object."""
-    return [frame for frame, objects in sorted(truth(clip).items()) if objects]
-
-
-def make_sample(clip: Path, frame: int, sample_id: str, edge_id: str = EDGE, jpeg: bytes | None = None) -> Any:
-    """A full-frame sample of `frame` whose edge detections are the true objects (so the oracle confirms)."""
-    detections = [
-        sample_pb2.Detection(
-            class_id=o["class_id"],
-            label=o["label"],
-            score=0.5,
-            box=sample_pb2.Box(x1=o["box"][0], y1=o["box"][1], x2=o["box"][2], y2=o["box"][3]),
-        )
-        for o in truth(clip)[frame]
-    ]
-    image = sample_pb2.SampleImage(
-        jpeg=(clip / "frames" / f"{frame:06d}.jpg").read_bytes() if jpeg is None else jpeg,
-        frame_width=640,
-        frame_height=480,
-        jpeg_quality=90,
-    )
-    return sample_pb2.Sample(
-        sample_id=sample_id,
-        edge_id=edge_id,
-        camera_id="cam0",
-        frame_seq=frame,
-        image=image,
-        detections=detections,
-        mined_reason=sample_pb2.MINED_REASON_UNCERTAINTY_BAND,
-        priority=0.5,
-        trace_id=f"trace-{sample_id}",
-    )
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def make_config(tmp_path: Path, clip: Path, **sections: Any) -> CloudConfig:
-    """A config on free ports with the oracle backend on `clip`; `sections` override parts of it."""
-    raw = {
-        "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 5},
-        "backend": {"kind": "oracle", "ground_truth": {"cam0": str(clip)}, "delay_ms": 5, "jitter_ms": 0},
-        "batcher": {"max_queue_delay_ms": 2},
-        "store": {"path": str(tmp_path / "state" / "verdicts.sqlite")},
-        "policy": {"signing_key": str(tmp_path / "keys" / "policy-signing.key"), "create_signing_key": True},
-        "admin": {"enabled": False},
-    }
-    return CloudConfig.model_validate(_merge(raw, sections))
-
-
-@asynccontextmanager
-async def running(config: CloudConfig) -> AsyncIterator[CloudService]:
-    """A started service, stopped on exit."""
-    service = CloudService(config)
-    await asyncio.wait_for(service.start(), WAIT_S)
-    try:
-        yield service
-    finally:
-        await asyncio.wait_for(service.stop(), WAIT_S)
-
-
-@asynccontextmanager
-async def channel(service: CloudService, **options: int) -> AsyncIterator[Any]:
-    """A real client channel to the service and its EdgeGLM stub."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}", options=list(options.items())) as chan:
-        yield session_pb2_grpc.EdgeGLMStub(chan)
-
-
-async def read(call: Any) -> session_pb2.CloudMessage:
-    """The next message of a Session call, within WAIT_S."""
-    message = await asyncio.wait_for(call.read(), WAIT_S)
-    assert isinstance(message, session_pb2.CloudMessage), "the stream ended"
-    return message
-
-
-async def open_session(stub: Any, edge_id: str = EDGE, policy_version: int = 0) -> tuple[Any, Any]:
-    """A Session that said Hello; returns the call and the policy the cloud answered with."""
-    call = stub.Session()
-    await call.write(session_pb2.EdgeMessage(hello=session_pb2.Hello(edge_id=edge_id, policy_version=policy_version)))
-    first = await read(call)
-    assert first.WhichOneof("kind") == "policy"
-    return call, first.policy
-
-
-def counter(service: CloudService, name: str, **labels: str) -> float:
-    """A metric's current value."""
-    value = service.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
-
-
-# ---------------------------------------------------------------- fixtures and tests
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clip") / "cam0")
+from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
+from tests.helpers.cloud import (
+    EDGE,
+    WAIT_S,
+    busy_frames,
+    channel,
+    counter,
+    make_config,
+    make_sample,
+    open_session,
+    read,
+    running,
+)
 
 
 async def test_hello_is_answered_with_a_policy_signed_by_the_configured_key(tmp_path: Path, clip: Path) -> None:

@@ -6,18 +6,16 @@ import asyncio
 from pathlib import Path
 
 import httpx
-import pytest
 from typer.testing import CliRunner
 
 from cloud.cli import app as cloud_app
 from cloud.config import CloudConfig
 from protos import policy_pb2, session_pb2
-from tests.integration.test_cloud_server import (
+from tests.helpers.cloud import (
     WAIT_S,
     busy_frames,
     channel,
     counter,
-    make_clip,
     make_config,
     make_sample,
     open_session,
@@ -26,11 +24,6 @@ from tests.integration.test_cloud_server import (
 )
 
 EDGE_BANDS = "mining:\n  bands:\n    person: {low: 0.1, high: 0.9}\n"
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clip") / "cam0")
 
 
 def admin_config(tmp_path: Path, clip: Path) -> CloudConfig:

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.integration.test_cloud_server import make_clip
+from tests.helpers.cloud import make_clip
 
 WAIT_S = 30.0
 

@@ -20,8 +20,8 @@ from cloud.config import CloudConfig
 from cloud.convert import DECISIONS, sample_to_pb
 from protos import session_pb2, verdict_pb2
 from sim.glm.evaluate import EvalCase, held_out_cases
-from tests.integration.test_backend_glm import WORLD_GLM, agreement_bound
-from tests.integration.test_cloud_server import channel, counter, open_session, read, running
+from tests.helpers.cloud import channel, counter, open_session, read, running
+from tests.helpers.glm_models import WORLD_GLM, agreement_bound
 
 CONCURRENT = 16
 BATCH = 8

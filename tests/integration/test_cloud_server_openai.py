@@ -7,20 +7,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from cloud.backends import OpenAIBackendConfig
 from protos import sample_pb2, session_pb2, verdict_pb2
 from sim.openai_server import ChatInput, Reply, ScriptedGenerator, ServerStats, create_app, serving
-from tests.integration.test_cloud_server import WAIT_S, busy_frames, channel, counter, make_clip, make_config, running
-from tests.integration.test_cloud_server import make_sample as frame_sample
+from tests.helpers.cloud import WAIT_S, busy_frames, channel, counter, make_config, running
+from tests.helpers.cloud import make_sample as frame_sample
 
 CONFIRMED = {"decision": "confirmed", "labels": [], "confidence": 0.88, "description": "it is there"}
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clip") / "cam0")
 
 
 async def test_the_service_judges_through_the_endpoint_and_its_failures_are_not_verdicts(

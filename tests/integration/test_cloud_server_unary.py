@@ -10,24 +10,18 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import policy_pb2, session_pb2, verdict_pb2
-from tests.integration.test_cloud_server import (
+from tests.helpers.cloud import (
     EDGE,
     WAIT_S,
     busy_frames,
     channel,
     counter,
-    make_clip,
     make_config,
     make_sample,
     open_session,
     read,
     running,
 )
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clip") / "cam0")
 
 
 async def test_infer_returns_the_verdict_and_a_repeat_is_not_inferred_again(tmp_path: Path, clip: Path) -> None:

@@ -9,21 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from protos import session_pb2, status_pb2
 from tests.helpers.browser import headless_chromium, require_chromium
-from tests.integration.test_admin_api_verdicts import send
-from tests.integration.test_cloud_server import (
+from tests.helpers.cloud import (
     WAIT_S,
     busy_frames,
     channel,
-    make_clip,
     make_config,
     open_session,
     running,
+    send,
 )
 
 PAGE_WAIT_S = 30.0
@@ -35,11 +33,6 @@ HEARTBEAT = status_pb2.EdgeStatus(
     policy_version=1,
     counters=status_pb2.EdgeCounters(frames_read=1200, samples_mined=40, samples_sent=38, bytes_sent=1_900_000),
 )
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clip") / "cam0")
 
 
 def read_dashboard(url: str, sample_id: str, profile: Path, screenshot: Path) -> dict[str, Any]:

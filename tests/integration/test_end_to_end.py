@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,93 +16,18 @@ import pytest
 from cloud.config import CloudConfig
 from cloud.service import CloudService
 from edge.agent import EdgeAgent
-from edge.config import EdgeConfig
 from edge.status import counter_total
-from sim.world.clips import ClipSpec, write_clip
-from tests.helpers.broker import MosquittoBroker, running_broker
+from tests.helpers.agents import SILENT, WATCH_ALL, cloud_config, edge_config, make_agent_clip
+from tests.helpers.broker import MosquittoBroker
 from tests.helpers.policy_keys import generate_keypair
+from tests.helpers.wait import wait_until
 
-MODEL = Path(__file__).resolve().parents[2] / "sim" / "models" / "edge.onnx"
 WAIT_S = 60.0
-
-# Mines nothing: no band, no watch-list, no motion rule, no audit.
-SILENT = {
-    "mining": {
-        "uncertainty_band_enabled": False,
-        "watch_list": [],
-        "motion_without_detection_enabled": False,
-        "random_audit_enabled": False,
-    }
-}
-# Everything the detector sees goes up.
-WATCH_ALL = {"mining": {**SILENT["mining"], "watch_list": ["person", "cat", "motorcycle", "cup", "rocket"]}}
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Eight seconds where objects cross often."""
-    folder = tmp_path_factory.mktemp("clip")
-    return write_clip(ClipSpec(seed=0, seconds=8, fps=5, quiet_start_seconds=0.5, mean_gap_seconds=1.5), folder)
-
-
-def cloud_config(
-    tmp_path: Path, clip: Path, fleet: dict[str, Any], broker: MosquittoBroker | None = None
-) -> CloudConfig:
-    mqtt: dict[str, Any] = {"enabled": broker is not None}
-    if broker is not None:
-        mqtt.update({"host": broker.host, "port": broker.port})
-    return CloudConfig.model_validate(
-        {
-            "mqtt": mqtt,
-            "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 5},
-            "backend": {"kind": "oracle", "ground_truth": {"cam0": str(clip)}, "delay_ms": 5, "jitter_ms": 0},
-            "batcher": {"max_queue_delay_ms": 2},
-            "store": {"path": str(tmp_path / "cloud" / "verdicts.sqlite")},
-            "policy": {
-                "signing_key": str(tmp_path / "keys" / "policy-signing.key"),
-                "create_signing_key": True,
-                "fleet": fleet,
-            },
-            "admin": {"enabled": False},
-        }
-    )
-
-
-def edge_config(
-    tmp_path: Path,
-    clip: Path,
-    port: int,
-    edge_id: str,
-    *,
-    loop: bool = False,
-    initial: dict[str, Any] | None = None,
-    broker: MosquittoBroker | None = None,
-) -> EdgeConfig:
-    uplink: dict[str, Any] = {"target": f"127.0.0.1:{port}", "heartbeat_interval_s": 0.5}
-    if broker is not None:
-        uplink = {"kind": "mqtt", "host": broker.host, "port": broker.port, "heartbeat_interval_s": 0.5}
-    return EdgeConfig.model_validate(
-        {
-            "edge_id": edge_id,
-            "state_dir": str(tmp_path / edge_id),
-            "cameras": [{"id": "cam0", "url": str(clip / "frames"), "fps_cap": 5, "realtime": loop, "loop": loop}],
-            "detector": {"model_path": str(MODEL), "intra_op_threads": 1},
-            "uplink": uplink,
-            "policy": {"public_key": str(tmp_path / "keys" / "policy-signing.pub"), "initial": initial or {}},
-            "health": {"host": "127.0.0.1", "port": 0},
-            "pipeline": {"drain_deadline_s": 20},
-        }
-    )
-
-
-@pytest.fixture(params=["grpc", "mqtt"])
-def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MosquittoBroker | None]:
-    """None for gRPC; a running mosquitto for MQTT: every transport test runs on both."""
-    if request.param == "grpc":
-        yield None
-        return
-    with running_broker(tmp_path / "broker") as started:
-        yield started
+    return make_agent_clip(tmp_path_factory.mktemp("clip"))
 
 
 @contextlib.asynccontextmanager
@@ -113,15 +38,6 @@ async def cloud(config: CloudConfig) -> AsyncIterator[CloudService]:
         yield service
     finally:
         await service.stop()
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait (bounded) for a condition of the running system."""
-    for _ in range(int(WAIT_S / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def run_to_end(agent: EdgeAgent) -> dict[str, Any]:
@@ -166,15 +82,15 @@ async def test_policy_set_midway_reaches_the_agent_and_changes_what_it_mines(
         assert engine is not None
         try:
             first = engine.version_for("gw-live")
-            await until(lambda: agent.policy.version == first, "the first policy")
-            await until(lambda: counter_total(agent.metrics.frames_detected) >= 20, "frames detected")
+            await wait_until(lambda: agent.policy.version == first, "the first policy")
+            await wait_until(lambda: counter_total(agent.metrics.frames_detected) >= 20, "frames detected")
             assert counter_total(agent.metrics.mined) == 0
             second = await engine.set_fleet(WATCH_ALL)
             assert second > first
-            await until(lambda: agent.policy.version == second, "the new policy on the agent")
+            await wait_until(lambda: agent.policy.version == second, "the new policy on the agent")
             assert agent.policy.mining.watch_list == ("person", "cat", "motorcycle", "cup", "rocket")
-            await until(lambda: counter_total(agent.metrics.mined) > 0, "samples mined under the new policy")
-            await until(lambda: counter_total(agent.metrics.verdicts) > 0, "verdicts for them")
+            await wait_until(lambda: counter_total(agent.metrics.mined) > 0, "samples mined under the new policy")
+            await wait_until(lambda: counter_total(agent.metrics.verdicts) > 0, "verdicts for them")
         finally:
             stop.set()
             await asyncio.wait_for(task, timeout=WAIT_S)

@@ -22,7 +22,7 @@ from sim.fleet.light_cloud import run_fleet_1000
 from sim.fleet.light_config import Fleet1000Config, LightCloudConfig, LightFleetConfig
 from sim.fleet.light_samples import camera_clips, ensure_clips
 from sim.fleet.run import free_port
-from tests.integration.test_cloud_server import counter, make_config, running
+from tests.helpers.cloud import counter, make_config, running
 
 FLEET = LightFleetConfig(
     edges=50,

@@ -9,21 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from protos import sample_pb2
-from tests.integration.test_mqtt_transport import (
-    EDGE,
-    bridge_config,
-    broker,
-    clip,
-    cloud,
-    edge,
-    edge_config,
-    observer_factory,
-    samples,
-    wait_until,
-)
+import pytest
 
-__all__ = ["broker", "clip", "observer_factory"]  # fixtures shared with test_mqtt_transport
+from protos import sample_pb2
+from tests.helpers.mqtt import EDGE, bridge_config, cloud, edge, edge_config, samples
+from tests.helpers.wait import wait_until
+
+# MQTT's own tests: the transport fixture on MQTT only.
+pytestmark = pytest.mark.parametrize("broker", ["mqtt"], indirect=True)
 
 
 async def test_two_bridges_in_one_share_group_split_the_samples(tmp_path: Path, clip: Path, broker: Any) -> None:
