@@ -25,6 +25,7 @@ from rich.console import Console
 
 from bench.cloud import machine_facts
 from cloud.backends import Backend, GlmBackend, GlmBackendConfig, OpenAIBackend, OpenAIBackendConfig
+from cloud.convert import BackendResult
 from sim.glm.evaluate import EvalCase, held_out_cases
 from sim.openai_glm import GlmGenerator
 from sim.openai_server import create_app, serving
@@ -41,7 +42,11 @@ async def _judge_all(backend: Backend, cases: Sequence[EvalCase], batch: int) ->
     for first in range(0, len(cases), batch):
         chunk = cases[first : first + batch]
         results = await backend.infer([case.sample for case in chunk])
-        agree += sum(r.decision == case.truth.decision for r, case in zip(results, chunk, strict=True))
+        # A sample the backend could not judge (SampleFailure) agrees with nothing.
+        agree += sum(
+            isinstance(r, BackendResult) and r.decision == case.truth.decision
+            for r, case in zip(results, chunk, strict=True)
+        )
     return time.perf_counter() - started, agree
 
 

@@ -1,12 +1,14 @@
-"""The MQTT transport's two ends for tests, on a test broker: a cloud replica (a real SampleJudge with
-the oracle backend on a clip, behind a started MqttBridge) and an edge (an MqttUplink with handlers that
-record what comes down), their configs, and an observer (a plain paho client) that records or publishes.
+"""The MQTT transport's two ends for tests, on a test broker: a cloud replica (a real IngestCore with
+the oracle backend on a clip, behind a started MqttBridge) and an edge (an MqttUplink fed by the agent's
+real outbox and dispatcher, with handlers that record what comes down), their configs, and an observer
+(a plain paho client) that records or publishes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import queue
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,13 +24,17 @@ from cloud.backends import build_backend
 from cloud.batcher import DynamicBatcher
 from cloud.bridge import MqttBridgeConfig
 from cloud.bridge.bridge import MqttBridge
+from cloud.ingest import IngestCore
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine, PolicySigner
-from cloud.server import FleetStatus, SampleJudge
+from cloud.server import FleetStatus
 from cloud.store import VerdictStore
 from edge.config import MqttUplinkConfig
 from edge.metrics import EdgeMetrics
+from edge.outbox import Outbox
+from edge.policy.settings import UplinkPolicy
 from edge.uplink.base import UplinkHandlers
+from edge.uplink.dispatch import Dispatcher
 from edge.uplink.mqtt import MqttUplink
 from protos import policy_pb2, sample_pb2, session_pb2, status_pb2, verdict_pb2
 from tests.helpers.broker import MosquittoBroker
@@ -44,7 +50,7 @@ class Cloud:
     """One cloud replica's parts: judge, policy engine, store, metrics and its bridge."""
 
     bridge: MqttBridge
-    judge: SampleJudge
+    ingest: IngestCore
     policy: PolicyEngine
     store: VerdictStore
     metrics: CloudMetrics
@@ -76,22 +82,22 @@ async def cloud(
     await batcher.start()
     signer = PolicySigner.ephemeral()
     policy = PolicyEngine(signer, folder / "state" / "policy-state.json", metrics)
-    judge = SampleJudge(store, batcher, backend, policy, metrics)
+    ingest = IngestCore(store, batcher, backend, metrics)
     fleet = FleetStatus()
-    bridge = MqttBridge(config, judge, policy, metrics, fleet=fleet, known_edges=known_edges)
+    bridge = MqttBridge(config, ingest, policy, metrics, fleet=fleet, known_edges=known_edges)
     await bridge.start()
     try:
-        yield Cloud(bridge, judge, policy, store, metrics, fleet, signer.public_key)
+        yield Cloud(bridge, ingest, policy, store, metrics, fleet, signer.public_key)
     finally:
         await asyncio.wait_for(bridge.stop(time.monotonic() + 5), WAIT_S)
         await batcher.stop(5)
-        await judge.drain(time.monotonic() + 5)
+        await ingest.drain(time.monotonic() + 5)
         await store.close()
 
 
 @dataclass
 class Edge:
-    """An MqttUplink with handlers that record what comes down."""
+    """An MqttUplink fed by a real outbox and dispatcher, with handlers that record what comes down."""
 
     edge_id: str
     site_id: str = "site-a"
@@ -99,19 +105,52 @@ class Edge:
     verdicts: list[verdict_pb2.Verdict] = field(default_factory=list)
     policies: list[policy_pb2.SignedPolicy] = field(default_factory=list)
     uplink: MqttUplink | None = None
+    outbox: Outbox | None = None
+    dispatcher: Dispatcher | None = None
     metrics: EdgeMetrics = field(default_factory=EdgeMetrics)
 
     def handlers(self) -> UplinkHandlers:
+        # Recorded once the dispatcher has dealt with it: a test that saw it sees its effect too.
         async def on_ack(ack: session_pb2.Ack) -> None:
+            assert self.dispatcher is not None
+            await self.dispatcher.on_ack(ack)
             self.acks.append(ack)
 
         async def on_verdict(verdict: verdict_pb2.Verdict) -> None:
+            assert self.dispatcher is not None
+            await self.dispatcher.on_verdict(verdict.sample_id)
             self.verdicts.append(verdict)
 
         async def on_policy(signed: policy_pb2.SignedPolicy) -> None:
             self.policies.append(signed)
 
-        return UplinkHandlers(self.hello, self.status, on_ack, on_verdict, on_policy)
+        def on_cloud_back() -> None:
+            assert self.dispatcher is not None
+            self.dispatcher.cloud_back()
+
+        def on_deferred(sample_id: str, after_s: float, reason: str) -> None:
+            assert self.dispatcher is not None
+            self.dispatcher.deferred(sample_id, after_s, reason)
+
+        return UplinkHandlers(self.hello, self.status, on_ack, on_verdict, on_policy, on_cloud_back, on_deferred)
+
+    async def submit(self, sample: sample_pb2.Sample) -> None:
+        """Into the outbox, as the agent does: the dispatcher sends it when a cloud is there."""
+        assert self.outbox is not None and self.dispatcher is not None
+        await self.outbox.put(sample)
+        self.dispatcher.notify()
+
+    async def pending(self) -> int:
+        """Samples in the outbox (waiting for their verdict)."""
+        assert self.outbox is not None
+        return (await self.outbox.stats()).samples
+
+    async def outbox_empty(self) -> bool:
+        """Whether every sample got its verdict (or was refused for good)."""
+        return await self.pending() == 0
+
+    def counter(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
     def hello(self) -> session_pb2.Hello:
         return session_pb2.Hello(edge_id=self.edge_id, site_id=self.site_id)
@@ -119,8 +158,7 @@ class Edge:
     def status(self) -> status_pb2.EdgeStatus:
         online = self.uplink is not None and self.uplink.connected
         state = status_pb2.EDGE_STATE_ONLINE if online else status_pb2.EDGE_STATE_AUTONOMOUS
-        pending = self.uplink.pending if self.uplink is not None else 0
-        return status_pb2.EdgeStatus(edge_id=self.edge_id, site_id=self.site_id, state=state, outbox_samples=pending)
+        return status_pb2.EdgeStatus(edge_id=self.edge_id, site_id=self.site_id, state=state)
 
     def verdict_ids(self) -> set[str]:
         return {verdict.sample_id for verdict in self.verdicts}
@@ -142,18 +180,29 @@ def edge_config(broker: MosquittoBroker, **fields: Any) -> MqttUplinkConfig:
 
 
 @asynccontextmanager
-async def edge(config: MqttUplinkConfig, edge_id: str = EDGE, connected: bool = True) -> AsyncIterator[Edge]:
-    """A started uplink (connected to the broker unless told otherwise), stopped on exit."""
+async def edge(
+    config: MqttUplinkConfig, edge_id: str = EDGE, connected: bool = True, ack_timeout_s: float = 30.0
+) -> AsyncIterator[Edge]:
+    """A started uplink (connected to the broker unless told otherwise) and its dispatcher, stopped on exit."""
     recorder = Edge(edge_id)
     uplink = MqttUplink(config, recorder.handlers(), recorder.metrics)
-    recorder.uplink = uplink
-    await uplink.start()
-    try:
-        if connected:
-            await wait_until(lambda: uplink.connected, f"edge {edge_id} to connect")
-        yield recorder
-    finally:
-        await asyncio.wait_for(uplink.stop(), WAIT_S)
+    with tempfile.TemporaryDirectory(prefix="edge-outbox-") as folder:
+        outbox = Outbox(Path(folder) / "outbox.sqlite", max_bytes=1 << 30, max_age_s=86_400, metrics=recorder.metrics)
+        await outbox.open()
+        policy = UplinkPolicy(budget_bytes_per_s=1 << 30, burst_bytes=1 << 30)
+        dispatcher = Dispatcher(outbox, uplink, policy, recorder.metrics, ack_timeout_s=ack_timeout_s)
+        recorder.uplink, recorder.outbox, recorder.dispatcher = uplink, outbox, dispatcher
+        await uplink.start()
+        dispatching = asyncio.create_task(dispatcher.run())
+        try:
+            if connected:
+                await wait_until(lambda: uplink.connected, f"edge {edge_id} to connect")
+            yield recorder
+        finally:
+            dispatching.cancel()
+            await asyncio.gather(dispatching, return_exceptions=True)
+            await asyncio.wait_for(uplink.stop(), WAIT_S)
+            await outbox.close()
 
 
 class Observer:

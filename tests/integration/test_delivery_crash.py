@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,10 @@ from edge.agent import EdgeAgent
 from edge.config import EdgeConfig
 from protos import verdict_pb2
 from sim.world.clips import ClipSpec, write_clip
+from tests.helpers.agents import cloud_config, edge_config, every_frame
 from tests.helpers.broker import MosquittoBroker, free_port
 from tests.helpers.delivery import CloudProcess, outbox_ids, real_verdicts, stored_count
-from tests.integration.test_autonomy import every_frame
-from tests.integration.test_end_to_end import broker, cloud_config, edge_config
-
-__all__ = ["broker"]  # the transport fixture: every test runs on gRPC and on MQTT
+from tests.helpers.wait import wait_until
 
 WAIT_S = 120.0
 KILLS = 4
@@ -64,13 +63,10 @@ def mined(agent: EdgeAgent) -> int:
     return int(summary["samples_mined"])
 
 
-async def until(condition: Any, what: str, timeout_s: float = WAIT_S) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
+def judging_again(store: Path, more: int = 3) -> Callable[[], bool]:
+    """True once `more` verdicts were stored after this call."""
+    start = stored_count(store)
+    return lambda: stored_count(store) >= start + more
 
 
 def assert_one_real_verdict_each(agent: EdgeAgent, store: Path, log: str = "") -> None:
@@ -105,14 +101,13 @@ async def test_a_cloud_killed_at_random_moments_loses_no_sample(
     running = asyncio.create_task(agent.run(stop))
     try:
         for kill in range(KILLS):
-            judged = stored_count(config.store.path)
-            await until(lambda at=judged: stored_count(config.store.path) >= at + 3, "the cloud judging again")
+            await wait_until(judging_again(config.store.path), "the cloud judging again")
             await asyncio.sleep(rng.uniform(0.0, 0.4))  # a random moment of that work, not a synchronisation
             cloud.kill()
             # On MQTT the last outage outlasts the bridge's broker session (1 s): what it held is gone there.
             await asyncio.sleep(2.5 if broker is not None and kill == KILLS - 1 else rng.uniform(0.0, 0.5))
             await cloud.start()
-        await until(lambda: agent.uplink.cloud_reachable, "the agent back in touch with the cloud")
+        await wait_until(lambda: agent.uplink.cloud_reachable, "the agent back in touch with the cloud")
         stop.set()  # the agent drains: it waits, with the cloud up, for the verdicts of all it holds
         await asyncio.wait_for(running, WAIT_S)
     finally:

@@ -32,9 +32,10 @@ async def test_samples_over_mqtt_get_an_ack_then_their_verdict(tmp_path: Path, c
     async with cloud(tmp_path, clip, bridge_config(broker)) as replica, edge(edge_config(broker)) as gw:
         await wait_until(lambda: replica.bridge.connected, "the bridge to connect")
         assert gw.uplink is not None
-        assert all(gw.uplink.submit(sample) for sample in sent)
+        for sample in sent:
+            await gw.submit(sample)
         await wait_until(lambda: len(gw.verdicts) == len(sent), "every verdict")
-        await wait_until(lambda: gw.uplink is not None and gw.uplink.pending == 0, "pending to empty")
+        await wait_until(gw.outbox_empty, "the outbox to empty")
         assert gw.accepted_ids() == gw.verdict_ids() == {s.sample_id for s in sent}
         assert {v.decision for v in gw.verdicts} == {verdict_pb2.DECISION_CONFIRMED}
         assert {v.backend for v in gw.verdicts} == {"oracle"}
@@ -90,15 +91,15 @@ async def test_no_sample_is_lost_when_the_broker_restarts(tmp_path: Path, clip: 
         assert uplink is not None
         await wait_until(lambda: replica.bridge.connected, "the bridge to connect")
         for sample in before:
-            uplink.submit(sample)
+            await gw.submit(sample)
         await wait_until(lambda: len(gw.acks) >= 1, "a first ack")
         broker.restart()
         await wait_until(lambda: not uplink.connected or len(gw.verdict_ids()) == len(before), "the edge to notice")
         for sample in during:  # submitted whether or not the edge noticed yet
-            uplink.submit(sample)
+            await gw.submit(sample)
         wanted = {s.sample_id for s in before + during}
         await wait_until(lambda: gw.verdict_ids() == wanted, "every verdict after the restart", 40)
-        await wait_until(lambda: uplink.pending == 0, "pending to empty")
+        await wait_until(gw.outbox_empty, "the outbox to empty")
         assert await replica.store.count() == len(wanted)
         # Redelivered samples were answered from the store, not judged twice.
         assert replica.counter("edgeglm_inference_request_success_total", backend="oracle") == len(wanted)
@@ -108,12 +109,15 @@ async def test_samples_sent_before_any_bridge_listens_reach_it_once_it_does(
     tmp_path: Path, clip: Path, broker: Any
 ) -> None:
     sent = samples(clip, 3)
-    async with edge(edge_config(broker, ack_timeout_s=1)) as gw:
+    async with edge(edge_config(broker), ack_timeout_s=1) as gw:
         assert gw.uplink is not None
         for sample in sent:
-            gw.uplink.submit(sample)
-        await asyncio.sleep(0.5)  # taken by the broker, heard by nobody
-        assert gw.uplink.pending == len(sent)
+            await gw.submit(sample)
+        deferred = "edgeglm_edge_samples_deferred_total"
+        await wait_until(
+            lambda: gw.counter(deferred, reason="no_subscriber") >= len(sent), "the broker saying nobody listens"
+        )
+        assert await gw.pending() == len(sent)
         async with cloud(tmp_path, clip, bridge_config(broker)) as replica:
             await wait_until(lambda: gw.verdict_ids() == {s.sample_id for s in sent}, "the republished samples")
             assert await replica.store.count() == len(sent)
@@ -128,10 +132,9 @@ async def test_samples_submitted_before_the_broker_is_up_are_sent_when_it_is(
         uplink = gw.uplink
         assert uplink is not None
         for sample in sent:
-            uplink.submit(sample)
-        await asyncio.sleep(0.3)
-        assert (uplink.connected, uplink.pending) == (False, len(sent))
-        assert "cannot reach broker" in uplink.last_error
+            await gw.submit(sample)
+        await wait_until(lambda: "cannot reach broker" in uplink.last_error, "a failed connect")
+        assert (uplink.connected, await gw.pending()) == (False, len(sent))
         broker.start()
         async with cloud(tmp_path, clip, bridge_config(broker)):
             await wait_until(lambda: gw.verdict_ids() == {s.sample_id for s in sent}, "the verdicts")

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,8 @@ import pytest
 from cloud.service import CloudService
 from edge.agent import EdgeAgent
 from edge.config import EdgeConfig
-from sim.world.clips import ClipSpec, write_clip
-from tests.integration.test_autonomy import every_frame
-from tests.integration.test_end_to_end import cloud_config, edge_config
+from tests.helpers.agents import cloud_config, edge_config, every_frame, make_agent_clip
+from tests.helpers.wait import wait_until
 
 WAIT_S = 60.0
 TMPFS_BYTES = 4 << 20
@@ -82,15 +81,6 @@ def readiness(agent: EdgeAgent) -> dict[str, Any]:
     return body
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 def lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
@@ -110,9 +100,11 @@ async def test_a_full_disk_under_the_outbox_degrades_and_recovers_by_itself(tmp_
             stop = asyncio.Event()
             running = asyncio.create_task(agent.run(stop))
             try:
-                await until(lambda: counter(agent, "edgeglm_edge_verdicts_total", decision="confirmed") > 0, "verdicts")
+                await wait_until(
+                    lambda: counter(agent, "edgeglm_edge_verdicts_total", decision="confirmed") > 0, "verdicts"
+                )
                 filler = fill(disk)
-                await until(
+                await wait_until(
                     lambda: counter(agent, "edgeglm_edge_samples_dropped_total", reason="outbox_unavailable") >= 3,
                     "samples dropped for the full disk",
                 )
@@ -121,7 +113,7 @@ async def test_a_full_disk_under_the_outbox_degrades_and_recovers_by_itself(tmp_
                 assert not ready["ready"]
                 assert any("outbox unavailable" in reason for reason in ready["reasons"]), ready
                 detected, written = counter(agent, "edgeglm_edge_frames_detected_total", camera="cam0"), lines(events)
-                await until(
+                await wait_until(
                     lambda: (
                         counter(agent, "edgeglm_edge_frames_detected_total", camera="cam0") > detected + 5
                         and lines(events) > written
@@ -133,11 +125,11 @@ async def test_a_full_disk_under_the_outbox_degrades_and_recovers_by_itself(tmp_
 
                 filler.unlink()
                 verdicts = counter(agent, "edgeglm_edge_verdicts_total", decision="confirmed")
-                await until(
+                await wait_until(
                     lambda: counter(agent, "edgeglm_edge_verdicts_total", decision="confirmed") > verdicts + 2,
                     "samples stored and judged again once space returned",
                 )
-                await until(lambda: readiness(agent)["state"] == "online", "ready again")
+                await wait_until(lambda: readiness(agent)["state"] == "online", "ready again")
             finally:
                 stop.set()
                 await asyncio.wait_for(running, WAIT_S)
@@ -156,5 +148,4 @@ async def _cloud(config: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("clip")
-    return write_clip(ClipSpec(seed=0, seconds=8, fps=5, quiet_start_seconds=0.5, mean_gap_seconds=1.5), folder)
+    return make_agent_clip(tmp_path_factory.mktemp("clip"))
