@@ -102,6 +102,7 @@ bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	$(BIN)/python -m bench.pipeline --out bench/results/pipeline.json
 	$(BIN)/python -m bench.cloud --out bench/results/cloud.json
 	$(BIN)/python -m bench.outbox --out bench/results/outbox.json
+	$(BIN)/python -m bench.delivery --out bench/results/delivery.json
 	$(BIN)/python -m bench.store --out bench/results/store.json
 	$(BIN)/python -m bench.link --out bench/results/link.json
 	$(BIN)/python -m bench.closed_loop --out bench/results/closed_loop.json

@@ -212,8 +212,9 @@ class DynamicBatcher:
             wait = self._queue[0].enqueued_at + delay - loop.time()
             if len(self._queue) < self._batch_limit and wait > 0 and self._state == "running":
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                with contextlib.suppress(TimeoutError):  # asyncio.timeout: wait_for may swallow a cancel on 3.11
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
                 continue
             batch = self._take_batch(loop.time())
             if batch:

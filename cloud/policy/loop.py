@@ -233,8 +233,9 @@ class BandController:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._config.flush_interval_s)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: wait_for may swallow a cancel on 3.11
+                async with asyncio.timeout(self._config.flush_interval_s):
+                    await self._wake.wait()
             self._wake.clear()
             with contextlib.suppress(StoreError):  # logged and counted; the pairs stay in memory
                 await self._flush()

@@ -247,5 +247,8 @@ class Dispatcher:
     async def _sleep(self, at_most: float | None = None) -> None:
         self._wake.clear()
         timeout = self._poll_s if at_most is None else max(0.001, min(self._poll_s, at_most))
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # arrives as the event is set (gh-86296), and this loop must always stop when cancelled.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()

@@ -206,7 +206,9 @@ class GrpcUplink:
                 await call.write(session_pb2.EdgeMessage(heartbeat=self._handlers.status()).SerializeToString())
                 next_heartbeat = now + self._config.heartbeat_interval_s
             try:
-                _, payload = await asyncio.wait_for(self._queue.get(), timeout=max(0.01, next_heartbeat - now))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (gh-86296).
+                async with asyncio.timeout(max(0.01, next_heartbeat - now)):
+                    _, payload = await self._queue.get()
             except TimeoutError:
                 continue
             await call.write(sample_message(payload))
