@@ -20,6 +20,7 @@ import pytest
 from sim.link import LinkProfile, Outage, make_emulator, netns_available
 from sim.link.netns import BRIDGE, NAMESPACES_REFUSED, eglm_namespaces, run
 from tests.helpers.link_servers import pattern, sink_server
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -103,10 +104,8 @@ async def test_netns_outage_blocks_traffic_then_releases_all_of_it(tmp_path: Pat
         link = await emulator.add_edge("edge-1", profile, {"grpc": ("127.0.0.1", sink.port)})
         address = link.addresses["grpc"]
         async with edge_process(link.command_prefix, address, size, messages, 0.05) as steady:
-            for _ in range(200):  # the steady sender is connected before t=0
-                if sink.connections:
-                    break
-                await asyncio.sleep(0.05)
+            # The steady sender is connected before t=0.
+            await wait_until(lambda: sink.connections, "the edge process to connect", 10, 0.05)
             assert sink.connections, "the edge process never connected"
             emulator.start_clock()
             t0 = emulator.clock.t0
