@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cloud.service import CloudService
@@ -31,6 +32,7 @@ def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+@pytest.mark.slow
 async def test_agent_killed_mid_run_resends_everything_after_restart(
     tmp_path: Path, broker: MosquittoBroker | None
 ) -> None:
