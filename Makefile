@@ -13,7 +13,7 @@ PIP := --disable-pip-version-check --quiet
 # Ultralytics must never reach the network nor write under $HOME.
 TRAIN_ENV := YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 YOLO_CONFIG_DIR=$(CURDIR)/.yolo OMP_WAIT_POLICY=PASSIVE PYTHONPATH=$(CURDIR)
 
-.PHONY: help setup demo test lint typecheck pytest bench protos train clean
+.PHONY: help setup demo test test-fast lint typecheck pytest pytest-fast bench protos train clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -96,6 +96,11 @@ pytest: $(VENV)/.ready k3s-tools
 	$(BIN)/pytest -q
 
 test: lint typecheck mosquitto netns-tools chromium pytest ## ruff, mypy and every test
+
+pytest-fast: $(VENV)/.ready k3s-tools
+	$(BIN)/pytest -q -m "not slow"
+
+test-fast: lint typecheck mosquitto netns-tools chromium pytest-fast ## as test, less the tests marked slow (10 s or more each)
 
 bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	$(BIN)/python -m bench.detector --out bench/results/detector.json

@@ -2,14 +2,17 @@
 
 `running_broker(folder)` starts one and stops it on exit; `broker.restart()` stops it (SIGTERM, so
 Mosquitto writes its persistence file) and starts it again on the same port, the way an operator's
-restart looks to clients; `broker.kill()` stops it without that. Tests are skipped with a clear
-message when mosquitto is not installed (`make test` installs it).
+restart looks to clients; `broker.kill()` stops it without that. `broker.subscribed(topic)` says
+whether the broker's log shows a subscription, the signal a test waits on before publishing to a
+client it does not control (mosquitto_sub, a bridge). Tests are skipped with a clear message when
+mosquitto is not installed (`make test` installs it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +26,8 @@ from sim.fleet.broker import HOST, mosquitto_binary, mosquitto_config
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+# mosquitto's `log_type subscribe` line: "<time>: <client id> <qos> <topic filter>".
+SUBSCRIPTION = re.compile(r"^\d+: (\S+) \d (\S+)$", re.MULTILINE)
 
 
 def require_mosquitto() -> str:
@@ -58,12 +63,22 @@ class MosquittoBroker:
         self._process: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "data").mkdir(exist_ok=True)
-        self.config_path.write_text(mosquitto_config(self.port, folder / "data", self.log_path))
+        # Subscriptions logged too: tests wait on them (`subscribed`).
+        self.config_path.write_text(
+            mosquitto_config(self.port, folder / "data", self.log_path) + "log_type subscribe\n"
+        )
 
     @property
     def running(self) -> bool:
         """True while the process is alive."""
         return self._process is not None and self._process.poll() is None
+
+    def subscribed(self, topic: str, client_id: str | None = None) -> bool:
+        """True once the broker has logged a subscription to `topic` (by `client_id` if given), since its log began."""
+        log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return any(
+            found == topic and (client_id is None or client == client_id) for client, found in SUBSCRIPTION.findall(log)
+        )
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Start mosquitto and wait until it accepts connections (RuntimeError with its log otherwise)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -212,10 +214,17 @@ class Observer:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self._client.on_message = lambda _client, _userdata, message: self.messages.put(message)
+        self._subscribed = threading.Event()
+        self._client.on_subscribe = lambda *_: self._subscribed.set()
         if topics:
             self._client.on_connect = lambda client, *_: client.subscribe([(topic, 1) for topic in topics])
         self._client.connect(broker.host, broker.port)
         self._client.loop_start()
+
+    async def subscribed(self, timeout_s: float = WAIT_S) -> None:
+        """Return once the broker acknowledged the subscription (SUBACK): what is published after it reaches us."""
+        if not await asyncio.to_thread(self._subscribed.wait, timeout_s):
+            pytest.fail(f"the observer's subscription was not acknowledged within {timeout_s:g} s")
 
     async def next_status(self, timeout_s: float = WAIT_S) -> status_pb2.EdgeStatus:
         message = await asyncio.to_thread(self.messages.get, True, timeout_s)

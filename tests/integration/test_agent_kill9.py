@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cloud.service import CloudService
 from sim.world.clips import ClipSpec, write_clip
 from tests.helpers.agents import cloud_config, edge_config, every_frame
 from tests.helpers.broker import MosquittoBroker, free_port
+from tests.helpers.wait import wait_until
 
 WAIT_S = 60.0
 
@@ -31,6 +32,7 @@ def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+@pytest.mark.slow
 async def test_agent_killed_mid_run_resends_everything_after_restart(
     tmp_path: Path, broker: MosquittoBroker | None
 ) -> None:
@@ -49,20 +51,29 @@ async def test_agent_killed_mid_run_resends_everything_after_restart(
     log = tmp_path / "edge.log"
     try:
         process = start_agent(config_path, log)
-        for _ in range(int(WAIT_S / 0.1)):
-            if outbox.exists() and len(outbox_ids(outbox)) >= 5 and await service.store.count() >= 1:
-                break
-            await asyncio.sleep(0.1)
+
+        async def backlog_and_a_verdict() -> bool:
+            try:
+                backlog = len(outbox_ids(outbox)) if outbox.exists() else 0
+            except sqlite3.OperationalError:  # the file is there, its table not yet
+                return False
+            return backlog >= 5 and await service.store.count() >= 1
+
+        await wait_until(backlog_and_a_verdict, lambda: f"a backlog and a first verdict:\n{log.read_text()}", WAIT_S)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         waiting = outbox_ids(outbox)
         assert len(waiting) >= 5, log.read_text()
         process = start_agent(config_path, log)
-        for _ in range(int(WAIT_S / 0.1)):
-            stored = {sample_id for sample_id in waiting if await service.store.get(sample_id) is not None}
-            if stored == waiting:
-                break
-            await asyncio.sleep(0.1)
+        stored: set[str] = set()
+
+        async def all_stored() -> bool:
+            for sample_id in waiting - stored:
+                if await service.store.get(sample_id) is not None:
+                    stored.add(sample_id)
+            return stored == waiting
+
+        await wait_until(all_stored, lambda: f"every sample resent; lost: {sorted(waiting - stored)[:5]}", WAIT_S)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     finally:

@@ -84,6 +84,7 @@ async def test_a_full_outbox_evicts_and_the_agent_keeps_running(tmp_path: Path, 
     assert agent._outbox_samples + evicted == counter_total(agent.metrics.mined)
 
 
+@pytest.mark.slow
 async def test_replay_after_reconnect_stays_within_the_byte_budget(
     tmp_path: Path, clip: Path, broker: MosquittoBroker | None
 ) -> None:

@@ -134,6 +134,7 @@ def test_check_config_refuses_a_model_path_that_does_not_exist(tmp_path: Path, r
     assert good.exit_code == 0 and "backend glm" in good.stdout
 
 
+@pytest.mark.slow
 async def test_world_glm_verdicts_agree_with_ground_truth_as_reported(world_cases: list[EvalCase]) -> None:
     reported = json.loads((WORLD_GLM / "eval.json").read_text())["held_out"]["decision_accuracy"]
     metrics = CloudMetrics()

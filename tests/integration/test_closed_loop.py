@@ -29,6 +29,7 @@ from tests.helpers.cloud import (
     running,
     truth,
 )
+from tests.helpers.wait import wait_until
 
 RIGHT_LOW, RIGHT_HIGH = 0.43, 0.52 / 0.9
 PER_CLASS = 200
@@ -91,14 +92,6 @@ async def collect(call: Any, into: list[session_pb2.CloudMessage]) -> None:
         into.append(message)
 
 
-async def wait_for(condition: Any, what: str) -> None:
-    for _ in range(int(WAIT_S / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def band(policy: policy_pb2.Policy, label: str) -> tuple[float, float]:
     found = [b for b in policy.mining.uncertainty_bands if b.label == label]
     chosen = found[0] if found else policy.mining.default_uncertainty_band
@@ -122,8 +115,10 @@ async def test_the_cloud_pushes_the_edge_a_band_that_keeps_recall_and_keeps_it_a
         def pushed() -> list[policy_pb2.Policy]:
             return [policy_pb2.Policy.FromString(m.policy.policy) for m in messages if m.WhichOneof("kind") == "policy"]
 
-        await wait_for(lambda: sum(m.WhichOneof("kind") == "verdict" for m in messages) == len(samples), "verdicts")
-        await wait_for(lambda: bool(pushed()), "a policy push")
+        await wait_until(
+            lambda: sum(m.WhichOneof("kind") == "verdict" for m in messages) == len(samples), "verdicts", WAIT_S
+        )
+        await wait_until(lambda: bool(pushed()), "a policy push", WAIT_S)
         call.cancel()
         await asyncio.gather(reader, return_exceptions=True)
         (moved,) = pushed()

@@ -6,26 +6,23 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.helpers.cloud import make_clip
+from tests.helpers.wait import wait_until_sync
 
 WAIT_S = 30.0
 
 
 def wait_for_line(log: Path, pattern: str, process: subprocess.Popen[bytes]) -> re.Match[str]:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        found = re.search(pattern, log.read_text())
-        if found:
-            return found
+    def found() -> re.Match[str] | None:
         assert process.poll() is None, f"serve exited early:\n{log.read_text()}"
-        time.sleep(0.05)
-    raise AssertionError(f"no line matching {pattern!r} within {WAIT_S} s:\n{log.read_text()}")
+        return re.search(pattern, log.read_text())
+
+    return wait_until_sync(found, lambda: f"a line matching {pattern!r}:\n{log.read_text()}", WAIT_S, 0.05)
 
 
 def test_serve_logs_its_port_serves_and_stops_on_sigterm(tmp_path: Path) -> None:

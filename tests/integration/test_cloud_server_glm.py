@@ -54,6 +54,7 @@ def jpeg_of(image: np.ndarray) -> bytes:
     return bytes(buffer.tobytes())
 
 
+@pytest.mark.slow
 async def test_concurrent_samples_are_batched_and_judged_as_ground_truth_says(
     tmp_path: Path, cases: list[EvalCase]
 ) -> None:

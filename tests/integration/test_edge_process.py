@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,15 +13,11 @@ from pathlib import Path
 import yaml
 
 from sim.world.clips import ClipSpec, write_clip
+from tests.helpers.broker import free_port
 from tests.helpers.policy_keys import generate_keypair
+from tests.helpers.wait import wait_until_sync
 
 MODEL = Path(__file__).resolve().parents[2] / "sim" / "models" / "edge.onnx"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str) -> tuple[int, str]:
@@ -57,27 +51,28 @@ def test_agent_reports_autonomous_and_drains_on_sigterm(tmp_path: Path) -> None:
     with (tmp_path / "edge.log").open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(path)], stdout=log, stderr=log)
     try:
-        status, body = 0, ""
-        for _ in range(300):
+
+        def answered_ready() -> tuple[int, str] | None:
             try:
                 status, body = get(f"http://127.0.0.1:{health}/readyz")
             except (urllib.error.URLError, ConnectionError):
-                status = 0
-            if status == 200:
-                break
+                status, body = 0, ""
             assert process.poll() is None, (tmp_path / "edge.log").read_text()
-            time.sleep(0.1)
+            return (status, body) if status == 200 else None
+
+        status, body = wait_until_sync(answered_ready, "/readyz to answer 200", 30, 0.1)
         assert status == 200, body
         ready = json.loads(body)
         assert ready["state"] == "autonomous"
         assert any("cloud unreachable" in reason for reason in ready["reasons"])
         metrics = get(f"http://127.0.0.1:{health}/metrics")[1]
         assert 'edgeglm_edge_frames_read_total{camera="cam0"}' in metrics
-        for _ in range(100):
-            metrics = get(f"http://127.0.0.1:{health}/metrics")[1]
-            if 'edgeglm_edge_camera_reconnects_total{camera="dead"}' in metrics:
-                break
-            time.sleep(0.1)
+
+        def reconnected() -> str:
+            text = get(f"http://127.0.0.1:{health}/metrics")[1]
+            return text if 'edgeglm_edge_camera_reconnects_total{camera="dead"}' in text else ""
+
+        metrics = wait_until_sync(reconnected, "a reconnect of the dead camera in /metrics", 10, 0.1)
         assert 'edgeglm_edge_camera_reconnects_total{camera="dead"}' in metrics
         assert 'edgeglm_edge_camera_up{camera="dead"} 0.0' in metrics
         process.send_signal(signal.SIGTERM)

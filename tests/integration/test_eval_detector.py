@@ -27,6 +27,7 @@ def test_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return ensure_dataset(None, seed=0, split="test")
 
 
+@pytest.mark.slow
 def test_eval_detector_writes_the_metrics_json(test_split: Path, tmp_path: Path) -> None:
     out = tmp_path / "edge.json"
     args = ["eval-detector", str(MODELS / "edge.onnx"), "--split", "test", "--json", str(out)]
@@ -39,6 +40,7 @@ def test_eval_detector_writes_the_metrics_json(test_split: Path, tmp_path: Path)
     assert {"hard", "easy", "small", "occluded", "dark", "blur"} <= set(report["subsets"])
 
 
+@pytest.mark.slow
 def test_eval_detector_generates_the_split_when_no_data_is_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -48,6 +50,7 @@ def test_eval_detector_generates_the_split_when_no_data_is_given(
     assert not (folder / "images" / "train").exists()
 
 
+@pytest.mark.slow
 def test_committed_edge_model_reaches_map50_of_0_6(test_split: Path) -> None:
     result = evaluate(MODELS / "edge.onnx", test_split, "test")
     map50, _ = result.overall.summary()
@@ -55,6 +58,7 @@ def test_committed_edge_model_reaches_map50_of_0_6(test_split: Path) -> None:
     assert map50 >= 0.6
 
 
+@pytest.mark.slow
 def test_reference_model_beats_edge_model_on_hard_cases(test_split: Path) -> None:
     edge_hard = evaluate(MODELS / "edge.onnx", test_split, "test").hard.summary()[0]
     reference_hard = evaluate(MODELS / "reference.onnx", test_split, "test").hard.summary()[0]

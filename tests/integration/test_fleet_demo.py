@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from rich.console import Console
 
@@ -12,6 +13,7 @@ from sim.fleet.broker import mosquitto_binary
 from sim.fleet.run import FleetSpec, run_fleet
 
 
+@pytest.mark.slow
 def test_fleet_run_changes_the_policy_midway_and_scores_the_run(tmp_path: Path) -> None:
     console = Console(record=True, width=140)
     summary = run_fleet(tmp_path, FleetSpec(edges=2, cameras=1, seconds=10, fps=5), console)

@@ -66,6 +66,7 @@ def _scenario(tmp_path: Path, **changes: object) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(mosquitto_binary() is None and os.environ.get("CI") != "true", reason="mosquitto not installed")
 def test_a_scenario_run_writes_the_report_with_every_figure_per_mode(tmp_path: Path) -> None:
     scenario = load_scenario(_scenario(tmp_path))
@@ -91,6 +92,7 @@ def test_a_scenario_run_writes_the_report_with_every_figure_per_mode(tmp_path: P
     assert "| edgeglm |" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_inproc_and_netns_agree_on_bytes_and_median_latency(tmp_path: Path) -> None:
     available, why = netns_available()
     if not available:

@@ -23,6 +23,7 @@ from sim.fleet.light_config import Fleet1000Config, LightCloudConfig, LightFleet
 from sim.fleet.light_samples import camera_clips, ensure_clips
 from sim.fleet.run import free_port
 from tests.helpers.cloud import counter, make_config, running
+from tests.helpers.wait import wait_until
 
 FLEET = LightFleetConfig(
     edges=50,
@@ -125,10 +126,10 @@ async def test_light_edges_resend_across_a_cloud_restart_and_nothing_is_lost_or_
         run_light_fleet(fleet, f"127.0.0.1:{config.server.port}", tmp_path / "out", progress=False, clips=clips)
     )
     async with running(config) as first:
-        for _ in range(200):  # until a third of the verdicts went out, at most 20 s
-            if counter(first, "edgeglm_cloud_samples_received_total", transport="grpc") >= planned / 3:
-                break
-            await asyncio.sleep(0.1)
+        await wait_until(
+            lambda: counter(first, "edgeglm_cloud_samples_received_total", transport="grpc") >= planned / 3,
+            "a third of the samples received",
+        )
         judged_by_first = await first.store.count()
     assert 0 < judged_by_first < planned
     await asyncio.sleep(0.5)

@@ -4,7 +4,6 @@ and the edge uplink's own bound.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,11 @@ async def test_two_bridges_in_one_share_group_split_the_samples(tmp_path: Path, 
         edge(edge_config(broker)) as gw,
     ):
         await wait_until(lambda: replica_a.bridge.connected and replica_b.bridge.connected, "both bridges")
-        await asyncio.sleep(0.3)  # both subscriptions in place
+        shared = f"$share/{first.share_group}/{first.topic_prefix}/+/samples"
+        await wait_until(
+            lambda: all(broker.subscribed(shared, c.effective_client_id()) for c in (first, second)),
+            "both bridges' share-group subscriptions",
+        )
         assert gw.uplink is not None
         for sample in sent:
             await gw.submit(sample)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from edge.policy.signing import verify
-from protos import policy_pb2, status_pb2, verdict_pb2
+from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
 from tests.helpers.mqtt import EDGE, WAIT_S, bridge_config, cloud, edge, edge_config, samples
 from tests.helpers.wait import wait_until
 
@@ -55,7 +55,9 @@ async def test_the_fleet_status_follows_the_edge_over_mqtt(tmp_path: Path, clip:
         assert record.status.state == status_pb2.EDGE_STATE_OFFLINE
 
 
-async def test_a_retained_policy_reaches_an_edge_that_connects_later(tmp_path: Path, clip: Path, broker: Any) -> None:
+async def test_a_retained_policy_reaches_an_edge_that_connects_later(
+    tmp_path: Path, clip: Path, broker: Any, observer_factory: Any
+) -> None:
     async with cloud(tmp_path, clip, bridge_config(broker)) as replica:
         await wait_until(lambda: replica.bridge.connected, "the bridge to connect")
         async with edge(edge_config(broker)) as first:
@@ -68,7 +70,14 @@ async def test_a_retained_policy_reaches_an_edge_that_connects_later(tmp_path: P
         version = await replica.policy.set_edge(EDGE, {"uplink": {"jpeg_quality": 61}})
         async with edge(edge_config(broker, client_id="gw-1-replacement")) as later:
             await wait_until(lambda: len(later.policies) >= 1, "the retained edge policy")
-            await asyncio.sleep(0.5)  # room for a (wrong) fleet policy to follow
+            # Room for a (wrong) fleet policy to follow: the broker sends the retained one on the
+            # edge's fleet subscription; an ack published after that is queued behind it, so once the
+            # edge has handled the ack it has handled the fleet policy too.
+            fleet_topic = "edgeglm/fleet/policy"
+            await wait_until(lambda: broker.subscribed(fleet_topic, "gw-1-replacement"), "the fleet subscription")
+            barrier = session_pb2.CloudMessage(ack=session_pb2.Ack(sample_id="barrier", accepted=True))
+            await observer_factory().publish(f"edgeglm/{EDGE}/verdicts", barrier.SerializeToString())
+            await wait_until(lambda: "barrier" in later.accepted_ids(), "the edge to handle what came before the ack")
         offered = [verify(signed, replica.public_key) for signed in later.policies]
         # The edge's own policy arrives and is the newest offered. MQTT orders messages within one
         # subscription only, so the retained fleet policy may come first under load; when it does it is
@@ -195,7 +204,7 @@ async def test_the_last_will_says_offline_when_the_edge_process_dies(broker: Any
 
 async def test_local_events_are_published_as_json_for_home_automation(broker: Any, observer_factory: Any) -> None:
     watcher = observer_factory(f"edgeglm/{EDGE}/events")
-    await asyncio.sleep(0.2)  # the observer's subscription is in place
+    await watcher.subscribed()
     event = {"type": "detection", "edge_id": EDGE, "camera_id": "cam0", "label": "cat", "score": 0.91}
     async with edge(edge_config(broker)) as recorder:
         assert recorder.uplink is not None
@@ -229,7 +238,7 @@ async def test_mosquitto_sub_reads_the_events_topic_as_documented_json(tmp_path:
         "30",
         stdout=asyncio.subprocess.PIPE,
     )
-    await asyncio.sleep(0.5)  # mosquitto_sub subscribed
+    await wait_until(lambda: broker.subscribed(topic), "mosquitto_sub's subscription")
     events = [
         {"type": "detection", "edge_id": EDGE, "camera_id": "cam0", "label": "person", "score": 0.8, "frame_seq": 7},
         {"type": "detection", "edge_id": EDGE, "camera_id": "cam1", "label": "cup", "score": 0.95, "frame_seq": 9},

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
+import pytest
 
 from cloud.backends import OpenAIBackend, OpenAIBackendConfig
 from sim.glm.evaluate import held_out_cases
@@ -65,6 +66,7 @@ def test_the_scripted_server_process_answers_with_the_key_and_refuses_without(tm
     assert "'gpt-4o' is not served here" in other_model.json()["error"]["message"]
 
 
+@pytest.mark.slow
 async def test_the_world_glm_server_process_judges_held_out_crops_for_the_openai_backend() -> None:
     cases = held_out_cases(2, seed=0, claim_seed=42)
     with server_process("--model-path", str(ROOT / "sim" / "models" / "glm-world"), "--device", "cpu") as url:

@@ -14,6 +14,7 @@ import pytest
 from edge.metrics import EdgeMetrics
 from edge.sources import CameraConfig, CameraSource, Frame, open_sources
 from sim.world.clips import ClipSpec, write_clip
+from tests.helpers.wait import wait_until
 
 CLIP_FRAMES = 20  # 4 s at 5 fps
 GUARD_S = 30.0  # only against hangs: no test asserts how long anything took
@@ -42,19 +43,6 @@ async def read_all(source: CameraSource, limit: int = 10_000) -> list[Frame]:
         return frames
 
     return await asyncio.wait_for(collect(), GUARD_S)
-
-
-async def wait_until(condition, what: str) -> None:
-    async def poll() -> None:
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.02)
-
-    try:
-        await asyncio.wait_for(poll(), GUARD_S)
-    except TimeoutError:
-        pytest.fail(f"never happened: {what}")
 
 
 async def test_image_folder_yields_every_frame_in_order_then_none(clip):
@@ -127,6 +115,7 @@ async def test_slow_consumer_gets_the_newest_frames_and_drops_are_counted(clip):
     await wait_until(
         lambda: metric(metrics, "frames_dropped_total", camera="cam0", reason="queue_full") == CLIP_FRAMES - 2,
         "the clip played to its end",
+        GUARD_S,
     )
     frames = await read_all(source)
     assert [f.seq for f in frames] == [CLIP_FRAMES - 2, CLIP_FRAMES - 1]
@@ -176,7 +165,7 @@ async def test_missing_folder_is_retried_until_it_appears(clip, tmp_path):
     config = CameraConfig(id="late", url=str(later), realtime=False, backoff_initial_s=0.02, backoff_max_s=0.05)
     source = CameraSource(config, metrics)
     await source.start()
-    await wait_until(lambda: metric(metrics, "camera_reconnects_total", camera="late") >= 2, "two reconnects")
+    await wait_until(lambda: metric(metrics, "camera_reconnects_total", camera="late") >= 2, "two reconnects", GUARD_S)
     assert source.state == "reconnecting"
     assert source.last_error is not None
     assert str(later) in source.last_error

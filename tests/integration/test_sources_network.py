@@ -18,6 +18,7 @@ import pytest
 from edge.metrics import EdgeMetrics
 from edge.sources import CameraConfig, CameraSource
 from sim.world.clips import ClipSpec, write_clip
+from tests.helpers.wait import wait_until
 
 GUARD_S = 30.0  # only against hangs: no test asserts how long anything took
 FAST_RETRY = {"backoff_initial_s": 0.02, "backoff_max_s": 0.1, "open_timeout_s": 0.5, "stall_timeout_s": 0.5}
@@ -81,19 +82,6 @@ def metric(metrics: EdgeMetrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-async def wait_until(condition, what: str) -> None:
-    async def poll() -> None:
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.02)
-
-    try:
-        await asyncio.wait_for(poll(), GUARD_S)
-    except TimeoutError:
-        pytest.fail(f"never happened: {what}")
-
-
 @pytest.fixture(scope="module")
 def frames_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("clip")
@@ -115,7 +103,9 @@ async def test_unreachable_camera_keeps_retrying_while_a_good_camera_delivers(sc
         return seqs
 
     assert await asyncio.wait_for(read_good(), GUARD_S) == list(range(10))
-    await wait_until(lambda: metric(metrics, "camera_reconnects_total", camera="dead") >= 3, "three reconnects")
+    await wait_until(
+        lambda: metric(metrics, "camera_reconnects_total", camera="dead") >= 3, "three reconnects", GUARD_S
+    )
     assert dead.state == "reconnecting"
     assert dead.last_error is not None
     assert "cannot open" in dead.last_error
@@ -130,11 +120,13 @@ async def test_camera_that_never_answers_is_given_up_on_at_the_open_timeout(sile
     config = CameraConfig(id="silent", url=f"http://127.0.0.1:{silent_port}/video.mjpg", **FAST_RETRY)
     source = CameraSource(config, metrics)
     await source.start()
-    await wait_until(lambda: metric(metrics, "camera_reconnects_total", camera="silent") >= 1, "a reconnect")
+    await wait_until(lambda: metric(metrics, "camera_reconnects_total", camera="silent") >= 1, "a reconnect", GUARD_S)
     assert source.last_error is not None
     await source.stop()
     # Whatever OpenCV was doing when stop() returned, it is bounded by the open timeout.
-    await wait_until(lambda: "camera-silent" not in {t.name for t in threading.enumerate()}, "the thread ended")
+    await wait_until(
+        lambda: "camera-silent" not in {t.name for t in threading.enumerate()}, "the thread ended", GUARD_S
+    )
 
 
 async def test_stalled_stream_is_reconnected_and_frames_flow_again():

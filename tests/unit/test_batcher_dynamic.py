@@ -21,8 +21,11 @@ from cloud.batcher import (
 )
 from cloud.convert import BackendResult, SampleFailure, SampleInput
 from cloud.metrics import CloudMetrics
+from tests.helpers.wait import wait_until
 
 NEVER_MS = 60_000.0  # a queue delay no test waits out (the config's maximum)
+# Waits on the batcher's state poll every millisecond: the loop runs the batcher between polls.
+POLL = {"timeout_s": 10.0, "poll_s": 0.001}
 
 
 class FakeBackend:
@@ -106,13 +109,6 @@ async def started(backend, metrics, **config) -> DynamicBatcher:
     return batcher
 
 
-async def until(condition):
-    """Let the loop run until `condition()` holds, bounded so a broken batcher fails instead of hanging."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110 - polls batcher state that has no event of its own
-            await asyncio.sleep(0.001)
-
-
 async def test_full_batches_leave_at_once_under_load(metrics):
     backend = FakeBackend()
     batcher = await started(backend, metrics, max_batch_size=4, max_queue_delay_ms=NEVER_MS)
@@ -132,10 +128,10 @@ async def test_batches_grow_while_the_backend_is_busy(metrics):
     backend.release.clear()
     batcher = await started(backend, metrics, max_batch_size=8, max_queue_delay_ms=0)
     first = asyncio.create_task(batcher.submit(sample("first"), 30))
-    await until(lambda: backend.batches)
+    await wait_until(lambda: backend.batches, "a batch at the backend", **POLL)
 
     waiting = [asyncio.create_task(batcher.submit(sample(f"s{i}"), 30)) for i in range(5)]
-    await until(lambda: batcher.queue_depth == 5)
+    await wait_until(lambda: batcher.queue_depth == 5, "batcher.queue_depth == 5", **POLL)
     backend.release.set()
     await asyncio.gather(first, *waiting)
 
@@ -181,9 +177,9 @@ async def test_full_queue_refuses_at_once_and_counts_it(metrics):
     backend.release.clear()
     batcher = await started(backend, metrics, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2)
     running = asyncio.create_task(batcher.submit(sample("running"), 30))
-    await until(lambda: backend.batches)
+    await wait_until(lambda: backend.batches, "a batch at the backend", **POLL)
     queued = [asyncio.create_task(batcher.submit(sample(f"q{i}"), 30)) for i in range(2)]
-    await until(lambda: batcher.queue_depth == 2)
+    await wait_until(lambda: batcher.queue_depth == 2, "batcher.queue_depth == 2", **POLL)
 
     with pytest.raises(QueueFullError, match="queue full"):
         await batcher.submit(sample("one too many"), 30)
@@ -200,7 +196,7 @@ async def test_request_whose_deadline_passes_in_the_queue_is_never_inferred(metr
     backend.release.clear()
     batcher = await started(backend, metrics, max_batch_size=1, max_queue_delay_ms=0)
     running = asyncio.create_task(batcher.submit(sample("running"), 30))
-    await until(lambda: backend.batches)
+    await wait_until(lambda: backend.batches, "a batch at the backend", **POLL)
 
     with pytest.raises(InferenceTimeoutError, match=r"sample late: deadline passed .*queued, not inferred"):
         await batcher.submit(sample("late"), 0.05)
@@ -264,9 +260,9 @@ async def test_caller_that_gives_up_takes_its_request_out_of_the_queue(metrics):
     backend.release.clear()
     batcher = await started(backend, metrics, max_batch_size=1, max_queue_delay_ms=0)
     running = asyncio.create_task(batcher.submit(sample("running"), 30))
-    await until(lambda: backend.batches)
+    await wait_until(lambda: backend.batches, "a batch at the backend", **POLL)
     abandoned = asyncio.create_task(batcher.submit(sample("abandoned"), 30))
-    await until(lambda: batcher.queue_depth == 1)
+    await wait_until(lambda: batcher.queue_depth == 1, "batcher.queue_depth == 1", **POLL)
 
     abandoned.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -283,7 +279,9 @@ async def test_stop_serves_queued_requests_then_refuses_new_ones_and_closes_the_
     backend = FakeBackend()
     batcher = await started(backend, metrics, max_batch_size=2, max_queue_delay_ms=NEVER_MS)
     pending = [asyncio.create_task(batcher.submit(sample(f"s{i}"), 30)) for i in range(3)]
-    await until(lambda: batcher.queue_depth + sum(backend.sizes) == 3)
+    await wait_until(
+        lambda: batcher.queue_depth + sum(backend.sizes) == 3, "batcher.queue_depth + sum(backend.sizes) == 3", **POLL
+    )
 
     await batcher.stop(timeout_s=10)
 
@@ -300,9 +298,9 @@ async def test_stop_fails_what_it_could_not_serve_by_its_deadline(metrics):
     backend.release.clear()
     batcher = await started(backend, metrics, max_batch_size=1, max_queue_delay_ms=0)
     running = asyncio.create_task(batcher.submit(sample("running"), 30))
-    await until(lambda: backend.batches)
+    await wait_until(lambda: backend.batches, "a batch at the backend", **POLL)
     queued = asyncio.create_task(batcher.submit(sample("queued"), 30))
-    await until(lambda: batcher.queue_depth == 1)
+    await wait_until(lambda: batcher.queue_depth == 1, "batcher.queue_depth == 1", **POLL)
 
     await batcher.stop(timeout_s=0.05)
 

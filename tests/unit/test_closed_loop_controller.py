@@ -6,7 +6,6 @@ the right band is [0.43, 0.578] (see test_policy_bands.py).
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +21,7 @@ from cloud.policy import PolicyEngine, PolicySettings, PolicySigner
 from cloud.policy.loop import BandController, ClosedLoopConfig
 from cloud.store.pairs import PairStore
 from protos import sample_pb2, verdict_pb2
+from tests.helpers.wait import wait_until
 
 EDGE = "gw-1"
 BOX = (100.0, 100.0, 200.0, 300.0)
@@ -170,10 +170,8 @@ async def test_every_n_pairs_the_task_evaluates_by_itself(tmp_path: Path) -> Non
     async with controller(tmp_path, Clock(), config) as (bands, engine, _):
         before = engine.version_for(EDGE)
         edge_traffic(bands, random.Random(3), 4000)
-        for _ in range(200):  # bounded wait for the controller's task (its work runs in a thread)
-            if engine.version_for(EDGE) > before:
-                break
-            await asyncio.sleep(0.05)
+        # The controller's task works in a thread: wait for its new policy.
+        await wait_until(lambda: engine.version_for(EDGE) > before, "the controller's evaluation", 10, 0.05)
         assert engine.version_for(EDGE) > before
         assert band_of(engine) != (0.25, 0.6)
 

@@ -108,6 +108,7 @@ def test_small_objects_are_small_and_boxes_stay_in_frame() -> None:
                 assert y2 - y1 <= 36
 
 
+@pytest.mark.slow
 def test_clip_has_quiet_stretches_moving_objects_and_consistent_events(tmp_path: Path) -> None:
     spec = ClipSpec(seed=5, camera=0, seconds=60, fps=5)
     write_clip(spec, tmp_path)
