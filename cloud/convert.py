@@ -11,7 +11,6 @@ Decoding a JPEG is blocking work: call `sample_from_pb` in an executor, not on t
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from numpy.typing import NDArray
 
 from protos import sample_pb2, verdict_pb2
+from protos.floats import f32
 
 Box = tuple[float, float, float, float]
 DecisionName = Literal["confirmed", "rejected", "unsure"]
@@ -164,13 +164,6 @@ class SampleFailure:
 
     kind: str  # for the metric, e.g. "timeout", "http_5xx"
     text: str  # what happened, for people
-
-
-def f32(value: float) -> float:
-    """The shortest decimal naming the same float32 as `value` (what a protobuf float field holds)."""
-    if not math.isfinite(value):
-        return float(value)
-    return float(str(np.float32(value)))
 
 
 def timestamp_from_seconds(seconds: float) -> Timestamp:

@@ -1,9 +1,11 @@
 """The edge's one conversion module between protobuf messages and the edge's own types.
 
-Policies (`policy_pb2.Policy` <-> `EdgePolicy`), detections, the samples the edge sends up, the
-verdicts that come down, and the JPEG a sample carries. Protobuf floats are 32-bit: values read from
-the wire are turned back into the shortest decimal that names the same float32 (0.35, not
-0.3499999940395355), so a policy survives a round trip unchanged and logs read as people wrote them.
+Policies (`policy_pb2.Policy` <-> `EdgePolicy`: the version and scope here, the settings through
+the shared `protos.policy_settings`), detections, the samples the edge sends up, the verdicts that
+come down, and the JPEG a sample carries. Protobuf floats are 32-bit: values read from the wire are
+turned back into the shortest decimal that names the same float32 (0.35, not 0.3499999940395355,
+with `protos.floats.f32`), so a policy survives a round trip unchanged and logs read as
+people wrote them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pydantic import ValidationError
 from edge.detect import Detection
 from edge.policy.settings import EdgePolicy
 from protos import policy_pb2, sample_pb2, verdict_pb2
+from protos.floats import f32
+from protos.policy_settings import InvalidPolicyError, settings_fields_from_pb, settings_to_pb
 
 PolicyScopeName = Literal["builtin", "fleet", "site", "edge"]
 DecisionName = Literal["confirmed", "rejected", "unsure"]
@@ -36,16 +40,6 @@ _SCOPE_TO_PB: dict[PolicyScopeName, policy_pb2.PolicyScope.ValueType] = {
     "edge": policy_pb2.POLICY_SCOPE_EDGE,
 }
 _SCOPE_FROM_PB = {pb: name for name, pb in _SCOPE_TO_PB.items() if name != "builtin"}
-_IMAGE_MODE_TO_PB: dict[str, policy_pb2.UplinkImageMode.ValueType] = {
-    "crop": policy_pb2.UPLINK_IMAGE_MODE_CROP,
-    "full_frame": policy_pb2.UPLINK_IMAGE_MODE_FULL_FRAME,
-}
-_IMAGE_MODE_FROM_PB = {pb: name for name, pb in _IMAGE_MODE_TO_PB.items()}
-_REPLAY_ORDER_TO_PB: dict[str, policy_pb2.ReplayOrder.ValueType] = {
-    "newest_first": policy_pb2.REPLAY_ORDER_NEWEST_FIRST,
-    "oldest_first": policy_pb2.REPLAY_ORDER_OLDEST_FIRST,
-}
-_REPLAY_ORDER_FROM_PB = {pb: name for name, pb in _REPLAY_ORDER_TO_PB.items()}
 MINED_REASONS: dict[str, sample_pb2.MinedReason.ValueType] = {
     "uncertainty_band": sample_pb2.MINED_REASON_UNCERTAINTY_BAND,
     "ibt": sample_pb2.MINED_REASON_IBT,
@@ -70,19 +64,8 @@ CROP_PADDING = 0.25
 MIN_MOTION_CROP = 96  # pixels a side: enough context for the cloud to recognise a small object
 
 
-class InvalidPolicyError(ValueError):
-    """A policy whose values the edge cannot use; the message names each field path and its value."""
-
-
 class ImageEncodeError(RuntimeError):
     """A frame OpenCV could not encode as JPEG."""
-
-
-def f32(value: float) -> float:
-    """The shortest decimal naming the same float32 as `value` (what a protobuf float field holds)."""
-    if not math.isfinite(value):
-        return float(value)
-    return float(str(np.float32(value)))
 
 
 # ---------------------------------------------------------------- policies
@@ -90,56 +73,13 @@ def f32(value: float) -> float:
 
 def policy_to_pb(policy: EdgePolicy) -> policy_pb2.Policy:
     """The wire form of a policy (bands sorted by label, so equal policies serialize to equal bytes)."""
-    mining = policy.mining
-    pb = policy_pb2.Policy(
-        version=policy.version,
-        scope=_SCOPE_TO_PB[policy.scope],
-        scope_id=policy.scope_id,
-        gate=policy_pb2.GateSettings(
-            pixel_diff_threshold=policy.gate.pixel_diff_threshold,
-            changed_area_fraction=policy.gate.changed_area_fraction,
-            downscale_width=policy.gate.downscale_width,
-        ),
-        mining=policy_pb2.MiningSettings(
-            uncertainty_band_enabled=mining.uncertainty_band_enabled,
-            uncertainty_bands=[
-                policy_pb2.UncertaintyBand(label=label, low=band.low, high=band.high)
-                for label, band in sorted(mining.bands.items())
-            ],
-            default_uncertainty_band=policy_pb2.UncertaintyBand(
-                low=mining.default_band.low, high=mining.default_band.high
-            ),
-            ibt_enabled=mining.ibt_enabled,
-            ibt_box_score_threshold=mining.ibt_box_score_threshold,
-            ibt_image_fraction_threshold=mining.ibt_image_fraction_threshold,
-            cross_entropy_enabled=mining.cross_entropy_enabled,
-            cross_entropy_threshold=mining.cross_entropy_threshold,
-            watch_list_enabled=mining.watch_list_enabled,
-            watch_list_labels=list(mining.watch_list),
-            motion_without_detection_enabled=mining.motion_without_detection_enabled,
-            random_audit_enabled=mining.random_audit_enabled,
-            random_audit_rate=mining.random_audit_rate,
-            resend_interval_s=mining.resend_interval_s,
-        ),
-        uplink=policy_pb2.UplinkSettings(
-            budget_bytes_per_s=policy.uplink.budget_bytes_per_s,
-            burst_bytes=policy.uplink.burst_bytes,
-            image_mode=_IMAGE_MODE_TO_PB[policy.uplink.image_mode],
-            jpeg_quality=policy.uplink.jpeg_quality,
-            replay_order=_REPLAY_ORDER_TO_PB[policy.uplink.replay_order],
-        ),
-    )
-    if policy.model is not None:
-        pb.model.CopyFrom(
-            policy_pb2.ModelRef(
-                name=policy.model.name, version=policy.model.version, uri=policy.model.uri, sha256=policy.model.sha256
-            )
-        )
+    pb = policy_pb2.Policy(version=policy.version, scope=_SCOPE_TO_PB[policy.scope], scope_id=policy.scope_id)
+    settings_to_pb(policy, pb)
     return pb
 
 
 def policy_from_pb(pb: policy_pb2.Policy, base: EdgePolicy | None = None) -> EdgePolicy:
-    """The edge's policy from its wire form, checked against the bounds of `EdgePolicy`.
+    """The edge's policy from its wire form, checked against the bounds of the policy contract.
 
     What the wire leaves unset keeps the value of `base` (the policy in force; the built-in default
     when None): a missing gate/mining/uplink section or default band, UNSPECIFIED image mode or
@@ -153,72 +93,12 @@ def policy_from_pb(pb: policy_pb2.Policy, base: EdgePolicy | None = None) -> Edg
         "version": pb.version,
         "scope": _SCOPE_FROM_PB[pb.scope],
         "scope_id": pb.scope_id,
-        "gate": _gate_from_pb(pb.gate) if pb.HasField("gate") else base.gate.model_dump(),
-        "mining": _mining_from_pb(pb.mining, base, where) if pb.HasField("mining") else base.mining.model_dump(),
-        "uplink": _uplink_from_pb(pb.uplink, base) if pb.HasField("uplink") else base.uplink.model_dump(),
-        "model": _model_from_pb(pb.model) if pb.HasField("model") else base.model,
+        **settings_fields_from_pb(pb, base, where),
     }
     try:
         return EdgePolicy.model_validate(raw)
     except ValidationError as err:
         raise InvalidPolicyError(f"{where}: {describe_validation_error(err)}") from err
-
-
-def _gate_from_pb(gate: policy_pb2.GateSettings) -> dict[str, Any]:
-    return {
-        "pixel_diff_threshold": gate.pixel_diff_threshold,
-        "changed_area_fraction": f32(gate.changed_area_fraction),
-        "downscale_width": gate.downscale_width,
-    }
-
-
-def _band_from_pb(band: policy_pb2.UncertaintyBand) -> dict[str, float]:
-    return {"low": f32(band.low), "high": f32(band.high)}
-
-
-def _mining_from_pb(mining: policy_pb2.MiningSettings, base: EdgePolicy, where: str) -> dict[str, Any]:
-    bands: dict[str, dict[str, float]] = {}
-    for band in mining.uncertainty_bands:
-        if not band.label:
-            raise InvalidPolicyError(f"{where}: mining.bands: a band has an empty label")
-        if band.label in bands:
-            raise InvalidPolicyError(f"{where}: mining.bands.{band.label}: label appears more than once")
-        bands[band.label] = _band_from_pb(band)
-    default_band = (
-        _band_from_pb(mining.default_uncertainty_band)
-        if mining.HasField("default_uncertainty_band")
-        else base.mining.default_band.model_dump()
-    )
-    return {
-        "uncertainty_band_enabled": mining.uncertainty_band_enabled,
-        "bands": bands,
-        "default_band": default_band,
-        "ibt_enabled": mining.ibt_enabled,
-        "ibt_box_score_threshold": f32(mining.ibt_box_score_threshold),
-        "ibt_image_fraction_threshold": f32(mining.ibt_image_fraction_threshold),
-        "cross_entropy_enabled": mining.cross_entropy_enabled,
-        "cross_entropy_threshold": f32(mining.cross_entropy_threshold),
-        "watch_list_enabled": mining.watch_list_enabled,
-        "watch_list": tuple(mining.watch_list_labels),
-        "motion_without_detection_enabled": mining.motion_without_detection_enabled,
-        "random_audit_enabled": mining.random_audit_enabled,
-        "random_audit_rate": f32(mining.random_audit_rate),
-        "resend_interval_s": f32(mining.resend_interval_s),
-    }
-
-
-def _uplink_from_pb(uplink: policy_pb2.UplinkSettings, base: EdgePolicy) -> dict[str, Any]:
-    return {
-        "budget_bytes_per_s": uplink.budget_bytes_per_s,
-        "burst_bytes": uplink.burst_bytes,
-        "image_mode": _IMAGE_MODE_FROM_PB.get(uplink.image_mode, base.uplink.image_mode),
-        "jpeg_quality": uplink.jpeg_quality,
-        "replay_order": _REPLAY_ORDER_FROM_PB.get(uplink.replay_order, base.uplink.replay_order),
-    }
-
-
-def _model_from_pb(model: policy_pb2.ModelRef) -> dict[str, str]:
-    return {"name": model.name, "version": model.version, "uri": model.uri, "sha256": model.sha256}
 
 
 _BOUND_WORDS = {"le": "is above", "lt": "is not below", "ge": "is below", "gt": "is not above"}

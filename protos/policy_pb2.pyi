@@ -7,6 +7,10 @@ An edge applies a policy only if the signature over SignedPolicy.policy holds an
 is newer than the one it has, and persists the SignedPolicy bytes as received. Lists are
 repeated fields rather than maps because map order is not fixed on the wire, and the cloud signs
 the exact serialized bytes.
+
+protos/policy_settings.py is this file's Python side: its models carry each field's bounds, and
+each field's comment here is, word for word, the description of the model field of that name
+(tests/unit/test_policy_contract.py checks both, and Sedna's rules against the edge's strategies).
 """
 
 from collections import abc as _abc
@@ -114,11 +118,11 @@ class GateSettings(_message.Message):
     CHANGED_AREA_FRACTION_FIELD_NUMBER: _builtins.int
     DOWNSCALE_WIDTH_FIELD_NUMBER: _builtins.int
     pixel_diff_threshold: _builtins.int
-    """Grey-level difference (0-255) above which a pixel counts as changed."""
+    """Grey-level difference (1-255) above which a pixel counts as changed."""
     changed_area_fraction: _builtins.float
     """Fraction (0-1) of changed pixels above which the frame goes on to detection."""
     downscale_width: _builtins.int
-    """Width in pixels the frame is downscaled to (aspect kept) before differencing."""
+    """Width in pixels (16-1920) the frame is downscaled to (aspect kept) before differencing."""
     def __init__(
         self,
         *,
@@ -146,9 +150,9 @@ class UncertaintyBand(_message.Message):
     label: _builtins.str
     """Class label the band applies to."""
     low: _builtins.float
-    """Lowest uncertain score; below it the detection is dropped as noise."""
+    """Lowest uncertain score (0-1); below it the detection is dropped as noise."""
     high: _builtins.float
-    """Highest uncertain score; above it the detection is confident and handled locally."""
+    """Highest uncertain score (0-1); above it the detection is confident and handled locally."""
     def __init__(
         self,
         *,
@@ -189,24 +193,29 @@ class MiningSettings(_message.Message):
     ibt_enabled: _builtins.bool
     """Run Sedna's image-box-threshold (IBT) rule."""
     ibt_box_score_threshold: _builtins.float
-    """IBT: a box scoring below this (0-1) counts as a low-confidence box."""
+    """IBT, Sedna's threshold_box (0-1): a box scoring at or below this is unsure."""
     ibt_image_fraction_threshold: _builtins.float
-    """IBT: the frame is hard when the share (0-1) of low-confidence boxes reaches this."""
+    """IBT, Sedna's threshold_img (0-1): the frame is hard when the share of unsure boxes is at
+    least 1 minus this; raising it mines more frames.
+    """
     cross_entropy_enabled: _builtins.bool
     """Run Sedna's cross-entropy rule."""
     cross_entropy_threshold: _builtins.float
-    """Cross-entropy: the frame is hard when the entropy of its box scores reaches this."""
+    """Cross-entropy, Sedna's threshold_cross_entropy (0-1): the frame is hard when the confidence
+    of its box scores (1 minus their normalised entropy) is below this; raising it mines more frames.
+    """
     watch_list_enabled: _builtins.bool
     """Always send frames with a watch-listed class."""
     motion_without_detection_enabled: _builtins.bool
     """Send frames where the gate saw change but the detector found nothing."""
     random_audit_enabled: _builtins.bool
-    """Send a random share of frames regardless of the other strategies."""
+    """Send a random share of frames regardless of the other strategies, to measure edge accuracy."""
     random_audit_rate: _builtins.float
     """Random audit: fraction (0-1) of detected frames sent."""
     resend_interval_s: _builtins.float
-    """Seconds before the same camera sends the same labels for the same reason again (0 = every frame);
-    an object that stays in view is judged once per interval, not once per frame. Audits are exempt.
+    """Seconds (0-3600) before the same camera sends the same labels for the same reason again
+    (0 = every frame); an object that stays in view is judged once per interval, not once per frame.
+    Audits are exempt.
     """
     @_builtins.property
     def uncertainty_bands(self) -> _containers.RepeatedCompositeFieldContainer[Global___UncertaintyBand]:
@@ -214,11 +223,11 @@ class MiningSettings(_message.Message):
 
     @_builtins.property
     def default_uncertainty_band(self) -> Global___UncertaintyBand:
-        """Band for classes not listed in uncertainty_bands; its label is ignored."""
+        """Band for classes without a band of their own; its label is ignored."""
 
     @_builtins.property
     def watch_list_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Class labels that always go up when detected at any score."""
+        """Class labels that always go up when detected at or above their band's low."""
 
     def __init__(
         self,
@@ -264,7 +273,7 @@ class UplinkSettings(_message.Message):
     image_mode: Global___UplinkImageMode.ValueType
     """Crops or full frames."""
     jpeg_quality: _builtins.int
-    """JPEG quality (1-100) of uploaded images."""
+    """JPEG quality (10-100) of uploaded images."""
     replay_order: Global___ReplayOrder.ValueType
     """Outbox replay order after an outage."""
     def __init__(

@@ -38,10 +38,10 @@ from cloud.policy.settings import (
     overrides_of,
     parse_override,
     parse_settings,
-    settings_to_pb,
 )
 from cloud.policy.signing import PolicySigner
 from protos import policy_pb2
+from protos.policy_settings import settings_to_pb
 
 logger = logging.getLogger(__name__)
 

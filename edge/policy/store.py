@@ -21,11 +21,12 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.convert import InvalidPolicyError, policy_from_pb
+from edge.convert import policy_from_pb
 from edge.metrics import EdgeMetrics
 from edge.policy.settings import EdgePolicy
 from edge.policy.signing import PolicySignatureError, parse_signed, verify
 from protos import policy_pb2
+from protos.policy_settings import InvalidPolicyError
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from edge.convert import (
-    InvalidPolicyError,
     build_sample,
     detection_from_pb,
     detection_to_pb,
@@ -16,6 +15,7 @@ from edge.convert import (
 from edge.detect import Detection
 from edge.policy.settings import Band, EdgePolicy, GatePolicy, MiningPolicy, ModelRef, UplinkPolicy
 from protos import policy_pb2, sample_pb2, verdict_pb2
+from protos.policy_settings import InvalidPolicyError
 
 
 def rich_policy(scope: str = "site", scope_id: str = "plant-2") -> EdgePolicy:

@@ -3,7 +3,9 @@
 Sedna (kubeedge/sedna, lib/sedna/algorithms/hard_example_mining/hard_example_mining.py,
 `CrossEntropyFilter`, default threshold_cross_entropy=0.5) takes a class-probability vector p of
 length n and computes confidence = 1 + sum(p * log p) / log(n), i.e. 1 minus the normalised entropy;
-the sample is hard when confidence < threshold; empty input -> not hard.
+the sample is hard when confidence < threshold; empty input -> not hard. The threshold's meaning
+is stated once, in protos/policy_settings.py and protos/policy.proto, and
+tests/unit/test_policy_contract.py checks this strategy against it and Sedna's code.
 
 Adaptation for a detector, which gives one score per box and no class-probability vector: the vector
 is the frame's kept box scores (at or above their band low) divided by their sum. A frame dominated

@@ -2,7 +2,9 @@
 
 Sedna (kubeedge/sedna, lib/sedna/algorithms/hard_example_mining/hard_example_mining.py, `IBTFilter`,
 defaults threshold_img=0.5, threshold_box=0.5): the share of boxes whose score is <= threshold_box;
-the image is hard when that share is >= 1 - threshold_img; no boxes -> not hard. Sedna's boxes are
+the image is hard when that share is >= 1 - threshold_img; no boxes -> not hard. The policy fields'
+meanings are stated once, in protos/policy_settings.py and protos/policy.proto, and
+tests/unit/test_policy_contract.py checks this strategy against them and Sedna's code. Sedna's boxes are
 the detector's output after its confidence threshold; here that threshold is each class's band low,
 so boxes below it (noise to every rule) are not counted.
 """

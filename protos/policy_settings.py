@@ -1,0 +1,330 @@
+"""The policy contract's Python side: the settings a policy carries, their bounds and meanings, and the wire.
+
+`protos/policy.proto` and these models say the same thing: every field's description here is the
+comment on the proto field of the same name, word for word, and a range written in it, such as
+"(0-1)", is the field's `ge`/`le` (tests/unit/test_policy_contract.py holds them to it). The cloud
+validates what it signs against these models and the edge validates what it applies against them,
+so the cloud refuses exactly what an edge would refuse on arrival.
+
+The meanings of Sedna's rules are Sedna's own (kubeedge/sedna,
+lib/sedna/algorithms/hard_example_mining/hard_example_mining.py): IBT counts the boxes scoring at
+or below threshold_box and calls the image hard when their share is at least 1 - threshold_img;
+cross-entropy calls it hard when 1 + sum(p log p) / log(n) is below threshold_cross_entropy.
+`edge/mine/strategies/` computes them.
+
+Floats read from the wire go through `protos.floats.f32`, so settings survive a round trip unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from protos import policy_pb2
+from protos.floats import f32
+
+ImageModeName = Literal["crop", "full_frame"]
+ReplayOrderName = Literal["newest_first", "oldest_first"]
+
+
+class InvalidPolicyError(ValueError):
+    """A policy whose values break the contract; the message names each field path and its value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GateSettings(_Strict):
+    """Motion/scene-change gate: frames with too little change skip detection."""
+
+    pixel_diff_threshold: int = Field(
+        18, ge=1, le=255, description="Grey-level difference (1-255) above which a pixel counts as changed."
+    )
+    changed_area_fraction: float = Field(
+        0.0003,
+        ge=0.0,
+        le=1.0,
+        description="Fraction (0-1) of changed pixels above which the frame goes on to detection.",
+    )
+    downscale_width: int = Field(
+        160,
+        ge=16,
+        le=1920,
+        description="Width in pixels (16-1920) the frame is downscaled to (aspect kept) before differencing.",
+    )
+
+
+class Band(_Strict):
+    """Scores of one class in [low, high] are uncertain and mined."""
+
+    low: float = Field(
+        0.25, ge=0.0, le=1.0, description="Lowest uncertain score (0-1); below it the detection is dropped as noise."
+    )
+    high: float = Field(
+        0.6,
+        ge=0.0,
+        le=1.0,
+        description="Highest uncertain score (0-1); above it the detection is confident and handled locally.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.low > self.high:
+            raise ValueError(f"band low {self.low} is above high {self.high} (give both bounds, low <= high)")
+        return self
+
+
+class MiningSettings(_Strict):
+    """Which hard-example mining strategies run on the edge, and their thresholds."""
+
+    uncertainty_band_enabled: bool = Field(
+        True, description="Mine detections whose score falls in their class's uncertainty band."
+    )
+    bands: dict[str, Band] = Field(default_factory=dict, description="Per-class bands, at most one per label.")
+    default_band: Band = Field(
+        default_factory=Band, description="Band for classes without a band of their own; its label is ignored."
+    )
+    ibt_enabled: bool = Field(False, description="Run Sedna's image-box-threshold (IBT) rule.")
+    ibt_box_score_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="IBT, Sedna's threshold_box (0-1): a box scoring at or below this is unsure.",
+    )
+    ibt_image_fraction_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="IBT, Sedna's threshold_img (0-1): the frame is hard when the share of unsure boxes is at "
+        "least 1 minus this; raising it mines more frames.",
+    )
+    cross_entropy_enabled: bool = Field(False, description="Run Sedna's cross-entropy rule.")
+    cross_entropy_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Cross-entropy, Sedna's threshold_cross_entropy (0-1): the frame is hard when the confidence "
+        "of its box scores (1 minus their normalised entropy) is below this; raising it mines more frames.",
+    )
+    watch_list_enabled: bool = Field(True, description="Always send frames with a watch-listed class.")
+    watch_list: tuple[str, ...] = Field(
+        (), description="Class labels that always go up when detected at or above their band's low."
+    )
+    motion_without_detection_enabled: bool = Field(
+        True, description="Send frames where the gate saw change but the detector found nothing."
+    )
+    random_audit_enabled: bool = Field(
+        True, description="Send a random share of frames regardless of the other strategies, to measure edge accuracy."
+    )
+    random_audit_rate: float = Field(
+        0.01, ge=0.0, le=1.0, description="Random audit: fraction (0-1) of detected frames sent."
+    )
+    resend_interval_s: float = Field(
+        2.0,
+        ge=0.0,
+        le=3600.0,
+        description="Seconds (0-3600) before the same camera sends the same labels for the same reason again "
+        "(0 = every frame); an object that stays in view is judged once per interval, not once per frame. "
+        "Audits are exempt.",
+    )
+
+    @model_validator(mode="after")
+    def _labelled(self) -> Self:
+        if any(not label for label in self.bands):
+            raise ValueError("bands: a band has an empty label")
+        return self
+
+    def band_for(self, label: str) -> Band:
+        """The band of one class."""
+        return self.bands.get(label, self.default_band)
+
+
+class UplinkSettings(_Strict):
+    """How much and what the edge may send up."""
+
+    budget_bytes_per_s: int = Field(
+        256 * 1024,
+        ge=1024,
+        le=1 << 34,
+        description="Token-bucket refill rate: sustained uplink budget in bytes per second.",
+    )
+    burst_bytes: int = Field(
+        1 << 20, ge=1024, le=1 << 36, description="Token-bucket size: the most bytes that may go up in one burst."
+    )
+    image_mode: ImageModeName = Field("full_frame", description="Crops or full frames.")
+    jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality (10-100) of uploaded images.")
+    replay_order: ReplayOrderName = Field("newest_first", description="Outbox replay order after an outage.")
+
+
+class ModelRef(_Strict):
+    """A model the edge should run, fetched and checked before it is swapped in."""
+
+    name: str = Field(..., min_length=1, max_length=256, description='Model name, e.g. "yolo-edge-n".')
+    version: str = Field(
+        ...,
+        min_length=1,
+        max_length=256,
+        description="Model version; the edge switches when it differs from the running one.",
+    )
+    uri: str = Field(
+        ...,
+        min_length=1,
+        description="Where to fetch the ONNX file (https://, file://, or a path relative to the model store).",
+    )
+    sha256: str = Field(
+        ...,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Lower-case hex SHA-256 of the file; the edge refuses a download that does not match.",
+    )
+
+
+class PolicySettings(_Strict):
+    """The settings of one policy: everything but version, scope and signature."""
+
+    gate: GateSettings = Field(default_factory=GateSettings, description="Frame-change gate thresholds.")
+    mining: MiningSettings = Field(
+        default_factory=MiningSettings,
+        description="Hard-example mining strategies and thresholds, uncertainty bands included.",
+    )
+    uplink: UplinkSettings = Field(default_factory=UplinkSettings, description="Uplink budget and image settings.")
+    model: ModelRef | None = Field(
+        None, description="The edge detector model to run; unset means keep the current one."
+    )
+
+
+# ---------------------------------------------------------------- to and from protobuf
+
+_IMAGE_MODE_TO_PB: dict[ImageModeName, policy_pb2.UplinkImageMode.ValueType] = {
+    "crop": policy_pb2.UPLINK_IMAGE_MODE_CROP,
+    "full_frame": policy_pb2.UPLINK_IMAGE_MODE_FULL_FRAME,
+}
+_IMAGE_MODE_FROM_PB = {pb: name for name, pb in _IMAGE_MODE_TO_PB.items()}
+_REPLAY_ORDER_TO_PB: dict[ReplayOrderName, policy_pb2.ReplayOrder.ValueType] = {
+    "newest_first": policy_pb2.REPLAY_ORDER_NEWEST_FIRST,
+    "oldest_first": policy_pb2.REPLAY_ORDER_OLDEST_FIRST,
+}
+_REPLAY_ORDER_FROM_PB = {pb: name for name, pb in _REPLAY_ORDER_TO_PB.items()}
+
+
+def settings_to_pb(settings: PolicySettings, policy: policy_pb2.Policy) -> None:
+    """Write every section of `settings` into `policy` (bands sorted by label, so equal settings give equal bytes)."""
+    gate, mining, uplink = settings.gate, settings.mining, settings.uplink
+    policy.gate.CopyFrom(
+        policy_pb2.GateSettings(
+            pixel_diff_threshold=gate.pixel_diff_threshold,
+            changed_area_fraction=gate.changed_area_fraction,
+            downscale_width=gate.downscale_width,
+        )
+    )
+    policy.mining.CopyFrom(
+        policy_pb2.MiningSettings(
+            uncertainty_band_enabled=mining.uncertainty_band_enabled,
+            uncertainty_bands=[
+                policy_pb2.UncertaintyBand(label=label, low=band.low, high=band.high)
+                for label, band in sorted(mining.bands.items())
+            ],
+            default_uncertainty_band=policy_pb2.UncertaintyBand(
+                low=mining.default_band.low, high=mining.default_band.high
+            ),
+            ibt_enabled=mining.ibt_enabled,
+            ibt_box_score_threshold=mining.ibt_box_score_threshold,
+            ibt_image_fraction_threshold=mining.ibt_image_fraction_threshold,
+            cross_entropy_enabled=mining.cross_entropy_enabled,
+            cross_entropy_threshold=mining.cross_entropy_threshold,
+            watch_list_enabled=mining.watch_list_enabled,
+            watch_list_labels=list(mining.watch_list),
+            motion_without_detection_enabled=mining.motion_without_detection_enabled,
+            random_audit_enabled=mining.random_audit_enabled,
+            random_audit_rate=mining.random_audit_rate,
+            resend_interval_s=mining.resend_interval_s,
+        )
+    )
+    policy.uplink.CopyFrom(
+        policy_pb2.UplinkSettings(
+            budget_bytes_per_s=uplink.budget_bytes_per_s,
+            burst_bytes=uplink.burst_bytes,
+            image_mode=_IMAGE_MODE_TO_PB[uplink.image_mode],
+            jpeg_quality=uplink.jpeg_quality,
+            replay_order=_REPLAY_ORDER_TO_PB[uplink.replay_order],
+        )
+    )
+    if settings.model is not None:
+        model = settings.model
+        policy.model.CopyFrom(
+            policy_pb2.ModelRef(name=model.name, version=model.version, uri=model.uri, sha256=model.sha256)
+        )
+
+
+def settings_fields_from_pb(pb: policy_pb2.Policy, base: PolicySettings, where: str) -> dict[str, Any]:
+    """The gate/mining/uplink/model fields of a wire policy, unvalidated, for a model built on `PolicySettings`.
+
+    What the wire leaves unset keeps the value of `base` (the settings in force): a missing section or
+    default band, an UNSPECIFIED image mode or replay order, and an unset model. Raises
+    `InvalidPolicyError` (prefixed with `where`) for what no model can say: a band without a label or a
+    label given twice.
+    """
+    return {
+        "gate": _gate_from_pb(pb.gate) if pb.HasField("gate") else base.gate.model_dump(),
+        "mining": _mining_from_pb(pb.mining, base, where) if pb.HasField("mining") else base.mining.model_dump(),
+        "uplink": _uplink_from_pb(pb.uplink, base) if pb.HasField("uplink") else base.uplink.model_dump(),
+        "model": _model_from_pb(pb.model) if pb.HasField("model") else base.model,
+    }
+
+
+def _gate_from_pb(gate: policy_pb2.GateSettings) -> dict[str, Any]:
+    return {
+        "pixel_diff_threshold": gate.pixel_diff_threshold,
+        "changed_area_fraction": f32(gate.changed_area_fraction),
+        "downscale_width": gate.downscale_width,
+    }
+
+
+def _band_from_pb(band: policy_pb2.UncertaintyBand) -> dict[str, float]:
+    return {"low": f32(band.low), "high": f32(band.high)}
+
+
+def _mining_from_pb(mining: policy_pb2.MiningSettings, base: PolicySettings, where: str) -> dict[str, Any]:
+    bands: dict[str, dict[str, float]] = {}
+    for band in mining.uncertainty_bands:
+        if not band.label:
+            raise InvalidPolicyError(f"{where}: mining.bands: a band has an empty label")
+        if band.label in bands:
+            raise InvalidPolicyError(f"{where}: mining.bands.{band.label}: label appears more than once")
+        bands[band.label] = _band_from_pb(band)
+    default_band = (
+        _band_from_pb(mining.default_uncertainty_band)
+        if mining.HasField("default_uncertainty_band")
+        else base.mining.default_band.model_dump()
+    )
+    return {
+        "uncertainty_band_enabled": mining.uncertainty_band_enabled,
+        "bands": bands,
+        "default_band": default_band,
+        "ibt_enabled": mining.ibt_enabled,
+        "ibt_box_score_threshold": f32(mining.ibt_box_score_threshold),
+        "ibt_image_fraction_threshold": f32(mining.ibt_image_fraction_threshold),
+        "cross_entropy_enabled": mining.cross_entropy_enabled,
+        "cross_entropy_threshold": f32(mining.cross_entropy_threshold),
+        "watch_list_enabled": mining.watch_list_enabled,
+        "watch_list": tuple(mining.watch_list_labels),
+        "motion_without_detection_enabled": mining.motion_without_detection_enabled,
+        "random_audit_enabled": mining.random_audit_enabled,
+        "random_audit_rate": f32(mining.random_audit_rate),
+        "resend_interval_s": f32(mining.resend_interval_s),
+    }
+
+
+def _uplink_from_pb(uplink: policy_pb2.UplinkSettings, base: PolicySettings) -> dict[str, Any]:
+    return {
+        "budget_bytes_per_s": uplink.budget_bytes_per_s,
+        "burst_bytes": uplink.burst_bytes,
+        "image_mode": _IMAGE_MODE_FROM_PB.get(uplink.image_mode, base.uplink.image_mode),
+        "jpeg_quality": uplink.jpeg_quality,
+        "replay_order": _REPLAY_ORDER_FROM_PB.get(uplink.replay_order, base.uplink.replay_order),
+    }
+
+
+def _model_from_pb(model: policy_pb2.ModelRef) -> dict[str, str]:
+    return {"name": model.name, "version": model.version, "uri": model.uri, "sha256": model.sha256}
