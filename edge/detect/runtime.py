@@ -38,6 +38,7 @@ class Detector:
         self._config = config
         self._model = str(config.model_path)
         available = list(ort.get_available_providers())
+        self._available = available
         self._session = _open_session(config, session_providers(config.providers, available))
         self._provider = str(self._session.get_providers()[0])
 
@@ -98,6 +99,11 @@ class Detector:
     def frames_per_run(self) -> int | None:
         """Most frames one ``session.run`` takes (the fixed batch, or a dynamic NMS export's); None: any."""
         return self._frames_per_run
+
+    @property
+    def available_providers(self) -> list[str]:
+        """The execution providers this onnxruntime build has, for logs and checks."""
+        return list(self._available)
 
     @property
     def provider(self) -> str:
