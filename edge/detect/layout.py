@@ -38,7 +38,6 @@ class ExportFacts:
     head: str | None
     end2end: bool
     nms: bool
-    dynamic: bool | None
     batch: int | None
     rtdetr: bool
     kpt_shape: tuple[int, ...] | None
@@ -53,14 +52,16 @@ def _parse(metadata: Mapping[str, str], key: str) -> object:
 
 
 def read_export(metadata: Mapping[str, str]) -> ExportFacts:
-    """Collect the export facts ultralytics writes: task, head, end2end, nms, dynamic, batch, kpt_shape."""
+    """Collect the export facts ultralytics writes: task, head, end2end, nms, batch, kpt_shape.
+
+    ``args['dynamic']`` is not needed: the input's batch axis itself says whether it is dynamic.
+    """
     args = _parse(metadata, "args")
     args = args if isinstance(args, dict) else {}
     nms = args.get("nms") is True
     batch = _parse(metadata, "batch")
     if not isinstance(batch, int):
         batch = args.get("batch")
-    dynamic = args.get("dynamic")
     head = metadata.get("head")
     description = metadata.get("description", "").lower()
     kpt_shape = _parse(metadata, "kpt_shape")
@@ -69,7 +70,6 @@ def read_export(metadata: Mapping[str, str]) -> ExportFacts:
         head=head,
         end2end=metadata.get("end2end") == "True" or nms,
         nms=nms,
-        dynamic=dynamic if isinstance(dynamic, bool) else None,
         batch=batch if isinstance(batch, int) and batch > 0 else None,
         rtdetr=head == "RTDETRDecoder" or "rtdetr" in description or "rt-detr" in description,
         kpt_shape=tuple(kpt_shape) if isinstance(kpt_shape, list | tuple) else None,
