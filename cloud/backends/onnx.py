@@ -1,5 +1,10 @@
 """The `onnx` backend: a larger reference YOLO detector at full resolution, judged by the shared rule.
 
+The detector is the project's one YOLO runtime, `edge.detect` (a leaf library the cloud image carries
+without the rest of the edge): the same letterbox, layouts (v8, end-to-end, RT-DETR), NMS and checks
+of the model as on the edge. This module is the glue: config, the scale crops enter the model at,
+and detections turned into verdicts.
+
 ONNX Runtime runs in one dedicated worker thread: the batcher already sends one batch at a time, and
 a single thread keeps the session's own intra-op threads (`intra_op_threads`) the only parallelism.
 """
@@ -16,8 +21,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.backends.decide import judge
-from cloud.backends.yolo import EXECUTION_PROVIDERS, ProviderName, YoloOnnx
-from cloud.convert import BackendResult, SampleInput, detections_to_frame
+from cloud.backends.protocol import BackendStartError
+from cloud.convert import BackendResult, CloudDetection, SampleInput, detections_to_frame
+from edge.detect import Detection, Detector, DetectorConfig, DetectorError, ProviderName
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +77,7 @@ class OnnxBackend:
     def __init__(self, config: OnnxBackendConfig) -> None:
         """Keep the config; the model loads in `start`."""
         self._config = config
-        self._model: YoloOnnx | None = None
+        self._model: Detector | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._version = config.model_version
 
@@ -103,15 +109,26 @@ class OnnxBackend:
         loop = asyncio.get_running_loop()
         self._model = await loop.run_in_executor(self._executor, self._load)
 
-    def _load(self) -> YoloOnnx:
+    def _load(self) -> Detector:
         config = self._config
-        model = YoloOnnx(config.model_path, config.providers, config.intra_op_threads)
+        try:
+            model = Detector(
+                DetectorConfig(
+                    model_path=config.model_path,
+                    providers=config.providers,
+                    conf_threshold=config.conf_threshold,
+                    iou_threshold=config.iou_threshold,
+                    max_det=config.max_det,
+                    intra_op_threads=config.intra_op_threads,
+                )
+            )
+        except DetectorError as exc:
+            raise BackendStartError(f"onnx backend: {exc}") from exc
         if not self._version:
             self._version = "sha256:" + hashlib.sha256(config.model_path.read_bytes()).hexdigest()[:12]
-        preferred = EXECUTION_PROVIDERS[config.providers[0]]
-        height, width = model.input_hw
-        logger.log(
-            logging.INFO if model.provider == preferred else logging.WARNING,
+        # The detector has already warned when it fell back from the preferred provider.
+        height, width = model.input_size
+        logger.info(
             "onnx backend: %s (%s) runs on %s (asked %s, this onnxruntime has %s); input %dx%d, %d classes, "
             "batch %s, intra-op threads %s",
             config.model_path,
@@ -122,9 +139,15 @@ class OnnxBackend:
             width,
             height,
             len(model.names),
-            model.batch_size or "dynamic",
+            model.frames_per_run or "dynamic",
             config.intra_op_threads or "ORT default",
         )
+        if model.layout == "rtdetr" and config.crop_scale == "frame":
+            logger.warning(
+                "onnx backend: %s is an RT-DETR model, which sees every image stretched over its input "
+                "(as ultralytics predicts it); crop_scale 'frame' does not apply, crops fill the input",
+                config.model_path,
+            )
         return model
 
     async def infer(self, batch: list[SampleInput], deadline: float | None = None) -> list[BackendResult]:
@@ -136,23 +159,21 @@ class OnnxBackend:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._infer_blocking, self._model, batch)
 
-    def _infer_blocking(self, model: YoloOnnx, batch: list[SampleInput]) -> list[BackendResult]:
-        config = self._config
+    def _infer_blocking(self, model: Detector, batch: list[SampleInput]) -> list[BackendResult]:
         scales = [self._input_scale(model, s) for s in batch]
-        found = model.detect(
-            [s.image for s in batch], config.conf_threshold, config.iou_threshold, config.max_det, scales
-        )
+        found = model.detect_batch([s.image for s in batch], scales)
         return [
-            judge(sample, detections_to_frame(in_image, sample.region), config.match_iou)
+            judge(sample, detections_to_frame(map(_cloud_detection, in_image), sample.region), self._config.match_iou)
             for sample, in_image in zip(batch, found, strict=True)
         ]
 
-    def _input_scale(self, model: YoloOnnx, sample: SampleInput) -> float | None:
+    def _input_scale(self, model: Detector, sample: SampleInput) -> float | None:
         """Resize ratio from image pixels into the model input that gives the whole frame's scale."""
         if self._config.crop_scale == "fit":
             return None
         frame_w, frame_h = sample.frame_size
-        frame_ratio = min(model.input_hw[0] / frame_h, model.input_hw[1] / frame_w)
+        input_h, input_w = model.input_size
+        frame_ratio = min(input_h / frame_h, input_w / frame_w)
         region = sample.region
         return frame_ratio * region.area.width / region.image_wh[0]
 
@@ -162,3 +183,8 @@ class OnnxBackend:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = None
         self._model = None
+
+
+def _cloud_detection(found: Detection) -> CloudDetection:
+    """A detector's box (in the sample image's pixels) as the cloud's detection type."""
+    return CloudDetection(found.label, found.class_id, found.score, found.box)

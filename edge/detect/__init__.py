@@ -1,7 +1,9 @@
 """The detect stage: YOLO detection with ONNX Runtime on edge frames.
 
-Any YOLO detection model exported to ONNX by ultralytics runs here, in either output layout, on the
-execution provider the config prefers among those this onnxruntime build has.
+Any YOLO detection model exported to ONNX by ultralytics runs here (v8/v11 heads, end-to-end heads or
+``nms=True`` exports, RT-DETR), on the execution provider the config prefers among those this
+onnxruntime build has. It is the project's one YOLO runtime: the cloud's ``onnx`` backend runs it
+too, so this package imports nothing else of the edge (tests/unit/test_detect_is_a_leaf.py).
 """
 
 from edge.detect.config import DetectorConfig, ProviderName

@@ -6,6 +6,11 @@ Two layouts are produced by ultralytics' ONNX export:
   ``nc`` class scores that already went through a sigmoid. Needs thresholding and NMS.
 * ``e2e`` (end-to-end heads, or ``nms=True`` exports): ``[N, 6]`` per image, x1, y1, x2, y2, score,
   class id in input pixels, already suppressed. Needs thresholding only.
+
+RT-DETR (``RTDETRDecoder`` head) gives a third: ``[Q, 4 + nc]`` per image, one row per query, cx, cy,
+w, h *normalised* to the input then ``nc`` sigmoid class scores. A DETR's queries do not duplicate
+one another, so like ultralytics' RTDETRPredictor it takes the best class per query, thresholds, and
+runs no NMS.
 """
 
 from __future__ import annotations
@@ -104,6 +109,20 @@ def decode_e2e(pred: NDArray[np.float32], conf_threshold: float, max_det: int) -
         rows[:, 4].astype(np.float32),
         np.rint(rows[:, 5]).astype(np.int64),
     )
+
+
+def decode_rtdetr(pred: NDArray[np.float32], input_hw: tuple[int, int], conf_threshold: float, max_det: int) -> Boxes:
+    """Decode one image's ``[Q, 4 + nc]`` RT-DETR output into input-pixel boxes, best score first."""
+    class_scores = pred[:, 4:]
+    scores = class_scores.max(axis=1)
+    keep = np.flatnonzero(scores >= conf_threshold)
+    keep = keep[np.argsort(-scores[keep], kind="stable")][:max_det]
+    input_h, input_w = input_hw
+    centre_wh = pred[keep, :4].astype(np.float32) * np.array([input_w, input_h, input_w, input_h], np.float32)
+    xyxy = np.empty_like(centre_wh)
+    xyxy[:, :2] = centre_wh[:, :2] - centre_wh[:, 2:] / 2
+    xyxy[:, 2:] = centre_wh[:, :2] + centre_wh[:, 2:] / 2
+    return Boxes(xyxy, scores[keep].astype(np.float32), class_scores[keep].argmax(axis=1).astype(np.int64))
 
 
 def to_detections(xyxy: NDArray[np.float32], boxes: Boxes, names: dict[int, str]) -> list[Detection]:

@@ -4,6 +4,10 @@ The detector must see frames exactly as the model saw them in training and valid
 module copies ultralytics' rounding (including the ``round(d - 0.1)`` / ``round(d + 0.1)`` split of
 odd padding) rather than choosing its own. The inverse mapping uses the per-axis gain of the actual
 resize, as ultralytics' ``scale_boxes`` does, so boxes land where the objects are.
+
+RT-DETR is predicted by ultralytics with ``LetterBox(scale_fill=True)`` instead: the frame is
+stretched to the whole input, no border. ``stretch_params`` describes that resize with the same
+``Letterbox`` record (zero padding, per-axis gains), so one inverse mapping serves both.
 """
 
 from __future__ import annotations
@@ -32,12 +36,18 @@ class Letterbox:
     pad_bottom: int
 
 
-def letterbox_params(frame_hw: tuple[int, int], input_hw: tuple[int, int]) -> Letterbox:
-    """Compute the letterbox of a ``frame_hw`` frame into an ``input_hw`` model input."""
+def letterbox_params(frame_hw: tuple[int, int], input_hw: tuple[int, int], max_ratio: float | None = None) -> Letterbox:
+    """Compute the letterbox of a ``frame_hw`` frame into an ``input_hw`` model input.
+
+    ``max_ratio`` caps the resize ratio (a crop kept at the scale its whole frame would have);
+    None fits the frame to the input, as ultralytics does.
+    """
     height, width = frame_hw
     input_h, input_w = input_hw
     # No upscaling limit: ultralytics predicts with scaleup=True.
     ratio = min(input_h / height, input_w / width)
+    if max_ratio is not None:
+        ratio = min(ratio, max_ratio)
     # Python's round (banker's rounding) on purpose: it is what ultralytics uses.
     resized_w = max(round(width * ratio), 1)
     resized_h = max(round(height * ratio), 1)
@@ -50,6 +60,19 @@ def letterbox_params(frame_hw: tuple[int, int], input_hw: tuple[int, int]) -> Le
         pad_top=round(half_dh - 0.1),
         pad_right=round(half_dw + 0.1),
         pad_bottom=round(half_dh + 0.1),
+    )
+
+
+def stretch_params(frame_hw: tuple[int, int], input_hw: tuple[int, int]) -> Letterbox:
+    """The resize of a ``frame_hw`` frame stretched to fill an ``input_hw`` input (RT-DETR's preprocessing)."""
+    input_h, input_w = input_hw
+    return Letterbox(
+        ratio=min(input_h / frame_hw[0], input_w / frame_hw[1]),
+        resized_wh=(input_w, input_h),
+        pad_left=0,
+        pad_top=0,
+        pad_right=0,
+        pad_bottom=0,
     )
 
 
@@ -80,15 +103,27 @@ def to_tensor(images: Sequence[NDArray[np.uint8]]) -> NDArray[np.float32]:
     return tensor
 
 
-def letterbox_into(frame: NDArray[np.uint8], out: NDArray[np.float32]) -> Letterbox:
+def letterbox_into(frame: NDArray[np.uint8], out: NDArray[np.float32], max_ratio: float | None = None) -> Letterbox:
     """Letterbox a BGR frame straight into one ``[3, H, W]`` image of the model's tensor.
 
     The values are those of ``to_tensor([letterbox(frame, (H, W))[0]])[0]`` (RGB, divided by 255 in
     float32), but the padded uint8 image, the stack and the strided transpose copy are skipped: each
     resized plane is divided into the inside of ``out`` and only the border bands are filled with grey.
+    ``max_ratio`` is ``letterbox_params``'.
     """
     input_hw = (out.shape[1], out.shape[2])
-    params = letterbox_params((frame.shape[0], frame.shape[1]), input_hw)
+    params = letterbox_params((frame.shape[0], frame.shape[1]), input_hw, max_ratio)
+    return resize_into(frame, out, params)
+
+
+def stretch_into(frame: NDArray[np.uint8], out: NDArray[np.float32]) -> Letterbox:
+    """Stretch a BGR frame over one whole ``[3, H, W]`` image of the model's tensor (RT-DETR)."""
+    params = stretch_params((frame.shape[0], frame.shape[1]), (out.shape[1], out.shape[2]))
+    return resize_into(frame, out, params)
+
+
+def resize_into(frame: NDArray[np.uint8], out: NDArray[np.float32], params: Letterbox) -> Letterbox:
+    """Resize a BGR frame as ``params`` say into ``out`` (RGB, 0..1), the border grey; returns ``params``."""
     resized = frame
     if (frame.shape[1], frame.shape[0]) != params.resized_wh:
         resized = np.asarray(cv2.resize(frame, params.resized_wh, interpolation=cv2.INTER_LINEAR), np.uint8)

@@ -1,4 +1,4 @@
-"""Reading what an ultralytics ONNX export says about itself: class names, input, output layout.
+"""Reading what an ultralytics ONNX export says about itself: class names and its image input.
 
 ultralytics writes its metadata into ONNX ``metadata_props`` as ``str(python_value)``, e.g.
 ``names = "{0: 'person', 1: 'cat'}"`` and ``imgsz = "[320, 320]"``, so values are parsed with
@@ -11,11 +11,9 @@ from __future__ import annotations
 import ast
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from edge.detect.errors import DetectorError
 
-Layout = Literal["v8", "e2e"]
 Dim = int | str | None
 
 _INPUT_TYPES = {"tensor(float)": False, "tensor(float16)": True}
@@ -58,24 +56,6 @@ def read_names(metadata: Mapping[str, str], model: str) -> dict[int, str]:
     return {int(class_id): str(name) for class_id, name in value.items()}
 
 
-def check_task(metadata: Mapping[str, str], model: str) -> None:
-    """Refuse segmentation, pose, classification... exports: their outputs mean something else."""
-    task = metadata.get("task", "detect")
-    if task != "detect":
-        raise DetectorError(f"{model}: task is {task!r} in the metadata; only 'detect' models are supported")
-
-
-def is_end2end(metadata: Mapping[str, str]) -> bool:
-    """Whether the export has NMS inside (``end2end`` head, or ``nms=True`` in the export args)."""
-    if metadata.get("end2end") == "True":
-        return True
-    try:
-        args = ast.literal_eval(metadata.get("args", "{}"))
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return False  # args are informational; the output shape still decides the layout
-    return isinstance(args, dict) and args.get("nms") is True
-
-
 def read_input(
     name: str, shape: Sequence[Dim], element_type: str, metadata: Mapping[str, str], model: str
 ) -> ModelInput:
@@ -109,26 +89,3 @@ def _imgsz(metadata: Mapping[str, str], model: str) -> tuple[int, int]:
     ):
         raise DetectorError(f"{model}: metadata 'imgsz' should be [height, width], got {metadata['imgsz']!r}")
     return int(value[0]), int(value[1])
-
-
-def output_layout(shape: Sequence[Dim], nc: int, end2end: bool, model: str) -> Layout:
-    """Decide the output layout from the actual output shape and the class count from metadata."""
-    v8_fits = len(shape) == 3 and shape[1] == 4 + nc
-    e2e_fits = len(shape) == 3 and shape[2] == 6
-    batch = shape[0] if shape else "batch"
-    if end2end:
-        if e2e_fits:
-            return "e2e"
-        raise DetectorError(
-            f"{model}: metadata says the model is end-to-end but output shape {format_shape(shape)} "
-            f"does not match [{batch}, N, 6]"
-        )
-    # [B, 6, N] with nc=2 fits both; ultralytics' default head is the v8 one.
-    if v8_fits:
-        return "v8"
-    if e2e_fits:
-        return "e2e"
-    raise DetectorError(
-        f"{model}: output shape {format_shape(shape)} does not match YOLO layout [{batch}, 4+nc, N] "
-        f"with nc={nc} from metadata, nor end-to-end layout [{batch}, N, 6]"
-    )

@@ -4,9 +4,10 @@ The images are not built here. Instead, each Dockerfile's build-context files (i
 `pip install`) are put in a scratch folder, installed from there without dependencies into a target
 folder (the same `pip install .` the Dockerfile runs, minus the downloads), and the program is run from
 that folder alone: every module of its package imports, none of the project's modules comes from
-elsewhere (the edge image has no cloud/ or sim/, the cloud image no edge/ or sim/), and `check-config`
-accepts the ConfigMap's file. A second check reads the package's imports and requires each third-party
-one to be declared in the extra the Dockerfile installs.
+elsewhere (the edge image has no cloud/ or sim/; the cloud image no sim/ and of edge/ only the YOLO
+runtime, edge/detect, which its onnx backend runs: no edge agent), and `check-config` accepts the
+ConfigMap's file. A second check reads the imports of every Python file the image copies and requires
+each third-party one to be declared in the extra the Dockerfile installs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ from tests.helpers.k3s import ROOT, container, dockerfile_copies, dockerfile_lin
 IMAGES = {
     "edge.Dockerfile": ("edge", ("DaemonSet", "edgeglm-edge", "edge"), "/etc/edgeglm/edge.yaml"),
     "cloud.Dockerfile": ("cloud", ("Deployment", "edgeglm-cloud", "cloud"), "/etc/edgeglm/cloud.yaml"),
+}
+# Project modules an image may hold besides its own package's: the wire contract, and for the cloud
+# the shared YOLO runtime (the `edge` package itself is only its parent, with no code).
+SHARED = {
+    "edge.Dockerfile": ("protos",),
+    "cloud.Dockerfile": ("protos", "edge.detect"),
 }
 PROJECT_PACKAGES = {"edge", "cloud", "sim", "protos"}
 TIMEOUT_S = 180
@@ -98,7 +105,13 @@ def test_the_program_runs_from_its_image_files_alone(installed: tuple[str, Path]
     assert len([n for n in modules if n.split(".")[0] == package]) > 10
     strays = {n: f for n, f in modules.items() if f and not f.startswith(str(target))}
     assert strays == {}, f"{dockerfile}: modules the image would not have"
-    assert {n.split(".")[0] for n in modules} <= {package, "protos"}
+    allowed = (package, *SHARED[dockerfile])
+    foreign = [n for n in modules if not any(n == a or n.startswith(a + ".") for a in allowed) and n != "edge"]
+    assert foreign == [], f"{dockerfile}: the program imports project modules outside {allowed}"
+    if package == "cloud":
+        # What was installed of the edge (read on disk: this test environment has the whole project on its path).
+        installed_edge = {p.name for p in (target / "edge").iterdir() if p.name != "__pycache__"}
+        assert installed_edge == {"__init__.py", "detect"}, "the cloud image carries more of the edge than its runtime"
     # Its check-config accepts the ConfigMap's file (the glm weights folder is not part of any image).
     objects = render("single-node")
     workload = find(objects, kind, name)
@@ -110,12 +123,39 @@ def test_the_program_runs_from_its_image_files_alone(installed: tuple[str, Path]
     assert container(workload, container_name)["args"][0] in ("run", "serve")
 
 
-def _imported_distributions(package: str) -> set[str]:
-    """Normalised names of the distributions the package's own source imports (at any depth)."""
+def test_the_cloud_image_carries_the_yolo_runtime_but_not_the_edge_agent(tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    _build_context("cloud.Dockerfile", context)
+    edge_files = sorted(str(p.relative_to(context)) for p in (context / "edge").rglob("*.py"))
+    assert edge_files == sorted(str(p.relative_to(ROOT)) for p in [ROOT / "edge" / "__init__.py", *DETECT_FILES])
+    for agent_module in ("edge.agent", "edge.cli", "edge.outbox", "edge.uplink"):
+        assert not (context / Path(*agent_module.split("."))).exists()
+        assert not (context / Path(*agent_module.split("."))).with_suffix(".py").exists()
+
+
+DETECT_FILES = sorted((ROOT / "edge" / "detect").rglob("*.py"))
+
+
+def _copied_python(dockerfile: str) -> list[Path]:
+    """Every Python file of the repository that the Dockerfile copies into its build context."""
+    files: list[Path] = []
+    for sources, destination in dockerfile_copies(dockerfile):
+        if destination.startswith("/"):
+            continue
+        for source in sources:
+            if source.is_dir():
+                files += sorted(source.rglob("*.py"))
+            elif source.suffix == ".py":
+                files.append(source)
+    return files
+
+
+def _imported_distributions(dockerfile: str) -> set[str]:
+    """Normalised names of the distributions the image's Python files import (at any depth)."""
     providers = importlib.metadata.packages_distributions()
     stdlib = sys.stdlib_module_names
     found: set[str] = set()
-    for path in (ROOT / package).rglob("*.py"):
+    for path in _copied_python(dockerfile):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -165,5 +205,5 @@ def test_every_third_party_import_is_declared_in_the_extra_the_image_installs(do
     assert f'".[{package}]"' in installs
     requirements = set(project["dependencies"]) | set(project["optional-dependencies"][package])
     requirements |= {word.strip('"').split("==")[0] for word in installs.split() if word.startswith('"torch')}
-    missing = _imported_distributions(package) - _installed_with(requirements)
+    missing = _imported_distributions(dockerfile) - _installed_with(requirements)
     assert missing == set(), f"{package} imports {missing}, which {dockerfile} never installs"

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -18,6 +19,7 @@ from cloud.backends.decide import iou
 from cloud.convert import SampleInput, sample_from_pb
 from protos import sample_pb2
 from sim.world.dataset import DatasetSpec, render_dataset_image
+from tests.helpers.onnx_models import e2e_output, save_yolo_model, v8_output
 
 MODEL = Path(__file__).resolve().parents[2] / "sim" / "models" / "edge.onnx"
 # Test images of DatasetSpec(seed=0): 4 holds one person, 0 one cup, 7 one motorcycle, 2 nothing.
@@ -124,9 +126,12 @@ async def test_backend_logs_the_provider_it_picked_and_versions_the_model(caplog
         await backend.start()  # again: nothing reloads
     await backend.close()
 
-    (record,) = caplog.records
+    (record,) = [r for r in caplog.records if r.name == "cloud.backends.onnx"]
     assert "CPUExecutionProvider" in record.getMessage()
     assert "asked ['cuda', 'cpu']" in record.getMessage()
+    # The fallback from CUDA is said once, as a warning, by the detector runtime.
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "falling back to CPUExecutionProvider" in warning.getMessage()
     assert backend.model_name == "edge"
     assert backend.model_version.startswith("sha256:")
 
@@ -145,3 +150,41 @@ async def test_a_file_that_is_not_onnx_fails_start_naming_the_file(tmp_path):
 
     with pytest.raises(BackendStartError, match=r"broken\.onnx: not a loadable ONNX model"):
         await backend.start()
+
+
+async def test_a_segmentation_model_fails_start_saying_what_it_is(tmp_path):
+    # No task in its metadata: its second output (mask prototypes) gives it away.
+    path = save_yolo_model(
+        tmp_path / "seg.onnx",
+        v8_output([], nc=3, anchors=8),
+        {0: "person", 1: "cat", 2: "dog"},
+        extra_metadata={"task": None},
+        extra_outputs={"output1": np.zeros((1, 32, 80, 80), np.float32)},
+    )
+    backend = OnnxBackend(OnnxBackendConfig(model_path=path, providers=["cpu"]))
+
+    with pytest.raises(BackendStartError, match=r"seg\.onnx: the model has 2 outputs.*only detection models"):
+        await backend.start()
+
+
+async def test_a_dynamic_nms_export_judges_every_sample_of_a_larger_batch(tmp_path):
+    # Exported with nms=True, dynamic=True, batch=1: its NMS loop covers one image per run.
+    rows = [(110, 130, 210, 190, 0.8, 2)] + [(0, 0, 0, 0, 0.0, 0)] * 7
+    path = save_yolo_model(
+        tmp_path / "nms.onnx",
+        e2e_output(rows),
+        {0: "person", 1: "cat", 2: "dog"},
+        batch="batch",
+        nms=True,
+        export_batch=1,
+        rows_kept=1,
+    )
+    backend = OnnxBackend(OnnxBackendConfig(model_path=path, providers=["cpu"]))
+    await backend.start()
+    try:
+        results = await backend.infer([sample(EMPTY) for _ in range(4)])
+    finally:
+        await backend.close()
+
+    assert [r.decision for r in results] == ["confirmed"] * 4
+    assert [[d.label for d in r.detections] for r in results] == [["dog"]] * 4

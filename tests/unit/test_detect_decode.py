@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.detect.decode import decode_e2e, decode_v8
-from tests.helpers.onnx_models import Candidate, e2e_output, v8_output
+from edge.detect.decode import decode_e2e, decode_rtdetr, decode_v8
+from tests.helpers.onnx_models import Candidate, e2e_output, rtdetr_output, v8_output
 
 
 def decode(candidates, nc=3, conf=0.25, iou=0.7, max_det=300):
@@ -102,3 +102,23 @@ def test_e2e_decode_keeps_the_max_det_best_boxes():
 
     np.testing.assert_allclose(boxes.scores, [0.7, 0.6])
     assert boxes.class_ids.tolist() == [4, 3]
+
+
+def test_rtdetr_decode_scales_normalised_centres_to_input_pixels_best_first():
+    pred = rtdetr_output(
+        [(0.5, 0.25, 0.5, 0.25, 2, 0.6), (0.1, 0.1, 0.1, 0.1, 0, 0.9), (0.9, 0.9, 0.1, 0.1, 1, 0.2)], nc=3
+    )[0]
+
+    boxes = decode_rtdetr(pred, (320, 640), conf_threshold=0.25, max_det=300)
+
+    assert boxes.class_ids.tolist() == [0, 2]
+    np.testing.assert_allclose(boxes.scores, [0.9, 0.6])
+    # (cx, cy, w, h) x (640, 320, 640, 320) -> xyxy in input pixels
+    np.testing.assert_allclose(boxes.xyxy, [[32, 16, 96, 48], [160, 40, 480, 120]], atol=1e-4)
+
+
+def test_rtdetr_decode_keeps_max_det_and_finds_nothing_below_threshold():
+    pred = rtdetr_output([(0.5, 0.5, 0.1, 0.1, 0, 0.3 + 0.05 * i) for i in range(5)], nc=3, num_queries=10)[0]
+
+    np.testing.assert_allclose(decode_rtdetr(pred, (320, 320), 0.25, max_det=2).scores, [0.5, 0.45], rtol=1e-6)
+    assert len(decode_rtdetr(pred, (320, 320), 0.95, max_det=300).scores) == 0

@@ -11,7 +11,10 @@ from edge.detect.letterbox import (
     boxes_to_frame,
     boxes_to_input,
     letterbox,
+    letterbox_into,
     letterbox_params,
+    stretch_into,
+    stretch_params,
     to_tensor,
 )
 
@@ -104,3 +107,35 @@ def test_boxes_to_frame_clips_to_the_frame():
     mapped = boxes_to_frame(boxes, params, (480, 640))
 
     np.testing.assert_allclose(mapped, [[0, 0, 640, 480]])
+
+
+def test_max_ratio_keeps_a_crop_at_its_frame_scale_centred_in_grey():
+    # A 100x50 crop that would be blown up 3.2x is kept at 0.5x: 50x25, centred.
+    assert letterbox_params((50, 100), INPUT_HW, max_ratio=0.5) == Letterbox(0.5, (50, 25), 135, 147, 135, 148)
+    # A cap above the fitting ratio changes nothing.
+    assert letterbox_params((480, 640), INPUT_HW, max_ratio=2.0) == letterbox_params((480, 640), INPUT_HW)
+
+
+def test_max_ratio_boxes_map_back_to_the_crop():
+    frame = np.full((50, 100, 3), 200, dtype=np.uint8)
+    out = np.empty((3, *INPUT_HW), dtype=np.float32)
+
+    params = letterbox_into(frame, out, max_ratio=0.5)
+
+    np.testing.assert_allclose(out[:, 0, 0], PAD_VALUE / 255, rtol=1e-6)
+    np.testing.assert_allclose(out[:, 160, 160], 200 / 255, rtol=1e-6)
+    box = np.array([[135, 147, 185, 172]], dtype=np.float32)  # the whole resized crop
+    np.testing.assert_allclose(boxes_to_frame(box, params, (50, 100)), [[0, 0, 100, 50]], atol=1e-4)
+
+
+def test_stretch_fills_the_whole_input_and_maps_back_per_axis():
+    frame = np.full((300, 900, 3), 80, dtype=np.uint8)
+    out = np.zeros((3, *INPUT_HW), dtype=np.float32)
+
+    params = stretch_into(frame, out)
+
+    assert params == stretch_params((300, 900), INPUT_HW)
+    assert (params.resized_wh, params.pad_left, params.pad_top) == ((320, 320), 0, 0)
+    np.testing.assert_allclose(out, 80 / 255, rtol=1e-6)  # no grey border anywhere
+    box = np.array([[160, 160, 320, 320]], dtype=np.float32)
+    np.testing.assert_allclose(boxes_to_frame(box, params, (300, 900)), [[450, 150, 900, 300]], atol=1e-3)
