@@ -4,9 +4,10 @@ The images are not built here. Instead, each Dockerfile's build-context files (i
 `pip install`) are put in a scratch folder, installed from there without dependencies into a target
 folder (the same `pip install .` the Dockerfile runs, minus the downloads), and the program is run from
 that folder alone: every module of its package imports, none of the project's modules comes from
-elsewhere (the edge image has no cloud/ or sim/, the cloud image no edge/ or sim/), and `check-config`
-accepts the ConfigMap's file. A second check reads the package's imports and requires each third-party
-one to be declared in the extra the Dockerfile installs.
+elsewhere (the edge image has no cloud/ or sim/, the cloud image no edge/ or sim/; both have protos/ and
+common/), and `check-config` accepts the ConfigMap's file. A second check reads the imports of the package
+and of what it shares with the other side, and requires each third-party one to be declared in the extra
+the Dockerfile installs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,9 @@ IMAGES = {
     "edge.Dockerfile": ("edge", ("DaemonSet", "edgeglm-edge", "edge"), "/etc/edgeglm/edge.yaml"),
     "cloud.Dockerfile": ("cloud", ("Deployment", "edgeglm-cloud", "cloud"), "/etc/edgeglm/cloud.yaml"),
 }
-PROJECT_PACKAGES = {"edge", "cloud", "sim", "protos"}
+PROJECT_PACKAGES = {"edge", "cloud", "sim", "protos", "common"}
+# What both images carry beside their own package.
+SHARED_PACKAGES = {"protos", "common"}
 TIMEOUT_S = 180
 
 # Imports every module of the package (but __main__, which runs the CLI) and prints where the
@@ -41,7 +45,7 @@ package = importlib.import_module(sys.argv[1])
 for module in pkgutil.walk_packages(package.__path__, sys.argv[1] + "."):
     if not module.name.endswith("__main__"):
         importlib.import_module(module.name)
-project = {"edge", "cloud", "sim", "protos"}
+project = {"edge", "cloud", "sim", "protos", "common"}
 print(json.dumps({n: getattr(m, "__file__", None) for n, m in sys.modules.items() if n.split(".")[0] in project}))
 """
 
@@ -98,7 +102,7 @@ def test_the_program_runs_from_its_image_files_alone(installed: tuple[str, Path]
     assert len([n for n in modules if n.split(".")[0] == package]) > 10
     strays = {n: f for n, f in modules.items() if f and not f.startswith(str(target))}
     assert strays == {}, f"{dockerfile}: modules the image would not have"
-    assert {n.split(".")[0] for n in modules} <= {package, "protos"}
+    assert {n.split(".")[0] for n in modules} <= {package, *SHARED_PACKAGES}
     # Its check-config accepts the ConfigMap's file (the glm weights folder is not part of any image).
     objects = render("single-node")
     workload = find(objects, kind, name)
@@ -110,25 +114,28 @@ def test_the_program_runs_from_its_image_files_alone(installed: tuple[str, Path]
     assert container(workload, container_name)["args"][0] in ("run", "serve")
 
 
+def _imports(folder: str) -> Iterator[tuple[Path, str]]:
+    """(file, absolute module name) for every import statement in the project folder's source."""
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                yield from ((path, alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                yield path, node.module
+
+
 def _imported_distributions(package: str) -> set[str]:
-    """Normalised names of the distributions the package's own source imports (at any depth)."""
+    """Normalised names of the distributions the package's source and the shared packages' import (at any depth)."""
     providers = importlib.metadata.packages_distributions()
     stdlib = sys.stdlib_module_names
     found: set[str] = set()
-    for path in (ROOT / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
+    for folder in (package, *sorted(SHARED_PACKAGES)):
+        for path, name in _imports(folder):
+            top = name.split(".")[0]
+            if top in stdlib or top in PROJECT_PACKAGES or top == "__future__":
                 continue
-            for name in names:
-                top = name.split(".")[0]
-                if top in stdlib or top in PROJECT_PACKAGES or top == "__future__":
-                    continue
-                assert top in providers, f"{path.relative_to(ROOT)} imports {top}, which no installed package provides"
-                found.update(_normalise(d) for d in providers[top])
+            assert top in providers, f"{path.relative_to(ROOT)} imports {top}, which no installed package provides"
+            found.update(_normalise(d) for d in providers[top])
     return found
 
 
@@ -167,3 +174,10 @@ def test_every_third_party_import_is_declared_in_the_extra_the_image_installs(do
     requirements |= {word.strip('"').split("==")[0] for word in installs.split() if word.startswith('"torch')}
     missing = _imported_distributions(package) - _installed_with(requirements)
     assert missing == set(), f"{package} imports {missing}, which {dockerfile} never installs"
+
+
+@pytest.mark.parametrize("shared", sorted(SHARED_PACKAGES))
+def test_what_both_images_share_imports_nothing_of_either_side(shared: str) -> None:
+    sides = PROJECT_PACKAGES - SHARED_PACKAGES
+    found = {f"{path.relative_to(ROOT)}: {name}" for path, name in _imports(shared) if name.split(".")[0] in sides}
+    assert found == set()

@@ -27,6 +27,7 @@ RUN pip install "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos ./protos
+COPY common ./common
 COPY cloud ./cloud
 RUN pip install ".[cloud]" && rm -rf /src
 
