@@ -81,6 +81,6 @@ class PeriodicTask:
             self.failures += 1
             if self._counter is not None:
                 self._counter.inc()
-            self._log.exception("%s failed; trying again in %.3g s", self.name, self.interval_s)
+            self._log.exception("%s failed; trying again in %g s", self.name, self.interval_s)
             return False
         return True
