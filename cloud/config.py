@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from cloud.backends import BackendConfig, OracleBackendConfig
 from cloud.batcher import BatcherConfig
@@ -21,7 +21,7 @@ from cloud.bridge.config import MqttBridgeConfig
 from cloud.ingest.config import IngestConfig
 from cloud.policy.loop_config import ClosedLoopConfig
 from cloud.policy.settings import PolicyOverride, PolicySettings
-from common.config import ConfigError, load_settings
+from common.config import ConfigError, FileSettings, load_settings
 
 __all__ = ["CloudConfig", "ConfigError", "load_config", "resolve_paths"]
 MIB = 1 << 20
@@ -134,7 +134,7 @@ class AdminConfig(_Section):
     )
 
 
-class CloudConfig(BaseSettings):
+class CloudConfig(FileSettings):
     """The whole cloud.yaml."""
 
     model_config = SettingsConfigDict(
@@ -166,18 +166,6 @@ class CloudConfig(BaseSettings):
         if bad:
             raise ValueError(f"edge ids are letters, digits, _ . - only; not {', '.join(map(repr, bad))}")
         return edges
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Environment beats the file; secrets fill what neither gave."""
-        return env_settings, init_settings, file_secret_settings
 
 
 def load_config(path: Path) -> CloudConfig:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import BaseModel, Tag, ValidationError
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 SECRETS_DIR = Path("/run/secrets")
 TOP_LEVEL = "(top level)"
@@ -28,6 +28,22 @@ _BOUNDS = {
     "less_than_equal": ("le", "is above the maximum"),
     "less_than": ("lt", "must be below"),
 }
+
+
+class FileSettings(BaseSettings):
+    """A program's settings: its YAML file (the init arguments), with the environment above and secrets below."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment beats the file (an operator's override of one value); secrets fill what neither gave."""
+        return env_settings, init_settings, file_secret_settings
 
 
 class ConfigError(Exception):

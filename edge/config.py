@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from common.config import ConfigError, load_settings
+from common.config import ConfigError, FileSettings, load_settings
 from edge.detect import DetectorConfig
 from edge.policy.settings import EdgePolicy
 from edge.sources import CameraConfig
@@ -163,7 +163,7 @@ class PipelineConfig(_Section):
     )
 
 
-class EdgeConfig(BaseSettings):
+class EdgeConfig(FileSettings):
     """The whole edge.yaml."""
 
     model_config = SettingsConfigDict(
@@ -193,18 +193,6 @@ class EdgeConfig(BaseSettings):
         if duplicates:
             raise ValueError(f"camera ids must be unique; repeated: {', '.join(duplicates)}")
         return cameras
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Environment beats the file; secrets fill what neither gave."""
-        return env_settings, init_settings, file_secret_settings
 
 
 def load_config(path: Path) -> EdgeConfig:

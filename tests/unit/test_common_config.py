@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from common.config import ConfigError, format_errors, load_settings, read_yaml_mapping
+from common.config import ConfigError, FileSettings, format_errors, load_settings, read_yaml_mapping
 
 
 class _Strict(BaseModel):
@@ -139,7 +139,7 @@ def test_a_root_validator_error_is_at_the_top_level() -> None:
     assert format_errors("pair.yaml", refused.value, Pair).startswith("pair.yaml: (top level): ")
 
 
-class Settings(BaseSettings):
+class Settings(FileSettings):
     model_config = SettingsConfigDict(extra="forbid", env_prefix="EDGEGLM_TEST_", env_nested_delimiter="__")
 
     name: str
@@ -148,14 +148,14 @@ class Settings(BaseSettings):
     )
 
 
-def test_load_settings_reads_the_file_and_names_it_in_each_error(
+def test_load_settings_names_the_file_in_each_error_and_the_environment_beats_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "program.yaml"
     path.write_text("name: a\nuplink: {kind: mqtt, port: 70000}\n")
     with pytest.raises(ConfigError, match=r"^program\.yaml: uplink\.port: 70000 is above the maximum 65535$"):
         load_settings(path, Settings)
-    path.write_text("uplink: {kind: mqtt, port: 1884}\n")
+    path.write_text("name: from-file\nuplink: {kind: mqtt, port: 1884}\n")
     monkeypatch.setenv("EDGEGLM_TEST_NAME", "from-env")
     settings = load_settings(path, Settings)
     assert (settings.name, settings.uplink) == ("from-env", Mqtt(port=1884))
