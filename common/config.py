@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 SECRETS_DIR = Path("/run/secrets")
 TOP_LEVEL = "(top level)"
+MAX_SHOWN_CHARS = 80
 S = TypeVar("S", bound=BaseSettings)
 _BOUNDS = {
     "greater_than_equal": ("ge", "is below the minimum"),
@@ -114,7 +115,13 @@ def describe(problem: ErrorDetails) -> str:
         return str(context["error"])
     if isinstance(given, dict | list | tuple) or given is None:
         return problem["msg"]
-    return f"{problem['msg']} (got {given!r})"
+    return f"{problem['msg']} (got {_shown(given)})"
+
+
+def _shown(value: object) -> str:
+    # A whole document refused as one value (invalid JSON, say) would otherwise be echoed back whole.
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN_CHARS else f"{text[: MAX_SHOWN_CHARS - 3]}... ({len(text)} chars)"
 
 
 def _without_union_tags(loc: tuple[int | str, ...], model: type[BaseModel] | None) -> list[int | str]:

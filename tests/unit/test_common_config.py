@@ -121,6 +121,11 @@ def test_missing_fields_and_mapping_keys() -> None:
 def test_the_value_is_shown_with_bounds_and_pydantic_words() -> None:
     assert lines({"name": "x", "threshold": 1.5}) == ["edge.yaml: threshold: 1.5 must be below 1.0"]
     assert lines({"name": ["not", "a", "string"]}) == ["edge.yaml: name: Input should be a valid string"]
+    long = "x" * 200
+    assert lines({"name": "x", "threshold": long}) == [
+        "edge.yaml: threshold: Input should be a valid number, unable to parse string as a number "
+        f"(got '{long[:76]}... (202 chars))"
+    ]
 
 
 def test_without_the_model_the_path_keeps_every_part() -> None:
