@@ -97,9 +97,3 @@ class CloudMetrics:
         self.policies_rejected = Counter(
             "edgeglm_cloud_policies_rejected", "Policy updates refused as invalid.", registry=r
         )
-        self.periodic_failures = Counter(
-            "edgeglm_cloud_periodic_task_failures",
-            "Runs of a periodic task (edge snapshots, store retention) that failed; the next run goes ahead.",
-            ["task"],
-            registry=r,
-        )

@@ -108,11 +108,11 @@ class CloudService:
             self.fleet,
             self.store,
             config.admin.edge_snapshot_interval_s,
-            failures=self.metrics.periodic_failures.labels("edge-snapshots"),
+            failures=self.metrics.task_failures.labels("edge-snapshots"),
         )
         self._snapshotter.start()
         self._retention = StoreRetention(
-            self.store, config.store.retention_s, failures=self.metrics.periodic_failures.labels("store-retention")
+            self.store, config.store.retention_s, failures=self.metrics.task_failures.labels("store-retention")
         )
         self._retention.start()
         self.ingest = IngestCore(self.store, self.batcher, self.backend, self.metrics, config.ingest)

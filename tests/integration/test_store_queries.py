@@ -236,18 +236,18 @@ async def test_retention_prunes_old_verdicts_with_their_thumbnails_labels_and_sn
         assert conn.execute("SELECT COUNT(*) FROM verdict_labels WHERE sample_id = 'old'").fetchone()[0] == 0
 
 
-async def test_a_failed_prune_is_counted_in_the_periodic_failures_metric(tmp_path):
+async def test_a_failed_prune_is_counted_in_the_task_failures_metric(tmp_path):
     closed = VerdictStore(tmp_path / "closed.sqlite")
     await closed.open()
     await closed.close()
     metrics = CloudMetrics()
     retention = StoreRetention(
-        closed, retention_s=7 * 86400, every_s=3600, failures=metrics.periodic_failures.labels("store-retention")
+        closed, retention_s=7 * 86400, every_s=3600, failures=metrics.task_failures.labels("store-retention")
     )
 
     def failed() -> float:
         labels = {"task": "store-retention"}
-        return metrics.registry.get_sample_value("edgeglm_cloud_periodic_task_failures_total", labels) or 0.0
+        return metrics.registry.get_sample_value("edgeglm_cloud_task_failures_total", labels) or 0.0
 
     retention.start()  # the first prune runs at once, on a store that refuses it
     try:
