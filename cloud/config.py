@@ -9,14 +9,11 @@ into one line naming the file, the YAML path and what is wrong, e.g.
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from cloud.backends import BackendConfig, OracleBackendConfig
 from cloud.batcher import BatcherConfig
@@ -24,8 +21,9 @@ from cloud.bridge.config import MqttBridgeConfig
 from cloud.ingest.config import IngestConfig
 from cloud.policy.loop_config import ClosedLoopConfig
 from cloud.policy.settings import PolicyOverride, PolicySettings
+from common.config import ConfigError, FileSettings, load_settings
 
-SECRETS_DIR = Path("/run/secrets")
+__all__ = ["CloudConfig", "ConfigError", "load_config", "resolve_paths"]
 MIB = 1 << 20
 _EDGE_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
@@ -136,7 +134,7 @@ class AdminConfig(_Section):
     )
 
 
-class CloudConfig(BaseSettings):
+class CloudConfig(FileSettings):
     """The whole cloud.yaml."""
 
     model_config = SettingsConfigDict(
@@ -169,85 +167,10 @@ class CloudConfig(BaseSettings):
             raise ValueError(f"edge ids are letters, digits, _ . - only; not {', '.join(map(repr, bad))}")
         return edges
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Environment beats the file; secrets fill what neither gave."""
-        return env_settings, init_settings, file_secret_settings
-
-
-class ConfigError(Exception):
-    """A config file that cannot be used; the message lists every problem with its YAML path."""
-
-
-def _backend_kinds() -> set[str]:
-    union = typing.get_args(BackendConfig)[0]
-    return {member.model_fields["kind"].default for member in typing.get_args(union)}
-
-
-def _yaml_path(loc: tuple[int | str, ...]) -> str:
-    """The path as written in YAML: the discriminator tag pydantic inserts after `backend` is dropped."""
-    parts = list(loc)
-    if len(parts) > 1 and parts[0] == "backend" and parts[1] in _backend_kinds():
-        del parts[1]
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
-    return text or "(top level)"
-
-
-def _describe(problem: ErrorDetails) -> str:
-    given = problem.get("input")
-    context = problem.get("ctx") or {}
-    kind = problem["type"]
-    bounds = {
-        "greater_than_equal": ("is below the minimum", "ge"),
-        "greater_than": ("must be above", "gt"),
-        "less_than_equal": ("is above the maximum", "le"),
-        "less_than": ("must be below", "lt"),
-    }
-    if kind in bounds:
-        words, key = bounds[kind]
-        return f"{given!r} {words} {context.get(key)}"
-    if kind == "extra_forbidden":
-        return "is not a setting here (misspelt, or in the wrong section?)"
-    if kind == "missing":
-        return "is required"
-    if kind in ("value_error", "assertion_error") and "error" in context:
-        return str(context["error"])
-    shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
-    return f"{problem['msg']}{shown}"
-
-
-def format_errors(source: str, err: ValidationError) -> str:
-    """One line per problem: `source: yaml.path: what is wrong`."""
-    return "\n".join(f"{source}: {_yaml_path(p['loc'])}: {_describe(p)}" for p in err.errors())
-
 
 def load_config(path: Path) -> CloudConfig:
     """Read and validate cloud.yaml (plus environment and secrets); relative paths are relative to its folder."""
-    try:
-        raw: Any = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    secrets = SECRETS_DIR if SECRETS_DIR.is_dir() else None
-    try:
-        config = CloudConfig(**raw, _secrets_dir=secrets)
-    except ValidationError as err:
-        raise ConfigError(format_errors(path.name, err)) from err
-    resolved = resolve_paths(config, path.parent)
+    resolved = resolve_paths(load_settings(path, CloudConfig), path.parent)
     model_path = getattr(resolved.backend, "model_path", None)
     if resolved.backend.kind == "glm" and isinstance(model_path, Path) and not model_path.exists():
         raise ConfigError(

@@ -104,9 +104,16 @@ class CloudService:
         )
         logger.info("policy v%d in force, signed by key %s", self.policy.version, signer.key_id)
         await PolicyRecorder(self.policy, self.store).start()  # the policy history of the admin API
-        self._snapshotter = EdgeSnapshotter(self.fleet, self.store, config.admin.edge_snapshot_interval_s)
+        self._snapshotter = EdgeSnapshotter(
+            self.fleet,
+            self.store,
+            config.admin.edge_snapshot_interval_s,
+            failures=self.metrics.task_failures.labels("edge-snapshots"),
+        )
         self._snapshotter.start()
-        self._retention = StoreRetention(self.store, config.store.retention_s)
+        self._retention = StoreRetention(
+            self.store, config.store.retention_s, failures=self.metrics.task_failures.labels("store-retention")
+        )
         self._retention.start()
         self.ingest = IngestCore(self.store, self.batcher, self.backend, self.metrics, config.ingest)
         if config.policy.closed_loop.enabled:

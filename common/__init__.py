@@ -1,1 +1,5 @@
-"""What the edge agent and the cloud service both run on (no imports of edge, cloud or sim)."""
+"""What the edge agent and the cloud service both run on: config loading, atomic files, periodic and
+supervised tasks.
+
+A leaf package: it imports nothing of edge/, cloud/ or sim/, so both images carry it.
+"""

@@ -12,15 +12,15 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic_settings import SettingsConfigDict
 
+from common.config import ConfigError, FileSettings, load_settings
 from edge.detect import DetectorConfig
 from edge.policy.settings import EdgePolicy
 from edge.sources import CameraConfig
 
-SECRETS_DIR = Path("/run/secrets")
+__all__ = ["ConfigError", "EdgeConfig", "load_config", "resolve_paths"]
 
 
 class _Section(BaseModel):
@@ -168,7 +168,7 @@ class PipelineConfig(_Section):
     )
 
 
-class EdgeConfig(BaseSettings):
+class EdgeConfig(FileSettings):
     """The whole edge.yaml."""
 
     model_config = SettingsConfigDict(
@@ -199,53 +199,10 @@ class EdgeConfig(BaseSettings):
             raise ValueError(f"camera ids must be unique; repeated: {', '.join(duplicates)}")
         return cameras
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Environment beats the file; secrets fill what neither gave."""
-        return env_settings, init_settings, file_secret_settings
-
-
-class ConfigError(Exception):
-    """A config file that cannot be used; the message lists every problem with its YAML path."""
-
-
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = []
-    for problem in err.errors():
-        loc = list(problem["loc"])
-        # A tagged union puts its tag in the path (uplink.grpc.target): people wrote uplink.target.
-        if len(loc) > 1 and loc[0] == "uplink" and loc[1] in ("grpc", "mqtt"):
-            del loc[1]
-        path = ".".join(str(part) for part in loc) or "(top level)"
-        given = problem.get("input")
-        shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
-        lines.append(f"{source}: {path}: {problem['msg']}{shown}")
-    return "\n".join(lines)
-
 
 def load_config(path: Path) -> EdgeConfig:
     """Read and validate edge.yaml; relative paths in it are relative to the file's folder."""
-    try:
-        raw: Any = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    secrets = SECRETS_DIR if SECRETS_DIR.is_dir() else None
-    try:
-        config = EdgeConfig(**raw, _secrets_dir=secrets)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(path.name, err)) from err
-    return resolve_paths(config, path.parent)
+    return resolve_paths(load_settings(path, EdgeConfig), path.parent)
 
 
 def resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:

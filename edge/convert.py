@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
+from common.config import error_lines
 from edge.detect import Detection
 from edge.policy.settings import EdgePolicy
 from protos import policy_pb2, sample_pb2, verdict_pb2
@@ -98,27 +99,7 @@ def policy_from_pb(pb: policy_pb2.Policy, base: EdgePolicy | None = None) -> Edg
     try:
         return EdgePolicy.model_validate(raw)
     except ValidationError as err:
-        raise InvalidPolicyError(f"{where}: {describe_validation_error(err)}") from err
-
-
-_BOUND_WORDS = {"le": "is above", "lt": "is not below", "ge": "is below", "gt": "is not above"}
-
-
-def describe_validation_error(err: ValidationError) -> str:
-    """Each problem as `path: value is above 1.0` (or pydantic's own words), joined by '; '."""
-    parts = []
-    for problem in err.errors():
-        path = ".".join(str(part) for part in problem["loc"]) or "(policy)"
-        ctx = problem.get("ctx") or {}
-        bound = next((key for key in _BOUND_WORDS if key in ctx), None)
-        given = problem.get("input")
-        if bound is not None:
-            parts.append(f"{path}: {given!r} {_BOUND_WORDS[bound]} {ctx[bound]}")
-        elif isinstance(given, dict | list | tuple) or given is None:
-            parts.append(f"{path}: {problem['msg']}")
-        else:
-            parts.append(f"{path}: {given!r}: {problem['msg']}")
-    return "; ".join(parts)
+        raise InvalidPolicyError("; ".join(error_lines(where, err, EdgePolicy))) from err
 
 
 # ---------------------------------------------------------------- detections and samples

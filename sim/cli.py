@@ -157,8 +157,9 @@ def run(
 ) -> None:
     """Run a scenario: every mode (cloud_only, edge_only, sedna_ibt, random, edgeglm) as real processes on the
     same clips over emulated links, then compare them in DIR/report.md and DIR/report.json with plots."""
+    from common.config import format_errors
     from sim.harness.scenario import run_scenario
-    from sim.scenarios.spec import ScenarioError, load_scenario
+    from sim.scenarios.spec import Scenario, ScenarioError, load_scenario
 
     overrides: dict[str, object] = {}
     if link_mode is not None:
@@ -171,8 +172,11 @@ def run(
         spec = load_scenario(scenario, overrides)
         if backend is not None:
             spec = spec.model_validate({**spec.model_dump(), "cloud": {**spec.cloud.model_dump(), "backend": backend}})
-    except (ScenarioError, ValidationError) as err:
-        console.print(f"[red]{err}[/red]")
+    except ScenarioError as err:
+        console.print(str(err), style="red", markup=False)  # markup off: a path like edges[1] is not a tag
+        raise typer.Exit(2) from err
+    except ValidationError as err:
+        console.print(format_errors(f"{scenario.name} with --backend", err, Scenario), style="red", markup=False)
         raise typer.Exit(2) from err
     run_scenario(spec, out, console)
 

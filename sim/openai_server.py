@@ -39,6 +39,8 @@ from fastapi.responses import JSONResponse, Response
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.config import error_lines
+
 logger = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
@@ -242,7 +244,8 @@ def create_app(
             parsed = ChatRequest.model_validate_json(await request.body())
             chat = chat_input(parsed)
         except ValidationError as err:
-            return _error(400, f"not a chat-completions request: {err.errors()[0]['msg']}", "invalid_request_error")
+            problems = "; ".join(error_lines("not a chat-completions request", err, ChatRequest))
+            return _error(400, problems, "invalid_request_error")
         except BadRequestError as err:
             return _error(400, str(err), "invalid_request_error")
         if chat.model != model_name:

@@ -9,7 +9,6 @@ dashboard still knows the edges after a restart.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import logging
@@ -22,6 +21,7 @@ from cloud.policy.engine import PolicyChange
 from cloud.server import FleetStatus
 from cloud.store import EdgeSnapshot, PolicyRecord, StoreError, VerdictRepository
 from cloud.store.records import ScopeName
+from common.periodic import FailureCounter, PeriodicTask
 
 logger = logging.getLogger(__name__)
 _REASON: contextvars.ContextVar[str] = contextvars.ContextVar("policy_change_reason", default="")
@@ -85,17 +85,18 @@ class PolicyRecorder:
 class EdgeSnapshotter:
     """Every `interval_s`, writes the records of the edges heard from since the last write."""
 
-    def __init__(self, fleet: FleetStatus, store: VerdictRepository, interval_s: float) -> None:
-        """Copy `fleet` into `store` every `interval_s` seconds once started."""
+    def __init__(
+        self, fleet: FleetStatus, store: VerdictRepository, interval_s: float, failures: FailureCounter | None = None
+    ) -> None:
+        """Copy `fleet` into `store` every `interval_s` seconds once started; `failures` counts the failed writes."""
         self._fleet = fleet
         self._store = store
-        self._interval_s = interval_s
         self._written: dict[str, float] = {}  # edge_id -> last_seen of the record last written
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = PeriodicTask("edge-snapshots", self.write_changed, interval_s, failures=failures, log=logger)
 
     def start(self) -> None:
         """Start the periodic task."""
-        self._task = asyncio.create_task(self._loop(), name="edge-snapshots")
+        self._periodic.start()
 
     async def write_changed(self) -> int:
         """Write the records that changed since the last write now; returns how many."""
@@ -106,21 +107,9 @@ class EdgeSnapshotter:
             self._written.update({r["edge_id"]: r["last_seen"] for r in changed})
         return len(changed)
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.write_changed()
-            except StoreError:
-                logger.exception("edge snapshots not written; trying again in %.0f s", self._interval_s)
-
     async def stop(self) -> None:
         """Stop the task and write the last changes (a closed store is logged, not raised)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()
         try:
             await self.write_changed()
         except StoreError:

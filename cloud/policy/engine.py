@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from cloud.policy.settings import (
     parse_settings,
 )
 from cloud.policy.signing import PolicySigner
+from common.files import write_atomic
 from protos import policy_pb2
 from protos.policy_settings import settings_to_pb
 
@@ -306,9 +306,4 @@ class PolicyEngine:
             },
         }
         self._state_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self._state_path.with_suffix(".tmp")
-        with temporary.open("w") as handle:
-            json.dump(state, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self._state_path)
+        write_atomic(self._state_path, json.dumps(state, indent=1).encode())

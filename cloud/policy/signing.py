@@ -9,7 +9,6 @@ hold the SubjectPublicKeyInfo PEM of its public key.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from common.files import write_atomic
 from protos import policy_pb2
 
 ALGORITHM = "ed25519"
@@ -73,10 +73,9 @@ def write_key_files(private_path: Path, public_path: Path, overwrite: bool = Fal
     public_path.parent.mkdir(parents=True, exist_ok=True)
     private_key = Ed25519PrivateKey.generate()
     pem = private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(pem)
-    public_path.write_bytes(public_pem(private_key))
+    # Whole or not at all: a torn private key would lock every edge out of new policies at the next start.
+    write_atomic(private_path, pem, mode=0o600)
+    write_atomic(public_path, public_pem(private_key))
     return private_path, public_path
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 
-from cloud.store.sqlite import StoreError
 from cloud.store.verdicts import VerdictStore
+from common.periodic import FailureCounter, PeriodicTask
 
 logger = logging.getLogger(__name__)
 PRUNE_EVERY_S = 3600.0
@@ -17,16 +15,23 @@ PRUNE_EVERY_S = 3600.0
 class StoreRetention:
     """Prunes `store` of what is older than `retention_s`, at start and every `every_s`."""
 
-    def __init__(self, store: VerdictStore, retention_s: float, every_s: float = PRUNE_EVERY_S) -> None:
-        """Nothing runs before `start`."""
+    def __init__(
+        self,
+        store: VerdictStore,
+        retention_s: float,
+        every_s: float = PRUNE_EVERY_S,
+        failures: FailureCounter | None = None,
+    ) -> None:
+        """Nothing runs before `start`; `failures` counts the prunes that failed."""
         self._store = store
         self._retention_s = retention_s
-        self._every_s = every_s
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = PeriodicTask(
+            "store-retention", self.prune_now, every_s, first_run_now=True, failures=failures, log=logger
+        )
 
     def start(self) -> None:
         """Start pruning in the background."""
-        self._task = asyncio.create_task(self._loop(), name="store-retention")
+        self._periodic.start()
 
     async def prune_now(self) -> int:
         """Prune once; returns how many verdicts went."""
@@ -35,18 +40,6 @@ class StoreRetention:
             logger.info("store: %d verdicts older than %.0f s pruned", gone, self._retention_s)
         return gone
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.prune_now()
-            except StoreError:
-                logger.exception("store pruning failed; trying again in %.0f s", self._every_s)
-            await asyncio.sleep(self._every_s)
-
     async def stop(self) -> None:
         """Stop pruning (a prune in progress finishes in the store's thread)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()

@@ -13,7 +13,6 @@ Persisting is a small synchronous write; policies arrive rarely, so it runs on t
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from common.files import write_atomic
 from edge.convert import policy_from_pb
 from edge.metrics import EdgeMetrics
 from edge.policy.settings import EdgePolicy
@@ -94,22 +94,6 @@ def describe_change(old: EdgePolicy, new: EdgePolicy) -> str:
     return f"{head}: {shown}{more}"
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves either the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    # The rename itself is durable only once the directory entry is flushed.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class PolicyStore:
     """Holds the edge's policy; `offer` what the cloud sends, `load` what was persisted, `subscribe` to changes."""
 
@@ -159,7 +143,7 @@ class PolicyStore:
         self._metrics.policy_version.set(policy.version)
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(self._path, signed.SerializeToString())
+            write_atomic(self._path, signed.SerializeToString())
         except OSError as err:
             # The policy is in force regardless; only a restart would fall back to an older one.
             logger.error("policy v%d applied but not persisted to %s: %s", policy.version, self._path, err)

@@ -26,10 +26,11 @@ import grpc
 import grpc.aio
 import httpx
 import typer
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 from tqdm import tqdm
 
+from common.config import ConfigError, format_errors, read_yaml_mapping
 from protos import session_pb2_grpc
 from sim.fleet.light_config import LightFleetConfig
 from sim.fleet.light_edge import FleetTally, LightEdge
@@ -285,12 +286,21 @@ def main(
     from sim.fleet.light_cloud import run_fleet_1000
     from sim.fleet.light_config import Fleet1000Config
 
-    raw: dict[str, Any] = yaml.safe_load(config.read_text()) or {} if config is not None else {}
+    try:
+        raw = read_yaml_mapping(config) if config is not None else {}
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from err
     fleet = dict(raw.get("fleet") or {})
     flags = {"edges": edges, "samples_per_edge": samples_per_edge, "rate_per_edge_hz": rate}
     flags["edges_per_channel"] = edges_per_channel
     fleet.update({key: value for key, value in flags.items() if value is not None})
-    settings = Fleet1000Config.model_validate({**raw, "fleet": fleet})
+    try:
+        settings = Fleet1000Config.model_validate({**raw, "fleet": fleet})
+    except ValidationError as err:
+        source = config.name if config is not None else "the flags"
+        typer.echo(format_errors(source, err, Fleet1000Config), err=True)
+        raise typer.Exit(2) from err
     console = Console(stderr=True)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     summary = run_fleet_1000(settings, out, console)

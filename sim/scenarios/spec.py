@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from common.config import ConfigError, format_errors, read_yaml_mapping
 from sim.link.profile import LinkProfile, Outage
 
 ModeName = Literal["cloud_only", "edge_only", "sedna_ibt", "random", "edgeglm"]
@@ -149,29 +149,17 @@ class ScenarioError(ValueError):
     """A scenario file that cannot be used; one line per problem, with its YAML path."""
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
-    return text or "(top level)"
-
-
 def load_scenario(path: Path, overrides: dict[str, Any] | None = None) -> Scenario:
     """Read and check a scenario; relative model paths are relative to the file's folder."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ScenarioError(f"{path}: cannot be read ({err.strerror})") from err
-    except yaml.YAMLError as err:
-        raise ScenarioError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ScenarioError(f"{path}: expected a mapping at the top level")
+        raw = read_yaml_mapping(path)
+    except ConfigError as err:
+        raise ScenarioError(str(err)) from err
     raw.update(overrides or {})
     try:
         scenario = Scenario(**raw)
     except ValidationError as err:
-        lines = [f"{path.name}: {_path(p['loc'])}: {p['msg']}" for p in err.errors()]
-        raise ScenarioError("\n".join(lines)) from err
+        raise ScenarioError(format_errors(path.name, err, Scenario)) from err
     cloud = scenario.cloud
     fixed = {
         name: (path.parent / value).resolve()

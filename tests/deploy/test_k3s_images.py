@@ -4,10 +4,10 @@ The images are not built here. Instead, each Dockerfile's build-context files (i
 `pip install`) are put in a scratch folder, installed from there without dependencies into a target
 folder (the same `pip install .` the Dockerfile runs, minus the downloads), and the program is run from
 that folder alone: every module of its package imports, none of the project's modules comes from
-elsewhere (the edge image has no cloud/ or sim/; the cloud image no sim/ and of edge/ only the YOLO
-runtime, edge/detect, which its onnx backend runs: no edge agent), and `check-config` accepts the
-ConfigMap's file. A second check reads the imports of every Python file the image copies and requires
-each third-party one to be declared in the extra the Dockerfile installs.
+elsewhere (both have protos/ and common/; the edge image has no cloud/ or sim/; the cloud image no
+sim/ and of edge/ only the YOLO runtime, edge/detect, which its onnx backend runs: no edge agent), and
+`check-config` accepts the ConfigMap's file. A second check reads the imports of every Python file
+the image copies and requires each third-party one to be declared in the extra the Dockerfile installs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,13 +32,15 @@ IMAGES = {
     "edge.Dockerfile": ("edge", ("DaemonSet", "edgeglm-edge", "edge"), "/etc/edgeglm/edge.yaml"),
     "cloud.Dockerfile": ("cloud", ("Deployment", "edgeglm-cloud", "cloud"), "/etc/edgeglm/cloud.yaml"),
 }
-# Project modules an image may hold besides its own package's: the wire contract, and for the cloud
-# the shared YOLO runtime (the `edge` package itself is only its parent, with no code).
+# Project modules an image may hold besides its own package's: the wire contract, what both sides run
+# on (common/), and for the cloud the shared YOLO runtime (the `edge` package itself is only its parent, with no code).
 SHARED = {
-    "edge.Dockerfile": ("protos",),
-    "cloud.Dockerfile": ("protos", "edge.detect"),
+    "edge.Dockerfile": ("protos", "common"),
+    "cloud.Dockerfile": ("protos", "common", "edge.detect"),
 }
-PROJECT_PACKAGES = {"edge", "cloud", "sim", "protos"}
+PROJECT_PACKAGES = {"edge", "cloud", "sim", "protos", "common"}
+# What both images carry beside their own package.
+SHARED_PACKAGES = {"protos", "common"}
 TIMEOUT_S = 180
 
 # Imports every module of the package (but __main__, which runs the CLI) and prints where the
@@ -207,3 +210,20 @@ def test_every_third_party_import_is_declared_in_the_extra_the_image_installs(do
     requirements |= {word.strip('"').split("==")[0] for word in installs.split() if word.startswith('"torch')}
     missing = _imported_distributions(dockerfile) - _installed_with(requirements)
     assert missing == set(), f"{package} imports {missing}, which {dockerfile} never installs"
+
+
+def _imports(folder: str) -> Iterator[tuple[Path, str]]:
+    """(file, absolute module name) for every import statement in the project folder's source."""
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                yield from ((path, alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                yield path, node.module
+
+
+@pytest.mark.parametrize("shared", sorted(SHARED_PACKAGES))
+def test_what_both_images_share_imports_nothing_of_either_side(shared: str) -> None:
+    sides = PROJECT_PACKAGES - SHARED_PACKAGES
+    found = {f"{path.relative_to(ROOT)}: {name}" for path, name in _imports(shared) if name.split(".")[0] in sides}
+    assert found == set()

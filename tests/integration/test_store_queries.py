@@ -3,6 +3,7 @@ edge snapshots, and the migration of a schema-1 file."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 
@@ -10,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from cloud.metrics import CloudMetrics
 from cloud.store import (
     CursorError,
     EdgeDetectionSummary,
@@ -197,3 +199,27 @@ async def test_retention_prunes_old_verdicts_with_their_thumbnails_labels_and_sn
     assert [s.edge_id for s in await store.latest_edge_snapshots()] == ["gw-2"]
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM verdict_labels WHERE sample_id = 'old'").fetchone()[0] == 0
+
+
+async def test_a_failed_prune_is_counted_in_the_task_failures_metric(tmp_path):
+    closed = VerdictStore(tmp_path / "closed.sqlite")
+    await closed.open()
+    await closed.close()
+    metrics = CloudMetrics()
+    retention = StoreRetention(
+        closed, retention_s=7 * 86400, every_s=3600, failures=metrics.task_failures.labels("store-retention")
+    )
+
+    def failed() -> float:
+        labels = {"task": "store-retention"}
+        return metrics.registry.get_sample_value("edgeglm_cloud_task_failures_total", labels) or 0.0
+
+    retention.start()  # the first prune runs at once, on a store that refuses it
+    try:
+        for _ in range(1000):
+            if failed() >= 1:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await retention.stop()
+    assert failed() == 1

@@ -44,13 +44,19 @@ def test_every_error_is_listed_with_its_yaml_path(tmp_path: Path) -> None:
     assert "cloud.yaml: backend.delay_ms: -1 is below the minimum 0.0" in lines
     assert "cloud.yaml: server.port: 70000 is above the maximum 65535" in lines
     assert "cloud.yaml: policy.fleet.mining.default_band.high: 1.7 is above the maximum 1.0" in lines
-    assert any(line.startswith("cloud.yaml: backend.colour: is not a setting here") for line in lines)
+    assert "cloud.yaml: backend.colour: is not a setting here (misspelt, or in the wrong section?)" in lines
     assert len(lines) == 5
 
 
 def test_a_backend_must_be_chosen(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cloud.yaml: backend: is required"):
         load_config(write(tmp_path, "server: {port: 0}\n"))
+    with pytest.raises(ConfigError) as refused:
+        load_config(write(tmp_path, "backend: {kind: telepathy}\nknown_edges: [gw-1, 'gw 2']\n"))
+    assert str(refused.value).splitlines() == [
+        "cloud.yaml: backend: kind 'telepathy' is not one of 'onnx', 'oracle', 'openai', 'glm'",
+        "cloud.yaml: known_edges: edge ids are letters, digits, _ . - only; not 'gw 2'",
+    ]
 
 
 def test_an_override_band_must_be_given_whole(tmp_path: Path) -> None:

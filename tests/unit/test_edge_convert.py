@@ -84,7 +84,7 @@ def test_out_of_range_value_names_the_field_path_and_value() -> None:
     pb.mining.default_uncertainty_band.high = 1.7
     with pytest.raises(InvalidPolicyError) as caught:
         policy_from_pb(pb)
-    assert str(caught.value) == "policy v7: mining.default_band.high: 1.7 is above 1.0"
+    assert str(caught.value) == "policy v7: mining.default_band.high: 1.7 is above the maximum 1.0"
 
 
 def test_every_bad_field_is_named() -> None:
@@ -93,9 +93,10 @@ def test_every_bad_field_is_named() -> None:
     pb.uplink.jpeg_quality = 101
     with pytest.raises(InvalidPolicyError) as caught:
         policy_from_pb(pb)
-    message = str(caught.value)
-    assert "gate.pixel_diff_threshold: 0 is below 1" in message
-    assert "uplink.jpeg_quality: 101 is above 100" in message
+    assert str(caught.value).split("; ") == [
+        "policy v7: gate.pixel_diff_threshold: 0 is below the minimum 1",
+        "policy v7: uplink.jpeg_quality: 101 is above the maximum 100",
+    ]
 
 
 def test_band_with_low_above_high_is_refused_with_its_label() -> None:

@@ -143,7 +143,7 @@ def test_out_of_range_policy_is_refused_as_invalid(tmp_path: Path, keys: Keys, m
     pb.mining.default_uncertainty_band.high = 1.7
     result = store.offer(sign(pb, keys.private))
     assert result.reason == "invalid"
-    assert result.message == "policy v7: mining.default_band.high: 1.7 is above 1.0"
+    assert result.message == "policy v7: mining.default_band.high: 1.7 is above the maximum 1.0"
     assert rejected(metrics, "invalid") == 1 and store.current.version == 0
 
 

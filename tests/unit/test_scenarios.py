@@ -38,10 +38,12 @@ def test_a_bad_scenario_names_the_yaml_path_of_each_problem(tmp_path: Path) -> N
     )
     with pytest.raises(ScenarioError) as caught:
         load_scenario(path)
-    message = str(caught.value)
-    assert "bad.yaml: edges[0].link.loss" in message
-    assert "bad.yaml: edges[1].transport" in message
-    assert "bad.yaml: modes[1]" in message
+    assert str(caught.value).splitlines() == [
+        "bad.yaml: edges[0].link.loss: 0.9 is above the maximum 0.5",
+        "bad.yaml: edges[1].transport: Input should be 'grpc' or 'mqtt' (got 'carrier-pigeon')",
+        "bad.yaml: modes[1]: Input should be 'cloud_only', 'edge_only', 'sedna_ibt', 'random' or 'edgeglm' "
+        "(got 'telepathy')",
+    ]
 
 
 def test_cloud_outages_are_added_to_every_link() -> None:

@@ -27,6 +27,7 @@ RUN pip install "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos ./protos
+COPY common ./common
 COPY cloud ./cloud
 # The onnx backend runs the project's one YOLO runtime, edge/detect: that leaf library only (it
 # imports nothing else of the edge), never the edge agent.

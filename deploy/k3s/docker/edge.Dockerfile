@@ -18,6 +18,7 @@ RUN groupadd --system --gid 10001 edgeglm \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos ./protos
+COPY common ./common
 COPY edge ./edge
 # A regular (not editable) install: the source folder is not needed at run time.
 RUN pip install ".[edge]" && rm -rf /src
