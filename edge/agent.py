@@ -89,7 +89,6 @@ class EdgeAgent:
         self._verdict_latencies_ms: deque[float] = deque(maxlen=LATENCY_RECORDS)
         self._local_latencies_ms: deque[float] = deque(maxlen=LATENCY_RECORDS)
         self._verdicts_unmatched = 0
-        self._last_sent: dict[tuple[str, str, tuple[str, ...]], float] = {}
         self.status = StatusBuilder(config.edge_id, config.site_id, self.metrics)
         handlers = UplinkHandlers(
             hello=self._hello,
@@ -256,7 +255,7 @@ class EdgeAgent:
             gate.update_policy(policy.gate)
         self.dispatcher.update_policy(policy.uplink)
         if self._miner is None:
-            self._miner = Miner(policy.mining)
+            self._miner = Miner(policy.mining, send_every_frame=self.config.pipeline.send_every_frame)
         else:
             self._miner.update_policy(policy.mining)
 
@@ -312,37 +311,19 @@ class EdgeAgent:
     async def _decide(self, frame: Frame, gate: GateResult, detections: list[Detection]) -> None:
         """Mine one frame: confident results become events, suspicious ones samples."""
         assert self._miner is not None
-        decision = self._miner.decide(MiningContext(frame.camera_id, frame.seq, gate.motion, detections))
-        if self.config.pipeline.send_every_frame and decision.kind != "suspicious":
-            detail = "every frame is sent (pipeline.send_every_frame)"
-            decision = MiningDecision("suspicious", "random_audit", detail, 0.05, decision.confident)
+        context = MiningContext(frame.camera_id, frame.seq, gate.motion, detections, frame.captured_at)
+        decision = self._miner.decide(context)
         self._local_latencies_ms.append(round(max(0.0, time.time() - frame.captured_at) * 1000, 2))
         policy_version = self.policy.version
         if not self._cloud_reachable():
             self.metrics.decisions_without_cloud.inc()
         for detection in decision.confident:
             self.events.emit(frame.camera_id, detection, frame.seq, frame.captured_at, policy_version, source="edge")
+        if decision.held_back is not None:
+            self.metrics.samples_dropped.labels(decision.held_back).inc()
         if decision.kind == "suspicious" and decision.reason is not None:
-            if self._sent_recently(frame, detections, decision.reason):
-                self.metrics.samples_dropped.labels("resend_interval").inc()
-                return
             self.metrics.mined.labels(decision.reason).inc()
             await self._send(frame, detections, decision, gate.changed_box)
-
-    def _sent_recently(self, frame: Frame, detections: list[Detection], reason: str) -> bool:
-        """True when this camera sent the same labels for the same reason within the policy's interval."""
-        interval = self.policy.mining.resend_interval_s
-        if interval <= 0 or reason == "random_audit":
-            return False
-        key = (frame.camera_id, reason, tuple(sorted({d.label for d in detections})))
-        last = self._last_sent.get(key)
-        if last is not None and 0 <= frame.captured_at - last < interval:
-            return True
-        if len(self._last_sent) > 4096:  # bounded: forget the oldest half
-            for stale in sorted(self._last_sent, key=self._last_sent.__getitem__)[:2048]:
-                del self._last_sent[stale]
-        self._last_sent[key] = frame.captured_at
-        return False
 
     async def _send(
         self,

@@ -25,6 +25,7 @@ class MiningContext:
     frame_seq: int
     motion: bool
     detections: Sequence[Detection]
+    captured_at: float = 0.0  # unix seconds; the resend interval is counted in capture time
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,8 @@ class MiningDecision:
 
     `reason` is the strategy that decided (None unless suspicious); `priority` (0..1, higher is sent
     first) is the highest any firing strategy gave; `confident` holds the detections above their
-    band, to act on locally, whatever the kind.
+    band, to act on locally, whatever the kind. `held_back` names the rule that kept a suspicious
+    frame from being sent (e.g. "resend_interval"); the frame is then not suspicious.
     """
 
     kind: DecisionKind
@@ -41,6 +43,7 @@ class MiningDecision:
     detail: str
     priority: float
     confident: tuple[Detection, ...]
+    held_back: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

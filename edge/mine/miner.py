@@ -13,6 +13,12 @@ sample must come from the frames the edge would otherwise keep to itself.
 kind is "suspicious" when any strategy fired, else "confident" when a detection scored above its
 band's high, else "nothing". Confident detections are returned in every case: an event the edge is
 sure of is acted on locally even when the frame also goes up.
+
+Two rules then apply to the composed decision, here and nowhere else:
+- `send_every_frame` (config, for the cloud-only baseline and data collection): a frame no strategy
+  fired on goes up all the same, as an audit sample.
+- the policy's `resend_interval_s`: a camera that sent the same labels for the same reason within the
+  interval (in capture time) holds the frame back (`held_back="resend_interval"`); audits never are.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from edge.mine.base import MinedReasonName, MiningContext, MiningDecision, MiningStrategy, StrategyVote
+from edge.mine.base import DecisionKind, MinedReasonName, MiningContext, MiningDecision, MiningStrategy, StrategyVote
 from edge.mine.strategies import default_strategies
 from edge.policy.settings import MiningPolicy
 
@@ -33,8 +39,12 @@ class Miner:
         policy: MiningPolicy,
         rng: random.Random | None = None,
         strategies: Sequence[MiningStrategy] | None = None,
+        *,
+        send_every_frame: bool = False,
     ) -> None:
         self._policy = policy
+        self._send_every_frame = send_every_frame
+        self._last_sent: dict[tuple[str, str, tuple[str, ...]], float] = {}
         self._strategies = tuple(strategies) if strategies is not None else default_strategies(rng or random.Random())
         names = [strategy.name for strategy in self._strategies]
         if len(set(names)) != len(names):
@@ -51,6 +61,32 @@ class Miner:
 
     def decide(self, ctx: MiningContext) -> MiningDecision:
         """Confident, suspicious or nothing for one frame, with the reason, detail and priority."""
+        decision = self._compose(ctx)
+        if self._send_every_frame and decision.kind != "suspicious":
+            detail = "every frame is sent (pipeline.send_every_frame)"
+            return MiningDecision("suspicious", "random_audit", detail, 0.05, decision.confident)
+        if decision.kind == "suspicious" and self._sent_recently(ctx, decision):
+            kind: DecisionKind = "confident" if decision.confident else "nothing"
+            return MiningDecision(kind, None, decision.detail, 0.0, decision.confident, held_back="resend_interval")
+        return decision
+
+    def _sent_recently(self, ctx: MiningContext, decision: MiningDecision) -> bool:
+        """True when this camera sent the same labels for the same reason within the policy's interval."""
+        interval = self._policy.resend_interval_s
+        if interval <= 0 or decision.reason in (None, "random_audit"):
+            return False
+        key = (ctx.camera_id, str(decision.reason), tuple(sorted({d.label for d in ctx.detections})))
+        last = self._last_sent.get(key)
+        if last is not None and 0 <= ctx.captured_at - last < interval:
+            return True
+        if len(self._last_sent) > 4096:  # bounded: forget the oldest half
+            for stale in sorted(self._last_sent, key=self._last_sent.__getitem__)[:2048]:
+                del self._last_sent[stale]
+        self._last_sent[key] = ctx.captured_at
+        return False
+
+    def _compose(self, ctx: MiningContext) -> MiningDecision:
+        """What the strategies say of the frame."""
         policy = self._policy
         confident = tuple(d for d in ctx.detections if d.score > policy.band_for(d.label).high)
         votes = self._votes(ctx, policy, fallback=False) or self._votes(ctx, policy, fallback=True)

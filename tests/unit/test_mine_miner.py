@@ -203,3 +203,26 @@ def test_strategies_can_be_supplied_and_must_name_distinct_reasons():
     assert (decision.kind, decision.reason, decision.detail) == ("suspicious", "ibt", "always")
     with pytest.raises(ValueError, match="twice"):
         Miner(NO_AUDIT, strategies=[AlwaysSuspicious(), AlwaysSuspicious()])
+
+
+def at(seconds: float, *detections: Detection, camera: str = "cam0") -> MiningContext:
+    return MiningContext(camera, int(seconds), True, detections, captured_at=1_000.0 + seconds)
+
+
+def test_the_resend_interval_holds_back_the_same_labels_for_the_same_reason_in_capture_time():
+    miner = Miner(MiningPolicy(random_audit_enabled=False, watch_list=("cat",), resend_interval_s=10))
+    first = miner.decide(at(0, det("cat", 0.9)))
+    again = miner.decide(at(9.5, det("cat", 0.9)))
+    other_camera = miner.decide(at(9.5, det("cat", 0.9), camera="cam1"))
+    later = miner.decide(at(10.5, det("cat", 0.9)))
+    assert (first.kind, first.reason) == ("suspicious", "watch_list")
+    assert (again.kind, again.held_back) == ("confident", "resend_interval")
+    assert [d.label for d in again.confident] == ["cat"]  # still acted on locally
+    assert other_camera.kind == "suspicious"
+    assert later.kind == "suspicious"
+
+
+def test_send_every_frame_sends_what_no_strategy_fired_on_as_an_audit_and_is_never_held_back():
+    miner = Miner(MiningPolicy(random_audit_enabled=False, resend_interval_s=60), send_every_frame=True)
+    quiet = [miner.decide(at(s, det("cat", 0.95))) for s in (0, 1, 2)]
+    assert [(d.kind, d.reason, d.held_back) for d in quiet] == [("suspicious", "random_audit", None)] * 3
