@@ -94,7 +94,7 @@ def test_priority_is_the_highest_any_firing_strategy_gave():
 
 
 def test_more_uncertain_frames_get_higher_priority():
-    policy = MiningPolicy(watch_list=("person",), random_audit_rate=1.0)
+    policy = MiningPolicy(watch_list=("person",), random_audit_rate=1.0, resend_interval_s=0)  # each frame judged alone
     miner = Miner(policy, rng=random.Random(0))
     ordered = [
         ctx(det("cat", 0.425)),  # band middle
