@@ -19,18 +19,14 @@ loop. Policies are kept current on the retained policy topics by `EdgeDirectory`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from google.protobuf.message import DecodeError
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -40,19 +36,11 @@ from cloud.ingest import Deferral, IngestCore, decision_label
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyChange, PolicyEngine
 from cloud.server.fleet import FleetStatus
+from common.paho import Inbound, PahoHandoff, close, connect_properties
 from protos import sample_pb2, session_pb2
 
 logger = logging.getLogger(__name__)
 QOS = 1
-
-
-@dataclass(frozen=True, slots=True)
-class _Inbound:
-    generation: int
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
 
 
 class MqttBridge:
@@ -78,13 +66,12 @@ class MqttBridge:
         self._status_filter = f"{prefix}/+/status"
         self.edges = EdgeDirectory(prefix, policy, metrics, self._publish, fleet, known_edges)
         self._client: mqtt.Client | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._connected = False
         self._stopping = False
         self._last_error = "not connected yet"
         self._unconfirmed: set[int] = set()  # mids of our publishes the broker has not acknowledged yet
-        self._generation = 0  # written by paho's thread only
+        self._paho = PahoHandoff()
 
     @property
     def connected(self) -> bool:
@@ -109,7 +96,7 @@ class MqttBridge:
     async def start(self) -> None:
         """Connect in the background (paho's thread retries with backoff) and follow the policy engine."""
         config = self._config
-        self._loop = asyncio.get_running_loop()
+        self._paho.bind(asyncio.get_running_loop())
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.effective_client_id(),
@@ -124,9 +111,7 @@ class MqttBridge:
         client.on_publish = self._on_publish
         # Presence: edges treat the cloud as reachable while some replica's retained status says online.
         client.will_set(self._presence_topic, b"offline", qos=QOS, retain=True)
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it untyped
-        properties.SessionExpiryInterval = config.session_expiry_s
-        properties.ReceiveMaximum = config.max_in_flight
+        properties = connect_properties(config.session_expiry_s, config.max_in_flight)
         client.connect_async(config.host, config.port, config.keepalive_s, clean_start=False, properties=properties)
         self._client = client
         self._policy.subscribe(self._policy_changed)
@@ -156,43 +141,33 @@ class MqttBridge:
         while self._unconfirmed and self._connected and (deadline is None or time.monotonic() < deadline):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         if client is not None:
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
-            # paho closes its wake-up socket pair only in __del__, which a reference cycle may run late.
-            client._reset_sockets()
+            await close(client)
         self.edges.forget_presence()
         self._connected = False
 
     # ------------------------------------------------------------ paho's thread: hand over, nothing else
 
-    def _post(self, callback: Callable[..., None], *args: Any) -> None:
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: the service is gone
-                self._loop.call_soon_threadsafe(callback, *args)
-
     def _on_connect(self, client: mqtt.Client, _: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, __: Any) -> None:
         if reason.is_failure:
-            self._post(self._connection_lost, f"broker refused the connection: {reason}")
+            self._paho.post(self._connection_lost, f"broker refused the connection: {reason}")
             return
-        self._generation += 1
+        self._paho.connected()
         options = SubscribeOptions(qos=QOS)
         client.subscribe([(self._status_filter, options), (self._samples_filter, options)])
         client.publish(self._presence_topic, b"online", qos=QOS, retain=True)
-        self._post(self._connection_made, flags.session_present)
+        self._paho.post(self._connection_made, flags.session_present)
 
     def _on_connect_fail(self, _: mqtt.Client, __: Any) -> None:
-        self._post(self._connection_lost, f"cannot reach broker {self._config.host}:{self._config.port}")
+        self._paho.post(self._connection_lost, f"cannot reach broker {self._config.host}:{self._config.port}")
 
     def _on_disconnect(self, _: mqtt.Client, __: Any, ___: mqtt.DisconnectFlags, reason: ReasonCode, ____: Any) -> None:
-        self._post(self._connection_lost, f"connection to the broker lost: {reason}")
+        self._paho.post(self._connection_lost, f"connection to the broker lost: {reason}")
 
     def _on_publish(self, _: mqtt.Client, __: Any, mid: int, ___: ReasonCode, ____: Any) -> None:
-        self._post(self._unconfirmed.discard, mid)
+        self._paho.post(self._unconfirmed.discard, mid)
 
     def _on_message(self, _: mqtt.Client, __: Any, message: mqtt.MQTTMessage) -> None:
-        self._post(
-            self._received, _Inbound(self._generation, message.topic, bytes(message.payload), message.mid, message.qos)
-        )
+        self._paho.post(self._received, self._paho.inbound(message))
 
     # ------------------------------------------------------------ the event loop
 
@@ -221,7 +196,7 @@ class MqttBridge:
         if not self._stopping:
             await self.edges.policy_changed(change)
 
-    def _received(self, inbound: _Inbound) -> None:
+    def _received(self, inbound: Inbound) -> None:
         edge_id, kind = self._parse_topic(inbound.topic)
         if kind == "samples":
             task = asyncio.create_task(self._answer(edge_id, inbound), name=f"mqtt-sample-{edge_id}")
@@ -235,7 +210,7 @@ class MqttBridge:
                 self._metrics.bad_messages.labels("malformed").inc()
                 logger.info("message on unexpected topic %r: dropped", inbound.topic)
         finally:
-            self._ack(inbound)
+            self._paho.ack(self._client, inbound)
 
     def _parse_topic(self, topic: str) -> tuple[str, str]:
         """(edge id, last level) of `{prefix}/{edge}/{kind}`; ("", "") when the topic has another shape."""
@@ -245,18 +220,13 @@ class MqttBridge:
             return "", ""
         return levels[0], levels[1]
 
-    def _ack(self, inbound: _Inbound) -> None:
-        # A message of an earlier connection is not acknowledged: the broker sends it again on this one.
-        if self._client is not None and inbound.qos > 0 and inbound.generation == self._generation:
-            self._client.ack(inbound.mid, inbound.qos)
-
-    async def _answer(self, edge_id: str, inbound: _Inbound) -> None:
+    async def _answer(self, edge_id: str, inbound: Inbound) -> None:
         try:
             await self._judge_sample(edge_id, inbound.payload)
         except Exception:
             logger.exception("sample from edge %s over MQTT failed (the edge will resend it)", edge_id)
         finally:
-            self._ack(inbound)
+            self._paho.ack(self._client, inbound)
 
     async def _judge_sample(self, edge_id: str, payload: bytes) -> None:
         try:

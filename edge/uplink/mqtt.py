@@ -31,18 +31,16 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from google.protobuf.message import DecodeError
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from common.paho import Inbound, PahoHandoff, close, connect_properties
 from edge.config import MqttUplinkConfig
 from edge.metrics import EdgeMetrics
 from edge.uplink.base import UplinkHandlers
@@ -86,15 +84,6 @@ class _Topics:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Inbound:
-    generation: int
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-
-
 class MqttUplink:
     """Samples and heartbeats up; acks, verdicts and policies down; same interface as GrpcUplink."""
 
@@ -104,9 +93,8 @@ class MqttUplink:
         self._metrics = metrics
         self._mids: dict[int, str] = {}  # our sample publishes the broker has not acknowledged yet
         # Unbounded on purpose: the broker sends at most max_inflight unacknowledged messages (receive maximum).
-        self._inbox: asyncio.Queue[_Inbound] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Inbound] = asyncio.Queue()
         self._client: mqtt.Client | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._topics = _Topics.of(config.topic_prefix, "-")
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = False
@@ -117,7 +105,7 @@ class MqttUplink:
         self._nobody_listening = False
         self._unheard: dict[str, int] = {}  # sample_id -> times the broker said nobody subscribes
         # Written by paho's thread only.
-        self._generation = 0
+        self._paho = PahoHandoff()
         self._edge_subscription = -1
 
     @property
@@ -152,7 +140,7 @@ class MqttUplink:
         hello = self._handlers.hello()
         if hello.edge_id == FLEET:
             raise ValueError(f"edge_id {FLEET!r} is reserved on MQTT ({self._config.topic_prefix}/fleet/policy)")
-        self._loop = asyncio.get_running_loop()
+        self._paho.bind(asyncio.get_running_loop())
         self._topics = _Topics.of(self._config.topic_prefix, hello.edge_id)
         self._client = self._make_client(hello)
         self._client.loop_start()
@@ -179,9 +167,7 @@ class MqttUplink:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it untyped
-        properties.SessionExpiryInterval = config.session_expiry_s
-        properties.ReceiveMaximum = config.max_inflight
+        properties = connect_properties(config.session_expiry_s, config.max_inflight)
         client.connect_async(config.host, config.port, config.keepalive_s, clean_start=False, properties=properties)
         return client
 
@@ -202,50 +188,42 @@ class MqttUplink:
                 )
                 if info.rc == mqtt.MQTT_ERR_SUCCESS:
                     await asyncio.to_thread(info.wait_for_publish, self._config.call_timeout_s)
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
-            # paho closes its wake-up socket pair only in __del__, which a reference cycle may run late.
-            client._reset_sockets()
+            await close(client)
         self._connected = False
         self._metrics.uplink_connected.set(0)
 
     # ------------------------------------------------------------ paho's thread: hand over, nothing else
 
-    def _post(self, callback: Callable[..., None], *args: Any) -> None:
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is gone
-                self._loop.call_soon_threadsafe(callback, *args)
-
     def _on_connect(self, client: mqtt.Client, _: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, __: Any) -> None:
         if reason.is_failure:
-            self._post(self._connection_lost, f"broker refused the connection: {reason}")
+            self._paho.post(self._connection_lost, f"broker refused the connection: {reason}")
             return
-        self._generation += 1
+        self._paho.connected()
         qos = SubscribeOptions(qos=self._config.qos)
         _, mid = client.subscribe([(self._topics.verdicts, qos), (self._topics.policy, qos)])
         self._edge_subscription = mid if mid is not None else -1
         client.subscribe(self._topics.cloud_presence, options=qos)
-        self._post(self._connection_made, flags.session_present)
+        self._paho.post(self._connection_made, flags.session_present)
 
     def _on_subscribe(self, client: mqtt.Client, _: Any, mid: int, reasons: list[ReasonCode], __: Any) -> None:
         refused = [str(reason) for reason in reasons if reason.is_failure]
         if refused:
-            self._post(logger.error, "broker refused subscription %d: %s", mid, ", ".join(refused))
+            self._paho.post(logger.error, "broker refused subscription %d: %s", mid, ", ".join(refused))
         if mid == self._edge_subscription:
             client.subscribe(self._topics.fleet_policy, options=SubscribeOptions(qos=self._config.qos))
 
     def _on_connect_fail(self, _: mqtt.Client, __: Any) -> None:
-        self._post(self._connection_lost, f"cannot reach broker {self._config.host}:{self._config.port}")
+        self._paho.post(self._connection_lost, f"cannot reach broker {self._config.host}:{self._config.port}")
 
     def _on_disconnect(self, _: mqtt.Client, __: Any, ___: mqtt.DisconnectFlags, reason: ReasonCode, ____: Any) -> None:
-        self._post(self._connection_lost, f"connection to the broker lost: {reason}")
+        self._paho.post(self._connection_lost, f"connection to the broker lost: {reason}")
 
     def _on_message(self, _: mqtt.Client, __: Any, message: mqtt.MQTTMessage) -> None:
-        inbound = _Inbound(self._generation, message.topic, bytes(message.payload), message.mid, message.qos)
-        self._post(self._received, inbound)
+        inbound = self._paho.inbound(message)
+        self._paho.post(self._received, inbound)
 
     def _on_publish(self, _: mqtt.Client, __: Any, mid: int, reason: ReasonCode, ___: Any) -> None:
-        self._post(self._broker_acked, mid, reason.value)
+        self._paho.post(self._broker_acked, mid, reason.value)
 
     # ------------------------------------------------------------ the event loop
 
@@ -298,7 +276,7 @@ class MqttUplink:
             self._unheard.pop(sample_id, None)
         self._nobody_listening = nobody
 
-    def _received(self, inbound: _Inbound) -> None:
+    def _received(self, inbound: Inbound) -> None:
         """Queue the message for its handler, on the event loop."""
         self._inbox.put_nowait(inbound)
 
@@ -336,14 +314,9 @@ class MqttUplink:
             except Exception:
                 logger.exception("handling a message of %s failed; it is acknowledged all the same", inbound.topic)
             finally:
-                self._ack(inbound)
+                self._paho.ack(self._client, inbound)
 
-    def _ack(self, inbound: _Inbound) -> None:
-        # A message of an earlier connection is not acknowledged: the broker sends it again on this one.
-        if self._client is not None and inbound.qos > 0 and inbound.generation == self._generation:
-            self._client.ack(inbound.mid, inbound.qos)
-
-    async def _handle(self, inbound: _Inbound) -> None:
+    async def _handle(self, inbound: Inbound) -> None:
         if inbound.topic == self._topics.verdicts:
             try:
                 message = session_pb2.CloudMessage.FromString(inbound.payload)
@@ -374,7 +347,7 @@ class MqttUplink:
         elif kind == "error":
             logger.error("cloud says: %s %s", message.error.code, message.error.message)
 
-    async def _on_policy(self, inbound: _Inbound) -> None:
+    async def _on_policy(self, inbound: Inbound) -> None:
         if not inbound.payload:
             return  # a retained policy cleared
         if inbound.topic == self._topics.fleet_policy and self._edge_policy_seen:
