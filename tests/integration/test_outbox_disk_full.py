@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from cloud.service import CloudService
 from edge.agent import EdgeAgent
 from edge.config import EdgeConfig
 from tests.helpers.agents import cloud_config, edge_config, every_frame, make_agent_clip
+from tests.helpers.cloud import running
 from tests.helpers.wait import wait_until
 
 WAIT_S = 60.0
@@ -90,7 +90,7 @@ async def test_a_full_disk_under_the_outbox_degrades_and_recovers_by_itself(tmp_
         pytest.skip("no mount command")
     with small_tmpfs(tmp_path / "small-disk") as disk:
         settings = every_frame()
-        async with _cloud(cloud_config(tmp_path, clip, settings)) as service:
+        async with running(cloud_config(tmp_path, clip, settings)) as service:
             dumped = edge_config(tmp_path, clip, service.port, "gw-disk", loop=True, initial=settings).model_dump(
                 mode="json"
             )
@@ -98,7 +98,7 @@ async def test_a_full_disk_under_the_outbox_degrades_and_recovers_by_itself(tmp_
             agent = EdgeAgent(EdgeConfig.model_validate(dumped))
             events = agent.config.state_dir / "events.jsonl"
             stop = asyncio.Event()
-            running = asyncio.create_task(agent.run(stop))
+            agent_task = asyncio.create_task(agent.run(stop))
             try:
                 await wait_until(
                     lambda: counter(agent, "edgeglm_edge_verdicts_total", decision="confirmed") > 0, "verdicts"
@@ -121,7 +121,7 @@ async def test_a_full_disk_under_the_outbox_degrades_and_recovers_by_itself(tmp_
                     "detection and local events going on with the disk full",
                 )
                 assert agent.uplink.cloud_reachable
-                assert not running.done()
+                assert not agent_task.done()
 
                 filler.unlink()
                 verdicts = counter(agent, "edgeglm_edge_verdicts_total", decision="confirmed")
@@ -132,18 +132,8 @@ async def test_a_full_disk_under_the_outbox_degrades_and_recovers_by_itself(tmp_
                 await wait_until(lambda: readiness(agent)["state"] == "online", "ready again")
             finally:
                 stop.set()
-                await asyncio.wait_for(running, WAIT_S)
+                await asyncio.wait_for(agent_task, WAIT_S)
     assert counter(agent, "edgeglm_edge_task_failures_total", task="detect") == 0
-
-
-@contextlib.asynccontextmanager
-async def _cloud(config: Any) -> Any:
-    service = CloudService(config)
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.stop()
 
 
 @pytest.fixture(scope="module")
