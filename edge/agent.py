@@ -18,6 +18,8 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+from common.files import write_atomic
+from common.periodic import PeriodicTask
 from common.supervise import spawn
 from edge import convert
 from edge.config import EdgeConfig
@@ -85,6 +87,14 @@ class EdgeAgent:
         self._last_detected = self._last_gated = time.monotonic()
         self._draining = False
         self._outbox_error: str | None = None  # why the last put failed, until one succeeds
+        # A failed sweep (a full or failing disk) is logged and counted, and the next one goes on.
+        self._sweeper = PeriodicTask(
+            "outbox-sweep",
+            self._sweep_outbox,
+            config.outbox.expire_every_s,
+            first_run_now=True,
+            failures=self.metrics.outbox_errors,
+        )
         # The latest latencies, for the run summary the simulation reads; bounded for a long-lived daemon.
         self._verdict_latencies_ms: deque[float] = deque(maxlen=LATENCY_RECORDS)
         self._local_latencies_ms: deque[float] = deque(maxlen=LATENCY_RECORDS)
@@ -132,7 +142,7 @@ class EdgeAgent:
         await self.uplink.start()
         background = [
             spawn("dispatch", self.dispatcher.run, self._task_failed),
-            spawn("outbox-sweep", self._sweep_outbox, self._task_failed),
+            spawn("outbox-sweep", self._sweeper.run, self._task_failed),
         ]
         for source in self.sources:
             await source.start()
@@ -158,14 +168,8 @@ class EdgeAgent:
 
     async def _sweep_outbox(self) -> None:
         """Drop samples past their age, and keep the outbox size at hand for heartbeats."""
-        while True:
-            try:
-                await self.outbox.expire()
-                self._outbox_samples = (await self.outbox.stats()).samples
-            except OutboxError as err:  # a full or failing disk: counted, tried again next sweep
-                self.metrics.outbox_errors.inc()
-                logger.warning("outbox sweep failed: %s", err)
-            await asyncio.sleep(self.config.outbox.expire_every_s)
+        await self.outbox.expire()
+        self._outbox_samples = (await self.outbox.stats()).samples
 
     async def _drain_outbox(self, deadline: float) -> int:
         """Wait (while the cloud is there) for the outbox to empty; returns what is left in it."""
@@ -246,8 +250,7 @@ class EdgeAgent:
             "verdict_latency_ms": list(self._verdict_latencies_ms),
             "local_latency_ms": list(self._local_latencies_ms),
         }
-        path = self.config.state_dir / "summary.json"
-        path.write_text(json.dumps(summary, indent=1) + "\n")
+        write_atomic(self.config.state_dir / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
 
     def _apply(self, policy: EdgePolicy) -> None:
         """Hand a newly applied policy to the gate and the miner."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError, field_validator
+from pydantic import BaseModel, ValidationError, field_validator
 
+from common.config import describe, yaml_path
 from protos.policy_settings import (
     Band,
     GateSettings,
@@ -50,17 +51,9 @@ class PolicyValidationError(ValueError):
         super().__init__("; ".join(f"{where}: {path}: {message}" for path, message in problems))
 
 
-def describe_errors(err: ValidationError) -> list[tuple[str, str]]:
-    """(dotted field path, message with the offending value) for each problem of a validation error."""
-    problems = []
-    for problem in err.errors():
-        path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        given = problem.get("input")
-        shown = "" if isinstance(given, dict | list | tuple) or given is None else f" (got {given!r})"
-        error = (problem.get("ctx") or {}).get("error")
-        message = str(error) if problem["type"] == "value_error" and error is not None else problem["msg"]
-        problems.append((path, f"{message}{shown}"))
-    return problems
+def describe_errors(err: ValidationError, model: type[BaseModel] | None = None) -> list[tuple[str, str]]:
+    """(field path, what is wrong) for each problem of a validation error, in the one shape of common.config."""
+    return [(yaml_path(problem["loc"], model) or "(top level)", describe(problem)) for problem in err.errors()]
 
 
 def parse_settings(raw: PolicySettings | Mapping[str, Any] | None, where: str) -> PolicySettings:

@@ -41,7 +41,7 @@ def test_every_error_is_reported_with_its_yaml_path(tmp_path: Path) -> None:
         "edge.yaml: cameras[1].url: 'rtsp:/x' is not a valid URL (expected rtsp://host/path)",
         "edge.yaml: uplink.target: 'nohost' is not host:port (expected e.g. cloud.example:50051)",
         "edge.yaml: uplink.heartbeat_interval_s: 0 is below the minimum 0.5",
-        "edge.yaml: policy.initial.mining.default_band: band low 0.9 is above high 0.2",
+        "edge.yaml: policy.initial.mining.default_band: band low 0.9 is above high 0.2 (give both bounds, low <= high)",
         "edge.yaml: bogus: is not a setting here (misspelt, or in the wrong section?)",
     ]
 
