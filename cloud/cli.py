@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -14,6 +12,7 @@ import typer
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
+from common.signals import stop_on_signals
 from protos import policy_pb2, sample_pb2, session_pb2, verdict_pb2
 
 if TYPE_CHECKING:
@@ -94,18 +93,7 @@ def serve(
 async def _serve(config: CloudConfig) -> None:
     from cloud.service import CloudService
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            logger.warning("second %s: exiting now", signal.Signals(signum).name)
-            os._exit(1)
-        logger.info("%s: shutting down (send it again to exit at once)", signal.Signals(signum).name)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    stop = stop_on_signals("shutting down")
     service = CloudService(config)
     await service.start()
     logger.info("listening: gRPC port %d, admin port %s", service.port, service.admin_port or "off")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from common.signals import stop_on_signals
 from edge.config import ConfigError, EdgeConfig, load_config
 from edge.detect import Detector, DetectorConfig, DetectorError, ImageDecodeError, decode_image
 from edge.policy.signing import PolicyKeyError
@@ -121,17 +120,6 @@ def run(
 async def _run_agent(config: EdgeConfig) -> None:
     from edge.agent import EdgeAgent
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            logger.warning("second %s: exiting now", signal.Signals(signum).name)
-            os._exit(1)
-        logger.info("%s: draining (send it again to exit at once)", signal.Signals(signum).name)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    stop = stop_on_signals("draining")
     agent = EdgeAgent(config)
     await agent.run(stop)
