@@ -26,11 +26,12 @@ from rich.console import Console
 
 from sim.link import LinkProfile, make_emulator, netns_available
 from sim.link.emulator import LinkMode
-from tests.helpers.link_servers import echo_server, pattern, sink_server
+from tests.helpers.link_servers import echo_server, pattern, sink_server, source_server
 
 app = typer.Typer(add_completion=False)
 
-# The edge side, run with the link's command prefix: `send SIZE` or `ping COUNT` (prints round trips).
+# The edge side, run with the link's command prefix: `send SIZE`, `recv SIZE` (reads until the server
+# closes) or `ping COUNT` (prints round trips).
 CLIENT = """
 import json, socket, sys, time
 host, port, what, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -40,6 +41,11 @@ if what == "send":
     s.sendall((bytes(range(251)) * (n // 251 + 1))[:n])
     s.shutdown(socket.SHUT_WR)
     s.recv(1)
+elif what == "recv":
+    got = 0
+    while chunk := s.recv(65536):
+        got += len(chunk)
+    print(got)
 else:
     trips = []
     for _ in range(n):
@@ -75,6 +81,21 @@ async def goodput(mode: LinkMode, rate_kbit: float, seconds: float, workdir: Pat
     return (size - burst_bytes) * 8 / (last - first) / (rate_kbit * 1000)
 
 
+async def down_goodput(mode: LinkMode, rate_kbit: float, seconds: float, workdir: Path) -> float:
+    """Measured payload rate / configured down rate for one download of about `seconds` at the rate."""
+    size = int(rate_kbit * 1000 / 8 * seconds)
+    async with source_server(pattern(size)) as port, make_emulator(mode, workdir) as emulator:
+        link = await emulator.add_edge("bench", LinkProfile(down_kbit=rate_kbit), {"grpc": ("127.0.0.1", port)})
+        emulator.start_clock()
+        got = int(await run_client(link.command_prefix, link.addresses["grpc"], "recv", size))
+        stats = link.stats()
+    if stats.down_active_s is None or got != size:
+        raise RuntimeError(f"{mode}: the download did not arrive whole ({got} of {size} bytes)")
+    first, last = stats.down_active_s
+    burst_bytes = LinkProfile().burst_bits(rate_kbit) / 8
+    return (size - burst_bytes) * 8 / (last - first) / (rate_kbit * 1000)
+
+
 async def added_rtt_ms(mode: LinkMode, rtt_ms: float, pings: int, workdir: Path) -> float:
     """Median round trip of one byte through a link configured with `rtt_ms`, minus that configuration."""
     async with echo_server() as port, make_emulator(mode, workdir) as emulator:
@@ -106,11 +127,18 @@ async def benchmark(rates: list[float], seconds: float, rtt_ms: float, rounds: i
         modes.append("netns")
     results: dict[str, Any] = {}
     for mode in modes:
-        per_rate = {}
+        per_rate, down_per_rate = {}, {}
         for rate in rates:
             per_rate[f"{rate:g}"] = spread([await goodput(mode, rate, seconds, workdir) for _ in range(rounds)])
+            down_per_rate[f"{rate:g}"] = spread(
+                [await down_goodput(mode, rate, seconds, workdir) for _ in range(rounds)]
+            )
         rtt = spread([await added_rtt_ms(mode, rtt_ms, 20, workdir) for _ in range(rounds)])
-        results[mode] = {"goodput_over_rate_by_kbit": per_rate, f"added_rtt_ms_minus_{rtt_ms:g}": rtt}
+        results[mode] = {
+            "goodput_over_rate_by_kbit": per_rate,
+            "down_goodput_over_rate_by_kbit": down_per_rate,
+            f"added_rtt_ms_minus_{rtt_ms:g}": rtt,
+        }
     results["inproc"]["unshaped_mb_per_s"] = spread(
         [await unshaped_mb_per_s(64_000_000, workdir) for _ in range(rounds)]
     )
