@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -22,6 +23,7 @@ from tests.helpers.cloud import (
     read,
     running,
 )
+from tests.helpers.wait import wait_until
 
 
 async def test_infer_returns_the_verdict_and_a_repeat_is_not_inferred_again(tmp_path: Path, clip: Path) -> None:
@@ -54,6 +56,44 @@ async def test_a_backend_slower_than_the_deadline_gives_a_timeout_verdict(tmp_pa
         assert (verdict.origin, verdict.decision) == (verdict_pb2.VERDICT_ORIGIN_TIMEOUT, verdict_pb2.DECISION_UNSURE)
         assert "s-slow" in verdict.origin_detail
         assert counter(service, "edgeglm_inference_request_failure_total", backend="oracle", reason="timeout") == 1
+        # Not a judgement: nothing is stored, and the same sample asked again with time enough is judged.
+        assert await service.store.get("s-slow") is None
+        judged = await stub.Infer(session_pb2.InferRequest(sample=sample, timeout_ms=10_000), timeout=WAIT_S)
+        assert (judged.origin, judged.decision) == (verdict_pb2.VERDICT_ORIGIN_BACKEND, verdict_pb2.DECISION_CONFIRMED)
+        assert await service.store.get("s-slow") is not None
+
+
+async def next_ack(call: Any) -> session_pb2.Ack:
+    """The next Ack on a Session stream (policies and verdicts in between are skipped)."""
+    while (message := await read(call)).WhichOneof("kind") != "ack":
+        pass
+    return message.ack
+
+
+async def test_a_full_batcher_refuses_before_accepting_resource_exhausted_on_infer_a_deferral_on_a_session(
+    tmp_path: Path, clip: Path
+) -> None:
+    config = make_config(
+        tmp_path, clip, backend={"delay_ms": 1_500}, batcher={"max_queue_size": 1, "max_batch_size": 1}
+    )
+    frames = busy_frames(clip)
+    first, second, third = (make_sample(clip, frames[i % len(frames)], f"s-{i}") for i in range(3))
+    async with running(config) as service, channel(service) as stub:
+        call, _ = await open_session(stub)
+        await call.write(session_pb2.EdgeMessage(sample=first))  # taken into the backend
+        assert (await next_ack(call)).accepted
+        await wait_until(lambda: service.batcher.queue_depth == 0, "the first sample in the backend")
+        await call.write(session_pb2.EdgeMessage(sample=second))  # waits in the queue of 1
+        assert (await next_ack(call)).accepted
+        with pytest.raises(grpc.aio.AioRpcError) as full:
+            await stub.Infer(session_pb2.InferRequest(sample=third), timeout=WAIT_S)
+        await call.write(session_pb2.EdgeMessage(sample=third))
+        deferred = await next_ack(call)
+        assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (deferred.sample_id, deferred.accepted) == ("s-2", False)
+        assert deferred.code == session_pb2.SESSION_ERROR_CODE_OVERLOADED and deferred.retry_after_ms > 0
+        assert counter(service, "edgeglm_cloud_samples_deferred_total", reason="overloaded") == 2
+        await call.done_writing()
 
 
 async def test_infer_from_an_unknown_edge_is_refused(tmp_path: Path, clip: Path) -> None:
