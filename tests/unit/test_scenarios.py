@@ -89,8 +89,9 @@ def _mined(mode: str, rounds: int = 200) -> list[int]:
     counts = [0] * len(FRAMES)
     for index in range(rounds):
         for number, (motion, detections) in enumerate(FRAMES):
-            # Rounds an hour apart: the resend interval (the miner's too) never holds a round back.
-            decision = miner.decide(MiningContext("cam0", index, motion, detections, captured_at=index * 3600.0))
+            # A camera per frame kind, rounds an hour apart: the miner's resend interval holds none back.
+            context = MiningContext(f"cam{number}", index, motion, detections, captured_at=index * 3600.0)
+            decision = miner.decide(context)
             counts[number] += decision.kind == "suspicious"
     return counts
 
