@@ -138,13 +138,21 @@ class DynamicBatcher:
         self._wake.set()
         return Ticket(request)
 
-    async def result(self, ticket: Ticket) -> Reply:
-        """Wait for a queued request's result until its deadline; cancelling withdraws it from the queue."""
+    async def result(self, ticket: Ticket, keep_late: bool = False) -> Reply:
+        """Wait for a queued request's result until its deadline; cancelling withdraws it from the queue.
+
+        `keep_late`: a request whose deadline passes while its batch is already in the backend waits
+        for that batch instead of failing (its result is a real judgement, worth more to a caller
+        that would otherwise ask again than a timeout); a request still queued fails as ever.
+        """
         request = ticket.request
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(asyncio.shield(request.future), max(0.0, request.deadline - loop.time()))
         except TimeoutError:
+            if keep_late and request in self._in_flight:
+                self._metrics.request_failure.labels(self._label, "late_kept").inc()
+                return await asyncio.shield(request.future)
             self._fail(request, InferenceTimeoutError(self._timeout_message(request, loop.time())))
             # The result may have landed in the same instant; result() returns it or raises the error.
             return request.future.result()

@@ -126,8 +126,15 @@ class IngestCore:
         """Hand every stored backend verdict, with its sample, to `observer` (e.g. the closed loop)."""
         self._observers.append(observer)
 
-    async def admit(self, pb: sample_pb2.Sample, timeout_s: float | None = None, transport: str = "grpc") -> Admission:
-        """The Ack for a sample, and (accepted) its judgement started within `timeout_s` (default the batcher's)."""
+    async def admit(
+        self, pb: sample_pb2.Sample, timeout_s: float | None = None, transport: str = "grpc", keep_late: bool = True
+    ) -> Admission:
+        """The Ack for a sample, and (accepted) its judgement started within `timeout_s` (default the batcher's).
+
+        `keep_late` (the streaming fronts): a sample whose deadline passes while the backend judges it
+        keeps that judgement rather than being deferred and judged again; a unary caller waiting on
+        its own deadline passes False.
+        """
         self._metrics.samples_received.labels(transport).inc()
         self._metrics.uplink_bytes.inc(pb.ByteSize())
         sample_id = pb.sample_id
@@ -141,7 +148,7 @@ class IngestCore:
         pending = _Pending(loop.create_future(), loop.create_future())
         self._pending[sample_id] = pending
         try:
-            admission = await self._admit_new(pb, pending, timeout_s)
+            admission = await self._admit_new(pb, pending, timeout_s, keep_late)
         except BaseException as err:
             self._pending.pop(sample_id, None)
             _fail(pending, err)
@@ -151,7 +158,9 @@ class IngestCore:
         pending.ack.set_result(admission.ack)
         return admission
 
-    async def _admit_new(self, pb: sample_pb2.Sample, pending: _Pending, timeout_s: float | None) -> Admission:
+    async def _admit_new(
+        self, pb: sample_pb2.Sample, pending: _Pending, timeout_s: float | None, keep_late: bool
+    ) -> Admission:
         stored = await self._stored_verdict(pb.sample_id)
         if stored is not None:
             pending.outcome.set_result(stored)
@@ -167,7 +176,9 @@ class IngestCore:
         except BatcherError as err:
             deferral = self._defer(sample.sample_id, err)
             return Admission(deferral.ack(), None)
-        task = asyncio.create_task(self._judge(sample, meta, ticket, pending), name=f"judge-{sample.sample_id}")
+        task = asyncio.create_task(
+            self._judge(sample, meta, ticket, pending, keep_late), name=f"judge-{sample.sample_id}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return Admission(_accepted(sample.sample_id), pending.outcome)
@@ -217,19 +228,21 @@ class IngestCore:
         logger.warning("sample %s deferred (%s): %s", sample_id, reason, err)
         return Deferral(sample_id, reason, after, f"sample {sample_id} not judged ({reason}): {err}; send it again")
 
-    async def _judge(self, sample: SampleInput, meta: SampleMeta, ticket: Ticket, pending: _Pending) -> None:
+    async def _judge(
+        self, sample: SampleInput, meta: SampleMeta, ticket: Ticket, pending: _Pending, keep_late: bool
+    ) -> None:
         try:
-            pending.outcome.set_result(await self._outcome(sample, meta, ticket))
+            pending.outcome.set_result(await self._outcome(sample, meta, ticket, keep_late))
         except BaseException as err:
             _fail(pending, err)
             raise
         finally:
             self._pending.pop(sample.sample_id, None)
 
-    async def _outcome(self, sample: SampleInput, meta: SampleMeta, ticket: Ticket) -> Outcome:
+    async def _outcome(self, sample: SampleInput, meta: SampleMeta, ticket: Ticket, keep_late: bool) -> Outcome:
         backend = self._backend
         try:
-            result, queue_ms, inference_ms = await self._batcher.result(ticket)
+            result, queue_ms, inference_ms = await self._batcher.result(ticket, keep_late)
         except BatcherError as err:
             return self._defer(sample.sample_id, err)
         verdict = verdict_to_pb(

@@ -80,7 +80,7 @@ class EdgeGLMServicer(session_pb2_grpc.EdgeGLMServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the cloud is shutting down; retry on another replica")
         await self._check_edge(sample.edge_id, context)
         timeout = self._timeout_s(request.timeout_ms, context.time_remaining())
-        admission = await self._deps.ingest.admit(sample, timeout)
+        admission = await self._deps.ingest.admit(sample, timeout, keep_late=False)
         if admission.outcome is None:
             await context.abort(
                 _UNARY_STATUS.get(admission.ack.code, grpc.StatusCode.INVALID_ARGUMENT), admission.ack.error

@@ -334,3 +334,20 @@ async def test_a_sample_the_backend_could_not_judge_fails_alone_as_a_backend_err
     assert "s1: no answer" in str(bad)
     assert failures(metrics, "backend_error") == 1
     await batcher.stop()
+
+
+async def test_a_late_request_already_in_the_backend_keeps_its_result_when_asked_to(metrics):
+    backend = FakeBackend()
+    backend.release.clear()
+    batcher = await started(backend, metrics, max_batch_size=2, max_queue_delay_ms=NEVER_MS)
+    kept_ticket, dropped_ticket = batcher.enqueue(sample("kept"), 0.2), batcher.enqueue(sample("dropped"), 0.2)
+    kept = asyncio.create_task(batcher.result(kept_ticket, keep_late=True))
+    dropped = asyncio.create_task(batcher.result(dropped_ticket))
+    await wait_until(dropped.done, "the deadline to pass while the batch is in the backend", 10, 0.001)
+    assert not kept.done()
+    backend.release.set()
+    result, _, _ = await asyncio.wait_for(kept, 10)
+    assert result.text == "kept"
+    assert isinstance(dropped.exception(), InferenceTimeoutError)
+    assert failures(metrics, "late_kept") == 1
+    await batcher.stop()
