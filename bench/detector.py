@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.rounds import Step, run_rounds
-from edge.detect import Detector, DetectorConfig
+from common.detect import Detector, DetectorConfig
 from sim.world.dataset import DatasetSpec, render_dataset_image
 
 DEFAULT_MODEL = Path("sim/models/edge.onnx")

@@ -29,11 +29,11 @@ from rich.table import Table
 
 from bench.detector import DEFAULT_MODEL, chunks, machine_facts, model_facts
 from bench.rounds import Step, run_rounds
+from common.detect import Detection, Detector, DetectorConfig
+from common.detect.image import decode_image
 from edge.agent import EdgeAgent
 from edge.config import EdgeConfig
 from edge.convert import encode_sample_image
-from edge.detect import Detection, Detector, DetectorConfig
-from edge.detect.image import decode_image
 from edge.gate import FrameGate
 from edge.metrics import EdgeMetrics
 from edge.mine import Miner, MiningContext

@@ -18,12 +18,12 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+from common.detect import Detection, Detector
 from common.files import write_atomic
 from common.periodic import PeriodicTask
 from common.supervise import spawn
 from edge import convert
 from edge.config import EdgeConfig
-from edge.detect import Detection, Detector
 from edge.events import EventSink
 from edge.gate import FrameGate, GateResult
 from edge.health import HealthServer

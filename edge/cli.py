@@ -11,9 +11,9 @@ from typing import Annotated
 
 import typer
 
+from common.detect import Detector, DetectorConfig, DetectorError, ImageDecodeError, decode_image
 from common.signals import stop_on_signals
 from edge.config import ConfigError, EdgeConfig, load_config
-from edge.detect import Detector, DetectorConfig, DetectorError, ImageDecodeError, decode_image
 from edge.policy.signing import PolicyKeyError
 
 logger = logging.getLogger("edge")

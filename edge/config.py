@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from pydantic_settings import SettingsConfigDict
 
 from common.config import ConfigError, FileSettings, load_settings
-from edge.detect import DetectorConfig
+from common.detect import DetectorConfig
 from edge.policy.settings import EdgePolicy
 from edge.sources import CameraConfig
 

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from common.config import error_lines
-from edge.detect import Detection
+from common.detect import Detection
 from edge.policy.settings import EdgePolicy
 from protos import policy_pb2, sample_pb2, verdict_pb2
 from protos.floats import f32

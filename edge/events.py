@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from common.detect import Detection
 from edge.convert import EdgeVerdict
-from edge.detect import Detection
 from edge.metrics import EdgeMetrics
 
 logger = logging.getLogger(__name__)

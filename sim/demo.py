@@ -11,7 +11,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from edge.detect import Detection, Detector, DetectorConfig
+from common.detect import Detection, Detector, DetectorConfig
 from sim.eval.detector import read_image
 from sim.eval.metrics import iou_matrix
 from sim.world.dataset import DatasetSpec, write_dataset

@@ -1,6 +1,6 @@
 """The `onnx` backend: a larger reference YOLO detector at full resolution, judged by the shared rule.
 
-The detector is the project's one YOLO runtime, `edge.detect` (a leaf library the cloud image carries
+The detector is the project's one YOLO runtime, `common.detect` (a leaf library the cloud image carries
 without the rest of the edge): the same letterbox, layouts (v8, end-to-end, RT-DETR), NMS and checks
 of the model as on the edge. This module is the glue: config, the scale crops enter the model at,
 and detections turned into verdicts.
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud.backends.decide import judge
 from cloud.backends.protocol import BackendStartError
 from cloud.convert import BackendResult, CloudDetection, SampleInput, detections_to_frame
-from edge.detect import Detection, Detector, DetectorConfig, DetectorError, ProviderName
+from common.detect import Detection, Detector, DetectorConfig, DetectorError, ProviderName
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol
 
-from edge.detect import Detection
+from common.detect import Detection
 from edge.policy.settings import Band, MiningPolicy
 
 MinedReasonName = Literal[

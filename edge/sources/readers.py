@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.detect.errors import ImageDecodeError
-from edge.detect.image import decode_image
+from common.detect.errors import ImageDecodeError
+from common.detect.image import decode_image
 from edge.sources.config import CameraConfig, redact, source_kind
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

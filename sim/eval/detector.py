@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.detect import Detector, DetectorConfig
+from common.detect import Detector, DetectorConfig
 from sim.eval.metrics import Box, DetectionEvaluator
 from sim.world.dataset import DatasetSpec, read_metadata, write_dataset
 from sim.world.photos import CLASSES

@@ -4,8 +4,8 @@ The images are not built here. Instead, each Dockerfile's build-context files (i
 `pip install`) are put in a scratch folder, installed from there without dependencies into a target
 folder (the same `pip install .` the Dockerfile runs, minus the downloads), and the program is run from
 that folder alone: every module of its package imports, none of the project's modules comes from
-elsewhere (both have protos/ and common/; the edge image has no cloud/ or sim/; the cloud image no
-sim/ and of edge/ only the YOLO runtime, edge/detect, which its onnx backend runs: no edge agent), and
+elsewhere (both have protos/ and common/, whose detect/ is the YOLO runtime the cloud's onnx backend
+runs; the edge image has no cloud/ or sim/; the cloud image no edge/ or sim/), and
 `check-config` accepts the ConfigMap's file. A second check reads the imports of every Python file
 the image copies and requires each third-party one to be declared in the extra the Dockerfile installs.
 """
@@ -33,10 +33,10 @@ IMAGES = {
     "cloud.Dockerfile": ("cloud", ("Deployment", "edgeglm-cloud", "cloud"), "/etc/edgeglm/cloud.yaml"),
 }
 # Project modules an image may hold besides its own package's: the wire contract, what both sides run
-# on (common/), and for the cloud the shared YOLO runtime (the `edge` package itself is only its parent, with no code).
+# on (common/, the YOLO runtime included).
 SHARED = {
     "edge.Dockerfile": ("protos", "common"),
-    "cloud.Dockerfile": ("protos", "common", "edge.detect"),
+    "cloud.Dockerfile": ("protos", "common"),
 }
 PROJECT_PACKAGES = {"edge", "cloud", "sim", "protos", "common"}
 # What both images carry beside their own package.
@@ -109,12 +109,10 @@ def test_the_program_runs_from_its_image_files_alone(installed: tuple[str, Path]
     strays = {n: f for n, f in modules.items() if f and not f.startswith(str(target))}
     assert strays == {}, f"{dockerfile}: modules the image would not have"
     allowed = (package, *SHARED[dockerfile])
-    foreign = [n for n in modules if not any(n == a or n.startswith(a + ".") for a in allowed) and n != "edge"]
+    foreign = [n for n in modules if not any(n == a or n.startswith(a + ".") for a in allowed)]
     assert foreign == [], f"{dockerfile}: the program imports project modules outside {allowed}"
     if package == "cloud":
-        # What was installed of the edge (read on disk: this test environment has the whole project on its path).
-        installed_edge = {p.name for p in (target / "edge").iterdir() if p.name != "__pycache__"}
-        assert installed_edge == {"__init__.py", "detect"}, "the cloud image carries more of the edge than its runtime"
+        assert not (target / "edge").exists(), "the cloud image carries the edge"
     # Its check-config accepts the ConfigMap's file (the glm weights folder is not part of any image).
     objects = render("single-node")
     workload = find(objects, kind, name)
@@ -126,17 +124,11 @@ def test_the_program_runs_from_its_image_files_alone(installed: tuple[str, Path]
     assert container(workload, container_name)["args"][0] in ("run", "serve")
 
 
-def test_the_cloud_image_carries_the_yolo_runtime_but_not_the_edge_agent(tmp_path: Path) -> None:
+def test_the_cloud_image_carries_no_edge(tmp_path: Path) -> None:
     context = tmp_path / "context"
     _build_context("cloud.Dockerfile", context)
-    edge_files = sorted(str(p.relative_to(context)) for p in (context / "edge").rglob("*.py"))
-    assert edge_files == sorted(str(p.relative_to(ROOT)) for p in [ROOT / "edge" / "__init__.py", *DETECT_FILES])
-    for agent_module in ("edge.agent", "edge.cli", "edge.outbox", "edge.uplink"):
-        assert not (context / Path(*agent_module.split("."))).exists()
-        assert not (context / Path(*agent_module.split("."))).with_suffix(".py").exists()
-
-
-DETECT_FILES = sorted((ROOT / "edge" / "detect").rglob("*.py"))
+    assert not (context / "edge").exists()
+    assert sorted((context / "common" / "detect").rglob("*.py"))  # the YOLO runtime comes with common/
 
 
 def _copied_python(dockerfile: str) -> list[Path]:

@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cloud.backends import OnnxBackend, OnnxBackendConfig
 from cloud.convert import sample_from_pb
-from edge.detect import Detector, DetectorConfig, decode_image
+from common.detect import Detector, DetectorConfig, decode_image
 from protos import sample_pb2
 from sim.eval.metrics import iou_matrix
 

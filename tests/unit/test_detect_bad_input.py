@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.detect import Detector, DetectorConfig, DetectorError, ImageDecodeError, decode_image
+from common.detect import Detector, DetectorConfig, DetectorError, ImageDecodeError, decode_image
 from tests.helpers.onnx_models import Candidate, save_yolo_model, v8_output
 
 NAMES = {0: "person", 1: "cat", 2: "dog"}

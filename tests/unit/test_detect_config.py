@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from edge.detect import DetectorConfig
+from common.detect import DetectorConfig
 
 
 def test_defaults_are_ultralytics_predict_defaults_on_cpu():

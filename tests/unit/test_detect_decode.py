@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.detect.decode import decode_e2e, decode_rtdetr, decode_v8
+from common.detect.decode import decode_e2e, decode_rtdetr, decode_v8
 from tests.helpers.onnx_models import Candidate, e2e_output, rtdetr_output, v8_output
 
 

@@ -1,8 +1,7 @@
-"""edge/detect is the one YOLO runtime, shared by the edge agent and the cloud's onnx backend: a leaf.
+"""common/detect is the one YOLO runtime, shared by the edge agent and the cloud's onnx backend: a leaf.
 
-The cloud image carries edge/__init__.py and edge/detect/ only, so nothing there may import the rest
-of the edge (or the cloud, sim, protos): read from the source, so no import can hide behind a branch
-or a function body.
+Both images carry it, so nothing there may import the edge, the cloud, sim or protos: read from the
+source, so no import can hide behind a branch or a function body.
 """
 
 from __future__ import annotations
@@ -11,8 +10,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DETECT = ROOT / "edge" / "detect"
-PROJECT = ("edge", "cloud", "sim", "protos", "bench", "tests")
+DETECT = ROOT / "common" / "detect"
+PROJECT = ("edge", "cloud", "sim", "protos", "common", "bench", "tests")
 
 
 def _imports(source: str, package: str) -> list[str]:
@@ -40,10 +39,10 @@ def _package(path: Path) -> str:
     return ".".join(path.relative_to(ROOT).parts[:-1])
 
 
-def test_edge_detect_imports_nothing_of_the_project_but_itself() -> None:
+def test_the_yolo_runtime_imports_nothing_of_the_project_but_itself() -> None:
     strays = {
         str(path.relative_to(ROOT)): sorted(
-            n for n in _project_imports(path.read_text(), _package(path)) if not n.startswith("edge.detect")
+            n for n in _project_imports(path.read_text(), _package(path)) if not n.startswith("common.detect")
         )
         for path in sorted(DETECT.rglob("*.py"))
     }
@@ -51,18 +50,13 @@ def test_edge_detect_imports_nothing_of_the_project_but_itself() -> None:
     assert len(strays) >= 9  # every module of the runtime was read
 
 
-def test_the_edge_package_itself_imports_nothing() -> None:
-    # The cloud image copies edge/__init__.py to make edge.detect importable; it must stay empty of imports.
-    assert _imports((ROOT / "edge" / "__init__.py").read_text(), "edge") == []
-
-
 def test_relative_imports_are_resolved_and_caught() -> None:
-    # The check itself: a relative import out of edge/detect is seen as the edge module it names.
-    source = "from ..agent import Agent\nfrom . import decode\nimport numpy\n"
+    # The check itself: a relative import out of common/detect is seen as the module it names.
+    source = "from ..files import write_atomic\nfrom . import decode\nimport numpy\n"
 
-    assert _project_imports(source, "edge.detect") == {
-        "edge.agent",
-        "edge.agent.Agent",
-        "edge.detect",
-        "edge.detect.decode",
+    assert _project_imports(source, "common.detect") == {
+        "common.files",
+        "common.files.write_atomic",
+        "common.detect",
+        "common.detect.decode",
     }

@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge.detect import Detector, DetectorConfig, DetectorError
+from common.detect import Detector, DetectorConfig, DetectorError
 from tests.helpers.onnx_models import Candidate, e2e_output, rtdetr_output, save_yolo_model, v8_output
 
 NAMES = {0: "person", 1: "cat", 2: "dog"}

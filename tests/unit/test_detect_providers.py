@@ -7,8 +7,8 @@ import logging
 import onnxruntime as ort
 import pytest
 
-from edge.detect import Detector, DetectorConfig
-from edge.detect.providers import fallback_message, session_providers
+from common.detect import Detector, DetectorConfig
+from common.detect.providers import fallback_message, session_providers
 from tests.helpers.onnx_models import save_yolo_model, v8_output
 
 CPU = "CPUExecutionProvider"
@@ -27,7 +27,7 @@ def model_path(tmp_path):
 
 @needs_cpu_only_build
 def test_asking_for_cuda_on_a_cpu_build_falls_back_to_cpu_with_one_warning(model_path, caplog):
-    caplog.set_level(logging.INFO, logger="edge.detect")
+    caplog.set_level(logging.INFO, logger="common.detect")
 
     det = Detector(DetectorConfig(model_path=model_path, providers=["cuda", "cpu"]))
 
@@ -42,7 +42,7 @@ def test_asking_for_cuda_on_a_cpu_build_falls_back_to_cpu_with_one_warning(model
 
 
 def test_asking_for_cpu_logs_the_pick_and_no_fallback(model_path, caplog):
-    caplog.set_level(logging.INFO, logger="edge.detect")
+    caplog.set_level(logging.INFO, logger="common.detect")
 
     det = Detector(DetectorConfig(model_path=model_path, providers=["cpu"], intra_op_threads=1))
 

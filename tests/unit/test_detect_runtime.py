@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.detect import Detection, Detector, DetectorConfig
+from common.detect import Detection, Detector, DetectorConfig
 from tests.helpers.onnx_models import Candidate, e2e_output, save_yolo_model, v8_output
 
 NAMES = {0: "person", 1: "cat", 2: "dog"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from common.detect import Detection
 from edge.convert import (
     build_sample,
     detection_from_pb,
@@ -12,7 +13,6 @@ from edge.convert import (
     policy_to_pb,
     verdict_summary,
 )
-from edge.detect import Detection
 from edge.policy.settings import Band, EdgePolicy, GatePolicy, MiningPolicy, ModelRef, UplinkPolicy
 from protos import policy_pb2, sample_pb2, verdict_pb2
 from protos.policy_settings import InvalidPolicyError

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from common.detect import Detection
 from edge.convert import crop_box, encode_sample_image
-from edge.detect import Detection
 
 
 def frame(width: int = 320, height: int = 240) -> NDArray[np.uint8]:

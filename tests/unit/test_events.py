@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from common.detect import Detection
 from edge.convert import EdgeVerdict
-from edge.detect import Detection
 from edge.events import Event, EventSink
 from edge.metrics import EdgeMetrics
 

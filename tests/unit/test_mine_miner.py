@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import pytest
 
-from edge.detect import Detection
+from common.detect import Detection
 from edge.mine import MinedReasonName, Miner, MiningContext, StrategyVote
 from edge.mine.strategies import PRECEDENCE, default_strategies
 from edge.policy.settings import Band, MiningPolicy

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from edge.detect import Detection
+from common.detect import Detection
 from edge.mine import MiningContext
 from edge.mine.strategies import (
     CrossEntropy,

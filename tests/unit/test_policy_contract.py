@@ -17,7 +17,7 @@ import pytest
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from edge.detect import Detection
+from common.detect import Detection
 from edge.mine import MiningContext
 from edge.mine.strategies import CrossEntropy, ImageBoxThreshold
 from protos.policy_settings import Band, GateSettings, MiningSettings, ModelRef, PolicySettings, UplinkSettings

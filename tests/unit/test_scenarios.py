@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloud.policy.settings import parse_settings
-from edge.detect import Detection
+from common.detect import Detection
 from edge.mine import Miner, MiningContext
 from edge.policy.settings import EdgePolicy, GatePolicy, MiningPolicy
 from sim.scenarios.modes import closed_loop, mode_policy

@@ -29,10 +29,6 @@ COPY pyproject.toml README.md ./
 COPY protos ./protos
 COPY common ./common
 COPY cloud ./cloud
-# The onnx backend runs the project's one YOLO runtime, edge/detect: that leaf library only (it
-# imports nothing else of the edge), never the edge agent.
-COPY edge/__init__.py ./edge/__init__.py
-COPY edge/detect ./edge/detect
 RUN pip install ".[cloud]" && rm -rf /src
 
 # The onnx backend's reference detector (single-node/); the glm backend reads its weights from a volume.

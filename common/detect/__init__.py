@@ -6,12 +6,12 @@ onnxruntime build has. It is the project's one YOLO runtime: the cloud's ``onnx`
 too, so this package imports nothing else of the edge (tests/unit/test_detect_is_a_leaf.py).
 """
 
-from edge.detect.config import DetectorConfig, ProviderName
-from edge.detect.decode import Detection
-from edge.detect.errors import DetectorError, ImageDecodeError
-from edge.detect.image import decode_image
-from edge.detect.letterbox import Letterbox
-from edge.detect.runtime import Detector
+from common.detect.config import DetectorConfig, ProviderName
+from common.detect.decode import Detection
+from common.detect.errors import DetectorError, ImageDecodeError
+from common.detect.image import decode_image
+from common.detect.letterbox import Letterbox
+from common.detect.runtime import Detector
 
 __all__ = [
     "Detection",

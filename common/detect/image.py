@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.detect.errors import DetectorError, ImageDecodeError
+from common.detect.errors import DetectorError, ImageDecodeError
 
 _JPEG_START = b"\xff\xd8\xff"
 _JPEG_END = b"\xff\xd9"

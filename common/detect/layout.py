@@ -5,7 +5,7 @@ ultralytics' exporter writes ``task``, ``head`` (newer versions), ``batch``, ``e
 another tool, so a model is accepted only when its outputs fit a detection layout too, and a model
 that does not fit is refused with what was found and what would fit, never decoded into garbage.
 
-Three detection layouts are decoded (see ``edge.detect.decode``): ``v8`` ``[B, 4+nc, N]``, ``e2e``
+Three detection layouts are decoded (see ``common.detect.decode``): ``v8`` ``[B, 4+nc, N]``, ``e2e``
 ``[B, N, 6]`` and ``rtdetr`` ``[B, Q, 4+nc]``. The last two both read ``[B, 300, 6]`` when nc is 2, so
 RT-DETR is recognised by its metadata (``head: RTDETRDecoder``, or an ``rtdetr`` model description).
 """
@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from edge.detect.errors import DetectorError
-from edge.detect.model import Dim, format_shape
+from common.detect.errors import DetectorError
+from common.detect.model import Dim, format_shape
 
 Layout = Literal["v8", "e2e", "rtdetr"]
 

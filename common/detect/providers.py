@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edge.detect.config import ProviderName
+from common.detect.config import ProviderName
 
 EXECUTION_PROVIDERS: dict[ProviderName, str] = {
     "cuda": "CUDAExecutionProvider",

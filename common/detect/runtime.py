@@ -5,7 +5,7 @@ Preprocessing, inference and postprocessing are separate methods so that a bench
 another thread. Only numpy, OpenCV and ONNX Runtime are needed at run time.
 
 This is the one YOLO runtime of the project: the edge agent's detect stage and the cloud's `onnx`
-backend both run it, so it imports nothing of the edge beyond `edge.detect`.
+backend both run it, so it imports nothing of the edge beyond `common.detect`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from edge.detect.config import DetectorConfig
-from edge.detect.decode import Boxes, Detection, decode_e2e, decode_rtdetr, decode_v8, to_detections
-from edge.detect.errors import DetectorError
-from edge.detect.image import as_bgr_frame
-from edge.detect.layout import Layout, check_outputs, check_task, frames_per_run, output_layout, read_export
-from edge.detect.letterbox import Letterbox, boxes_to_frame, letterbox_into, stretch_into
-from edge.detect.model import ModelInput, read_input, read_names
-from edge.detect.providers import fallback_message, session_providers
+from common.detect.config import DetectorConfig
+from common.detect.decode import Boxes, Detection, decode_e2e, decode_rtdetr, decode_v8, to_detections
+from common.detect.errors import DetectorError
+from common.detect.image import as_bgr_frame
+from common.detect.layout import Layout, check_outputs, check_task, frames_per_run, output_layout, read_export
+from common.detect.letterbox import Letterbox, boxes_to_frame, letterbox_into, stretch_into
+from common.detect.model import ModelInput, read_input, read_names
+from common.detect.providers import fallback_message, session_providers
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import ast
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from edge.detect.errors import DetectorError
+from common.detect.errors import DetectorError
 
 Dim = int | str | None
 
