@@ -38,9 +38,6 @@ class VerdictRepository(Protocol):
     async def contains(self, sample_id: str) -> bool:
         """Whether `sample_id` was received before."""
 
-    async def record_received(self, sample_id: str, edge_id: str, received_at: float | None = None) -> bool:
-        """Note a sample's arrival; False if it was known already."""
-
     async def put(
         self,
         sample_id: str,

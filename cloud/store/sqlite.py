@@ -6,12 +6,12 @@ its own connection on its own thread, so that blocking SQLite work never runs on
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
+
+from common.sqlite import SqliteThread
 
 BUSY_TIMEOUT_S = 5.0
 T = TypeVar("T")
@@ -50,41 +50,27 @@ class SqliteWorker:
 
     def __init__(self, path: Path, what: str, connect: Callable[[Path], sqlite3.Connection]) -> None:
         """`what` names the store in errors ("verdict store"); `connect` opens and prepares the connection."""
-        self._path = path
-        self._what = what
+        self._thread = SqliteThread(path, what, StoreError)
         self._connect = connect
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=what.replace(" ", "-"))
         self._conn: sqlite3.Connection | None = None
-        self.closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return self._thread.closed
 
     async def run(self, operation: str, statement: Callable[[sqlite3.Connection], T]) -> T:
         """Run `statement` on the worker thread; SQLite errors become StoreError naming the file and operation."""
-        if self.closed:
-            raise StoreError(f"{self._path}: {operation} on a closed {self._what}")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, operation, statement)
+        return await self._thread.run(operation, self._call, statement)
 
     async def close(self) -> None:
         """Close the connection on its thread and stop the thread (again is a no-op)."""
-        if self.closed:
-            return
-        self.closed = True
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._disconnect)
-        finally:
-            self._executor.shutdown(wait=False)
+        await self._thread.close(self._disconnect)
 
-    def _call(self, operation: str, statement: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            return statement(self._connection())
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self._path}: {operation} failed: {exc}") from exc
-
-    def _connection(self) -> sqlite3.Connection:
+    def _call(self, statement: Callable[[sqlite3.Connection], T]) -> T:
         if self._conn is None:
-            self._conn = self._connect(self._path)
-        return self._conn
+            self._conn = self._connect(self._thread.path)
+        return statement(self._conn)
 
     def _disconnect(self) -> None:
         if self._conn is not None:

@@ -92,20 +92,6 @@ class VerdictStore:
         )
         return row is not None
 
-    async def record_received(self, sample_id: str, edge_id: str, received_at: float | None = None) -> bool:
-        """Note a sample's arrival before it is judged; False if `sample_id` was already known (a duplicate)."""
-        at = time.time() if received_at is None else received_at
-        return await self._run(
-            "record_received",
-            lambda conn: (
-                conn.execute(
-                    "INSERT OR IGNORE INTO verdicts (sample_id, edge_id, received_at) VALUES (?, ?, ?)",
-                    (sample_id, edge_id, at),
-                ).rowcount
-                == 1
-            ),
-        )
-
     async def put(
         self,
         sample_id: str,
@@ -120,8 +106,7 @@ class VerdictStore:
 
         Idempotent: a second put for the same sample_id changes nothing and returns False, except over
         a fallback verdict (timeout, backend error): the sample was never really judged, and a resend
-        judged later replaces it. A sample
-        recorded with `record_received` gets its verdict here. The verdict's fields are read into
+        judged later replaces it. The verdict's fields are read into
         columns here too (before the write, off the loop), in one transaction with the verdict.
         """
         now = time.time()
@@ -136,10 +121,6 @@ class VerdictStore:
     async def count(self) -> int:
         """Number of verdicts stored."""
         return await self._scalar("count", "SELECT COUNT(*) FROM verdicts WHERE verdict IS NOT NULL")
-
-    async def count_pending(self) -> int:
-        """Number of samples received and not judged yet."""
-        return await self._scalar("count_pending", "SELECT COUNT(*) FROM verdicts WHERE verdict IS NULL")
 
     async def prune(self, decided_before: float) -> int:
         """Forget verdicts (and their thumbnails, labels) and edge snapshots older than `decided_before`.

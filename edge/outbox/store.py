@@ -3,24 +3,21 @@
 Every suspicious sample is put here before any send and leaves only when its verdict came or the
 cloud refused it for good (`remove`), when it grew too old (`expire`), or when the byte bound
 evicted it for a more urgent one.
-sqlite3 blocks, so all of its calls run in one dedicated thread (a single-worker executor that owns
-the connection, statements in submission order); the event loop only serializes and parses nothing
+sqlite3 blocks, so all of its calls run in one dedicated thread (`common.sqlite.SqliteThread`, which
+owns the connection, statements in submission order); the event loop only serializes and parses nothing
 larger than one message. Schema in `edge.outbox.schema`, durability in `edge.outbox.database`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import math
-import sqlite3
 import time
 from collections.abc import Callable, Set
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from common.sqlite import SqliteThread
 from edge.metrics import EdgeMetrics
 from edge.outbox.database import OutboxDatabase, OutboxError, OutboxItem, OutboxStats, ReplayOrder
 from protos import sample_pb2
@@ -49,8 +46,7 @@ class Outbox:
         self._db = OutboxDatabase(Path(path), max_bytes)
         self._max_age_s = max_age_s
         self._metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-        self._closed = False
+        self._thread = SqliteThread(self._db.path, "outbox", OutboxError)
         self._evicted_unreported = 0
         self._eviction_reported_at = -math.inf
 
@@ -118,14 +114,7 @@ class Outbox:
 
     async def close(self) -> None:
         """Finish queued calls, close the file and its thread; again is a no-op."""
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._db.close)
-        finally:
-            self._executor.shutdown(wait=False)
+        await self._thread.close(self._db.close)
 
     def _report_eviction(self, n: int) -> None:
         self._evicted_unreported += n
@@ -145,13 +134,7 @@ class Outbox:
             self._metrics.samples_dropped.labels(reason).inc(n)
 
     async def _run(self, operation: str, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        if self._closed:
-            raise OutboxError(f"{self.path}: {operation} on a closed outbox")
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, functools.partial(call, *args, **kwargs))
-        except sqlite3.Error as exc:
-            raise OutboxError(f"{self.path}: outbox {operation} failed: {exc}") from exc
+        return await self._thread.run(operation, call, *args, **kwargs)
 
 
 def _priority(sample: sample_pb2.Sample) -> float:

@@ -8,18 +8,25 @@ real time; every mode runs the same clips against a fresh cloud process.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.config import ConfigError, format_errors, read_yaml_mapping
+from protos.policy_settings import MiningSettings
 from sim.link.profile import LinkProfile, Outage
 
 ModeName = Literal["cloud_only", "edge_only", "sedna_ibt", "random", "edgeglm"]
 ALL_MODES: tuple[ModeName, ...] = ("cloud_only", "edge_only", "sedna_ibt", "random", "edgeglm")
 SCENARIOS_DIR = Path(__file__).resolve().parent
 MODELS_DIR = SCENARIOS_DIR.parent / "models"
+
+
+def _mining_field(name: str) -> Any:
+    """The policy contract's own definition of a mining field, so the harness cannot drift from it."""
+    return copy.copy(MiningSettings.model_fields[name])
 
 
 class _Section(BaseModel):
@@ -79,8 +86,9 @@ class BaselineSpec(_Section):
     """Settings of the comparison modes."""
 
     random_fraction: float = Field(0.05, gt=0.0, le=1.0, description="random: share of detected frames sent.")
-    ibt_box_score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="sedna_ibt: Sedna's default box score.")
-    ibt_image_fraction_threshold: float = Field(0.5, ge=0.0, le=1.0, description="sedna_ibt: Sedna's default.")
+    # sedna_ibt: default, bounds and meaning as the policy contract defines them (Sedna's defaults).
+    ibt_box_score_threshold: float = _mining_field("ibt_box_score_threshold")
+    ibt_image_fraction_threshold: float = _mining_field("ibt_image_fraction_threshold")
     local_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Baselines: score above which the edge is sure.")
 
 

@@ -78,7 +78,6 @@ async def test_filters_select_by_edge_camera_label_decision_and_time(store):
     await store.put("a", "gw-1", verdict("a"), decided_at=100.0, meta=meta("cam0", ("car",)))
     await store.put("b", "gw-1", verdict("b", REJECTED, ()), decided_at=200.0, meta=meta("cam1", ("dog",)))
     await store.put("c", "gw-2", verdict("c", UNSURE, ("cat",)), decided_at=300.0, meta=meta("cam0", ()))
-    await store.record_received("pending", "gw-1")  # not judged: never listed
 
     async def ids(**where: object) -> list[str]:
         page = await store.list_verdicts(VerdictFilter(**where))  # type: ignore[arg-type]

@@ -51,19 +51,6 @@ async def test_verdicts_survive_closing_and_reopening_the_file(tmp_path):
         await again.close()
 
 
-async def test_a_sample_recorded_on_arrival_is_a_duplicate_before_its_verdict_exists(store):
-    assert await store.record_received("s-1", "edge-1") is True
-    assert await store.record_received("s-1", "edge-1") is False
-    assert await store.contains("s-1")
-    assert await store.get("s-1") is None
-    assert (await store.count(), await store.count_pending()) == (0, 1)
-
-    assert await store.put("s-1", "edge-1", verdict("s-1")) is True
-
-    assert await store.get("s-1") == verdict("s-1")
-    assert (await store.count(), await store.count_pending()) == (1, 0)
-
-
 async def test_concurrent_puts_from_many_tasks_all_land_once(store):
     ids = [f"s-{i}" for i in range(40)]
 
