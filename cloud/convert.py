@@ -139,6 +139,7 @@ class SampleInput:
     policy_version: int = 0
     jpeg: bytes = b""  # the JPEG as received, for backends that forward it (GLM, OpenAI) as it is
     jpeg_quality: int = 0
+    track_id: str = ""  # the edge's tracked object this sample asks about; echoed in the verdict
 
     @property
     def region(self) -> ImageRegion:
@@ -262,6 +263,7 @@ def sample_from_pb(pb: sample_pb2.Sample) -> SampleInput:
         policy_version=pb.policy_version,
         jpeg=pb.image.jpeg,
         jpeg_quality=pb.image.jpeg_quality,
+        track_id=pb.track_id,
     )
 
 
@@ -309,6 +311,7 @@ def sample_to_pb(sample: SampleInput) -> sample_pb2.Sample:
         priority=sample.priority,
         trace_id=sample.trace_id,
         frame_seq=sample.frame_seq,
+        track_id=sample.track_id,
     )
 
 
@@ -342,6 +345,7 @@ def verdict_to_pb(
         origin_detail=origin_detail,
         decided_at=timestamp_from_seconds(time.time() if decided_at is None else decided_at),
         trace_id=sample.trace_id,
+        track_id=sample.track_id,
     )
 
 
@@ -358,6 +362,7 @@ def fallback_verdict(
     queue_ms: float = 0.0,
     inference_ms: float = 0.0,
     decided_at: float | None = None,
+    track_id: str = "",
 ) -> verdict_pb2.Verdict:
     """An UNSURE verdict standing in for one the backend did not give in time or at all (origin says which)."""
     return verdict_pb2.Verdict(
@@ -373,6 +378,7 @@ def fallback_verdict(
         origin_detail=detail,
         decided_at=timestamp_from_seconds(time.time() if decided_at is None else decided_at),
         trace_id=trace_id,
+        track_id=track_id,
     )
 
 

@@ -17,6 +17,9 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
 
 from common.detect import Detection, Detector
 from common.files import write_atomic
@@ -28,13 +31,15 @@ from edge.events import EventSink
 from edge.gate import FrameGate, GateResult
 from edge.health import HealthServer
 from edge.metrics import EdgeMetrics
-from edge.mine import Miner, MiningContext, MiningDecision
+from edge.mine import Miner, MiningContext
 from edge.outbox import Outbox, OutboxError
 from edge.policy.settings import EdgePolicy
 from edge.policy.signing import load_public_key
 from edge.policy.store import PolicyStore
 from edge.sources import CameraSource, Frame
 from edge.status import StatusBuilder, counter_total
+from edge.track import AskRequest, CameraTracker, TrackBook, TrackEvent
+from edge.track.book import FrameOutcome
 from edge.uplink import UplinkHandlers, make_uplink
 from edge.uplink.dispatch import Dispatcher
 from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
@@ -46,6 +51,16 @@ UPLINK_STOP_S = 5.0  # shutdown: the most of the drain deadline kept for closing
 CLOSE_SHARE = 0.25  # ... and at most this share of it
 MIN_CLOSE_S = 0.5  # the transport gets this even when the deadline has passed (an offline status to say)
 LATENCY_RECORDS = 100_000  # latencies kept for the run summary (the newest)
+SNAPSHOT_QUALITY = 80  # JPEG quality of event snapshots
+
+
+@dataclass(frozen=True, slots=True)
+class HeldFrame:
+    """What a question about a frame needs to become a sample: the frame, its detections, where it changed."""
+
+    frame: Frame
+    detections: list[Detection]
+    motion_box: tuple[int, int, int, int] | None
 
 
 class EdgeAgent:
@@ -64,12 +79,16 @@ class EdgeAgent:
             site_id=config.site_id,
             default=config.policy.initial,
         )
-        self.events = EventSink(
-            config.events.path or config.state_dir / "events.jsonl",
-            edge_id=config.edge_id,
-            metrics=self.metrics,
-            cooldown_s=config.events.cooldown_s,
+        self.events = EventSink(config.events.path or config.state_dir / "events.jsonl", metrics=self.metrics)
+        tracking = config.tracking
+        self.tracks: TrackBook[HeldFrame] = TrackBook(
+            config.edge_id,
+            lost_after_s=tracking.lost_after_s,
+            ask_window_s=tracking.ask_window_s,
+            max_asks=tracking.max_asks,
+            mode=tracking.ask,
         )
+        self._trackers: dict[str, CameraTracker] = {}
         self.sources = [CameraSource(camera, self.metrics) for camera in config.cameras]
         self.outbox = Outbox(
             config.outbox.path or config.state_dir / "outbox.sqlite",
@@ -205,6 +224,8 @@ class EdgeAgent:
         detector_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await detector_task
+        # Open question windows ask now (the sample survives in the outbox); every live track ends.
+        await self._act(self.tracks.end_all())
         left = await self._drain_outbox(deadline)
         if left:
             logger.warning("%d samples stay in the outbox for the next start", left)
@@ -253,14 +274,33 @@ class EdgeAgent:
         write_atomic(self.config.state_dir / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
 
     def _apply(self, policy: EdgePolicy) -> None:
-        """Hand a newly applied policy to the gate and the miner."""
+        """Hand a newly applied policy to the gate, the miner and the trackers."""
         for gate in self._gates.values():
             gate.update_policy(policy.gate)
         self.dispatcher.update_policy(policy.uplink)
         if self._miner is None:
-            self._miner = Miner(policy.mining, send_every_frame=self.config.pipeline.send_every_frame)
+            self._miner = Miner(
+                policy.mining,
+                send_every_frame=self.config.pipeline.send_every_frame,
+                per_frame_repeats=self.config.tracking.ask == "per_frame",
+            )
         else:
             self._miner.update_policy(policy.mining)
+        for tracker in self._trackers.values():
+            tracker.set_new_track_score(_lowest_band(policy))
+        self.tracks.policy_version = policy.version
+
+    def _tracker(self, camera_id: str) -> CameraTracker:
+        tracker = self._trackers.get(camera_id)
+        if tracker is None:
+            tracking = self.config.tracking
+            tracker = self._trackers[camera_id] = CameraTracker(
+                new_track_score=_lowest_band(self.policy),
+                match_iou=tracking.match_iou,
+                lost_after_s=tracking.lost_after_s,
+                frame_rate=tracking.frame_rate,
+            )
+        return tracker
 
     async def _camera_loop(self, source: CameraSource) -> None:
         """Frames of one camera through the gate into the detector queue (oldest dropped when full)."""
@@ -276,6 +316,7 @@ class EdgeAgent:
             if not result.changed:
                 self.metrics.frames_gated.labels(camera).inc()
                 self._last_gated = time.monotonic()
+                await self._act(self.tracks.tick(camera, frame.captured_at))
                 continue
             if not source.config.realtime:
                 # A recording played as fast as it is consumed: wait for the detector, lose nothing.
@@ -312,32 +353,73 @@ class EdgeAgent:
                     self._detect_queue.task_done()
 
     async def _decide(self, frame: Frame, gate: GateResult, detections: list[Detection]) -> None:
-        """Mine one frame: confident results become events, suspicious ones samples."""
+        """Track and mine one frame: sure objects become events at once, hard ones questions for the cloud."""
         assert self._miner is not None
+        tracked = self._tracker(frame.camera_id).update(detections, frame.captured_at)
         context = MiningContext(frame.camera_id, frame.seq, gate.motion, detections, frame.captured_at)
         decision = self._miner.decide(context)
+        held = HeldFrame(frame, detections, gate.changed_box)
+        outcome = self.tracks.observe(
+            frame.camera_id,
+            frame.seq,
+            frame.captured_at,
+            tracked,
+            decision,
+            self.policy.mining,
+            held,
+            gate.changed_box,
+        )
         self._local_latencies_ms.append(round(max(0.0, time.time() - frame.captured_at) * 1000, 2))
-        policy_version = self.policy.version
         if not self._cloud_reachable():
             self.metrics.decisions_without_cloud.inc()
-        for detection in decision.confident:
-            self.events.emit(frame.camera_id, detection, frame.seq, frame.captured_at, policy_version, source="edge")
-        if decision.held_back is not None:
-            self.metrics.samples_dropped.labels(decision.held_back).inc()
-        if decision.kind == "suspicious" and decision.reason is not None:
-            self.metrics.mined.labels(decision.reason).inc()
-            await self._send(frame, detections, decision, gate.changed_box)
+        held_back = decision.held_back or outcome.held_back
+        if held_back is not None:
+            self.metrics.samples_dropped.labels(held_back).inc()
+        await self._act(outcome, held)
+        if self.tracks.mode == "per_frame" and decision.kind == "suspicious" and decision.reason is not None:
+            ask = AskRequest(
+                frame.camera_id, None, held, tuple(detections), decision.reason, decision.detail, decision.priority
+            )
+            if await self._send(ask):
+                self.tracks.sent_frame(frame.camera_id, frame.seq, tracked)
 
-    async def _send(
-        self,
-        frame: Frame,
-        detections: list[Detection],
-        decision: MiningDecision,
-        motion_box: tuple[int, int, int, int] | None = None,
-    ) -> None:
-        """Encode the frame (or crop) as the policy says and hand the sample to the uplink."""
+    async def _act(self, outcome: FrameOutcome[HeldFrame], current: HeldFrame | None = None) -> None:
+        """Emit the events of a frame (a snapshot with each new object on it) and send its questions."""
+        for event in outcome.events:
+            snapshot = None
+            if current is not None and self._wants_snapshot(event, current):
+                snapshot = await self._snapshot(current.frame, event)
+            self.events.emit(event, snapshot)
+        for ask in outcome.asks:
+            if await self._send(ask):
+                self.tracks.asked(ask, ask.frame.frame.captured_at)
+
+    def _wants_snapshot(self, event: TrackEvent, current: HeldFrame) -> bool:
+        """A new object, or one the edge relabelled, on the frame at hand (a verdict's frame is gone)."""
+        if not self.config.events.snapshots or event.frame_seq != current.frame.seq:
+            return False
+        return event.kind == "new" or (event.kind == "update" and event.payload["source"] == "edge")
+
+    async def _snapshot(self, frame: Frame, event: TrackEvent) -> bytes | None:
+        """A JPEG of the object's padded box on its frame, off the loop."""
+        loop = asyncio.get_running_loop()
+        box = event.payload["box"]
+        height, width = frame.image.shape[:2]
+        crop = convert.crop_box((width, height), [Detection((box[0], box[1], box[2], box[3]), 1.0, 0, "")])
+        x1, y1, x2, y2 = crop if crop is not None else (0, 0, width, height)
+        ok, buffer = await loop.run_in_executor(
+            None, cv2.imencode, ".jpg", frame.image[y1:y2, x1:x2], [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_QUALITY]
+        )
+        return buffer.tobytes() if ok else None
+
+    async def _send(self, ask: AskRequest[HeldFrame]) -> bool:
+        """Encode the frame (or crop) as the policy says and put the sample in the outbox; whether it was kept."""
         loop = asyncio.get_running_loop()
         uplink_policy = self.policy.uplink
+        held = ask.frame
+        frame = held.frame
+        detections = list(ask.detections) if ask.track_id is not None else held.detections
+        self.metrics.mined.labels(ask.reason).inc()
         jpeg, crop = await loop.run_in_executor(
             None,
             convert.encode_sample_image,
@@ -345,7 +427,7 @@ class EdgeAgent:
             detections,
             uplink_policy.image_mode,
             uplink_policy.jpeg_quality,
-            motion_box,
+            held.motion_box,
         )
         height, width = frame.image.shape[:2]
         sample_id = f"{self.config.edge_id}-{frame.camera_id}-{frame.seq}-{uuid.uuid4().hex[:8]}"
@@ -363,10 +445,11 @@ class EdgeAgent:
             model_name=self.config.detector.model_path.stem,
             model_version=self.config.model_version,
             policy_version=self.policy.version,
-            reason=decision.reason or "random_audit",
-            detail=decision.detail,
-            priority=decision.priority,
+            reason=ask.reason,
+            detail=ask.detail,
+            priority=ask.priority,
             trace_id=uuid.uuid4().hex,
+            track_id=ask.track_id or "",
         )
         # On disk before anything is sent: from here on the sample survives crashes and outages.
         try:
@@ -378,12 +461,13 @@ class EdgeAgent:
             if self._outbox_error is None:
                 logger.error("outbox unavailable, samples are dropped until it works again: %s", err)
             self._outbox_error = str(err)
-            return
+            return False
         if self._outbox_error is not None:
             logger.info("outbox works again")
             self._outbox_error = None
         self._outbox_samples += 1 - len(evicted)
         self.dispatcher.notify()
+        return True
 
     def _hello(self) -> session_pb2.Hello:
         return session_pb2.Hello(
@@ -430,7 +514,17 @@ class EdgeAgent:
         latency_s = max(0.0, time.time() - captured_at)
         self.metrics.verdict_latency.observe(latency_s)
         self._verdict_latencies_ms.append(round(latency_s * 1000, 2))
-        self.events.verdict(sample.camera_id, sample.frame_seq, captured_at, summary, self.policy.version)
+        asked_about = convert.detection_from_pb(sample.detections[0]) if sample.detections else None
+        events = self.tracks.apply_verdict(
+            sample.camera_id,
+            sample.track_id,
+            summary,
+            frame_seq=sample.frame_seq,
+            captured_at=captured_at,
+            asked_about=asked_about,
+        )
+        for event in events:
+            self.events.emit(event)
 
     async def _on_policy(self, signed: policy_pb2.SignedPolicy) -> None:
         self.policies.offer(signed)
@@ -471,3 +565,9 @@ class EdgeAgent:
         cloud_ok = self._cloud_reachable() or self.config.pipeline.autonomous_ready
         ready = self._detector is not None and cloud_ok and outbox_ok
         return ready, state, reasons
+
+
+def _lowest_band(policy: EdgePolicy) -> float:
+    """The lowest band low of the policy: detections from there up are objects (below, noise to every rule)."""
+    mining = policy.mining
+    return min([mining.default_band.low, *(band.low for band in mining.bands.values())])

@@ -129,10 +129,36 @@ class OutboxConfig(_Section):
 
 
 class EventsConfig(_Section):
-    """Local events of confident detections."""
+    """Local events of tracked objects (new, update, end; docs/events.md)."""
 
     path: Path | None = Field(None, description="JSON-lines file of events; default: state_dir/events.jsonl.")
-    cooldown_s: float = Field(5.0, ge=0.0, le=3600, description="Same camera and label: at most one event per window.")
+    snapshots: bool = Field(
+        True, description="Attach a JPEG of the object to new events and label changes (MQTT: retained per label)."
+    )
+
+
+class TrackingConfig(_Section):
+    """The per-camera object tracker (ByteTrack) and how tracked objects ask the cloud."""
+
+    ask: Literal["per_track", "per_frame"] = Field(
+        "per_track",
+        description="per_track: one question per object, its verdict applies to the whole track. per_frame: every "
+        "hard frame goes up under the policy's resend interval, as Sedna's joint inference does (for comparisons).",
+    )
+    lost_after_s: float = Field(
+        3.0, gt=0, le=600, description="A track not detected for this long (capture time) ends with an end event."
+    )
+    ask_window_s: float = Field(
+        0.5,
+        ge=0,
+        le=30,
+        description="A track that turns hard asks with its best frame of this window (capture time); 0 = at once.",
+    )
+    max_asks: int = Field(
+        3, ge=1, le=100, description="Questions one track may ask in its life (a class change or unsure answer)."
+    )
+    match_iou: float = Field(0.1, gt=0, le=1, description="Box overlap a detection needs to continue a track.")
+    frame_rate: float = Field(10.0, gt=0, le=240, description="Nominal detected frames per second, for motion.")
 
 
 class HealthConfig(_Section):
@@ -187,6 +213,7 @@ class EdgeConfig(FileSettings):
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Policy verification and defaults.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward queue.")
     events: EventsConfig = Field(default_factory=EventsConfig, description="Local events.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Object tracking and questions.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health and metrics endpoint.")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline queues and shutdown.")
 

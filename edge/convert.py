@@ -155,6 +155,7 @@ def build_sample(
     detail: str,
     priority: float,
     trace_id: str,
+    track_id: str = "",
 ) -> sample_pb2.Sample:
     """A Sample message; `frame_size` is (width, height), `reason` a mined-reason name such as "ibt"."""
     if reason not in MINED_REASONS:
@@ -179,6 +180,7 @@ def build_sample(
         mined_reason_detail=detail,
         priority=priority,
         trace_id=trace_id,
+        track_id=track_id,
     )
 
 
@@ -197,6 +199,8 @@ class EdgeVerdict:
     queue_ms: float
     inference_ms: float
     detections: tuple[Detection, ...] = ()
+    text: str = ""  # the backend's explanation; a VLM's description of what it saw
+    track_id: str = ""  # the tracked object the verdict is about (empty: none)
 
 
 def verdict_summary(pb: verdict_pb2.Verdict) -> EdgeVerdict:
@@ -211,6 +215,8 @@ def verdict_summary(pb: verdict_pb2.Verdict) -> EdgeVerdict:
         queue_ms=pb.queue_time_ms,
         inference_ms=pb.inference_time_ms,
         detections=detections,
+        text=pb.text,
+        track_id=pb.track_id,
     )
 
 

@@ -43,7 +43,10 @@ class EdgeMetrics:
         )
         self.mined = Counter("edgeglm_edge_mined", "Frames judged suspicious, by reason.", ["reason"], registry=r)
         self.local_events = Counter(
-            "edgeglm_edge_local_events", "Confident detections acted on locally.", ["label"], registry=r
+            "edgeglm_edge_local_events",
+            "Events of tracked objects (type new, update, end), by label.",
+            ["label", "type"],
+            registry=r,
         )
         self.events_unpublished = Counter(
             "edgeglm_edge_events_unpublished",

@@ -116,6 +116,7 @@ class Verdict(_message.Message):
     ORIGIN_DETAIL_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    TRACK_ID_FIELD_NUMBER: _builtins.int
     sample_id: _builtins.str
     """The sample judged (its idempotency key)."""
     edge_id: _builtins.str
@@ -142,6 +143,8 @@ class Verdict(_message.Message):
     """Why a fallback was used (the timeout or the error), for people and logs."""
     trace_id: _builtins.str
     """The sample's trace id, copied through."""
+    track_id: _builtins.str
+    """The sample's track_id, echoed: the tracked object the verdict is about (empty: none)."""
     @_builtins.property
     def detections(self) -> _containers.RepeatedCompositeFieldContainer[_sample_pb2.Detection]:
         """Objects the cloud sees, with labels, scores and boxes in original-frame pixels."""
@@ -168,10 +171,11 @@ class Verdict(_message.Message):
         origin_detail: _builtins.str = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
         trace_id: _builtins.str = ...,
+        track_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "confidence", b"confidence", "decided_at", b"decided_at", "decision", b"decision", "detections", b"detections", "edge_id", b"edge_id", "inference_time_ms", b"inference_time_ms", "model_name", b"model_name", "model_version", b"model_version", "origin", b"origin", "origin_detail", b"origin_detail", "queue_time_ms", b"queue_time_ms", "sample_id", b"sample_id", "text", b"text", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "confidence", b"confidence", "decided_at", b"decided_at", "decision", b"decision", "detections", b"detections", "edge_id", b"edge_id", "inference_time_ms", b"inference_time_ms", "model_name", b"model_name", "model_version", b"model_version", "origin", b"origin", "origin_detail", b"origin_detail", "queue_time_ms", b"queue_time_ms", "sample_id", b"sample_id", "text", b"text", "trace_id", b"trace_id", "track_id", b"track_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

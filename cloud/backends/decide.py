@@ -11,21 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cloud.convert import BackendResult, Box, CloudDetection, CropBox, SampleInput
+from common.boxes import area, intersection, iou
 
 
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two xyxy boxes (0 when either is empty)."""
-    inter = _intersection(a, b)
-    union = _area(a) + _area(b) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def share_inside(box: Box, area: CropBox) -> float:
-    """The share (0-1) of `box`'s area that lies inside `area`."""
-    own = _area(box)
+def share_inside(box: Box, region: CropBox) -> float:
+    """The share (0-1) of `box`'s area that lies inside `region`."""
+    own = area(box)
     if own <= 0:
         return 0.0
-    return _intersection(box, (float(area.x1), float(area.y1), float(area.x2), float(area.y2))) / own
+    return intersection(box, (float(region.x1), float(region.y1), float(region.x2), float(region.y2))) / own
 
 
 def judge(sample: SampleInput, found: Sequence[CloudDetection], match_iou: float) -> BackendResult:
@@ -60,13 +54,3 @@ def _judge_motion(found: Sequence[CloudDetection]) -> BackendResult:
             "confirmed", list(found), f"found {best.label} {best.score:.2f} where the edge saw motion", best.score
         )
     return BackendResult("rejected", [], "found nothing where the edge saw motion", 1.0)
-
-
-def _area(box: Box) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def _intersection(a: Box, b: Box) -> float:
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    return max(0.0, width) * max(0.0, height)

@@ -44,9 +44,9 @@ from typing import cast
 
 import annotated_types
 
-from cloud.backends.decide import iou
 from cloud.convert import SampleInput, detection_from_pb
 from cloud.policy.settings import Band
+from common.boxes import iou
 from protos import verdict_pb2
 
 _EPS = 1e-9

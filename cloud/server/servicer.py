@@ -108,6 +108,7 @@ class EdgeGLMServicer(session_pb2_grpc.EdgeGLMServicer):
             backend=backend.name,
             model_name=backend.model_name,
             model_version=backend.model_version,
+            track_id=sample.track_id,
         )
 
     async def GetPolicy(  # noqa: N802

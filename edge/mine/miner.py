@@ -19,6 +19,8 @@ Two rules then apply to the composed decision, here and nowhere else:
   fired on goes up all the same, as an audit sample.
 - the policy's `resend_interval_s`: a camera that sent the same labels for the same reason within the
   interval (in capture time) holds the frame back (`held_back="resend_interval"`); audits never are.
+  This is the per-frame rule (`per_frame_repeats`, the baselines that ask per frame); when the edge
+  asks per tracked object, the track book (`edge.track.book`) decides when an object asks again.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ class Miner:
         strategies: Sequence[MiningStrategy] | None = None,
         *,
         send_every_frame: bool = False,
+        per_frame_repeats: bool = True,
     ) -> None:
         self._policy = policy
         self._send_every_frame = send_every_frame
+        self._per_frame_repeats = per_frame_repeats
         self._last_sent: dict[tuple[str, str, tuple[str, ...]], float] = {}
         self._strategies = tuple(strategies) if strategies is not None else default_strategies(rng or random.Random())
         names = [strategy.name for strategy in self._strategies]
@@ -65,7 +69,7 @@ class Miner:
         if self._send_every_frame and decision.kind != "suspicious":
             detail = "every frame is sent (pipeline.send_every_frame)"
             return MiningDecision("suspicious", "random_audit", detail, 0.05, decision.confident)
-        if decision.kind == "suspicious" and self._sent_recently(ctx, decision):
+        if decision.kind == "suspicious" and self._per_frame_repeats and self._sent_recently(ctx, decision):
             kind: DecisionKind = "confident" if decision.confident else "nothing"
             return MiningDecision(kind, None, decision.detail, 0.0, decision.confident, held_back="resend_interval")
         return decision

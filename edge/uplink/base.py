@@ -54,6 +54,7 @@ class Uplink(Protocol):
         """Hand a serialized Sample to the cloud without waiting; False when it cannot be taken now."""
         ...
 
-    def publish_event(self, event: dict[str, Any]) -> None:
-        """A local event for home-automation users, where the transport carries them (MQTT); else nothing."""
+    def publish_event(self, event: dict[str, Any], snapshot: bytes | None = None) -> None:
+        """A local event (and the object's JPEG) for home-automation users, where the transport carries them
+        (MQTT); else nothing."""
         ...

@@ -122,7 +122,7 @@ class GrpcUplink:
             return False
         return True
 
-    def publish_event(self, event: dict[str, Any]) -> None:
+    def publish_event(self, event: dict[str, Any], snapshot: bytes | None = None) -> None:
         """gRPC carries no local events (they stay in the events file)."""
 
     async def start(self) -> None:

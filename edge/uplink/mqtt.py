@@ -83,6 +83,15 @@ class _Topics:
             f"{prefix}/cloud/+/status",
         )
 
+    def snapshot(self, camera_id: str, label: str) -> str:
+        """The retained topic of the latest snapshot of `label` on `camera_id`."""
+        return f"{self.events.removesuffix('/events')}/{topic_level(camera_id)}/{topic_level(label)}/snapshot"
+
+
+def topic_level(name: str) -> str:
+    """`name` as one MQTT topic level: the separator and the wildcards become underscores."""
+    return name.replace("/", "_").replace("+", "_").replace("#", "_") or "_"
+
 
 class MqttUplink:
     """Samples and heartbeats up; acks, verdicts and policies down; same interface as GrpcUplink."""
@@ -280,13 +289,18 @@ class MqttUplink:
         """Queue the message for its handler, on the event loop."""
         self._inbox.put_nowait(inbound)
 
-    def publish_event(self, event: dict[str, Any]) -> None:
+    def publish_event(self, event: dict[str, Any], snapshot: bytes | None = None) -> None:
         """A local event as JSON on {prefix}/{edge}/events (QoS 1, not retained), for Home Assistant or
-        Node-RED; the schema is edge/events.py's. While the broker is away the event stays in the file only."""
+        Node-RED (schema: docs/events.md), and the object's JPEG retained on
+        {prefix}/{edge}/{camera}/{label}/snapshot, as Frigate does. While the broker is away the event
+        stays in the file only."""
         if self._client is None or not self.connected:
             self._metrics.events_unpublished.inc()
             return
         self._client.publish(self._topics.events, json.dumps(event, separators=(",", ":")), qos=self._config.qos)
+        if snapshot is not None:
+            topic = self._topics.snapshot(str(event["camera"]), str(event["label"]))
+            self._client.publish(topic, snapshot, qos=self._config.qos, retain=True)
 
     def _publish_status(self) -> None:
         if self._client is not None:

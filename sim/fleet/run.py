@@ -23,7 +23,7 @@ import yaml
 from rich.console import Console
 
 from sim.fleet.broker import mosquitto_binary, start_mosquitto
-from sim.fleet.summary import CameraRun, cloud_only_bytes, event_recall, percentile, read_jsonl
+from sim.fleet.summary import CameraRun, cloud_only_bytes, percentile, read_jsonl, score_events
 from sim.world.clips import ClipSpec, write_clip
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -245,7 +245,7 @@ def summarise(out: Path, cameras: list[CameraRun], spec: FleetSpec) -> dict[str,
     for s in per_edge.values():
         s.pop("local_latency_ms", None)
     frames, all_bytes = cloud_only_bytes(cameras, spec.jpeg_quality)
-    recall = event_recall(cameras, events)
+    score = score_events(cameras, events)
     uplink = int(sum(s["uplink_bytes"] for s in per_edge.values()))
     return {
         "frames": frames,
@@ -256,8 +256,8 @@ def summarise(out: Path, cameras: list[CameraRun], spec: FleetSpec) -> dict[str,
         "uplink_bytes": uplink,
         "cloud_only_bytes": all_bytes,
         "uplink_ratio": uplink / all_bytes if all_bytes else None,
-        "event_recall": recall["recall"],
-        "events": {"watched": recall["events"], "recalled": recall["recalled"]},
+        "event_recall": score.watched_recall,
+        "events": {"watched": score.watched, "recalled": score.watched_recalled},
         "verdict_latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)},
         "policy_versions": {e: s["policy_version"] for e, s in per_edge.items()},
         "edges": per_edge,

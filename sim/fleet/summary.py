@@ -15,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sim.eval.events import EventScore, add, event_tracks, score_camera, truth_objects
+
 
 @dataclass(frozen=True)
 class CameraRun:
@@ -37,24 +39,13 @@ def read_jsonl(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def event_recall(cameras: Iterable[CameraRun], events_by_edge: dict[str, list[dict[str, object]]]) -> dict[str, float]:
-    """Recall of watched events; also how many there were and were found."""
-    total = found = 0
+def score_events(cameras: Iterable[CameraRun], events_by_edge: dict[str, list[dict[str, object]]]) -> EventScore:
+    """Object recall and event precision over the cameras (definitions in sim.eval.events)."""
+    scores = []
     for camera in cameras:
-        truth = json.loads((camera.clip / "events.json").read_text())
-        seen = [
-            e
-            for e in events_by_edge.get(camera.edge_id, [])
-            if e.get("camera_id") == camera.camera_id and e.get("type") == "detection"
-        ]
-        for event in truth:
-            if not event["watched"]:
-                continue
-            total += 1
-            start, end = int(event["start_frame"]), int(event["end_frame"])
-            if any(e.get("label") == event["label"] and start <= int(str(e.get("frame_seq", -1))) <= end for e in seen):
-                found += 1
-    return {"events": total, "recalled": found, "recall": found / total if total else float("nan")}
+        tracks = event_tracks(events_by_edge.get(camera.edge_id, [])).get(camera.camera_id, [])
+        scores.append(score_camera(truth_objects(camera.clip), tracks))
+    return add(scores)
 
 
 def cloud_only_bytes(cameras: Iterable[CameraRun], jpeg_quality: int) -> tuple[int, int]:

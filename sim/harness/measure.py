@@ -1,11 +1,10 @@
 """The figures of one mode, measured against the clips' ground truth.
 
-- Event recall: an object of the world (an event in a clip's `events.json`) counts as recalled when
-  its edge recorded an event of the same label on the same camera while it was in view, either a
-  confident local detection or one the cloud confirmed. `watched_recall` is the same over the
-  watch-listed labels only.
-- Event precision: the share of the edges' event records whose label was really in view on that
-  camera at that frame (`gt.jsonl`).
+- Object recall, event precision and per-object F1, as `sim.eval.events` defines them: the edges'
+  events are folded into one record per tracked object; an object of the world is recalled when a
+  track of its camera reported its label with a box overlapping its own (IoU >= 0.3) on the frame of
+  one of the track's events; a track no object explains is a false alarm; a track the cloud
+  rejected is withdrawn and counts as neither. `watched_recall` is recall over watched labels only.
 - Uplink bytes: what crossed the emulated links edge -> cloud, protocol overhead and heartbeats
   included, counted by the link emulator (the same counter in inproc and netns mode).
 - Samples lost: mined and neither received by the cloud (its idempotency records) nor still waiting
@@ -17,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.fleet.summary import CameraRun, read_jsonl
+from sim.fleet.summary import CameraRun, read_jsonl, score_events
 from sim.harness.run import ModeRun
 from sim.scenarios.spec import Scenario
 
@@ -38,53 +36,19 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1)}
 
 
-def truth_labels(clip: Path) -> dict[int, set[str]]:
-    """Frame number -> labels in view, from a clip's gt.jsonl."""
-    frames: dict[int, set[str]] = {}
-    for record in read_jsonl(clip / "gt.jsonl"):
-        objects = record.get("objects", [])
-        assert isinstance(objects, list)
-        frames[int(str(record["frame"]))] = {str(o["label"]) for o in objects}
-    return frames
-
-
-def events_by_camera(events: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Detection events of one edge, grouped by camera."""
-    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for event in events:
-        if event.get("type") == "detection":
-            grouped[str(event.get("camera_id"))].append(event)
-    return grouped
-
-
 def accuracy(cameras: list[CameraRun], mode_folder: Path) -> dict[str, Any]:
-    """Event recall (all objects and watched ones) and event precision of one mode."""
-    objects = recalled = watched = watched_recalled = records = true_records = 0
-    by_edge = {
-        edge: events_by_camera(read_jsonl(mode_folder / "edges" / edge / "events.jsonl"))
-        for edge in {camera.edge_id for camera in cameras}
-    }
-    for camera in cameras:
-        seen = by_edge[camera.edge_id].get(camera.camera_id, [])
-        for truth in json.loads((camera.clip / "events.json").read_text()):
-            start, end = int(truth["start_frame"]), int(truth["end_frame"])
-            hit = any(e.get("label") == truth["label"] and start <= int(e.get("frame_seq", -1)) <= end for e in seen)
-            objects += 1
-            recalled += hit
-            if truth["watched"]:
-                watched += 1
-                watched_recalled += hit
-        labels = truth_labels(camera.clip)
-        for event in seen:
-            records += 1
-            true_records += event.get("label") in labels.get(int(event.get("frame_seq", -1)), set())
+    """Object recall (all objects and watched ones), event precision and F1 of one mode."""
+    events = {edge: read_jsonl(mode_folder / "edges" / edge / "events.jsonl") for edge in {c.edge_id for c in cameras}}
+    score = score_events(cameras, events)
     return {
-        "event_recall": recalled / objects if objects else None,
-        "watched_recall": watched_recalled / watched if watched else None,
-        "event_precision": true_records / records if records else None,
-        "objects": objects,
-        "objects_recalled": recalled,
-        "event_records": records,
+        "event_recall": score.recall,
+        "watched_recall": score.watched_recall,
+        "event_precision": score.precision,
+        "event_f1": score.f1,
+        "objects": score.objects,
+        "objects_recalled": score.recalled,
+        "event_records": score.tracks,
+        "tracks_withdrawn": score.withdrawn_tracks,
     }
 
 

@@ -29,7 +29,7 @@ from sim.fleet.broker import mosquitto_binary, start_mosquitto
 from sim.fleet.run import free_port, start, stop_process, tail, wait_http
 from sim.fleet.summary import CameraRun
 from sim.link.emulator import EdgeLink, make_emulator
-from sim.scenarios.modes import closed_loop, mode_policy
+from sim.scenarios.modes import closed_loop, mode_edge_settings, mode_policy
 from sim.scenarios.spec import ModeName, Scenario
 from sim.world.clips import ClipSpec, write_clip
 
@@ -133,6 +133,7 @@ def edge_settings(
     else:
         uplink = {"target": f"{host}:{port}", "heartbeat_interval_s": 2}
     fps = max((c.fps for g in scenario.edges for c in g.cameras), default=5.0)
+    settings = mode_edge_settings(mode)
     return {
         "edge_id": edge_id,
         "site_id": scenario.name,
@@ -148,7 +149,8 @@ def edge_settings(
         },
         # In a namespace loopback is the namespace's own: the health port never collides there.
         "health": {"host": "127.0.0.1", "port": free_port()},
-        "pipeline": {"drain_deadline_s": 20, "send_every_frame": mode == "cloud_only"},
+        "pipeline": {"drain_deadline_s": 20, **settings["pipeline"]},
+        "tracking": settings["tracking"],
     }
 
 

@@ -11,7 +11,10 @@ Every mode runs the real edge agents and the real cloud; only the signed fleet p
   frame is sent when enough of its boxes are unsure; static, no closed loop.
 - `random`: a fixed share of detected frames is sent, chosen at random.
 - `edgeglm`: the scenario's policy (uncertainty bands, watch list, motion without detection, audit,
-  resend interval) with the cloud's closed loop moving the bands.
+  resend interval) with the cloud's closed loop moving the bands, and one question per tracked
+  object (`tracking.ask: per_track`); the other modes ask per frame, as the systems they stand for do.
+
+Every mode's edges track objects, so every mode's events are per object and measured alike.
 """
 
 from __future__ import annotations
@@ -87,6 +90,14 @@ def mode_policy(mode: ModeName, scenario: Scenario) -> dict[str, Any]:
     if gate:
         settings["gate"] = gate
     return settings
+
+
+def mode_edge_settings(mode: ModeName) -> dict[str, Any]:
+    """What of an edge's edge.yaml differs between modes (sections merged into the harness's own)."""
+    return {
+        "pipeline": {"send_every_frame": mode == "cloud_only"},
+        "tracking": {"ask": "per_track" if mode == "edgeglm" else "per_frame"},
+    }
 
 
 def closed_loop(mode: ModeName, scenario: Scenario) -> dict[str, Any] | None:

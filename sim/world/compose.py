@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from common.boxes import iou
 from sim.world.photos import (
     BACKGROUNDS,
     CLASSES,
@@ -188,15 +189,6 @@ def random_placement(
     return Placement(x, y, width, height, bool(rng.random() < 0.5), (gains[0], gains[1], gains[2]))
 
 
-def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    """Intersection over union of two xyxy boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def random_conditions(rng: np.random.Generator) -> Conditions:
     """Degradations of a frame, each present with its own probability."""
     return Conditions(
@@ -243,7 +235,7 @@ def render_scene(rng: np.random.Generator, width: int = 640, height: int = 480) 
         for _attempt in range(8):
             placement = random_placement(rng, source, width, height, small)
             box = (placement.x, placement.y, placement.x + placement.width, placement.y + placement.height)
-            if all(box_iou(box, other.box) < 0.2 for other in objects):
+            if all(iou(box, other.box) < 0.2 for other in objects):
                 break
         visible = paste(canvas, source, placement)
         if visible is None:

@@ -70,7 +70,9 @@ def edge_config(
     loop: bool = False,
     initial: dict[str, Any] | None = None,
     broker: MosquittoBroker | None = None,
+    ask: str = "per_track",
 ) -> EdgeConfig:
+    """An agent on `clip`; `ask="per_frame"` with `every_frame()` sends every frame (volume for delivery tests)."""
     uplink: dict[str, Any] = {"target": f"127.0.0.1:{port}", "heartbeat_interval_s": 0.5}
     if broker is not None:
         uplink = {"kind": "mqtt", "host": broker.host, "port": broker.port, "heartbeat_interval_s": 0.5}
@@ -84,5 +86,6 @@ def edge_config(
             "policy": {"public_key": str(tmp_path / "keys" / "policy-signing.pub"), "initial": initial or {}},
             "health": {"host": "127.0.0.1", "port": 0},
             "pipeline": {"drain_deadline_s": 20},
+            "tracking": {"ask": ask},
         }
     )

@@ -44,7 +44,7 @@ async def test_agent_killed_mid_run_resends_everything_after_restart(
     config = config.model_copy(update={"server": config.server.model_copy(update={"port": port})})
     service = CloudService(config)
     await service.start()
-    edge = edge_config(tmp_path, clip, port, "gw-kill", loop=True, initial=settings, broker=broker)
+    edge = edge_config(tmp_path, clip, port, "gw-kill", loop=True, initial=settings, broker=broker, ask="per_frame")
     config_path = tmp_path / "edge.yaml"
     config_path.write_text(yaml.safe_dump(edge.model_dump(mode="json")))
     outbox = tmp_path / "gw-kill" / "outbox.sqlite"

@@ -35,7 +35,9 @@ async def test_samples_mined_during_an_outage_reach_the_cloud_once_it_returns(
     config = config.model_copy(update={"server": config.server.model_copy(update={"port": port})})
     service = CloudService(config)
     await service.start()
-    agent = EdgeAgent(edge_config(tmp_path, clip, port, "gw-out", loop=True, initial=settings, broker=broker))
+    agent = EdgeAgent(
+        edge_config(tmp_path, clip, port, "gw-out", loop=True, initial=settings, broker=broker, ask="per_frame")
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     try:
@@ -69,7 +71,7 @@ async def test_samples_mined_during_an_outage_reach_the_cloud_once_it_returns(
 
 async def test_a_full_outbox_evicts_and_the_agent_keeps_running(tmp_path: Path, clip: Path) -> None:
     generate_keypair(tmp_path / "keys", "policy-signing")
-    config = edge_config(tmp_path, clip, free_port(), "gw-full", initial=every_frame())
+    config = edge_config(tmp_path, clip, free_port(), "gw-full", initial=every_frame(), ask="per_frame")
     config = config.model_copy(
         update={
             "outbox": config.outbox.model_copy(update={"max_bytes": 1 << 20}),
@@ -94,7 +96,7 @@ async def test_replay_after_reconnect_stays_within_the_byte_budget(
     config = cloud_config(tmp_path, clip, settings, broker)
     config = config.model_copy(update={"server": config.server.model_copy(update={"port": port})})
     generate_keypair(tmp_path / "keys", "policy-signing")
-    agent = EdgeAgent(edge_config(tmp_path, clip, port, "gw-budget", initial=settings, broker=broker))
+    agent = EdgeAgent(edge_config(tmp_path, clip, port, "gw-budget", initial=settings, broker=broker, ask="per_frame"))
     await asyncio.wait_for(agent.run(asyncio.Event()), timeout=60)  # no cloud: everything stays in the outbox
     backlog = agent._outbox_samples
     assert backlog >= 5
@@ -102,7 +104,9 @@ async def test_replay_after_reconnect_stays_within_the_byte_budget(
     await service.start()
     try:
         # Replay only: the camera folder is gone, so no new frames (the source keeps retrying it).
-        restarted_config = edge_config(tmp_path, tmp_path / "gone", port, "gw-budget", initial=settings, broker=broker)
+        restarted_config = edge_config(
+            tmp_path, tmp_path / "gone", port, "gw-budget", initial=settings, broker=broker, ask="per_frame"
+        )
         restarted = EdgeAgent(
             restarted_config.model_copy(
                 update={"pipeline": restarted_config.pipeline.model_copy(update={"drain_deadline_s": 5})}
@@ -129,7 +133,9 @@ async def test_no_sample_is_lost_when_the_broker_restarts_mid_run(tmp_path: Path
         config = cloud_config(tmp_path, clip, settings, mqtt_broker)
         service = CloudService(config)
         await service.start()
-        agent = EdgeAgent(edge_config(tmp_path, clip, 1, "gw-mqtt", loop=True, initial=settings, broker=mqtt_broker))
+        agent = EdgeAgent(
+            edge_config(tmp_path, clip, 1, "gw-mqtt", loop=True, initial=settings, broker=mqtt_broker, ask="per_frame")
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:

@@ -51,7 +51,9 @@ def with_changes(config: CloudConfig, **sections: dict[str, Any]) -> CloudConfig
 
 def agent_config(tmp_path: Path, clip: Path, port: int, broker: MosquittoBroker | None, **outbox: Any) -> EdgeConfig:
     # The clip loops at the camera's pace: samples keep coming while the cloud dies, until the test stops.
-    edge = edge_config(tmp_path, clip, port, "gw-crash", loop=True, initial=every_frame(), broker=broker)
+    edge = edge_config(
+        tmp_path, clip, port, "gw-crash", loop=True, initial=every_frame(), broker=broker, ask="per_frame"
+    )
     dumped = edge.model_dump(mode="json")
     dumped["pipeline"]["drain_deadline_s"] = 90
     dumped["outbox"] = {**dumped["outbox"], "ack_timeout_s": 5, "verdict_timeout_s": 10, **outbox}

@@ -17,6 +17,7 @@ from cloud.config import CloudConfig
 from cloud.service import CloudService
 from edge.agent import EdgeAgent
 from edge.status import counter_total
+from protos import verdict_pb2
 from tests.helpers.agents import SILENT, WATCH_ALL, cloud_config, edge_config, make_agent_clip
 from tests.helpers.broker import MosquittoBroker
 from tests.helpers.policy_keys import generate_keypair
@@ -114,14 +115,17 @@ async def test_agent_keeps_deciding_when_the_cloud_is_unreachable(tmp_path: Path
     assert events, "confident detections become local events without the cloud"
 
 
-async def test_resend_interval_sends_a_lingering_object_once_per_interval(tmp_path: Path, clip: Path) -> None:
+async def test_per_frame_asking_sends_a_lingering_object_once_per_resend_interval(tmp_path: Path, clip: Path) -> None:
     sent: dict[float, int] = {}
     dropped: dict[float, float] = {}
     for interval in (0.0, 3600.0):
         settings = {"mining": {**WATCH_ALL["mining"], "resend_interval_s": interval}}
         async with cloud(cloud_config(tmp_path / str(interval), clip, settings)) as service:
             edge_id = f"gw-{interval:.0f}"
-            agent = EdgeAgent(edge_config(tmp_path / str(interval), clip, service.port, edge_id, initial=settings))
+            config = edge_config(
+                tmp_path / str(interval), clip, service.port, edge_id, initial=settings, ask="per_frame"
+            )
+            agent = EdgeAgent(config)
             summary = await run_to_end(agent)
             sent[interval] = summary["samples_sent"]
             dropped[interval] = agent.metrics.samples_dropped.labels("resend_interval")._value.get()
@@ -129,3 +133,32 @@ async def test_resend_interval_sends_a_lingering_object_once_per_interval(tmp_pa
     assert dropped[0.0] == 0
     assert sent[3600.0] < sent[0.0]
     assert sent[3600.0] + dropped[3600.0] == sent[0.0]
+
+
+async def test_per_track_asking_asks_each_object_once_and_its_verdict_makes_one_new_per_track(
+    tmp_path: Path, clip: Path
+) -> None:
+    """The same watch-everything policy per frame (no interval) and per track, side by side on one clip."""
+    settings = {"mining": {**WATCH_ALL["mining"], "resend_interval_s": 0.0}}
+    sent: dict[str, int] = {}
+    for ask in ("per_frame", "per_track"):
+        async with cloud(cloud_config(tmp_path / ask, clip, settings)) as service:
+            agent = EdgeAgent(edge_config(tmp_path / ask, clip, service.port, f"gw-{ask}", initial=settings, ask=ask))
+            summary = await run_to_end(agent)
+            sent[ask] = summary["samples_sent"]
+            page = await service.store.list_verdicts(limit=500)
+            stored = [await service.store.get(r.sample_id) for r in page.items]
+        assert summary["verdicts"] == summary["samples_sent"] > 0
+        if ask == "per_track":
+            tracks = [verdict_pb2.Verdict.FromString(raw).track_id for raw in stored if raw is not None]
+            assert len(tracks) == sent[ask]
+            assert all(tracks), "every question names the object it is about"
+            assert len(set(tracks)) == len(tracks), f"an object asked twice: {sorted(tracks)}"
+            events = [
+                json.loads(line) for line in (tmp_path / ask / f"gw-{ask}" / "events.jsonl").read_text().splitlines()
+            ]
+            news = [e["id"] for e in events if e["type"] == "new"]
+            assert news and len(news) == len(set(news)), "one new per object"
+            ends = {e["id"] for e in events if e["type"] == "end"}
+            assert ends == {e["id"] for e in events if e["verdict"] != "rejected"}, "every announced object ends"
+    assert sent["per_track"] * 3 < sent["per_frame"], sent

@@ -91,9 +91,9 @@ async def test_a_full_disk_under_the_outbox_degrades_and_recovers_by_itself(tmp_
     with small_tmpfs(tmp_path / "small-disk") as disk:
         settings = every_frame()
         async with running(cloud_config(tmp_path, clip, settings)) as service:
-            dumped = edge_config(tmp_path, clip, service.port, "gw-disk", loop=True, initial=settings).model_dump(
-                mode="json"
-            )
+            dumped = edge_config(
+                tmp_path, clip, service.port, "gw-disk", loop=True, initial=settings, ask="per_frame"
+            ).model_dump(mode="json")
             dumped["outbox"] = {**dumped["outbox"], "path": str(disk / "outbox.sqlite")}
             agent = EdgeAgent(EdgeConfig.model_validate(dumped))
             events = agent.config.state_dir / "events.jsonl"

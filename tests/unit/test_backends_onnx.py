@@ -15,8 +15,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cloud.backends import BackendStartError, OnnxBackend, OnnxBackendConfig
-from cloud.backends.decide import iou
 from cloud.convert import SampleInput, sample_from_pb
+from common.boxes import iou
 from protos import sample_pb2
 from sim.world.dataset import DatasetSpec, render_dataset_image
 from tests.helpers.onnx_models import e2e_output, save_yolo_model, v8_output

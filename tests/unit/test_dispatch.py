@@ -54,7 +54,7 @@ class MemoryUplink:
         self.payloads.append(payload)
         return True
 
-    def publish_event(self, event: dict[str, Any]) -> None:
+    def publish_event(self, event: dict[str, Any], snapshot: bytes | None = None) -> None:
         pass
 
 

@@ -1,4 +1,4 @@
-"""edge/events.py: local events written to a real JSON-lines file, deduplicated, counted and published."""
+"""edge/events.py: the track book's events written to a real JSON-lines file, counted and published."""
 
 from __future__ import annotations
 
@@ -10,13 +10,9 @@ from typing import Any
 
 import pytest
 
-from common.detect import Detection
-from edge.convert import EdgeVerdict
 from edge.events import Event, EventSink
 from edge.metrics import EdgeMetrics
-
-MOTORCYCLE = Detection(box=(10.04, 20.0, 110.0, 90.0), score=0.91234, class_id=2, label="motorcycle")
-PERSON = Detection(box=(200.0, 40.0, 240.0, 160.0), score=0.8, class_id=0, label="person")
+from edge.track import TrackEvent
 
 
 @pytest.fixture
@@ -26,7 +22,7 @@ def metrics() -> EdgeMetrics:
 
 @pytest.fixture
 def sink(tmp_path: Path, metrics: EdgeMetrics) -> Iterator[EventSink]:
-    events = EventSink(tmp_path / "events" / "events.jsonl", edge_id="gw-1", metrics=metrics, cooldown_s=5.0)
+    events = EventSink(tmp_path / "events" / "events.jsonl", metrics=metrics)
     yield events
     events.close()
 
@@ -35,120 +31,65 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def counted(metrics: EdgeMetrics, label: str) -> float:
-    return metrics.registry.get_sample_value("edgeglm_edge_local_events_total", {"label": label}) or 0.0
+def event(kind: str = "new", label: str = "person", frame_seq: int = 3) -> TrackEvent:
+    payload = {
+        "schema": 1,
+        "type": kind,
+        "id": "gw-1/cam-a/7",
+        "edge_id": "gw-1",
+        "camera": "cam-a",
+        "track_id": "7",
+        "label": label,
+        "sub_label": None,
+        "score": 0.9,
+        "top_score": 0.9,
+        "box": [1.0, 2.0, 30.0, 40.0],
+        "frame_seq": frame_seq,
+        "first_seen": 1000.0,
+        "last_seen": 1000.0,
+        "source": "edge",
+        "verdict": None,
+        "policy_version": 2,
+    }
+    return TrackEvent(kind, "cam-a", "7", payload, frame_seq)  # type: ignore[arg-type]
 
 
-def verdict(decision: str, *detections: Detection) -> EdgeVerdict:
-    return EdgeVerdict(
-        sample_id="s-1",
-        decision=decision,  # type: ignore[arg-type]
-        labels=tuple(sorted({d.label for d in detections})),
-        backend="oracle",
-        origin="backend",
-        queue_ms=1.0,
-        inference_ms=2.0,
-        detections=detections,
-    )
-
-
-def test_confident_detection_becomes_one_json_line_with_the_documented_schema(
+def test_an_event_is_one_json_line_logged_and_counted_by_label_and_type(
     sink: EventSink, metrics: EdgeMetrics, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="edge.events"):
-        sink.emit("cam-a", MOTORCYCLE, frame_seq=12, captured_at=1000.5, policy_version=4)
-    assert lines(sink.path) == [
-        {
-            "type": "detection",
-            "edge_id": "gw-1",
-            "camera_id": "cam-a",
-            "label": "motorcycle",
-            "score": 0.9123,
-            "box": [10.0, 20.0, 110.0, 90.0],
-            "frame_seq": 12,
-            "captured_at": 1000.5,
-            "policy_version": 4,
-            "source": "edge",
-        }
-    ]
-    assert counted(metrics, "motorcycle") == 1
-    assert "event motorcycle" in caplog.text
+        body = sink.emit(event(), snapshot=b"\xff\xd8jpeg")
+    assert lines(sink.path) == [body]
+    assert body["has_snapshot"] is True and body["type"] == "new" and body["id"] == "gw-1/cam-a/7"
+    assert metrics.registry.get_sample_value("edgeglm_edge_local_events_total", {"label": "person", "type": "new"}) == 1
+    assert "event new gw-1/cam-a/7 person" in caplog.text
 
 
-def test_same_camera_and_label_stay_quiet_during_the_cooldown(sink: EventSink, metrics: EdgeMetrics) -> None:
-    # A parked motorcycle at 5 frames/s for 12 s: one event per 5-second window.
-    for seq in range(60):
-        sink.emit("cam-a", MOTORCYCLE, frame_seq=seq, captured_at=1000.0 + seq * 0.2, policy_version=1)
-    assert [e["frame_seq"] for e in lines(sink.path)] == [0, 25, 50]
-    assert counted(metrics, "motorcycle") == 3
-
-
-def test_other_labels_and_cameras_are_not_held_back(sink: EventSink) -> None:
-    sink.emit("cam-a", MOTORCYCLE, 0, 1000.0, 1)
-    sink.emit("cam-a", PERSON, 0, 1000.0, 1)
-    sink.emit("cam-b", MOTORCYCLE, 0, 1000.0, 1)
-    assert [(e["camera_id"], e["label"]) for e in lines(sink.path)] == [
-        ("cam-a", "motorcycle"),
-        ("cam-a", "person"),
-        ("cam-b", "motorcycle"),
-    ]
-
-
-def test_zero_cooldown_records_every_frame(tmp_path: Path, metrics: EdgeMetrics) -> None:
-    sink = EventSink(tmp_path / "events.jsonl", edge_id="gw-1", metrics=metrics, cooldown_s=0.0)
-    for seq in range(3):
-        sink.emit("cam-a", PERSON, seq, 1000.0 + seq * 0.2, 1)
-    sink.close()
-    assert len(lines(tmp_path / "events.jsonl")) == 3
-
-
-def test_confirmed_verdict_records_the_clouds_best_detection_per_label(sink: EventSink) -> None:
-    weaker = Detection(box=(0.0, 0.0, 5.0, 5.0), score=0.6, class_id=0, label="person")
-    events = sink.verdict("cam-a", 40, 1008.0, verdict("confirmed", weaker, PERSON, MOTORCYCLE), policy_version=2)
-    assert [(e["label"], e["score"], e["source"], e["frame_seq"]) for e in events] == [
-        ("motorcycle", 0.9123, "cloud", 40),
-        ("person", 0.8, "cloud", 40),
-    ]
-    assert lines(sink.path) == events
-
-
-@pytest.mark.parametrize("decision", ["rejected", "unsure"])
-def test_verdicts_other_than_confirmed_make_no_event(sink: EventSink, decision: str) -> None:
-    assert sink.verdict("cam-a", 40, 1008.0, verdict(decision, PERSON), policy_version=2) == []
-    assert not sink.path.exists() or sink.path.read_text() == ""
-
-
-def test_cloud_confirmation_within_the_cooldown_of_a_local_event_is_not_repeated(sink: EventSink) -> None:
-    sink.emit("cam-a", PERSON, 10, 1000.0, 1)
-    assert sink.verdict("cam-a", 12, 1000.4, verdict("confirmed", PERSON), policy_version=1) == []
-    assert len(lines(sink.path)) == 1
-
-
-def test_publish_hooks_receive_every_event_even_when_one_fails(
+def test_publish_hooks_receive_every_event_and_its_snapshot_even_when_one_fails(
     sink: EventSink, caplog: pytest.LogCaptureFixture
 ) -> None:
-    received: list[Event] = []
+    received: list[tuple[Event, bytes | None]] = []
 
-    def broken(event: Event) -> None:
+    def broken(body: Event, snapshot: bytes | None) -> None:
         raise ConnectionError("broker away")
 
     sink.add_publisher(broken)
-    sink.add_publisher(received.append)
+    sink.add_publisher(lambda body, snapshot: received.append((body, snapshot)))
     with caplog.at_level(logging.ERROR, logger="edge.events"):
-        sink.emit("cam-a", PERSON, 0, 1000.0, 1)
-    assert [e["label"] for e in received] == ["person"]
-    assert len(lines(sink.path)) == 1
+        sink.emit(event(), snapshot=b"jpeg")
+        sink.emit(event("end"))
+    assert [(body["type"], snapshot) for body, snapshot in received] == [("new", b"jpeg"), ("end", None)]
+    assert len(lines(sink.path)) == 2
     assert "broker away" in caplog.text
 
 
 def test_file_rotates_by_size_and_keeps_whole_lines(tmp_path: Path, metrics: EdgeMetrics) -> None:
     path = tmp_path / "events.jsonl"
-    sink = EventSink(path, edge_id="gw-1", metrics=metrics, cooldown_s=0.0, max_bytes=1000, backup_count=2)
+    sink = EventSink(path, metrics=metrics, max_bytes=1000, backup_count=2)
     for seq in range(20):
-        sink.emit("cam-a", PERSON, seq, 1000.0 + seq, 1)
+        sink.emit(event("update", frame_seq=seq))
     sink.close()
     rotated = tmp_path / "events.jsonl.1"
     assert rotated.exists() and path.stat().st_size <= 1000
     kept = lines(rotated) + lines(path)
     assert [e["frame_seq"] for e in kept] == list(range(20 - len(kept), 20))
-    assert counted(metrics, "person") == 20

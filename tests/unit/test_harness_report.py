@@ -16,43 +16,81 @@ from sim.scenarios.spec import SCENARIOS_DIR, load_scenario
 
 
 def _clip(folder: Path) -> Path:
-    """Frames 0-9: a person in 2-5, a cat in 6-8; the person is watched."""
+    """Frames 0-9: a person in 2-5 at the top left, a cat in 6-8 at the bottom right; the person is watched."""
     folder.mkdir(parents=True)
     lines = []
     for frame in range(10):
         objects = []
         if 2 <= frame <= 5:
-            objects.append({"label": "person", "class_id": 0, "box": [0, 0, 10, 10]})
+            objects.append({"track": 0, "label": "person", "class_id": 0, "box": [0, 0, 10, 10]})
         if 6 <= frame <= 8:
-            objects.append({"label": "cat", "class_id": 3, "box": [0, 0, 10, 10]})
+            objects.append({"track": 1, "label": "cat", "class_id": 3, "box": [50, 50, 60, 60]})
         lines.append(json.dumps({"frame": frame, "objects": objects}))
     (folder / "gt.jsonl").write_text("\n".join(lines) + "\n")
     events = [
-        {"label": "person", "watched": True, "start_frame": 2, "end_frame": 5},
-        {"label": "cat", "watched": False, "start_frame": 6, "end_frame": 8},
+        {"track": 0, "label": "person", "watched": True, "start_frame": 2, "end_frame": 5},
+        {"track": 1, "label": "cat", "watched": False, "start_frame": 6, "end_frame": 8},
     ]
     (folder / "events.json").write_text(json.dumps(events))
     return folder
 
 
-def _events(folder: Path, edge: str, records: list[tuple[str, int]]) -> None:
+CAT_BOX = [50.0, 50.0, 60.0, 60.0]
+Record = tuple[str, str, int] | tuple[str, str, int, list[float]] | tuple[str, str, int, list[float], str]
+
+
+def _events(folder: Path, edge: str, records: list[Record]) -> None:
+    """(track, label, frame[, box[, verdict]]) as schema-1 events; a track's first record is its new."""
     (folder / "edges" / edge).mkdir(parents=True, exist_ok=True)
-    lines = [
-        json.dumps({"type": "detection", "camera_id": "cam0", "label": label, "frame_seq": frame})
-        for label, frame in records
-    ]
+    seen: set[str] = set()
+    lines = []
+    for track, label, frame, *rest in records:
+        box = rest[0] if rest else [0.0, 0.0, 10.0, 10.0]
+        verdict = rest[1] if len(rest) > 1 else None
+        kind = "update" if track in seen else "new"
+        seen.add(track)
+        event = {"schema": 1, "type": kind, "id": f"{edge}/cam0/{track}", "camera": "cam0", "label": label}
+        lines.append(json.dumps({**event, "frame_seq": frame, "box": box, "verdict": verdict}))
     (folder / "edges" / edge / "events.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def test_recall_and_precision_count_against_ground_truth(tmp_path: Path) -> None:
+def test_recall_and_precision_count_tracked_objects_against_ground_truth(tmp_path: Path) -> None:
     camera = CameraRun("e-0", "cam0", _clip(tmp_path / "clip"))
     mode = tmp_path / "mode"
-    # The person is found (frame 3), the cat is not; one false cat at frame 1.
-    _events(mode, "e-0", [("person", 3), ("cat", 1), ("person", 4)])
+    # Track 1 is the person (frames 3 and 4: one object, not two); track 2 a cat where none is (a
+    # false alarm); track 3 says cat on the right frame but in the wrong place (no match, a false alarm).
+    _events(mode, "e-0", [("1", "person", 3), ("2", "cat", 1), ("1", "person", 4), ("3", "cat", 7)])
     figures = accuracy([camera], mode)
     assert figures["event_recall"] == pytest.approx(0.5)
     assert figures["watched_recall"] == pytest.approx(1.0)
-    assert figures["event_precision"] == pytest.approx(2 / 3)
+    assert figures["event_records"] == 3
+    assert figures["event_precision"] == pytest.approx(1 / 3)
+    assert figures["event_f1"] == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
+
+
+def test_a_track_the_cloud_rejected_is_withdrawn_and_a_relabelled_one_counts_with_its_final_label(
+    tmp_path: Path,
+) -> None:
+    camera = CameraRun("e-0", "cam0", _clip(tmp_path / "clip"))
+    mode = tmp_path / "mode"
+    cat_box = [50.0, 50.0, 60.0, 60.0]
+    # Track 1: announced as a person where nothing is, then rejected: withdrawn. Track 2: the edge said
+    # person on the cat, the cloud's update relabels it cat: it explains the cat.
+    _events(
+        mode,
+        "e-0",
+        [
+            ("1", "person", 0),
+            ("1", "person", 0, [0.0, 0.0, 10.0, 10.0], "rejected"),
+            ("2", "person", 7, cat_box),
+            ("2", "cat", 7, cat_box, "confirmed"),
+        ],
+    )
+    figures = accuracy([camera], mode)
+    assert figures["tracks_withdrawn"] == 1
+    assert figures["event_records"] == 1
+    assert figures["event_precision"] == pytest.approx(1.0)
+    assert figures["objects_recalled"] == 1
 
 
 def test_percentiles_and_ratios() -> None:
@@ -66,7 +104,7 @@ def test_percentiles_and_ratios() -> None:
     assert only["edgeglm"]["uplink_ratio"] == pytest.approx(0.01)
 
 
-def _run(tmp_path: Path, mode: str, sent: int, up: int, records: list[tuple[str, int]]) -> ModeRun:
+def _run(tmp_path: Path, mode: str, sent: int, up: int, records: list[Record]) -> ModeRun:
     folder = tmp_path / "modes" / mode
     _events(folder, "e-0", records)
     summary = {
@@ -110,9 +148,9 @@ def test_report_files_table_and_verdict(tmp_path: Path) -> None:
     scenario = load_scenario(SCENARIOS_DIR / "demo.yaml")
     camera = CameraRun("e-0", "cam0", _clip(tmp_path / "clip"))
     runs = {
-        "cloud_only": _run(tmp_path, "cloud_only", 10, 100_000, [("person", 3), ("cat", 7)]),
-        "sedna_ibt": _run(tmp_path, "sedna_ibt", 3, 9_000, [("person", 3)]),
-        "edgeglm": _run(tmp_path, "edgeglm", 2, 4_000, [("person", 3), ("cat", 7)]),
+        "cloud_only": _run(tmp_path, "cloud_only", 10, 100_000, [("1", "person", 3), ("2", "cat", 7, CAT_BOX)]),
+        "sedna_ibt": _run(tmp_path, "sedna_ibt", 3, 9_000, [("1", "person", 3)]),
+        "edgeglm": _run(tmp_path, "edgeglm", 2, 4_000, [("1", "person", 3), ("2", "cat", 7, CAT_BOX)]),
     }
     figures = {mode: measure_mode(run, [camera], scenario, frames=10) for mode, run in runs.items()}
     assert figures["edgeglm"]["samples_lost"] == 0  # mined 3 = received 2 + 1 still in the outbox

@@ -112,10 +112,10 @@ def test_readyz_is_unavailable_while_not_ready(server: HealthServer, state: Agen
 
 
 def test_metrics_serves_the_agents_registry(server: HealthServer, metrics: EdgeMetrics) -> None:
-    metrics.local_events.labels("cat").inc(3)
+    metrics.local_events.labels("cat", "new").inc(3)
     reply = get(server, "/metrics")
     assert reply.status == 200 and reply.content_type.startswith("text/plain")
-    assert 'edgeglm_edge_local_events_total{label="cat"} 3.0' in reply.body.decode()
+    assert 'edgeglm_edge_local_events_total{label="cat",type="new"} 3.0' in reply.body.decode()
 
 
 def test_unknown_path_is_not_found(server: HealthServer) -> None:

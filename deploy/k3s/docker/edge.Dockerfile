@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The edge agent: Python slim, ONNX Runtime on the CPU, the world-trained YOLO model, non-root.
-# Multi-arch (python:slim, onnxruntime and opencv-python-headless ship amd64 and arm64 builds):
+# Multi-arch (python:slim, onnxruntime and opencv-python ship amd64 and arm64 builds):
 #   docker buildx build --platform linux/amd64,linux/arm64 -f deploy/k3s/docker/edge.Dockerfile \
 #     -t registry.example.com/edgeglm/edge:0.1.0 --push .
 # Build context: the repository root.
@@ -11,6 +11,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# opencv-python loads libGL and glib at import, even without a display.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+ && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 edgeglm \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin edgeglm
