@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -25,11 +26,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.rounds import Step, run_rounds
-from common.detect import Detector, DetectorConfig
+from common.detect import Detection, Detector, DetectorConfig
+from edge.track import CameraTracker
 from sim.world.dataset import DatasetSpec, render_dataset_image
 
 DEFAULT_MODEL = Path("sim/models/edge.onnx")
 GOAL_RATIO = 0.9
+CAPTION = "ms are per frame; pre, post, rest: the runtime's extra time; tracker: ByteTrack per frame (share of runtime)"
 
 HELP = f"""Throughput of the edge detector runtime against ONNX Runtime alone, side by side.
 
@@ -41,7 +44,10 @@ load from other work on the machine hits them alike:
   runtime      Detector.detect (batch 1) / detect_batch (batch B): preprocess + inference + decode;
   raw          session.run alone, same ONNX Runtime session, on tensors preprocessed once beforehand;
   preprocess   Detector.preprocess alone (letterbox, BGR->RGB, HWC->CHW, /255);
-  postprocess  Detector.postprocess alone on outputs computed once (decode, NMS, map boxes back).
+  postprocess  Detector.postprocess alone on outputs computed once (decode, NMS, map boxes back);
+  tracker      (batch 1 only) the agent's per-camera tracker (ByteTrack, edge/track) updated with
+               each frame's detections, computed once, at 10 frames/s of capture time: what
+               tracking adds to every detected frame, next to what detecting it costs.
 
 Rounds go on until --rounds are done or --seconds are spent (a round is never cut short). Reported per
 batch size: frames/s (median over rounds), p50/p95 ms per frame, ratio = runtime fps / raw fps
@@ -105,12 +111,26 @@ def detector_steps(detector: Detector, frames: Sequence[NDArray[np.uint8]], batc
         letterboxes = prepared[index][1]
         return lambda: detector.postprocess(outputs[index], letterboxes, shapes[index])
 
-    return [
+    steps = [
         Step("runtime", [runtime(chunk) for chunk in batches], counts),
         Step("raw", [raw(feed) for feed in feeds], counts),
         Step("preprocess", [preprocess(chunk) for chunk in batches], counts),
         Step("postprocess", [postprocess(index) for index in range(len(batches))], counts),
     ]
+    if batch == 1:
+        steps.append(tracker_step([detector.detect(frame) for frame in frames]))
+    return steps
+
+
+def tracker_step(detections: Sequence[list[Detection]]) -> Step:
+    """One tracker fed each frame's detections in turn, capture time moving on 0.1 s per frame."""
+    tracker = CameraTracker(new_track_score=0.25, match_iou=0.1, lost_after_s=3.0, frame_rate=10.0)
+    clock = itertools.count()
+
+    def update(found: list[Detection]) -> Callable[[], object]:
+        return lambda: tracker.update(found, next(clock) / 10.0)
+
+    return Step("tracker", [update(found) for found in detections], [1] * len(detections))
 
 
 def summarise(steps: Sequence[Step], batch: int) -> dict[str, Any]:
@@ -120,6 +140,13 @@ def summarise(steps: Sequence[Step], batch: int) -> dict[str, Any]:
     round_ratios = np.asarray(steps[1].round_seconds) / np.asarray(steps[0].round_seconds)
     pre_ms = stats["preprocess"]["ms_per_frame"]
     post_ms = stats["postprocess"]["ms_per_frame"]
+    tracking = {}
+    if "tracker" in stats:
+        tracking = {
+            "tracker": stats["tracker"],
+            # What tracking adds to a detected frame, as a share of detecting it (same rounds).
+            "tracker_to_runtime": stats["tracker"]["ms_per_frame"] / runtime["ms_per_frame"],
+        }
     return {
         "batch": batch,
         "runtime": runtime,
@@ -134,6 +161,7 @@ def summarise(steps: Sequence[Step], batch: int) -> dict[str, Any]:
             # run()'s checks and the Python calls around them; noise can make it negative.
             "rest": runtime["ms_per_frame"] - raw["ms_per_frame"] - pre_ms - post_ms,
         },
+        **tracking,
     }
 
 
@@ -225,10 +253,10 @@ def benchmark(
 def report_table(report: dict[str, Any]) -> Table:
     """The figures a person looks at first."""
     title = f"{report['model']['path']} on {report['machine']['provider']}, goal ratio >= {GOAL_RATIO}"
-    table = Table(title=title, caption="ms are per frame; pre, post, rest: the runtime's extra time")
+    table = Table(title=title, caption=CAPTION)
     for column in ("batch", "fps runtime", "fps raw", "ratio", "p50/p95 runtime", "p50/p95 raw"):
         table.add_column(column, justify="right")
-    for column in ("pre", "post", "rest"):
+    for column in ("pre", "post", "rest", "tracker"):
         table.add_column(column, justify="right")
     for entry in report["configs"].values():
         runtime, raw, overhead = entry["runtime"], entry["raw"], entry["overhead_ms_per_frame"]
@@ -242,6 +270,7 @@ def report_table(report: dict[str, Any]) -> Table:
             f"{overhead['preprocess']:.3f}",
             f"{overhead['postprocess']:.3f}",
             f"{overhead['rest']:.3f}",
+            f"{entry['tracker']['ms_per_frame']:.3f} ({entry['tracker_to_runtime']:.1%})" if "tracker" in entry else "",
         )
     return table
 

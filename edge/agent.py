@@ -289,6 +289,8 @@ class EdgeAgent:
         for tracker in self._trackers.values():
             tracker.set_new_track_score(_lowest_band(policy))
         self.tracks.policy_version = policy.version
+        watched = list(policy.mining.watch_list) if policy.mining.watch_list_enabled else []
+        self.uplink.announce([camera.id for camera in self.config.cameras], watched)
 
     def _tracker(self, camera_id: str) -> CameraTracker:
         tracker = self._trackers.get(camera_id)

@@ -80,6 +80,12 @@ class MqttUplinkConfig(_Section):
         256, ge=1, le=100_000, description="Sample publishes the broker has not acknowledged, at most; beyond, wait."
     )
     call_timeout_s: float = Field(10.0, ge=0.1, le=600, description="Deadline of the offline status published at stop.")
+    homeassistant: bool = Field(
+        True, description="Announce each camera's sensors by Home Assistant MQTT discovery (edge/homeassistant.py)."
+    )
+    discovery_prefix: str = Field(
+        "homeassistant", min_length=1, pattern=r"^[^#+\s]+$", description="Home Assistant's discovery prefix."
+    )
 
 
 def _uplink_kind(value: Any) -> str:

@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyChange, PolicyEngine
 from cloud.server.fleet import FleetStatus
+from common.topics import OFFLINE, availability_topic
 from protos import session_pb2, status_pb2
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ class EdgeDirectory:
             self._present.add(edge_id)
         else:
             self._present.discard(edge_id)
+        if status.state == status_pb2.EDGE_STATE_OFFLINE:
+            # The edge's last will (or its goodbye): home automation sees it gone too (docs/events.md).
+            self._publish(availability_topic(self._prefix, edge_id), OFFLINE, True)
 
     def connected(self) -> None:
         """The bridge (re)connected: publish the fleet policy and every known edge's, whatever was sent before."""

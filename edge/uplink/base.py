@@ -58,3 +58,7 @@ class Uplink(Protocol):
         """A local event (and the object's JPEG) for home-automation users, where the transport carries them
         (MQTT); else nothing."""
         ...
+
+    def announce(self, cameras: list[str], watched: list[str]) -> None:
+        """The cameras and watched labels home automation should see (MQTT: Home Assistant discovery); else nothing."""
+        ...

@@ -125,6 +125,9 @@ class GrpcUplink:
     def publish_event(self, event: dict[str, Any], snapshot: bytes | None = None) -> None:
         """gRPC carries no local events (they stay in the events file)."""
 
+    def announce(self, cameras: list[str], watched: list[str]) -> None:
+        """gRPC has no home-automation side."""
+
     async def start(self) -> None:
         """Open the channel and start the session loop in the background."""
         self._channel = grpc.aio.insecure_channel(self._config.target, options=channel_options(self._config))

@@ -41,7 +41,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from common.paho import Inbound, PahoHandoff, close, connect_properties
+from common.topics import OFFLINE, ONLINE, availability_topic, topic_level
 from edge.config import MqttUplinkConfig
+from edge.homeassistant import Discovery, HomeAssistantState
 from edge.metrics import EdgeMetrics
 from edge.uplink.base import UplinkHandlers
 from protos import policy_pb2, session_pb2, status_pb2
@@ -88,11 +90,6 @@ class _Topics:
         return f"{self.events.removesuffix('/events')}/{topic_level(camera_id)}/{topic_level(label)}/snapshot"
 
 
-def topic_level(name: str) -> str:
-    """`name` as one MQTT topic level: the separator and the wildcards become underscores."""
-    return name.replace("/", "_").replace("+", "_").replace("#", "_") or "_"
-
-
 class MqttUplink:
     """Samples and heartbeats up; acks, verdicts and policies down; same interface as GrpcUplink."""
 
@@ -116,6 +113,9 @@ class MqttUplink:
         # Written by paho's thread only.
         self._paho = PahoHandoff()
         self._edge_subscription = -1
+        self._announced: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        self._home: HomeAssistantState | None = None
+        self._edge_id = ""
 
     @property
     def connected(self) -> bool:
@@ -151,6 +151,13 @@ class MqttUplink:
             raise ValueError(f"edge_id {FLEET!r} is reserved on MQTT ({self._config.topic_prefix}/fleet/policy)")
         self._paho.bind(asyncio.get_running_loop())
         self._topics = _Topics.of(self._config.topic_prefix, hello.edge_id)
+        self._edge_id = hello.edge_id
+        if self._config.homeassistant:
+            discovery = Discovery(
+                hello.edge_id, self._config.topic_prefix, self._config.discovery_prefix, hello.agent_version
+            )
+            self._home = HomeAssistantState(discovery)
+            self._home.announce(*self._announced)
         self._client = self._make_client(hello)
         self._client.loop_start()
         self._tasks = [
@@ -190,6 +197,8 @@ class MqttUplink:
         client = self._client
         if client is not None:
             if self._connected:
+                if self._home is not None:
+                    client.publish(self._availability, OFFLINE, qos=self._config.qos, retain=True)
                 status = self._handlers.status()
                 status.state = status_pb2.EDGE_STATE_OFFLINE
                 info = client.publish(
@@ -252,6 +261,12 @@ class MqttUplink:
             "resumed" if session_present else "new",
         )
         self._publish_status()
+        if self._home is not None:
+            self._publish_all([(self._availability, ONLINE, True), *self._home.discovery_messages()])
+
+    @property
+    def _availability(self) -> str:
+        return availability_topic(self._config.topic_prefix, self._edge_id)
 
     def _connection_lost(self, why: str) -> None:
         if self._connected or why != self._last_error:
@@ -301,6 +316,19 @@ class MqttUplink:
         if snapshot is not None:
             topic = self._topics.snapshot(str(event["camera"]), str(event["label"]))
             self._client.publish(topic, snapshot, qos=self._config.qos, retain=True)
+        if self._home is not None:
+            self._publish_all(self._home.on_event(event))
+
+    def announce(self, cameras: list[str], watched: list[str]) -> None:
+        """The cameras and the watched labels Home Assistant should see sensors for (sent again on change)."""
+        self._announced = (tuple(cameras), tuple(watched))
+        if self._home is not None and self._home.announce(cameras, watched) and self.connected:
+            self._publish_all(self._home.discovery_messages())
+
+    def _publish_all(self, messages: list[tuple[str, bytes, bool]]) -> None:
+        if self._client is not None:
+            for topic, payload, retain in messages:
+                self._client.publish(topic, payload, qos=self._config.qos, retain=retain)
 
     def _publish_status(self) -> None:
         if self._client is not None:

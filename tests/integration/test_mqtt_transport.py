@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -202,50 +201,47 @@ async def test_the_last_will_says_offline_when_the_edge_process_dies(broker: Any
         process.wait(WAIT_S)
 
 
-async def test_local_events_are_published_as_json_for_home_automation(broker: Any, observer_factory: Any) -> None:
-    watcher = observer_factory(f"edgeglm/{EDGE}/events")
+async def test_home_assistant_availability_goes_offline_when_the_edge_process_dies(
+    tmp_path: Path, clip: Path, broker: Any, observer_factory: Any
+) -> None:
+    """The edge says online itself; its death is its last will on the status topic, which the bridge
+    turns into "offline" on the availability topic Home Assistant's sensors follow."""
+    watcher = observer_factory("edgeglm/gw-doomed/availability")
     await watcher.subscribed()
-    event = {"type": "detection", "edge_id": EDGE, "camera_id": "cam0", "label": "cat", "score": 0.91}
+    async with cloud(tmp_path, clip, bridge_config(broker)):
+        process = subprocess.Popen(  # noqa: ASYNC220 - a child to SIGKILL, not work to wait for
+            [sys.executable, "-c", DYING_EDGE, broker.host, str(broker.port)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        try:
+            online = await asyncio.to_thread(watcher.messages.get, True, WAIT_S)
+            assert bytes(online.payload) == b"online"
+            process.send_signal(signal.SIGKILL)
+            offline = await asyncio.to_thread(watcher.messages.get, True, WAIT_S)
+            assert (bytes(offline.payload), offline.retain) == (
+                b"offline",
+                False,
+            )  # live delivery of a retained publish
+        finally:
+            process.kill()
+            process.wait(WAIT_S)
+
+
+async def test_local_events_are_published_as_json_and_snapshots_retained_per_label(
+    broker: Any, observer_factory: Any
+) -> None:
+    watcher = observer_factory(f"edgeglm/{EDGE}/events", f"edgeglm/{EDGE}/cam0/cat/snapshot")
+    await watcher.subscribed()
+    event = {"schema": 1, "type": "new", "id": f"{EDGE}/cam0/3", "camera": "cam0", "label": "cat", "score": 0.91}
     async with edge(edge_config(broker)) as recorder:
         assert recorder.uplink is not None
-        recorder.uplink.publish_event(event)
-        message = await asyncio.to_thread(watcher.messages.get, True, WAIT_S)
-    assert message.topic == f"edgeglm/{EDGE}/events"
+        recorder.uplink.publish_event(event, b"\xff\xd8snapshot")
+        first = await asyncio.to_thread(watcher.messages.get, True, WAIT_S)
+        second = await asyncio.to_thread(watcher.messages.get, True, WAIT_S)
+    by_topic = {m.topic: m for m in (first, second)}
+    message = by_topic[f"edgeglm/{EDGE}/events"]
     assert json.loads(bytes(message.payload)) == event
     assert not message.retain
-
-
-async def test_mosquitto_sub_reads_the_events_topic_as_documented_json(tmp_path: Path, broker: Any) -> None:
-    binary = shutil.which("mosquitto_sub")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("mosquitto_sub is missing on CI: `make test` installs mosquitto-clients")
-        pytest.skip("mosquitto_sub is not installed (apt-get install mosquitto-clients)")
-    topic = f"edgeglm/{EDGE}/events"
-    reader = await asyncio.create_subprocess_exec(
-        binary,
-        "-h",
-        broker.host,
-        "-p",
-        str(broker.port),
-        "-t",
-        topic,
-        "-q",
-        "1",
-        "-C",
-        "2",
-        "-W",
-        "30",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    await wait_until(lambda: broker.subscribed(topic), "mosquitto_sub's subscription")
-    events = [
-        {"type": "detection", "edge_id": EDGE, "camera_id": "cam0", "label": "person", "score": 0.8, "frame_seq": 7},
-        {"type": "detection", "edge_id": EDGE, "camera_id": "cam1", "label": "cup", "score": 0.95, "frame_seq": 9},
-    ]
-    async with edge(edge_config(broker)) as recorder:
-        assert recorder.uplink is not None
-        for event in events:
-            recorder.uplink.publish_event(event)
-        out, _ = await asyncio.wait_for(reader.communicate(), WAIT_S)
-    assert [json.loads(line) for line in out.decode().splitlines()] == events
+    snapshot = by_topic[f"edgeglm/{EDGE}/cam0/cat/snapshot"]
+    assert bytes(snapshot.payload) == b"\xff\xd8snapshot"

@@ -39,6 +39,11 @@ def test_benchmark_reports_runtime_and_raw_per_batch_size(tiny_model):
         assert set(overhead) == {"total", "preprocess", "postprocess", "rest"}
         assert overhead["preprocess"] > 0
         assert overhead["postprocess"] > 0
+    # The tracker's cost per detected frame stands next to the detector's, at batch 1 (the agent's path).
+    tracker = report["configs"]["batch_1"]["tracker"]
+    assert all(tracker[stat] > 0 for stat in STATS)
+    assert report["configs"]["batch_1"]["tracker_to_runtime"] > 0
+    assert "tracker" not in report["configs"]["batch_2"]
     assert 1 <= report["settings"]["rounds"] <= 2
     assert report["settings"]["frames"] == 3
     assert report["settings"]["frame_shape"] == [480, 640, 3]

@@ -57,6 +57,9 @@ class MemoryUplink:
     def publish_event(self, event: dict[str, Any], snapshot: bytes | None = None) -> None:
         pass
 
+    def announce(self, cameras: list[str], watched: list[str]) -> None:
+        pass
+
 
 def sample(sample_id: str, priority: float = 0.5) -> sample_pb2.Sample:
     pb = sample_pb2.Sample(sample_id=sample_id, edge_id="gw-1", camera_id="cam-1", priority=priority)
