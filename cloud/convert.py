@@ -140,6 +140,7 @@ class SampleInput:
     jpeg: bytes = b""  # the JPEG as received, for backends that forward it (GLM, OpenAI) as it is
     jpeg_quality: int = 0
     track_id: str = ""  # the edge's tracked object this sample asks about; echoed in the verdict
+    motion_area_fraction: float = 0.0  # motion samples: the share of the frame the edge's gate saw change in
 
     @property
     def region(self) -> ImageRegion:
@@ -264,6 +265,7 @@ def sample_from_pb(pb: sample_pb2.Sample) -> SampleInput:
         jpeg=pb.image.jpeg,
         jpeg_quality=pb.image.jpeg_quality,
         track_id=pb.track_id,
+        motion_area_fraction=f32(pb.motion_area_fraction),
     )
 
 
@@ -312,6 +314,7 @@ def sample_to_pb(sample: SampleInput) -> sample_pb2.Sample:
         trace_id=sample.trace_id,
         frame_seq=sample.frame_seq,
         track_id=sample.track_id,
+        motion_area_fraction=sample.motion_area_fraction,
     )
 
 

@@ -60,7 +60,12 @@ class HeldFrame:
 
     frame: Frame
     detections: list[Detection]
-    motion_box: tuple[int, int, int, int] | None
+    gate: GateResult
+
+    @property
+    def motion_box(self) -> tuple[int, int, int, int] | None:
+        """Where the gate saw change."""
+        return self.gate.changed_box
 
 
 class EdgeAgent:
@@ -358,9 +363,11 @@ class EdgeAgent:
         """Track and mine one frame: sure objects become events at once, hard ones questions for the cloud."""
         assert self._miner is not None
         tracked = self._tracker(frame.camera_id).update(detections, frame.captured_at)
-        context = MiningContext(frame.camera_id, frame.seq, gate.motion, detections, frame.captured_at)
+        context = MiningContext(
+            frame.camera_id, frame.seq, gate.motion, detections, frame.captured_at, _area_share(gate, frame)
+        )
         decision = self._miner.decide(context)
-        held = HeldFrame(frame, detections, gate.changed_box)
+        held = HeldFrame(frame, detections, gate)
         outcome = self.tracks.observe(
             frame.camera_id,
             frame.seq,
@@ -452,6 +459,7 @@ class EdgeAgent:
             priority=ask.priority,
             trace_id=uuid.uuid4().hex,
             track_id=ask.track_id or "",
+            motion_area_fraction=_area_share(held.gate, frame) if ask.reason == "motion_without_detection" else 0.0,
         )
         # On disk before anything is sent: from here on the sample survives crashes and outages.
         try:
@@ -573,3 +581,12 @@ def _lowest_band(policy: EdgePolicy) -> float:
     """The lowest band low of the policy: detections from there up are objects (below, noise to every rule)."""
     mining = policy.mining
     return min([mining.default_band.low, *(band.low for band in mining.bands.values())])
+
+
+def _area_share(gate: GateResult, frame: Frame) -> float:
+    """The share (0-1) of the frame the gate's changed region covers (0 without one)."""
+    if gate.changed_box is None:
+        return 0.0
+    x1, y1, x2, y2 = gate.changed_box
+    height, width = frame.image.shape[:2]
+    return float(max(0, x2 - x1) * max(0, y2 - y1) / max(1, int(width) * int(height)))

@@ -156,6 +156,7 @@ def build_sample(
     priority: float,
     trace_id: str,
     track_id: str = "",
+    motion_area_fraction: float = 0.0,
 ) -> sample_pb2.Sample:
     """A Sample message; `frame_size` is (width, height), `reason` a mined-reason name such as "ibt"."""
     if reason not in MINED_REASONS:
@@ -181,6 +182,7 @@ def build_sample(
         priority=priority,
         trace_id=trace_id,
         track_id=track_id,
+        motion_area_fraction=motion_area_fraction,
     )
 
 

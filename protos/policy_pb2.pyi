@@ -188,6 +188,7 @@ class MiningSettings(_message.Message):
     RANDOM_AUDIT_ENABLED_FIELD_NUMBER: _builtins.int
     RANDOM_AUDIT_RATE_FIELD_NUMBER: _builtins.int
     RESEND_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    MOTION_MIN_AREA_FRACTION_FIELD_NUMBER: _builtins.int
     uncertainty_band_enabled: _builtins.bool
     """Mine detections whose score falls in their class's uncertainty band."""
     ibt_enabled: _builtins.bool
@@ -213,9 +214,15 @@ class MiningSettings(_message.Message):
     random_audit_rate: _builtins.float
     """Random audit: fraction (0-1) of detected frames sent."""
     resend_interval_s: _builtins.float
-    """Seconds (0-3600) before the same camera sends the same labels for the same reason again
-    (0 = every frame); an object that stays in view is judged once per interval, not once per frame.
-    Audits are exempt.
+    """Seconds (0-3600) before a question is asked again. An edge asking per tracked object: an object
+    whose answer was unsure asks again after this (0 = never). An edge asking per frame: the same
+    camera does not send the same labels for the same reason within it (0 = every frame). Audits
+    are exempt.
+    """
+    motion_min_area_fraction: _builtins.float
+    """Motion without detection fires only when the gate's changed region covers at least this share
+    (0-1) of the frame (0 = any motion); the closed loop raises it for an edge whose motion samples
+    the cloud keeps rejecting.
     """
     @_builtins.property
     def uncertainty_bands(self) -> _containers.RepeatedCompositeFieldContainer[Global___UncertaintyBand]:
@@ -246,10 +253,11 @@ class MiningSettings(_message.Message):
         random_audit_enabled: _builtins.bool = ...,
         random_audit_rate: _builtins.float = ...,
         resend_interval_s: _builtins.float = ...,
+        motion_min_area_fraction: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_uncertainty_band", b"default_uncertainty_band"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cross_entropy_enabled", b"cross_entropy_enabled", "cross_entropy_threshold", b"cross_entropy_threshold", "default_uncertainty_band", b"default_uncertainty_band", "ibt_box_score_threshold", b"ibt_box_score_threshold", "ibt_enabled", b"ibt_enabled", "ibt_image_fraction_threshold", b"ibt_image_fraction_threshold", "motion_without_detection_enabled", b"motion_without_detection_enabled", "random_audit_enabled", b"random_audit_enabled", "random_audit_rate", b"random_audit_rate", "resend_interval_s", b"resend_interval_s", "uncertainty_band_enabled", b"uncertainty_band_enabled", "uncertainty_bands", b"uncertainty_bands", "watch_list_enabled", b"watch_list_enabled", "watch_list_labels", b"watch_list_labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cross_entropy_enabled", b"cross_entropy_enabled", "cross_entropy_threshold", b"cross_entropy_threshold", "default_uncertainty_band", b"default_uncertainty_band", "ibt_box_score_threshold", b"ibt_box_score_threshold", "ibt_enabled", b"ibt_enabled", "ibt_image_fraction_threshold", b"ibt_image_fraction_threshold", "motion_min_area_fraction", b"motion_min_area_fraction", "motion_without_detection_enabled", b"motion_without_detection_enabled", "random_audit_enabled", b"random_audit_enabled", "random_audit_rate", b"random_audit_rate", "resend_interval_s", b"resend_interval_s", "uncertainty_band_enabled", b"uncertainty_band_enabled", "uncertainty_bands", b"uncertainty_bands", "watch_list_enabled", b"watch_list_enabled", "watch_list_labels", b"watch_list_labels"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

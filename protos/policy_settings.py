@@ -125,9 +125,17 @@ class MiningSettings(_Strict):
         2.0,
         ge=0.0,
         le=3600.0,
-        description="Seconds (0-3600) before the same camera sends the same labels for the same reason again "
-        "(0 = every frame); an object that stays in view is judged once per interval, not once per frame. "
-        "Audits are exempt.",
+        description="Seconds (0-3600) before a question is asked again. An edge asking per tracked object: an "
+        "object whose answer was unsure asks again after this (0 = never). An edge asking per frame: the same "
+        "camera does not send the same labels for the same reason within it (0 = every frame). Audits are exempt.",
+    )
+    motion_min_area_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Motion without detection fires only when the gate's changed region covers at least this share "
+        "(0-1) of the frame (0 = any motion); the closed loop raises it for an edge whose motion samples the cloud "
+        "keeps rejecting.",
     )
 
     @model_validator(mode="after")
@@ -239,6 +247,7 @@ def settings_to_pb(settings: PolicySettings, policy: policy_pb2.Policy) -> None:
             random_audit_enabled=mining.random_audit_enabled,
             random_audit_rate=mining.random_audit_rate,
             resend_interval_s=mining.resend_interval_s,
+            motion_min_area_fraction=mining.motion_min_area_fraction,
         )
     )
     policy.uplink.CopyFrom(
@@ -313,6 +322,7 @@ def _mining_from_pb(mining: policy_pb2.MiningSettings, base: PolicySettings, whe
         "random_audit_enabled": mining.random_audit_enabled,
         "random_audit_rate": f32(mining.random_audit_rate),
         "resend_interval_s": f32(mining.resend_interval_s),
+        "motion_min_area_fraction": f32(mining.motion_min_area_fraction),
     }
 
 

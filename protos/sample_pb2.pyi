@@ -230,6 +230,7 @@ class Sample(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     FRAME_SEQ_FIELD_NUMBER: _builtins.int
     TRACK_ID_FIELD_NUMBER: _builtins.int
+    MOTION_AREA_FRACTION_FIELD_NUMBER: _builtins.int
     sample_id: _builtins.str
     """Idempotency key, unique per sample (e.g. a UUID); the cloud deduplicates on it."""
     edge_id: _builtins.str
@@ -259,6 +260,11 @@ class Sample(_message.Message):
     (e.g. "17"); empty when the sample is about no track (motion without detection, or an audit of a
     frame without objects). A sample about a track carries that track's detection only, so its
     verdict is a verdict on the object; the edge applies it to every event of the track.
+    """
+    motion_area_fraction: _builtins.float
+    """For a motion-without-detection sample: the share (0-1) of the frame the gate saw change in
+    (its changed region's area over the frame's); 0 otherwise. The closed loop sizes the motion
+    rule from it.
     """
     @_builtins.property
     def captured_at(self) -> _timestamp_pb2.Timestamp:
@@ -290,10 +296,11 @@ class Sample(_message.Message):
         trace_id: _builtins.str = ...,
         frame_seq: _builtins.int = ...,
         track_id: _builtins.str = ...,
+        motion_area_fraction: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "image", b"image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["camera_id", b"camera_id", "captured_at", b"captured_at", "detections", b"detections", "edge_id", b"edge_id", "edge_model_name", b"edge_model_name", "edge_model_version", b"edge_model_version", "frame_seq", b"frame_seq", "image", b"image", "mined_reason", b"mined_reason", "mined_reason_detail", b"mined_reason_detail", "policy_version", b"policy_version", "priority", b"priority", "sample_id", b"sample_id", "trace_id", b"trace_id", "track_id", b"track_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["camera_id", b"camera_id", "captured_at", b"captured_at", "detections", b"detections", "edge_id", b"edge_id", "edge_model_name", b"edge_model_name", "edge_model_version", b"edge_model_version", "frame_seq", b"frame_seq", "image", b"image", "mined_reason", b"mined_reason", "mined_reason_detail", b"mined_reason_detail", "motion_area_fraction", b"motion_area_fraction", "policy_version", b"policy_version", "priority", b"priority", "sample_id", b"sample_id", "trace_id", b"trace_id", "track_id", b"track_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -223,9 +223,16 @@ class PolicyEngine:
         """
         current = self._layers.get(_key("edge", edge_id))
         written = overrides_of(current.settings) if current is not None and current.settings is not None else {}
-        mining = dict(written.get("mining", {}))
-        mining["bands"] = {**mining.get("bands", {}), **{label: band.model_dump() for label, band in bands.items()}}
-        logger.info("edge %s: adjusting bands of %s (%s)", edge_id, ", ".join(sorted(bands)), reason)
+        moved = {label: band.model_dump() for label, band in bands.items()}
+        earlier = written.get("mining", {}).get("bands", {})
+        return await self.adjust_mining(edge_id, {"bands": {**earlier, **moved}}, reason)
+
+    async def adjust_mining(self, edge_id: str, fields: Mapping[str, Any], reason: str) -> int:
+        """Set mining fields in one edge's override (the closed loop's rules), as a new signed version."""
+        current = self._layers.get(_key("edge", edge_id))
+        written = overrides_of(current.settings) if current is not None and current.settings is not None else {}
+        mining = {**written.get("mining", {}), **fields}
+        logger.info("edge %s: adjusting %s (%s)", edge_id, ", ".join(sorted(fields)), reason)
         return await self.set_edge(edge_id, {**written, "mining": mining})
 
     def snapshot(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from cloud.convert import SampleInput
 from cloud.policy.bands import BandPlan, ScorePair, edge_decisions, estimate, plan_band
 from cloud.policy.engine import PolicyEngine
 from cloud.policy.loop_config import BandMetrics, ClosedLoopConfig
+from cloud.policy.motion import MotionPlan, MotionSample, plan_motion_area
 from cloud.policy.settings import Band, PolicySettings, PolicyValidationError
 from cloud.store import StoreError
 from cloud.store.pairs import BandMoveRow, PairRow, PairStore
@@ -38,6 +39,8 @@ from protos import verdict_pb2
 
 logger = logging.getLogger(__name__)
 Key = tuple[str, str]  # (edge_id, label)
+# The motion rule's moves share the band-move history (low = high = the threshold) under this label.
+MOTION_RULE = "rule:motion_min_area_fraction"
 _JUDGED = (verdict_pb2.DECISION_CONFIRMED, verdict_pb2.DECISION_REJECTED)
 __all__ = ["BandController", "ClosedLoopConfig", "edge_decisions"]
 
@@ -89,6 +92,9 @@ class BandController:
         self._due: set[str] = set()
         self._last_move: dict[str, float] = {}
         self._settings_cache: dict[str, tuple[tuple[int, str], PolicySettings]] = {}
+        self._motion: dict[str, deque[MotionSample]] = {}
+        self._motion_new: dict[str, int] = {}
+        self._motion_plans: dict[str, tuple[float, MotionPlan]] = {}
         self._wake = asyncio.Event()
         self._evaluating = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -158,6 +164,8 @@ class BandController:
         edges: dict[str, dict[str, Any]] = {}
         for key in sorted(set(self._windows) | set(self._history)):
             edge_id, label = key
+            if label == MOTION_RULE:
+                continue
             band = _band_of(self._settings(edge_id), label)
             window = self._windows.get(key, deque())
             self._expire(window, now)
@@ -178,12 +186,26 @@ class BandController:
                 ],
             }
         config = self._config
+        motion = {}
+        for edge_id in sorted(set(self._motion) | {e for e, label in self._history if label == MOTION_RULE}):
+            last_motion = self._motion_plans.get(edge_id)
+            motion[edge_id] = {
+                "min_area_fraction": self._settings(edge_id).mining.motion_min_area_fraction,
+                "samples": len(self._motion.get(edge_id, ())),
+                "rejected": sum(no for _, no in self._motion.get(edge_id, ())),
+                "last_evaluation": None if last_motion is None else {"at": last_motion[0], "why": last_motion[1].why},
+                "history": [
+                    {"at": m.moved_at, "value": m.low, "version": m.version, "reason": m.reason}
+                    for m in self._history.get((edge_id, MOTION_RULE), ())
+                ],
+            }
         return {
             "target_recall": config.target_recall,
             "target_precision": config.target_precision,
             "window_pairs": config.window_pairs,
             "window_age_s": config.window_age_s,
             "edges": edges,
+            "motion": motion,
         }
 
     async def close(self) -> None:
@@ -199,6 +221,8 @@ class BandController:
 
     def _observe(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
         detections = sample.detections
+        if sample.mined_reason == "motion_without_detection" and self._config.motion_enabled:
+            self._observe_motion(sample, verdict)
         if not detections:
             return
         if verdict.decision not in _JUDGED:
@@ -228,6 +252,21 @@ class BandController:
         self._new_pairs[edge_id] = count
         if count >= self._config.evaluate_every_pairs:
             self._new_pairs[edge_id] = 0
+            self._due.add(edge_id)
+            self._wake.set()
+
+    def _observe_motion(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
+        if verdict.decision not in _JUDGED:
+            return
+        edge_id = sample.edge_id
+        window = self._motion.get(edge_id)
+        if window is None:
+            window = self._motion[edge_id] = deque(maxlen=self._config.motion_window)
+        window.append((sample.motion_area_fraction, verdict.decision == verdict_pb2.DECISION_REJECTED))
+        count = self._motion_new.get(edge_id, 0) + 1
+        self._motion_new[edge_id] = count
+        if count >= max(1, self._config.motion_min_samples // 4):
+            self._motion_new[edge_id] = 0
             self._due.add(edge_id)
             self._wake.set()
 
@@ -270,13 +309,14 @@ class BandController:
                 self._expire(window, now)
                 inputs[label] = (list(window), _band_of(settings, label))
         plans = await asyncio.to_thread(_plan_all, inputs, self._config)
+        motion_version = await self._evaluate_motion(edge_id, settings, now)
         for label, plan in plans.items():
             self._plans[(edge_id, label)] = (now, plan)
             self._metrics.low.labels(edge_id, label).set(plan.current.low)
             self._metrics.high.labels(edge_id, label).set(plan.current.high)
         moved = {label: plan.proposed for label, plan in plans.items() if plan.proposed is not None}
         if not moved:
-            return None
+            return motion_version
         bands = {label: Band(low=p.low, high=p.high) for label, p in moved.items()}
         reason = "; ".join(f"{label} {plans[label].why}" for label in sorted(moved))
         version = await self._engine.adjust_bands(edge_id, bands, f"closed loop: {reason}")
@@ -295,9 +335,51 @@ class BandController:
                 logger.exception("closed loop: band move of edge %s %s not recorded", edge_id, label)
         return version
 
+    async def _evaluate_motion(self, edge_id: str, settings: PolicySettings, now: float) -> int | None:
+        """Size the edge's motion rule from its judged motion samples; the policy version if it moved."""
+        window = self._motion.get(edge_id)
+        if not self._config.motion_enabled or not window:
+            return None
+        config = self._config
+        current = settings.mining.motion_min_area_fraction
+        plan = plan_motion_area(
+            list(window),
+            current,
+            target_recall=config.target_recall,
+            reject_share=config.motion_reject_share,
+            min_samples=config.motion_min_samples,
+            max_area=config.motion_max_area,
+            hysteresis=config.hysteresis * 10,  # relative: 20 % by default
+        )
+        self._motion_plans[edge_id] = (now, plan)
+        if plan.proposed is None:
+            return None
+        value = round(plan.proposed, 6)
+        version = await self._engine.adjust_mining(
+            edge_id, {"motion_min_area_fraction": value}, f"closed loop: motion rule: {plan.why}"
+        )
+        self._last_move[edge_id] = now
+        window.clear()  # the evidence was gathered under the old threshold
+        row = BandMoveRow(edge_id, MOTION_RULE, now, value, value, version, plan.why)
+        self._history.setdefault((edge_id, MOTION_RULE), deque(maxlen=config.history_per_key)).append(row)
+        self._metrics.moves.labels(edge_id, MOTION_RULE).inc()
+        logger.info(
+            "closed loop: edge %s motion rule moved to %.4f (policy v%d): %s", edge_id, value, version, plan.why
+        )
+        try:
+            await self._store.add_move(row)
+        except StoreError:
+            self._metrics.errors.labels("flush").inc()
+            logger.exception("closed loop: motion rule move of edge %s not recorded", edge_id)
+        return version
+
     async def _restore(self, moves: list[BandMoveRow]) -> None:
         latest: dict[str, dict[str, Band]] = {}
+        motion: dict[str, float] = {}
         for move in moves:
+            if move.label == MOTION_RULE:
+                motion[move.edge_id] = move.low
+                continue
             latest.setdefault(move.edge_id, {})[move.label] = Band(low=move.low, high=move.high)
         for edge_id, bands in sorted(latest.items()):
             settings = self._settings(edge_id)
@@ -312,6 +394,16 @@ class BandController:
             except PolicyValidationError:
                 self._metrics.errors.labels("restore").inc()
                 logger.exception("closed loop: the last bands of edge %s no longer fit its policy", edge_id)
+        for edge_id, value in sorted(motion.items()):
+            if self._settings(edge_id).mining.motion_min_area_fraction == value:
+                continue
+            try:
+                await self._engine.adjust_mining(
+                    edge_id, {"motion_min_area_fraction": value}, "closed loop: motion rule restored after a restart"
+                )
+            except PolicyValidationError:
+                self._metrics.errors.labels("restore").inc()
+                logger.exception("closed loop: the last motion rule of edge %s no longer fits its policy", edge_id)
 
     def _window(self, key: Key) -> deque[ScorePair]:
         window = self._windows.get(key)

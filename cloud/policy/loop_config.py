@@ -47,6 +47,19 @@ class ClosedLoopConfig(BaseModel):
         50_000, ge=100, le=10_000_000, description="Pairs waiting to be written; beyond, the oldest are not saved."
     )
     history_per_key: int = Field(100, ge=1, le=100_000, description="Band moves remembered per edge and class.")
+    motion_enabled: bool = Field(
+        True, description="Also size each edge's motion rule (motion_min_area_fraction) from its motion verdicts."
+    )
+    motion_window: int = Field(200, ge=10, le=100_000, description="Judged motion samples kept per edge.")
+    motion_min_samples: int = Field(
+        20, ge=1, le=100_000, description="Judged motion samples an edge needs before its motion rule moves."
+    )
+    motion_reject_share: float = Field(
+        0.8, gt=0.5, le=1.0, description="Share of motion samples the cloud rejects above which the threshold rises."
+    )
+    motion_max_area: float = Field(
+        0.05, gt=0.0, le=1.0, description="Highest motion_min_area_fraction the loop sets (share of the frame)."
+    )
 
     @model_validator(mode="after")
     def _reachable(self) -> Self:

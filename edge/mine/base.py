@@ -26,6 +26,7 @@ class MiningContext:
     motion: bool
     detections: Sequence[Detection]
     captured_at: float = 0.0  # unix seconds; the resend interval is counted in capture time
+    motion_area: float = 0.0  # share (0-1) of the frame the gate's changed region covers
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,9 +68,8 @@ async def controller(
         await bands.close()
 
 
-def observe(bands: BandController, score: float, truth: bool, reason: MinedReasonName, label: str = "person") -> None:
-    """One verdict on a one-detection sample: the cloud finds the object exactly when it is true."""
-    sample = SampleInput(
+def sample_input(reason: MinedReasonName, detections: tuple[CloudDetection, ...], **fields: Any) -> SampleInput:
+    return SampleInput(
         sample_id=f"s-{random.random()}",
         edge_id=EDGE,
         camera_id="cam0",
@@ -79,11 +78,17 @@ def observe(bands: BandController, score: float, truth: bool, reason: MinedReaso
         image=np.zeros((8, 8, 3), dtype=np.uint8),
         crop=None,
         frame_size=(640, 480),
-        detections=(CloudDetection(label, 0, score, BOX),),
+        detections=detections,
         mined_reason=reason,
         priority=0.5,
         trace_id="t",
+        **fields,
     )
+
+
+def observe(bands: BandController, score: float, truth: bool, reason: MinedReasonName, label: str = "person") -> None:
+    """One verdict on a one-detection sample: the cloud finds the object exactly when it is true."""
+    sample = sample_input(reason, (CloudDetection(label, 0, score, BOX),))
     found = [sample_pb2.Detection(label=label, score=0.9, box=sample_pb2.Box(x1=100, y1=100, x2=200, y2=300))]
     decision = verdict_pb2.DECISION_CONFIRMED if truth else verdict_pb2.DECISION_REJECTED
     bands.observe(sample, verdict_pb2.Verdict(decision=decision, detections=found if truth else []))
@@ -233,3 +238,52 @@ async def test_pairs_older_than_the_window_age_leave_it(tmp_path: Path) -> None:
         clock.now += 3601
         assert bands.snapshot()["edges"][EDGE]["person"]["pairs"] == 0
         assert await bands.evaluate(EDGE) is None
+
+
+def observe_motion(bands: BandController, area: float, object_there: bool) -> None:
+    """One verdict on a motion-without-detection sample whose changed region covered `area` of the frame."""
+    sample = sample_input("motion_without_detection", (), motion_area_fraction=area)
+    found = [sample_pb2.Detection(label="cat", score=0.9, box=sample_pb2.Box(x1=1, y1=1, x2=50, y2=50))]
+    decision = verdict_pb2.DECISION_CONFIRMED if object_there else verdict_pb2.DECISION_REJECTED
+    bands.observe(sample, verdict_pb2.Verdict(decision=decision, detections=found if object_there else []))
+
+
+async def test_the_loop_raises_the_motion_threshold_when_the_cloud_keeps_rejecting_motion_samples(
+    tmp_path: Path,
+) -> None:
+    """Leaves and shadows (small changes) are rejected, the rare real object (a large change) confirmed:
+    the threshold rises to let the confirmed ones through and stop most of the rest, as a signed version."""
+    rng = random.Random(3)
+    clock = Clock()
+    config = loop_config(motion_min_samples=40, min_interval_s=60)
+    async with controller(tmp_path, clock, config) as (bands, engine, _):
+        assert engine.effective(EDGE)[0].mining.motion_min_area_fraction == 0.0
+        for _ in range(45):
+            observe_motion(bands, rng.uniform(0.0005, 0.004), object_there=False)
+        confirmed = [rng.uniform(0.01, 0.03) for _ in range(5)]
+        for area in confirmed:
+            observe_motion(bands, area, object_there=True)
+        version = await bands.evaluate(EDGE)
+        assert version is not None
+        raised = engine.effective(EDGE)[0].mining.motion_min_area_fraction
+        assert 0.004 < raised <= min(confirmed), raised  # above every rejected change, none confirmed lost
+        assert engine.effective(EDGE)[1] == version  # the edge's policy version is the one that moved it
+        motion = bands.snapshot()["motion"][EDGE]
+        assert [m["version"] for m in motion["history"]] == [version]
+        assert "rejected 45 of 50" in motion["history"][0]["reason"]
+        assert EDGE not in bands.snapshot()["edges"], "the motion rule is not shown as a class band"
+        # Too soon for another move, and the evidence restarts under the new threshold.
+        assert await bands.evaluate(EDGE) is None
+    # A restart keeps the threshold (the engine keeps only cloud.yaml's settings; the loop restores it).
+    async with controller(tmp_path, clock, config) as (_, engine, _):
+        assert engine.effective(EDGE)[0].mining.motion_min_area_fraction == pytest.approx(raised)
+
+
+async def test_the_motion_threshold_holds_while_the_cloud_confirms_what_motion_sends(tmp_path: Path) -> None:
+    rng = random.Random(4)
+    async with controller(tmp_path, Clock(), loop_config(motion_min_samples=20)) as (bands, engine, _):
+        for _ in range(30):
+            observe_motion(bands, rng.uniform(0.0005, 0.01), object_there=rng.random() < 0.5)
+        assert await bands.evaluate(EDGE) is None
+        assert engine.effective(EDGE)[0].mining.motion_min_area_fraction == 0.0
+        assert "holds" in bands.snapshot()["motion"][EDGE]["last_evaluation"]["why"]

@@ -17,7 +17,7 @@ _PRIORITY = 0.5
 
 
 class MotionWithoutDetection:
-    """Fires on frames with motion and no detection at or above its band low."""
+    """Fires on frames with motion over at least the policy's area and no detection at or above its band low."""
 
     name: ClassVar[MinedReasonName] = "motion_without_detection"
     fallback: ClassVar[bool] = False
@@ -28,7 +28,7 @@ class MotionWithoutDetection:
 
     def evaluate(self, ctx: MiningContext, policy: MiningPolicy) -> StrategyVote | None:
         """Vote when the gate reported motion and nothing credible was detected."""
-        if not ctx.motion or kept_detections(ctx, policy):
+        if not ctx.motion or ctx.motion_area < policy.motion_min_area_fraction or kept_detections(ctx, policy):
             return None
         noise = len(ctx.detections)
         what = "no detection" if noise == 0 else f"{noise} detection(s), all below their band low"
