@@ -381,6 +381,16 @@ async function refreshLoop() {
         el("td", { class: "reason", title: last ? last.why : "" }, last ? `${ago(last.at)}: ${last.why}` : "not yet")));
     }
   }
+  for (const [edge, motion] of Object.entries(loop.motion || {})) {
+    const last = motion.last_evaluation;
+    const moves = motion.history.map((m) => `v${m.version} ${ago(m.at)}: ${m.reason}`).join("\n");
+    rows.push(el("tr", { title: moves },
+      el("td", { style: `color:${edgeColor(edge)}` }, edge), el("td", {}, "motion rule"),
+      el("td", { class: "mono" }, `area ≥ ${motion.min_area_fraction.toFixed(4)}`),
+      el("td", {}, `${count(motion.samples)} (${count(motion.rejected)} rejected)`),
+      el("td", {}, "–"), el("td", {}, "–"), el("td", {}, `${motion.history.length} moves`),
+      el("td", { class: "reason", title: last ? last.why : "" }, last ? `${ago(last.at)}: ${last.why}` : "not yet")));
+  }
   $("loop-rows").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 8, class: "empty" }, "No pair yet."))]));
 }
 
