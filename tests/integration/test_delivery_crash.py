@@ -23,11 +23,13 @@ from cloud.config import CloudConfig
 from cloud.service import CloudService
 from edge.agent import EdgeAgent
 from edge.config import EdgeConfig
+from edge.status import counter_total
 from protos import verdict_pb2
 from sim.world.clips import ClipSpec, write_clip
 from tests.helpers.agents import cloud_config, edge_config, every_frame
 from tests.helpers.broker import MosquittoBroker, free_port
 from tests.helpers.delivery import CloudProcess, outbox_ids, real_verdicts, stored_count
+from tests.helpers.policy_keys import generate_keypair
 from tests.helpers.wait import wait_until
 
 WAIT_S = 120.0
@@ -126,19 +128,32 @@ async def test_a_cloud_killed_at_random_moments_loses_no_sample(
 async def test_a_burst_beyond_the_batcher_is_back_pressure_not_a_verdict(
     tmp_path: Path, long_clip: Path, broker: MosquittoBroker | None
 ) -> None:
+    port = free_port()
     config = cloud_config(tmp_path, long_clip, every_frame(), broker)
     # A queue of 2 in front of a slow backend: a backlog replayed at once overflows it over and over.
-    config = with_changes(config, batcher={"max_queue_size": 2, "max_batch_size": 1}, backend={"delay_ms": 40})
+    config = with_changes(
+        config, server={"port": port}, batcher={"max_queue_size": 2, "max_batch_size": 1}, backend={"delay_ms": 40}
+    )
     config = config.model_copy(update={"ingest": config.ingest.model_copy(update={"overloaded_retry_after_s": 0.2})})
-    edge = agent_config(tmp_path, long_clip, 1, broker, window=32).model_dump(mode="json")
-    edge["cameras"][0].update(realtime=False, loop=False)  # the whole clip once, as fast as it is detected: a burst
+    edge = agent_config(tmp_path, long_clip, port, broker, window=32).model_dump(mode="json")
+    edge["cameras"][0].update(realtime=False, loop=False)  # the whole clip once, as fast as it is detected
+    # First no cloud: the whole clip's samples wait in the outbox, however fast this machine detects.
+    generate_keypair(tmp_path / "keys", "policy-signing")
+    offline = EdgeAgent(EdgeConfig.model_validate(edge))
+    await asyncio.wait_for(offline.run(asyncio.Event()), WAIT_S)
+    backlog = offline._outbox_samples
+    assert backlog > 20, f"too few samples ({backlog}) for a burst"
     service = CloudService(config)
     await service.start()
     try:
-        if broker is None:
-            edge["uplink"]["target"] = f"127.0.0.1:{service.port}"
+        # Then the same edge, with nothing new to detect (its camera folder is gone), replays it at once.
+        edge["cameras"][0]["url"] = str(tmp_path / "gone")
         agent = EdgeAgent(EdgeConfig.model_validate(edge))
-        await asyncio.wait_for(agent.run(asyncio.Event()), WAIT_S)
+        stop = asyncio.Event()
+        running = asyncio.create_task(agent.run(stop))
+        await wait_until(lambda: counter_total(agent.metrics.verdicts) >= backlog, "every verdict of the backlog")
+        stop.set()
+        await asyncio.wait_for(running, WAIT_S)
         deferred = service.metrics.registry.get_sample_value(
             "edgeglm_cloud_samples_deferred_total", {"reason": "overloaded"}
         )
@@ -149,4 +164,7 @@ async def test_a_burst_beyond_the_batcher_is_back_pressure_not_a_verdict(
     )
     assert deferred and deferred > 0, "the burst never overflowed the batcher: the test proves nothing"
     assert edge_deferred == deferred  # every deferral reached the edge, which kept the sample
-    assert_one_real_verdict_each(agent, config.store.path)
+    origins = real_verdicts(config.store.path, agent.config.edge_id)
+    assert len(origins) == backlog, f"held {backlog}, judged {len(origins)}"
+    assert not outbox_ids(agent.config.state_dir / "outbox.sqlite")
+    assert set(origins.values()) == {verdict_pb2.VERDICT_ORIGIN_BACKEND}
