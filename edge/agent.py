@@ -325,8 +325,9 @@ class EdgeAgent:
                 self._last_gated = time.monotonic()
                 await self._act(self.tracks.tick(camera, frame.captured_at))
                 continue
-            if not source.config.realtime:
-                # A recording played as fast as it is consumed: wait for the detector, lose nothing.
+            if source.config.lossless:
+                # A recording played as fast as it is consumed, or on its own timeline: wait for the
+                # detector, lose nothing.
                 await self._detect_queue.put((frame, result))
                 continue
             if self._detect_queue.full():

@@ -61,6 +61,9 @@ class CameraSource:
         self._last_frame_at = time.monotonic()
         self._live_seq = 0
         self._limiter: RateLimiter | None = None
+        # timeline "recording": capture time = playback start + place in the file (across loops)
+        self._recording_origin: float | None = None
+        self._recording_t = 0.0
         self._stall_error = f"no frame for {config.stall_timeout_s:g} s (read failed or timed out)"
         camera = config.id
         metrics.camera_up.labels(camera).set(0)
@@ -189,8 +192,14 @@ class CameraSource:
             limiter = self._limiter = RateLimiter(selector.rate)
         delivered = 0
         camera = self.camera_id
+        frame_s = 1.0 / (reader.native_fps or selector.rate)
         while not self._stop.is_set():
             index = reader.grab()
+            if index is not None and not self._live:
+                if self._recording_origin is None:
+                    self._recording_origin = time.time()  # the recording's first frame: its time 0
+                else:
+                    self._recording_t += frame_s
             if index is None:
                 if self._live:
                     self._last_error = self._stall_error
@@ -224,14 +233,20 @@ class CameraSource:
                 self._last_error = None
                 self._set_state("streaming")
                 self._metrics.camera_up.labels(camera).set(1)
-            if not self._deliver(Frame(camera, seq, time.time(), image)):
+            if not self._deliver(Frame(camera, seq, self._captured_at(), image)):
                 break
             delivered += 1
         return "stopped", delivered
 
+    def _captured_at(self) -> float:
+        """Now, or on the recording's timeline: where the frame is in the file, from when playback began."""
+        if self.config.timeline == "recording" and self._recording_origin is not None:
+            return self._recording_origin + self._recording_t
+        return time.time()
+
     def _deliver(self, frame: Frame) -> bool:
         """Hand `frame` to the loop; False when the source was stopped or the loop is gone."""
-        if self._live or self.config.realtime:
+        if not self.config.lossless:
             return self._call_loop(self._offer, frame)
         loop = self._loop
         if loop is None or loop.is_closed():

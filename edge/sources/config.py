@@ -43,6 +43,12 @@ class CameraConfig(BaseModel):
         True,
         description="Pace a file/folder at fps_cap like a live camera; false: as fast as it is consumed (benchmarks).",
     )
+    timeline: Literal["wall", "recording"] = Field(
+        "wall",
+        description="Capture times of a file/folder: wall (when read), or recording (playback start plus the frame's "
+        "place in the file); with recording no frame is dropped when the pipeline falls behind: playback slows "
+        "instead, so what is detected and decided does not depend on the machine's load (the simulation's clips).",
+    )
     stall_timeout_s: float = Field(
         10.0, ge=0.1, le=3600.0, description="No frame from a live camera for this long: reconnect it."
     )
@@ -51,6 +57,11 @@ class CameraConfig(BaseModel):
     )
     backoff_max_s: float = Field(30.0, ge=0.01, le=3600.0, description="Cap of the reconnect delay.")
     open_timeout_s: float = Field(10.0, ge=0.1, le=600.0, description="Longest wait to open a network camera.")
+
+    @property
+    def lossless(self) -> bool:
+        """Whether every frame read is passed on, waiting for the consumer (files not paced, or on their timeline)."""
+        return source_kind(self.url) != "network" and (not self.realtime or self.timeline == "recording")
 
     @field_validator("id")
     @classmethod

@@ -138,7 +138,11 @@ def edge_settings(
         "edge_id": edge_id,
         "site_id": scenario.name,
         "state_dir": str(folder / "edges" / edge_id),
-        "cameras": [{"id": c.camera_id, "url": str(c.clip / "frames"), "fps_cap": fps} for c in cameras],
+        # On the recording's timeline: a loaded machine slows playback down instead of dropping frames,
+        # so every mode detects and decides on the same frames and capture times (only latencies change).
+        "cameras": [
+            {"id": c.camera_id, "url": str(c.clip / "frames"), "fps_cap": fps, "timeline": "recording"} for c in cameras
+        ],
         "detector": {"model_path": str(EDGE_MODEL), "intra_op_threads": 1},
         "model_version": f"world-seed{scenario.seed}",
         "uplink": uplink,

@@ -123,6 +123,33 @@ async def test_slow_consumer_gets_the_newest_frames_and_drops_are_counted(clip):
     await source.stop()
 
 
+async def test_on_the_recording_timeline_a_slow_consumer_loses_nothing_and_capture_times_are_the_files(clip, tmp_path):
+    """The same slow consumer as above, on the recording's timeline: every frame arrives, stamped with
+    its place in the clip (1/fps apart, across a loop's seam too), however late it was taken."""
+    frames_dir = tmp_path / "ten"
+    frames_dir.mkdir()
+    for i in range(10):
+        shutil.copy(clip / "frames" / f"{i:06d}.jpg", frames_dir)
+    metrics = EdgeMetrics()
+    config = CameraConfig(
+        id="cam0", url=str(frames_dir), fps_cap=50, queue_size=2, realtime=True, timeline="recording", loop=True
+    )
+    source = CameraSource(config, metrics)
+    await source.start()
+    # The consumer lets the queue stay full until the source has had to wait for it.
+    await wait_until(lambda: source._queue.full(), "the queue full")
+    frames = []
+    while len(frames) < 15:
+        frame = await asyncio.wait_for(source.get(), GUARD_S)
+        assert frame is not None
+        frames.append(frame)
+    await source.stop()
+    assert [f.seq for f in frames] == [*range(10), *range(5)]
+    assert metric(metrics, "frames_dropped_total", camera="cam0", reason="queue_full") == 0
+    steps = np.diff([f.captured_at for f in frames])
+    assert np.allclose(steps, 1 / 50, atol=1e-5), steps  # unix seconds as floats: about 0.2 µs apart
+
+
 async def test_looping_folder_replays_from_the_first_frame(clip, tmp_path):
     frames_dir = tmp_path / "five"
     frames_dir.mkdir()
@@ -170,7 +197,9 @@ async def test_missing_folder_is_retried_until_it_appears(clip, tmp_path):
     assert source.last_error is not None
     assert str(later) in source.last_error
     assert metric(metrics, "camera_up", camera="late") == 0
-    shutil.copytree(clip / "frames", later)
+    # The folder appears whole (renamed into place), or the reader could list it half copied.
+    shutil.copytree(clip / "frames", tmp_path / "staging")
+    (tmp_path / "staging").rename(later)
     frames = await read_all(source)
     assert [f.seq for f in frames] == list(range(CLIP_FRAMES))
     assert source.last_error is None
