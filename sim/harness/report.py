@@ -27,6 +27,7 @@ COLUMNS: tuple[tuple[str, Callable[[Figures], str]], ...] = (
     ("recall", lambda f: _num(f["event_recall"])),
     ("watched recall", lambda f: _num(f["watched_recall"])),
     ("precision", lambda f: _num(f["event_precision"])),
+    ("F1", lambda f: _num(f.get("event_f1"))),
     ("verdict p50/p95/p99 ms", lambda f: _lat(f["verdict_latency_ms"])),
     ("local p50/p95 ms", lambda f: _lat(f["local_latency_ms"], 2)),
     ("sent", lambda f: str(f["samples_sent"])),
@@ -112,7 +113,71 @@ def verdict(modes: dict[str, dict[str, Any]]) -> str:
         )
     lost = sum(f["samples_lost"] for f in modes.values())
     parts.append("No mined sample was lost in any mode." if lost == 0 else f"{lost} mined samples were lost in all.")
-    return " ".join(parts)
+    parts.append(winners(modes))
+    return " ".join(p for p in parts if p)
+
+
+def winners(modes: dict[str, dict[str, Any]]) -> str:
+    """Which mode wins on bytes (among those that ask the cloud), recall, precision and F1, in plain words."""
+    asking = {m: f for m, f in modes.items() if f["samples_sent"] > 0}
+    parts = []
+    if asking:
+        fewest = min(asking, key=lambda m: asking[m]["uplink_bytes"])
+        parts.append(
+            f"fewest bytes of the modes that ask the cloud: {fewest} ({_mb(asking[fewest]['uplink_bytes'])} MB)"
+        )
+    for key, name in (("event_recall", "recall"), ("event_precision", "precision"), ("event_f1", "per-object F1")):
+        scored = {m: f[key] for m, f in modes.items() if f.get(key) is not None}
+        if scored:
+            best = max(scored.values())
+            leaders = sorted(m for m, v in scored.items() if v == best)
+            parts.append(f"best {name}: {' and '.join(leaders)} ({best:.3f})")
+    return ("Who wins: " + "; ".join(parts) + ".") if parts else ""
+
+
+Target = tuple[str, bool | None, str]  # (what, met (None: not measurable here), the figures)
+
+
+def targets(modes: dict[str, dict[str, Any]]) -> list[Target]:
+    """EdgeGLM's targets against the baselines of the same run, each with its figures and the margin."""
+    ours = modes.get("edgeglm")
+    if ours is None:
+        return []
+    sedna, edge, cloud = modes.get("sedna_ibt"), modes.get("edge_only"), modes.get("cloud_only")
+    out: list[Target] = []
+
+    def check(what: str, value: float | None, bound: float | None, figures: str, at_most: bool = False) -> None:
+        if value is None or bound is None:
+            out.append((what, None, "not measured in this run"))
+            return
+        met = value <= bound if at_most else value >= bound
+        margin = (bound - value) if at_most else (value - bound)
+        out.append((what, met, f"{figures} ({'margin' if met else 'short by'} {abs(margin):.3g})"))
+
+    if sedna is not None:
+        bound = 0.5 * sedna["uplink_bytes"]
+        check("uplink bytes <= 0.5 x sedna_ibt's", ours["uplink_bytes"] / 1e6, bound / 1e6,
+              f"{_mb(ours['uplink_bytes'])} MB against {_mb(bound)} MB", at_most=True)  # fmt: skip
+        check("recall >= sedna_ibt's", ours["event_recall"], sedna["event_recall"],
+              f"{_num(ours['event_recall'])} against {_num(sedna['event_recall'])}")  # fmt: skip
+    if edge is not None:
+        bound_p = None if edge["event_precision"] is None else edge["event_precision"] + 0.05
+        check("precision >= edge_only's + 0.05", ours["event_precision"], bound_p,
+              f"{_num(ours['event_precision'])} against {_num(bound_p)}")  # fmt: skip
+    if cloud is not None:
+        bound_r = None if cloud["event_recall"] is None else 0.97 * cloud["event_recall"]
+        check("recall >= 97 % of cloud_only's", ours["event_recall"], bound_r,
+              f"{_num(ours['event_recall'])} against {_num(bound_r)}")  # fmt: skip
+        check("uplink bytes <= 2 % of cloud_only's", ours["uplink_ratio"], 0.02,
+              f"{_pct(ours['uplink_ratio'])} of cloud_only's bytes", at_most=True)  # fmt: skip
+    return out
+
+
+def targets_table(found: list[Target]) -> str:
+    """The targets as a Markdown table."""
+    mark = {True: "met", False: "**missed**", None: "–"}
+    rows = [f"| {what} | {mark[met]} | {figures} |" for what, met, figures in found]
+    return "\n".join(["| target | | figures |", "|---|---|---|", *rows])
 
 
 def _share(ours: float | None, reference: float | None) -> str:
@@ -129,7 +194,14 @@ def write_report(
     meta: dict[str, Any],
 ) -> dict[str, Any]:
     """report.json, report.md and the plots; returns the report."""
-    report = {"scenario": scenario.name, **meta, "modes": modes, "verdict": verdict(modes)}
+    found = targets(modes)
+    report = {
+        "scenario": scenario.name,
+        **meta,
+        "modes": modes,
+        "verdict": verdict(modes),
+        "targets": [{"target": what, "met": met, "figures": figures} for what, met, figures in found],
+    }
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     plots = {
         "bandwidth_vs_recall.png": plot_bandwidth_recall(modes),
@@ -159,9 +231,13 @@ def write_report(
         "",
         report["verdict"],
         "",
+        *(["## Targets", "", targets_table(found), ""] if found else []),
         *[f"![{name}]({name})" for name in shown],
         "",
-        "Definitions: see `sim/harness/measure.py`. Figures come from one run on a shared 2-core machine.",
+        "Definitions: see `sim/harness/measure.py` and `sim/eval/events.py` (an event track matches a world object "
+        "by label and box, IoU >= 0.3, on the frame of one of its events). The clips play on their own timeline: "
+        "a loaded machine slows playback and changes latencies, not what is detected. Figures come from one run "
+        "on a shared 2-core machine.",
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return report

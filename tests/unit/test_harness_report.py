@@ -10,7 +10,7 @@ import pytest
 
 from sim.fleet.summary import CameraRun
 from sim.harness.measure import accuracy, fill_ratios, measure_mode, percentiles
-from sim.harness.report import band_series, verdict, write_report
+from sim.harness.report import band_series, targets, verdict, write_report
 from sim.harness.run import ModeRun
 from sim.scenarios.spec import SCENARIOS_DIR, load_scenario
 
@@ -179,6 +179,7 @@ def test_verdict_says_when_edgeglm_loses() -> None:
         "event_recall": 0.5,
         "event_precision": 0.9,
         "samples_lost": 2,
+        "samples_sent": 10,
         "verdict_latency_ms": {"p50": None},
         "local_latency_ms": {"p50": 3.0},
     }
@@ -186,8 +187,16 @@ def test_verdict_says_when_edgeglm_loses() -> None:
         "edgeglm": {**base, "uplink_bytes": 500},
         "sedna_ibt": {**base, "uplink_bytes": 100, "event_recall": 0.8},
     }
-    modes["edge_only"] = {**base, "uplink_bytes": 0, "event_recall": 0.7}
+    modes["edge_only"] = {**base, "uplink_bytes": 0, "event_recall": 0.7, "samples_sent": 0}
     text = verdict(modes)
     assert "more bytes at lower recall" in text
     assert "more than EdgeGLM's 0.500: on this run asking the cloud cost recall" in text
     assert "6 mined samples were lost" in text  # 2 in each of the three modes
+    # Who wins, in plain words: edge_only sends nothing, so the bytes go to the cheapest mode that asks.
+    assert "fewest bytes of the modes that ask the cloud: sedna_ibt (0.00 MB)" in text
+    assert "best recall: sedna_ibt (0.800)" in text
+    assert "best precision: edge_only and edgeglm and sedna_ibt (0.900)" in text
+    found = {what: (met, figures) for what, met, figures in targets(modes)}
+    assert found["uplink bytes <= 0.5 x sedna_ibt's"][0] is False
+    assert found["recall >= sedna_ibt's"] == (False, "0.500 against 0.800 (short by 0.3)")
+    assert found["precision >= edge_only's + 0.05"][0] is False
