@@ -124,7 +124,7 @@ def detector_steps(detector: Detector, frames: Sequence[NDArray[np.uint8]], batc
 
 def tracker_step(detections: Sequence[list[Detection]]) -> Step:
     """One tracker fed each frame's detections in turn, capture time moving on 0.1 s per frame."""
-    tracker = CameraTracker(new_track_score=0.25, match_iou=0.1, lost_after_s=3.0, frame_rate=10.0)
+    tracker = CameraTracker(new_track_score=0.25, match_diou=-0.5, lost_after_s=3.0, frame_rate=10.0)
     clock = itertools.count()
 
     def update(found: list[Detection]) -> Callable[[], object]:

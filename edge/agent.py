@@ -303,7 +303,7 @@ class EdgeAgent:
             tracking = self.config.tracking
             tracker = self._trackers[camera_id] = CameraTracker(
                 new_track_score=_lowest_band(self.policy),
-                match_iou=tracking.match_iou,
+                match_diou=tracking.match_diou,
                 lost_after_s=tracking.lost_after_s,
                 frame_rate=tracking.frame_rate,
             )

@@ -163,7 +163,13 @@ class TrackingConfig(_Section):
     max_asks: int = Field(
         3, ge=1, le=100, description="Questions one track may ask in its life (a class change or unsure answer)."
     )
-    match_iou: float = Field(0.1, gt=0, le=1, description="Box overlap a detection needs to continue a track.")
+    match_diou: float = Field(
+        -0.5,
+        ge=-1,
+        le=1,
+        description="Distance-IoU (-1 far apart .. 1 the same box) a detection needs to continue a track; below 0 "
+        "it may continue one it no longer overlaps (a fast object at a low frame rate).",
+    )
     frame_rate: float = Field(10.0, gt=0, le=240, description="Nominal detected frames per second, for motion.")
 
 

@@ -10,9 +10,16 @@ next to the detector's by `bench/detector.py`.
 What this module adds to the library, and why it is not in it:
 - ByteTrack names a track only from its second matched frame (`tracker_id` -1 on the first). An
   object the edge is sure of must be acted on at once, so a new detection gets a provisional name
-  here, which the track keeps when the tracker names it on the next frame (same label, overlapping
-  box). An object seen on one frame only keeps its provisional name and ends like any other.
+  here, which the track keeps when the tracker names it on the next frame (same label, and a box
+  as close to the provisional one as the tracker's own matching asks). An object seen on one frame
+  only keeps its provisional name and ends like any other.
 - Names are per camera strings ("17"), unique for the life of the process.
+
+Association uses the library's distance-IoU (DIoU) rather than plain IoU: at the 2 frames/s of a
+gateway camera an object crossing the view moves further than its own width between frames, and
+plain IoU breaks its track into pieces. Measured on a 120 s world clip at 2 frames/s with the edge
+model (15 objects): plain IoU >= 0.1 made 81 tracks (4.6 per object, 21 matching no object);
+DIoU >= -0.5 made 24 (1.2 per object, 8 matching none), and no track covered two objects.
 """
 
 from __future__ import annotations
@@ -25,13 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.boxes import iou
 from common.detect import Detection
 
 logger = logging.getLogger(__name__)
-
-# A provisional name is kept by the tracker's track whose box overlaps it at least this much.
-ADOPT_IOU = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +48,14 @@ class Tracked:
 class CameraTracker:
     """Tracks one camera's detections across its frames; `update` once per detected frame, in capture order."""
 
-    def __init__(self, *, new_track_score: float, match_iou: float, lost_after_s: float, frame_rate: float) -> None:
+    def __init__(self, *, new_track_score: float, match_diou: float, lost_after_s: float, frame_rate: float) -> None:
         """Detections scoring `new_track_score` or more start tracks; weaker ones only continue them."""
         # Imported here: supervision, which trackers uses for its detection type, is a heavy import.
         from trackers import ByteTrackTracker
+        from trackers.utils.iou import DIoU
+
+        self._similarity = DIoU()
+        self._match = match_diou
 
         self._tracker = ByteTrackTracker(
             # The library counts its buffer in frames of a 30 fps video; it turns it into seconds.
@@ -56,7 +63,8 @@ class CameraTracker:
             frame_rate=frame_rate,
             track_activation_threshold=new_track_score,
             minimum_consecutive_frames=1,
-            minimum_iou_threshold=match_iou,
+            minimum_iou_threshold=match_diou,
+            iou=self._similarity,
             high_conf_det_threshold=new_track_score,
         )
         self._names: dict[int, str] = {}  # the library's track id -> our name
@@ -108,11 +116,11 @@ class CameraTracker:
         return tracked
 
     def _adopt(self, library_id: int, detection: Detection, provisional: list[tuple[str, Detection]]) -> str:
-        best, best_iou = None, ADOPT_IOU
+        best, best_score = None, self._match
         for i, (_, earlier) in enumerate(provisional):
-            overlap = iou(earlier.box, detection.box)
-            if earlier.label == detection.label and overlap >= best_iou:
-                best, best_iou = i, overlap
+            score = float(self._similarity.compute(np.array([earlier.box]), np.array([detection.box]))[0, 0])
+            if earlier.label == detection.label and score >= best_score:
+                best, best_score = i, score
         name = provisional.pop(best)[0] if best is not None else str(next(self._counter))
         self._names[library_id] = name
         return name

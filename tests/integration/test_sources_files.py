@@ -137,7 +137,7 @@ async def test_on_the_recording_timeline_a_slow_consumer_loses_nothing_and_captu
     source = CameraSource(config, metrics)
     await source.start()
     # The consumer lets the queue stay full until the source has had to wait for it.
-    await wait_until(lambda: source._queue.full(), "the queue full")
+    await wait_until(source._queue.full, "the queue full")
     frames: list[Frame] = []
     while len(frames) < 15:
         frame = await asyncio.wait_for(source.get(), GUARD_S)

@@ -9,7 +9,7 @@ FPS = 10.0
 
 
 def tracker(lost_after_s: float = 1.0) -> CameraTracker:
-    return CameraTracker(new_track_score=0.3, match_iou=0.1, lost_after_s=lost_after_s, frame_rate=FPS)
+    return CameraTracker(new_track_score=0.3, match_diou=-0.5, lost_after_s=lost_after_s, frame_rate=FPS)
 
 
 def at(x: float, score: float = 0.8, label: str = "cat") -> Detection:
@@ -55,3 +55,10 @@ def test_a_frame_with_the_same_capture_time_is_not_lost() -> None:
     t = tracker()
     t.update([at(100.0)], 1000.0)
     assert len(t.update([at(101.0)], 1000.0)) == 1
+
+
+def test_a_fast_object_at_a_low_frame_rate_keeps_its_name_where_its_boxes_no_longer_overlap() -> None:
+    # 2 frames/s, 80 px a frame for a 60 px wide object: consecutive boxes never overlap (plain IoU 0).
+    t = CameraTracker(new_track_score=0.3, match_diou=-0.5, lost_after_s=3.0, frame_rate=2.0)
+    names = {t.update([at(20.0 + 80 * i)], 1000.0 + i / 2)[0].track_id for i in range(7)}
+    assert len(names) == 1
