@@ -11,8 +11,9 @@ rules); the book turns that into questions about objects:
 - A track that turns hard is asked about with its best frame of the next `ask_window_s` (capture
   time): the one where its box scores highest times the square root of its area (a large, clear
   view), so the cloud judges the object at its most legible rather than at its first glimpse.
-- Motion without any detection is asked once per moving region: a region overlapping one asked
-  about while motion goes on there (within `lost_after_s`) is held back.
+- Motion without any detection is asked once per moving region: a change that overlaps, or comes
+  within half its size of, a region asked about while motion goes on there (within `lost_after_s`)
+  is held back, and the region follows it (a thing moving across the view is one question).
 - In `per_frame` mode (the baselines that ask per frame, as Sedna does) the book asks nothing itself:
   the caller sends frames and tells the book which tracks each showed (`sent_frame`).
 
@@ -39,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
-from common.boxes import area, iou
+from common.boxes import area, intersection
 from common.detect import Detection
 from edge.convert import EdgeVerdict
 from edge.mine.base import MinedReasonName, MiningDecision
@@ -54,7 +55,7 @@ EVENT_SCHEMA = 1  # bumped when a field changes meaning or goes; new fields may 
 # Verdicts of these backends carry a description worth showing as the object's sub_label.
 DESCRIBING_BACKENDS = frozenset({"glm", "openai"})
 ENDED_KEPT = 2048  # ended tracks remembered for late verdicts, per book (the oldest forgotten first)
-MOTION_REGION_IOU = 0.3
+MOTION_REGION_REACH = 0.5  # a change within half its region's size of an asked region is the same motion
 HELD_TRACK_ASKED = "track_asked"
 HELD_MOTION_ASKED = "motion_region_asked"
 
@@ -381,8 +382,8 @@ class TrackBook(Generic[F]):
             box = (float(motion_box[0]), float(motion_box[1]), float(motion_box[2]), float(motion_box[3]))
             camera.motion = [(b, t) for b, t in camera.motion if captured_at - t <= self.lost_after_s]
             for i, (region, _) in enumerate(camera.motion):
-                if iou(region, box) >= MOTION_REGION_IOU:
-                    camera.motion[i] = (region, captured_at)  # motion goes on there: still the same question
+                if _near(region, box):
+                    camera.motion[i] = (box, captured_at)  # the motion goes on there, or moved on: same question
                     return HELD_MOTION_ASKED
             camera.motion.append((box, captured_at))
         asks.append(AskRequest(camera_id, None, frame, (), decision.reason, decision.detail, decision.priority))
@@ -479,3 +480,11 @@ def _hard_tracks(reason: MinedReasonName, tracked: Sequence[Tracked], policy: Mi
     unsure = [t for t in tracked if t.detection.score <= policy.band_for(t.detection.label).high]
     kept = [t for t in unsure if t.detection.score >= policy.band_for(t.detection.label).low]
     return kept or unsure
+
+
+def _near(region: tuple[float, float, float, float], box: tuple[float, float, float, float]) -> bool:
+    """Whether `box` overlaps `region` grown by MOTION_REGION_REACH of its size on every side."""
+    dx = (region[2] - region[0]) * MOTION_REGION_REACH
+    dy = (region[3] - region[1]) * MOTION_REGION_REACH
+    grown = (region[0] - dx, region[1] - dy, region[2] + dx, region[3] + dy)
+    return intersection(grown, box) > 0

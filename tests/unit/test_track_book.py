@@ -237,6 +237,10 @@ def test_motion_without_detection_asks_once_per_moving_region() -> None:
     run.skip(30)  # the motion stopped; when it comes back there, it is a new question
     run.frame([], motion, motion=(100, 100, 200, 200))
     assert len(run.asks) == 3
+    run.skip(30)
+    for i in range(8):  # something crossing the view, 60 px a frame: one moving region, one question
+        run.frame([], motion, motion=(20 + 60 * i, 300, 120 + 60 * i, 400))
+    assert len(run.asks) == 4
 
 
 def test_an_audit_of_a_frame_without_objects_asks_about_the_frame() -> None:
