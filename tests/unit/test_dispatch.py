@@ -238,3 +238,36 @@ async def test_nothing_is_sent_while_the_cloud_is_away_and_an_outbox_error_does_
     monkeypatch.setattr(rig.outbox, "next_batch", real_next_batch)
     await until(lambda: rig.uplink.sent == ["s-1"], "sent once the outbox works again")
     assert not rig.dispatcher.outbox_failing
+
+
+async def test_a_sample_put_while_the_dispatcher_reads_the_outbox_goes_without_waiting_for_the_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 30, max_age_s=86_400)
+    await outbox.open()
+    uplink, metrics = MemoryUplink(), EdgeMetrics()
+    policy = UplinkPolicy(budget_bytes_per_s=1 << 30, burst_bytes=1 << 30)
+    # A poll of an hour: only notify() can get the sample out within the test's wait.
+    dispatcher = Dispatcher(outbox, uplink, policy, metrics, poll_s=3600)
+    real_next_batch = outbox.next_batch
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_read(*args: Any, **kwargs: Any) -> Any:
+        batch = await real_next_batch(*args, **kwargs)
+        if not release.is_set():  # the first read: found nothing, and is still busy when the sample comes
+            reading.set()
+            await release.wait()
+        return batch
+
+    monkeypatch.setattr(outbox, "next_batch", slow_read)
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await asyncio.wait_for(reading.wait(), WAIT_S)
+        await outbox.put(sample("s-1"))
+        dispatcher.notify()
+        release.set()
+        await until(lambda: uplink.sent == ["s-1"], "the sample sent on the notify that came during a read")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await outbox.close()
