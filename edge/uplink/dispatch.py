@@ -132,6 +132,7 @@ class Dispatcher:
         entry.acked = False
         # Jittered, so that a fleet deferred at once does not come back at once.
         entry.resend_at = self._clock() + after_s * (1 + 0.2 * random.random())
+        self._wake.set()  # the loop may be asleep until a later resend: it must look at this one
 
     async def on_ack(self, ack: session_pb2.Ack) -> None:
         """Accepted: wait for the verdict. Deferred: send again later. Refused for good: drop (counted)."""
