@@ -65,7 +65,9 @@ def main(
     for name, config in runs(edges).items():
         with tempfile.TemporaryDirectory(prefix=f"fleet-{name}-") as work:
             summary = run_fleet_1000(config, Path(work), console)
-        report["runs"][name] = {"settings": config.model_dump(mode="json"), **{k: summary[k] for k in KEPT}}
+        # The uplink's target is the cloud each run starts, not a setting.
+        settings = config.model_dump(mode="json", exclude={"fleet": {"uplink": {"target"}}})
+        report["runs"][name] = {"settings": settings, **{k: summary[k] for k in KEPT}}
         rate, p50 = summary["ingest_rate_verdicts_per_s"], summary["verdict_latency_ms"]["p50"]
         console.print(f"{name}: {rate:.0f} verdicts/s steady, p50 {p50:.0f} ms, lost {summary['samples_lost']}")
     report["machine"]["load_average_at_end"] = list(os.getloadavg())
