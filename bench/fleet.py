@@ -4,7 +4,8 @@ Two runs against a real cloud process with the oracle backend, both through `run
 `paced` offers what the fleet-1000 scenario offers (1000 edges x 0.5 samples/s = 500/s) and shows
 the latency of a cloud that keeps up; `saturating` offers four times that, so the verdict rate
 over the steady window is what the cloud can take in on this machine. The fleet simulator runs on
-the same cores as the cloud: its own CPU time is recorded next to the cloud's.
+the same cores as the cloud: its own CPU time is recorded next to the cloud's. Each light edge
+runs the agent's dispatcher and gRPC uplink, so resends, deferrals and sessions are the product's.
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ console = Console(stderr=True)
 KEPT = (
     "edges",
     "samples_sent",
+    "sends",
+    "samples_unsent",
     "verdicts_received",
     "samples_lost",
     "samples_duplicated",
     "verdicts_wrong",
+    "samples_resent",
+    "samples_deferred",
+    "sessions_opened",
     "ingest_rate_verdicts_per_s",
     "ingest_rate_overall_per_s",
     "cloud",
@@ -59,7 +65,9 @@ def main(
     for name, config in runs(edges).items():
         with tempfile.TemporaryDirectory(prefix=f"fleet-{name}-") as work:
             summary = run_fleet_1000(config, Path(work), console)
-        report["runs"][name] = {"settings": config.model_dump(mode="json"), **{k: summary[k] for k in KEPT}}
+        # The uplink's target is the cloud each run starts, not a setting.
+        settings = config.model_dump(mode="json", exclude={"fleet": {"uplink": {"target"}}})
+        report["runs"][name] = {"settings": settings, **{k: summary[k] for k in KEPT}}
         rate, p50 = summary["ingest_rate_verdicts_per_s"], summary["verdict_latency_ms"]["p50"]
         console.print(f"{name}: {rate:.0f} verdicts/s steady, p50 {p50:.0f} ms, lost {summary['samples_lost']}")
     report["machine"]["load_average_at_end"] = list(os.getloadavg())

@@ -1,6 +1,7 @@
 """From the outbox to the transport under the policy's byte budget, until each sample's verdict comes.
 
-Every suspicious sample is written to the outbox first (on disk, SQLite WAL). The dispatcher is the
+Every suspicious sample is written to the outbox first (on disk, SQLite WAL; the dispatcher reads it
+through `edge.outbox.SampleQueue`, which the lightweight fleet fills in memory). The dispatcher is the
 only reader, and the one place that knows what is in flight: a sample sent whose verdict has not
 come. It keeps the delivery contract of `protos/session.proto`:
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edge.metrics import EdgeMetrics
-from edge.outbox import Outbox, OutboxError, OutboxItem
+from edge.outbox import OutboxError, OutboxItem, SampleQueue
 from edge.policy.settings import UplinkPolicy
 from edge.uplink.base import Uplink
 from edge.uplink.budget import TokenBucket
@@ -62,7 +63,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: SampleQueue,
         uplink: Uplink,
         policy: UplinkPolicy,
         metrics: EdgeMetrics,
@@ -104,6 +105,11 @@ class Dispatcher:
         return len(self._in_flight)
 
     @property
+    def in_flight_ids(self) -> frozenset[str]:
+        """The ids of the samples in flight, as of now (a copy)."""
+        return frozenset(self._in_flight)
+
+    @property
     def outbox_failing(self) -> bool:
         """True while the outbox cannot be read or written (e.g. a full disk)."""
         return self._outbox_failing
@@ -126,6 +132,7 @@ class Dispatcher:
         entry.acked = False
         # Jittered, so that a fleet deferred at once does not come back at once.
         entry.resend_at = self._clock() + after_s * (1 + 0.2 * random.random())
+        self._wake.set()  # the loop may be asleep until a later resend: it must look at this one
 
     async def on_ack(self, ack: session_pb2.Ack) -> None:
         """Accepted: wait for the verdict. Deferred: send again later. Refused for good: drop (counted)."""
@@ -166,6 +173,9 @@ class Dispatcher:
         """Until cancelled."""
         while True:
             self.passes += 1
+            # Cleared as a pass starts, not as it ends: a notify that comes while this pass reads the
+            # outbox or waits for the budget then cuts the next sleep short instead of being lost.
+            self._wake.clear()
             if not self._uplink.cloud_reachable:
                 await self._sleep()
                 continue
@@ -245,7 +255,6 @@ class Dispatcher:
         return max(0.0, min(e.resend_at for e in self._in_flight.values()) - self._clock())
 
     async def _sleep(self, at_most: float | None = None) -> None:
-        self._wake.clear()
         timeout = self._poll_s if at_most is None else max(0.001, min(self._poll_s, at_most))
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
         # arrives as the event is set (gh-86296), and this loop must always stop when cancelled.

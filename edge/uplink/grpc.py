@@ -5,6 +5,9 @@ the channel, which reconnects with the backoff set in the channel options. This 
 new stream when the old one ends and says so (`on_cloud_back`): the dispatcher then sends again what
 is in flight. Samples go up as the outbox stored them: the stream's request serializer frames the
 stored Sample bytes as an EdgeMessage without parsing them.
+
+The agent's uplink opens its own channel. Given one (`channel=`), it uses that instead and leaves it
+open at stop: the lightweight fleet runs many uplinks over a few shared channels.
 """
 
 from __future__ import annotations
@@ -91,12 +94,26 @@ def _serialize(message: bytes | session_pb2.EdgeMessage) -> bytes:
 class GrpcUplink:
     """Samples and heartbeats up; acks, verdicts and policies down."""
 
-    def __init__(self, config: GrpcUplinkConfig, handlers: UplinkHandlers, metrics: EdgeMetrics) -> None:
+    def __init__(
+        self,
+        config: GrpcUplinkConfig,
+        handlers: UplinkHandlers,
+        metrics: EdgeMetrics,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        name: str = "uplink",
+    ) -> None:
+        """`channel`: an open channel to use instead of one of its own (several uplinks in one process,
+        as the lightweight fleet runs them, may share it); the uplink then leaves closing it to its owner.
+        `name` prefixes its tasks' names."""
         self._config = config
         self._handlers = handlers
         self._metrics = metrics
-        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=config.send_queue_size)
-        self._channel: grpc.aio.Channel | None = None
+        # Samples for the writer; None only wakes it (the stream ended: see _wake_writer).
+        self._queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue(maxsize=config.send_queue_size)
+        self._channel: grpc.aio.Channel | None = channel
+        self._owns_channel = channel is None
+        self._name = name
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()
@@ -129,12 +146,13 @@ class GrpcUplink:
         """gRPC has no home-automation side."""
 
     async def start(self) -> None:
-        """Open the channel and start the session loop in the background."""
-        self._channel = grpc.aio.insecure_channel(self._config.target, options=channel_options(self._config))
-        self._task = asyncio.create_task(self._run(), name="uplink-session")
+        """Open the channel (unless one was given) and start the session loop in the background."""
+        if self._owns_channel:
+            self._channel = grpc.aio.insecure_channel(self._config.target, options=channel_options(self._config))
+        self._task = asyncio.create_task(self._run(), name=f"{self._name}-session")
 
     async def stop(self) -> None:
-        """End the stream and close the channel."""
+        """End the stream and close the channel (a channel that was given stays open for its owner)."""
         self._stopping.set()
         if self._task is not None:
             self._task.cancel()
@@ -144,7 +162,7 @@ class GrpcUplink:
                 pass
             except TimeoutError:
                 logger.warning("cloud session task did not end within %.0f s of being cancelled", STOP_WAIT_S)
-        if self._channel is not None:
+        if self._channel is not None and self._owns_channel:
             try:
                 await asyncio.wait_for(self._channel.close(grace=None), timeout=STOP_WAIT_S)
             except TimeoutError:
@@ -192,7 +210,8 @@ class GrpcUplink:
         self._metrics.uplink_reconnects.inc()
         logger.info("cloud session open to %s", self._config.target)
         self._handlers.on_cloud_back()
-        reader = asyncio.create_task(self._read(call), name="uplink-read")
+        reader = asyncio.create_task(self._read(call), name=f"{self._name}-read")
+        reader.add_done_callback(self._wake_writer)
         try:
             await self._write_loop(call, reader)
         finally:
@@ -211,13 +230,23 @@ class GrpcUplink:
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (gh-86296).
                 async with asyncio.timeout(max(0.01, next_heartbeat - now)):
-                    _, payload = await self._queue.get()
+                    queued = await self._queue.get()
             except TimeoutError:
                 continue
+            if queued is None:
+                continue  # woken because the stream ended
+            _, payload = queued
             await call.write(sample_message(payload))
             self._metrics.samples_sent.inc()
             self._metrics.uplink_bytes.inc(len(payload))
         reader.result()  # re-raise the reader's error, if it had one
+
+    def _wake_writer(self, _: asyncio.Task[None]) -> None:
+        """The stream ended (the cloud closed it, or it broke): wake the writer waiting for a sample, so a
+        new stream is opened now rather than at the next heartbeat or sample."""
+        # A full queue needs no wake: the writer is busy with it and meets the ended stream at its next write.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
 
     async def _read(self, call: SessionCall) -> None:
         async for message in call:
@@ -232,6 +261,6 @@ class GrpcUplink:
                 logger.error("cloud says: %s %s", message.error.code, message.error.message)
 
 
-def _drain(queue: asyncio.Queue[tuple[str, bytes]]) -> None:
+def _drain(queue: asyncio.Queue[tuple[str, bytes] | None]) -> None:
     while not queue.empty():
         queue.get_nowait()

@@ -1,4 +1,5 @@
-"""A lightweight fleet: many simulated edges in one asyncio process, each a real Session stream.
+"""A lightweight fleet: many simulated edges in one asyncio process, each the agent's own dispatcher
+and gRPC uplink (`sim.fleet.light_edge`) with its own Session stream, a few channels shared among them.
 
 `run_light_fleet` loads a cloud the way a large fleet would, with real samples (JPEG crops of clip
 frames, ground-truth detections with noise) at a steady per-edge rate, and measures what the cloud
@@ -22,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import grpc
 import grpc.aio
 import httpx
 import typer
@@ -31,7 +31,8 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from common.config import ConfigError, format_errors, read_yaml_mapping
-from protos import session_pb2_grpc
+from edge.config import GrpcUplinkConfig
+from edge.uplink.grpc import channel_options
 from sim.fleet.light_config import LightFleetConfig
 from sim.fleet.light_edge import FleetTally, LightEdge
 from sim.fleet.light_samples import PreparedCrop, camera_clips, edge_id_of, ensure_clips, prepare_clip
@@ -64,6 +65,10 @@ class LightFleetResult:
     samples_lost: int
     samples_duplicated: int
     samples_refused: int
+    samples_resent: dict[str, int]
+    samples_deferred: dict[str, int]
+    acks: dict[str, int]
+    policies_received: int
     verdicts_correct: int
     verdicts_wrong: int
     ingest_rate_verdicts_per_s: float | None
@@ -86,17 +91,13 @@ class LightFleetResult:
         return asdict(self)
 
 
-def channel_options() -> list[tuple[str, object]]:
-    """Each channel its own connection (a private subchannel pool), keepalive and quick reconnects."""
-    return [
-        ("grpc.use_local_subchannel_pool", 1),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.min_reconnect_backoff_ms", 200),
-        ("grpc.max_reconnect_backoff_ms", 5_000),
-    ]
+def fleet_channel_options(uplink: GrpcUplinkConfig) -> list[tuple[str, object]]:
+    """The agent's channel options (keepalive, message sizes, reconnect backoff), each channel its own connection.
+
+    A private subchannel pool: without it gRPC gives every channel of a process to the same target
+    and options one shared connection, and the fleet would be one HTTP/2 connection however it is split.
+    """
+    return [*channel_options(uplink), ("grpc.use_local_subchannel_pool", 1)]
 
 
 def raise_open_file_limit() -> int:
@@ -158,30 +159,28 @@ async def run_light_fleet(
     crops = await prepare_crops(config, folders)
     shows = camera_clips(config, folders)
     tally = FleetTally()
-    edges = [
-        LightEdge(
-            edge_id_of(i),
-            [crops[shows[f"{edge_id_of(i)}/cam{c}"]] for c in range(config.cameras_per_edge)],
-            config,
-            tally,
-        )
-        for i in range(config.edges)
-    ]
+    uplink = config.uplink_to(grpc_target)
     before = await read_cloud_counters(metrics_url)
     channels = [
-        grpc.aio.insecure_channel(grpc_target, options=channel_options())
+        grpc.aio.insecure_channel(grpc_target, options=fleet_channel_options(uplink))
         for _ in range(0, config.edges, config.edges_per_channel)
     ]
     first_send = time.monotonic()
     try:
-        # The generated stub serves sync and aio channels alike; typed here as the aio one it is.
-        stubs = [session_pb2_grpc.EdgeGLMStub(ch) for ch in channels]  # type: ignore[arg-type,unused-ignore]
+        edges = [
+            LightEdge(
+                edge_id_of(i),
+                [crops[shows[f"{edge_id_of(i)}/cam{c}"]] for c in range(config.cameras_per_edge)],
+                config,
+                tally,
+                uplink,
+                channels[i // config.edges_per_channel],
+            )
+            for i in range(config.edges)
+        ]
         spread = config.start_ramp_s / config.edges
         tasks = [
-            asyncio.create_task(
-                edge.run(stubs[i // config.edges_per_channel], first_send + i * spread, deadline),  # type: ignore[arg-type,unused-ignore]
-                name=f"light-edge-{i}",
-            )
+            asyncio.create_task(edge.run(first_send + i * spread, deadline), name=f"light-edge-{i}")
             for i, edge in enumerate(edges)
         ]
         await _watch(tasks, tally, config, deadline, progress)
@@ -208,7 +207,7 @@ async def _watch(
         while pending and time.monotonic() < deadline + CLOSE_GRACE_S:
             _, pending = await asyncio.wait(pending, timeout=0.5)
             bar.update(tally.verdicts - bar.n)
-            bar.set_postfix(sent=tally.unique_sent, errors=sum(tally.errors.values()), refresh=False)
+            bar.set_postfix(queued=tally.queued, sends=tally.sends, errors=sum(tally.errors.values()), refresh=False)
         for task in pending:
             task.cancel()
         for task in tasks:
@@ -251,6 +250,10 @@ def _result(
         samples_lost=tally.lost,
         samples_duplicated=tally.duplicates,
         samples_refused=tally.refused,
+        samples_resent=tally.by_label("edgeglm_edge_samples_resent"),
+        samples_deferred=tally.by_label("edgeglm_edge_samples_deferred"),
+        acks=tally.by_label("edgeglm_edge_acks"),
+        policies_received=tally.policies,
         verdicts_correct=tally.correct,
         verdicts_wrong=tally.wrong,
         ingest_rate_verdicts_per_s=steady,
@@ -278,7 +281,9 @@ def main(
     edges: Annotated[int | None, typer.Option(help="Simulated edges (default 1000).")] = None,
     samples_per_edge: Annotated[int | None, typer.Option(help="Samples each edge sends (default 10).")] = None,
     rate: Annotated[float | None, typer.Option(help="Samples per second per edge (default 0.5).")] = None,
-    edges_per_channel: Annotated[int | None, typer.Option(help="Session streams per connection (default 50).")] = None,
+    edges_per_channel: Annotated[
+        int | None, typer.Option(help="Edges sharing one gRPC channel, a Session each (default 50).")
+    ] = None,
 ) -> None:
     """Run `fleet-1000`: a real cloud process (oracle backend) against a fleet of lightweight simulated edges."""
     from rich.console import Console

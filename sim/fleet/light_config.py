@@ -2,7 +2,9 @@
 
 `LightFleetConfig` is what `run_light_fleet` needs; `Fleet1000Config` adds the cloud process's
 settings (oracle delay, batcher) for `run_fleet_1000`. Both are shaped like the YAML a scenario
-holds, `extra="forbid"`, every field bounded and described.
+holds, `extra="forbid"`, every field bounded and described. A light edge runs the agent's dispatcher
+and gRPC uplink, so its delivery settings are the agent's own sections (`edge.config`): `uplink`
+(reconnect backoff, keepalive, heartbeats) and `outbox` (window, ack and verdict timeouts, bytes).
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edge.config import GrpcUplinkConfig, OutboxConfig
+
 
 class LightFleetConfig(BaseModel):
-    """A fleet of lightweight simulated edges: real Session streams and real samples, no detector."""
+    """A fleet of lightweight simulated edges: the agent's dispatcher and gRPC uplink, real samples, no detector."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    edges: int = Field(default=1000, ge=1, le=20_000, description="Simulated edges, each with its own Session stream.")
+    edges: int = Field(
+        default=1000, ge=1, le=20_000, description="Simulated edges, each the agent's dispatcher and gRPC uplink."
+    )
     cameras_per_edge: int = Field(default=2, ge=1, le=64, description="Cameras per edge (camera ids cam0, cam1, ...).")
     samples_per_edge: int | None = Field(
         default=10,
@@ -36,7 +42,10 @@ class LightFleetConfig(BaseModel):
         default=50,
         ge=1,
         le=1_000,
-        description="Session streams sharing one gRPC channel (one HTTP/2 connection), as behind a NAT or proxy.",
+        description=(
+            "Edges whose uplinks share one gRPC channel (one HTTP/2 connection, a Session stream each), as behind "
+            "a NAT or proxy; 1 gives every edge a connection of its own."
+        ),
     )
     clips: list[Path] = Field(
         default_factory=list,
@@ -61,20 +70,35 @@ class LightFleetConfig(BaseModel):
     start_ramp_s: float = Field(
         default=10.0, ge=0, le=600, description="Edges start evenly spread over this time (no thundering herd)."
     )
-    verdict_wait_s: float = Field(
-        default=60.0,
+    uplink: GrpcUplinkConfig = Field(
+        default_factory=GrpcUplinkConfig,
+        description=(
+            "Every edge's gRPC uplink, as edge.yaml's `uplink` (keepalive, reconnect backoff, heartbeats, send "
+            "queue); the target is the cloud the run is pointed at, so it is not set here."
+        ),
+    )
+    outbox: OutboxConfig = Field(
+        default_factory=OutboxConfig,
+        description=(
+            "Every edge's delivery settings, as edge.yaml's `outbox` (window, ack and verdict timeouts, max_bytes); "
+            "the samples are kept in memory, so there is no path and no age sweep."
+        ),
+    )
+    dispatch_poll_s: float = Field(
+        default=5.0,
         gt=0,
-        le=3_600,
-        description="After its last send, how long an edge waits for the verdicts it is owed; then they count as lost.",
-    )
-    max_sessions_per_edge: int = Field(
-        default=20, ge=1, le=1_000, description="Session streams an edge may open (the first plus reconnects)."
-    )
-    reconnect_backoff_s: float = Field(
-        default=0.5, ge=0, le=60, description="Wait before reopening a broken stream (doubled per try, jittered)."
+        le=60,
+        description=(
+            "Longest an edge's dispatcher sleeps with nothing waking it (the agent's: 0.05 s). New samples, "
+            "verdicts, deferrals and a cloud coming back wake it and resends are timed, so a longer poll changes "
+            "no delivery; across a thousand edges the agent's poll costs a fifth more of the fleet's CPU."
+        ),
     )
     deadline_s: float = Field(
-        default=170.0, gt=0, le=36_000, description="Global deadline of the whole fleet run; every loop stops by it."
+        default=170.0,
+        gt=0,
+        le=36_000,
+        description="Global deadline of the whole fleet run: an edge still owed verdicts then counts them as lost.",
     )
 
     @model_validator(mode="after")
@@ -82,6 +106,18 @@ class LightFleetConfig(BaseModel):
         if self.duration_s is not None and "samples_per_edge" in self.model_fields_set:
             raise ValueError("give samples_per_edge or duration_s, not both")
         return self
+
+    @model_validator(mode="after")
+    def _run_sets_the_target_and_memory_holds_the_samples(self) -> Self:
+        if "target" in self.uplink.model_fields_set:
+            raise ValueError("uplink.target is the cloud the run is pointed at; leave it out of the fleet's settings")
+        if self.outbox.path is not None:
+            raise ValueError("outbox.path does not apply: a light edge keeps its samples in memory")
+        return self
+
+    def uplink_to(self, target: str) -> GrpcUplinkConfig:
+        """Every edge's uplink settings, pointed at `target` (host:port)."""
+        return GrpcUplinkConfig.model_validate({**self.uplink.model_dump(), "target": target})
 
     @property
     def samples_each(self) -> int:

@@ -1,52 +1,65 @@
-"""One lightweight simulated edge: a real Session stream, real samples at a steady rate, every verdict awaited.
+"""One lightweight simulated edge: the agent's own dispatcher and gRPC uplink, fed prepared samples.
 
-It keeps the delivery contract of protos/session.proto as the agent's dispatcher does: Hello first,
-samples up, acks, verdicts and policies down; a sample is kept until its verdict (an accepted Ack
-only says the cloud is judging it), a deferring Ack sends it again after its retry_after, and when
-the stream breaks it opens a new one (bounded tries, jittered backoff) and resends every sample it
-has no verdict for, under the same sample_id, which the cloud deduplicates. (It is its own small
-implementation of that contract, not the agent's uplink code: a thousand of those in one process
-would cost a thread and a SQLite file each.)
-It has no detector, outbox or policy logic: its samples are prepared crops with ground-truth
-detections, so the verdict each should get is known and checked.
+A light edge leaves out what comes before the outbox in the agent (cameras, detector, miner). Its
+producer puts prepared crops with ground-truth detections (`sim.fleet.light_samples`) into an
+in-memory outbox (`sim.fleet.memory_outbox`, ordered as the agent's SQLite one) at a steady rate,
+and from there on the code is the product's: `edge.uplink.dispatch.Dispatcher` decides what goes
+up, what is in flight and when it goes again (window, budget, late acks and verdicts, deferrals,
+the cloud coming back), and `edge.uplink.grpc.GrpcUplink` keeps the Session stream, reconnects
+with its configured backoff and frames the samples. What comes down is routed as the agent routes
+it (edge/agent.py); each verdict is also checked against the decision the ground truth calls for.
+So a fleet run's "0 lost" is a statement about the delivery protocol the agents run.
+
+The edges of a fleet share one `EdgeMetrics` (in the `FleetTally`): its counters, kept by the real
+code, are the fleet's totals (samples sent with resends, bytes, sessions, acks, resends,
+deferrals). Its gauges (connected, in flight) mean nothing summed over edges and are not read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import grpc
 import grpc.aio
 
-from protos import sample_pb2, session_pb2, session_pb2_grpc, verdict_pb2
+from common.supervise import spawn
+from edge.config import GrpcUplinkConfig
+from edge.metrics import EdgeMetrics
+from edge.policy.settings import UplinkPolicy
+from edge.uplink import UplinkHandlers
+from edge.uplink.dispatch import Dispatcher
+from edge.uplink.grpc import GrpcUplink
+from protos import policy_pb2, session_pb2, status_pb2, verdict_pb2
 from sim.fleet.light_config import LightFleetConfig
 from sim.fleet.light_samples import Expected, PreparedCrop, build_sample
+from sim.fleet.memory_outbox import MemoryOutbox
 
-SessionCall = grpc.aio.StreamStreamCall[session_pb2.EdgeMessage, session_pb2.CloudMessage]
-# How long a finished edge waits for the cloud to close its stream after it stopped writing.
-CLOSE_WAIT_S = 5.0
+logger = logging.getLogger(__name__)
+SITE_ID = "light"
 
 
 @dataclass
 class FleetTally:
-    """What every edge of one fleet saw, added up (one event loop: no locks)."""
+    """What every edge of one fleet saw, added up (one event loop: no locks).
 
-    sends: int = 0
+    The delivery figures are the real code's counters in `metrics`; the rest is what only the
+    simulation knows: whether each verdict was the right one, and what was never sent or answered.
+    """
+
+    metrics: EdgeMetrics = field(default_factory=EdgeMetrics)
+    queued: int = 0
     unique_sent: int = 0
-    bytes_sent: int = 0
     verdicts: int = 0
     duplicates: int = 0
     correct: int = 0
     wrong: int = 0
     refused: int = 0
-    sessions_opened: int = 0
     policies: int = 0
-    acks: int = 0
     decisions: Counter[str] = field(default_factory=Counter)
     origins: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
@@ -57,21 +70,58 @@ class FleetTally:
     unsent: int = 0
     lost: int = 0
 
+    def count(self, name: str) -> int:
+        """A counter of `metrics` (name without `_total`), summed over its labels."""
+        return int(sum(self.by_label(name).values()))
 
-@dataclass
-class _Sent:
-    sample: sample_pb2.Sample
-    first_sent: float
+    def by_label(self, name: str) -> dict[str, int]:
+        """A counter of `metrics` by its one label's value ("" for a counter without labels)."""
+        values: dict[str, int] = {}
+        for family in self.metrics.registry.collect():
+            if family.name != name:
+                continue
+            for sample in family.samples:
+                if sample.name == f"{name}_total":
+                    key = next(iter(sample.labels.values()), "")
+                    values[key] = values.get(key, 0) + int(sample.value)
+        return values
+
+    @property
+    def sends(self) -> int:
+        """Samples written to a Session stream, resends included (edgeglm_edge_samples_sent)."""
+        return self.count("edgeglm_edge_samples_sent")
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes of those samples (edgeglm_edge_uplink_bytes)."""
+        return self.count("edgeglm_edge_uplink_bytes")
+
+    @property
+    def sessions_opened(self) -> int:
+        """Session streams opened, the first of each edge included (edgeglm_edge_uplink_reconnects)."""
+        return self.count("edgeglm_edge_uplink_reconnects")
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
     expected: Expected
+    at: float  # monotonic, when it went into the outbox
 
 
 class LightEdge:
-    """One simulated edge with `config.samples_each` samples to send over its cameras' prepared crops."""
+    """One simulated edge with `config.samples_each` samples to deliver over its cameras' prepared crops."""
 
     def __init__(
-        self, edge_id: str, crops_by_camera: list[list[PreparedCrop]], config: LightFleetConfig, tally: FleetTally
+        self,
+        edge_id: str,
+        crops_by_camera: list[list[PreparedCrop]],
+        config: LightFleetConfig,
+        tally: FleetTally,
+        uplink: GrpcUplinkConfig,
+        channel: grpc.aio.Channel | None = None,
     ) -> None:
-        """An edge whose camera i shows the crops `crops_by_camera[i]`; outcomes go to `tally`."""
+        """An edge whose camera i shows the crops `crops_by_camera[i]`, reaching the cloud with `uplink`
+        settings (over `channel`, shared with other edges, when given); outcomes go to `tally`."""
         self.edge_id = edge_id
         self._config = config
         self._tally = tally
@@ -80,177 +130,160 @@ class LightEdge:
             (n, n % len(crops_by_camera), self._rng.choice(crops_by_camera[n % len(crops_by_camera)]))
             for n in range(config.samples_each)
         ]
-        self._next = 0
-        self._sent: dict[str, _Sent] = {}
-        self._deferred: dict[str, float] = {}  # sample_id -> when to send it again (monotonic)
-        self._answered: set[str] = set()
+        self._queued: dict[str, _Queued] = {}
+        self._answered: set[str] = set()  # a verdict came, or the cloud refused it for good
+        self._evicted: set[str] = set()
+        self._settled: set[str] = set()  # answered or evicted: nothing more to wait for
         self._complete = asyncio.Event()
-        self._t0: float | None = None
-        self._last_send = 0.0
+        metrics = tally.metrics
+        self.outbox = MemoryOutbox(edge_id, max_bytes=config.outbox.max_bytes, metrics=metrics)
+        handlers = UplinkHandlers(
+            hello=self._hello,
+            status=self._status,
+            on_ack=self._on_ack,
+            on_verdict=self._on_verdict,
+            on_policy=self._on_policy,
+            on_cloud_back=self._on_cloud_back,
+            on_deferred=self._on_deferred,
+        )
+        self.uplink = GrpcUplink(uplink, handlers, metrics, channel=channel, name=edge_id)
+        self.dispatcher = Dispatcher(
+            self.outbox,
+            self.uplink,
+            UplinkPolicy(),  # the agent's built-in budget; a light edge verifies no pushed policy to apply
+            metrics,
+            window=config.outbox.window,
+            ack_timeout_s=config.outbox.ack_timeout_s,
+            verdict_timeout_s=config.outbox.verdict_timeout_s,
+            poll_s=config.dispatch_poll_s,
+        )
 
-    @property
-    def unanswered(self) -> list[str]:
-        """Sample ids sent and not answered (no verdict and not refused)."""
-        return [sample_id for sample_id in self._sent if sample_id not in self._answered]
-
-    @property
-    def unsent(self) -> int:
-        """Planned samples never sent."""
-        return len(self._plan) - self._next
-
-    def _done(self) -> bool:
-        return self._next >= len(self._plan) and not self.unanswered
-
-    async def run(self, stub: session_pb2_grpc.EdgeGLMAsyncStub, start_at: float, deadline: float) -> None:
-        """Start at `start_at` (monotonic), send everything, collect every verdict; stop by `deadline`."""
+    async def run(self, start_at: float, deadline: float) -> None:
+        """Start at `start_at` (monotonic), queue the plan at the configured rate, and end once every
+        sample is answered or at `deadline`."""
         await asyncio.sleep(max(0.0, min(start_at, deadline) - time.monotonic()))
-        backoff = self._config.reconnect_backoff_s
-        for _ in range(self._config.max_sessions_per_edge):
-            if self._done() or time.monotonic() >= min(deadline, self._drain_until(deadline)):
-                break
-            try:
-                await self._session(stub, deadline)
-            except grpc.aio.AioRpcError as err:
-                self._tally.errors[f"stream_{err.code().name.lower()}"] += 1
-            except asyncio.InvalidStateError:  # a write raced the cloud closing the stream
-                self._tally.errors["stream_closed_while_writing"] += 1
-            if self._done():
-                break
-            pause = min(backoff * (1 + self._rng.random()), max(0.0, deadline - time.monotonic()))
-            await asyncio.sleep(pause)
-            backoff = min(backoff * 2, 10.0)
-
-    def _drain_until(self, deadline: float) -> float:
-        """When waiting for owed verdicts stops (only meaningful once everything was sent)."""
-        if self._next < len(self._plan):
-            return deadline
-        return min(deadline, self._last_send + self._config.verdict_wait_s)
-
-    async def _session(self, stub: session_pb2_grpc.EdgeGLMAsyncStub, deadline: float) -> None:
-        call: SessionCall = stub.Session(
-            None, timeout=max(0.1, deadline - time.monotonic()), wait_for_ready=True
-        )  # None: we write to the call ourselves
-        self._tally.sessions_opened += 1
-        self._complete.clear()
-        reader = asyncio.create_task(self._read(call), name=f"light-read-{self.edge_id}")
+        await self.uplink.start()
+        dispatch = spawn(f"{self.edge_id}-dispatch", self.dispatcher.run, self._task_failed)
         try:
-            await call.write(session_pb2.EdgeMessage(hello=session_pb2.Hello(edge_id=self.edge_id, site_id="light")))
-            for sample_id in self.unanswered:
-                await self._write(call, self._sent[sample_id].sample)
-                self._tally.errors["resent"] += 1
-            await self._send_planned(call, reader, deadline)
-            waiter = asyncio.create_task(self._complete.wait())
-            try:
-                while not reader.done() and not waiter.done():
-                    timeout = max(0.0, self._drain_until(deadline) - time.monotonic())
-                    if timeout <= 0:
-                        break
-                    # Wake at least every second to send again what the cloud deferred.
-                    await asyncio.wait({reader, waiter}, timeout=min(1.0, timeout), return_when=asyncio.FIRST_COMPLETED)
-                    await self._resend_deferred(call)
-            finally:
-                waiter.cancel()
-            if not reader.done():
-                await call.done_writing()
-                await asyncio.wait({reader}, timeout=min(CLOSE_WAIT_S, max(0.0, deadline - time.monotonic())))
-            if reader.done():
-                reader.result()  # the stream's error, if it broke
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self._produce()
+                    await self._complete.wait()
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                await reader
-            call.cancel()
+            dispatch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatch
+            await self.uplink.stop()
 
-    async def _send_planned(self, call: SessionCall, reader: asyncio.Task[None], deadline: float) -> None:
-        """Send the rest of the plan at the configured rate, while the stream lives."""
-        if self._t0 is None:
-            self._t0 = time.monotonic()
-        while self._next < len(self._plan) and not reader.done():
-            due = self._t0 + self._next / self._config.rate_per_edge_hz
-            wait = min(due, deadline) - time.monotonic()
-            if wait > 0:
-                await asyncio.wait({reader}, timeout=wait)
-                if reader.done() or time.monotonic() >= deadline:
-                    return
-            await self._resend_deferred(call)
-            number, camera, crop = self._plan[self._next]
+    async def _produce(self) -> None:
+        """Put the plan into the outbox at `rate_per_edge_hz`, waking the dispatcher for each sample."""
+        started = time.monotonic()
+        for number, camera, crop in self._plan:
+            await asyncio.sleep(max(0.0, started + number / self._config.rate_per_edge_hz - time.monotonic()))
             sample_id = f"{self.edge_id}-{number:06d}"
             sample = build_sample(crop, sample_id, self.edge_id, f"cam{camera}", self._config.box_noise_px, self._rng)
-            self._sent[sample_id] = _Sent(sample, time.monotonic(), crop.expected)
-            self._next += 1
-            self._tally.unique_sent += 1
-            await self._write(call, sample)
-            self._last_send = time.monotonic()
+            self._queued[sample_id] = _Queued(crop.expected, time.monotonic())
+            self._tally.queued += 1
+            for evicted in await self.outbox.put(sample):
+                self._evicted.add(evicted)
+                self._settled.add(evicted)
+                self._tally.errors["outbox_evicted"] += 1
+            self.dispatcher.notify()
+        self._check_done()
 
-    async def _resend_deferred(self, call: SessionCall) -> None:
-        now = time.monotonic()
-        for sample_id, due in list(self._deferred.items()):
-            if due <= now:
-                del self._deferred[sample_id]
-                if sample_id not in self._answered:
-                    await self._write(call, self._sent[sample_id].sample)
-                    self._tally.errors["resent"] += 1
+    def _settle(self, sample_id: str) -> None:
+        self._answered.add(sample_id)
+        self._settled.add(sample_id)
+        self._check_done()
 
-    async def _write(self, call: SessionCall, sample: sample_pb2.Sample) -> None:
-        await call.write(session_pb2.EdgeMessage(sample=sample))
-        self._tally.sends += 1
-        self._tally.bytes_sent += sample.ByteSize()
+    def _check_done(self) -> None:
+        if len(self._queued) == len(self._settled) == len(self._plan):
+            self._complete.set()
 
-    async def _read(self, call: SessionCall) -> None:
-        async for message in call:
-            kind = message.WhichOneof("kind")
-            if kind == "verdict":
-                self._on_verdict(message.verdict)
-            elif kind == "ack":
-                self._on_ack(message.ack)
-            elif kind == "policy":
-                self._tally.policies += 1
-            elif kind == "error":
-                self._tally.errors[f"session_{session_pb2.SessionErrorCode.Name(message.error.code).lower()}"] += 1
-            if self._done():
-                self._complete.set()
+    def _task_failed(self, name: str, err: BaseException) -> None:
+        """The dispatcher failed (logged with its traceback by the supervisor) and is being restarted."""
+        self._tally.metrics.task_failures.labels("dispatch").inc()
+        self._tally.errors["dispatch_failed"] += 1
 
-    def _on_ack(self, ack: session_pb2.Ack) -> None:
-        self._tally.acks += 1
-        if not ack.accepted and ack.retry_after_ms > 0 and ack.sample_id in self._sent:
-            # Deferred (overloaded, judging failed): kept, and sent again on this stream after retry_after.
-            self._tally.errors[f"deferred_{session_pb2.SessionErrorCode.Name(ack.code).lower()}"] += 1
-            self._deferred[ack.sample_id] = time.monotonic() + ack.retry_after_ms / 1000
-            return
-        if not ack.accepted and ack.sample_id in self._sent and ack.sample_id not in self._answered:
-            # Refused as malformed: no verdict will come and a resend would be refused again.
-            self._answered.add(ack.sample_id)
+    def _hello(self) -> session_pb2.Hello:
+        return session_pb2.Hello(
+            edge_id=self.edge_id,
+            site_id=SITE_ID,
+            model_name="light-sim",
+            model_version="gt-noise",
+            agent_version="light-sim",
+            capabilities=["crop"],
+        )
+
+    def _status(self) -> status_pb2.EdgeStatus:
+        status = status_pb2.EdgeStatus(
+            edge_id=self.edge_id,
+            site_id=SITE_ID,
+            state=status_pb2.EDGE_STATE_ONLINE,
+            model_name="light-sim",
+            model_version="gt-noise",
+            outbox_samples=len(self.outbox),
+        )
+        status.reported_at.GetCurrentTime()
+        return status
+
+    # What comes down goes to the dispatcher, as the agent's handlers do; the tally notes the outcome.
+    async def _on_ack(self, ack: session_pb2.Ack) -> None:
+        await self.dispatcher.on_ack(ack)
+        refused = not ack.accepted and ack.retry_after_ms <= 0
+        if refused and ack.sample_id in self._queued and ack.sample_id not in self._answered:
+            # Malformed: no verdict will come and the dispatcher has dropped it.
             self._tally.refused += 1
-            self._tally.errors["refused"] += 1
+            self._settle(ack.sample_id)
 
-    def _on_verdict(self, verdict: verdict_pb2.Verdict) -> None:
+    def _on_cloud_back(self) -> None:
+        self.dispatcher.cloud_back()
+
+    def _on_deferred(self, sample_id: str, after_s: float, reason: str) -> None:
+        self.dispatcher.deferred(sample_id, after_s, reason)
+
+    async def _on_policy(self, _: policy_pb2.SignedPolicy) -> None:
+        self._tally.policies += 1
+
+    async def _on_verdict(self, verdict: verdict_pb2.Verdict) -> None:
         tally = self._tally
-        sent = self._sent.get(verdict.sample_id)
-        if sent is None:
+        in_flight = await self.dispatcher.on_verdict(verdict.sample_id)
+        queued = self._queued.get(verdict.sample_id)
+        if queued is None:
             tally.errors["verdict_for_unknown_sample"] += 1
             return
         if verdict.sample_id in self._answered:
-            tally.duplicates += 1
+            tally.duplicates += 1  # a resend crossed the first answer
             return
+        if in_flight is None:
+            tally.errors["verdict_for_sample_not_in_flight"] += 1
         now = time.monotonic()
-        self._answered.add(verdict.sample_id)
         tally.verdicts += 1
-        tally.latencies_ms.append((now - sent.first_sent) * 1000)
+        tally.latencies_ms.append((now - queued.at) * 1000)
         tally.verdict_times.append(now)
         decision = verdict_pb2.Decision.Name(verdict.decision).removeprefix("DECISION_").lower()
         tally.decisions[decision] += 1
         tally.origins[verdict_pb2.VerdictOrigin.Name(verdict.origin).removeprefix("VERDICT_ORIGIN_").lower()] += 1
-        if decision == sent.expected and verdict.origin == verdict_pb2.VERDICT_ORIGIN_BACKEND:
+        if decision == queued.expected and verdict.origin == verdict_pb2.VERDICT_ORIGIN_BACKEND:
             tally.correct += 1
         else:
             tally.wrong += 1
             if len(tally.wrong_examples) < 10:
-                tally.wrong_examples.append(f"{verdict.sample_id}: expected {sent.expected}, got {decision}")
+                tally.wrong_examples.append(f"{verdict.sample_id}: expected {queued.expected}, got {decision}")
+        self._settle(verdict.sample_id)
 
     def account_end(self) -> None:
-        """Add what this edge never sent and never got answered to the tally (call once, at the end)."""
-        unanswered = self.unanswered
-        self._tally.unsent += self.unsent
-        self._tally.lost += len(unanswered)
-        room = 10 - len(self._tally.lost_examples)
-        self._tally.lost_examples.extend(unanswered[: max(0, room)])
+        """Add what this edge sent, never sent and never got answered to the tally (once, after `run`).
+
+        Sent: answered, or still in the dispatcher's flight. Lost: sent and unanswered, or evicted from
+        the outbox. Unsent: never queued, or queued and never handed to the uplink.
+        """
+        in_flight = self.dispatcher.in_flight_ids
+        waiting = [sample_id for sample_id in self._queued if sample_id not in self._answered]
+        lost = [sample_id for sample_id in waiting if sample_id in in_flight or sample_id in self._evicted]
+        tally = self._tally
+        tally.unique_sent += len(self._answered) + sum(1 for sample_id in lost if sample_id in in_flight)
+        tally.unsent += len(self._plan) - len(self._queued) + len(waiting) - len(lost)
+        tally.lost += len(lost)
+        room = 10 - len(tally.lost_examples)
+        tally.lost_examples.extend(lost[: max(0, room)])

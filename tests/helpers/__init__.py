@@ -2,6 +2,7 @@
 
 wait: wait_until / wait_until_sync, the one way to wait on a condition. cloud: a cloud service on free
 ports with the oracle backend, Session helpers. agents: configs for real edge agents against it. mqtt:
-both ends of the MQTT transport and an observer. broker: a real mosquitto. store, glm_models,
-onnx_models, policy_keys, link_servers, browser, k3s: what their names say.
+both ends of the MQTT transport and an observer. broker: a real mosquitto. scripted_cloud: a real gRPC
+Session that breaks, defers, refuses or misanswers on cue. store, glm_models, onnx_models, policy_keys,
+link_servers, browser, k3s: what their names say.
 """

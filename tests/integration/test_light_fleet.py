@@ -17,6 +17,7 @@ import yaml
 from rich.console import Console
 
 from cloud.backends import OracleBackendConfig
+from edge.config import GrpcUplinkConfig
 from sim.fleet.light import RESULT_FILE, run_light_fleet
 from sim.fleet.light_cloud import run_fleet_1000
 from sim.fleet.light_config import Fleet1000Config, LightCloudConfig, LightFleetConfig
@@ -35,7 +36,6 @@ FLEET = LightFleetConfig(
     clip_seconds=6.0,
     frames_per_clip=16,
     start_ramp_s=1.0,
-    verdict_wait_s=30.0,
     deadline_s=90.0,
 )
 
@@ -107,17 +107,20 @@ def test_the_fleet_runner_starts_a_cloud_process_and_reads_its_ingest_counters(t
 async def test_light_edges_resend_across_a_cloud_restart_and_nothing_is_lost_or_doubled(
     tmp_path: Path, clips: list[Path]
 ) -> None:
+    # The agents' own reconnect backoff, shortened so the channels find the second cloud soon after it starts.
+    uplink = GrpcUplinkConfig(reconnect_backoff_initial_ms=100, reconnect_backoff_max_ms=1_000)
     fleet = FLEET.model_copy(
-        update={"edges": 30, "samples_per_edge": 8, "rate_per_edge_hz": 2.0, "edges_per_channel": 6}
+        update={"edges": 30, "samples_per_edge": 8, "rate_per_edge_hz": 2.0, "edges_per_channel": 6, "uplink": uplink}
     )
     truth = {key: str(path) for key, path in camera_clips(fleet, clips).items()}
     config = make_config(
         tmp_path,
         clips[0],
         # The restarted cloud listens where the first one did. While the first one stops it delivers the
-        # verdicts it owes (a slow backend: that takes a while) and reads no more, so what the edges
-        # write meanwhile is never read: they must resend it to the second one.
-        server={"port": free_port()},
+        # verdicts it owes (a slow backend: that takes a while) and reads no more of a stream, and the edges,
+        # told to reconnect, come back to it until its grace is out; what it never judged they must resend
+        # to the second one.
+        server={"port": free_port(), "shutdown_grace_s": 1},
         backend={"ground_truth": truth, "delay_ms": 300, "max_batch_size": 64},
         batcher={"max_batch_size": 64, "max_queue_size": 5_000},
     )
@@ -132,15 +135,16 @@ async def test_light_edges_resend_across_a_cloud_restart_and_nothing_is_lost_or_
         )
         judged_by_first = await first.store.count()
     assert 0 < judged_by_first < planned
-    await asyncio.sleep(0.5)
     async with running(config) as second:
         result = await asyncio.wait_for(fleet_run, fleet.deadline_s + 30)
         stored = await second.store.count()
+        received_by_second = counter(second, "edgeglm_cloud_samples_received_total", transport="grpc")
 
     assert (result.samples_sent, result.samples_unsent, result.verdicts_received) == (planned, 0, planned)
     assert (result.samples_lost, result.samples_duplicated) == (0, 0)
     assert (result.verdicts_correct, result.verdicts_wrong) == (planned, 0), result.wrong_examples
     assert result.sessions_opened > fleet.edges  # every edge came back on a new stream
-    assert result.errors["resent"] > 0
+    assert result.samples_resent["unanswered"] > 0  # the dispatcher's resends when the cloud came back
     assert result.sends > planned
+    assert received_by_second > 0
     assert stored == planned  # one verdict per sample over both clouds (same store): no second judgement

@@ -241,3 +241,59 @@ async def test_nothing_is_sent_while_the_cloud_is_away_and_an_outbox_error_does_
     monkeypatch.setattr(rig.outbox, "next_batch", real_next_batch)
     await until(lambda: rig.uplink.sent == ["s-1"], "sent once the outbox works again")
     assert not rig.dispatcher.outbox_failing
+
+
+async def test_a_sample_put_while_the_dispatcher_reads_the_outbox_goes_without_waiting_for_the_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 30, max_age_s=86_400)
+    await outbox.open()
+    uplink, metrics = MemoryUplink(), EdgeMetrics()
+    policy = UplinkPolicy(budget_bytes_per_s=1 << 30, burst_bytes=1 << 30)
+    # A poll of an hour: only notify() can get the sample out within the test's wait.
+    dispatcher = Dispatcher(outbox, uplink, policy, metrics, poll_s=3600)
+    real_next_batch = outbox.next_batch
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_read(*args: Any, **kwargs: Any) -> Any:
+        batch = await real_next_batch(*args, **kwargs)
+        if not release.is_set():  # the first read: found nothing, and is still busy when the sample comes
+            reading.set()
+            await release.wait()
+        return batch
+
+    monkeypatch.setattr(outbox, "next_batch", slow_read)
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await asyncio.wait_for(reading.wait(), WAIT_S)
+        await outbox.put(sample("s-1"))
+        dispatcher.notify()
+        release.set()
+        await until(lambda: uplink.sent == ["s-1"], "the sample sent on the notify that came during a read")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await outbox.close()
+
+
+async def test_a_deferred_sample_goes_again_at_its_retry_after_not_at_the_next_poll(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 30, max_age_s=86_400)
+    await outbox.open()
+    uplink, metrics = MemoryUplink(), EdgeMetrics()
+    policy = UplinkPolicy(budget_bytes_per_s=1 << 30, burst_bytes=1 << 30)
+    # A poll of an hour and a 30 s ack timeout: the loop sleeps 30 s after the send unless the deferral wakes it.
+    dispatcher = Dispatcher(outbox, uplink, policy, metrics, ack_timeout_s=30, poll_s=3600)
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await outbox.put(sample("s-1"))
+        dispatcher.notify()
+        await until(lambda: uplink.sent == ["s-1"], "sent")
+        failed = session_pb2.Ack(
+            sample_id="s-1", accepted=False, code=session_pb2.SESSION_ERROR_CODE_INTERNAL, retry_after_ms=50
+        )
+        await dispatcher.on_ack(failed)
+        await until(lambda: uplink.sent == ["s-1", "s-1"], "the deferred sample sent again after 50 ms")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await outbox.close()
