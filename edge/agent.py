@@ -428,6 +428,8 @@ class EdgeAgent:
         uplink_policy = self.policy.uplink
         held = ask.frame
         frame = held.frame
+        # A question about a track carries that track's detection; one about a moving region nothing (it is
+        # about what the edge did not see); one about a whole frame everything the frame holds.
         detections = list(ask.detections) if ask.track_id is not None else held.detections
         self.metrics.mined.labels(ask.reason).inc()
         jpeg, crop = await loop.run_in_executor(

@@ -22,13 +22,14 @@ camera group under one device.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from common.topics import OFFLINE, ONLINE, availability_topic, topic_level
 
+ENDED_KEPT = 4096  # ended objects remembered per edge
 # (topic, payload, retain)
 Publish = Callable[[str, bytes, bool], None]
 
@@ -114,6 +115,7 @@ class HomeAssistantState:
         self._cameras: set[str] = set()
         self._watched: tuple[str, ...] = ()
         self._live: dict[tuple[str, str], set[str]] = defaultdict(set)  # (camera, label) -> event ids
+        self._ended: OrderedDict[str, None] = OrderedDict()  # objects gone: a late update does not bring them back
 
     def announce(self, cameras: Iterable[str], watched: Iterable[str]) -> bool:
         """The cameras and the watch list; True when they changed (the discovery is to be sent again)."""
@@ -139,7 +141,11 @@ class HomeAssistantState:
         before = {key: bool(ids) for key, ids in self._live.items() if key[0] == camera}
         for ids in (ids for key, ids in self._live.items() if key[0] == camera):
             ids.discard(event_id)  # a relabelled object moves from its old label's count
-        if event["type"] != "end" and event.get("verdict") != "rejected":
+        if event["type"] == "end":
+            self._ended[event_id] = None
+            while len(self._ended) > ENDED_KEPT:
+                self._ended.popitem(last=False)
+        elif event.get("verdict") != "rejected" and event_id not in self._ended:
             self._live[(camera, label)].add(event_id)
         messages = [(self.discovery.last_event_topic(camera), json.dumps(event, separators=(",", ":")).encode(), True)]
         for key in sorted({*before, (camera, label)}):

@@ -257,9 +257,10 @@ class Sample(_message.Message):
     """
     track_id: _builtins.str
     """The tracked object this sample asks about, as the edge's tracker names it within the camera
-    (e.g. "17"); empty when the sample is about no track (motion without detection, or an audit of a
-    frame without objects). A sample about a track carries that track's detection only, so its
-    verdict is a verdict on the object; the edge applies it to every event of the track.
+    (e.g. "17"), or the moving region a motion-without-detection sample asks about ("motion-3");
+    empty when the sample is about a whole frame (an edge asking per frame, an audit of a frame
+    without objects). A sample about a track carries that track's detection only, so its verdict
+    is a verdict on the object; the edge applies it to every event of the track.
     """
     motion_area_fraction: _builtins.float
     """For a motion-without-detection sample: the share (0-1) of the frame the gate saw change in

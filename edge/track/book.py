@@ -13,7 +13,8 @@ rules); the book turns that into questions about objects:
   view), so the cloud judges the object at its most legible rather than at its first glimpse.
 - Motion without any detection is asked once per moving region: a change that overlaps, or comes
   within half its size of, a region asked about while motion goes on there (within `lost_after_s`)
-  is held back, and the region follows it (a thing moving across the view is one question).
+  is held back, and the region follows it (a thing moving across the view is one question). The
+  question names the region (`motion-N`, as its track_id); what the cloud finds there is one object.
 - In `per_frame` mode (the baselines that ask per frame, as Sedna does) the book asks nothing itself:
   the caller sends frames and tells the book which tracks each showed (`sent_frame`).
 
@@ -58,6 +59,7 @@ ENDED_KEPT = 2048  # ended tracks remembered for late verdicts, per book (the ol
 MOTION_REGION_REACH = 0.5  # a change within half its region's size of an asked region is the same motion
 HELD_TRACK_ASKED = "track_asked"
 HELD_MOTION_ASKED = "motion_region_asked"
+MOTION_PREFIX = "motion-"  # the track_id of a question about a moving region with no detection
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,9 @@ class _Track(Generic[F]):
 @dataclass(slots=True)
 class _Camera(Generic[F]):
     tracks: dict[str, _Track[F]] = field(default_factory=dict)
-    motion: list[tuple[tuple[float, float, float, float], float]] = field(default_factory=list)
+    # moving regions asked about: (box, last seen moving, region id)
+    motion: list[tuple[tuple[float, float, float, float], float, str]] = field(default_factory=list)
+    regions: int = 0
 
 
 class TrackBook(Generic[F]):
@@ -242,8 +246,8 @@ class TrackBook(Generic[F]):
         asked_about: Detection | None,
     ) -> list[TrackEvent]:
         """A verdict on a sample about `track_id` ("" for none): the events it makes, for the whole track."""
-        if not track_id:
-            return self._frame_verdict(camera_id, frame_seq, captured_at, verdict, asked_about)
+        if not track_id or track_id.startswith(MOTION_PREFIX):
+            return self._frame_verdict(camera_id, frame_seq, captured_at, verdict, track_id or None)
         track = self._find(camera_id, track_id)
         if track is None:
             if asked_about is None:
@@ -254,9 +258,11 @@ class TrackBook(Generic[F]):
         return self._judge(track, verdict)
 
     def _frame_verdict(
-        self, camera_id: str, frame_seq: int, captured_at: float, verdict: EdgeVerdict, asked_about: Detection | None
+        self, camera_id: str, frame_seq: int, captured_at: float, verdict: EdgeVerdict, region: str | None
     ) -> list[TrackEvent]:
-        """A verdict on a whole frame (per_frame mode, motion, an empty audit): confirmed labels confirm its tracks."""
+        """A verdict on a whole frame (per_frame mode, an empty audit) or on a moving region: confirmed labels
+        confirm the tracks the frame showed; what the cloud found that no track explains is an object of its
+        own, one per moving region (its later verdicts update it)."""
         if verdict.decision != "confirmed":
             return []
         shown = self._sent_frames.pop((camera_id, frame_seq), ())
@@ -268,12 +274,19 @@ class TrackBook(Generic[F]):
             if track is not None and label in confirmed and track.verdict != "rejected":
                 explained.add(label)
                 events.extend(self._judge(track, verdict))
-        for detection in verdict.detections:
+        found = sorted((d for d in verdict.detections if d.label not in explained), key=lambda d: -d.score)
+        if region is not None:
+            found = found[:1]  # one moving region, one object: the cloud's best view of it
+        for detection in found:
             if detection.label in explained:
                 continue
             # Something the edge did not track (motion without detection, a miss): an object of its own.
             explained.add(detection.label)
-            track = self._orphan(camera_id, f"cloud-{frame_seq}-{detection.label}", detection, frame_seq, captured_at)
+            name = region or f"cloud-{frame_seq}-{detection.label}"
+            track = self._find(camera_id, name) or self._orphan(camera_id, name, detection, frame_seq, captured_at)
+            if track.announced:  # the region asked again and the cloud saw it again: where it is now
+                track.label, track.box, track.frame_seq = detection.label, detection.box, frame_seq
+                track.last_seen = max(track.last_seen, captured_at)
             events.extend(self._judge(track, verdict))
         return events
 
@@ -380,12 +393,17 @@ class TrackBook(Generic[F]):
         assert decision.reason is not None
         if decision.reason == "motion_without_detection" and motion_box is not None:
             box = (float(motion_box[0]), float(motion_box[1]), float(motion_box[2]), float(motion_box[3]))
-            camera.motion = [(b, t) for b, t in camera.motion if captured_at - t <= self.lost_after_s]
-            for i, (region, _) in enumerate(camera.motion):
+            camera.motion = [m for m in camera.motion if captured_at - m[1] <= self.lost_after_s]
+            for i, (region, _, name) in enumerate(camera.motion):
                 if _near(region, box):
-                    camera.motion[i] = (box, captured_at)  # the motion goes on there, or moved on: same question
+                    # The motion goes on there, or moved on: the same question.
+                    camera.motion[i] = (box, captured_at, name)
                     return HELD_MOTION_ASKED
-            camera.motion.append((box, captured_at))
+            camera.regions += 1
+            name = f"{MOTION_PREFIX}{camera.regions}"
+            camera.motion.append((box, captured_at, name))
+            asks.append(AskRequest(camera_id, name, frame, (), decision.reason, decision.detail, decision.priority))
+            return None
         asks.append(AskRequest(camera_id, None, frame, (), decision.reason, decision.detail, decision.priority))
         return None
 

@@ -50,6 +50,8 @@ def test_occupancy_is_on_while_an_object_is_tracked_and_off_when_the_last_one_en
     assert occupancy(messages) == [b"OFF"]
     last = [json.loads(p) for t, p, _ in messages if t == "edgeglm/gw/cam0/last_event"]
     assert last == [event("end", "2")]
+    # A verdict that comes after the object left updates it, and does not bring it back.
+    assert occupancy(state.on_event(event("update", "2", verdict="confirmed"))) == []
 
 
 def test_a_withdrawn_or_relabelled_object_leaves_its_labels_count() -> None:

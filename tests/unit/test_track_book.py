@@ -232,7 +232,7 @@ def test_motion_without_detection_asks_once_per_moving_region() -> None:
     for i in range(10):
         run.frame([], motion, motion=(100 + i, 100, 200 + i, 200))  # one region, drifting
     run.frame([], motion, motion=(400, 300, 500, 400))  # somewhere else
-    assert [(a[0], a[1]) for a in run.asks] == [(None, 0), (None, 10)]
+    assert [(a[0], a[1]) for a in run.asks] == [("motion-1", 0), ("motion-2", 10)]
     assert run.held[1:10] == [HELD_MOTION_ASKED] * 9
     run.skip(30)  # the motion stopped; when it comes back there, it is a new question
     run.frame([], motion, motion=(100, 100, 200, 200))
@@ -278,3 +278,19 @@ def test_a_track_waiting_for_its_answer_does_not_ask_again_even_when_its_label_c
     run.answer("1", verdict("unsure"), asked)
     run.frame([Tracked("1", det(0.45, label="dog"))], hard())
     assert [a[1] for a in run.asks] == [0, 2]
+
+
+def test_what_the_cloud_finds_in_a_moving_region_is_one_object_however_often_it_is_asked() -> None:
+    run = Run()
+    motion = hard("motion_without_detection")
+    run.frame([], motion, motion=(100, 100, 200, 200))
+    run.skip(30)  # the motion stopped, then came back in the same region: asked again, same object
+    assert [a[0] for a in run.asks] == ["motion-1"]
+    first = run.answer("motion-1", verdict("confirmed", det(0.7, x=110.0), det(0.4, label="cup")), det(0.0))
+    assert [(e["type"], e["track_id"], e["label"], e["source"]) for e in first] == [
+        ("new", "motion-1", "cat", "cloud"),
+        ("end", "motion-1", "cat", "cloud"),
+    ]
+    again = run.answer("motion-1", verdict("confirmed", det(0.8, x=120.0)), det(0.0))
+    assert [(e["type"], e["track_id"], e["box"][0]) for e in again] == [("update", "motion-1", 120.0)]
+    assert run.answer("motion-1", verdict("rejected"), det(0.0)) == []
