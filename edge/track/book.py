@@ -193,7 +193,7 @@ class TrackBook(Generic[F]):
             held_back = self._ask_hard(
                 camera, camera_id, captured_at, tracked, decision, policy, frame, motion_box, asks
             )
-        asks.extend(self._close_windows(camera, captured_at, force=False))
+        asks.extend(self._close_windows(camera, captured_at))
         events.extend(self._end_lost(camera, captured_at, asks))
         return FrameOutcome(events, asks, held_back)
 
@@ -202,7 +202,7 @@ class TrackBook(Generic[F]):
         camera = self._cameras.get(camera_id)
         if camera is None:
             return FrameOutcome([], [])
-        asks = self._close_windows(camera, captured_at, force=False)
+        asks = self._close_windows(camera, captured_at)
         events = self._end_lost(camera, captured_at, asks)
         return FrameOutcome(events, asks)
 
@@ -211,7 +211,7 @@ class TrackBook(Generic[F]):
         events: list[TrackEvent] = []
         asks: list[AskRequest[F]] = []
         for camera in self._cameras.values():
-            asks.extend(self._close_windows(camera, math.inf, force=True))
+            asks.extend(self._close_windows(camera, math.inf))
             events.extend(self._end_lost(camera, math.inf, asks))
         return FrameOutcome(events, asks)
 
@@ -417,33 +417,29 @@ class TrackBook(Generic[F]):
         interval = policy.resend_interval_s
         return track.verdict == "unsure" and interval > 0 and captured_at - track.asked_at >= interval
 
-    def _close_windows(self, camera: _Camera[F], captured_at: float, *, force: bool) -> list[AskRequest[F]]:
-        asks: list[AskRequest[F]] = []
-        for track in camera.tracks.values():
-            if track.best is None or track.window_opened is None:
-                continue
-            if force or captured_at - track.window_opened >= self.ask_window_s:
-                best = track.best
-                track.best = track.window_opened = None
-                asks.append(
-                    AskRequest(
-                        track.camera_id,
-                        track.track_id,
-                        best.frame,
-                        (best.detection,),
-                        best.reason,
-                        best.detail,
-                        best.priority,
-                    )
-                )
-        return asks
+    def _close_windows(self, camera: _Camera[F], captured_at: float) -> list[AskRequest[F]]:
+        """The questions whose window has passed at `captured_at` (math.inf: every open one)."""
+        return [
+            self._ask_best(track)
+            for track in camera.tracks.values()
+            if track.window_opened is not None and captured_at - track.window_opened >= self.ask_window_s
+        ]
+
+    def _ask_best(self, track: _Track[F]) -> AskRequest[F]:
+        """Close the track's window: the question with the best frame it gave."""
+        best = track.best
+        assert best is not None
+        track.best = track.window_opened = None
+        return AskRequest(
+            track.camera_id, track.track_id, best.frame, (best.detection,), best.reason, best.detail, best.priority
+        )
 
     def _end_lost(self, camera: _Camera[F], captured_at: float, asks: list[AskRequest[F]]) -> list[TrackEvent]:
         events: list[TrackEvent] = []
         for track_id in [i for i, t in camera.tracks.items() if captured_at - t.last_seen > self.lost_after_s]:
             track = camera.tracks.pop(track_id)
             if track.best is not None:  # the object left during its window: ask with the best frame it gave
-                asks.extend(self._close_windows(_Camera(tracks={track_id: track}), captured_at, force=True))
+                asks.append(self._ask_best(track))
             if track.announced and track.verdict != "rejected":
                 events.append(self._event("end", track))
             self._ended[(track.camera_id, track_id)] = track

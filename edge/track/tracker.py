@@ -51,7 +51,10 @@ class CameraTracker:
     def __init__(self, *, new_track_score: float, match_diou: float, lost_after_s: float, frame_rate: float) -> None:
         """Detections scoring `new_track_score` or more start tracks; weaker ones only continue them."""
         # Imported here: supervision, which trackers uses for its detection type, is a heavy import.
+        import supervision
         from trackers import ByteTrackTracker
+
+        self._sv = supervision
         from trackers.utils.iou import DIoU
 
         self._similarity = DIoU()
@@ -79,8 +82,7 @@ class CameraTracker:
 
     def update(self, detections: Sequence[Detection], captured_at: float) -> list[Tracked]:
         """The frame's detections with their track names; those that belong to no track are left out."""
-        import supervision as sv
-
+        sv = self._sv
         if self._last_t is not None and captured_at <= self._last_t:
             # The library skips a frame whose time does not move forward; nudge it so none is lost.
             captured_at = self._last_t + 1e-3
