@@ -122,6 +122,7 @@ class EdgeAgent:
         # The latest latencies, for the run summary the simulation reads; bounded for a long-lived daemon.
         self._verdict_latencies_ms: deque[float] = deque(maxlen=LATENCY_RECORDS)
         self._local_latencies_ms: deque[float] = deque(maxlen=LATENCY_RECORDS)
+        self._round_trips_ms: deque[float] = deque(maxlen=LATENCY_RECORDS)
         self._verdicts_unmatched = 0
         self.status = StatusBuilder(config.edge_id, config.site_id, self.metrics)
         handlers = UplinkHandlers(
@@ -275,6 +276,7 @@ class EdgeAgent:
             "verdicts_unmatched": self._verdicts_unmatched,
             "verdict_latency_ms": list(self._verdict_latencies_ms),
             "local_latency_ms": list(self._local_latencies_ms),
+            "round_trip_ms": list(self._round_trips_ms),
         }
         write_atomic(self.config.state_dir / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
 
@@ -423,7 +425,20 @@ class EdgeAgent:
         return buffer.tobytes() if ok else None
 
     async def _send(self, ask: AskRequest[HeldFrame]) -> bool:
-        """Encode the frame (or crop) as the policy says and put the sample in the outbox; whether it was kept."""
+        """Encode the frame (or crop) as the policy says and put the sample in the outbox; whether it was kept.
+
+        Once counted as mined, a sample ends in the outbox or counted as dropped, never neither: a shutdown
+        that cancels the caller half-way waits for the store to finish (one encode and one insert).
+        """
+        self.metrics.mined.labels(ask.reason).inc()
+        store = asyncio.ensure_future(self._store(ask))
+        try:
+            return await asyncio.shield(store)
+        except asyncio.CancelledError:
+            await asyncio.wait([store])
+            raise
+
+    async def _store(self, ask: AskRequest[HeldFrame]) -> bool:
         loop = asyncio.get_running_loop()
         uplink_policy = self.policy.uplink
         held = ask.frame
@@ -431,7 +446,6 @@ class EdgeAgent:
         # A question about a track carries that track's detection; one about a moving region nothing (it is
         # about what the edge did not see); one about a whole frame everything the frame holds.
         detections = list(ask.detections) if ask.track_id is not None else held.detections
-        self.metrics.mined.labels(ask.reason).inc()
         jpeg, crop = await loop.run_in_executor(
             None,
             convert.encode_sample_image,
@@ -517,12 +531,14 @@ class EdgeAgent:
         """The sample leaves the outbox; confirmed objects become events marked as the cloud's."""
         summary = convert.verdict_summary(verdict)
         self.metrics.verdicts.labels(summary.decision).inc()
-        item = await self.dispatcher.on_verdict(verdict.sample_id)
-        if item is None:  # a second verdict for one sample (a resend crossed the first answer)
+        answered = await self.dispatcher.on_verdict(verdict.sample_id)
+        if answered is None:  # a second verdict for one sample (a resend crossed the first answer)
             self._verdicts_unmatched += 1
             return
         self._outbox_samples = max(0, self._outbox_samples - 1)
-        sample = item.sample()
+        self.metrics.cloud_round_trip.observe(answered.round_trip_s)
+        self._round_trips_ms.append(round(answered.round_trip_s * 1000, 2))
+        sample = answered.item.sample()
         captured_at = convert.seconds_of(sample.captured_at)
         latency_s = max(0.0, time.time() - captured_at)
         self.metrics.verdict_latency.observe(latency_s)

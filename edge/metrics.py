@@ -95,6 +95,12 @@ class EdgeMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
             registry=r,
         )
+        self.cloud_round_trip = Histogram(
+            "edgeglm_edge_cloud_round_trip_seconds",
+            "From a sample's last send to its verdict: the link and the cloud, without the edge's own wait.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+            registry=r,
+        )
         self.policy_version = Gauge("edgeglm_edge_policy_version", "Version of the policy in force.", registry=r)
         self.policies_applied = Counter("edgeglm_edge_policies_applied", "Policies applied.", registry=r)
         self.policies_rejected = Counter(

@@ -58,6 +58,15 @@ class InFlight:
     sends: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A sample whose verdict came, with how long the last send took to be answered."""
+
+    item: OutboxItem
+    round_trip_s: float  # from its last send to its verdict: the link and the cloud, not the edge's own queue
+    sends: int
+
+
 class Dispatcher:
     """Moves samples from the outbox to an uplink at the budgeted rate and tracks them to their verdict."""
 
@@ -161,13 +170,16 @@ class Dispatcher:
         await self._remove(ack.sample_id)
         self._wake.set()
 
-    async def on_verdict(self, sample_id: str) -> OutboxItem | None:
+    async def on_verdict(self, sample_id: str) -> Answered | None:
         """The sample's verdict came: it leaves the outbox. Returns what was in flight (None: not ours)."""
         entry = self._in_flight.pop(sample_id, None)
+        answered_at = self._clock()
         await self._remove(sample_id)
         self._metrics.samples_in_flight.set(len(self._in_flight))
         self._wake.set()
-        return entry.item if entry is not None else None
+        if entry is None:
+            return None
+        return Answered(entry.item, max(0.0, answered_at - entry.sent_at), entry.sends)
 
     async def run(self) -> None:
         """Until cancelled."""

@@ -244,6 +244,7 @@ def summarise(out: Path, cameras: list[CameraRun], spec: FleetSpec) -> dict[str,
     latencies = [v for s in per_edge.values() for v in s.pop("verdict_latency_ms")]
     for s in per_edge.values():
         s.pop("local_latency_ms", None)
+        s.pop("round_trip_ms", None)
     frames, all_bytes = cloud_only_bytes(cameras, spec.jpeg_quality)
     score = score_events(cameras, events)
     uplink = int(sum(s["uplink_bytes"] for s in per_edge.values()))

@@ -57,6 +57,7 @@ def measure_mode(run: ModeRun, cameras: list[CameraRun], scenario: Scenario, fra
     summaries = run.edge_summaries.values()
     verdict_ms = [v for s in summaries for v in s.get("verdict_latency_ms", [])]
     local_ms = [v for s in summaries for v in s.get("local_latency_ms", [])]
+    round_trip_ms = [v for s in summaries for v in s.get("round_trip_ms", [])]
     mined = sum(int(s["samples_mined"]) for s in summaries)
     backlog = sum(int(s.get("samples_unacknowledged", 0)) for s in summaries)
     received = sum(run.cloud_received.get(edge, 0) for edge in run.edge_summaries)
@@ -85,6 +86,7 @@ def measure_mode(run: ModeRun, cameras: list[CameraRun], scenario: Scenario, fra
         **accuracy(cameras, run.folder),
         "verdict_latency_ms": percentiles(verdict_ms),
         "local_latency_ms": percentiles(local_ms),
+        "round_trip_ms": percentiles(round_trip_ms),
         "cloud_model_seconds": round(model_seconds, 3),
         "cloud_batches": int(run.cloud_metrics.get("batches", 0)),
         "cost_per_1000_frames_usd": round(cost * 1000, 5),

@@ -10,11 +10,15 @@ import asyncio
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cloud.service import CloudService
-from edge.agent import EdgeAgent
+from edge.agent import EdgeAgent, HeldFrame
+from edge.gate.frame_gate import GateResult
+from edge.sources.frame import Frame
 from edge.status import counter_total
+from edge.track.book import AskRequest
 from tests.helpers.agents import cloud_config, edge_config, every_frame, make_agent_clip
 from tests.helpers.broker import MosquittoBroker, free_port, running_broker
 from tests.helpers.policy_keys import generate_keypair
@@ -154,3 +158,25 @@ async def test_no_sample_is_lost_when_the_broker_restarts_mid_run(tmp_path: Path
             await service.stop()
     assert agent._outbox_samples == 0
     assert stored == counter_total(agent.metrics.mined)
+
+
+async def test_a_question_cancelled_half_way_by_a_shutdown_still_reaches_the_outbox(tmp_path: Path, clip: Path) -> None:
+    # The shutdown cancels the camera and detect tasks; one of them may be encoding a question at that
+    # moment. Counted as mined, the sample must end in the outbox (or counted as dropped), never neither.
+    generate_keypair(tmp_path / "keys", "policy-signing")
+    config = edge_config(tmp_path, clip, free_port(), "gw-cancel", initial=every_frame(), ask="per_frame")
+    agent = EdgeAgent(config)
+    await agent.outbox.open()
+    try:
+        image = np.full((480, 640, 3), 90, np.uint8)
+        held = HeldFrame(Frame("cam0", 7, time.time(), image), [], GateResult(True, 0.2, (10, 10, 200, 200)))
+        ask = AskRequest("cam0", None, held, (), "motion_without_detection", "test", 0.5)
+        sending = asyncio.create_task(agent._send(ask))
+        await asyncio.sleep(0)  # one turn of the loop: the task is now awaiting the encode in a thread
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        assert counter_total(agent.metrics.mined) == 1
+        assert (await agent.outbox.stats()).samples == 1
+    finally:
+        await agent.outbox.close()

@@ -139,8 +139,10 @@ async def test_an_accepted_ack_keeps_the_sample_and_its_verdict_removes_it(rig: 
     assert await rig.held() == 1
     assert rig.dispatcher.in_flight == 1
 
-    item = await rig.dispatcher.on_verdict("s-1")
-    assert item is not None and item.sample() == pb
+    rig.clock.now += 0.25
+    answered = await rig.dispatcher.on_verdict("s-1")
+    assert answered is not None and answered.item.sample() == pb
+    assert answered.round_trip_s == pytest.approx(0.25) and answered.sends == 1
     assert await rig.held() == 0
     assert rig.dispatcher.in_flight == 0
     assert await rig.dispatcher.on_verdict("s-1") is None  # a second verdict is not ours
@@ -185,6 +187,10 @@ async def test_a_late_verdict_and_a_late_ack_send_the_sample_again(rig: Rig) -> 
     rig.clock.now += 2
     await until(lambda: len(rig.uplink.sent) == 3, "sent again when the verdict is 120 s late")
     assert counter(rig.metrics, "edgeglm_edge_samples_resent_total", reason="no_verdict") == 1
+    rig.clock.now += 0.5
+    answered = await rig.dispatcher.on_verdict("s-1")
+    assert answered is not None and answered.sends == 3
+    assert answered.round_trip_s == pytest.approx(0.5)  # from the send it answers, not the first one
 
 
 async def test_overload_defers_the_sample_and_pauses_new_ones_until_retry_after(rig: Rig) -> None:
