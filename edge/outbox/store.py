@@ -68,11 +68,8 @@ class Outbox:
         if not sample.sample_id:
             raise ValueError("a sample without sample_id cannot go in the outbox (it is the idempotency key)")
         data = sample.SerializeToString()
-        result = await self._run("put", self._db.put, sample.sample_id, _priority(sample), _captured_at(sample), data)
-        if result.evicted:
-            self._count(DROP_EVICTED, len(result.evicted))
-            self._report_eviction(len(result.evicted))
-        return result.evicted
+        priority, captured_at = _priority(sample), _captured_at(sample)
+        return await self._run("put", self._put_counted, sample.sample_id, priority, captured_at, data)
 
     async def next_batch(
         self, limit: int, order: ReplayOrder = "priority", exclude: Set[str] = frozenset()
@@ -115,6 +112,15 @@ class Outbox:
     async def close(self) -> None:
         """Finish queued calls, close the file and its thread; again is a no-op."""
         await self._thread.close(self._db.close)
+
+    def _put_counted(self, sample_id: str, priority: float, created_at: float, data: bytes) -> list[str]:
+        # On the SQLite thread: evicted rows are counted where they go, also when the caller awaiting this
+        # put is cancelled meanwhile (the agent's shutdown deadline), as the put still completes there.
+        result = self._db.put(sample_id, priority, created_at, data)
+        if result.evicted:
+            self._count(DROP_EVICTED, len(result.evicted))
+            self._report_eviction(len(result.evicted))
+        return result.evicted
 
     def _report_eviction(self, n: int) -> None:
         self._evicted_unreported += n
