@@ -7,7 +7,8 @@ drops `loss` of the packets each way (`numgen random`) and, during an outage win
 (rules added at the window's start and flushed at its end by a task on the proxy loop). This kernel
 has no netem, so delay and jitter come from the userspace proxy, listening on 10.199.0.1 for the
 edge and forwarding to the real upstream on loopback. One emulator per machine at a time (a lock
-file): the holder removes a crashed run's `eglm-*` leftovers first, and everything it made at exit.
+file): the holder removes a crashed run's `eglm-*` leftovers first, and everything it made at exit;
+`machine_lock()` holds it for whoever checks that nothing was left (no emulator can be running then).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -102,6 +104,41 @@ def remove_leftovers() -> list[str]:
             run(["ip", "link", "del", match.group(1)], check=False)
             removed.append(match.group(1))
     return removed
+
+
+def _open_lock() -> int:
+    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _lock_busy() -> RuntimeError:
+    return RuntimeError(f"another netns link emulator holds {LOCK_PATH} for more than {LOCK_TIMEOUT_S:.0f} s")
+
+
+@contextlib.contextmanager
+def machine_lock() -> Iterator[None]:
+    """Hold the lock every emulator holds for its whole life (waiting up to LOCK_TIMEOUT_S for a running one).
+
+    While it is held no emulator runs on this machine, so any `eglm-*` object there is a leftover.
+    """
+    fd = _open_lock()
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while not _try_lock(fd):
+            if time.monotonic() > deadline:
+                raise _lock_busy()
+            time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def eglm_namespaces() -> list[str]:
@@ -335,20 +372,13 @@ class NetnsEmulator(ProxyEmulator):
         run(["ip", "link", "set", BRIDGE, "up"])
 
     async def _acquire_lock(self) -> None:
-        LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock()
         deadline = time.monotonic() + LOCK_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise RuntimeError(
-                        f"another netns link emulator holds {LOCK_PATH} for more than {LOCK_TIMEOUT_S:.0f} s"
-                    ) from None
-                await asyncio.sleep(0.2)
+        while not _try_lock(fd):
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise _lock_busy()
+            await asyncio.sleep(0.2)
         self._lock_fd = fd
 
     def _remove_all(self) -> None:

@@ -17,6 +17,9 @@ from cloud.metrics import CloudMetrics
 from sim.glm.evaluate import EvalCase, held_out_cases
 from tests.helpers.glm_models import WORLD_GLM, agreement_bound, save_random_glm
 
+# torch on every core, under deadlines sized for one model at a time (tests/conftest.py).
+pytestmark = pytest.mark.one_at_a_time("glm")
+
 # Test-split frames whose crops the world GLM is asked about here (a fixed, seeded set).
 AGREEMENT_FRAMES = 12
 

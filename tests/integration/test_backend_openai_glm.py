@@ -26,6 +26,9 @@ from sim.openai_glm import GlmGenerator
 from sim.openai_server import ServerStats, create_app, serving
 from tests.helpers.backends import judgements
 
+# torch on every core, under deadlines sized for one model at a time (tests/conftest.py).
+pytestmark = pytest.mark.one_at_a_time("glm")
+
 WORLD_GLM = Path(__file__).resolve().parents[2] / "sim" / "models" / "glm-world"
 MODEL = "glm-world"
 # Test-split frames whose crops are asked about (a fixed, seeded set; the glm backend's test uses the same).

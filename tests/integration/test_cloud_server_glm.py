@@ -23,6 +23,9 @@ from sim.glm.evaluate import EvalCase, held_out_cases
 from tests.helpers.cloud import channel, counter, open_session, read, running
 from tests.helpers.glm_models import WORLD_GLM, agreement_bound
 
+# torch on every core, under deadlines sized for one model at a time (tests/conftest.py).
+pytestmark = pytest.mark.one_at_a_time("glm")
+
 CONCURRENT = 16
 BATCH = 8
 # CPU inference of a batch of 8 on two shared cores: seconds, not milliseconds.

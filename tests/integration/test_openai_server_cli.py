@@ -18,6 +18,9 @@ from cloud.backends import OpenAIBackend, OpenAIBackendConfig
 from sim.glm.evaluate import held_out_cases
 from tests.helpers.backends import judgements
 
+# torch on every core, under deadlines sized for one model at a time (tests/conftest.py).
+pytestmark = pytest.mark.one_at_a_time("glm")
+
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
 

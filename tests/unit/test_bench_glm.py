@@ -11,6 +11,9 @@ from typer.testing import CliRunner
 from bench.glm import app
 from tests.helpers.glm_models import save_random_glm
 
+# torch on every core, under deadlines sized for one model at a time (tests/conftest.py).
+pytestmark = pytest.mark.one_at_a_time("glm")
+
 
 @pytest.mark.slow
 def test_the_report_has_both_sides_and_their_ratio(tmp_path: Path) -> None:
