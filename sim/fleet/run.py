@@ -42,11 +42,23 @@ class FleetSpec:
     jpeg_quality: int = 80
 
 
+# Ports free_port has handed out in this process (a few per program started).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nothing listens on right now, and none that this process handed out before.
+
+    A port probed with bind(0) is free again once the probe closes, so the next probe can return it:
+    a run takes several before any is bound (a cloud's gRPC and admin ports came out the same).
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def fleet_policy(watch_list: list[str], low: float, high: float, jpeg_quality: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from sim.fleet.broker import HOST, mosquitto_binary, mosquitto_config
+from sim.fleet.run import free_port as fleet_free_port
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
@@ -43,11 +44,8 @@ def require_mosquitto() -> str:
 
 
 def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A TCP port free on loopback right now, never one handed out before in this process."""
+    return fleet_free_port()
 
 
 class MosquittoBroker:
