@@ -94,6 +94,7 @@ def test_a_scenario_run_writes_the_report_with_every_figure_per_mode(tmp_path: P
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # two latencies compared side by side: nothing else may load the machine meanwhile
 def test_inproc_and_netns_agree_on_bytes_and_median_latency(tmp_path: Path) -> None:
     available, why = netns_available()
     if not available:
