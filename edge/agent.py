@@ -14,10 +14,8 @@ import functools
 import json
 import logging
 import time
-import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import cv2
 
@@ -36,6 +34,7 @@ from edge.outbox import Outbox, OutboxError
 from edge.policy.settings import EdgePolicy
 from edge.policy.signing import load_public_key
 from edge.policy.store import PolicyStore
+from edge.questions import HeldFrame, area_share, sample_for
 from edge.sources import CameraSource, Frame
 from edge.status import StatusBuilder, counter_total
 from edge.track import AskRequest, CameraTracker, TrackBook, TrackEvent
@@ -52,20 +51,6 @@ CLOSE_SHARE = 0.25  # ... and at most this share of it
 MIN_CLOSE_S = 0.5  # the transport gets this even when the deadline has passed (an offline status to say)
 LATENCY_RECORDS = 100_000  # latencies kept for the run summary (the newest)
 SNAPSHOT_QUALITY = 80  # JPEG quality of event snapshots
-
-
-@dataclass(frozen=True, slots=True)
-class HeldFrame:
-    """What a question about a frame needs to become a sample: the frame, its detections, where it changed."""
-
-    frame: Frame
-    detections: list[Detection]
-    gate: GateResult
-
-    @property
-    def motion_box(self) -> tuple[int, int, int, int] | None:
-        """Where the gate saw change."""
-        return self.gate.changed_box
 
 
 class EdgeAgent:
@@ -367,7 +352,7 @@ class EdgeAgent:
         assert self._miner is not None
         tracked = self._tracker(frame.camera_id).update(detections, frame.captured_at)
         context = MiningContext(
-            frame.camera_id, frame.seq, gate.motion, detections, frame.captured_at, _area_share(gate, frame)
+            frame.camera_id, frame.seq, gate.motion, detections, frame.captured_at, area_share(gate, frame)
         )
         decision = self._miner.decide(context)
         held = HeldFrame(frame, detections, gate)
@@ -439,44 +424,16 @@ class EdgeAgent:
             raise
 
     async def _store(self, ask: AskRequest[HeldFrame]) -> bool:
-        loop = asyncio.get_running_loop()
-        uplink_policy = self.policy.uplink
-        held = ask.frame
-        frame = held.frame
-        # A question about a track carries that track's detection; one about a moving region nothing (it is
-        # about what the edge did not see); one about a whole frame everything the frame holds.
-        detections = list(ask.detections) if ask.track_id is not None else held.detections
-        jpeg, crop = await loop.run_in_executor(
+        sample = await asyncio.get_running_loop().run_in_executor(
             None,
-            convert.encode_sample_image,
-            frame.image,
-            detections,
-            uplink_policy.image_mode,
-            uplink_policy.jpeg_quality,
-            held.motion_box,
-        )
-        height, width = frame.image.shape[:2]
-        sample_id = f"{self.config.edge_id}-{frame.camera_id}-{frame.seq}-{uuid.uuid4().hex[:8]}"
-        sample = convert.build_sample(
-            sample_id=sample_id,
-            edge_id=self.config.edge_id,
-            camera_id=frame.camera_id,
-            frame_seq=frame.seq,
-            captured_at=frame.captured_at,
-            jpeg=jpeg,
-            crop=crop,
-            frame_size=(width, height),
-            jpeg_quality=uplink_policy.jpeg_quality,
-            detections=detections,
-            model_name=self.config.detector.model_path.stem,
-            model_version=self.config.model_version,
-            policy_version=self.policy.version,
-            reason=ask.reason,
-            detail=ask.detail,
-            priority=ask.priority,
-            trace_id=uuid.uuid4().hex,
-            track_id=ask.track_id or "",
-            motion_area_fraction=_area_share(held.gate, frame) if ask.reason == "motion_without_detection" else 0.0,
+            functools.partial(
+                sample_for,
+                ask,
+                self.policy,
+                edge_id=self.config.edge_id,
+                model_name=self.config.detector.model_path.stem,
+                model_version=self.config.model_version,
+            ),
         )
         # On disk before anything is sent: from here on the sample survives crashes and outages.
         try:
@@ -600,12 +557,3 @@ def _lowest_band(policy: EdgePolicy) -> float:
     """The lowest band low of the policy: detections from there up are objects (below, noise to every rule)."""
     mining = policy.mining
     return min([mining.default_band.low, *(band.low for band in mining.bands.values())])
-
-
-def _area_share(gate: GateResult, frame: Frame) -> float:
-    """The share (0-1) of the frame the gate's changed region covers (0 without one)."""
-    if gate.changed_box is None:
-        return 0.0
-    x1, y1, x2, y2 = gate.changed_box
-    height, width = frame.image.shape[:2]
-    return float(max(0, x2 - x1) * max(0, y2 - y1) / max(1, int(width) * int(height)))

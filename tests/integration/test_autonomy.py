@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from cloud.service import CloudService
-from edge.agent import EdgeAgent, HeldFrame
+from edge.agent import EdgeAgent
 from edge.gate.frame_gate import GateResult
+from edge.questions import HeldFrame
 from edge.sources.frame import Frame
 from edge.status import counter_total
 from edge.track.book import AskRequest
