@@ -362,7 +362,7 @@ class EdgeAgent:
             frame.captured_at,
             tracked,
             decision,
-            self.policy.mining,
+            self.policy.mining.for_camera(frame.camera_id),
             held,
             gate.changed_box,
         )

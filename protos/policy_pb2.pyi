@@ -189,6 +189,8 @@ class MiningSettings(_message.Message):
     RANDOM_AUDIT_RATE_FIELD_NUMBER: _builtins.int
     RESEND_INTERVAL_S_FIELD_NUMBER: _builtins.int
     MOTION_MIN_AREA_FRACTION_FIELD_NUMBER: _builtins.int
+    WATCH_REASK_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    CAMERAS_FIELD_NUMBER: _builtins.int
     uncertainty_band_enabled: _builtins.bool
     """Mine detections whose score falls in their class's uncertainty band."""
     ibt_enabled: _builtins.bool
@@ -224,6 +226,11 @@ class MiningSettings(_message.Message):
     (0-1) of the frame (0 = any motion); the closed loop raises it for an edge whose motion samples
     the cloud keeps rejecting.
     """
+    watch_reask_interval_s: _builtins.float
+    """Seconds (0-86400) after which an object of a watched label that the cloud confirmed is asked
+    about again, so a long stay is checked anew (0 = never: one question per object). An unsure
+    answer asks again after resend_interval_s as for every object.
+    """
     @_builtins.property
     def uncertainty_bands(self) -> _containers.RepeatedCompositeFieldContainer[Global___UncertaintyBand]:
         """Per-class bands, at most one per label."""
@@ -235,6 +242,12 @@ class MiningSettings(_message.Message):
     @_builtins.property
     def watch_list_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Class labels that always go up when detected at or above their band's low."""
+
+    @_builtins.property
+    def cameras(self) -> _containers.RepeatedCompositeFieldContainer[Global___CameraMining]:
+        """Per-camera values of the rules the closed loop sizes for each camera, at most one entry per
+        camera; what an entry leaves unset keeps the value above.
+        """
 
     def __init__(
         self,
@@ -254,14 +267,61 @@ class MiningSettings(_message.Message):
         random_audit_rate: _builtins.float = ...,
         resend_interval_s: _builtins.float = ...,
         motion_min_area_fraction: _builtins.float = ...,
+        watch_reask_interval_s: _builtins.float = ...,
+        cameras: _abc.Iterable[Global___CameraMining] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_uncertainty_band", b"default_uncertainty_band"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cross_entropy_enabled", b"cross_entropy_enabled", "cross_entropy_threshold", b"cross_entropy_threshold", "default_uncertainty_band", b"default_uncertainty_band", "ibt_box_score_threshold", b"ibt_box_score_threshold", "ibt_enabled", b"ibt_enabled", "ibt_image_fraction_threshold", b"ibt_image_fraction_threshold", "motion_min_area_fraction", b"motion_min_area_fraction", "motion_without_detection_enabled", b"motion_without_detection_enabled", "random_audit_enabled", b"random_audit_enabled", "random_audit_rate", b"random_audit_rate", "resend_interval_s", b"resend_interval_s", "uncertainty_band_enabled", b"uncertainty_band_enabled", "uncertainty_bands", b"uncertainty_bands", "watch_list_enabled", b"watch_list_enabled", "watch_list_labels", b"watch_list_labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cameras", b"cameras", "cross_entropy_enabled", b"cross_entropy_enabled", "cross_entropy_threshold", b"cross_entropy_threshold", "default_uncertainty_band", b"default_uncertainty_band", "ibt_box_score_threshold", b"ibt_box_score_threshold", "ibt_enabled", b"ibt_enabled", "ibt_image_fraction_threshold", b"ibt_image_fraction_threshold", "motion_min_area_fraction", b"motion_min_area_fraction", "motion_without_detection_enabled", b"motion_without_detection_enabled", "random_audit_enabled", b"random_audit_enabled", "random_audit_rate", b"random_audit_rate", "resend_interval_s", b"resend_interval_s", "uncertainty_band_enabled", b"uncertainty_band_enabled", "uncertainty_bands", b"uncertainty_bands", "watch_list_enabled", b"watch_list_enabled", "watch_list_labels", b"watch_list_labels", "watch_reask_interval_s", b"watch_reask_interval_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MiningSettings: _TypeAlias = MiningSettings  # noqa: Y015
+
+@_typing.final
+class CameraMining(_message.Message):
+    """Mining values for one camera of the edge (the closed loop sizes them from that camera's verdicts)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMERA_ID_FIELD_NUMBER: _builtins.int
+    MOTION_MIN_AREA_FRACTION_FIELD_NUMBER: _builtins.int
+    RANDOM_AUDIT_RATE_FIELD_NUMBER: _builtins.int
+    WATCH_REASK_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    camera_id: _builtins.str
+    """The camera these values are for, as the edge's config names it."""
+    motion_min_area_fraction: _builtins.float
+    """This camera's motion_min_area_fraction (0-1)."""
+    random_audit_rate: _builtins.float
+    """This camera's random_audit_rate (0-1)."""
+    watch_reask_interval_s: _builtins.float
+    """This camera's watch_reask_interval_s (0-86400)."""
+    def __init__(
+        self,
+        *,
+        camera_id: _builtins.str = ...,
+        motion_min_area_fraction: _builtins.float | None = ...,
+        random_audit_rate: _builtins.float | None = ...,
+        watch_reask_interval_s: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_motion_min_area_fraction", b"_motion_min_area_fraction", "_random_audit_rate", b"_random_audit_rate", "_watch_reask_interval_s", b"_watch_reask_interval_s", "motion_min_area_fraction", b"motion_min_area_fraction", "random_audit_rate", b"random_audit_rate", "watch_reask_interval_s", b"watch_reask_interval_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_motion_min_area_fraction", b"_motion_min_area_fraction", "_random_audit_rate", b"_random_audit_rate", "_watch_reask_interval_s", b"_watch_reask_interval_s", "camera_id", b"camera_id", "motion_min_area_fraction", b"motion_min_area_fraction", "random_audit_rate", b"random_audit_rate", "watch_reask_interval_s", b"watch_reask_interval_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__motion_min_area_fraction: _TypeAlias = _typing.Literal["motion_min_area_fraction"]  # noqa: Y015
+    _WhichOneofArgType__motion_min_area_fraction: _TypeAlias = _typing.Literal["_motion_min_area_fraction", b"_motion_min_area_fraction"]  # noqa: Y015
+    _WhichOneofReturnType__random_audit_rate: _TypeAlias = _typing.Literal["random_audit_rate"]  # noqa: Y015
+    _WhichOneofArgType__random_audit_rate: _TypeAlias = _typing.Literal["_random_audit_rate", b"_random_audit_rate"]  # noqa: Y015
+    _WhichOneofReturnType__watch_reask_interval_s: _TypeAlias = _typing.Literal["watch_reask_interval_s"]  # noqa: Y015
+    _WhichOneofArgType__watch_reask_interval_s: _TypeAlias = _typing.Literal["_watch_reask_interval_s", b"_watch_reask_interval_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__motion_min_area_fraction) -> _WhichOneofReturnType__motion_min_area_fraction | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__random_audit_rate) -> _WhichOneofReturnType__random_audit_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__watch_reask_interval_s) -> _WhichOneofReturnType__watch_reask_interval_s | None: ...
+
+Global___CameraMining: _TypeAlias = CameraMining  # noqa: Y015
 
 @_typing.final
 class UplinkSettings(_message.Message):

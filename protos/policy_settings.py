@@ -17,13 +17,15 @@ Floats read from the wire go through `protos.floats.f32`, so settings survive a 
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from protos import policy_pb2
 from protos.floats import f32
 
+_E = TypeVar("_E")
 ImageModeName = Literal["crop", "full_frame"]
 ReplayOrderName = Literal["newest_first", "oldest_first"]
 
@@ -74,6 +76,18 @@ class Band(_Strict):
         if self.low > self.high:
             raise ValueError(f"band low {self.low} is above high {self.high} (give both bounds, low <= high)")
         return self
+
+
+class CameraMining(_Strict):
+    """Mining values for one camera of the edge (the closed loop sizes them from that camera's verdicts)."""
+
+    motion_min_area_fraction: float | None = Field(
+        None, ge=0.0, le=1.0, description="This camera's motion_min_area_fraction (0-1)."
+    )
+    random_audit_rate: float | None = Field(None, ge=0.0, le=1.0, description="This camera's random_audit_rate (0-1).")
+    watch_reask_interval_s: float | None = Field(
+        None, ge=0.0, le=86_400.0, description="This camera's watch_reask_interval_s (0-86400)."
+    )
 
 
 class MiningSettings(_Strict):
@@ -138,15 +152,39 @@ class MiningSettings(_Strict):
         "keeps rejecting.",
     )
 
+    watch_reask_interval_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=86_400.0,
+        description="Seconds (0-86400) after which an object of a watched label that the cloud confirmed is asked "
+        "about again, so a long stay is checked anew (0 = never: one question per object). An unsure answer asks "
+        "again after resend_interval_s as for every object.",
+    )
+    cameras: dict[str, CameraMining] = Field(
+        default_factory=dict,
+        description="Per-camera values of the rules the closed loop sizes for each camera, at most one entry per "
+        "camera; what an entry leaves unset keeps the value above.",
+    )
+
     @model_validator(mode="after")
     def _labelled(self) -> Self:
         if any(not label for label in self.bands):
             raise ValueError("bands: a band has an empty label")
+        if any(not camera for camera in self.cameras):
+            raise ValueError("cameras: an entry has an empty camera id")
         return self
 
     def band_for(self, label: str) -> Band:
         """The band of one class."""
         return self.bands.get(label, self.default_band)
+
+    def for_camera(self, camera_id: str) -> MiningSettings:
+        """These settings with one camera's own values (`cameras`) in place of the edge-wide ones."""
+        entry = self.cameras.get(camera_id)
+        if entry is None:
+            return self
+        written = {name: value for name, value in entry.model_dump().items() if value is not None}
+        return self.model_copy(update=written) if written else self
 
 
 class UplinkSettings(_Strict):
@@ -248,6 +286,11 @@ def settings_to_pb(settings: PolicySettings, policy: policy_pb2.Policy) -> None:
             random_audit_rate=mining.random_audit_rate,
             resend_interval_s=mining.resend_interval_s,
             motion_min_area_fraction=mining.motion_min_area_fraction,
+            watch_reask_interval_s=mining.watch_reask_interval_s,
+            cameras=[
+                policy_pb2.CameraMining(camera_id=camera, **entry.model_dump(exclude_none=True))
+                for camera, entry in sorted(mining.cameras.items())
+            ],
         )
     )
     policy.uplink.CopyFrom(
@@ -294,14 +337,31 @@ def _band_from_pb(band: policy_pb2.UncertaintyBand) -> dict[str, float]:
     return {"low": f32(band.low), "high": f32(band.high)}
 
 
+def _keyed(entries: Iterable[_E], key: Callable[[_E], str], path: str, noun: str, where: str) -> dict[str, _E]:
+    """Repeated wire entries by their key (`noun`); an empty or repeated key is refused by name."""
+    keyed: dict[str, _E] = {}
+    for entry in entries:
+        name = key(entry)
+        if not name:
+            raise InvalidPolicyError(f"{where}: mining.{path}: an entry has an empty {noun}")
+        if name in keyed:
+            raise InvalidPolicyError(f"{where}: mining.{path}.{name}: {noun} appears more than once")
+        keyed[name] = entry
+    return keyed
+
+
 def _mining_from_pb(mining: policy_pb2.MiningSettings, base: PolicySettings, where: str) -> dict[str, Any]:
-    bands: dict[str, dict[str, float]] = {}
-    for band in mining.uncertainty_bands:
-        if not band.label:
-            raise InvalidPolicyError(f"{where}: mining.bands: a band has an empty label")
-        if band.label in bands:
-            raise InvalidPolicyError(f"{where}: mining.bands.{band.label}: label appears more than once")
-        bands[band.label] = _band_from_pb(band)
+    by_label = _keyed(mining.uncertainty_bands, lambda band: band.label, "bands", "label", where)
+    bands = {label: _band_from_pb(band) for label, band in by_label.items()}
+    by_camera = _keyed(mining.cameras, lambda entry: entry.camera_id, "cameras", "camera id", where)
+    cameras = {
+        camera: {
+            name: f32(getattr(entry, name))
+            for name in CameraMining.model_fields
+            if entry.HasField(name)  # type: ignore[arg-type]  # the model's fields are the message's optionals
+        }
+        for camera, entry in by_camera.items()
+    }
     default_band = (
         _band_from_pb(mining.default_uncertainty_band)
         if mining.HasField("default_uncertainty_band")
@@ -323,6 +383,8 @@ def _mining_from_pb(mining: policy_pb2.MiningSettings, base: PolicySettings, whe
         "random_audit_rate": f32(mining.random_audit_rate),
         "resend_interval_s": f32(mining.resend_interval_s),
         "motion_min_area_fraction": f32(mining.motion_min_area_fraction),
+        "watch_reask_interval_s": f32(mining.watch_reask_interval_s),
+        "cameras": cameras,
     }
 
 

@@ -13,9 +13,10 @@ import yaml
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
-from cloud.api.recorder import UNSTATED, policy_reason
+from cloud.api.recorder import UNSTATED
 from cloud.api.state import AdminState, require_store
 from cloud.policy import PolicyValidationError
+from cloud.policy.engine import policy_reason
 from cloud.store import PolicyRecord
 
 MAX_POLICY_BYTES = 1 << 20

@@ -1,43 +1,30 @@
 """What the admin API shows beyond the live state, written to the store as it happens.
 
 `PolicyRecorder` keeps every policy version the engine publishes (it listens through
-`PolicyEngine.subscribe`, and records the layers in force at start); the reason of a change made
-through the admin API is passed down in a context variable by the request that made it.
+`PolicyEngine.subscribe`, and records the layers in force at start); the reason of a change (an admin
+request's, the closed loop's) is passed down in a context variable by the task that made it
+(`cloud.policy.engine.policy_reason`).
 `EdgeSnapshotter` copies the fleet's in-memory records to the store every few seconds, so the
 dashboard still knows the edges after a restart.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from cloud.policy import PolicyEngine
-from cloud.policy.engine import PolicyChange
+from cloud.policy.engine import PolicyChange, change_reason
 from cloud.server import FleetStatus
 from cloud.store import EdgeSnapshot, PolicyRecord, StoreError, VerdictRepository
 from cloud.store.records import ScopeName
 from common.periodic import FailureCounter, PeriodicTask
 
 logger = logging.getLogger(__name__)
-_REASON: contextvars.ContextVar[str] = contextvars.ContextVar("policy_change_reason", default="")
 _LAYER_KEYS: dict[str, str] = {"site": "sites", "edge": "edges"}
 UNSTATED = "published by the policy engine (no reason given)"
 AT_START = "in force at start (cloud.yaml or a change before the restart)"
-
-
-@contextlib.contextmanager
-def policy_reason(reason: str) -> Iterator[None]:
-    """Within this block, policy versions published by this task are recorded with `reason`."""
-    token = _REASON.set(reason)
-    try:
-        yield
-    finally:
-        _REASON.reset(token)
 
 
 def _layer(snapshot: dict[str, Any], scope: str, scope_id: str) -> dict[str, Any] | None:
@@ -73,7 +60,7 @@ class PolicyRecorder:
         layer = _layer(self._engine.snapshot(), change.scope, change.scope_id)
         settings = None if layer is None or layer.get("version") != change.version else layer["settings"]
         created_at = float(layer["issued_at"]) if layer is not None and settings is not None else time.time()
-        reason = _REASON.get() or ("override removed" if settings is None else UNSTATED)
+        reason = change_reason() or ("override removed" if settings is None else UNSTATED)
         record = PolicyRecord(change.version, change.scope, change.scope_id, settings, created_at, reason)
         try:
             await self._store.add_policy(record)

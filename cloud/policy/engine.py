@@ -16,12 +16,14 @@ last until the next restart (write them into cloud.yaml to keep them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -74,6 +76,24 @@ class _Layer:
     version: int
     issued_at: float
     digest: str
+
+
+_REASON: contextvars.ContextVar[str] = contextvars.ContextVar("policy_change_reason", default="")
+
+
+@contextlib.contextmanager
+def policy_reason(reason: str) -> Iterator[None]:
+    """Within this block, policy versions published by this task are recorded with `reason`."""
+    token = _REASON.set(reason)
+    try:
+        yield
+    finally:
+        _REASON.reset(token)
+
+
+def change_reason() -> str:
+    """The reason the current task gave for the change being published ("" when none)."""
+    return _REASON.get()
 
 
 def _digest(settings: PolicySettings | None) -> str:
@@ -221,11 +241,7 @@ class PolicyEngine:
         the edge's override (other written fields stay), so they are versioned, signed, persisted
         and pushed like any change.
         """
-        current = self._layers.get(_key("edge", edge_id))
-        written = overrides_of(current.settings) if current is not None and current.settings is not None else {}
-        moved = {label: band.model_dump() for label, band in bands.items()}
-        earlier = written.get("mining", {}).get("bands", {})
-        return await self.adjust_mining(edge_id, {"bands": {**earlier, **moved}}, reason)
+        return await self.adjust_loop(edge_id, bands, {}, reason)
 
     async def adjust_mining(self, edge_id: str, fields: Mapping[str, Any], reason: str) -> int:
         """Set mining fields in one edge's override (the closed loop's rules), as a new signed version."""
@@ -233,7 +249,33 @@ class PolicyEngine:
         written = overrides_of(current.settings) if current is not None and current.settings is not None else {}
         mining = {**written.get("mining", {}), **fields}
         logger.info("edge %s: adjusting %s (%s)", edge_id, ", ".join(sorted(fields)), reason)
-        return await self.set_edge(edge_id, {**written, "mining": mining})
+        with policy_reason(reason):  # the policy history keeps why
+            return await self.set_edge(edge_id, {**written, "mining": mining})
+
+    async def adjust_loop(
+        self,
+        edge_id: str,
+        bands: Mapping[str, Band],
+        cameras: Mapping[str, Mapping[str, float]],
+        reason: str,
+    ) -> int:
+        """Move bands and per-camera mining values of one edge at once (one closed-loop evaluation), one version.
+
+        `cameras` maps a camera id to the fields of its `mining.cameras` entry that change; the
+        entry's other written fields, other cameras' entries and other bands stay.
+        """
+        current = self._layers.get(_key("edge", edge_id))
+        written = overrides_of(current.settings) if current is not None and current.settings is not None else {}
+        mining = written.get("mining", {})
+        fields: dict[str, Any] = {}
+        if bands:
+            fields["bands"] = {**mining.get("bands", {}), **{label: b.model_dump() for label, b in bands.items()}}
+        if cameras:
+            entries = dict(mining.get("cameras", {}))
+            for camera_id, values in cameras.items():
+                entries[camera_id] = {**entries.get(camera_id, {}), **values}
+            fields["cameras"] = entries
+        return await self.adjust_mining(edge_id, fields, reason)
 
     def snapshot(self) -> dict[str, Any]:
         """Versions and written settings of every layer, for the admin API."""

@@ -7,8 +7,14 @@ appends it to the (edge_id, label) window in memory, bounded by count and age. T
 a few dict and deque operations per detection. Every `evaluate_every_pairs` pairs of an edge, a task
 of the controller persists the new pairs (`cloud.store.pairs`, SQLite in a thread), computes each
 class's optimum in a worker thread (`cloud.policy.bands.plan_band`: minimum counts, hysteresis) and,
-unless the edge's bands moved less than `min_interval_s` ago, publishes the moved bands through
-`PolicyEngine.adjust_bands`: a new signed version, persisted and pushed to the edge.
+unless the edge's policy moved less than `min_interval_s` ago, publishes the moved bands through
+`PolicyEngine.adjust_loop`: a new signed version, persisted and pushed to the edge.
+
+The same evaluation sizes each camera's other rules from the outcomes of its samples
+(`cloud.policy.motion` for the motion rule; `cloud.policy.rules` for the audit rate and the watch
+list's re-ask interval) and writes them to the edge's `mining.cameras`; what moves in one
+evaluation, bands and rules, is one version whose reason holds every move's evidence. Those
+windows live in memory (a restart starts them afresh); the moves are in the history and restored.
 
 The window and the band history survive a restart (SQLite). The engine keeps operators' settings
 from cloud.yaml only, so at start the controller publishes again the last band it set for each class
@@ -21,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,7 +37,8 @@ from cloud.convert import SampleInput
 from cloud.policy.bands import BandPlan, ScorePair, edge_decisions, estimate, plan_band
 from cloud.policy.engine import PolicyEngine
 from cloud.policy.loop_config import BandMetrics, ClosedLoopConfig
-from cloud.policy.motion import MotionPlan, MotionSample, plan_motion_area
+from cloud.policy.motion import MotionPlan, plan_motion_area
+from cloud.policy.rules import RulePlan, plan_audit_rate, plan_watch_reask
 from cloud.policy.settings import Band, PolicySettings, PolicyValidationError
 from cloud.store import StoreError
 from cloud.store.pairs import BandMoveRow, PairRow, PairStore
@@ -39,10 +46,29 @@ from protos import verdict_pb2
 
 logger = logging.getLogger(__name__)
 Key = tuple[str, str]  # (edge_id, label)
-# The motion rule's moves share the band-move history (low = high = the threshold) under this label.
-MOTION_RULE = "rule:motion_min_area_fraction"
+RuleKey = tuple[str, str, str]  # (edge_id, camera_id, policy field)
+# The per-camera rules' moves share the band-move history (low = high = the value) under a label
+# "rule:<field>@<camera>"; "rule:<field>" alone is an edge-wide move of an earlier version.
+RULE_PREFIX = "rule:"
+MOTION = "motion_min_area_fraction"
+AUDIT = "random_audit_rate"
+WATCH = "watch_reask_interval_s"
+RULE_FIELDS = (MOTION, AUDIT, WATCH)
 _JUDGED = (verdict_pb2.DECISION_CONFIRMED, verdict_pb2.DECISION_REJECTED)
-__all__ = ["BandController", "ClosedLoopConfig", "edge_decisions"]
+__all__ = ["BandController", "ClosedLoopConfig", "edge_decisions", "rule_label"]
+
+
+def rule_label(field: str, camera_id: str) -> str:
+    """The history label of a per-camera rule's moves."""
+    return f"{RULE_PREFIX}{field}@{camera_id}" if camera_id else f"{RULE_PREFIX}{field}"
+
+
+def _parse_rule_label(label: str) -> tuple[str, str] | None:
+    """(field, camera) of a rule's history label ("" for an edge-wide move), None for a class band."""
+    if not label.startswith(RULE_PREFIX):
+        return None
+    field, _, camera = label.removeprefix(RULE_PREFIX).partition("@")
+    return (field, camera) if field in RULE_FIELDS else None
 
 
 def _band_of(settings: PolicySettings, label: str) -> Band:
@@ -92,9 +118,11 @@ class BandController:
         self._due: set[str] = set()
         self._last_move: dict[str, float] = {}
         self._settings_cache: dict[str, tuple[tuple[int, str], PolicySettings]] = {}
-        self._motion: dict[str, deque[MotionSample]] = {}
-        self._motion_new: dict[str, int] = {}
-        self._motion_plans: dict[str, tuple[float, MotionPlan]] = {}
+        # Per camera and rule: the evidence (motion: (area, rejected); audit: wrong; watch: changed).
+        self._rules: dict[RuleKey, deque[Any]] = {}
+        self._rules_new: dict[str, int] = {}
+        self._rule_plans: dict[RuleKey, tuple[float, MotionPlan | RulePlan]] = {}
+        self._answers: OrderedDict[tuple[str, str, str], int] = OrderedDict()  # watched track -> last decision
         self._wake = asyncio.Event()
         self._evaluating = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -164,7 +192,7 @@ class BandController:
         edges: dict[str, dict[str, Any]] = {}
         for key in sorted(set(self._windows) | set(self._history)):
             edge_id, label = key
-            if label == MOTION_RULE:
+            if label.startswith(RULE_PREFIX):
                 continue
             band = _band_of(self._settings(edge_id), label)
             window = self._windows.get(key, deque())
@@ -186,27 +214,44 @@ class BandController:
                 ],
             }
         config = self._config
-        motion = {}
-        for edge_id in sorted(set(self._motion) | {e for e, label in self._history if label == MOTION_RULE}):
-            last_motion = self._motion_plans.get(edge_id)
-            motion[edge_id] = {
-                "min_area_fraction": self._settings(edge_id).mining.motion_min_area_fraction,
-                "samples": len(self._motion.get(edge_id, ())),
-                "rejected": sum(no for _, no in self._motion.get(edge_id, ())),
-                "last_evaluation": None if last_motion is None else {"at": last_motion[0], "why": last_motion[1].why},
-                "history": [
-                    {"at": m.moved_at, "value": m.low, "version": m.version, "reason": m.reason}
-                    for m in self._history.get((edge_id, MOTION_RULE), ())
-                ],
-            }
         return {
             "target_recall": config.target_recall,
             "target_precision": config.target_precision,
             "window_pairs": config.window_pairs,
             "window_age_s": config.window_age_s,
             "edges": edges,
-            "motion": motion,
+            "rules": self._rules_snapshot(),
         }
+
+    def _rules_snapshot(self) -> dict[str, Any]:
+        """{edge: {camera: {field: {"value", "samples", "hits", "last_evaluation", "history"}}}}; see snapshot.
+
+        `hits` counts the evidence against the value: motion samples the cloud rejected, audited local
+        decisions it contradicted, re-asks that changed its answer.
+        """
+        keys = set(self._rules) | set(self._rule_plans)
+        for edge_id, label in self._history:
+            parsed = _parse_rule_label(label)
+            if parsed is not None:
+                keys.add((edge_id, parsed[1], parsed[0]))
+        rules: dict[str, Any] = {}
+        for key in sorted(keys):
+            edge_id, camera_id, name = key
+            window = self._rules.get(key, deque())
+            hits = sum(bool(item[1]) if isinstance(item, tuple) else bool(item) for item in window)
+            last = self._rule_plans.get(key)
+            mining = self._settings(edge_id).mining.for_camera(camera_id)
+            rules.setdefault(edge_id, {}).setdefault(camera_id, {})[name] = {
+                "value": getattr(mining, name),
+                "samples": len(window),
+                "hits": hits,
+                "last_evaluation": None if last is None else {"at": last[0], "why": last[1].why},
+                "history": [
+                    {"at": m.moved_at, "value": m.low, "version": m.version, "reason": m.reason}
+                    for m in self._history.get((edge_id, rule_label(name, camera_id)), ())
+                ],
+            }
+        return rules
 
     async def close(self) -> None:
         """Stop evaluating, write the pairs not saved yet, close the pair store."""
@@ -223,6 +268,8 @@ class BandController:
         detections = sample.detections
         if sample.mined_reason == "motion_without_detection" and self._config.motion_enabled:
             self._observe_motion(sample, verdict)
+        if sample.mined_reason == "watch_list" and sample.track_id and self._config.watch_enabled:
+            self._observe_reask(sample, verdict)
         if not detections:
             return
         if verdict.decision not in _JUDGED:
@@ -230,8 +277,9 @@ class BandController:
             return
         audit = sample.mined_reason == "random_audit"
         weight = 1.0
+        mining = self._settings(sample.edge_id).mining
         if audit:
-            mining = self._settings(sample.edge_id).mining
+            mining = mining.for_camera(sample.camera_id)
             rate = mining.random_audit_rate if mining.random_audit_enabled else 0.0
             if rate <= 0.0:  # an audit the current policy no longer asks for: its chance is unknown
                 self._metrics.dropped.labels("no_audit_rate").inc(len(detections))
@@ -239,10 +287,17 @@ class BandController:
             weight = 1.0 / rate
         now = self._clock()
         edge_id = sample.edge_id
+        audited = None
+        if audit and self._config.audit_enabled:
+            audited = self._rule_window((edge_id, sample.camera_id, AUDIT))
         for detection, confirmed in zip(
             detections, edge_decisions(sample, verdict, self._config.match_iou), strict=True
         ):
             self._window((edge_id, detection.label)).append(ScorePair(detection.score, confirmed, weight, audit, now))
+            band = mining.band_for(detection.label)
+            if audited is not None and not band.low <= detection.score <= band.high:
+                # A decision the edge made alone: a local event above the band, dropped below it.
+                audited.append(confirmed != (detection.score > band.high))
             if len(self._unsaved) >= self._config.max_unsaved_pairs:
                 self._unsaved.popleft()
                 self._metrics.dropped.labels("not_saved").inc()
@@ -254,19 +309,45 @@ class BandController:
             self._new_pairs[edge_id] = 0
             self._due.add(edge_id)
             self._wake.set()
+        if audited is not None:
+            self._rule_evidence(edge_id, self._config.audit_min_samples)
 
     def _observe_motion(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
         if verdict.decision not in _JUDGED:
             return
-        edge_id = sample.edge_id
-        window = self._motion.get(edge_id)
-        if window is None:
-            window = self._motion[edge_id] = deque(maxlen=self._config.motion_window)
+        window = self._rule_window((sample.edge_id, sample.camera_id, MOTION))
         window.append((sample.motion_area_fraction, verdict.decision == verdict_pb2.DECISION_REJECTED))
-        count = self._motion_new.get(edge_id, 0) + 1
-        self._motion_new[edge_id] = count
-        if count >= max(1, self._config.motion_min_samples // 4):
-            self._motion_new[edge_id] = 0
+        self._rule_evidence(sample.edge_id, self._config.motion_min_samples)
+
+    def _observe_reask(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
+        """A judged answer on a watched object: a re-ask when the object was judged before."""
+        if verdict.decision not in _JUDGED:
+            return
+        track = (sample.edge_id, sample.camera_id, sample.track_id)
+        before = self._answers.pop(track, None)
+        self._answers[track] = verdict.decision
+        while len(self._answers) > self._config.tracks_remembered:
+            self._answers.popitem(last=False)
+        if before is None:
+            return
+        self._rule_window((sample.edge_id, sample.camera_id, WATCH)).append(before != verdict.decision)
+        self._rule_evidence(sample.edge_id, self._config.watch_min_samples)
+
+    def _rule_window(self, key: RuleKey) -> deque[Any]:
+        window = self._rules.get(key)
+        if window is None:
+            size = {MOTION: self._config.motion_window, AUDIT: self._config.audit_window}.get(
+                key[2], self._config.watch_window
+            )
+            window = self._rules[key] = deque(maxlen=size)
+        return window
+
+    def _rule_evidence(self, edge_id: str, min_samples: int) -> None:
+        """Count one outcome of a rule; the edge is evaluated after a quarter of a rule's minimum."""
+        count = self._rules_new.get(edge_id, 0) + 1
+        self._rules_new[edge_id] = count
+        if count >= max(1, min_samples // 4):
+            self._rules_new[edge_id] = 0
             self._due.add(edge_id)
             self._wake.set()
 
@@ -299,6 +380,7 @@ class BandController:
             self._unsaved.popleft()
 
     async def _evaluate(self, edge_id: str) -> int | None:
+        """Plan every class band and per-camera rule of one edge; what moved becomes one signed version."""
         now = self._clock()
         if now - self._last_move.get(edge_id, float("-inf")) < self._config.min_interval_s:
             return None
@@ -309,76 +391,95 @@ class BandController:
                 self._expire(window, now)
                 inputs[label] = (list(window), _band_of(settings, label))
         plans = await asyncio.to_thread(_plan_all, inputs, self._config)
-        motion_version = await self._evaluate_motion(edge_id, settings, now)
         for label, plan in plans.items():
             self._plans[(edge_id, label)] = (now, plan)
             self._metrics.low.labels(edge_id, label).set(plan.current.low)
             self._metrics.high.labels(edge_id, label).set(plan.current.high)
         moved = {label: plan.proposed for label, plan in plans.items() if plan.proposed is not None}
-        if not moved:
-            return motion_version
         bands = {label: Band(low=p.low, high=p.high) for label, p in moved.items()}
-        reason = "; ".join(f"{label} {plans[label].why}" for label in sorted(moved))
-        version = await self._engine.adjust_bands(edge_id, bands, f"closed loop: {reason}")
+        rules = self._plan_rules(edge_id, settings, now)
+        if not bands and not rules:
+            return None
+        cameras: dict[str, dict[str, float]] = {}
+        for (_, camera_id, name), (value, _) in rules.items():
+            cameras.setdefault(camera_id, {})[name] = value
+        reasons = [f"{label} {plans[label].why}" for label in sorted(moved)]
+        reasons += [f"{camera} {name}: {why}" for (_, camera, name), (_, why) in sorted(rules.items())]
+        version = await self._engine.adjust_loop(edge_id, bands, cameras, "closed loop: " + "; ".join(reasons))
         self._last_move[edge_id] = now
-        for label, band in sorted(bands.items()):
-            row = BandMoveRow(edge_id, label, now, band.low, band.high, version, plans[label].why)
-            self._history.setdefault((edge_id, label), deque(maxlen=self._config.history_per_key)).append(row)
-            self._metrics.moves.labels(edge_id, label).inc()
-            self._metrics.low.labels(edge_id, label).set(band.low)
-            self._metrics.high.labels(edge_id, label).set(band.high)
-            logger.info("closed loop: edge %s %s band moved (policy v%d): %s", edge_id, label, version, row.reason)
+        rows = [
+            BandMoveRow(edge_id, label, now, b.low, b.high, version, plans[label].why) for label, b in bands.items()
+        ]
+        for (_, camera_id, name), (value, why) in sorted(rules.items()):
+            if name == MOTION:
+                self._rules[(edge_id, camera_id, name)].clear()  # the evidence was gathered under the old threshold
+            rows.append(BandMoveRow(edge_id, rule_label(name, camera_id), now, value, value, version, why))
+        for row in rows:
+            self._history.setdefault((edge_id, row.label), deque(maxlen=self._config.history_per_key)).append(row)
+            self._metrics.moves.labels(edge_id, row.label).inc()
+            if row.label in bands:
+                self._metrics.low.labels(edge_id, row.label).set(row.low)
+                self._metrics.high.labels(edge_id, row.label).set(row.high)
+            logger.info("closed loop: edge %s %s moved (policy v%d): %s", edge_id, row.label, version, row.reason)
             try:
                 await self._store.add_move(row)
             except StoreError:
                 self._metrics.errors.labels("flush").inc()
-                logger.exception("closed loop: band move of edge %s %s not recorded", edge_id, label)
+                logger.exception("closed loop: move of edge %s %s not recorded", edge_id, row.label)
         return version
 
-    async def _evaluate_motion(self, edge_id: str, settings: PolicySettings, now: float) -> int | None:
-        """Size the edge's motion rule from its judged motion samples; the policy version if it moved."""
-        window = self._motion.get(edge_id)
-        if not self._config.motion_enabled or not window:
-            return None
+    def _plan_rule(self, key: RuleKey, window: deque[Any], mining: Any) -> MotionPlan | RulePlan:
         config = self._config
-        current = settings.mining.motion_min_area_fraction
-        plan = plan_motion_area(
+        name = key[2]
+        current = float(getattr(mining, name))
+        if name == MOTION:
+            return plan_motion_area(
+                list(window),
+                current,
+                target_recall=config.target_recall,
+                reject_share=config.motion_reject_share,
+                min_samples=config.motion_min_samples,
+                max_area=config.motion_max_area,
+                hysteresis=config.hysteresis * 10,  # relative: 20 % by default
+            )
+        if name == AUDIT:
+            return plan_audit_rate(
+                list(window),
+                current if mining.random_audit_enabled else 0.0,
+                tolerance=1.0 - config.target_precision,
+                min_samples=config.audit_min_samples,
+                min_rate=config.audit_min_rate,
+                max_rate=config.audit_max_rate,
+            )
+        return plan_watch_reask(
             list(window),
             current,
-            target_recall=config.target_recall,
-            reject_share=config.motion_reject_share,
-            min_samples=config.motion_min_samples,
-            max_area=config.motion_max_area,
-            hysteresis=config.hysteresis * 10,  # relative: 20 % by default
+            changed_share=config.watch_changed_share,
+            min_samples=config.watch_min_samples,
+            min_interval_s=config.watch_min_interval_s,
+            max_interval_s=config.watch_max_interval_s,
         )
-        self._motion_plans[edge_id] = (now, plan)
-        if plan.proposed is None:
-            return None
-        value = round(plan.proposed, 6)
-        version = await self._engine.adjust_mining(
-            edge_id, {"motion_min_area_fraction": value}, f"closed loop: motion rule: {plan.why}"
-        )
-        self._last_move[edge_id] = now
-        window.clear()  # the evidence was gathered under the old threshold
-        row = BandMoveRow(edge_id, MOTION_RULE, now, value, value, version, plan.why)
-        self._history.setdefault((edge_id, MOTION_RULE), deque(maxlen=config.history_per_key)).append(row)
-        self._metrics.moves.labels(edge_id, MOTION_RULE).inc()
-        logger.info(
-            "closed loop: edge %s motion rule moved to %.4f (policy v%d): %s", edge_id, value, version, plan.why
-        )
-        try:
-            await self._store.add_move(row)
-        except StoreError:
-            self._metrics.errors.labels("flush").inc()
-            logger.exception("closed loop: motion rule move of edge %s not recorded", edge_id)
-        return version
+
+    def _plan_rules(self, edge_id: str, settings: PolicySettings, now: float) -> dict[RuleKey, tuple[float, str]]:
+        """The per-camera rules of one edge that move: (new value, why) by (edge, camera, field)."""
+        enabled = {MOTION: self._config.motion_enabled, AUDIT: self._config.audit_enabled}
+        moved: dict[RuleKey, tuple[float, str]] = {}
+        for key, window in sorted(self._rules.items()):
+            if key[0] != edge_id or not window or not enabled.get(key[2], self._config.watch_enabled):
+                continue
+            plan = self._plan_rule(key, window, settings.mining.for_camera(key[1]))
+            self._rule_plans[key] = (now, plan)
+            if plan.proposed is not None:
+                moved[key] = (round(plan.proposed, 6), plan.why)
+        return moved
 
     async def _restore(self, moves: list[BandMoveRow]) -> None:
         latest: dict[str, dict[str, Band]] = {}
-        motion: dict[str, float] = {}
+        rules: dict[str, dict[str, dict[str, float]]] = {}  # edge -> camera ("" edge-wide) -> field -> value
         for move in moves:
-            if move.label == MOTION_RULE:
-                motion[move.edge_id] = move.low
+            parsed = _parse_rule_label(move.label)
+            if parsed is not None:
+                rules.setdefault(move.edge_id, {}).setdefault(parsed[1], {})[parsed[0]] = move.low
                 continue
             latest.setdefault(move.edge_id, {})[move.label] = Band(low=move.low, high=move.high)
         for edge_id, bands in sorted(latest.items()):
@@ -394,16 +495,22 @@ class BandController:
             except PolicyValidationError:
                 self._metrics.errors.labels("restore").inc()
                 logger.exception("closed loop: the last bands of edge %s no longer fit its policy", edge_id)
-        for edge_id, value in sorted(motion.items()):
-            if self._settings(edge_id).mining.motion_min_area_fraction == value:
-                continue
+        for edge_id, by_camera in sorted(rules.items()):
+            mining = self._settings(edge_id).mining
+            edge_wide = {n: v for n, v in by_camera.pop("", {}).items() if getattr(mining, n) != v}
+            cameras: dict[str, dict[str, float]] = {}
+            for camera, values in by_camera.items():
+                own = mining.for_camera(camera)
+                if changed := {n: v for n, v in values.items() if getattr(own, n) != v}:
+                    cameras[camera] = changed
             try:
-                await self._engine.adjust_mining(
-                    edge_id, {"motion_min_area_fraction": value}, "closed loop: motion rule restored after a restart"
-                )
+                if edge_wide:
+                    await self._engine.adjust_mining(edge_id, edge_wide, "closed loop: rules restored after a restart")
+                if cameras:
+                    await self._engine.adjust_loop(edge_id, {}, cameras, "closed loop: rules restored after a restart")
             except PolicyValidationError:
                 self._metrics.errors.labels("restore").inc()
-                logger.exception("closed loop: the last motion rule of edge %s no longer fits its policy", edge_id)
+                logger.exception("closed loop: the last rules of edge %s no longer fit its policy", edge_id)
 
     def _window(self, key: Key) -> deque[ScorePair]:
         window = self._windows.get(key)

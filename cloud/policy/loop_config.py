@@ -48,17 +48,48 @@ class ClosedLoopConfig(BaseModel):
     )
     history_per_key: int = Field(100, ge=1, le=100_000, description="Band moves remembered per edge and class.")
     motion_enabled: bool = Field(
-        True, description="Also size each edge's motion rule (motion_min_area_fraction) from its motion verdicts."
+        True, description="Also size each camera's motion rule (motion_min_area_fraction) from its motion verdicts."
     )
-    motion_window: int = Field(200, ge=10, le=100_000, description="Judged motion samples kept per edge.")
+    motion_window: int = Field(200, ge=10, le=100_000, description="Judged motion samples kept per camera.")
     motion_min_samples: int = Field(
-        20, ge=1, le=100_000, description="Judged motion samples an edge needs before its motion rule moves."
+        20, ge=1, le=100_000, description="Judged motion samples a camera needs before its motion rule moves."
     )
     motion_reject_share: float = Field(
         0.8, gt=0.5, le=1.0, description="Share of motion samples the cloud rejects above which the threshold rises."
     )
     motion_max_area: float = Field(
         0.05, gt=0.0, le=1.0, description="Highest motion_min_area_fraction the loop sets (share of the frame)."
+    )
+    audit_enabled: bool = Field(
+        True, description="Also size each camera's random_audit_rate from how often audits contradict the edge."
+    )
+    audit_window: int = Field(300, ge=10, le=100_000, description="Audited local decisions kept per camera.")
+    audit_min_samples: int = Field(
+        30, ge=1, le=100_000, description="Audited local decisions a camera needs before its audit rate moves."
+    )
+    audit_min_rate: float = Field(0.005, ge=0.0, le=1.0, description="Lowest random_audit_rate the loop sets.")
+    audit_max_rate: float = Field(0.2, gt=0.0, le=1.0, description="Highest random_audit_rate the loop sets.")
+    watch_enabled: bool = Field(
+        True, description="Also size each camera's watch_reask_interval_s from how often re-asks change the answer."
+    )
+    watch_window: int = Field(100, ge=5, le=100_000, description="Re-asks of watched objects kept per camera.")
+    watch_min_samples: int = Field(
+        12, ge=1, le=100_000, description="Re-asks a camera needs before its watch re-ask interval moves."
+    )
+    watch_changed_share: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of re-asks that change the answer above which they come sooner."
+    )
+    watch_min_interval_s: float = Field(
+        10.0, gt=0.0, le=86_400.0, description="Shortest watch_reask_interval_s the loop sets (seconds)."
+    )
+    watch_max_interval_s: float = Field(
+        3600.0, gt=0.0, le=86_400.0, description="Longest watch_reask_interval_s the loop sets (seconds)."
+    )
+    tracks_remembered: int = Field(
+        50_000,
+        ge=100,
+        le=10_000_000,
+        description="Watched objects whose last answer is kept (to see re-asks change it).",
     )
 
     @model_validator(mode="after")
@@ -67,6 +98,20 @@ class ClosedLoopConfig(BaseModel):
             raise ValueError(
                 f"min_pairs ({self.min_pairs}) and min_audit_pairs ({self.min_audit_pairs}) must not exceed "
                 f"window_pairs ({self.window_pairs}), or no band would ever move"
+            )
+        for name, needed, window in (
+            ("motion", self.motion_min_samples, self.motion_window),
+            ("audit", self.audit_min_samples, self.audit_window),
+            ("watch", self.watch_min_samples, self.watch_window),
+        ):
+            if needed > window:
+                raise ValueError(f"{name}_min_samples ({needed}) must not exceed {name}_window ({window})")
+        if self.audit_min_rate > self.audit_max_rate:
+            raise ValueError(f"audit_min_rate ({self.audit_min_rate}) is above audit_max_rate ({self.audit_max_rate})")
+        if self.watch_min_interval_s > self.watch_max_interval_s:
+            raise ValueError(
+                f"watch_min_interval_s ({self.watch_min_interval_s}) is above "
+                f"watch_max_interval_s ({self.watch_max_interval_s})"
             )
         return self
 

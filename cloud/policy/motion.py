@@ -3,7 +3,7 @@
 Motion without detection is how the cloud hears of what the edge model cannot see; on most cameras
 it is also a stream of shadows, leaves and light. Every such sample carries the share of the frame
 the gate saw change in (`Sample.motion_area_fraction`), and its verdict says whether the cloud found
-an object there. Per edge, the last `motion_window` judged motion samples are kept (area, rejected).
+an object there. Per camera, the last `motion_window` judged motion samples are kept (area, rejected).
 
 `plan_motion_area` proposes the policy's `motion_min_area_fraction` from them:
 - nothing moves before `motion_min_samples` samples, nor while the cloud rejects less than
@@ -46,7 +46,7 @@ def plan_motion_area(
     max_area: float,
     hysteresis: float,
 ) -> MotionPlan:
-    """The motion rule's next `motion_min_area_fraction` for one edge (see the module's docstring)."""
+    """The motion rule's next `motion_min_area_fraction` for one camera (see the module's docstring)."""
     count = len(samples)
     if count < min_samples:
         return MotionPlan(None, f"{count} of {min_samples} judged motion samples", count, None)

@@ -90,8 +90,8 @@ class Miner:
         return False
 
     def _compose(self, ctx: MiningContext) -> MiningDecision:
-        """What the strategies say of the frame."""
-        policy = self._policy
+        """What the strategies say of the frame, under its camera's values of the policy."""
+        policy = self._policy.for_camera(ctx.camera_id)
         confident = tuple(d for d in ctx.detections if d.score > policy.band_for(d.label).high)
         votes = self._votes(ctx, policy, fallback=False) or self._votes(ctx, policy, fallback=True)
         if votes:

@@ -6,7 +6,8 @@ rules); the book turns that into questions about objects:
 - A hard frame asks about its hard tracks: the tracks whose detection made it hard (in their band
   for the band, IBT and cross-entropy rules; of a watched label for the watch list; every track of
   the frame for an audit). A track asks once; again only when its label changed since it asked,
-  when its answer was `unsure` and the policy's `resend_interval_s` has passed (capture time), and
+  when its answer was `unsure` and the policy's `resend_interval_s` has passed (capture time), when
+  it is of a watched label, was confirmed, and the policy's `watch_reask_interval_s` has passed, and
   never more than `max_asks` times. A track that is waiting for its answer does not ask again.
 - A track that turns hard is asked about with its best frame of the next `ask_window_s` (capture
   time): the one where its box scores highest times the square root of its area (a large, clear
@@ -414,8 +415,13 @@ class TrackBook(Generic[F]):
             return True  # its window is open: a better frame may still come
         if track.asks == 0 or track.label != track.asked_label:
             return True
-        interval = policy.resend_interval_s
-        return track.verdict == "unsure" and interval > 0 and captured_at - track.asked_at >= interval
+        if track.verdict == "unsure":
+            interval = policy.resend_interval_s
+        elif track.verdict == "confirmed" and policy.watch_list_enabled and track.label in policy.watch_list:
+            interval = policy.watch_reask_interval_s  # a long stay of a watched object is checked anew
+        else:
+            return False
+        return interval > 0 and captured_at - track.asked_at >= interval
 
     def _close_windows(self, camera: _Camera[F], captured_at: float) -> list[AskRequest[F]]:
         """The questions whose window has passed at `captured_at` (math.inf: every open one)."""

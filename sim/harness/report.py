@@ -208,6 +208,7 @@ def write_report(
         "latency_cdf.png": plot_latency_cdf(runs),
         "uplink_over_time.png": plot_uplink_over_time(runs, scenario),
         "policy_band.png": plot_band(runs.get("edgeglm")),
+        "policy_rules.png": plot_rules(runs.get("edgeglm")),
     }
     shown = []
     for name, figure in plots.items():
@@ -232,6 +233,7 @@ def write_report(
         report["verdict"],
         "",
         *(["## Targets", "", targets_table(found), ""] if found else []),
+        *loop_moves_section(runs.get("edgeglm")),
         *[f"![{name}]({name})" for name in shown],
         "",
         "Definitions: see `sim/harness/measure.py` and `sim/eval/events.py` (an event track matches a world object "
@@ -339,3 +341,66 @@ def plot_band(run: ModeRun | None) -> Any:
     axis.legend(fontsize=7, ncol=2)
     axis.grid(alpha=0.3)
     return figure
+
+
+# The per-camera rules the closed loop sizes (mining.cameras), as the report plots them.
+RULE_PANELS = (
+    ("motion_min_area_fraction", "motion rule: least changed area (share of frame)"),
+    ("random_audit_rate", "audit rate (share of detected frames)"),
+    ("watch_reask_interval_s", "watch re-ask interval (s)"),
+)
+
+
+def rule_series(run: ModeRun) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """field -> 'edge/camera' (or 'fleet') -> (t, value) from the polled policies, camera values over the edge's."""
+    series: dict[str, dict[str, list[tuple[float, float]]]] = {field: {} for field, _ in RULE_PANELS}
+    for poll in run.band_history:
+        policies = poll["policies"]
+        fleet = ((policies.get("fleet") or {}).get("settings") or {}).get("mining", {})
+        for field, points in series.items():
+            if field in fleet:
+                points.setdefault("fleet", []).append((poll["t"], float(fleet[field])))
+        for edge, layer in (policies.get("edges") or {}).items():
+            mining = ((layer.get("settings") or {}).get("mining")) or {}
+            for camera, entry in (mining.get("cameras") or {}).items():
+                for field, value in entry.items():
+                    if field in series and value is not None:
+                        series[field].setdefault(f"{edge}/{camera}", []).append((poll["t"], float(value)))
+    return series
+
+
+def plot_rules(run: ModeRun | None) -> Any:
+    """The edgeglm mode's per-camera rules over time, one panel per rule (the fleet's value dotted)."""
+    if run is None or not run.band_history:
+        return None
+    series = rule_series(run)
+    if not any(name != "fleet" for points in series.values() for name in points):
+        return None  # no rule moved: the band plot says all there is
+    figure, axes = plt.subplots(len(RULE_PANELS), 1, figsize=(7, 7), sharex=True)
+    for axis, (field, title) in zip(axes, RULE_PANELS, strict=True):
+        for index, (name, points) in enumerate(sorted(series[field].items())[:9]):
+            t, value = zip(*points, strict=True)
+            style = {"linestyle": ":", "color": "grey"} if name == "fleet" else {"color": f"C{index}"}
+            axis.step(t, value, where="post", label=name, **style)
+        axis.set_title(title, fontsize=9)
+        axis.grid(alpha=0.3)
+        if series[field]:
+            axis.legend(fontsize=6, ncol=3)
+    axes[-1].set_xlabel("seconds since the edges started")
+    figure.suptitle("Per-camera rules (edgeglm, closed loop)")
+    figure.tight_layout()
+    return figure
+
+
+def loop_moves_section(run: ModeRun | None) -> list[str]:
+    """The closed loop's moves in the edgeglm mode: when, which version, and the evidence it gave."""
+    if run is None:
+        return []
+    lines = ["## Closed-loop moves (edgeglm)", ""]
+    if not run.loop_moves:
+        return [*lines, "The closed loop moved nothing in this run: no band or rule had enough evidence.", ""]
+    lines += ["| t (s) | version | what moved and why |", "|---|---|---|"]
+    for move in run.loop_moves:
+        reason = str(move["reason"]).removeprefix("closed loop: ").replace("|", "/")
+        lines.append(f"| {move['t']:.0f} | v{move['version']} | {reason} |")
+    return [*lines, ""]

@@ -49,6 +49,8 @@ class ModeRun:
     cloud_metrics: dict[str, float]
     cloud_received: dict[str, int]
     band_history: list[dict[str, Any]] = field(default_factory=list)
+    # The closed loop's policy versions: {"t": seconds since the edges started, "version", "reason"}.
+    loop_moves: list[dict[str, Any]] = field(default_factory=list)
 
 
 def generate_world(scenario: Scenario, out: Path, console: Console) -> list[CameraRun]:
@@ -215,6 +217,9 @@ async def run_mode(
             await _watch(scenario, edges, admin, history, progress, task, logs)
             link_stats = {edge_id: _stats(link) for edge_id, link in links.items()}
         metrics_text = await asyncio.to_thread(lambda: httpx.get(f"{admin}/metrics", timeout=10).text)
+        published = await asyncio.to_thread(
+            lambda: httpx.get(f"{admin}/api/policies", params={"limit": 500}, timeout=10).json()["history"]
+        )
     finally:
         for process in reversed(processes):
             await asyncio.to_thread(stop_process, process, 30.0)
@@ -232,6 +237,11 @@ async def run_mode(
         cloud_metrics=_cloud_metrics(metrics_text),
         cloud_received=_received(folder / "cloud" / "verdicts.sqlite"),
         band_history=history,
+        loop_moves=[
+            {"t": round(record["created_at"] - started_at, 1), "version": record["version"], "reason": record["reason"]}
+            for record in reversed(published)
+            if str(record.get("reason", "")).startswith("closed loop")
+        ],
     )
 
 

@@ -85,6 +85,7 @@ def mode_policy(mode: ModeName, scenario: Scenario) -> dict[str, Any]:
             "watch_list": list(policy.watch_list),
             "random_audit_rate": policy.random_audit_rate,
             "resend_interval_s": policy.resend_interval_s,
+            "watch_reask_interval_s": policy.watch_reask_interval_s,
         }
     settings: dict[str, Any] = {"mining": mining, "uplink": uplink}
     if gate:

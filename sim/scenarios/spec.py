@@ -77,6 +77,9 @@ class PolicySpec(_Section):
     band_high: float = Field(0.6, ge=0.0, le=1.0, description="Starting band, high end: above it the edge is sure.")
     random_audit_rate: float = Field(0.02, ge=0.0, le=1.0, description="Audit share of detected frames.")
     resend_interval_s: float = Field(2.0, ge=0.0, le=600.0, description="Same camera, labels, reason: once per this.")
+    watch_reask_interval_s: float = Field(
+        0.0, ge=0.0, le=86_400.0, description="A confirmed watched object asks again after this (0 = never)."
+    )
     image_mode: Literal["crop", "full_frame"] = Field("full_frame", description="What a sample carries.")
     jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of samples (and of cloud_only frames).")
     budget_bytes_per_s: int = Field(256 * 1024, ge=1024, le=1 << 30, description="Edge token-bucket rate.")

@@ -18,6 +18,7 @@ import pytest
 from cloud.convert import CloudDetection, MinedReasonName, SampleInput
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine, PolicySettings, PolicySigner
+from cloud.policy.engine import PolicyChange, change_reason
 from cloud.policy.loop import BandController, ClosedLoopConfig
 from cloud.store.pairs import PairStore
 from protos import sample_pb2, verdict_pb2
@@ -47,6 +48,7 @@ def loop_config(**fields: Any) -> ClosedLoopConfig:
         "window_pairs": 5000,
         "evaluate_every_pairs": 1_000_000,  # evaluated by hand unless a test says otherwise
         "min_interval_s": 600,
+        "audit_enabled": False,  # the band tests' audits are all right: the rule would halve their rate
     }
     return ClosedLoopConfig.model_validate(defaults | fields)
 
@@ -69,10 +71,10 @@ async def controller(
 
 
 def sample_input(reason: MinedReasonName, detections: tuple[CloudDetection, ...], **fields: Any) -> SampleInput:
+    fields.setdefault("camera_id", "cam0")
     return SampleInput(
         sample_id=f"s-{random.random()}",
         edge_id=EDGE,
-        camera_id="cam0",
         frame_seq=1,
         captured_at=0.0,
         image=np.zeros((8, 8, 3), dtype=np.uint8),
@@ -240,6 +242,11 @@ async def test_pairs_older_than_the_window_age_leave_it(tmp_path: Path) -> None:
         assert await bands.evaluate(EDGE) is None
 
 
+def motion_rule(engine: PolicyEngine, camera: str = "cam0") -> float:
+    """The motion threshold in force for one camera of the edge."""
+    return engine.effective(EDGE)[0].mining.for_camera(camera).motion_min_area_fraction
+
+
 def observe_motion(bands: BandController, area: float, object_there: bool) -> None:
     """One verdict on a motion-without-detection sample whose changed region covered `area` of the frame."""
     sample = sample_input("motion_without_detection", (), motion_area_fraction=area)
@@ -257,7 +264,7 @@ async def test_the_loop_raises_the_motion_threshold_when_the_cloud_keeps_rejecti
     clock = Clock()
     config = loop_config(motion_min_samples=40, min_interval_s=60)
     async with controller(tmp_path, clock, config) as (bands, engine, _):
-        assert engine.effective(EDGE)[0].mining.motion_min_area_fraction == 0.0
+        assert motion_rule(engine) == 0.0
         for _ in range(45):
             observe_motion(bands, rng.uniform(0.0005, 0.004), object_there=False)
         confirmed = [rng.uniform(0.01, 0.03) for _ in range(5)]
@@ -265,10 +272,12 @@ async def test_the_loop_raises_the_motion_threshold_when_the_cloud_keeps_rejecti
             observe_motion(bands, area, object_there=True)
         version = await bands.evaluate(EDGE)
         assert version is not None
-        raised = engine.effective(EDGE)[0].mining.motion_min_area_fraction
+        raised = motion_rule(engine)
         assert 0.004 < raised <= min(confirmed), raised  # above every rejected change, none confirmed lost
         assert engine.effective(EDGE)[1] == version  # the edge's policy version is the one that moved it
-        motion = bands.snapshot()["motion"][EDGE]
+        motion = bands.snapshot()["rules"][EDGE]["cam0"]["motion_min_area_fraction"]
+        assert motion["value"] == pytest.approx(raised)
+        assert engine.effective(EDGE)[0].mining.motion_min_area_fraction == 0.0, "another camera keeps its own"
         assert [m["version"] for m in motion["history"]] == [version]
         assert "rejected 45 of 50" in motion["history"][0]["reason"]
         assert EDGE not in bands.snapshot()["edges"], "the motion rule is not shown as a class band"
@@ -276,7 +285,7 @@ async def test_the_loop_raises_the_motion_threshold_when_the_cloud_keeps_rejecti
         assert await bands.evaluate(EDGE) is None
     # A restart keeps the threshold (the engine keeps only cloud.yaml's settings; the loop restores it).
     async with controller(tmp_path, clock, config) as (_, engine, _):
-        assert engine.effective(EDGE)[0].mining.motion_min_area_fraction == pytest.approx(raised)
+        assert motion_rule(engine) == pytest.approx(raised)
 
 
 async def test_the_motion_threshold_holds_while_the_cloud_confirms_what_motion_sends(tmp_path: Path) -> None:
@@ -285,5 +294,95 @@ async def test_the_motion_threshold_holds_while_the_cloud_confirms_what_motion_s
         for _ in range(30):
             observe_motion(bands, rng.uniform(0.0005, 0.01), object_there=rng.random() < 0.5)
         assert await bands.evaluate(EDGE) is None
-        assert engine.effective(EDGE)[0].mining.motion_min_area_fraction == 0.0
-        assert "holds" in bands.snapshot()["motion"][EDGE]["last_evaluation"]["why"]
+        assert motion_rule(engine) == 0.0
+        assert "holds" in bands.snapshot()["rules"][EDGE]["cam0"]["motion_min_area_fraction"]["last_evaluation"]["why"]
+
+
+def observe_audit(bands: BandController, score: float, object_there: bool, camera: str = "cam0") -> None:
+    """One verdict on an audited one-detection sample of `camera`."""
+    sample = sample_input("random_audit", (CloudDetection("person", 0, score, BOX),), camera_id=camera)
+    found = [sample_pb2.Detection(label="person", score=0.9, box=sample_pb2.Box(x1=100, y1=100, x2=200, y2=300))]
+    decision = verdict_pb2.DECISION_CONFIRMED if object_there else verdict_pb2.DECISION_REJECTED
+    bands.observe(sample, verdict_pb2.Verdict(decision=decision, detections=found if object_there else []))
+
+
+def audit_rate(engine: PolicyEngine, camera: str = "cam0") -> float:
+    return engine.effective(EDGE)[0].mining.for_camera(camera).random_audit_rate
+
+
+def reasons_of(engine: PolicyEngine) -> dict[int, str]:
+    """Policy version -> the reason its publisher gave, as the policy history records it."""
+    seen: dict[int, str] = {}
+
+    async def record(change: PolicyChange) -> None:
+        seen[change.version] = change_reason()
+
+    engine.subscribe(record)
+    return seen
+
+
+async def test_the_audit_rate_of_a_camera_rises_while_audits_contradict_its_local_decisions(tmp_path: Path) -> None:
+    """cam0's sure detections (above the band) are often wrong, cam1's right: cam0 is audited more, as one
+    signed version whose recorded reason holds the evidence; cam1 keeps the fleet's rate until its own
+    evidence is clear at 95 %, then is audited less. The controller evaluates by itself as evidence comes."""
+    clock = Clock()
+    config = loop_config(audit_enabled=True, audit_min_samples=30, min_interval_s=60)
+    fleet = PolicySettings.model_validate({"mining": {"random_audit_rate": 0.02}})
+    async with controller(tmp_path, clock, config) as (bands, engine, _):
+        await engine.set_fleet(fleet)
+        reasons = reasons_of(engine)
+        rng = random.Random(7)
+        for _ in range(40):
+            observe_audit(bands, rng.uniform(0.65, 0.95), object_there=rng.random() < 0.7, camera="cam0")
+            observe_audit(bands, rng.uniform(0.65, 0.95), object_there=True, camera="cam1")
+        await wait_until(lambda: audit_rate(engine, "cam0") == pytest.approx(0.04), "cam0 audited twice as often")
+        assert audit_rate(engine, "cam1") == pytest.approx(0.02)  # 0 of 40 wrong is not yet clear at 95 %
+        rule = bands.snapshot()["rules"][EDGE]["cam0"]["random_audit_rate"]
+        version = engine.effective(EDGE)[1]
+        assert [m["version"] for m in rule["history"]] == [version]
+        assert "audited local decisions" in reasons[version] and "cam0 random_audit_rate" in reasons[version]
+        assert "holds" in bands.snapshot()["rules"][EDGE]["cam1"]["random_audit_rate"]["last_evaluation"]["why"]
+        # cam1's evidence becomes clear: its rate halves; cam0's doubles again while it stays wrong.
+        clock.now += 61
+        for _ in range(40):
+            observe_audit(bands, rng.uniform(0.65, 0.95), object_there=True, camera="cam1")
+        await wait_until(lambda: audit_rate(engine, "cam1") == pytest.approx(0.01), "cam1 audited half as often")
+        assert audit_rate(engine, "cam0") == pytest.approx(0.08)
+    async with controller(tmp_path, clock, config) as (_, engine, _):
+        # A restart keeps the loop's values (the engine keeps cloud.yaml's settings; the loop restores them).
+        assert (audit_rate(engine, "cam0"), audit_rate(engine, "cam1")) == pytest.approx((0.08, 0.01))
+
+
+def observe_watch(bands: BandController, track: str, confirmed: bool, camera: str = "cam0") -> None:
+    """One verdict on a watch-list sample asking about `track`."""
+    sample = sample_input("watch_list", (CloudDetection("person", 0, 0.8, BOX),), camera_id=camera, track_id=track)
+    found = [sample_pb2.Detection(label="person", score=0.9, box=sample_pb2.Box(x1=100, y1=100, x2=200, y2=300))]
+    decision = verdict_pb2.DECISION_CONFIRMED if confirmed else verdict_pb2.DECISION_REJECTED
+    bands.observe(sample, verdict_pb2.Verdict(decision=decision, detections=found if confirmed else []))
+
+
+def reask_interval(engine: PolicyEngine, camera: str = "cam0") -> float:
+    return engine.effective(EDGE)[0].mining.for_camera(camera).watch_reask_interval_s
+
+
+async def test_watched_objects_are_re_checked_less_often_while_re_asks_keep_the_answer(tmp_path: Path) -> None:
+    clock = Clock()
+    config = loop_config(watch_min_samples=12, min_interval_s=60)
+    fleet = PolicySettings.model_validate({"mining": {"watch_list": ["person"], "watch_reask_interval_s": 20.0}})
+    async with controller(tmp_path, clock, config) as (bands, engine, _):
+        await engine.set_fleet(fleet)
+        for track in range(20):
+            observe_watch(bands, f"t{track}", confirmed=True)  # first answers: no evidence yet
+        assert await bands.evaluate(EDGE) is None
+        assert bands.snapshot()["rules"] == {}
+        for track in range(20):
+            observe_watch(bands, f"t{track}", confirmed=True)  # re-asks: the same answer
+        await wait_until(lambda: reask_interval(engine) == pytest.approx(40.0), "re-asks twice as far apart")
+        why = bands.snapshot()["rules"][EDGE]["cam0"]["watch_reask_interval_s"]["history"][0]["reason"]
+        assert "0 of 20 watched objects" in why
+        # Then re-asks start changing the answer (another object took the tracks over): sooner again.
+        clock.now += 61
+        for track in range(20):
+            observe_watch(bands, f"t{track}", confirmed=False)
+        await wait_until(lambda: reask_interval(engine) == pytest.approx(20.0), "re-asks sooner again")
+        assert reask_interval(engine, "cam1") == pytest.approx(20.0)  # another camera keeps the fleet's

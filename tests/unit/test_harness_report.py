@@ -10,7 +10,7 @@ import pytest
 
 from sim.fleet.summary import CameraRun
 from sim.harness.measure import accuracy, fill_ratios, measure_mode, percentiles
-from sim.harness.report import band_series, targets, verdict, write_report
+from sim.harness.report import band_series, rule_series, targets, verdict, write_report
 from sim.harness.run import ModeRun
 from sim.scenarios.spec import SCENARIOS_DIR, load_scenario
 
@@ -128,10 +128,20 @@ def _run(tmp_path: Path, mode: str, sent: int, up: int, records: list[Record]) -
             "t": 2.0,
             "policies": {
                 "fleet": {"settings": {"mining": {"default_band": {"low": 0.25, "high": 0.6}}}},
-                "edges": {"e-0": {"settings": {"mining": {"bands": {"person": {"low": 0.4, "high": 0.7}}}}}},
+                "edges": {
+                    "e-0": {
+                        "settings": {
+                            "mining": {
+                                "bands": {"person": {"low": 0.4, "high": 0.7}},
+                                "cameras": {"cam0": {"random_audit_rate": 0.04, "motion_min_area_fraction": None}},
+                            }
+                        }
+                    }
+                },
             },
         },
     ]
+    moves = [{"t": 2.0, "version": 4, "reason": "closed loop: cam0 random_audit_rate: the cloud contradicted 8 of 40"}]
     return ModeRun(
         mode=mode,  # type: ignore[arg-type]
         folder=folder,
@@ -141,6 +151,7 @@ def _run(tmp_path: Path, mode: str, sent: int, up: int, records: list[Record]) -
         cloud_metrics={"model_seconds": 3.6},
         cloud_received={"e-0": sent},
         band_history=history if mode == "edgeglm" else [],
+        loop_moves=moves if mode == "edgeglm" else [],
     )
 
 
@@ -164,13 +175,16 @@ def test_report_files_table_and_verdict(tmp_path: Path) -> None:
     written = json.loads((tmp_path / "report.json").read_text())
     assert written["modes"]["edgeglm"]["uplink_ratio"] == pytest.approx(0.04)
     assert set(written["modes"]) == {"cloud_only", "sedna_ibt", "edgeglm"}
-    for name in ("bandwidth_vs_recall.png", "latency_cdf.png", "uplink_over_time.png", "policy_band.png"):
+    plots = ("bandwidth_vs_recall.png", "latency_cdf.png", "uplink_over_time.png", "policy_band.png")
+    for name in (*plots, "policy_rules.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     markdown = (tmp_path / "report.md").read_text()
     assert "| edgeglm |" in markdown and "4.0 %" in markdown
     assert "4.0 % of the bytes" in report["verdict"]
     assert "fewer bytes at equal or better recall" in report["verdict"]
     assert band_series(runs["edgeglm"])["e-0/person"] == [(2.0, 0.4, 0.7)]
+    assert rule_series(runs["edgeglm"])["random_audit_rate"] == {"e-0/cam0": [(2.0, 0.04)]}
+    assert "| 2 | v4 | cam0 random_audit_rate: the cloud contradicted 8 of 40 |" in markdown
 
 
 def test_verdict_says_when_edgeglm_loses() -> None:

@@ -226,3 +226,17 @@ def test_send_every_frame_sends_what_no_strategy_fired_on_as_an_audit_and_is_nev
     miner = Miner(MiningPolicy(random_audit_enabled=False, resend_interval_s=60), send_every_frame=True)
     quiet = [miner.decide(at(s, det("cat", 0.95))) for s in (0, 1, 2)]
     assert [(d.kind, d.reason, d.held_back) for d in quiet] == [("suspicious", "random_audit", None)] * 3
+
+
+def test_each_camera_mines_under_its_own_values_of_the_closed_loops_rules():
+    """The motion threshold and the audit rate of one camera (mining.cameras) leave the other cameras alone."""
+    policy = MiningPolicy.model_validate(
+        {"random_audit_rate": 0.0, "cameras": {"yard": {"motion_min_area_fraction": 0.01, "random_audit_rate": 1.0}}}
+    )
+    miner = Miner(policy, rng=random.Random(0))
+    assert miner.decide(MiningContext("door", 1, True, (), motion_area=0.005)).reason == "motion_without_detection"
+    assert miner.decide(MiningContext("yard", 1, True, (), motion_area=0.005)).kind == "nothing"  # below yard's
+    assert miner.decide(MiningContext("yard", 2, True, (), motion_area=0.02)).reason == "motion_without_detection"
+    sure = (det("cat", 0.9),)
+    assert miner.decide(MiningContext("door", 3, True, sure)).kind == "confident"  # no audit at rate 0
+    assert miner.decide(MiningContext("yard", 3, True, sure)).reason == "random_audit"  # yard audits every frame

@@ -20,7 +20,15 @@ from pydantic.fields import FieldInfo
 from common.detect import Detection
 from edge.mine import MiningContext
 from edge.mine.strategies import CrossEntropy, ImageBoxThreshold
-from protos.policy_settings import Band, GateSettings, MiningSettings, ModelRef, PolicySettings, UplinkSettings
+from protos.policy_settings import (
+    Band,
+    CameraMining,
+    GateSettings,
+    MiningSettings,
+    ModelRef,
+    PolicySettings,
+    UplinkSettings,
+)
 
 PROTO = Path(__file__).resolve().parents[2] / "protos" / "policy.proto"
 
@@ -29,6 +37,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "GateSettings": GateSettings,
     "UncertaintyBand": Band,
     "MiningSettings": MiningSettings,
+    "CameraMining": CameraMining,
     "UplinkSettings": UplinkSettings,
     "ModelRef": ModelRef,
     "Policy": PolicySettings,
@@ -42,6 +51,7 @@ RENAMED = {
 # proto fields with no settings field: the band's label is its key in `bands`; the envelope is not a setting
 WIRE_ONLY = {
     ("UncertaintyBand", "label"),
+    ("CameraMining", "camera_id"),
     ("Policy", "version"),
     ("Policy", "scope"),
     ("Policy", "scope_id"),
@@ -69,7 +79,7 @@ def proto_comments() -> dict[tuple[str, str], str]:
             message, pending = None, []
         elif line.startswith("//"):
             pending.append(line.removeprefix("//").strip())
-        elif message is not None and (field := re.fullmatch(r"(?:repeated )?[\w.]+ (\w+) = \d+;", line)):
+        elif message is not None and (field := re.fullmatch(r"(?:repeated |optional )?[\w.]+ (\w+) = \d+;", line)):
             comments[(message, field.group(1))] = " ".join(pending)
             pending = []
         else:

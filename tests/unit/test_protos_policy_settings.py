@@ -8,6 +8,7 @@ from protos import policy_pb2
 from protos.floats import f32
 from protos.policy_settings import (
     Band,
+    CameraMining,
     GateSettings,
     InvalidPolicyError,
     MiningSettings,
@@ -34,6 +35,11 @@ def rich_settings() -> PolicySettings:
             motion_without_detection_enabled=False,
             random_audit_rate=0.07,
             resend_interval_s=1.5,
+            watch_reask_interval_s=45.0,
+            cameras={
+                "door": CameraMining(random_audit_rate=0.015, watch_reask_interval_s=90.0),
+                "yard": CameraMining(motion_min_area_fraction=0.004),
+            },
         ),
         uplink=UplinkSettings(
             budget_bytes_per_s=64 * 1024,
@@ -91,13 +97,48 @@ def test_unspecified_enums_keep_the_base():
 
 @pytest.mark.parametrize(
     ("labels", "message"),
-    [(["", "cat"], r"p: mining\.bands: a band has an empty label"), (["cat", "cat"], r"bands\.cat: .*more than once")],
+    [
+        (["", "cat"], r"p: mining\.bands: an entry has an empty label"),
+        (["cat", "cat"], r"bands\.cat: .*more than once"),
+    ],
 )
 def test_band_labels_the_models_cannot_check_are_refused_by_name(labels, message):
     pb = policy_pb2.Policy()
     pb.mining.uncertainty_bands.extend(policy_pb2.UncertaintyBand(label=label, low=0.2, high=0.4) for label in labels)
     with pytest.raises(InvalidPolicyError, match=message):
         settings_fields_from_pb(pb, PolicySettings(), "p")
+
+
+def test_a_cameras_own_values_replace_the_edge_wide_ones_only_where_written():
+    mining = rich_settings().mining
+    door, yard = mining.for_camera("door"), mining.for_camera("yard")
+    assert (door.random_audit_rate, door.watch_reask_interval_s, door.motion_min_area_fraction) == (0.015, 90.0, 0.0)
+    assert (yard.random_audit_rate, yard.motion_min_area_fraction) == (0.07, 0.004)
+    assert mining.for_camera("hall") is mining
+    # An entry that leaves a field unset sends it unset: the edge-wide value stays in force there.
+    pb = policy_pb2.Policy()
+    settings_to_pb(rich_settings(), pb)
+    (yard_pb,) = [entry for entry in pb.mining.cameras if entry.camera_id == "yard"]
+    assert not yard_pb.HasField("random_audit_rate") and yard_pb.HasField("motion_min_area_fraction")
+
+
+@pytest.mark.parametrize(
+    ("cameras", "message"),
+    [
+        (["", "door"], r"p: mining\.cameras: an entry has an empty camera id"),
+        (["a", "a"], r"cameras\.a: .*more than once"),
+    ],
+)
+def test_camera_entries_the_models_cannot_check_are_refused_by_name(cameras, message):
+    pb = policy_pb2.Policy()
+    pb.mining.cameras.extend(policy_pb2.CameraMining(camera_id=camera, random_audit_rate=0.1) for camera in cameras)
+    with pytest.raises(InvalidPolicyError, match=message):
+        settings_fields_from_pb(pb, PolicySettings(), "p")
+
+
+def test_a_cameras_value_out_of_bounds_is_refused_by_its_path():
+    with pytest.raises(ValueError, match=r"cameras\.door\.random_audit_rate"):
+        MiningSettings.model_validate({"cameras": {"door": {"random_audit_rate": 1.5}}})
 
 
 def test_floats_come_back_as_the_decimals_people_wrote():

@@ -208,6 +208,35 @@ def test_an_unsure_answer_asks_again_after_the_policys_interval_and_a_class_chan
     assert len(run.asks) == 3  # max_asks: the track has asked all it may
 
 
+def test_a_confirmed_watched_object_is_checked_again_after_the_watch_interval_and_others_never() -> None:
+    policy = POLICY.model_copy(update={"watch_reask_interval_s": 5.0})
+    run = Run()
+
+    def frame(*tracked: Tracked) -> None:
+        run._collect(run.book.observe("cam", run.seq, run.t(), list(tracked), hard("watch_list"), policy, run.seq))
+        run.seq += 1
+
+    rocket, cat = det(0.8, label="rocket"), det(0.45, x=300.0)
+    frame(Tracked("1", rocket), Tracked("2", cat))
+    assert sorted(a[0] or "" for a in run.asks) == ["1"]  # the watch list asks about the watched object
+    run.answer("1", verdict("confirmed", rocket), rocket)
+    announced = run.kinds("1")
+    assert announced == ["new", "update"]  # sure at once, then the cloud's word
+    for _ in range(49):  # 4.9 s: within the watch interval
+        frame(Tracked("1", rocket), Tracked("2", cat))
+    assert len(run.asks) == 1
+    frame(Tracked("1", rocket), Tracked("2", cat))  # 5 s after the question: the long stay is checked anew
+    assert [(a[0], a[1]) for a in run.asks] == [("1", 0), ("1", 50)]
+    assert run.kinds("1") == announced, "the re-ask is a question, not an event"
+    # Without a watch interval a confirmed watched object never asks again.
+    quiet = Run()
+    quiet.frame([Tracked("1", rocket)], hard("watch_list"))
+    quiet.answer("1", verdict("confirmed", rocket), rocket)
+    for _ in range(200):
+        quiet.frame([Tracked("1", rocket)], hard("watch_list"))
+    assert len(quiet.asks) == 1
+
+
 def test_the_question_carries_the_best_frame_of_its_window() -> None:
     run = Run(TrackBook("gw", lost_after_s=2.0, ask_window_s=0.5, max_asks=3))
     scores = [0.35, 0.5, 0.58, 0.4, 0.45, 0.55, 0.5]

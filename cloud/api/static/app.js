@@ -362,6 +362,13 @@ function showHistory(record) {
 
 // ------------------------------------------------------------------ closed loop (when the service runs it)
 
+// The closed loop's per-camera rules, as the dashboard names them and shows their values.
+const RULES = {
+  motion_min_area_fraction: { title: "motion rule", value: (v) => `area ≥ ${v.toFixed(4)}`, hits: "rejected" },
+  random_audit_rate: { title: "audit rate", value: (v) => `${(v * 100).toFixed(2)}% of frames`, hits: "contradicted" },
+  watch_reask_interval_s: { title: "watch re-ask", value: (v) => (v > 0 ? `every ${v.toFixed(0)} s` : "off"), hits: "changed" },
+};
+
 function ratio(value) { return value === null || value === undefined ? "–" : `${(value * 100).toFixed(1)}%`; }
 
 async function refreshLoop() {
@@ -381,15 +388,20 @@ async function refreshLoop() {
         el("td", { class: "reason", title: last ? last.why : "" }, last ? `${ago(last.at)}: ${last.why}` : "not yet")));
     }
   }
-  for (const [edge, motion] of Object.entries(loop.motion || {})) {
-    const last = motion.last_evaluation;
-    const moves = motion.history.map((m) => `v${m.version} ${ago(m.at)}: ${m.reason}`).join("\n");
-    rows.push(el("tr", { title: moves },
-      el("td", { style: `color:${edgeColor(edge)}` }, edge), el("td", {}, "motion rule"),
-      el("td", { class: "mono" }, `area ≥ ${motion.min_area_fraction.toFixed(4)}`),
-      el("td", {}, `${count(motion.samples)} (${count(motion.rejected)} rejected)`),
-      el("td", {}, "–"), el("td", {}, "–"), el("td", {}, `${motion.history.length} moves`),
-      el("td", { class: "reason", title: last ? last.why : "" }, last ? `${ago(last.at)}: ${last.why}` : "not yet")));
+  for (const [edge, cameras] of Object.entries(loop.rules || {})) {
+    for (const [camera, rules] of Object.entries(cameras)) {
+      for (const [name, rule] of Object.entries(rules)) {
+        const shown = RULES[name] || { title: name, value: (v) => String(v), hits: "against" };
+        const last = rule.last_evaluation;
+        const moves = rule.history.map((m) => `v${m.version} ${ago(m.at)}: ${shown.value(m.value)}, ${m.reason}`).join("\n");
+        rows.push(el("tr", { title: moves, "data-rule": name },
+          el("td", { style: `color:${edgeColor(edge)}` }, edge), el("td", {}, `${camera}: ${shown.title}`),
+          el("td", { class: "mono" }, shown.value(rule.value)),
+          el("td", {}, `${count(rule.samples)} (${count(rule.hits)} ${shown.hits})`),
+          el("td", {}, "–"), el("td", {}, "–"), el("td", {}, `${rule.history.length} moves`),
+          el("td", { class: "reason", title: last ? last.why : "" }, last ? `${ago(last.at)}: ${last.why}` : "not yet")));
+      }
+    }
   }
   $("loop-rows").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 8, class: "empty" }, "No pair yet."))]));
 }
