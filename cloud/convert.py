@@ -11,6 +11,7 @@ Decoding a JPEG is blocking work: call `sample_from_pb` in an executor, not on t
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from numpy.typing import NDArray
 
+from common.detect.errors import ImageDecodeError
+from common.detect.image import decode_image
 from protos import sample_pb2, verdict_pb2
 from protos.floats import f32
 
@@ -53,8 +56,6 @@ ORIGINS: dict[OriginName, verdict_pb2.VerdictOrigin.ValueType] = {
     "backend_error": verdict_pb2.VERDICT_ORIGIN_BACKEND_ERROR,
     "edge_fallback": verdict_pb2.VERDICT_ORIGIN_EDGE_FALLBACK,
 }
-_JPEG_START = b"\xff\xd8\xff"
-_JPEG_END = b"\xff\xd9"
 
 
 class BadSampleError(ValueError):
@@ -203,24 +204,15 @@ def detection_from_pb(pb: sample_pb2.Detection) -> CloudDetection:
 
 
 def decode_jpeg(data: bytes, sample_id: str) -> NDArray[np.uint8]:
-    """Decode a sample's JPEG into a BGR image; BadSampleError (reason bad_image) names the sample."""
-    if not data:
-        raise BadSampleError(sample_id, "bad_image", "image.jpeg is empty (0 bytes)")
-    if not data.startswith(_JPEG_START):
-        raise BadSampleError(sample_id, "bad_image", f"image.jpeg is not a JPEG (starts with {data[:8].hex()})")
-    # libjpeg decodes a truncated JPEG "successfully", filling the rest with grey; a backend fed that
-    # frame would judge nonsense, so the end-of-image marker is checked here.
-    if not data.rstrip(b"\x00").endswith(_JPEG_END):
-        raise BadSampleError(sample_id, "bad_image", f"image.jpeg is truncated ({len(data)} bytes, no FFD9 marker)")
+    """Decode a sample's JPEG into a BGR image; BadSampleError (reason bad_image) names the sample.
+
+    `common.detect.image.decode_image` does the work (its size check before decoding, its strict
+    decoder); this only turns its error into the sample's.
+    """
     try:
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as exc:
-        raise BadSampleError(
-            sample_id, "bad_image", f"image.jpeg cannot be decoded ({len(data)} bytes): {exc}"
-        ) from exc
-    if image is None or image.size == 0:
-        raise BadSampleError(sample_id, "bad_image", f"image.jpeg cannot be decoded ({len(data)} bytes)")
-    return np.asarray(image, dtype=np.uint8)
+        return decode_image(data, "image.jpeg", jpeg_only=True)
+    except ImageDecodeError as err:
+        raise BadSampleError(sample_id, "bad_image", str(err)) from err
 
 
 def encode_jpeg(image: NDArray[np.uint8], quality: int = 90) -> bytes:
@@ -231,15 +223,69 @@ def encode_jpeg(image: NDArray[np.uint8], quality: int = 90) -> bytes:
     return bytes(buffer.tobytes())
 
 
+# What a sample may hold. A message within the transport's size limit can still ask the cloud to
+# store, log and echo far more than it carries (100k labels, a 1 MB id), or hold values no store or
+# clock can take; these bounds refuse such samples before anything is decoded or kept.
+MAX_ID_CHARS = 128  # sample_id, edge_id, camera_id, track_id, trace_id
+MAX_TEXT_CHARS = 1024  # mined_reason_detail, edge_model_name, edge_model_version
+MAX_LABEL_CHARS = 64
+MAX_DETECTIONS = 512
+MAX_FRAME_SIDE = 16_384  # frame_width, frame_height (pixels)
+MAX_INTEGER = (1 << 63) - 1  # frame_seq, policy_version: SQLite's and PostgreSQL's bigint
+MAX_TIMESTAMP_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a Timestamp may name
+
+
+def shown_id(sample_id: str) -> str:
+    """A sample id as errors and logs show it: an over-long one is cut, so a refusal never echoes a megabyte."""
+    return sample_id if len(sample_id) <= MAX_ID_CHARS else f"{sample_id[:MAX_ID_CHARS]}... ({len(sample_id)} chars)"
+
+
+def check_sample_fields(pb: sample_pb2.Sample) -> None:
+    """Refuse a wire sample whose fields break the bounds above (BadSampleError, reason malformed)."""
+    sample_id = shown_id(pb.sample_id)
+
+    def refuse(problem: str) -> None:
+        raise BadSampleError(sample_id, "malformed", problem)
+
+    if not pb.sample_id:
+        refuse("sample_id is empty; every sample needs its idempotency key")
+    for name in ("sample_id", "edge_id", "camera_id", "track_id", "trace_id"):
+        if len(getattr(pb, name)) > MAX_ID_CHARS:
+            refuse(f"{name} has {len(getattr(pb, name))} characters; at most {MAX_ID_CHARS}")
+    for name in ("mined_reason_detail", "edge_model_name", "edge_model_version"):
+        if len(getattr(pb, name)) > MAX_TEXT_CHARS:
+            refuse(f"{name} has {len(getattr(pb, name))} characters; at most {MAX_TEXT_CHARS}")
+    if pb.mined_reason not in _MINED_REASONS_FROM_PB:
+        known = pb.mined_reason in sample_pb2.MinedReason.values()
+        name = sample_pb2.MinedReason.Name(pb.mined_reason) if known else f"{pb.mined_reason} (unknown)"
+        refuse(f"mined_reason is {name}; expected one of {', '.join(MINED_REASONS)}")
+    for name in ("frame_seq", "policy_version"):
+        if getattr(pb, name) > MAX_INTEGER:
+            refuse(f"{name} is {getattr(pb, name)}; at most 2^63 - 1")
+    stamp = pb.captured_at
+    if not (0 <= stamp.seconds <= MAX_TIMESTAMP_S and 0 <= stamp.nanos < 1_000_000_000):
+        refuse(f"captured_at ({stamp.seconds} s, {stamp.nanos} ns) is not a time between 1970 and 9999")
+    width, height = pb.image.frame_width, pb.image.frame_height
+    if (width == 0) != (height == 0) or width > MAX_FRAME_SIDE or height > MAX_FRAME_SIDE:
+        refuse(f"image.frame_width/height are {width}x{height}; both 0 (the image is the frame) or 1-{MAX_FRAME_SIDE}")
+    if not (0.0 <= pb.priority <= 1.0 and 0.0 <= pb.motion_area_fraction <= 1.0):  # NaN fails both
+        refuse(f"priority ({pb.priority}) and motion_area_fraction ({pb.motion_area_fraction}) must lie in 0-1")
+    if len(pb.detections) > MAX_DETECTIONS:
+        refuse(f"{len(pb.detections)} detections; at most {MAX_DETECTIONS}")
+    for index, detection in enumerate(pb.detections):
+        box = detection.box
+        if len(detection.label) > MAX_LABEL_CHARS:
+            refuse(f"detections[{index}].label has {len(detection.label)} characters; at most {MAX_LABEL_CHARS}")
+        if not 0.0 <= detection.score <= 1.0:
+            refuse(f"detections[{index}].score is {detection.score}; expected 0-1")
+        if not all(math.isfinite(v) for v in (box.x1, box.y1, box.x2, box.y2)):
+            refuse(f"detections[{index}].box ({box.x1}, {box.y1}, {box.x2}, {box.y2}) is not finite")
+
+
 def sample_from_pb(pb: sample_pb2.Sample) -> SampleInput:
     """Check a wire sample and decode its image; BadSampleError says what is wrong (blocking: run in an executor)."""
+    check_sample_fields(pb)
     sample_id = pb.sample_id
-    if not sample_id:
-        raise BadSampleError(sample_id, "malformed", "sample_id is empty; every sample needs its idempotency key")
-    if pb.mined_reason not in _MINED_REASONS_FROM_PB:
-        raise BadSampleError(
-            sample_id, "malformed", f"mined_reason is {sample_pb2.MinedReason.Name(pb.mined_reason)}; expected one set"
-        )
     image = decode_jpeg(pb.image.jpeg, sample_id)
     crop = _crop_from_pb(pb)
     frame_size = (pb.image.frame_width, pb.image.frame_height)

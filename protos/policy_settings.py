@@ -26,6 +26,10 @@ from protos import policy_pb2
 from protos.floats import f32
 
 _E = TypeVar("_E")
+# The highest policy version either side accepts: 2^53 - 1, exact in every JSON reader; one version a
+# second would take 285 million years to reach it. A policy claiming more (a forged or corrupt state)
+# would otherwise be applied and make every later, real, policy look stale.
+MAX_POLICY_VERSION = (1 << 53) - 1
 ImageModeName = Literal["crop", "full_frame"]
 ReplayOrderName = Literal["newest_first", "oldest_first"]
 

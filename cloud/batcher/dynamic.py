@@ -5,8 +5,9 @@ so that callers back off instead of piling up. A batch leaves as soon as `max_ba
 wait, or when the *oldest* waiting request has waited `max_queue_delay_ms`, whichever comes first.
 Each request carries one deadline for queue plus inference: a request whose deadline passes while
 queued is failed with InferenceTimeoutError and never inferred; one whose deadline passes while its
-batch runs is failed the same way and its result dropped. A backend exception fails every request
-of that batch with BackendError and the batcher goes on serving.
+batch runs is failed the same way and its result dropped. A backend exception on a batch has each of
+its requests judged again alone (one bad sample costs the others nothing but time); a request that
+fails alone fails with BackendError, and the batcher goes on serving.
 
 One backend call runs at a time: a GPU runs one batch at a time anyway, and while it does, the next
 batch fills up in the queue, which is what makes batches grow under load. Scaling past one model
@@ -253,9 +254,21 @@ class DynamicBatcher:
             if len(results) != len(batch):
                 raise ValueError(f"returned {len(results)} results for a batch of {len(batch)}")
         except Exception as exc:  # any backend failure fails its batch, never the batcher
-            logger.error("%s backend failed on a batch of %d: %s", self._label, len(batch), exc, exc_info=exc)
-            for request in batch:
-                self._fail(request, BackendError(f"{self._label} backend failed on a batch of {len(batch)}: {exc}"))
+            self._in_flight = []
+            if len(batch) > 1:
+                # One bad sample must not cost the others their verdicts: each is judged again alone,
+                # and only those that fail alone fail.
+                logger.warning(
+                    "%s backend failed on a batch of %d (%s): judging each sample alone", self._label, len(batch), exc
+                )
+                for request in batch:
+                    if not request.future.done():
+                        await self._execute([request], loop)
+                return
+            logger.error(
+                "%s backend failed on sample %s: %s", self._label, batch[0].sample.sample_id, exc, exc_info=exc
+            )
+            self._fail(batch[0], BackendError(f"{self._label} backend failed on this sample: {exc}"))
             return
         finally:
             self._in_flight = []

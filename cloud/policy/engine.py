@@ -43,7 +43,7 @@ from cloud.policy.settings import (
 from cloud.policy.signing import PolicySigner
 from common.files import write_atomic
 from protos import policy_pb2
-from protos.policy_settings import settings_to_pb
+from protos.policy_settings import MAX_POLICY_VERSION, settings_to_pb
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,10 @@ class PolicyEngine:
             if old is not None and old.digest == digest:
                 self._layers[key] = dataclasses.replace(old, settings=settings)
             else:
+                if self._last_version >= MAX_POLICY_VERSION:
+                    raise RuntimeError(
+                        f"{state_path}: the last policy version is {self._last_version}; no edge accepts more"
+                    )
                 self._last_version += 1
                 self._layers[key] = _Layer(settings, self._last_version, time.time(), digest)
         self._write_state()
@@ -316,6 +320,10 @@ class PolicyEngine:
         key = _key(scope, scope_id)
         if settings is None and self._layers.get(key, _Layer(None, 0, 0.0, "")).settings is None:
             return self._last_version  # nothing to remove
+        if self._last_version >= MAX_POLICY_VERSION:
+            raise PolicyValidationError(
+                f"{scope} policy", [("version", f"the last version is {self._last_version}; no edge accepts more")]
+            )
         self._last_version += 1
         self._layers[key] = _Layer(settings, self._last_version, time.time(), _digest(settings))
         self._cache.clear()
@@ -344,7 +352,13 @@ class PolicyEngine:
             key: _Layer(None, int(entry["version"]), float(entry["issued_at"]), str(entry["digest"]))
             for key, entry in raw.get("layers", {}).items()
         }
-        return int(raw.get("last_version", 0)), layers
+        last = int(raw.get("last_version", 0))
+        if not 0 <= last <= MAX_POLICY_VERSION or any(layer.version > last for layer in layers.values()):
+            raise RuntimeError(
+                f"{self._state_path}: policy version state is corrupt (last_version {last}, outside 0-"
+                f"{MAX_POLICY_VERSION} or below a layer's version); restore it from a backup"
+            )
+        return last, layers
 
     def _write_state(self) -> None:
         state = {

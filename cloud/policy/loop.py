@@ -254,9 +254,10 @@ class BandController:
         return rules
 
     async def close(self) -> None:
-        """Stop evaluating, write the pairs not saved yet, close the pair store."""
+        """Stop evaluating (an evaluation under way finishes: its moves are all recorded), write the pairs, close."""
         if self._task is not None:
-            self._task.cancel()
+            async with self._evaluating:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

@@ -6,6 +6,13 @@ call the handler never runs, and on a Session stream the request iterator just e
 the edge had closed its side. Nothing in the servicer or in an interceptor can tell that case
 apart, so bad_messages{reason="oversized"} is not counted by this server: the status the client
 sees is the signal (the edge logs it and counts the failed session). The server goes on serving.
+
+A message protobuf cannot parse (a truncated varint, invalid UTF-8 in a string) is another matter:
+the generated registration's deserializer would raise inside gRPC, which answers INTERNAL and logs
+a traceback without counting anything. The EdgeGLM service is registered here instead with a
+deserializer that hands the servicer an `Undecodable` in its place, so the servicer answers
+INVALID_ARGUMENT (a unary call) or an error message on the stream (a Session, which goes on), and
+counts it as bad_messages{reason="undecodable"}.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from grpc_health.v1 import health_pb2_grpc
 from cloud.config import ServerConfig
 from cloud.server.health import SERVICE_NAME, Health
 from cloud.server.servicer import EdgeGLMServicer
-from protos import session_pb2_grpc
+from cloud.server.wire import lenient
+from protos import policy_pb2, session_pb2, verdict_pb2
 
 logger = logging.getLogger(__name__)
+SERVICE = "edgeglm.v1.EdgeGLM"  # as protos/session.proto names it (package edgeglm.v1)
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
@@ -42,7 +51,24 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
 def build_server(config: ServerConfig, servicer: EdgeGLMServicer, health: Health) -> tuple[grpc.aio.Server, int]:
     """A server with both services, bound to host:port (port 0: a free one); returns it and the port."""
     server = grpc.aio.server(options=server_options(config))
-    session_pb2_grpc.add_EdgeGLMServicer_to_server(servicer, server)
+    handlers = {
+        "Session": grpc.stream_stream_rpc_method_handler(
+            servicer.Session,
+            request_deserializer=lenient(session_pb2.EdgeMessage),
+            response_serializer=session_pb2.CloudMessage.SerializeToString,
+        ),
+        "Infer": grpc.unary_unary_rpc_method_handler(
+            servicer.Infer,
+            request_deserializer=lenient(session_pb2.InferRequest),
+            response_serializer=verdict_pb2.Verdict.SerializeToString,
+        ),
+        "GetPolicy": grpc.unary_unary_rpc_method_handler(
+            servicer.GetPolicy,
+            request_deserializer=lenient(session_pb2.GetPolicyRequest),
+            response_serializer=policy_pb2.SignedPolicy.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     address = f"{config.host}:{config.port}"
     port = server.add_insecure_port(address)

@@ -13,6 +13,7 @@ from cloud.convert import fallback_verdict
 from cloud.ingest import Deferral, decision_label
 from cloud.policy import PolicyChange
 from cloud.server.session import EdgeSession, SessionDeps
+from cloud.server.wire import Undecodable
 from protos import policy_pb2, sample_pb2, session_pb2, session_pb2_grpc, verdict_pb2
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class EdgeGLMServicer(session_pb2_grpc.EdgeGLMServicer):
         self, request: session_pb2.InferRequest, context: Context
     ) -> verdict_pb2.Verdict:
         """Judge one sample and return its verdict (the stored one for a sample_id judged before)."""
+        await self._refuse_undecodable(request, context)
         sample = request.sample
         if self._stopping:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the cloud is shutting down; retry on another replica")
@@ -115,6 +117,7 @@ class EdgeGLMServicer(session_pb2_grpc.EdgeGLMServicer):
         self, request: session_pb2.GetPolicyRequest, context: Context
     ) -> policy_pb2.SignedPolicy:
         """The edge's signed policy; empty when it has that version already."""
+        await self._refuse_undecodable(request, context)
         await self._check_edge(request.edge_id, context)
         policy = self._deps.policy
         if policy.version_for(request.edge_id, request.site_id) <= request.known_version:
@@ -133,6 +136,12 @@ class EdgeGLMServicer(session_pb2_grpc.EdgeGLMServicer):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), timeout_s)
         return not self._sessions
+
+    async def _refuse_undecodable(self, request: object, context: Context) -> None:
+        if isinstance(request, Undecodable):
+            self._deps.metrics.bad_messages.labels("undecodable").inc()
+            logger.info("call from %s refused: %s", context.peer(), request.describe())
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.describe())
 
     async def _check_edge(self, edge_id: str, context: Context) -> None:
         known = self._deps.known_edges

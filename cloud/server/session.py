@@ -26,6 +26,7 @@ from cloud.ingest import Deferral, IngestCore, decision_label
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine
 from cloud.server.fleet import FleetStatus
+from cloud.server.wire import Undecodable
 from protos import sample_pb2, session_pb2, status_pb2
 
 logger = logging.getLogger(__name__)
@@ -167,6 +168,13 @@ class EdgeSession:
             first = None
         self._greet(first)
         async for message in iterator:
+            if isinstance(message, Undecodable):  # see cloud.server.grpc_server: the stream goes on
+                self._deps.metrics.bad_messages.labels("undecodable").inc()
+                error = session_pb2.SessionError(
+                    code=session_pb2.SESSION_ERROR_CODE_INVALID_MESSAGE, message=message.describe()
+                )
+                await self.send(session_pb2.CloudMessage(error=error))
+                continue
             kind = message.WhichOneof("kind")
             if kind == "sample":
                 await self._slots.acquire()
@@ -186,6 +194,13 @@ class EdgeSession:
 
     def _greet(self, first: session_pb2.EdgeMessage | None) -> None:
         metrics = self._deps.metrics
+        if isinstance(first, Undecodable):
+            metrics.bad_messages.labels("undecodable").inc()
+            raise _EndSessionError(
+                session_pb2.SESSION_ERROR_CODE_HELLO_EXPECTED,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the first message of a Session must be a Hello: {first.describe()}",
+            )
         if first is None or first.WhichOneof("kind") != "hello":
             metrics.bad_messages.labels("no_hello").inc()
             got = "nothing" if first is None else (first.WhichOneof("kind") or "an empty message")

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from protos.policy_settings import Band, ModelRef, PolicySettings
+from protos.policy_settings import MAX_POLICY_VERSION, Band, ModelRef, PolicySettings
 from protos.policy_settings import GateSettings as GatePolicy
 from protos.policy_settings import MiningSettings as MiningPolicy
 from protos.policy_settings import UplinkSettings as UplinkPolicy
@@ -24,6 +24,6 @@ __all__ = ["Band", "EdgePolicy", "GatePolicy", "MiningPolicy", "ModelRef", "Upli
 class EdgePolicy(PolicySettings):
     """One whole policy as the edge applies it."""
 
-    version: int = Field(0, ge=0, description="Monotonic version; 0 is the built-in default.")
+    version: int = Field(0, ge=0, le=MAX_POLICY_VERSION, description="Monotonic version; 0 is the built-in default.")
     scope: Literal["builtin", "fleet", "site", "edge"] = Field("builtin", description="Who the policy is for.")
     scope_id: str = Field("", description="Site or edge id for site/edge scopes.")

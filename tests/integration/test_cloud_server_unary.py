@@ -150,3 +150,43 @@ async def test_an_oversized_message_is_refused_and_the_server_keeps_serving(tmp_
         assert unary.value.code() == stream.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert (ack.accepted, verdict.decision) == (True, verdict_pb2.DECISION_CONFIRMED)
         assert await service.store.count() == 1
+
+
+# An InferRequest whose sample's sample_id is not UTF-8: protobuf refuses to parse it.
+UNPARSABLE = bytes([0x0A, 0x04, 0x0A, 0x02, 0xFF, 0xFE])
+
+
+async def test_bytes_protobuf_cannot_parse_get_invalid_argument_are_counted_and_lose_nothing_else(
+    tmp_path: Path, clip: Path
+) -> None:
+    """Unary: INVALID_ARGUMENT naming the message, not gRPC's INTERNAL; on a Session: an error message,
+    and the samples after it are judged as usual."""
+    sample = make_sample(clip, busy_frames(clip)[0], "s-after-garbage")
+    async with running(make_config(tmp_path, clip)) as service:
+        target = f"127.0.0.1:{service.port}"
+        async with grpc.aio.insecure_channel(target) as raw:
+            infer = raw.unary_unary(
+                "/edgeglm.v1.EdgeGLM/Infer",
+                request_serializer=lambda data: data,
+                response_deserializer=verdict_pb2.Verdict.FromString,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await infer(UNPARSABLE, timeout=WAIT_S)
+            session = raw.stream_stream(
+                "/edgeglm.v1.EdgeGLM/Session",
+                request_serializer=lambda data: data,
+                response_deserializer=session_pb2.CloudMessage.FromString,
+            )
+            call = session()  # type: ignore[call-arg]  # written to below, as a stub's call is
+            hello = session_pb2.EdgeMessage(hello=session_pb2.Hello(edge_id=EDGE))
+            await call.write(hello.SerializeToString())
+            assert (await read(call)).WhichOneof("kind") == "policy"
+            await call.write(bytes([0x12, 0x05, 0x0A, 0x03, 0xC3, 0x28, 0x41]))  # a Sample with a bad sample_id
+            await call.write(session_pb2.EdgeMessage(sample=sample).SerializeToString())
+            error, ack, verdict = (await read(call)).error, (await read(call)).ack, (await read(call)).verdict
+            call.cancel()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "InferRequest of 6 bytes could not be parsed" in (refused.value.details() or "")
+    assert error.code == session_pb2.SESSION_ERROR_CODE_INVALID_MESSAGE and "EdgeMessage of 7 bytes" in error.message
+    assert (ack.sample_id, ack.accepted, verdict.sample_id) == ("s-after-garbage", True, "s-after-garbage")
+    assert counter(service, "edgeglm_cloud_bad_messages_total", reason="undecodable") == 2

@@ -226,7 +226,8 @@ async def test_request_whose_deadline_passes_in_the_backend_times_out_and_its_re
     await batcher.stop()
 
 
-async def test_backend_failure_fails_its_whole_batch_and_the_batcher_keeps_serving(metrics):
+async def test_a_sample_the_backend_fails_on_fails_alone_and_the_batcher_keeps_serving(metrics):
+    """The batch fails; each of its samples is judged again alone; only the poison fails (batch poisoning)."""
     backend = FakeBackend(fail_on={"poison"})
     batcher = await started(backend, metrics, max_batch_size=3, max_queue_delay_ms=NEVER_MS)
 
@@ -235,11 +236,12 @@ async def test_backend_failure_fails_its_whole_batch_and_the_batcher_keeps_servi
     )
     after = await asyncio.gather(*(batcher.submit(sample(f"c{i}"), 30) for i in range(3)))
 
-    assert all(isinstance(outcome, BackendError) for outcome in outcomes)
-    assert "CUDA out of memory" in str(outcomes[0])
+    assert isinstance(outcomes[1], BackendError) and "CUDA out of memory" in str(outcomes[1])
+    assert [outcomes[0][0].text, outcomes[2][0].text] == ["a", "b"]  # type: ignore[index]
+    assert backend.batches[:4] == [["a", "poison", "b"], ["a"], ["poison"], ["b"]]
     assert [result.text for result, _, _ in after] == ["c0", "c1", "c2"]
-    assert failures(metrics, "backend_error") == 3
-    assert value(metrics, "edgeglm_inference_request_success_total", backend="fake") == 3
+    assert failures(metrics, "backend_error") == 1
+    assert value(metrics, "edgeglm_inference_request_success_total", backend="fake") == 5
     await batcher.stop()
 
 
@@ -250,7 +252,7 @@ async def test_backend_returning_too_few_results_fails_the_batch(metrics):
     outcomes = await asyncio.gather(*(batcher.submit(sample(f"s{i}"), 30) for i in range(2)), return_exceptions=True)
 
     assert all(
-        isinstance(outcome, BackendError) and "1 results for a batch of 2" in str(outcome) for outcome in outcomes
+        isinstance(outcome, BackendError) and "0 results for a batch of 1" in str(outcome) for outcome in outcomes
     )
     await batcher.stop()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -194,3 +196,58 @@ def test_fallback_verdict_is_unsure_and_says_why():
 
 def test_verdict_without_decision_reads_as_unsure():
     assert result_from_pb(verdict_pb2.Verdict(sample_id="x")).decision == "unsure"
+
+
+def changed(**fields) -> sample_pb2.Sample:
+    """The wire sample with fields set on the message as a hostile client would (unchecked values)."""
+    pb = wire_sample()
+    for path, value in fields.items():
+        target = pb
+        *parents, name = path.split("__")
+        for parent in parents:
+            target = getattr(target, parent)
+        if name == "detections":
+            del pb.detections[:]
+            pb.detections.extend(value)
+        else:
+            setattr(target, name, value)
+    return pb
+
+
+MANY = [sample_pb2.Detection(label="cat", score=0.5)] * 513
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"mined_reason": 99}, "mined_reason is 99 (unknown)"),
+        ({"frame_seq": 1 << 63}, "frame_seq is 9223372036854775808; at most 2^63 - 1"),
+        ({"policy_version": (1 << 64) - 1}, "policy_version is 18446744073709551615"),
+        ({"captured_at__seconds": 1 << 40}, "captured_at (1099511627776 s, 123456000 ns) is not a time"),
+        ({"captured_at__seconds": -5}, "not a time between 1970 and 9999"),
+        ({"image__frame_height": 0}, "image.frame_width/height are 64x0"),
+        ({"image__frame_width": 100_000}, "are 100000x48"),
+        ({"priority": float("nan")}, "priority (nan)"),
+        ({"edge_id": "e" * 129}, "edge_id has 129 characters; at most 128"),
+        ({"mined_reason_detail": "x" * 2000}, "mined_reason_detail has 2000 characters"),
+        ({"detections": MANY}, "513 detections; at most 512"),
+        ({"detections": [sample_pb2.Detection(label="l" * 65, score=0.5)]}, "detections[0].label has 65"),
+        ({"detections": [sample_pb2.Detection(label="cat", score=7.0)]}, "detections[0].score is 7.0"),
+        (
+            {"detections": [sample_pb2.Detection(label="cat", score=0.5, box=sample_pb2.Box(x1=float("inf")))]},
+            "detections[0].box (inf",
+        ),
+    ],
+)
+def test_fields_no_store_or_backend_can_take_are_refused_before_decoding(fields, problem):
+    with pytest.raises(BadSampleError, match=re.escape(problem)) as caught:
+        sample_from_pb(changed(**fields))
+    assert caught.value.reason == "malformed"
+
+
+def test_a_refusal_never_echoes_an_over_long_sample_id():
+    pb = changed(sample_id="x" * 1_000_000)
+    with pytest.raises(BadSampleError) as caught:
+        sample_from_pb(pb)
+    assert len(str(caught.value)) < 400 and "(1000000 chars)" in str(caught.value)
+    assert len(caught.value.sample_id) < 200

@@ -120,3 +120,17 @@ async def test_the_band_adjustment_seam_publishes_an_edge_override(tmp_path: Pat
     assert [(b.label, round(b.low, 3), round(b.high, 3)) for b in policy.mining.uncertainty_bands] == [
         ("cat", 0.2, 0.5)
     ]
+
+
+def test_a_state_claiming_an_impossible_version_stops_the_start_with_the_file_named(tmp_path: Path) -> None:
+    (tmp_path / "policy-state.json").write_text('{"last_version": 18446744073709551615, "layers": {}}')
+    with pytest.raises(RuntimeError, match=r"policy-state\.json: policy version state is corrupt"):
+        engine(tmp_path)
+
+
+async def test_versions_stop_at_the_highest_an_edge_accepts(tmp_path: Path) -> None:
+    (tmp_path / "policy-state.json").write_text(f'{{"last_version": {(1 << 53) - 2}, "layers": {{}}}}')
+    policies = engine(tmp_path)  # the fleet layer takes the last version there is
+    assert policies.version == (1 << 53) - 1
+    with pytest.raises(PolicyValidationError, match="no edge accepts more"):
+        await policies.set_edge("gw-1", {"uplink": {"jpeg_quality": 50}})

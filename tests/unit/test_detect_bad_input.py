@@ -140,3 +140,30 @@ def test_missing_model_file_is_refused_naming_it(tmp_path):
 def test_run_refuses_a_tensor_of_the_wrong_size(model_path):
     with pytest.raises(DetectorError, match=r"ok\.onnx: input tensor has shape \[1, 3, 640, 640\]"):
         load(model_path).run(np.zeros((1, 3, 640, 640), np.float32))
+
+
+def claiming(data: bytes, width: int, height: int) -> bytes:
+    """A JPEG whose frame header (SOF0) claims another size; its pixels stay what they were."""
+    at = data.index(b"\xff\xc0")
+    return data[: at + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[at + 9 :]
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_before_any_pixel_is_decoded():
+    bomb = claiming(encoded(".jpg"), 30_000, 30_000)  # about 1 kB claiming 900 MP (2.7 GB decoded)
+    assert len(bomb) < 2000
+    with pytest.raises(ImageDecodeError, match=r"claims 30000x30000 pixels \(900\.0 MP\).*not decoded"):
+        decode_image(bomb, SOURCE)
+    with pytest.raises(ImageDecodeError, match="claims 64x48 pixels"):
+        decode_image(encoded(".jpg"), SOURCE, max_pixels=1000)
+    png = encoded(".png")
+    huge_png = png[:16] + (30_000).to_bytes(4, "big") + (30_000).to_bytes(4, "big") + png[24:]
+    with pytest.raises(ImageDecodeError, match="claims 30000x30000 pixels"):
+        decode_image(huge_png, SOURCE)
+
+
+def test_a_truncated_jpeg_with_an_end_marker_appended_is_refused():
+    big = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8))[1].tobytes()
+    forged = big[: len(big) // 2] + b"\xff\xd9"
+    with pytest.raises(ImageDecodeError, match="premature end of data segment"):
+        decode_image(forged, SOURCE)
+    assert decode_image(big, SOURCE).shape == (240, 320, 3)

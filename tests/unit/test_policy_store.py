@@ -147,6 +147,17 @@ def test_out_of_range_policy_is_refused_as_invalid(tmp_path: Path, keys: Keys, m
     assert rejected(metrics, "invalid") == 1 and store.current.version == 0
 
 
+def test_a_validly_signed_policy_claiming_an_impossible_version_is_refused_and_later_ones_still_apply(
+    tmp_path: Path, keys: Keys, metrics: EdgeMetrics
+) -> None:
+    store = make_store(tmp_path, keys, metrics)
+    pb = wire(1)
+    pb.version = (1 << 64) - 1
+    result = store.offer(sign(pb, keys.private))
+    assert result.reason == "invalid" and "version" in result.message
+    assert store.offer(sign(wire(8), keys.private)).applied and store.current.version == 8
+
+
 @pytest.mark.parametrize(
     ("scope", "scope_id", "accepted"),
     [
