@@ -229,6 +229,14 @@ class MqttBridge:
             self._paho.ack(self._client, inbound)
 
     async def _judge_sample(self, edge_id: str, payload: bytes) -> None:
+        limit = self._config.max_message_bytes
+        if len(payload) > limit:
+            self._metrics.bad_messages.labels("oversized").inc()
+            problem = f"a sample of {len(payload)} bytes is larger than the {limit} accepted; it was dropped"
+            logger.info("edge %s over MQTT: %s", edge_id, problem)
+            error = session_pb2.SessionError(code=session_pb2.SESSION_ERROR_CODE_INVALID_MESSAGE, message=problem)
+            self._send(edge_id, session_pb2.CloudMessage(error=error))
+            return
         try:
             sample = sample_pb2.Sample.FromString(payload)
         except DecodeError:

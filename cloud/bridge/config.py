@@ -40,6 +40,13 @@ class MqttBridgeConfig(BaseModel):
     max_in_flight: int = Field(
         256, ge=1, le=65_535, description="Samples being judged at once (the MQTT receive maximum: the broker waits)."
     )
+    max_message_bytes: int = Field(
+        8 << 20,
+        ge=64 << 10,
+        le=256 << 20,
+        description="Largest sample accepted (as the gRPC server's limit); bigger ones are dropped, counted "
+        "as oversized, and the edge told why.",
+    )
     reconnect_backoff_min_s: int = Field(1, ge=1, le=600, description="First reconnect delay (paho's backoff).")
     reconnect_backoff_max_s: int = Field(30, ge=1, le=3600, description="Cap of the reconnect delay.")
 

@@ -30,6 +30,8 @@ def mosquitto_config(port: int, data_dir: Path, log_path: Path) -> str:
             "autosave_interval 1",
             # An offline session's queue; the default of 1000 would drop messages for a slow edge.
             "max_queued_messages 100000",
+            # A client sending a larger packet is disconnected: the cloud's 8 MiB sample limit, plus headers.
+            "max_packet_size 8389632",
             f"log_dest file {log_path}",
             "log_type error",
             "log_type warning",

@@ -100,3 +100,24 @@ async def test_stopping_the_bridge_still_answers_the_samples_in_hand(tmp_path: P
             await replica.bridge.stop(time.monotonic() + 10)
             assert replica.bridge.in_flight == 0
         await wait_until(lambda: gw.verdict_ids() == {s.sample_id for s in sent}, "the verdicts owed")
+
+
+async def test_a_sample_larger_than_the_limit_is_dropped_counted_and_the_bridge_goes_on(
+    tmp_path: Path, clip: Path, broker: Any, observer_factory: Any
+) -> None:
+    """MQTT has no gRPC message limit of its own: the bridge applies the same one before parsing."""
+    good = samples(clip, 1, "good")[0]
+    huge = samples(clip, 1, "huge")[0]
+    huge.image.jpeg += b"\x00" * (256 << 10)
+    publisher = observer_factory()
+    config = bridge_config(broker, max_message_bytes=160 << 10)  # the good sample is about 80 kB
+    async with cloud(tmp_path, clip, config) as replica, edge(edge_config(broker)) as gw:
+        await wait_until(lambda: replica.bridge.connected, "the bridge to connect")
+        await publisher.publish(f"edgeglm/{EDGE}/samples", huge.SerializeToString())
+        assert gw.uplink is not None
+        await gw.submit(good)
+        await wait_until(lambda: gw.verdict_ids() == {good.sample_id}, "the good sample's verdict")
+        await wait_until(
+            lambda: replica.counter("edgeglm_cloud_bad_messages_total", reason="oversized") == 1, "the oversized count"
+        )
+        assert await replica.store.count() == 1
