@@ -73,6 +73,7 @@ def serve(
     config_path: Annotated[Path, typer.Option("--config", "-c", help="The service's YAML config.")],
 ) -> None:
     """Run the cloud service until SIGTERM/SIGINT (a second signal exits at once)."""
+    from cloud.api.auth import AdminAuthError
     from cloud.backends import BackendStartError
     from cloud.config import ConfigError, load_config
     from cloud.policy import SigningKeyError
@@ -85,7 +86,7 @@ def serve(
         raise typer.Exit(2) from err
     try:
         asyncio.run(_serve(config))
-    except (BackendStartError, SigningKeyError, StoreError, OSError) as err:
+    except (BackendStartError, SigningKeyError, StoreError, AdminAuthError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
 
@@ -135,8 +136,17 @@ def policy_set(
     edge: Annotated[str | None, typer.Option("--edge", help="Set this edge's override instead of the fleet.")] = None,
     site: Annotated[str | None, typer.Option("--site", help="Set this site's override instead of the fleet.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the service.")] = 10.0,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="File with an operator's admin token (admin.users); default: $EDGEGLM_ADMIN_TOKEN if set.",
+        ),
+    ] = None,
 ) -> None:
     """Send new policy settings to a running service and print the version it published."""
+    import os
+
     import httpx
 
     if edge and site:
@@ -145,10 +155,15 @@ def policy_set(
     target = f"edges/{edge}" if edge else f"sites/{site}" if site else "fleet"
     url = f"{admin.rstrip('/')}/policies/{target}"
     try:
-        response = httpx.put(url, content=body, headers={"content-type": "application/yaml"}, timeout=timeout)
+        token = token_file.read_text().strip() if token_file else os.environ.get("EDGEGLM_ADMIN_TOKEN", "")
+        headers = {"content-type": "application/yaml"} | ({"authorization": f"Bearer {token}"} if token else {})
+        response = httpx.put(url, content=body, headers=headers, timeout=timeout)
     except httpx.HTTPError as err:
         typer.echo(f"error: {url}: {err}", err=True)
         raise typer.Exit(2) from err
+    if response.status_code in (401, 403):
+        typer.echo(f"error: {url}: {response.json().get('detail')} (give --token-file)", err=True)
+        raise typer.Exit(2)
     if response.status_code == 422:
         for problem in response.json().get("detail", []):
             typer.echo(f"{path}: {problem['loc']}: {problem['msg']}", err=True)

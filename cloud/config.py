@@ -10,9 +10,9 @@ into one line naming the file, the YAML path and what is wrong, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from cloud.backends import BackendConfig, OracleBackendConfig
@@ -123,15 +123,56 @@ class PolicyConfig(_Section):
     )
 
 
+class AdminUserConfig(_Section):
+    """One user of the admin API (cloud/api/auth.py)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$", description="Shown in the policy history.")
+    role: Literal["viewer", "operator"] = Field(
+        ..., description="viewer: read everything; operator: also change policies and overrides."
+    )
+    token_file: Path = Field(..., description="File holding the user's token (16+ characters), e.g. a Secret's key.")
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
 class AdminConfig(_Section):
-    """The admin HTTP API: health, metrics, policies, fleet status."""
+    """The admin HTTP API: health, metrics, policies, fleet status, verdicts, dashboard."""
 
     enabled: bool = Field(True, description="Serve the admin API.")
-    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on; it has no auth, keep it private.")
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address to listen on; any but loopback needs `users` (or allow_anonymous).",
+    )
     port: int = Field(8080, ge=0, le=65535, description="Port; 0 picks a free one (logged at start).")
+    users: list[AdminUserConfig] = Field(
+        default_factory=list,
+        description="Who may use the API, by token; empty: anyone who reaches it (loopback only by default).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"],
+        min_length=1,
+        description="Host header names the API answers to (DNS rebinding); '*.example.com' wildcards, '*' any.",
+    )
+    allow_anonymous: bool = Field(
+        False, description="Serve without users on a non-loopback address: anyone who reaches it may change policies."
+    )
     edge_snapshot_interval_s: float = Field(
         10.0, ge=0.1, le=3600, description="How often edges' status is copied to the store (kept across restarts)."
     )
+
+    @model_validator(mode="after")
+    def _guarded(self) -> Self:
+        if self.enabled and not self.users and not self.allow_anonymous and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"host is {self.host} but no users are configured: anyone who reaches it could change every "
+                "edge's policy; add users (name, role, token_file), bind to 127.0.0.1, or set allow_anonymous: true"
+            )
+        names = [user.name for user in self.users]
+        if len(set(names)) != len(names):
+            raise ValueError(f"users: a name appears more than once ({', '.join(sorted(names))})")
+        return self
 
 
 class CloudConfig(FileSettings):

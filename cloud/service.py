@@ -16,6 +16,7 @@ import time
 import grpc
 
 from cloud.api import AdminServer, AdminState, create_app
+from cloud.api.auth import load_identity
 from cloud.api.recorder import EdgeSnapshotter, PolicyRecorder
 from cloud.backends import Backend, build_backend
 from cloud.batcher import DynamicBatcher
@@ -145,7 +146,9 @@ class CloudService:
                 store=self.store,
                 closed_loop=self.bands,
             )
-            self._admin = AdminServer(create_app(state), config.admin.host, config.admin.port)
+            admin = config.admin
+            users = [load_identity(user.name, user.role, user.token_file) for user in admin.users]
+            self._admin = AdminServer(create_app(state, users, admin.allowed_hosts), admin.host, admin.port)
             await self._admin.start()
             self.admin_port = self._admin.port
         await self.batcher.start()

@@ -2,8 +2,8 @@
 
 JSON in and out, for people and their tools; the edges never use it (they speak protobuf over gRPC).
 Policy bodies may be YAML or JSON (a JSON document is YAML too). The data routes live under /api
-(OpenAPI at /openapi.json, Swagger UI at /docs); the dashboard is at /. It has no authentication:
-bind it to a private address.
+(OpenAPI at /openapi.json, Swagger UI at /docs); the dashboard is at /. Who may use it, and the
+Host names it answers to: cloud/api/auth.py.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cloud.api.auth import AdminIdentity, HostCheck, TokenAuth
 from cloud.api.policies import add_policy_routes
 from cloud.api.routes import api_router
 from cloud.api.state import AdminState
@@ -22,9 +23,15 @@ from cloud.api.web import add_web_routes
 __all__ = ["AdminState", "create_app"]
 
 
-def create_app(state: AdminState) -> FastAPI:
-    """The admin app over one service's state."""
+def create_app(
+    state: AdminState, users: list[AdminIdentity] | None = None, allowed_hosts: list[str] | None = None
+) -> FastAPI:
+    """The admin app over one service's state; `users` (none: open) and `allowed_hosts` (none: any) guard it."""
     app = FastAPI(title="EdgeGLM cloud admin", version="2", docs_url=None, redoc_url=None)
+    if users:
+        app.add_middleware(TokenAuth, users=users)
+    if allowed_hosts:
+        app.add_middleware(HostCheck, allowed_hosts=allowed_hosts)  # added last: runs first
 
     @app.get("/healthz", tags=["service"])
     async def healthz() -> JSONResponse:

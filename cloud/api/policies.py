@@ -42,6 +42,12 @@ async def _settings_body(request: Request, state: AdminState, where: str) -> Any
         raise PolicyValidationError(where, [("(body)", f"not valid YAML or JSON: {err}")]) from err
 
 
+def _by(request: Request) -> str:
+    """ " (by <user>)" when the request named its user (cloud/api/auth.py), for the policy history."""
+    user = getattr(request.state, "admin_user", None)
+    return f" (by {user})" if user else ""
+
+
 async def _publish(
     request: Request,
     state: AdminState,
@@ -51,7 +57,7 @@ async def _publish(
     scope: str,
     scope_id: str,
 ) -> JSONResponse:
-    stated = f"{request.method} {request.url.path}" + (f": {reason}" if reason else "")
+    stated = f"{request.method} {request.url.path}" + (f": {reason}" if reason else "") + _by(request)
     try:
         body = await _settings_body(request, state, where)
         with policy_reason(stated):
@@ -91,14 +97,14 @@ def _writing_routes(state: AdminState) -> APIRouter:
     @router.delete("/policies/edges/{edge_id}")
     async def delete_edge(edge_id: str, request: Request, reason: str = ReasonQuery) -> JSONResponse:
         """Remove an edge's override; the edge gets its site's or the fleet policy under a new version."""
-        with policy_reason(f"DELETE {request.url.path}" + (f": {reason}" if reason else "")):
+        with policy_reason(f"DELETE {request.url.path}" + (f": {reason}" if reason else "") + _by(request)):
             version = await policy.clear_override("edge", edge_id)
         return JSONResponse({"version": version, "scope": "fleet", "scope_id": ""})
 
     @router.delete("/policies/sites/{site_id}")
     async def delete_site(site_id: str, request: Request, reason: str = ReasonQuery) -> JSONResponse:
         """Remove a site's override; its edges get the fleet policy (or their own override) under a new version."""
-        with policy_reason(f"DELETE {request.url.path}" + (f": {reason}" if reason else "")):
+        with policy_reason(f"DELETE {request.url.path}" + (f": {reason}" if reason else "") + _by(request)):
             version = await policy.clear_override("site", site_id)
         return JSONResponse({"version": version, "scope": "fleet", "scope_id": ""})
 

@@ -399,8 +399,8 @@ def loop_moves_section(run: ModeRun | None) -> list[str]:
     lines = ["## Closed-loop moves (edgeglm)", ""]
     if not run.loop_moves:
         return [*lines, "The closed loop moved nothing in this run: no band or rule had enough evidence.", ""]
-    lines += ["| t (s) | version | what moved and why |", "|---|---|---|"]
+    lines += ["| t (s) | version | edge | what moved and why |", "|---|---|---|---|"]
     for move in run.loop_moves:
         reason = str(move["reason"]).removeprefix("closed loop: ").replace("|", "/")
-        lines.append(f"| {move['t']:.0f} | v{move['version']} | {reason} |")
+        lines.append(f"| {move['t']:.0f} | v{move['version']} | {move.get('edge', '')} | {reason} |")
     return [*lines, ""]

@@ -238,7 +238,12 @@ async def run_mode(
         cloud_received=_received(folder / "cloud" / "verdicts.sqlite"),
         band_history=history,
         loop_moves=[
-            {"t": round(record["created_at"] - started_at, 1), "version": record["version"], "reason": record["reason"]}
+            {
+                "t": round(record["created_at"] - started_at, 1),
+                "version": record["version"],
+                "edge": record.get("scope_id", ""),
+                "reason": record["reason"],
+            }
             for record in reversed(published)
             if str(record.get("reason", "")).startswith("closed loop")
         ],

@@ -185,6 +185,9 @@ def test_files_the_configs_name_are_in_the_image_or_on_a_volume(variant: str) ->
     cloud, cloud_config = _cloud(variant)
     assert _secret_file(cloud, cloud_config["policy"]["signing_key"]) == "edgeglm-policy-signing-key"
     assert cloud_config["policy"]["create_signing_key"] is False, "replicas share one key, made by keygen"
+    users = cloud_config["admin"]["users"]
+    assert {user["role"] for user in users} == {"operator", "viewer"}
+    assert {_secret_file(cloud, user["token_file"]) for user in users} == {"edgeglm-admin-tokens"}
     mount, volume = volume_for(cloud, cloud_config["store"]["path"])
     assert not mount.get("readOnly")
     backend = cloud_config["backend"]

@@ -78,6 +78,11 @@ def _local_cloud_config(tmp_path: Path) -> CloudConfig:
     raw["store"]["path"] = str(tmp_path / "state" / "verdicts.sqlite")
     raw["policy"].update(signing_key=str(tmp_path / "keys" / "policy-signing.key"), create_signing_key=True)
     raw["backend"]["model_path"] = str(image_files[raw["backend"]["model_path"]])
+    for user in raw["admin"]["users"]:  # the Secret's files, made as the README makes them
+        token = tmp_path / "admin" / user["name"]
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.write_text(f"{user['name']}-token-{'0' * 32}\n")
+        user["token_file"] = str(token)
     return CloudConfig.model_validate(raw)
 
 
@@ -98,5 +103,9 @@ async def test_cloud_probes_and_scrape_path_answer_on_the_running_service(tmp_pa
             body = (await client.get(annotations["prometheus.io/path"])).text
             assert "edgeglm_inference_queue_depth" in body
             assert (await client.get("/healthz")).json()["status"] == "SERVING"
+            # Everything else asks who you are: the dashboard's data without a token is refused.
+            assert (await client.get("/api/verdicts")).status_code == 401
+            viewer = {"authorization": f"Bearer viewer-token-{'0' * 32}"}
+            assert (await client.get("/api/verdicts", headers=viewer)).status_code == 200
     finally:
         await asyncio.wait_for(service.stop(), WAIT_S)

@@ -141,7 +141,9 @@ def _run(tmp_path: Path, mode: str, sent: int, up: int, records: list[Record]) -
             },
         },
     ]
-    moves = [{"t": 2.0, "version": 4, "reason": "closed loop: cam0 random_audit_rate: the cloud contradicted 8 of 40"}]
+    moves = [
+        {"t": 2.0, "version": 4, "edge": "e-0", "reason": "closed loop: cam0 random_audit_rate: contradicted 8 of 40"}
+    ]
     return ModeRun(
         mode=mode,  # type: ignore[arg-type]
         folder=folder,
@@ -184,7 +186,7 @@ def test_report_files_table_and_verdict(tmp_path: Path) -> None:
     assert "fewer bytes at equal or better recall" in report["verdict"]
     assert band_series(runs["edgeglm"])["e-0/person"] == [(2.0, 0.4, 0.7)]
     assert rule_series(runs["edgeglm"])["random_audit_rate"] == {"e-0/cam0": [(2.0, 0.04)]}
-    assert "| 2 | v4 | cam0 random_audit_rate: the cloud contradicted 8 of 40 |" in markdown
+    assert "| 2 | v4 | e-0 | cam0 random_audit_rate: contradicted 8 of 40 |" in markdown
 
 
 def test_verdict_says_when_edgeglm_loses() -> None:

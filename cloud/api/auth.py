@@ -1,0 +1,137 @@
+"""Who may use the admin API: tokens per named user with a role, and the Host names it answers to.
+
+Two ASGI middlewares in front of every route but `/healthz` and `/metrics` (kubelet probes and
+Prometheus scrapes, which send a pod IP as Host and carry no token; neither reveals a sample or
+changes anything):
+
+- `HostCheck`: the Host header must be one of `admin.allowed_hosts` (Starlette's
+  TrustedHostMiddleware does the matching, wildcards included). A page on any other name that
+  resolves to this address (DNS rebinding) gets 400 and no data.
+- `TokenAuth`, when `admin.users` is not empty: each request names its user by a token, as
+  `Authorization: Bearer <token>` (scripts, `edgeglm-cloud policy set --token-file`) or HTTP Basic
+  with the user's name and the token as password (a browser asks for them). No or a wrong token:
+  401 with a Basic challenge; a viewer asking to change anything (any method but GET and HEAD):
+  403. The user's name goes with the request (`request.state.admin_user`), so the policy history
+  says who made each change. Tokens are read from files at start (a Kubernetes Secret, say) and
+  kept only as SHA-256 digests, compared in constant time.
+
+With no users the API answers anyone who reaches it; `AdminConfig` allows that only on a loopback
+address (or when `allow_anonymous` says the operator accepts it).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+Role = Literal["viewer", "operator"]
+OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+READ_METHODS = frozenset({"GET", "HEAD"})
+MIN_TOKEN_CHARS = 16
+
+
+class AdminAuthError(ValueError):
+    """A token file that is missing, unreadable or too short; the message names the file and the user."""
+
+
+@dataclass(frozen=True)
+class AdminIdentity:
+    """One user of the admin API: name, role and the SHA-256 of their token."""
+
+    name: str
+    role: Role
+    digest: bytes
+
+
+def load_identity(name: str, role: Role, token_file: Path) -> AdminIdentity:
+    """Read a user's token (surrounding whitespace stripped) from `token_file`."""
+    try:
+        token = token_file.read_text().strip()
+    except OSError as err:
+        raise AdminAuthError(f"admin.users {name}: token_file {token_file} cannot be read ({err})") from err
+    if len(token) < MIN_TOKEN_CHARS:
+        raise AdminAuthError(
+            f"admin.users {name}: the token in {token_file} has {len(token)} characters; give at least "
+            f"{MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32 > {token_file}`)"
+        )
+    return AdminIdentity(name, role, hashlib.sha256(token.encode()).digest())
+
+
+class HostCheck:
+    """Refuse (400) a request whose Host is not an allowed name, except on OPEN_PATHS."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        """Guard `app`; `allowed_hosts` as TrustedHostMiddleware takes them ("*" allows any)."""
+        self._app = app
+        self._checked = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the Host header of HTTP requests; pass everything else through."""
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            await self._checked(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
+
+
+class TokenAuth:
+    """Name the user of each request by their token; 401 without one, 403 for a viewer's change."""
+
+    def __init__(self, app: ASGIApp, users: list[AdminIdentity]) -> None:
+        """Guard `app` for `users`."""
+        self._app = app
+        self._users = users
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Authenticate and authorise HTTP requests off OPEN_PATHS; pass everything else through."""
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self._app(scope, receive, send)
+            return
+        user = self._identify(scope)
+        if user is None:
+            await _reply(send, 401, "a token is needed: Authorization: Bearer <token>, or Basic with it as password")
+            return
+        if user.role != "operator" and scope["method"] not in READ_METHODS:
+            logger.warning("admin: %s (viewer) refused %s %s", user.name, scope["method"], scope["path"])
+            await _reply(send, 403, f"user {user.name} is a viewer; changes need an operator's token")
+            return
+        scope.setdefault("state", {})["admin_user"] = user.name
+        await self._app(scope, receive, send)
+
+    def _identify(self, scope: Scope) -> AdminIdentity | None:
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        kind, _, credentials = header.partition(" ")
+        token = ""
+        if kind.lower() == "bearer":
+            token = credentials.strip()
+        elif kind.lower() == "basic":
+            try:
+                token = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[2]
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+        if not token:
+            return None
+        digest = hashlib.sha256(token.encode()).digest()
+        found = None
+        for user in self._users:  # every digest is compared: the time taken does not say which matched
+            if hmac.compare_digest(user.digest, digest):
+                found = user
+        return found
+
+
+async def _reply(send: Send, status: int, detail: str) -> None:
+    headers = [(b"content-type", b"application/json")]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Basic realm="EdgeGLM admin", charset="UTF-8"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
