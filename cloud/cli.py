@@ -78,6 +78,7 @@ def serve(
     from cloud.config import ConfigError, load_config
     from cloud.policy import SigningKeyError
     from cloud.store import StoreError
+    from common.tls import TlsError
 
     try:
         config = load_config(config_path)
@@ -86,7 +87,7 @@ def serve(
         raise typer.Exit(2) from err
     try:
         asyncio.run(_serve(config))
-    except (BackendStartError, SigningKeyError, StoreError, AdminAuthError, OSError) as err:
+    except (BackendStartError, SigningKeyError, StoreError, AdminAuthError, TlsError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
 
@@ -127,6 +128,51 @@ def keygen(
     typer.echo(f"private key {private_path} (keep it on the cloud only)")
     typer.echo(f"public key  {public_path} (install on the edges: policy.public_key)")
     typer.echo(f"key id      {key_id(load_private_key(private_path).public_key())}")
+
+
+certs_app = typer.Typer(
+    help="Certificates for mutual TLS between the edges and the cloud (a small CA on disk).", no_args_is_help=True
+)
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("init")
+def certs_init(
+    out: Annotated[Path, typer.Option("--out", help="Folder for ca.crt, ca.key and the server's certificate.")],
+    name: Annotated[
+        list[str],
+        typer.Option("--name", help="A DNS name or address edges reach the cloud by (repeat); the first is its CN."),
+    ],
+) -> None:
+    """Make the fleet's CA and the cloud's server certificate (server.tls in cloud.yaml)."""
+    from common.tls import FleetCA, TlsError
+
+    try:
+        ca = FleetCA(out).create()
+        server = ca.issue_server(out, name)
+    except TlsError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"CA          {ca.cert_file} (edges: uplink.tls.ca_file; cloud: server.tls.client_ca_file)")
+    typer.echo(f"CA key      {ca.key_file} (keep it off the cloud and the edges)")
+    typer.echo(f"server      {server.cert_file} and {server.key_file} (server.tls.cert_file / key_file)")
+
+
+@certs_app.command("issue")
+def certs_issue(
+    ca: Annotated[Path, typer.Option("--ca", help="The folder `certs init` wrote.")],
+    edge: Annotated[str, typer.Option("--edge", help="The edge id: the only id this certificate may speak for.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for <edge>.crt and <edge>.key.")],
+) -> None:
+    """Issue one edge's client certificate (uplink.tls.cert_file / key_file in its edge.yaml)."""
+    from common.tls import FleetCA, TlsError
+
+    try:
+        issued = FleetCA(ca).issue_edge(out, edge)
+    except TlsError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"edge {edge}: {issued.cert_file} and {issued.key_file}")
 
 
 @policy_app.command("set")

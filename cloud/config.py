@@ -22,6 +22,7 @@ from cloud.ingest.config import IngestConfig
 from cloud.policy.loop_config import ClosedLoopConfig
 from cloud.policy.settings import PolicyOverride, PolicySettings
 from common.config import ConfigError, FileSettings, load_settings
+from common.tls import ServerTlsConfig
 
 __all__ = ["CloudConfig", "ConfigError", "load_config", "resolve_paths"]
 MIB = 1 << 20
@@ -36,6 +37,11 @@ class ServerConfig(_Section):
     """The gRPC server the edges connect to."""
 
     host: str = Field("0.0.0.0", min_length=1, description="Address to listen on ([::] for IPv6 too).")
+    tls: ServerTlsConfig | None = Field(
+        None,
+        description="Mutual TLS: every edge shows a certificate of client_ca_file, whose CN is the only edge id "
+        "it may speak for; unset: plain TCP (a private network only).",
+    )
     port: int = Field(50051, ge=0, le=65535, description="Port to listen on; 0 picks a free one (logged at start).")
     max_receive_message_bytes: int = Field(
         8 * MIB, ge=64 << 10, le=256 * MIB, description="Largest message accepted; bigger ones get RESOURCE_EXHAUSTED."

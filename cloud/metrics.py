@@ -82,7 +82,8 @@ class CloudMetrics:
         )
         self.bad_messages = Counter(
             "edgeglm_cloud_bad_messages",
-            "Messages refused, by reason (oversized, malformed, undecodable, unknown_edge, bad_image, no_hello).",
+            "Messages refused, by reason (oversized, malformed, undecodable, unknown_edge, impostor, bad_image, "
+            "no_hello).",
             ["reason"],
             registry=r,
         )

@@ -17,6 +17,7 @@ from pydantic_settings import SettingsConfigDict
 
 from common.config import ConfigError, FileSettings, load_settings
 from common.detect import DetectorConfig
+from common.tls import ClientTlsConfig
 from edge.policy.settings import EdgePolicy
 from edge.sources import CameraConfig
 
@@ -41,6 +42,11 @@ class GrpcUplinkConfig(_Section):
     heartbeat_interval_s: float = Field(5.0, ge=0.5, le=3600, description="Seconds between status heartbeats.")
     send_queue_size: int = Field(
         256, ge=1, le=100_000, description="Samples waiting for the stream's writer, at most; beyond, wait."
+    )
+    tls: ClientTlsConfig | None = Field(
+        None,
+        description="Mutual TLS to the cloud: its CA, this edge's certificate (CN = edge id) and key; unset: "
+        "plain TCP (a private network only).",
     )
 
     @field_validator("target")
@@ -264,4 +270,9 @@ def resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:
             url = str((base / url).resolve())
         cameras.append(camera.model_copy(update={"url": url}))
     updates["cameras"] = cameras
+    uplink = config.uplink
+    if isinstance(uplink, GrpcUplinkConfig) and uplink.tls is not None:
+        tls = uplink.tls
+        files = {name: fix(getattr(tls, name)) for name in ("ca_file", "cert_file", "key_file")}
+        updates["uplink"] = uplink.model_copy(update={"tls": tls.model_copy(update=files)})
     return config.model_copy(update=updates)

@@ -34,7 +34,7 @@ from cloud.batcher import (
     QueueFullError,
     Ticket,
 )
-from cloud.convert import BadSampleError, SampleInput, verdict_to_pb
+from cloud.convert import BadSampleError, SampleInput, shown_id, verdict_to_pb
 from cloud.ingest.config import IngestConfig
 from cloud.ingest.decode import decode_sample
 from cloud.metrics import CloudMetrics
@@ -86,6 +86,7 @@ class _Pending:
 
     ack: asyncio.Future[session_pb2.Ack]
     outcome: asyncio.Future[Outcome]
+    edge_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +143,12 @@ class IngestCore:
             return self._refuse(BadSampleError("", "malformed", "sample_id is empty; every sample needs one"))
         pending = self._pending.get(sample_id)
         if pending is not None:
+            if pending.edge_id != pb.edge_id:
+                return self._refuse(_taken(pb))
             return await self._join(pending, sample_id)
         loop = asyncio.get_running_loop()
         # Registered before the first await, so a resend arriving meanwhile joins this one.
-        pending = _Pending(loop.create_future(), loop.create_future())
+        pending = _Pending(loop.create_future(), loop.create_future(), pb.edge_id)
         self._pending[sample_id] = pending
         try:
             admission = await self._admit_new(pb, pending, timeout_s, keep_late)
@@ -162,6 +165,8 @@ class IngestCore:
         self, pb: sample_pb2.Sample, pending: _Pending, timeout_s: float | None, keep_late: bool
     ) -> Admission:
         stored = await self._stored_verdict(pb.sample_id)
+        if stored is not None and stored.edge_id != pb.edge_id:
+            return self._refuse(_taken(pb))
         if stored is not None:
             pending.outcome.set_result(stored)
             self._metrics.samples_duplicate.inc()
@@ -296,3 +301,9 @@ def _fail(pending: _Pending, err: BaseException) -> None:
         if not future.done():
             future.set_exception(error)
             future.exception()  # marked retrieved: nobody may be waiting
+
+
+def _taken(pb: sample_pb2.Sample) -> BadSampleError:
+    """A sample_id another edge's sample holds: its verdict is that edge's, never shown to this one (nor who)."""
+    problem = f"sample_id belongs to another edge's sample; edge {pb.edge_id!r} must use ids of its own"
+    return BadSampleError(shown_id(pb.sample_id), "malformed", problem)

@@ -27,6 +27,7 @@ from cloud.config import ServerConfig
 from cloud.server.health import SERVICE_NAME, Health
 from cloud.server.servicer import EdgeGLMServicer
 from cloud.server.wire import lenient
+from common.tls import read_pem
 from protos import policy_pb2, session_pb2, verdict_pb2
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,16 @@ def build_server(config: ServerConfig, servicer: EdgeGLMServicer, health: Health
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     address = f"{config.host}:{config.port}"
-    port = server.add_insecure_port(address)
+    if config.tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        tls = config.tls
+        credentials = grpc.ssl_server_credentials(
+            [(read_pem(tls.key_file, "server.tls.key_file"), read_pem(tls.cert_file, "server.tls.cert_file"))],
+            root_certificates=read_pem(tls.client_ca_file, "server.tls.client_ca_file"),
+            require_client_auth=True,
+        )
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"server.host/port: cannot listen on {address} (in use, or not an address of this host)")
     return server, port

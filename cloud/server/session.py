@@ -61,10 +61,11 @@ class _EndSessionError(Exception):
 class EdgeSession:
     """One Session stream, from Hello to its end."""
 
-    def __init__(self, deps: SessionDeps, peer: str) -> None:
-        """A session with `peer` (its address, for logs); nothing is read yet."""
+    def __init__(self, deps: SessionDeps, peer: str, identity: str | None = None) -> None:
+        """A session with `peer` (its address, for logs) whose certificate names `identity`; nothing read yet."""
         self._deps = deps
         self.peer = peer
+        self.identity = identity
         self.edge_id = ""
         self.site_id = ""
         self.policy_version = 0
@@ -217,6 +218,15 @@ class EdgeSession:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "Hello.edge_id is empty; every edge needs its id",
             )
+        if self.identity is not None and hello.edge_id != self.identity:
+            metrics.bad_messages.labels("impostor").inc()
+            logger.warning("session %s: certificate of %r said Hello as %r", self.peer, self.identity, hello.edge_id)
+            raise _EndSessionError(
+                session_pb2.SESSION_ERROR_CODE_UNKNOWN_EDGE,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this connection's certificate belongs to edge {self.identity!r}; "
+                f"it cannot speak for {hello.edge_id!r}",
+            )
         known = self._deps.known_edges
         if known and hello.edge_id not in known:
             metrics.bad_messages.labels("unknown_edge").inc()
@@ -279,7 +289,9 @@ def _log_failure(task: asyncio.Task[None]) -> None:
     if task.cancelled() or task.exception() is None:
         return
     error = task.exception()
-    if isinstance(error, grpc.RpcError | grpc.aio.BaseError):
+    if isinstance(error, _EndSessionError):  # a refusal: said once, by the session, without a traceback
+        logger.info("session task %s: refused: %s", task.get_name(), error)
+    elif isinstance(error, grpc.RpcError | grpc.aio.BaseError):
         logger.debug("session task %s ended: %r", task.get_name(), error)
     else:
         logger.error("session task %s failed", task.get_name(), exc_info=error)

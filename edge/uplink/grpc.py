@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from common.tls import read_pem
 from edge.config import GrpcUplinkConfig
 from edge.metrics import EdgeMetrics
 from edge.uplink.base import UplinkHandlers
@@ -148,7 +149,7 @@ class GrpcUplink:
     async def start(self) -> None:
         """Open the channel (unless one was given) and start the session loop in the background."""
         if self._owns_channel:
-            self._channel = grpc.aio.insecure_channel(self._config.target, options=channel_options(self._config))
+            self._channel = open_channel(self._config)
         self._task = asyncio.create_task(self._run(), name=f"{self._name}-session")
 
     async def stop(self) -> None:
@@ -264,3 +265,19 @@ class GrpcUplink:
 def _drain(queue: asyncio.Queue[tuple[str, bytes] | None]) -> None:
     while not queue.empty():
         queue.get_nowait()
+
+
+def open_channel(config: GrpcUplinkConfig) -> grpc.aio.Channel:
+    """The channel to the cloud: mutual TLS when `config.tls` is set (common/tls.py), plain TCP otherwise."""
+    options = channel_options(config)
+    tls = config.tls
+    if tls is None:
+        return grpc.aio.insecure_channel(config.target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read_pem(tls.ca_file, "uplink.tls.ca_file"),
+        private_key=read_pem(tls.key_file, "uplink.tls.key_file"),
+        certificate_chain=read_pem(tls.cert_file, "uplink.tls.cert_file"),
+    )
+    if tls.server_name:
+        options = [*options, ("grpc.ssl_target_name_override", tls.server_name)]
+    return grpc.aio.secure_channel(config.target, credentials, options=options)

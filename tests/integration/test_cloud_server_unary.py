@@ -190,3 +190,19 @@ async def test_bytes_protobuf_cannot_parse_get_invalid_argument_are_counted_and_
     assert error.code == session_pb2.SESSION_ERROR_CODE_INVALID_MESSAGE and "EdgeMessage of 7 bytes" in error.message
     assert (ack.sample_id, ack.accepted, verdict.sample_id) == ("s-after-garbage", True, "s-after-garbage")
     assert counter(service, "edgeglm_cloud_bad_messages_total", reason="undecodable") == 2
+
+
+async def test_a_sample_id_of_another_edge_gets_no_verdict_of_that_edge(tmp_path: Path, clip: Path) -> None:
+    """An edge reusing another edge's sample_id would otherwise be handed that edge's stored verdict."""
+    frame = busy_frames(clip)[0]
+    owner = make_sample(clip, frame, "s-owned", edge_id="gw-1")
+    thief = make_sample(clip, frame, "s-owned", edge_id="gw-2")
+    async with running(make_config(tmp_path, clip)) as service, channel(service) as stub:
+        judged = await stub.Infer(session_pb2.InferRequest(sample=owner), timeout=WAIT_S)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Infer(session_pb2.InferRequest(sample=thief), timeout=WAIT_S)
+        again = await stub.Infer(session_pb2.InferRequest(sample=owner), timeout=WAIT_S)
+    assert judged.edge_id == "gw-1" and again == judged
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "belongs to another edge's sample" in (refused.value.details() or "")
+    assert "gw-1" not in (refused.value.details() or "")
