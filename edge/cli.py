@@ -88,16 +88,64 @@ def detect(
 @app.command("check-config")
 def check_config(
     path: Annotated[Path, typer.Argument(help="The agent's YAML config (see deploy/edge.example.yaml).")],
+    files: Annotated[
+        bool,
+        typer.Option(
+            "--files/--no-files",
+            help="Also open the files it names (model, policy key, file cameras, TLS) as `run` would; "
+            "--no-files where they live elsewhere (an image, a volume).",
+        ),
+    ] = True,
 ) -> None:
-    """Validate edge.yaml: print every error with its YAML path and exit 1, or print ok."""
+    """Validate edge.yaml (and the files it names): print every error with its YAML path and exit 1, or print ok."""
     try:
         config = load_config(path)
     except ConfigError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(1) from err
+    problems = preflight(config) if files else []
+    for problem in problems:
+        typer.echo(f"{path}: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
     uplink = config.uplink
     where = uplink.target if uplink.kind == "grpc" else f"mqtt://{uplink.host}:{uplink.port}"
-    typer.echo(f"{path}: ok (edge {config.edge_id}, {len(config.cameras)} cameras, uplink {where})")
+    tls = " (mutual TLS)" if uplink.kind == "grpc" and uplink.tls is not None else ""
+    typer.echo(f"{path}: ok (edge {config.edge_id}, {len(config.cameras)} cameras, uplink {where}{tls})")
+
+
+def preflight(config: EdgeConfig) -> list[str]:
+    """What `run` would fail on, found now: the files the config names, opened as `run` opens them.
+
+    The model is loaded by the detector (a missing, non-ONNX or non-detector file is named), the
+    policy key by the verifier (a private key given as the public one is refused), file cameras must
+    exist, and TLS files must be PEM. Network cameras and the cloud are not contacted.
+    """
+    from common.tls import TlsError, read_pem
+    from edge.policy.signing import load_public_key
+    from edge.sources.config import source_kind
+
+    problems: list[str] = []
+    try:
+        Detector(config.detector)
+    except DetectorError as err:
+        problems.append(f"detector.model_path: {err}")
+    if config.policy.public_key is not None:
+        try:
+            load_public_key(config.policy.public_key)
+        except PolicyKeyError as err:
+            problems.append(f"policy.public_key: {err}")
+    for index, camera in enumerate(config.cameras):
+        if source_kind(camera.url) == "path" and not Path(camera.url).exists():
+            problems.append(f"cameras[{index}].url: {camera.url} does not exist (camera {camera.id})")
+    uplink = config.uplink
+    if uplink.kind == "grpc" and uplink.tls is not None:
+        for name in ("ca_file", "cert_file", "key_file"):
+            try:
+                read_pem(getattr(uplink.tls, name), f"uplink.tls.{name}")
+            except TlsError as err:
+                problems.append(str(err))
+    return problems
 
 
 @app.command()

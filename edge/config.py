@@ -52,6 +52,10 @@ class GrpcUplinkConfig(_Section):
     @field_validator("target")
     @classmethod
     def _host_port(cls, value: str) -> str:
+        if "://" in value:
+            raise ValueError(
+                f"{value!r} has a scheme; give host:port (e.g. cloud.example:50051), and for TLS set uplink.tls"
+            )
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{value!r} is not host:port (expected e.g. cloud.example:50051)")

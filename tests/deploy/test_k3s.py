@@ -226,13 +226,15 @@ def test_every_container_has_resources_probes_and_runs_unprivileged_as_non_root(
 
 
 def _check_config(program: str, name: str, text: str, env: dict[str, str], tmp_path: Path) -> str:
-    # The files they name (keys, models, state) live in the image and on volumes; check-config does not
-    # open them (the tests below check each is mounted or copied in), so the file alone is written.
+    # The files they name (keys, models, state) live in the image and on volumes: the edge's check-config
+    # is told not to open them (the tests below check each is mounted or copied in), so the file alone
+    # is written.
     path = tmp_path / name
     path.write_text(text)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("EDGEGLM_")}
+    alone = ["--no-files"] if program == "edgeglm-edge" else []
     result = subprocess.run(
-        [str(Path(sys.executable).parent / program), "check-config", str(path)],
+        [str(Path(sys.executable).parent / program), "check-config", str(path), *alone],
         capture_output=True,
         text=True,
         env={**clean, **env},

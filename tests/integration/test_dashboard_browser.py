@@ -112,6 +112,8 @@ async def test_the_dashboard_shows_a_verdict_made_from_a_real_sample(tmp_path: P
     assert shown["uplink_lines"] == 2
     assert shown["loop_edges"] == {"gw-1", "gw-2"}
     assert f'"sample_id": "{sample.sample_id}"' in shown["detail"] and "Verdict as sent" in shown["detail"]
+    assert "edge / camera" in shown["detail"] and "gw-1 / cam0" in shown["detail"]
+    assert "[object" not in shown["detail"], "every field of the dialog shows its value"
     assert {"/api/verdicts", "/api/policies/fleet"} <= {path.replace("\u200b", "") for path in shown["docs_paths"]}
     assert "1,200" in shown["gw1_card"] and "40 / 38" in shown["gw1_card"] and "1.9 MB" in shown["gw1_card"]
     assert shown["errors"] == []

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from edge.cli import app
 from edge.config import ConfigError, load_config
+from tests.helpers.policy_keys import generate_keypair
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "edge.example.yaml"
 runner = CliRunner()
@@ -83,9 +84,37 @@ def test_check_config_command_exits_nonzero_with_the_errors(tmp_path: Path) -> N
         "edge.yaml: edge_id: String should have at least 1 character (got '')",
         "edge.yaml: cameras: List should have at least 1 item after validation, not 0",
     ]
-    good = runner.invoke(app, ["check-config", str(EXAMPLE)])
-    assert good.exit_code == 0
-    assert "ok" in good.stdout
+
+
+MODEL = Path(__file__).resolve().parents[2] / "sim" / "models" / "edge.onnx"
+
+
+def test_check_config_opens_the_files_run_would_open_and_names_each_problem(tmp_path: Path) -> None:
+    """A missing camera folder, a non-ONNX model, a private key given as the public key, a URL as target."""
+    private, public = generate_keypair(tmp_path / "keys")
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "not-a-model.onnx").write_bytes(b"GIF89a")
+    good = write(
+        tmp_path,
+        f"edge_id: gw-1\ncameras: [{{id: a, url: {tmp_path / 'frames'}}}]\n"
+        f"detector: {{model_path: {MODEL}}}\npolicy: {{public_key: {public}}}\n",
+    )
+    ok = runner.invoke(app, ["check-config", str(good)])
+    assert ok.exit_code == 0 and "ok (edge gw-1, 1 cameras" in ok.stdout, ok.output
+    bad = write(
+        tmp_path,
+        f"edge_id: gw-1\ncameras: [{{id: a, url: {tmp_path / 'gone'}}}]\n"
+        f"detector: {{model_path: {tmp_path / 'not-a-model.onnx'}}}\npolicy: {{public_key: {private}}}\n",
+    )
+    refused = runner.invoke(app, ["check-config", str(bad)])
+    assert refused.exit_code == 1
+    problems = refused.stderr
+    assert "detector.model_path:" in problems and "not-a-model.onnx" in problems
+    assert "policy.public_key:" in problems and "not a PEM public key" in problems
+    assert f"cameras[0].url: {tmp_path / 'gone'} does not exist (camera a)" in problems
+    https = write(tmp_path, "edge_id: gw-1\ncameras: [{id: a, url: /x}]\nuplink: {target: 'https://cloud:443'}\n")
+    scheme = runner.invoke(app, ["check-config", str(https)])
+    assert scheme.exit_code == 1 and "has a scheme; give host:port" in scheme.stderr
 
 
 def test_unreadable_and_non_mapping_files_are_clear_errors(tmp_path: Path) -> None:
