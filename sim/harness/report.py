@@ -398,9 +398,35 @@ def loop_moves_section(run: ModeRun | None) -> list[str]:
         return []
     lines = ["## Closed-loop moves (edgeglm)", ""]
     if not run.loop_moves:
-        return [*lines, "The closed loop moved nothing in this run: no band or rule had enough evidence.", ""]
-    lines += ["| t (s) | version | edge | what moved and why |", "|---|---|---|---|"]
-    for move in run.loop_moves:
-        reason = str(move["reason"]).removeprefix("closed loop: ").replace("|", "/")
-        lines.append(f"| {move['t']:.0f} | v{move['version']} | {move.get('edge', '')} | {reason} |")
-    return [*lines, ""]
+        lines += ["The closed loop moved nothing in this run: no band or rule had enough evidence.", ""]
+    else:
+        lines += ["| t (s) | version | edge | what moved and why |", "|---|---|---|---|"]
+        for move in run.loop_moves:
+            reason = str(move["reason"]).removeprefix("closed loop: ").replace("|", "/")
+            lines.append(f"| {move['t']:.0f} | v{move['version']} | {move.get('edge', '')} | {reason} |")
+        lines.append("")
+    standing = loop_standing(run.loop_state)
+    if standing:
+        lines += ["Where each band and rule stood at the end (its last evaluation):", ""]
+        lines += ["| edge | camera or class | rule | value | last evaluation |", "|---|---|---|---|---|"]
+        lines += [f"| {' | '.join(row)} |" for row in standing]
+        lines.append("")
+    return lines
+
+
+def loop_standing(state: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(edge, camera or class, rule, value, why) of every band and per-camera rule in a closed-loop snapshot."""
+    rows: list[tuple[str, str, str, str, str]] = []
+    for edge, classes in sorted((state.get("edges") or {}).items()):
+        for label, entry in sorted(classes.items()):
+            band = entry["band"]
+            last = entry.get("last_evaluation") or {}
+            why = str(last.get("why", "not evaluated")).replace("|", "/")
+            rows.append((edge, label, "band", f"{band['low']:.2f}-{band['high']:.2f}", why))
+    for edge, cameras in sorted((state.get("rules") or {}).items()):
+        for camera, rules in sorted(cameras.items()):
+            for name, rule in sorted(rules.items()):
+                last = rule.get("last_evaluation") or {}
+                why = str(last.get("why", "not evaluated")).replace("|", "/")
+                rows.append((edge, camera, name, f"{rule['value']:g}", why))
+    return rows

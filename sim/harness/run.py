@@ -51,6 +51,8 @@ class ModeRun:
     band_history: list[dict[str, Any]] = field(default_factory=list)
     # The closed loop's policy versions: {"t": seconds since the edges started, "version", "reason"}.
     loop_moves: list[dict[str, Any]] = field(default_factory=list)
+    # The closed loop's state at the end (GET /api/closed-loop), for where each rule stands and why.
+    loop_state: dict[str, Any] = field(default_factory=dict)
 
 
 def generate_world(scenario: Scenario, out: Path, console: Console) -> list[CameraRun]:
@@ -220,6 +222,7 @@ async def run_mode(
         published = await asyncio.to_thread(
             lambda: httpx.get(f"{admin}/api/policies", params={"limit": 500}, timeout=10).json()["history"]
         )
+        loop_state = await asyncio.to_thread(lambda: httpx.get(f"{admin}/api/closed-loop", timeout=10).json())
     finally:
         for process in reversed(processes):
             await asyncio.to_thread(stop_process, process, 30.0)
@@ -247,6 +250,7 @@ async def run_mode(
             for record in reversed(published)
             if str(record.get("reason", "")).startswith("closed loop")
         ],
+        loop_state=loop_state,
     )
 
 

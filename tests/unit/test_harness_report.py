@@ -104,6 +104,16 @@ def test_percentiles_and_ratios() -> None:
     assert only["edgeglm"]["uplink_ratio"] == pytest.approx(0.01)
 
 
+LOOP_STATE: dict[str, Any] = {
+    "edges": {
+        "e-0": {"person": {"band": {"low": 0.4, "high": 0.7}, "last_evaluation": {"why": "held: 31 of 40 pairs"}}}
+    },
+    "rules": {
+        "e-0": {"cam0": {"watch_reask_interval_s": {"value": 20.0, "last_evaluation": {"why": "5 of 8 re-asks"}}}}
+    },
+}
+
+
 def _run(tmp_path: Path, mode: str, sent: int, up: int, records: list[Record]) -> ModeRun:
     folder = tmp_path / "modes" / mode
     _events(folder, "e-0", records)
@@ -154,6 +164,7 @@ def _run(tmp_path: Path, mode: str, sent: int, up: int, records: list[Record]) -
         cloud_received={"e-0": sent},
         band_history=history if mode == "edgeglm" else [],
         loop_moves=moves if mode == "edgeglm" else [],
+        loop_state=LOOP_STATE if mode == "edgeglm" else {},
     )
 
 
@@ -187,6 +198,8 @@ def test_report_files_table_and_verdict(tmp_path: Path) -> None:
     assert band_series(runs["edgeglm"])["e-0/person"] == [(2.0, 0.4, 0.7)]
     assert rule_series(runs["edgeglm"])["random_audit_rate"] == {"e-0/cam0": [(2.0, 0.04)]}
     assert "| 2 | v4 | e-0 | cam0 random_audit_rate: contradicted 8 of 40 |" in markdown
+    assert "| e-0 | person | band | 0.40-0.70 | held: 31 of 40 pairs |" in markdown
+    assert "| e-0 | cam0 | watch_reask_interval_s | 20 | 5 of 8 re-asks |" in markdown
 
 
 def test_verdict_says_when_edgeglm_loses() -> None:
