@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,22 @@ def read_pem(path: Path, what: str) -> bytes:
     if b"-----BEGIN " not in data:
         raise TlsError(f"{what} {path} is not a PEM file (no -----BEGIN line)")
     return data
+
+
+def client_ssl_context(tls: ClientTlsConfig, what: str) -> ssl.SSLContext:
+    """An SSL context that checks the server against `tls.ca_file` and shows this client's certificate.
+
+    For clients that take a context (paho-mqtt's `tls_set_context`); `what` names the config section in
+    errors. The server's name is checked against the host connected to.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_verify_locations(cadata=read_pem(tls.ca_file, f"{what}.ca_file").decode())
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (ssl.SSLError, OSError) as err:
+        raise TlsError(f"{what}: {tls.cert_file} and {tls.key_file} are not a certificate and its key ({err})") from err
+    return context
 
 
 def common_name(cert_pem: bytes) -> str:

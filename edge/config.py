@@ -84,7 +84,17 @@ class MqttUplinkConfig(_Section):
     )
     reconnect_backoff_min_s: int = Field(1, ge=1, le=600, description="First reconnect delay (paho's backoff).")
     reconnect_backoff_max_s: int = Field(30, ge=1, le=3600, description="Cap of the reconnect delay.")
-    tls: Literal[False] = Field(False, description="TLS to the broker: not supported yet (plain TCP).")
+    tls: ClientTlsConfig | None = Field(
+        None,
+        description="TLS to the broker with this edge's certificate (CN = edge id; the broker's ACL keeps each "
+        "edge to its own topics); unset: plain TCP (a private network only).",
+    )
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_off(cls, value: Any) -> Any:
+        return None if value is False else value  # `tls: false` as earlier configs wrote it
+
     heartbeat_interval_s: float = Field(5.0, ge=0.5, le=3600, description="Seconds between status heartbeats.")
     send_queue_size: int = Field(
         256, ge=1, le=100_000, description="Sample publishes the broker has not acknowledged, at most; beyond, wait."

@@ -37,6 +37,7 @@ from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyChange, PolicyEngine
 from cloud.server.fleet import FleetStatus
 from common.paho import Inbound, PahoHandoff, close, connect_properties
+from common.tls import client_ssl_context
 from protos import sample_pb2, session_pb2
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class MqttBridge:
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
+        if config.tls is not None:
+            client.tls_set_context(client_ssl_context(config.tls, "mqtt.tls"))
         client.reconnect_delay_set(config.reconnect_backoff_min_s, config.reconnect_backoff_max_s)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail

@@ -6,6 +6,8 @@ import socket
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.tls import ClientTlsConfig
+
 
 class MqttBridgeConfig(BaseModel):
     """The cloud's side of the MQTT transport: a shared subscription to every edge's samples."""
@@ -39,6 +41,11 @@ class MqttBridgeConfig(BaseModel):
     )
     max_in_flight: int = Field(
         256, ge=1, le=65_535, description="Samples being judged at once (the MQTT receive maximum: the broker waits)."
+    )
+    tls: ClientTlsConfig | None = Field(
+        None,
+        description="TLS to the broker with the cloud's client certificate (CN edgeglm-cloud in the K3s ACL); "
+        "unset: plain TCP.",
     )
     max_message_bytes: int = Field(
         8 << 20,

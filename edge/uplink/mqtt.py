@@ -41,6 +41,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from common.paho import Inbound, PahoHandoff, close, connect_properties
+from common.tls import client_ssl_context
 from common.topics import OFFLINE, ONLINE, availability_topic, topic_level
 from edge.config import MqttUplinkConfig
 from edge.homeassistant import Discovery, HomeAssistantState
@@ -173,6 +174,8 @@ class MqttUplink:
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
+        if config.tls is not None:
+            client.tls_set_context(client_ssl_context(config.tls, "uplink.tls"))
         client.max_inflight_messages_set(config.max_inflight)
         client.reconnect_delay_set(config.reconnect_backoff_min_s, config.reconnect_backoff_max_s)
         will = status_pb2.EdgeStatus(edge_id=hello.edge_id, site_id=hello.site_id, state=status_pb2.EDGE_STATE_OFFLINE)

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -17,12 +18,40 @@ def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
 
 
-def mosquitto_config(port: int, data_dir: Path, log_path: Path) -> str:
-    """A loopback listener with persistence, runnable as the current user."""
+@dataclass(frozen=True)
+class BrokerTls:
+    """A TLS listener: the broker's certificate, the CA of its clients, and the ACL by certificate CN."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    acl_file: Path
+
+
+def mosquitto_config(port: int, data_dir: Path, log_path: Path, tls: BrokerTls | None = None) -> str:
+    """A loopback listener with persistence, runnable as the current user.
+
+    With `tls`, the listener is the K3s broker's: TLS 1.2+, a client certificate required, its CN the
+    user name the ACL names (%u), no anonymous client.
+    """
+    if tls is None:
+        listener = [f"listener {port} {HOST}", "allow_anonymous true"]
+    else:
+        listener = [
+            "per_listener_settings true",
+            f"listener {port} {HOST}",
+            f"cafile {tls.ca_file}",
+            f"certfile {tls.cert_file}",
+            f"keyfile {tls.key_file}",
+            "tls_version tlsv1.2",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "allow_anonymous false",
+            f"acl_file {tls.acl_file}",
+        ]
     return "\n".join(
         [
-            f"listener {port} {HOST}",
-            "allow_anonymous true",
+            *listener,
             # Started as root, mosquitto would switch to user mosquitto and lose access to these folders.
             f"user {getpass.getuser()}",
             "persistence true",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.fleet.broker import HOST, mosquitto_binary, mosquitto_config
+from sim.fleet.broker import HOST, BrokerTls, mosquitto_binary, mosquitto_config
 from sim.fleet.run import free_port as fleet_free_port
 
 START_TIMEOUT_S = 10.0
@@ -51,7 +51,7 @@ def free_port() -> int:
 class MosquittoBroker:
     """One mosquitto process with persistence in `folder`; `start`, `stop`, `restart`, `kill`."""
 
-    def __init__(self, folder: Path, binary: str, port: int | None = None) -> None:
+    def __init__(self, folder: Path, binary: str, port: int | None = None, tls: BrokerTls | None = None) -> None:
         self.folder = folder
         self.binary = binary
         self.host = HOST
@@ -63,7 +63,7 @@ class MosquittoBroker:
         (folder / "data").mkdir(exist_ok=True)
         # Subscriptions logged too: tests wait on them (`subscribed`).
         self.config_path.write_text(
-            mosquitto_config(self.port, folder / "data", self.log_path) + "log_type subscribe\n"
+            mosquitto_config(self.port, folder / "data", self.log_path, tls) + "log_type subscribe\n"
         )
 
     @property
@@ -134,9 +134,9 @@ class MosquittoBroker:
 
 
 @contextlib.contextmanager
-def running_broker(folder: Path) -> Iterator[MosquittoBroker]:
+def running_broker(folder: Path, tls: BrokerTls | None = None) -> Iterator[MosquittoBroker]:
     """A started broker in `folder` (skips the test when mosquitto is missing), stopped on exit."""
-    broker = MosquittoBroker(folder, require_mosquitto())
+    broker = MosquittoBroker(folder, require_mosquitto(), tls=tls)
     broker.start()
     try:
         yield broker
