@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -130,49 +131,84 @@ def keygen(
     typer.echo(f"key id      {key_id(load_private_key(private_path).public_key())}")
 
 
-certs_app = typer.Typer(
-    help="Certificates for mutual TLS between the edges and the cloud (a small CA on disk).", no_args_is_help=True
+pki_app = typer.Typer(
+    help="A small PKI for mutual TLS between the edges and the cloud (a CA in a folder; keep ca.key off the fleet).",
+    no_args_is_help=True,
 )
-app.add_typer(certs_app, name="certs")
+app.add_typer(pki_app, name="pki")
+CaOption = Annotated[Path, typer.Option("--dir", help="The CA's folder (ca.crt, ca.key, issued.jsonl, revoked.txt).")]
 
 
-@certs_app.command("init")
-def certs_init(
-    out: Annotated[Path, typer.Option("--out", help="Folder for ca.crt, ca.key and the server's certificate.")],
-    name: Annotated[
-        list[str],
-        typer.Option("--name", help="A DNS name or address edges reach the cloud by (repeat); the first is its CN."),
-    ],
-) -> None:
-    """Make the fleet's CA and the cloud's server certificate (server.tls in cloud.yaml)."""
-    from common.tls import FleetCA, TlsError
+def _pki(action: Callable[[], str]) -> None:
+    from common.tls import TlsError
 
     try:
-        ca = FleetCA(out).create()
-        server = ca.issue_server(out, name)
+        typer.echo(action())
     except TlsError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
-    typer.echo(f"CA          {ca.cert_file} (edges: uplink.tls.ca_file; cloud: server.tls.client_ca_file)")
-    typer.echo(f"CA key      {ca.key_file} (keep it off the cloud and the edges)")
-    typer.echo(f"server      {server.cert_file} and {server.key_file} (server.tls.cert_file / key_file)")
 
 
-@certs_app.command("issue")
-def certs_issue(
-    ca: Annotated[Path, typer.Option("--ca", help="The folder `certs init` wrote.")],
-    edge: Annotated[str, typer.Option("--edge", help="The edge id: the only id this certificate may speak for.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for <edge>.crt and <edge>.key.")],
+@pki_app.command("init")
+def pki_init(ca: CaOption) -> None:
+    """Make the fleet's CA (server.tls.client_ca_file on the cloud, uplink.tls.ca_file on the edges)."""
+    from common.tls import FleetCA
+
+    def run() -> str:
+        made = FleetCA(ca).create()
+        return f"CA {made.cert_file} (share it); its key {made.key_file} (keep it off the cloud and the edges)"
+
+    _pki(run)
+
+
+@pki_app.command("issue-server")
+def pki_issue_server(
+    ca: CaOption,
+    names: Annotated[list[str], typer.Argument(help="DNS names and addresses the edges reach the cloud by.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for <first name>.crt and .key.")] = Path("."),
+) -> None:
+    """Issue the cloud's server certificate (server.tls.cert_file / key_file)."""
+    from common.tls import FleetCA
+
+    def run() -> str:
+        issued = FleetCA(ca).issue_server(out, names)
+        return f"server {issued.cert_file} and {issued.key_file}"
+
+    _pki(run)
+
+
+@pki_app.command("issue-edge")
+def pki_issue_edge(
+    ca: CaOption,
+    edge: Annotated[str, typer.Argument(help="The edge id: the only id this certificate may speak for.")],
+    site: Annotated[str | None, typer.Option("--site", help="The edge's site: its Hello must name it.")] = None,
+    days: Annotated[int, typer.Option("--days", min=1, max=3650, help="Lifetime of the certificate.")] = 825,
+    out: Annotated[Path, typer.Option("--out", help="Folder for <edge>.crt and <edge>.key.")] = Path("."),
 ) -> None:
     """Issue one edge's client certificate (uplink.tls.cert_file / key_file in its edge.yaml)."""
-    from common.tls import FleetCA, TlsError
+    from common.tls import FleetCA
 
-    try:
-        issued = FleetCA(ca).issue_edge(out, edge)
-    except TlsError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from err
-    typer.echo(f"edge {edge}: {issued.cert_file} and {issued.key_file}")
+    def run() -> str:
+        issued = FleetCA(ca).issue_edge(out, edge, site, days)
+        return f"edge {edge}: {issued.cert_file} and {issued.key_file} (valid {days} days)"
+
+    _pki(run)
+
+
+@pki_app.command("revoke")
+def pki_revoke(
+    ca: CaOption,
+    edge: Annotated[str, typer.Argument(help="The edge whose every certificate is revoked.")],
+) -> None:
+    """Revoke an edge's certificates: their serials go to revoked.txt, the cloud's server.tls.revoked_file."""
+    from common.tls import FleetCA
+
+    def run() -> str:
+        made = FleetCA(ca)
+        added = made.revoke(edge)
+        return f"revoked {len(added)} certificate(s) of {edge} in {made.revoked_file}"
+
+    _pki(run)
 
 
 @policy_app.command("set")

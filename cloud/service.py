@@ -28,6 +28,7 @@ from cloud.policy import PolicyEngine, PolicySigner
 from cloud.policy.loop import BandController
 from cloud.policy.signing import write_key_files
 from cloud.server import EdgeGLMServicer, FleetStatus, Health, SessionDeps, build_server
+from cloud.server.identity import IdentityCheck, revocation_list
 from cloud.store import VerdictStore
 from cloud.store.pairs import PairStore
 from cloud.store.retention import StoreRetention
@@ -132,6 +133,7 @@ class CloudService:
             max_in_flight=config.server.max_samples_in_flight_per_session,
             hello_timeout_s=config.server.hello_timeout_s,
             shutdown_grace_s=config.server.shutdown_grace_s,
+            identities=IdentityCheck(revocation_list(config.server.tls)),
         )
         self.servicer = EdgeGLMServicer(deps)
         self._server, self.port = build_server(config.server, self.servicer, self.health)

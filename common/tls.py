@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ class ServerTlsConfig(BaseModel):
     cert_file: Path = Field(..., description="The server's certificate chain (PEM).")
     key_file: Path = Field(..., description="The server's private key (PEM).")
     client_ca_file: Path = Field(..., description="CA certificate(s) (PEM) that sign the edges' certificates.")
+    revoked_file: Path | None = Field(
+        None, description="Serials refused although the CA signed them (`edgeglm-cloud pki revoke`); re-read on change."
+    )
 
 
 class ClientTlsConfig(BaseModel):
@@ -93,10 +97,71 @@ def common_name(cert_pem: bytes) -> str:
     return str(names[0].value) if names else ""
 
 
-def identity_of(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
-    """The client certificate's CN from a gRPC auth context; None on a connection without TLS."""
-    names = list(auth_context.get("x509_common_name", ()))
-    return names[0].decode() if names else None
+SPIFFE_PREFIX = "spiffe://edgeglm/"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a client certificate says its holder is: an edge (and its site, when the certificate names one)."""
+
+    edge_id: str
+    site_id: str | None
+    serial: int
+
+
+def identity_of_cert(cert: x509.Certificate) -> Identity:
+    """The identity a certificate carries: its `spiffe://edgeglm/[site/S/]edge/E` URI SAN, else its CN."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    for uri in uris:
+        if uri.startswith(SPIFFE_PREFIX):
+            parts = uri.removeprefix(SPIFFE_PREFIX).split("/")
+            if len(parts) == 2 and parts[0] == "edge" and parts[1]:
+                return Identity(parts[1], None, cert.serial_number)
+            if len(parts) == 4 and parts[0] == "site" and parts[2] == "edge" and parts[1] and parts[3]:
+                return Identity(parts[3], parts[1], cert.serial_number)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return Identity(str(names[0].value) if names else "", None, cert.serial_number)
+
+
+def identity_of(auth_context: Mapping[str, Iterable[bytes]]) -> Identity | None:
+    """The identity of a gRPC peer's client certificate; None on a connection without TLS."""
+    pem = list(auth_context.get("x509_pem_cert", ()))
+    if not pem:
+        return None
+    return identity_of_cert(x509.load_pem_x509_certificate(pem[0]))
+
+
+class RevocationList:
+    """Serial numbers the cloud refuses, from a text file (one hex serial a line, # comments), re-read on change."""
+
+    def __init__(self, path: Path) -> None:
+        """Read `path` now (a missing file: nothing revoked yet) and whenever its modification time changes."""
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._serials: frozenset[int] = frozenset()
+        self._reload()
+
+    def revoked(self, serial: int) -> bool:
+        """Whether the certificate with `serial` is revoked (the file re-read first if it changed)."""
+        self._reload()
+        return serial in self._serials
+
+    def _reload(self) -> None:
+        try:
+            status = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._serials = None, frozenset()
+            return
+        stamp = (status.st_mtime_ns, status.st_size)
+        if stamp == self._stamp:
+            return
+        lines = self.path.read_text().splitlines()
+        serials = {int(line.split("#")[0].strip(), 16) for line in lines if line.split("#")[0].strip()}
+        self._stamp, self._serials = stamp, frozenset(serials)
 
 
 @dataclass(frozen=True)
@@ -152,13 +217,48 @@ class FleetCA:
                 sans.append(x509.DNSName(name))
         return self._issue(out, names[0], sans, ExtendedKeyUsageOID.SERVER_AUTH)
 
-    def issue_edge(self, out: Path, edge_id: str) -> Issued:
-        """An edge's client certificate: CN the edge id, for client authentication only."""
-        if not edge_id or "/" in edge_id:
-            raise TlsError(f"{edge_id!r} is not an edge id a certificate can carry")
-        return self._issue(out, edge_id, [], ExtendedKeyUsageOID.CLIENT_AUTH)
+    def issue_edge(self, out: Path, edge_id: str, site_id: str | None = None, days: int = DAYS_LEAF) -> Issued:
+        """An edge's client certificate: CN the edge id, a `spiffe://edgeglm/...` URI SAN with its site."""
+        for name, value in (("edge id", edge_id), ("site id", site_id or "x")):
+            if not value or "/" in value or not value.isprintable():
+                raise TlsError(f"{value!r} is not an {name} a certificate can carry")
+        path = f"site/{site_id}/edge/{edge_id}" if site_id else f"edge/{edge_id}"
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(SPIFFE_PREFIX + path)]
+        return self._issue(out, edge_id, sans, ExtendedKeyUsageOID.CLIENT_AUTH, days)
 
-    def _issue(self, out: Path, cn: str, sans: list[x509.GeneralName], usage: x509.ObjectIdentifier) -> Issued:
+    @property
+    def issued_file(self) -> Path:
+        """Every certificate this CA issued, one JSON line each (serial, CN, not_after)."""
+        return self.folder / "issued.jsonl"
+
+    @property
+    def revoked_file(self) -> Path:
+        """The serials revoked, one hex serial a line: the cloud's server.tls.revoked_file."""
+        return self.folder / "revoked.txt"
+
+    def revoke(self, edge_id: str) -> list[str]:
+        """Revoke every certificate issued for `edge_id`; the hex serials added to `revoked_file`."""
+        issued = (
+            [json.loads(line) for line in self.issued_file.read_text().splitlines()]
+            if self.issued_file.exists()
+            else []
+        )
+        serials = [entry["serial"] for entry in issued if entry["cn"] == edge_id]
+        if not serials:
+            raise TlsError(f"this CA ({self.folder}) issued no certificate for {edge_id!r}")
+        known = self.revoked_file.read_text() if self.revoked_file.exists() else ""
+        added = [serial for serial in serials if serial not in known.split()]
+        write_atomic(self.revoked_file, (known + "".join(f"{serial}  # {edge_id}\n" for serial in added)).encode())
+        return added
+
+    def _issue(
+        self,
+        out: Path,
+        cn: str,
+        sans: list[x509.GeneralName],
+        usage: x509.ObjectIdentifier,
+        days: int = DAYS_LEAF,
+    ) -> Issued:
         ca_key = serialization.load_pem_private_key(read_pem(self.key_file, "CA key"), password=None)
         ca_cert = x509.load_pem_x509_certificate(read_pem(self.cert_file, "CA certificate"))
         if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -172,7 +272,7 @@ class FleetCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=DAYS_LEAF))
+            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
@@ -183,6 +283,9 @@ class FleetCA:
         issued = Issued(out / f"{cn}.crt", out / f"{cn}.key")
         _write_key(issued.key_file, key)
         write_atomic(issued.cert_file, cert.public_bytes(serialization.Encoding.PEM))
+        record = {"serial": f"{cert.serial_number:x}", "cn": cn, "not_after": cert.not_valid_after_utc.isoformat()}
+        with self.issued_file.open("a") as log:
+            log.write(json.dumps(record) + "\n")
         return issued
 
 

@@ -14,7 +14,6 @@ from cloud.ingest import Deferral, decision_label
 from cloud.policy import PolicyChange
 from cloud.server.session import EdgeSession, SessionDeps
 from cloud.server.wire import Undecodable
-from common.tls import identity_of
 from protos import policy_pb2, sample_pb2, session_pb2, session_pb2_grpc, verdict_pb2
 
 logger = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class EdgeGLMServicer(session_pb2_grpc.EdgeGLMServicer):
         self, request_iterator: AsyncIterator[session_pb2.EdgeMessage], context: Context
     ) -> AsyncIterator[session_pb2.CloudMessage]:
         """One edge's stream: see `EdgeSession`."""
-        session = EdgeSession(self._deps, context.peer(), identity_of(context.auth_context()))
+        session = EdgeSession(self._deps, context.peer(), context.auth_context())
         self._sessions.add(session)
         self._all_closed.clear()
         if self._stopping:
@@ -149,13 +148,10 @@ class EdgeGLMServicer(session_pb2_grpc.EdgeGLMServicer):
         if not edge_id:
             self._deps.metrics.bad_messages.labels("malformed").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "edge_id is empty; every edge needs its id")
-        identity = identity_of(context.auth_context())
-        if identity is not None and edge_id != identity:
-            self._deps.metrics.bad_messages.labels("impostor").inc()
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"this connection's certificate belongs to edge {identity!r}; it cannot speak for {edge_id!r}",
-            )
+        refused = self._deps.identities.refusal(context.auth_context(), edge_id)
+        if refused is not None:
+            self._deps.metrics.bad_messages.labels(refused.reason).inc()
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused.message)
         if known and edge_id not in known:
             self._deps.metrics.bad_messages.labels("unknown_edge").inc()
             await context.abort(

@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -26,6 +26,7 @@ from cloud.ingest import Deferral, IngestCore, decision_label
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine
 from cloud.server.fleet import FleetStatus
+from cloud.server.identity import IdentityCheck
 from cloud.server.wire import Undecodable
 from protos import sample_pb2, session_pb2, status_pb2
 
@@ -47,6 +48,7 @@ class SessionDeps:
     max_in_flight: int
     hello_timeout_s: float
     shutdown_grace_s: float
+    identities: IdentityCheck = field(default_factory=IdentityCheck)
 
 
 class _EndSessionError(Exception):
@@ -61,11 +63,11 @@ class _EndSessionError(Exception):
 class EdgeSession:
     """One Session stream, from Hello to its end."""
 
-    def __init__(self, deps: SessionDeps, peer: str, identity: str | None = None) -> None:
-        """A session with `peer` (its address, for logs) whose certificate names `identity`; nothing read yet."""
+    def __init__(self, deps: SessionDeps, peer: str, auth_context: Mapping[str, Iterable[bytes]] | None = None) -> None:
+        """A session with `peer` (its address, for logs) over a connection with `auth_context`; nothing read yet."""
         self._deps = deps
         self.peer = peer
-        self.identity = identity
+        self._auth_context = auth_context or {}
         self.edge_id = ""
         self.site_id = ""
         self.policy_version = 0
@@ -218,14 +220,12 @@ class EdgeSession:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "Hello.edge_id is empty; every edge needs its id",
             )
-        if self.identity is not None and hello.edge_id != self.identity:
-            metrics.bad_messages.labels("impostor").inc()
-            logger.warning("session %s: certificate of %r said Hello as %r", self.peer, self.identity, hello.edge_id)
+        refused = self._deps.identities.refusal(self._auth_context, hello.edge_id, hello.site_id)
+        if refused is not None:
+            metrics.bad_messages.labels(refused.reason).inc()
+            logger.warning("session %s refused (%s): %s", self.peer, refused.reason, refused.message)
             raise _EndSessionError(
-                session_pb2.SESSION_ERROR_CODE_UNKNOWN_EDGE,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"this connection's certificate belongs to edge {self.identity!r}; "
-                f"it cannot speak for {hello.edge_id!r}",
+                session_pb2.SESSION_ERROR_CODE_UNKNOWN_EDGE, grpc.StatusCode.PERMISSION_DENIED, refused.message
             )
         known = self._deps.known_edges
         if known and hello.edge_id not in known:

@@ -106,3 +106,34 @@ async def test_no_certificate_or_one_of_another_ca_gets_no_connection(
                 )
     for refused in (without, foreign, plain):
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_revoked_or_misplaced_certificate_is_refused_without_a_restart(tmp_path: Path, clip: Path) -> None:
+    ca = FleetCA(tmp_path / "ca").create()
+    server = ca.issue_server(tmp_path / "ca", ["localhost"])
+    plant = ca.issue_edge(tmp_path / "edges", "gw-1", site_id="plant-2")
+    tls = {
+        "cert_file": server.cert_file,
+        "key_file": server.key_file,
+        "client_ca_file": ca.cert_file,
+        "revoked_file": ca.revoked_file,
+    }
+    edge_tls = {"ca_file": ca.cert_file, "cert_file": plant.cert_file, "key_file": plant.key_file}
+    async with running(make_config(tmp_path, clip, server={"tls": tls})) as service:
+        uplink = GrpcUplinkConfig.model_validate({"target": f"localhost:{service.port}", "tls": edge_tls})
+        async with open_channel(uplink) as chan:
+            stub: Any = session_pb2_grpc.EdgeGLMStub(chan)
+            elsewhere = stub.Session()
+            await elsewhere.write(session_pb2.EdgeMessage(hello=session_pb2.Hello(edge_id="gw-1", site_id="plant-9")))
+            moved = (await read(elsewhere)).error
+            at_home = stub.Session()
+            await at_home.write(session_pb2.EdgeMessage(hello=session_pb2.Hello(edge_id="gw-1", site_id="plant-2")))
+            assert (await read(at_home)).WhichOneof("kind") == "policy"
+            at_home.cancel()
+            ca.revoke("gw-1")  # the operator revokes it; the cloud re-reads the list
+            with pytest.raises(grpc.aio.AioRpcError) as revoked:
+                await stub.GetPolicy(session_pb2.GetPolicyRequest(edge_id="gw-1"), timeout=WAIT_S)
+    assert "puts edge 'gw-1' in site 'plant-2', not 'plant-9'" in moved.message
+    assert revoked.value.code() == grpc.StatusCode.PERMISSION_DENIED and "is revoked" in (revoked.value.details() or "")
+    assert counter(service, "edgeglm_cloud_bad_messages_total", reason="revoked") == 1
+    assert counter(service, "edgeglm_cloud_bad_messages_total", reason="impostor") == 1
