@@ -14,7 +14,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cloud.api.auth import AdminIdentity, HostCheck, TokenAuth
+from cloud.api.auth import AdminIdentity, HostCheck, SecurityHeaders, TokenAuth
 from cloud.api.policies import add_policy_routes
 from cloud.api.routes import api_router
 from cloud.api.state import AdminState
@@ -28,6 +28,7 @@ def create_app(
 ) -> FastAPI:
     """The admin app over one service's state; `users` (none: open) and `allowed_hosts` (none: any) guard it."""
     app = FastAPI(title="EdgeGLM cloud admin", version="2", docs_url=None, redoc_url=None)
+    app.add_middleware(SecurityHeaders)
     if users:
         app.add_middleware(TokenAuth, users=users)
     if allowed_hosts:

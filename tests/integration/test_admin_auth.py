@@ -61,6 +61,7 @@ async def test_only_named_users_read_and_only_operators_change_and_the_history_s
                 "wrong token": await client.get("/api/verdicts", headers=bearer("x" * 40)),
             }
             open_paths = [(await client.get(path)).status_code for path in ("/healthz", "/metrics")]
+            page = await client.get("/", headers=bearer(VIEWER))
             viewer_reads = await client.get("/api/policies", headers=bearer(VIEWER))
             viewer_changes = await client.put("/api/policies/fleet", content=BANDS_OFF, headers=bearer(VIEWER))
             basic = "Basic " + base64.b64encode(f"alice:{OPERATOR}".encode()).decode()
@@ -74,6 +75,8 @@ async def test_only_named_users_read_and_only_operators_change_and_the_history_s
     assert {name: r.status_code for name, r in anonymous.items()} == dict.fromkeys(anonymous, 401)
     assert anonymous["verdicts"].headers["www-authenticate"].startswith("Basic")  # a browser asks
     assert open_paths == [200, 200]
+    assert page.status_code == 200 and "script-src 'self';" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
     assert viewer_reads.status_code == 200
     assert viewer_changes.status_code == 403 and "bob is a viewer" in viewer_changes.json()["detail"]
     assert operator.status_code == 200
