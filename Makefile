@@ -13,7 +13,7 @@ PIP := --disable-pip-version-check --quiet
 # Ultralytics must never reach the network nor write under $HOME.
 TRAIN_ENV := YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 YOLO_CONFIG_DIR=$(CURDIR)/.yolo OMP_WAIT_POLICY=PASSIVE PYTHONPATH=$(CURDIR)
 
-.PHONY: help setup demo test test-fast lint typecheck pytest pytest-fast bench protos train clean
+.PHONY: help setup demo test test-fast lint typecheck pytest pytest-fast bench fuzz protos train clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -126,6 +126,9 @@ bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	$(BIN)/python -m bench.fleet --out bench/results/fleet-1000.json
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.glm --out bench/results/glm.json
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.openai --out bench/results/openai.json
+
+fuzz: $(VENV)/.ready ## 10,000 generated inputs for each decoder the outside world reaches; bench/results/fuzz.json
+	$(BIN)/python -m bench.fuzz --examples 10000 --out bench/results/fuzz.json
 
 protos: $(VENV)/.ready ## regenerate the Python modules from protos/*.proto
 	$(BIN)/python -m protos.generate
