@@ -127,6 +127,12 @@ class PolicyConfig(_Section):
     closed_loop: ClosedLoopConfig = Field(
         default_factory=ClosedLoopConfig, description="Move each edge's uncertainty bands from the cloud's verdicts."
     )
+    lifetime_s: float = Field(
+        30 * 86_400.0,
+        ge=60,
+        le=366 * 86_400.0,
+        description="How long a signed policy is accepted on arrival (its not_after); signed again at half of it.",
+    )
 
 
 class AdminUserConfig(_Section):

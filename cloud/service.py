@@ -103,6 +103,7 @@ class CloudService:
             fleet=config.policy.fleet,
             sites=config.policy.sites,
             edges=config.policy.edges,
+            lifetime_s=config.policy.lifetime_s,
         )
         logger.info("policy v%d in force, signed by key %s", self.policy.version, signer.key_id)
         await PolicyRecorder(self.policy, self.store).start()  # the policy history of the admin API

@@ -75,6 +75,8 @@ class ImageEncodeError(RuntimeError):
 def policy_to_pb(policy: EdgePolicy) -> policy_pb2.Policy:
     """The wire form of a policy (bands sorted by label, so equal policies serialize to equal bytes)."""
     pb = policy_pb2.Policy(version=policy.version, scope=_SCOPE_TO_PB[policy.scope], scope_id=policy.scope_id)
+    if policy.not_after is not None:
+        pb.not_after.FromMicroseconds(round(policy.not_after * 1_000_000))
     settings_to_pb(policy, pb)
     return pb
 
@@ -94,6 +96,7 @@ def policy_from_pb(pb: policy_pb2.Policy, base: EdgePolicy | None = None) -> Edg
         "version": pb.version,
         "scope": _SCOPE_FROM_PB[pb.scope],
         "scope_id": pb.scope_id,
+        "not_after": pb.not_after.ToMicroseconds() / 1_000_000 if pb.HasField("not_after") else None,
         **settings_fields_from_pb(pb, base, where),
     }
     try:

@@ -105,7 +105,7 @@ class EdgeMetrics:
         self.policies_applied = Counter("edgeglm_edge_policies_applied", "Policies applied.", registry=r)
         self.policies_rejected = Counter(
             "edgeglm_edge_policies_rejected",
-            "Policies refused, by reason (signature, invalid, scope, stale).",
+            "Policies refused, by reason (signature, invalid, scope, stale, expired).",
             ["reason"],
             registry=r,
         )

@@ -409,6 +409,7 @@ class Policy(_message.Message):
     MINING_FIELD_NUMBER: _builtins.int
     UPLINK_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Monotonic version, shared by all scopes; an edge applies only a version newer than its own."""
     scope: Global___PolicyScope.ValueType
@@ -435,6 +436,13 @@ class Policy(_message.Message):
     def model(self) -> Global___ModelRef:
         """The edge detector model to run; unset means keep the current one."""
 
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """After this time an edge no longer accepts the policy on arrival, so old signed bytes replayed
+        later are refused; the cloud signs its policies again before they expire. A policy already in
+        force stays in force past it until a newer one arrives. Unset: no expiry.
+        """
+
     def __init__(
         self,
         *,
@@ -446,10 +454,11 @@ class Policy(_message.Message):
         mining: Global___MiningSettings | None = ...,
         uplink: Global___UplinkSettings | None = ...,
         model: Global___ModelRef | None = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "issued_at", b"issued_at", "mining", b"mining", "model", b"model", "uplink", b"uplink"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "issued_at", b"issued_at", "mining", b"mining", "model", b"model", "not_after", b"not_after", "uplink", b"uplink"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "issued_at", b"issued_at", "mining", b"mining", "model", b"model", "scope", b"scope", "scope_id", b"scope_id", "uplink", b"uplink", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "issued_at", b"issued_at", "mining", b"mining", "model", b"model", "not_after", b"not_after", "scope", b"scope", "scope_id", b"scope_id", "uplink", b"uplink", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

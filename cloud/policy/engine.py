@@ -78,6 +78,7 @@ class _Layer:
     digest: str
 
 
+DEFAULT_LIFETIME_S = 30 * 86_400.0  # a signed policy's validity (policy.lifetime_s in cloud.yaml)
 _REASON: contextvars.ContextVar[str] = contextvars.ContextVar("policy_change_reason", default="")
 
 
@@ -118,14 +119,22 @@ class PolicyEngine:
         fleet: PolicySettings | None = None,
         sites: Mapping[str, PolicyOverride] | None = None,
         edges: Mapping[str, PolicyOverride] | None = None,
+        lifetime_s: float = DEFAULT_LIFETIME_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """Load the version state from `state_path` (created if missing) and version the given layers."""
+        """Load the version state from `state_path` (created if missing) and version the given layers.
+
+        Each signed policy carries `not_after` = signing time + `lifetime_s`; it is signed again once
+        half its lifetime has passed, so an edge never receives one close to expiry.
+        """
         self._signer = signer
+        self._lifetime_s = lifetime_s
+        self._clock = clock
         self._state_path = state_path
         self._metrics = metrics
         self._listeners: list[PolicyListener] = []
         self._lock = asyncio.Lock()
-        self._cache: dict[tuple[str, str], policy_pb2.SignedPolicy] = {}
+        self._cache: dict[tuple[str, str], tuple[float, policy_pb2.SignedPolicy]] = {}  # (refresh at, signed)
         self._last_version, persisted = self._read_state()
         wanted: dict[str, PolicySettings | None] = {"fleet": fleet or PolicySettings()}
         wanted |= {_key("site", s): o for s, o in (sites or {}).items()}
@@ -187,16 +196,21 @@ class PolicyEngine:
 
     def policy_for(self, edge_id: str, site_id: str = "") -> policy_pb2.SignedPolicy:
         """The signed policy in force for an edge: fleet <- its site's override <- its own override."""
+        now = self._clock()
         cached = self._cache.get((edge_id, site_id))
-        if cached is not None:
-            return cached
+        if cached is not None and now < cached[0]:
+            return cached[1]
         settings, version, scope, scope_id, issued_at = self.effective(edge_id, site_id)
         policy = policy_pb2.Policy(
-            version=version, scope=_SCOPES[scope], scope_id=scope_id, issued_at=timestamp_from_seconds(issued_at)
+            version=version,
+            scope=_SCOPES[scope],
+            scope_id=scope_id,
+            issued_at=timestamp_from_seconds(issued_at),
+            not_after=timestamp_from_seconds(now + self._lifetime_s),
         )
         settings_to_pb(settings, policy)
         signed = self._signer.sign(policy)
-        self._cache[(edge_id, site_id)] = signed
+        self._cache[(edge_id, site_id)] = (now + self._lifetime_s / 2, signed)
         return signed
 
     def version_for(self, edge_id: str, site_id: str = "") -> int:

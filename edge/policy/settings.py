@@ -27,3 +27,6 @@ class EdgePolicy(PolicySettings):
     version: int = Field(0, ge=0, le=MAX_POLICY_VERSION, description="Monotonic version; 0 is the built-in default.")
     scope: Literal["builtin", "fleet", "site", "edge"] = Field("builtin", description="Who the policy is for.")
     scope_id: str = Field("", description="Site or edge id for site/edge scopes.")
+    not_after: float | None = Field(
+        None, description="Unix seconds after which this policy is refused on arrival; None: no expiry."
+    )

@@ -3,16 +3,20 @@
 A policy offered by the cloud is applied only when its signature holds, its values are within
 bounds, its scope names this edge (the fleet, this edge's site, or this edge) and its version is
 newer than the one in force. Anything else is refused, logged and counted in
-`policies_rejected{reason}` with reason "signature", "invalid", "scope" or "stale"; the policy in
-force stays. An applied policy is persisted as the SignedPolicy bytes received, so it is verified
-again at the next start and a tampered or corrupt file is never trusted.
+`policies_rejected{reason}` with reason "signature", "invalid", "scope", "stale" or "expired" (its
+signed `not_after` has passed: old bytes replayed); the policy in force stays. Expiry is checked on
+arrival only: the policy in force, and the one restored at start, stay in force past it. An applied
+policy is persisted as the SignedPolicy bytes received, so it is verified again at the next start and
+a tampered or corrupt file is never trusted.
 
 Persisting is a small synchronous write; policies arrive rarely, so it runs on the caller's thread.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,7 @@ from protos.policy_settings import InvalidPolicyError
 logger = logging.getLogger(__name__)
 
 POLICY_FILE = "policy.pb"
-RejectReason = Literal["signature", "invalid", "scope", "stale"]
+RejectReason = Literal["signature", "invalid", "scope", "stale", "expired"]
 PolicyListener = Callable[[EdgePolicy], None]
 # The diff logged on apply lists at most this many changed settings, then "(+N more)".
 MAX_DIFF_ITEMS = 20
@@ -106,7 +110,9 @@ class PolicyStore:
         edge_id: str,
         site_id: str,
         default: EdgePolicy | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._clock = clock
         self._path = state_dir / POLICY_FILE
         self._public_key = public_key
         self._metrics = metrics
@@ -134,6 +140,9 @@ class PolicyStore:
         """Apply `signed` if it verifies, is valid, is meant for this edge and is newer; else refuse it."""
         try:
             policy = self._check(signed)
+            if policy.not_after is not None and self._clock() > policy.not_after:
+                expired = datetime.datetime.fromtimestamp(policy.not_after, datetime.UTC).isoformat(timespec="seconds")
+                raise _RefusedError("expired", f"policy v{policy.version} expired at {expired} (old bytes replayed?)")
         except _RefusedError as refused:
             return self._refuse(refused.reason, refused.message, stored=False)
         message = describe_change(self._current, policy)

@@ -64,8 +64,23 @@ def test_an_edge_applies_what_the_cloud_signs_with_the_same_values(tmp_path: Pat
         signer, tmp_path / "state.json", CloudMetrics(), fleet=PolicySettings.model_validate(SETTINGS)
     )
     applied = policy_from_pb(verify(policies.policy_for("gw-1"), load_public_key(key)))
-    expected = EdgePolicy.model_validate({**SETTINGS, "version": 1, "scope": "fleet"})
+    assert applied.not_after is not None
+    expected = EdgePolicy.model_validate({**SETTINGS, "version": 1, "scope": "fleet", "not_after": applied.not_after})
     assert applied == expected
+
+
+def test_signed_policies_expire_and_are_signed_again_before_they_do(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    policies = PolicyEngine(
+        PolicySigner.ephemeral(), tmp_path / "state.json", CloudMetrics(), lifetime_s=3600, clock=lambda: now[0]
+    )
+    first = policy_pb2.Policy.FromString(policies.policy_for("gw-1").policy)
+    assert first.not_after.seconds == 1_800_003_600
+    now[0] += 1799  # within half its lifetime: the same signed bytes
+    assert policy_pb2.Policy.FromString(policies.policy_for("gw-1").policy) == first
+    now[0] += 2
+    again = policy_pb2.Policy.FromString(policies.policy_for("gw-1").policy)
+    assert again.version == first.version and again.not_after.seconds == 1_800_005_401
 
 
 def test_a_tampered_policy_does_not_verify_on_the_edge(tmp_path: Path) -> None:

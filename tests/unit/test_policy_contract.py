@@ -56,6 +56,7 @@ WIRE_ONLY = {
     ("Policy", "scope"),
     ("Policy", "scope_id"),
     ("Policy", "issued_at"),
+    ("Policy", "not_after"),
 }
 # The words that carry the direction of Sedna's rules; the behaviour tests below hold the strategies to them.
 SEDNA_WORDS = {

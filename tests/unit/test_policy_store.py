@@ -158,6 +158,26 @@ def test_a_validly_signed_policy_claiming_an_impossible_version_is_refused_and_l
     assert store.offer(sign(wire(8), keys.private)).applied and store.current.version == 8
 
 
+def test_an_expired_policy_is_refused_on_arrival_and_the_one_in_force_outlives_its_own_expiry(
+    tmp_path: Path, keys: Keys, metrics: EdgeMetrics
+) -> None:
+    now = [1_800_000_000.0]
+    store = PolicyStore(
+        tmp_path / "state", keys.public, metrics, edge_id="gw-1", site_id="plant-2", clock=lambda: now[0]
+    )
+    fresh = wire(5)
+    fresh.not_after.FromSeconds(1_800_000_060)
+    assert store.offer(sign(fresh, keys.private)).applied
+    now[0] += 120  # both have expired now; a replay of old, validly signed bytes is refused
+    stale_replay = wire(6)
+    stale_replay.not_after.FromSeconds(1_800_000_030)
+    refused = store.offer(sign(stale_replay, keys.private))
+    assert refused.reason == "expired" and "policy v6 expired at 2027-01-15T08:00:30+00:00" in refused.message
+    assert rejected(metrics, "expired") == 1 and store.current.version == 5
+    restarted = PolicyStore(tmp_path / "state", keys.public, metrics, edge_id="gw-1", site_id="plant-2")
+    assert restarted.load().version == 5, "the last good policy is kept across a restart past its expiry"
+
+
 @pytest.mark.parametrize(
     ("scope", "scope_id", "accepted"),
     [
