@@ -63,6 +63,19 @@ class ClientTlsConfig(BaseModel):
     )
 
 
+def files_stamp(*paths: Path) -> tuple[tuple[int, int], ...]:
+    """(modification time, size) of each file, to see a rotated certificate (a Secret's files replaced)."""
+    stamps = []
+    for path in paths:
+        try:
+            status = path.stat()
+        except OSError:
+            stamps.append((-1, -1))
+            continue
+        stamps.append((status.st_mtime_ns, status.st_size))
+    return tuple(stamps)
+
+
 def read_pem(path: Path, what: str) -> bytes:
     """A PEM file's bytes; TlsError naming `what` and the file when it is missing or not PEM."""
     try:

@@ -27,7 +27,7 @@ from cloud.config import ServerConfig
 from cloud.server.health import SERVICE_NAME, Health
 from cloud.server.servicer import EdgeGLMServicer
 from cloud.server.wire import lenient
-from common.tls import read_pem
+from common.tls import ServerTlsConfig, TlsError, files_stamp, read_pem
 from protos import policy_pb2, session_pb2, verdict_pb2
 
 logger = logging.getLogger(__name__)
@@ -75,16 +75,40 @@ def build_server(config: ServerConfig, servicer: EdgeGLMServicer, health: Health
     if config.tls is None:
         port = server.add_insecure_port(address)
     else:
-        tls = config.tls
-        credentials = grpc.ssl_server_credentials(
-            [(read_pem(tls.key_file, "server.tls.key_file"), read_pem(tls.cert_file, "server.tls.cert_file"))],
-            root_certificates=read_pem(tls.client_ca_file, "server.tls.client_ca_file"),
-            require_client_auth=True,
-        )
-        port = server.add_secure_port(address, credentials)
+        port = server.add_secure_port(address, server_credentials(config.tls))
     if port == 0:
         raise OSError(f"server.host/port: cannot listen on {address} (in use, or not an address of this host)")
     return server, port
 
 
 __all__ = ["SERVICE_NAME", "build_server", "server_options"]
+
+
+def server_credentials(tls: ServerTlsConfig) -> grpc.ServerCredentials:
+    """Mutual TLS credentials that pick up rotated files: each new handshake checks whether the
+    certificate, key or client CA changed on disk (a Kubernetes Secret updated in place) and, if they
+    did and read as PEM, uses them from then on; connections already open keep theirs."""
+
+    def configuration() -> Any:
+        return grpc.ssl_server_certificate_configuration(
+            [(read_pem(tls.key_file, "server.tls.key_file"), read_pem(tls.cert_file, "server.tls.cert_file"))],
+            root_certificates=read_pem(tls.client_ca_file, "server.tls.client_ca_file"),
+        )
+
+    paths = (tls.cert_file, tls.key_file, tls.client_ca_file)
+    seen = [files_stamp(*paths)]
+
+    def fetch() -> Any:
+        stamp = files_stamp(*paths)
+        if stamp == seen[0]:
+            return None  # unchanged: keep the configuration in use
+        try:
+            fresh = configuration()
+        except TlsError as err:  # half-written files: try again at the next handshake
+            logger.warning("server TLS files changed but cannot be used yet: %s", err)
+            return None
+        seen[0] = stamp
+        logger.info("server TLS certificate reloaded from %s", tls.cert_file)
+        return fresh
+
+    return grpc.dynamic_ssl_server_credentials(configuration(), fetch, require_client_authentication=True)

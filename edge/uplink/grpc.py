@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from common.tls import read_pem
+from common.tls import TlsError, files_stamp, read_pem
 from edge.config import GrpcUplinkConfig
 from edge.metrics import EdgeMetrics
 from edge.uplink.base import UplinkHandlers
@@ -114,6 +114,7 @@ class GrpcUplink:
         self._queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue(maxsize=config.send_queue_size)
         self._channel: grpc.aio.Channel | None = channel
         self._owns_channel = channel is None
+        self._tls_stamp: tuple[tuple[int, int], ...] = ()
         self._name = name
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -149,6 +150,8 @@ class GrpcUplink:
     async def start(self) -> None:
         """Open the channel (unless one was given) and start the session loop in the background."""
         if self._owns_channel:
+            tls = self._config.tls
+            self._tls_stamp = files_stamp(tls.ca_file, tls.cert_file, tls.key_file) if tls is not None else ()
             self._channel = open_channel(self._config)
         self._task = asyncio.create_task(self._run(), name=f"{self._name}-session")
 
@@ -194,6 +197,24 @@ class GrpcUplink:
             gap = MIN_SESSION_GAP_S * (1 + random.random()) - (time.monotonic() - started)
             if gap > 0:
                 await asyncio.sleep(gap)
+            await self._reopen_if_rotated()
+
+    async def _reopen_if_rotated(self) -> None:
+        """A new channel when this edge's TLS files changed since it was opened (a rotated certificate)."""
+        tls = self._config.tls
+        if not self._owns_channel or tls is None or self._channel is None:
+            return
+        stamp = files_stamp(tls.ca_file, tls.cert_file, tls.key_file)
+        if stamp == self._tls_stamp:
+            return
+        try:
+            fresh = open_channel(self._config)
+        except TlsError as err:  # half-written files: the old channel goes on, and this is tried again
+            logger.warning("TLS files changed but cannot be used yet: %s", err)
+            return
+        old, self._channel, self._tls_stamp = self._channel, fresh, stamp
+        logger.info("TLS certificate %s reloaded: new channel to %s", tls.cert_file, self._config.target)
+        await old.close(grace=None)
 
     def _open(self) -> SessionCall:
         if self._channel is None:

@@ -108,3 +108,42 @@ async def test_a_stream_the_cloud_ends_is_reopened_without_waiting_for_a_heartbe
 
     assert uplink.last_error.startswith("PERMISSION_DENIED: edge 'gw-stranger' is not in the cloud's known_edges")
     assert heard.verdicts == []
+
+
+async def test_a_rotated_edge_certificate_is_used_at_the_next_reconnect(tmp_path: Path, clip: Path) -> None:
+    """The edge's certificate is revoked and its files replaced by a new one: the uplink reopens its
+    channel with the new files at its next reconnect, with no restart of the agent."""
+    from common.tls import FleetCA
+
+    ca = FleetCA(tmp_path / "ca").create()
+    server = ca.issue_server(tmp_path / "ca", ["localhost"])
+    mounted = tmp_path / "edge-secret"
+    first = ca.issue_edge(tmp_path / "first", "gw-1")
+    mounted.mkdir()
+    (mounted / "tls.crt").write_bytes(first.cert_file.read_bytes())
+    (mounted / "tls.key").write_bytes(first.key_file.read_bytes())
+    ca.revoke("gw-1")
+    tls = {
+        "cert_file": server.cert_file,
+        "key_file": server.key_file,
+        "client_ca_file": ca.cert_file,
+        "revoked_file": ca.revoked_file,
+    }
+    async with running(make_config(tmp_path, clip, server={"tls": tls})) as service:
+        edge_tls = {"ca_file": ca.cert_file, "cert_file": mounted / "tls.crt", "key_file": mounted / "tls.key"}
+        config = GrpcUplinkConfig.model_validate(
+            {"target": f"localhost:{service.port}", "heartbeat_interval_s": 3600, "tls": edge_tls}
+        )
+        heard = Heard("gw-1")
+        uplink = GrpcUplink(config, heard.handlers(), EdgeMetrics())
+        await uplink.start()
+        try:
+            await wait_until(lambda: "is revoked" in uplink.last_error, "the revoked certificate refused")
+            assert heard.policies == 0
+            second = ca.issue_edge(tmp_path / "second", "gw-1")  # not revoked: a new serial
+            (mounted / "tls.key").write_bytes(second.key_file.read_bytes())
+            (mounted / "tls.crt").write_bytes(second.cert_file.read_bytes())
+            await wait_until(lambda: heard.policies >= 1, "a session with the new certificate", timeout_s=30)
+        finally:
+            await uplink.stop()
+    assert counter(service, "edgeglm_cloud_bad_messages_total", reason="revoked") >= 1

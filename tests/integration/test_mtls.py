@@ -137,3 +137,44 @@ async def test_a_revoked_or_misplaced_certificate_is_refused_without_a_restart(t
     assert revoked.value.code() == grpc.StatusCode.PERMISSION_DENIED and "is revoked" in (revoked.value.details() or "")
     assert counter(service, "edgeglm_cloud_bad_messages_total", reason="revoked") == 1
     assert counter(service, "edgeglm_cloud_bad_messages_total", reason="impostor") == 1
+
+
+async def test_rotated_certificates_are_picked_up_without_a_restart(tmp_path: Path, clip: Path) -> None:
+    """The cloud's Secret is replaced by one of a new CA: new handshakes use it, no restart."""
+    old_ca = FleetCA(tmp_path / "old-ca").create()
+    new_ca = FleetCA(tmp_path / "new-ca").create()
+    mounted = tmp_path / "secret"  # what the pod sees; replaced file by file, as a Secret update does
+    mounted.mkdir()
+    old_server = old_ca.issue_server(tmp_path / "old-ca", ["localhost"])
+    new_server = new_ca.issue_server(tmp_path / "new-ca", ["localhost"])
+
+    def mount(ca: FleetCA, server: Any) -> None:
+        (mounted / "tls.crt").write_bytes(server.cert_file.read_bytes())
+        (mounted / "tls.key").write_bytes(server.key_file.read_bytes())
+        (mounted / "ca.crt").write_bytes(ca.cert_file.read_bytes())
+
+    mount(old_ca, old_server)
+    tls = {"cert_file": mounted / "tls.crt", "key_file": mounted / "tls.key", "client_ca_file": mounted / "ca.crt"}
+
+    def edge_of(ca: FleetCA, port: int) -> GrpcUplinkConfig:
+        issued = ca.issue_edge(tmp_path / f"edge-{ca.folder.name}", "gw-1")
+        files = {"ca_file": ca.cert_file, "cert_file": issued.cert_file, "key_file": issued.key_file}
+        return GrpcUplinkConfig.model_validate({"target": f"localhost:{port}", "tls": files})
+
+    async def answers(uplink: GrpcUplinkConfig) -> bool:
+        async with open_channel(uplink) as chan:
+            try:
+                await session_pb2_grpc.EdgeGLMStub(chan).GetPolicy(
+                    session_pb2.GetPolicyRequest(edge_id="gw-1"), timeout=5
+                )
+            except grpc.aio.AioRpcError:
+                return False
+            return True
+
+    async with running(make_config(tmp_path, clip, server={"tls": tls})) as service:
+        old_edge, new_edge = edge_of(old_ca, service.port), edge_of(new_ca, service.port)
+        before = (await answers(old_edge), await answers(new_edge))
+        mount(new_ca, new_server)
+        after = (await answers(old_edge), await answers(new_edge))
+    assert before == (True, False)
+    assert after == (False, True)
