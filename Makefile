@@ -124,6 +124,7 @@ bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	$(BIN)/python -m bench.link --out bench/results/link.json
 	$(BIN)/python -m bench.closed_loop --out bench/results/closed_loop.json
 	$(BIN)/python -m bench.fleet --out bench/results/fleet-1000.json
+	$(BIN)/python -m bench.tls --out bench/results/tls.json
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.glm --out bench/results/glm.json
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.openai --out bench/results/openai.json
 
