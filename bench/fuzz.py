@@ -14,13 +14,14 @@ the one error type it documents (a `BadSampleError`, an `ImageDecodeError`, a `C
 
 `tests/unit/test_fuzz.py` runs a short pass of each in `make test`; `python -m bench.fuzz --examples
 10000` (`make fuzz`) runs the long one and writes cases, failures (with the first input of each
-distinct error), wall time and the process's peak memory before and after per target to
-bench/results/fuzz.json.
+distinct error), wall time, and the process's resident memory (now and at its peak) before and after
+each target to bench/results/fuzz.json: a decoder that leaks shows as memory that stays.
 """
 
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import platform
@@ -290,7 +291,7 @@ def run_target(name: str, examples: int, seed: int = 0) -> dict[str, Any]:
         except Exception as err:  # recorded, not raised: the run goes on and counts every distinct error
             failures.setdefault(f"{type(err).__name__}: {str(err)[:200]}", repr(value)[:300])
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before, peak_before = _rss_kib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     logging.disable(logging.WARNING)  # every refusal logs a line; tens of thousands of them say nothing here
     try:
@@ -302,9 +303,20 @@ def run_target(name: str, examples: int, seed: int = 0) -> dict[str, Any]:
         "failures": len(failures),
         "distinct_errors": failures,
         "seconds": round(time.perf_counter() - started, 2),
-        "peak_rss_kib_before": rss_before,
+        "rss_kib_before": rss_before,
+        "rss_kib_after": _rss_kib(),
+        "peak_rss_kib_before": peak_before,
         "peak_rss_kib_after": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
+
+
+def _rss_kib() -> int:
+    """The process's resident memory now (VmRSS), after a collection: what stays, not what peaked."""
+    gc.collect()
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return -1
 
 
 def main(

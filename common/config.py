@@ -63,6 +63,9 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    odd = [key for key in raw if not isinstance(key, str)]
+    if odd:  # e.g. a line "? " or "1: x": YAML allows any key, a config section is named by text
+        raise ConfigError(f"{path}: top-level keys must be section names, got {', '.join(map(repr, odd))}")
     return raw
 
 

@@ -88,3 +88,10 @@ def test_check_config_prints_each_error_and_exits_1(tmp_path: Path) -> None:
     assert "cloud.yaml: batcher.max_batch_size: 0 is below the minimum 1" in bad.stderr
     assert "cloud.yaml: backend: is required" in bad.stderr
     assert good.exit_code == 0 and "ok" in good.stdout
+
+
+def test_a_document_whose_top_level_keys_are_not_names_is_a_config_error(tmp_path: Path) -> None:
+    """Found by `make fuzz`: YAML's "?" makes a key of None, which used to escape as a TypeError."""
+    for text in ("?\n", "1: x\n"):
+        with pytest.raises(ConfigError, match="top-level keys must be section names"):
+            load_config(write(tmp_path, text))
