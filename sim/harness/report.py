@@ -71,11 +71,17 @@ def verdict(modes: dict[str, dict[str, Any]]) -> str:
     parts = []
     cloud = modes.get("cloud_only")
     if cloud is not None and ours["uplink_ratio"] is not None:
-        keep = _share(ours["event_recall"], cloud["event_recall"])
+        figures = f"({_num(ours['event_recall'])} against {_num(cloud['event_recall'])})"
+        mine, theirs = ours["event_recall"], cloud["event_recall"]
+        kept = (
+            f"recalled more events than cloud-only did {figures}: on this run the cloud, sent every frame, "
+            "did not keep up"
+            if mine is not None and theirs is not None and mine > theirs
+            else f"kept {_share(mine, theirs)} of its event recall {figures}"
+        )
         parts.append(
             f"EdgeGLM sent {ours['uplink_ratio'] * 100:.1f} % of the bytes that sending every frame to the cloud "
-            f"took, and kept {keep} of its event recall ({_num(ours['event_recall'])} against "
-            f"{_num(cloud['event_recall'])})."
+            f"took, and {kept}."
         )
         if cloud["verdict_latency_ms"]["p50"] is not None and ours["verdict_latency_ms"]["p50"] is not None:
             parts.append(
