@@ -233,6 +233,8 @@ MAX_DETECTIONS = 512
 MAX_FRAME_SIDE = 16_384  # frame_width, frame_height (pixels)
 MAX_INTEGER = (1 << 63) - 1  # frame_seq, policy_version: SQLite's and PostgreSQL's bigint
 MAX_TIMESTAMP_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a Timestamp may name
+MAX_STATUS_BYTES = 16 << 10  # an edge's heartbeat (EdgeStatus): counters and a few names, ~1 kB in practice
+MAX_FLEET_EDGES = 10_000  # edges the fleet status remembers; beyond, the longest gone is forgotten
 
 
 def shown_id(sample_id: str) -> str:

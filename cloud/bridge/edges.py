@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection
 
 from google.protobuf.message import DecodeError
 
+from cloud.convert import MAX_STATUS_BYTES
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyChange, PolicyEngine
 from cloud.server.fleet import FleetStatus
@@ -70,6 +71,12 @@ class EdgeDirectory:
         """An edge's (retained or live) status arrived: record it and send the edge its policy if newer."""
         if not payload or edge_id == FLEET:
             return  # a retained status cleared
+        if len(payload) > MAX_STATUS_BYTES:
+            self._metrics.bad_messages.labels("oversized").inc()
+            logger.info(
+                "status of %d bytes on edge %s's topic (at most %d): dropped", len(payload), edge_id, MAX_STATUS_BYTES
+            )
+            return
         try:
             status = status_pb2.EdgeStatus.FromString(payload)
         except DecodeError:

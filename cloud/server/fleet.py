@@ -11,6 +11,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from cloud.convert import MAX_FLEET_EDGES
 from protos import session_pb2, status_pb2
 
 
@@ -55,11 +56,12 @@ def _message_json(message: status_pb2.EdgeStatus | None) -> dict[str, Any] | Non
 
 
 class FleetStatus:
-    """Edge records by edge id, updated by sessions."""
+    """Edge records by edge id, updated by sessions; at most `max_edges`, so invented ids cost nothing lasting."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_edges: int = MAX_FLEET_EDGES) -> None:
         """Start with no edge known."""
         self._edges: dict[str, EdgeRecord] = {}
+        self._max_edges = max_edges
 
     def get(self, edge_id: str) -> EdgeRecord | None:
         """The record of an edge, if it ever connected."""
@@ -67,7 +69,7 @@ class FleetStatus:
 
     def connected(self, hello: session_pb2.Hello) -> EdgeRecord:
         """An edge opened a session."""
-        record = self._edges.setdefault(hello.edge_id, EdgeRecord(hello.edge_id))
+        record = self._record(hello.edge_id)
         record.site_id = hello.site_id
         record.hello = hello
         record.sessions += 1
@@ -83,7 +85,7 @@ class FleetStatus:
 
     def heartbeat(self, edge_id: str, status: status_pb2.EdgeStatus) -> None:
         """An edge reported its status."""
-        record = self._edges.setdefault(edge_id, EdgeRecord(edge_id))
+        record = self._record(edge_id)
         record.status = status
         record.site_id = status.site_id or record.site_id
         record.last_seen = time.time()
@@ -94,6 +96,16 @@ class FleetStatus:
         if record is not None:
             record.samples += 1
             record.last_seen = time.time()
+
+    def _record(self, edge_id: str) -> EdgeRecord:
+        record = self._edges.get(edge_id)
+        if record is None:
+            if len(self._edges) >= self._max_edges:
+                gone = [r for r in self._edges.values() if r.sessions == 0]
+                if gone:  # the edge gone longest is forgotten; one connected now never is
+                    del self._edges[min(gone, key=lambda r: r.last_seen).edge_id]
+            record = self._edges[edge_id] = EdgeRecord(edge_id)
+        return record
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every edge ever seen since start, as JSON, by edge id."""

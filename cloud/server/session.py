@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from cloud.backends import Backend
+from cloud.convert import MAX_STATUS_BYTES
 from cloud.ingest import Deferral, IngestCore, decision_label
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine
@@ -183,7 +184,7 @@ class EdgeSession:
                 await self._slots.acquire()
                 self._spawn(self._on_sample(message.sample), release=True)
             elif kind == "heartbeat":
-                self._on_heartbeat(message.heartbeat)
+                await self._on_heartbeat(message.heartbeat)
             else:
                 self._deps.metrics.bad_messages.labels("malformed").inc()
                 problem = "a second Hello" if kind == "hello" else "an empty EdgeMessage"
@@ -248,8 +249,25 @@ class EdgeSession:
             self._deps.fleet.disconnected(self.edge_id)
             self._deps.metrics.sessions_open.dec()
 
-    def _on_heartbeat(self, status: status_pb2.EdgeStatus) -> None:
-        self._deps.fleet.heartbeat(self.edge_id, status)
+    async def _on_heartbeat(self, status: status_pb2.EdgeStatus) -> None:
+        problem = None
+        if status.ByteSize() > MAX_STATUS_BYTES:
+            reason, problem = "oversized", f"a heartbeat of {status.ByteSize()} bytes (at most {MAX_STATUS_BYTES})"
+        elif status.edge_id and status.edge_id != self.edge_id:
+            reason, problem = "impostor", f"a heartbeat of edge {status.edge_id!r} on edge {self.edge_id!r}'s session"
+        elif status.site_id and status.site_id != self.site_id:
+            reason, problem = (
+                "impostor",
+                f"a heartbeat naming site {status.site_id!r}; the session's is {self.site_id!r}",
+            )
+        if problem is None:
+            self._deps.fleet.heartbeat(self.edge_id, status)
+            return
+        self._deps.metrics.bad_messages.labels(reason).inc()
+        error = session_pb2.SessionError(
+            code=session_pb2.SESSION_ERROR_CODE_INVALID_MESSAGE, message=f"{problem} was ignored"
+        )
+        await self.send(session_pb2.CloudMessage(error=error))
 
     async def _on_sample(self, sample: sample_pb2.Sample) -> None:
         if not sample.edge_id:

@@ -213,3 +213,30 @@ async def test_a_sample_cut_by_a_shutdown_is_judged_when_resent_after_the_restar
         assert (
             stored is not None and verdict_pb2.Verdict.FromString(stored).origin == verdict_pb2.VERDICT_ORIGIN_BACKEND
         )
+
+
+async def test_heartbeats_that_are_too_big_or_name_another_edge_or_site_are_refused_and_the_session_goes_on(
+    tmp_path: Path, clip: Path
+) -> None:
+    sample = make_sample(clip, busy_frames(clip)[0], "s-after-heartbeats")
+    big = status_pb2.EdgeStatus(edge_id=EDGE, model_name="x" * (20 << 10))
+    other_edge = status_pb2.EdgeStatus(edge_id="gw-other")
+    other_site = status_pb2.EdgeStatus(edge_id=EDGE, site_id="elsewhere")
+    async with running(make_config(tmp_path, clip)) as service, channel(service) as stub:
+        call = stub.Session()
+        await call.write(session_pb2.EdgeMessage(hello=session_pb2.Hello(edge_id=EDGE, site_id="plant-2")))
+        assert (await read(call)).WhichOneof("kind") == "policy"
+        errors = []
+        for status in (big, other_edge, other_site):
+            await call.write(session_pb2.EdgeMessage(heartbeat=status))
+            errors.append((await read(call)).error.message)
+        await call.write(session_pb2.EdgeMessage(sample=sample))
+        ack, verdict = (await read(call)).ack, (await read(call)).verdict
+        call.cancel()
+        record = service.fleet.get(EDGE)
+    assert "a heartbeat of 20" in errors[0] and "at most 16384" in errors[0]
+    assert "edge 'gw-other'" in errors[1] and "site 'elsewhere'" in errors[2]
+    assert ack.accepted and verdict.sample_id == "s-after-heartbeats"
+    assert record is not None and record.status is None, "no refused heartbeat was kept"
+    assert counter(service, "edgeglm_cloud_bad_messages_total", reason="oversized") == 1
+    assert counter(service, "edgeglm_cloud_bad_messages_total", reason="impostor") == 2
