@@ -60,10 +60,11 @@ class EdgeAgent:
         self.config = config
         self.metrics = metrics or EdgeMetrics()
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        public_key = load_public_key(config.policy.public_key) if config.policy.public_key else None
+        keys = [config.policy.public_key] if config.policy.public_key else []
+        trusted = [load_public_key(path) for path in [*keys, *config.policy.extra_public_keys]]
         self.policies = PolicyStore(
             config.state_dir,
-            public_key,
+            trusted or None,
             self.metrics,
             edge_id=config.edge_id,
             site_id=config.site_id,

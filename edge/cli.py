@@ -130,11 +130,15 @@ def preflight(config: EdgeConfig) -> list[str]:
         Detector(config.detector)
     except DetectorError as err:
         problems.append(f"detector.model_path: {err}")
-    if config.policy.public_key is not None:
+    keys = [("policy.public_key", config.policy.public_key)]
+    keys += [(f"policy.extra_public_keys[{i}]", p) for i, p in enumerate(config.policy.extra_public_keys)]
+    for where, key in keys:
+        if key is None:
+            continue
         try:
-            load_public_key(config.policy.public_key)
+            load_public_key(key)
         except PolicyKeyError as err:
-            problems.append(f"policy.public_key: {err}")
+            problems.append(f"{where}: {err}")
     for index, camera in enumerate(config.cameras):
         if source_kind(camera.url) == "path" and not Path(camera.url).exists():
             problems.append(f"cameras[{index}].url: {camera.url} does not exist (camera {camera.id})")

@@ -127,6 +127,11 @@ class PolicyConfig(_Section):
     public_key: Path | None = Field(
         None, description="PEM public key of the cloud's policy signer; without it no cloud policy is accepted."
     )
+    extra_public_keys: list[Path] = Field(
+        default_factory=list,
+        description="Keys also trusted, for a rotation of the cloud's key: the next one before the cloud signs "
+        "with it, the previous one until every policy in flight is signed with the new.",
+    )
     initial: EdgePolicy = Field(
         default_factory=EdgePolicy, description="Policy in force until the cloud sends one (version 0)."
     )
@@ -274,7 +279,10 @@ def resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:
 
     updates: dict[str, Any] = {"state_dir": fix(config.state_dir)}
     updates["detector"] = config.detector.model_copy(update={"model_path": fix(config.detector.model_path)})
-    updates["policy"] = config.policy.model_copy(update={"public_key": fix(config.policy.public_key)})
+    extras = [path for path in (fix(p) for p in config.policy.extra_public_keys) if path is not None]
+    updates["policy"] = config.policy.model_copy(
+        update={"public_key": fix(config.policy.public_key), "extra_public_keys": extras}
+    )
     updates["events"] = config.events.model_copy(update={"path": fix(config.events.path)})
     updates["outbox"] = config.outbox.model_copy(update={"path": fix(config.outbox.path)})
     cameras = []

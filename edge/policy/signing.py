@@ -8,6 +8,7 @@ public key. The cloud keeps the private key; edges hold its SubjectPublicKeyInfo
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -49,14 +50,20 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def verify(signed: policy_pb2.SignedPolicy, public_key: Ed25519PublicKey) -> policy_pb2.Policy:
-    """The policy inside `signed`, once its signature holds; else `PolicySignatureError`."""
+def verify(
+    signed: policy_pb2.SignedPolicy, public_keys: Ed25519PublicKey | Sequence[Ed25519PublicKey]
+) -> policy_pb2.Policy:
+    """The policy inside `signed`, once its signature by one of `public_keys` (by key id) holds; else
+    `PolicySignatureError`. Several keys are trusted while the cloud's key is rotated."""
     if signed.algorithm != ALGORITHM:
         raise PolicySignatureError(f"signature algorithm {signed.algorithm!r} is not supported (expected 'ed25519')")
-    expected = key_id(public_key)
-    if signed.key_id != expected:
+    keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
+    by_id = {key_id(key): key for key in keys}
+    public_key = by_id.get(signed.key_id)
+    expected = signed.key_id
+    if public_key is None:
         raise PolicySignatureError(
-            f"signed with unknown key id {signed.key_id!r}; this edge trusts key {expected} "
+            f"signed with unknown key id {signed.key_id!r}; this edge trusts {', '.join(sorted(by_id)) or 'no key'} "
             "(install the cloud's current public key if it rotated)"
         )
     try:

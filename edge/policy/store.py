@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -104,7 +104,7 @@ class PolicyStore:
     def __init__(
         self,
         state_dir: Path,
-        public_key: Ed25519PublicKey | None,
+        public_key: Ed25519PublicKey | Sequence[Ed25519PublicKey] | None,
         metrics: EdgeMetrics,
         *,
         edge_id: str,

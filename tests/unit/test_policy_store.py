@@ -251,3 +251,17 @@ def test_policy_newer_than_the_restored_one_still_applies(tmp_path: Path, keys: 
     restarted.load()
     assert restarted.offer(sign(wire(8), keys.private)).reason == "stale"
     assert restarted.offer(sign(wire(9), keys.private)).applied
+
+
+def test_during_a_key_rotation_an_edge_trusts_both_keys_and_no_other(
+    tmp_path: Path, keys: Keys, metrics: EdgeMetrics
+) -> None:
+    next_key = Ed25519PrivateKey.generate()
+    store = PolicyStore(
+        tmp_path / "state", [keys.public, next_key.public_key()], metrics, edge_id="gw-1", site_id="plant-2"
+    )
+    assert store.offer(sign(wire(3), keys.private)).applied  # the current key
+    assert store.offer(sign(wire(4), next_key)).applied  # the next one, once the cloud switched
+    stranger = store.offer(sign(wire(5), keys.other))
+    assert stranger.reason == "signature" and "unknown key id" in stranger.message
+    assert store.current.version == 4
