@@ -140,6 +140,12 @@ class CloudService:
         self._server, self.port = build_server(config.server, self.servicer, self.health)
         await self._server.start()
         logger.info("gRPC on %s:%d (NOT_SERVING until the backend is loaded)", config.server.host, self.port)
+        if config.server.tls is None:
+            logger.warning(
+                "gRPC without TLS: any client that reaches port %d may say it is any edge; fine on loopback or a "
+                "private network, set server.tls (edgeglm-cloud pki) anywhere else",
+                self.port,
+            )
         if config.admin.enabled:
             state = AdminState(
                 policy=self.policy,

@@ -151,6 +151,10 @@ class GrpcUplink:
         """Open the channel (unless one was given) and start the session loop in the background."""
         if self._owns_channel:
             tls = self._config.tls
+            if tls is None:
+                logger.warning(
+                    "uplink to %s without TLS: plaintext, for loopback or a private network", self._config.target
+                )
             self._tls_stamp = files_stamp(tls.ca_file, tls.cert_file, tls.key_file) if tls is not None else ()
             self._channel = open_channel(self._config)
         self._task = asyncio.create_task(self._run(), name=f"{self._name}-session")
