@@ -42,6 +42,13 @@ class ServerConfig(_Section):
         description="Mutual TLS: every edge shows a certificate of client_ca_file, whose CN is the only edge id "
         "it may speak for; unset: plain TCP (a private network only).",
     )
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="A second, plaintext port serving only grpc.health.v1, for probes that speak no TLS (the "
+        "kubelet's); 0 picks a free one; unset: health is served on the main port only.",
+    )
     port: int = Field(50051, ge=0, le=65535, description="Port to listen on; 0 picks a free one (logged at start).")
     max_receive_message_bytes: int = Field(
         8 * MIB, ge=64 << 10, le=256 * MIB, description="Largest message accepted; bigger ones get RESOURCE_EXHAUSTED."

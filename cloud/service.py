@@ -27,7 +27,7 @@ from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine, PolicySigner
 from cloud.policy.loop import BandController
 from cloud.policy.signing import write_key_files
-from cloud.server import EdgeGLMServicer, FleetStatus, Health, SessionDeps, build_server
+from cloud.server import EdgeGLMServicer, FleetStatus, Health, SessionDeps, build_health_server, build_server
 from cloud.server.identity import IdentityCheck, revocation_list
 from cloud.store import VerdictStore
 from cloud.store.pairs import PairStore
@@ -69,6 +69,8 @@ class CloudService:
         self.policy: PolicyEngine | None = None
         self.servicer: EdgeGLMServicer | None = None
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self._admin: AdminServer | None = None
         self.ingest: IngestCore | None = None
         self.port = 0
@@ -139,6 +141,11 @@ class CloudService:
         self.servicer = EdgeGLMServicer(deps)
         self._server, self.port = build_server(config.server, self.servicer, self.health)
         await self._server.start()
+        health_only = build_health_server(config.server, self.health)
+        if health_only is not None:
+            self._health_server, self.health_port = health_only
+            await self._health_server.start()
+            logger.info("gRPC health (plaintext, health only) on %s:%d", config.server.host, self.health_port)
         logger.info("gRPC on %s:%d (NOT_SERVING until the backend is loaded)", config.server.host, self.port)
         if config.server.tls is None:
             logger.warning(
@@ -212,6 +219,8 @@ class CloudService:
                 logger.warning("sessions still open at the end of the grace period; they are cut")
         if self._server is not None:
             await self._server.stop(left())
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         if self._bridge is not None:
             # Before the batcher: the verdicts the bridge still owes need it.
             await self._bridge.stop(time.monotonic() + left())

@@ -81,7 +81,21 @@ def build_server(config: ServerConfig, servicer: EdgeGLMServicer, health: Health
     return server, port
 
 
-__all__ = ["SERVICE_NAME", "build_server", "server_options"]
+__all__ = ["SERVICE_NAME", "build_health_server", "build_server", "server_options"]
+
+
+def build_health_server(config: ServerConfig, health: Health) -> tuple[grpc.aio.Server, int] | None:
+    """The plaintext health-only server on `config.health_port` (None when unset): it serves nothing else,
+    so probes that cannot speak mutual TLS see the service's health and no client reaches the edges' API."""
+    if config.health_port is None:
+        return None
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 10)])
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    address = f"{config.host}:{config.health_port}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"server.health_port: cannot listen on {address} (in use, or not an address of this host)")
+    return server, port
 
 
 def server_credentials(tls: ServerTlsConfig) -> grpc.ServerCredentials:

@@ -178,3 +178,21 @@ async def test_rotated_certificates_are_picked_up_without_a_restart(tmp_path: Pa
         after = (await answers(old_edge), await answers(new_edge))
     assert before == (True, False)
     assert after == (False, True)
+
+
+async def test_probes_that_speak_no_tls_see_health_on_its_own_port_and_nothing_else(
+    tmp_path: Path, clip: Path, pki: dict[str, Path]
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    config = secured(tmp_path, clip, pki).model_copy(deep=True)
+    config.server.health_port = 0
+    async with running(config) as service, grpc.aio.insecure_channel(f"127.0.0.1:{service.health_port}") as chan:
+        answer = await health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=WAIT_S)
+        with pytest.raises(grpc.aio.AioRpcError) as api:
+            await session_pb2_grpc.EdgeGLMStub(chan).GetPolicy(
+                session_pb2.GetPolicyRequest(edge_id="gw-1"), timeout=WAIT_S
+            )
+    assert service.health_port != service.port
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    assert api.value.code() == grpc.StatusCode.UNIMPLEMENTED, "the edges' API is not on the plaintext port"
