@@ -97,8 +97,12 @@ def test_cloud_ports_and_grpc_probes_are_the_services(variant: str) -> None:
     assert config["server"]["port"] == grpc_port == _port(service, "grpc")
     assert config["admin"]["port"] == admin_port == _port(service, "admin")
     assert config["admin"]["host"] == config["server"]["host"] == "0.0.0.0"
+    # With mutual TLS on the main port, the probes (which speak no TLS) use the health-only port.
+    probe_port = config["server"].get("health_port") if config["server"].get("tls") else grpc_port
+    if probe_port != grpc_port:
+        assert _port(service, "health") == probe_port
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert service[probe]["grpc"] == {"port": grpc_port, "service": SERVICE_NAME}
+        assert service[probe]["grpc"] == {"port": probe_port, "service": SERVICE_NAME}
     annotations = cloud["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == admin_port
     # SIGTERM: finish sessions, then stop the batcher; the kubelet must wait for both.
@@ -182,8 +186,21 @@ def test_files_the_configs_name_are_in_the_image_or_on_a_volume(variant: str) ->
     assert mount["mountPath"] == edge_config["state_dir"] and "hostPath" in volume, "outbox and policy persist"
     assert not mount.get("readOnly")
 
+    if tls := edge_config["uplink"].get("tls"):  # the fleet: each gateway's own certificate, on the node
+        for name in ("ca_file", "cert_file", "key_file"):
+            mount, volume = volume_for(edge, tls[name])
+            assert "hostPath" in volume and mount.get("readOnly") is True, f"{variant}: uplink.tls.{name}"
+
     cloud, cloud_config = _cloud(variant)
     assert _secret_file(cloud, cloud_config["policy"]["signing_key"]) == "edgeglm-policy-signing-key"
+    if server_tls := cloud_config["server"].get("tls"):
+        for name in ("cert_file", "key_file", "client_ca_file", "revoked_file"):
+            assert _secret_file(cloud, server_tls[name]) == "edgeglm-grpc-tls", f"{variant}: server.tls.{name}"
+        health = cloud_config["server"]["health_port"]
+        probes = [
+            container(cloud, "cloud")[p]["grpc"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")
+        ]
+        assert probes == [health] * 3, f"{variant}: the probes speak no TLS: they use the health-only port"
     assert cloud_config["policy"]["create_signing_key"] is False, "replicas share one key, made by keygen"
     users = cloud_config["admin"]["users"]
     assert {user["role"] for user in users} == {"operator", "viewer"}
