@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
@@ -70,26 +73,31 @@ def api_router(state: AdminState) -> APIRouter:
         until: float | None = Query(None, description="Decided before (unix seconds)."),
         limit: int = Query(50, ge=1, le=MAX_PAGE, description="Verdicts per page."),
         cursor: str | None = Query(None, description="next_cursor of the previous page."),
-    ) -> dict[str, Any]:
+    ) -> Response:
         """Judged samples, newest decided first, a page at a time; `next_cursor` is null on the last page."""
         where = VerdictFilter(edge_id, camera_id, label, decision, since, until)
         try:
             page = await require_store(state).list_verdicts(where, limit=limit, cursor=cursor)
         except CursorError as err:
             raise HTTPException(400, str(err)) from err
-        return {"items": [record.to_json() for record in page.items], "next_cursor": page.next_cursor}
+        return await _json_off_loop(
+            lambda: {"items": [record.to_json() for record in page.items], "next_cursor": page.next_cursor}
+        )
 
     @router.get("/verdicts/{sample_id}", tags=["verdicts"])
-    async def verdict(sample_id: str) -> dict[str, Any]:
+    async def verdict(sample_id: str) -> Response:
         """One judged sample: its record and the full verdict as sent (boxes, times) under `verdict`."""
         store = require_store(state)
         record = await store.get_record(sample_id)
         blob = await store.get(sample_id)
         if record is None or blob is None:
             raise HTTPException(404, f"no verdict for sample {sample_id}")
-        message = verdict_pb2.Verdict.FromString(blob)
-        full = json_format.MessageToDict(message, preserving_proto_field_name=True)
-        return {**record.to_json(), "verdict": full}
+
+        def render() -> dict[str, Any]:
+            message = verdict_pb2.Verdict.FromString(blob)
+            return {**record.to_json(), "verdict": json_format.MessageToDict(message, preserving_proto_field_name=True)}
+
+        return await _json_off_loop(render)
 
     @router.get("/verdicts/{sample_id}/thumbnail.jpg", tags=["verdicts"], response_class=Response)
     async def thumbnail(sample_id: str) -> Response:
@@ -138,3 +146,10 @@ def api_router(state: AdminState) -> APIRouter:
         }
 
     return router
+
+
+async def _json_off_loop(build: Callable[[], dict[str, Any]]) -> Response:
+    """Build and serialize a response body in a worker thread: a large page of verdicts costs the event
+    loop that serves the edges' gRPC streams nothing but the hand-over."""
+    body = await asyncio.to_thread(lambda: json.dumps(build(), separators=(",", ":")).encode())
+    return Response(body, media_type="application/json")
