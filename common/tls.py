@@ -103,6 +103,23 @@ def client_ssl_context(tls: ClientTlsConfig, what: str) -> ssl.SSLContext:
     return context
 
 
+def validity_problem(cert_file: Path, now: datetime.datetime | None = None) -> str | None:
+    """Why the certificate in `cert_file` would be refused by its validity dates (None: it is within them)."""
+    try:
+        cert = x509.load_pem_x509_certificate(read_pem(cert_file, "certificate"))
+    except (TlsError, ValueError) as err:
+        return str(err)
+    now = now or datetime.datetime.now(datetime.UTC)
+    if now > cert.not_valid_after_utc:
+        return (
+            f"certificate {cert_file} expired at {cert.not_valid_after_utc.isoformat(timespec='seconds')}; "
+            "ask for a new one (edgeglm-cloud pki issue-edge) and put it in its place"
+        )
+    if now < cert.not_valid_before_utc:
+        return f"certificate {cert_file} is not valid before {cert.not_valid_before_utc.isoformat(timespec='seconds')}"
+    return None
+
+
 def common_name(cert_pem: bytes) -> str:
     """The subject CN of a PEM certificate ("" when it has none)."""
     cert = x509.load_pem_x509_certificate(cert_pem)
@@ -284,7 +301,8 @@ class FleetCA:
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
+            # A lifetime of days <= 0 (tests of expiry) lies wholly in the past.
+            .not_valid_before(now - datetime.timedelta(minutes=5) + min(0, days - 1) * datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)

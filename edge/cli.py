@@ -121,7 +121,7 @@ def preflight(config: EdgeConfig) -> list[str]:
     policy key by the verifier (a private key given as the public one is refused), file cameras must
     exist, and TLS files must be PEM. Network cameras and the cloud are not contacted.
     """
-    from common.tls import TlsError, read_pem
+    from common.tls import TlsError, read_pem, validity_problem
     from edge.policy.signing import load_public_key
     from edge.sources.config import source_kind
 
@@ -143,12 +143,14 @@ def preflight(config: EdgeConfig) -> list[str]:
         if source_kind(camera.url) == "path" and not Path(camera.url).exists():
             problems.append(f"cameras[{index}].url: {camera.url} does not exist (camera {camera.id})")
     uplink = config.uplink
-    if uplink.kind == "grpc" and uplink.tls is not None:
+    if uplink.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
             try:
                 read_pem(getattr(uplink.tls, name), f"uplink.tls.{name}")
             except TlsError as err:
                 problems.append(str(err))
+        if (dates := validity_problem(uplink.tls.cert_file)) is not None:
+            problems.append(f"uplink.tls.cert_file: {dates}")
     return problems
 
 

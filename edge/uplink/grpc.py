@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from common.tls import TlsError, files_stamp, read_pem
+from common.tls import TlsError, files_stamp, read_pem, validity_problem
 from edge.config import GrpcUplinkConfig
 from edge.metrics import EdgeMetrics
 from edge.uplink.base import UplinkHandlers
@@ -115,6 +115,7 @@ class GrpcUplink:
         self._channel: grpc.aio.Channel | None = channel
         self._owns_channel = channel is None
         self._tls_stamp: tuple[tuple[int, int], ...] = ()
+        self._certificate_problem: str | None = None
         self._name = name
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -181,10 +182,13 @@ class GrpcUplink:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             started = time.monotonic()
+            self._check_certificate()
             try:
                 await self._session()
             except grpc.aio.AioRpcError as err:
                 self._last_error = f"{err.code().name}: {err.details()}"
+                if self._certificate_problem is not None:  # what TLS could not say
+                    self._last_error = f"{self._certificate_problem} ({self._last_error})"
                 logger.warning("cloud session to %s ended: %s", self._config.target, self._last_error)
             except asyncio.InvalidStateError:
                 # A write raced the cloud closing the stream; the dispatcher resends on the next session.
@@ -202,6 +206,17 @@ class GrpcUplink:
             if gap > 0:
                 await asyncio.sleep(gap)
             await self._reopen_if_rotated()
+
+    def _check_certificate(self) -> None:
+        """Say, once per change, that this edge's own certificate is outside its dates: TLS would only say
+        that the connection failed. The edge goes on deciding locally meanwhile."""
+        tls = self._config.tls
+        problem = validity_problem(tls.cert_file) if tls is not None else None
+        if problem is not None and problem != self._certificate_problem:
+            logger.error("uplink to %s: %s", self._config.target, problem)
+        self._certificate_problem = problem
+        if problem is not None:
+            self._last_error = problem
 
     async def _reopen_if_rotated(self) -> None:
         """A new channel when this edge's TLS files changed since it was opened (a rotated certificate)."""

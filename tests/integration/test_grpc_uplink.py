@@ -147,3 +147,33 @@ async def test_a_rotated_edge_certificate_is_used_at_the_next_reconnect(tmp_path
         finally:
             await uplink.stop()
     assert counter(service, "edgeglm_cloud_bad_messages_total", reason="revoked") >= 1
+
+
+async def test_an_expired_edge_certificate_is_named_as_such_and_the_edge_keeps_trying(
+    tmp_path: Path, clip: Path
+) -> None:
+    """TLS alone only says the connection failed; the uplink says its certificate expired, and when."""
+    from common.tls import FleetCA
+
+    ca = FleetCA(tmp_path / "ca").create()
+    server = ca.issue_server(tmp_path / "ca", ["localhost"])
+    expired = ca.issue_edge(tmp_path / "edge", "gw-1", days=0)  # not_after: now
+    await wait_until(
+        lambda: __import__("time").time() > expired.cert_file.stat().st_mtime + 1, "the certificate to age"
+    )
+    tls = {"cert_file": server.cert_file, "key_file": server.key_file, "client_ca_file": ca.cert_file}
+    async with running(make_config(tmp_path, clip, server={"tls": tls})) as service:
+        edge_tls = {"ca_file": ca.cert_file, "cert_file": expired.cert_file, "key_file": expired.key_file}
+        config = GrpcUplinkConfig.model_validate({"target": f"localhost:{service.port}", "tls": edge_tls})
+        heard = Heard("gw-1")
+        uplink = GrpcUplink(config, heard.handlers(), EdgeMetrics())
+        await uplink.start()
+        try:
+            # The call waits for a connection that TLS keeps failing (the edge decides locally meanwhile);
+            # the uplink names why.
+            await wait_until(lambda: "expired at" in uplink.last_error, "the expiry named")
+            assert not uplink.cloud_reachable
+        finally:
+            await uplink.stop()
+    assert "pki issue-edge" in uplink.last_error
+    assert heard.policies == 0
