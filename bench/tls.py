@@ -29,39 +29,15 @@ from edge.config import GrpcUplinkConfig
 from edge.uplink.grpc import open_channel
 from protos import sample_pb2, session_pb2, session_pb2_grpc
 from sim.world.clips import ClipSpec, write_clip
+from sim.world.samples import busy_frames, frame_sample
 
 
 def _samples(clip: Path, edge_id: str, count: int) -> list[sample_pb2.Sample]:
-    truth = {r["frame"]: r["objects"] for r in map(json.loads, (clip / "gt.jsonl").read_text().splitlines())}
-    frames = [frame for frame, objects in sorted(truth.items()) if objects]
-    made = []
-    for i in range(count):
-        frame = frames[i % len(frames)]
-        detections = [
-            sample_pb2.Detection(
-                class_id=o["class_id"],
-                label=o["label"],
-                score=0.5,
-                box=sample_pb2.Box(**dict(zip(["x1", "y1", "x2", "y2"], o["box"], strict=True))),
-            )
-            for o in truth[frame]
-        ]
-        image = sample_pb2.SampleImage(
-            jpeg=(clip / "frames" / f"{frame:06d}.jpg").read_bytes(), frame_width=640, frame_height=480
-        )
-        made.append(
-            sample_pb2.Sample(
-                sample_id=f"{edge_id}-{i}-{time.monotonic_ns()}",
-                edge_id=edge_id,
-                camera_id="cam0",
-                frame_seq=frame,
-                image=image,
-                detections=detections,
-                mined_reason=sample_pb2.MINED_REASON_UNCERTAINTY_BAND,
-                priority=0.5,
-            )
-        )
-    return made
+    frames = busy_frames(clip)
+    return [
+        frame_sample(clip, frames[i % len(frames)], f"{edge_id}-{i}-{time.monotonic_ns()}", edge_id)
+        for i in range(count)
+    ]
 
 
 async def _stream(stub: Any, edge_id: str, samples: list[sample_pb2.Sample]) -> None:

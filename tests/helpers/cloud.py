@@ -5,7 +5,6 @@ backend on that clip, the running service, a client channel and Session helpers,
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,8 +14,10 @@ import grpc
 
 from cloud.config import CloudConfig
 from cloud.service import CloudService
-from protos import sample_pb2, session_pb2, session_pb2_grpc, status_pb2
+from protos import session_pb2, session_pb2_grpc, status_pb2
 from sim.world.clips import ClipSpec, write_clip
+from sim.world.samples import busy_frames as clip_busy_frames
+from sim.world.samples import clip_truth, frame_sample
 
 WAIT_S = 20.0
 EDGE = "gw-1"
@@ -29,43 +30,17 @@ def make_clip(folder: Path) -> Path:
 
 def truth(clip: Path) -> dict[int, list[dict[str, Any]]]:
     """Ground-truth objects by frame number."""
-    lines = (clip / "gt.jsonl").read_text().splitlines()
-    return {record["frame"]: record["objects"] for record in map(json.loads, lines)}
+    return clip_truth(clip)
 
 
 def busy_frames(clip: Path) -> list[int]:
     """Frames with at least one object."""
-    return [frame for frame, objects in sorted(truth(clip).items()) if objects]
+    return clip_busy_frames(clip)
 
 
 def make_sample(clip: Path, frame: int, sample_id: str, edge_id: str = EDGE, jpeg: bytes | None = None) -> Any:
     """A full-frame sample of `frame` whose edge detections are the true objects (so the oracle confirms)."""
-    detections = [
-        sample_pb2.Detection(
-            class_id=o["class_id"],
-            label=o["label"],
-            score=0.5,
-            box=sample_pb2.Box(x1=o["box"][0], y1=o["box"][1], x2=o["box"][2], y2=o["box"][3]),
-        )
-        for o in truth(clip)[frame]
-    ]
-    image = sample_pb2.SampleImage(
-        jpeg=(clip / "frames" / f"{frame:06d}.jpg").read_bytes() if jpeg is None else jpeg,
-        frame_width=640,
-        frame_height=480,
-        jpeg_quality=90,
-    )
-    return sample_pb2.Sample(
-        sample_id=sample_id,
-        edge_id=edge_id,
-        camera_id="cam0",
-        frame_seq=frame,
-        image=image,
-        detections=detections,
-        mined_reason=sample_pb2.MINED_REASON_UNCERTAINTY_BAND,
-        priority=0.5,
-        trace_id=f"trace-{sample_id}",
-    )
+    return frame_sample(clip, frame, sample_id, edge_id, jpeg)
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
