@@ -10,6 +10,13 @@ class IngestConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    max_concurrent_decodes: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Samples decoded at once (a 40 MP image is 120 MB decoded): what memory a burst of large "
+        "images may take is bounded by this times the largest accepted image.",
+    )
     overloaded_retry_after_s: float = Field(
         2.0,
         gt=0,

@@ -117,6 +117,7 @@ class IngestCore:
         self._observers: list[VerdictObserver] = []
         self._pending: dict[str, _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._decoding = asyncio.Semaphore(self._config.max_concurrent_decodes)
 
     @property
     def judging(self) -> int:
@@ -172,8 +173,9 @@ class IngestCore:
             self._metrics.samples_duplicate.inc()
             return Admission(_accepted(pb.sample_id, duplicate=True), pending.outcome)
         try:
-            # Decoding and the dashboard's thumbnail both off the loop.
-            sample, meta = await asyncio.get_running_loop().run_in_executor(None, decode_sample, pb)
+            # Decoding and the dashboard's thumbnail both off the loop, a bounded number at once.
+            async with self._decoding:
+                sample, meta = await asyncio.get_running_loop().run_in_executor(None, decode_sample, pb)
         except BadSampleError as err:
             return self._refuse(err)
         try:

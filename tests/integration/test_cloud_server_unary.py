@@ -206,3 +206,36 @@ async def test_a_sample_id_of_another_edge_gets_no_verdict_of_that_edge(tmp_path
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "belongs to another edge's sample" in (refused.value.details() or "")
     assert "gw-1" not in (refused.value.details() or "")
+
+
+async def test_no_more_samples_are_decoded_at_once_than_the_bound(
+    tmp_path: Path, clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of large images costs at most max_concurrent_decodes decodes' memory at a time."""
+    import threading
+
+    from cloud.ingest.decode import decode_sample as real
+
+    running_now, most = [0], [0]
+    lock = threading.Lock()
+
+    def counted(pb: Any) -> Any:
+        with lock:
+            running_now[0] += 1
+            most[0] = max(most[0], running_now[0])
+        try:
+            return real(pb)
+        finally:
+            with lock:
+                running_now[0] -= 1
+
+    monkeypatch.setattr("cloud.ingest.core.decode_sample", counted)
+    frame = busy_frames(clip)[0]
+    samples = [make_sample(clip, frame, f"s-burst-{n}") for n in range(12)]
+    config = make_config(tmp_path, clip, ingest={"max_concurrent_decodes": 2})
+    async with running(config) as service, channel(service) as stub:
+        verdicts = await asyncio.gather(
+            *(stub.Infer(session_pb2.InferRequest(sample=s), timeout=WAIT_S) for s in samples)
+        )
+    assert {v.sample_id for v in verdicts} == {s.sample_id for s in samples}
+    assert most[0] == 2, f"{most[0]} decodes ran at once"
