@@ -174,6 +174,12 @@ class AdminConfig(_Section):
         min_length=1,
         description="Host header names the API answers to (DNS rebinding); '*.example.com' wildcards, '*' any.",
     )
+    write_rate_per_s: float = Field(
+        2.0, gt=0, le=1000, description="Changes (PUT, POST, DELETE) a user may make a second on average; 429 beyond."
+    )
+    write_burst: int = Field(
+        30, ge=1, le=10_000, description="Changes a user may make at once before the rate applies."
+    )
     allow_anonymous: bool = Field(
         False, description="Serve without users on a non-loopback address: anyone who reaches it may change policies."
     )

@@ -164,7 +164,8 @@ class CloudService:
             )
             admin = config.admin
             users = [load_identity(user.name, user.role, user.token_file) for user in admin.users]
-            self._admin = AdminServer(create_app(state, users, admin.allowed_hosts), admin.host, admin.port)
+            app = create_app(state, users, admin.allowed_hosts, (admin.write_rate_per_s, admin.write_burst))
+            self._admin = AdminServer(app, admin.host, admin.port)
             await self._admin.start()
             self.admin_port = self._admin.port
         await self.batcher.start()

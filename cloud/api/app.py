@@ -14,7 +14,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cloud.api.auth import AdminIdentity, HostCheck, SecurityHeaders, TokenAuth
+from cloud.api.auth import AdminIdentity, HostCheck, SecurityHeaders, TokenAuth, WriteRateLimit
 from cloud.api.policies import add_policy_routes
 from cloud.api.routes import api_router
 from cloud.api.state import AdminState
@@ -24,10 +24,16 @@ __all__ = ["AdminState", "create_app"]
 
 
 def create_app(
-    state: AdminState, users: list[AdminIdentity] | None = None, allowed_hosts: list[str] | None = None
+    state: AdminState,
+    users: list[AdminIdentity] | None = None,
+    allowed_hosts: list[str] | None = None,
+    write_rate: tuple[float, int] | None = None,
 ) -> FastAPI:
-    """The admin app over one service's state; `users` (none: open) and `allowed_hosts` (none: any) guard it."""
+    """The admin app over one service's state; `users` (none: open), `allowed_hosts` (none: any) and
+    `write_rate` ((per second, burst) of changes per user; none: no limit) guard it."""
     app = FastAPI(title="EdgeGLM cloud admin", version="2", docs_url=None, redoc_url=None)
+    if write_rate is not None:
+        app.add_middleware(WriteRateLimit, per_s=write_rate[0], burst=write_rate[1])  # after TokenAuth names who
     app.add_middleware(SecurityHeaders)
     if users:
         app.add_middleware(TokenAuth, users=users)

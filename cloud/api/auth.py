@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -129,8 +130,8 @@ class TokenAuth:
         return found
 
 
-async def _reply(send: Send, status: int, detail: str) -> None:
-    headers = [(b"content-type", b"application/json")]
+async def _reply(send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", b"application/json"), *(extra or [])]
     if status == 401:
         headers.append((b"www-authenticate", b'Basic realm="EdgeGLM admin", charset="UTF-8"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -174,3 +175,42 @@ class SecurityHeaders:
             await send(message)
 
         await self._app(scope, receive, send_with_headers)
+
+
+class WriteRateLimit:
+    """At most `burst` changes at once and `per_s` a second on average, per user (or client address when the
+    API is open): a script gone wrong cannot publish thousands of policy versions to the fleet. 429 beyond,
+    with Retry-After."""
+
+    def __init__(self, app: ASGIApp, per_s: float, burst: int) -> None:
+        """Guard `app`'s writing requests (any method but GET and HEAD)."""
+        self._app = app
+        self._per_s = per_s
+        self._burst = float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # who -> (tokens, at)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Count writing HTTP requests against their sender's bucket."""
+        if scope["type"] != "http" or scope["method"] in READ_METHODS:
+            await self._app(scope, receive, send)
+            return
+        client = scope.get("client") or ("?", 0)
+        who = str(scope.get("state", {}).get("admin_user") or client[0])
+        now = time.monotonic()
+        tokens, at = self._buckets.get(who, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - at) * self._per_s)
+        if tokens < 1.0:
+            wait = (1.0 - tokens) / self._per_s
+            logger.warning("admin: %s is changing too fast; refused %s %s", who, scope["method"], scope["path"])
+            await _reply(
+                send,
+                429,
+                f"too many changes: at most {self._per_s:g} a second; retry in {wait:.1f} s",
+                [(b"retry-after", str(max(1, round(wait))).encode())],
+            )
+            return
+        self._buckets[who] = (tokens - 1.0, now)
+        if len(self._buckets) > 10_000:  # bounded: forget the fullest (the idlest) buckets
+            for key in sorted(self._buckets, key=lambda k: self._buckets[k][1])[:5_000]:
+                del self._buckets[key]
+        await self._app(scope, receive, send)

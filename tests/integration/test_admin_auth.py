@@ -151,3 +151,27 @@ def test_policy_set_sends_the_operators_token(tmp_path: Path, clip: Path) -> Non
     assert without.exit_code == 2 and "give --token-file" in without.output
     assert with_token.exit_code == 0, with_token.output
     assert results["quality"] == 55
+
+
+async def test_changes_beyond_the_write_rate_get_429_and_the_operator_is_told_when_to_retry(
+    tmp_path: Path, clip: Path
+) -> None:
+    config = guarded(tmp_path, clip).model_copy(deep=True)
+    config.admin.write_burst, config.admin.write_rate_per_s = 3, 0.01
+    async with running(config) as service:
+        base = f"http://127.0.0.1:{service.admin_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=WAIT_S) as client:
+            codes = []
+            for quality in range(50, 55):
+                body = f"uplink: {{jpeg_quality: {quality}}}"
+                codes.append(
+                    (await client.put("/api/policies/fleet", content=body, headers=bearer(OPERATOR))).status_code
+                )
+            limited = await client.put(
+                "/api/policies/fleet", content="uplink: {jpeg_quality: 70}", headers=bearer(OPERATOR)
+            )
+            reads = (await client.get("/api/policies", headers=bearer(OPERATOR))).status_code
+    assert codes == [200, 200, 200, 429, 429]
+    assert int(limited.headers["retry-after"]) >= 1 and "at most 0.01 a second" in limited.json()["detail"]
+    assert reads == 200, "reads are not rate-limited"
+    assert engine(service).fleet.uplink.jpeg_quality == 52
