@@ -183,7 +183,13 @@ class BandController:
                      "target": None | {"low", "high"},             # the optimum then (None: undecidable)
                      "why": str},                                  # the move, or why it held
                  "history": [{"at": unix_s, "low", "high", "version": int, "reason": str}, ...],  # oldest first
-             }}}}
+             }}},
+             "rules": {edge_id: {camera_id: {field: {   # the per-camera rules (motion, audit, watch re-ask)
+                 "value": float,                     # in force for the camera now
+                 "samples": int, "hits": int,        # the evidence window; hits: outcomes against the value
+                 "last_evaluation": None | {"at": unix_s, "why": str},
+                 "history": [{"at": unix_s, "value", "version": int, "reason": str}, ...],
+             }}}}}
 
         recall, precision and upload are the weighted estimates of `cloud.policy.bands` (recall None
         while no object of the class was confirmed).
