@@ -1,11 +1,11 @@
 """The grpc.aio server: options from config, the EdgeGLM service and the standard health service.
 
-An oversized message (above server.max_receive_message_bytes) is refused by gRPC core with
-RESOURCE_EXHAUSTED ("Received message larger than max") before any Python code sees it: for a unary
-call the handler never runs, and on a Session stream the request iterator just ends, exactly as if
-the edge had closed its side. Nothing in the servicer or in an interceptor can tell that case
-apart, so bad_messages{reason="oversized"} is not counted by this server: the status the client
-sees is the signal (the edge logs it and counts the failed session). The server goes on serving.
+A message above server.max_receive_message_bytes is refused by our deserializer (`lenient`) before
+it is parsed: a unary call gets RESOURCE_EXHAUSTED, a Session stream a SessionError and goes on, and
+bad_messages{reason="oversized"} counts it. gRPC core's own limit is set to twice the configured one
+(`hard_receive_limit`): a message above *that* is cut by gRPC core with RESOURCE_EXHAUSTED before any
+Python code sees it (the unary handler never runs; a Session's request iterator just ends, as if the
+edge had closed its side), and is not counted. The server goes on serving either way.
 
 A message protobuf cannot parse (a truncated varint, invalid UTF-8 in a string) is another matter:
 the generated registration's deserializer would raise inside gRPC, which answers INTERNAL and logs
@@ -34,10 +34,18 @@ logger = logging.getLogger(__name__)
 SERVICE = "edgeglm.v1.EdgeGLM"  # as protos/session.proto names it (package edgeglm.v1)
 
 
+def hard_receive_limit(limit: int) -> int:
+    """gRPC core's own message limit for a configured one: twice it, within gRPC's 2 GiB."""
+    return min(2 * limit + (64 << 10), (1 << 31) - 1)
+
+
 def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
     """gRPC channel arguments of the server, every one from config."""
     return [
-        ("grpc.max_receive_message_length", config.max_receive_message_bytes),
+        # gRPC core cuts what is above its limit before Python sees it, uncounted; it gets twice the
+        # configured one, so that what lies between is refused by our deserializer: counted, answered,
+        # and a Session goes on (see `lenient`).
+        ("grpc.max_receive_message_length", hard_receive_limit(config.max_receive_message_bytes)),
         ("grpc.max_send_message_length", config.max_send_message_bytes),
         ("grpc.keepalive_time_ms", config.keepalive_time_ms),
         ("grpc.keepalive_timeout_ms", config.keepalive_timeout_ms),
@@ -55,17 +63,17 @@ def build_server(config: ServerConfig, servicer: EdgeGLMServicer, health: Health
     handlers = {
         "Session": grpc.stream_stream_rpc_method_handler(
             servicer.Session,
-            request_deserializer=lenient(session_pb2.EdgeMessage),
+            request_deserializer=lenient(session_pb2.EdgeMessage, config.max_receive_message_bytes),
             response_serializer=session_pb2.CloudMessage.SerializeToString,
         ),
         "Infer": grpc.unary_unary_rpc_method_handler(
             servicer.Infer,
-            request_deserializer=lenient(session_pb2.InferRequest),
+            request_deserializer=lenient(session_pb2.InferRequest, config.max_receive_message_bytes),
             response_serializer=verdict_pb2.Verdict.SerializeToString,
         ),
         "GetPolicy": grpc.unary_unary_rpc_method_handler(
             servicer.GetPolicy,
-            request_deserializer=lenient(session_pb2.GetPolicyRequest),
+            request_deserializer=lenient(session_pb2.GetPolicyRequest, config.max_receive_message_bytes),
             response_serializer=policy_pb2.SignedPolicy.SerializeToString,
         ),
     }

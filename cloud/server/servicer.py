@@ -139,9 +139,14 @@ class EdgeGLMServicer(session_pb2_grpc.EdgeGLMServicer):
 
     async def _refuse_undecodable(self, request: object, context: Context) -> None:
         if isinstance(request, Undecodable):
-            self._deps.metrics.bad_messages.labels("undecodable").inc()
+            self._deps.metrics.bad_messages.labels(request.reason).inc()
             logger.info("call from %s refused: %s", context.peer(), request.describe())
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.describe())
+            code = (
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+                if request.reason == "oversized"
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            await context.abort(code, request.describe())
 
     async def _check_edge(self, edge_id: str, context: Context) -> None:
         known = self._deps.known_edges

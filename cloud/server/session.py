@@ -173,7 +173,7 @@ class EdgeSession:
         self._greet(first)
         async for message in iterator:
             if isinstance(message, Undecodable):  # see cloud.server.grpc_server: the stream goes on
-                self._deps.metrics.bad_messages.labels("undecodable").inc()
+                self._deps.metrics.bad_messages.labels(message.reason).inc()
                 error = session_pb2.SessionError(
                     code=session_pb2.SESSION_ERROR_CODE_INVALID_MESSAGE, message=message.describe()
                 )
@@ -199,7 +199,7 @@ class EdgeSession:
     def _greet(self, first: session_pb2.EdgeMessage | None) -> None:
         metrics = self._deps.metrics
         if isinstance(first, Undecodable):
-            metrics.bad_messages.labels("undecodable").inc()
+            metrics.bad_messages.labels(first.reason).inc()
             raise _EndSessionError(
                 session_pb2.SESSION_ERROR_CODE_HELLO_EXPECTED,
                 grpc.StatusCode.INVALID_ARGUMENT,
