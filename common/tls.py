@@ -14,6 +14,7 @@ does as well, as long as an edge's CN is its edge id.
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import json
 import ssl
@@ -160,9 +161,13 @@ def identity_of_cert(cert: x509.Certificate) -> Identity:
 def identity_of(auth_context: Mapping[str, Iterable[bytes]]) -> Identity | None:
     """The identity of a gRPC peer's client certificate; None on a connection without TLS."""
     pem = list(auth_context.get("x509_pem_cert", ()))
-    if not pem:
-        return None
-    return identity_of_cert(x509.load_pem_x509_certificate(pem[0]))
+    return _identity_of_pem(pem[0]) if pem else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity_of_pem(pem: bytes) -> Identity:
+    """Parsed once per certificate: every unary call of a connection shows the same one."""
+    return identity_of_cert(x509.load_pem_x509_certificate(pem))
 
 
 class RevocationList:

@@ -363,7 +363,7 @@ class EdgeAgent:
             frame.captured_at,
             tracked,
             decision,
-            self.policy.mining.for_camera(frame.camera_id),
+            self._miner.camera_policy(frame.camera_id),
             held,
             gate.changed_box,
         )

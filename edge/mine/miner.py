@@ -46,6 +46,7 @@ class Miner:
         per_frame_repeats: bool = True,
     ) -> None:
         self._policy = policy
+        self._per_camera: dict[str, MiningPolicy] = {}
         self._send_every_frame = send_every_frame
         self._per_frame_repeats = per_frame_repeats
         self._last_sent: dict[tuple[str, str, tuple[str, ...]], float] = {}
@@ -62,6 +63,14 @@ class Miner:
     def update_policy(self, policy: MiningPolicy) -> None:
         """Use `policy` from the next frame on."""
         self._policy = policy
+        self._per_camera = {}
+
+    def camera_policy(self, camera_id: str) -> MiningPolicy:
+        """The policy in force for one camera (its `mining.cameras` values applied), made once per policy."""
+        policy = self._per_camera.get(camera_id)
+        if policy is None:
+            policy = self._per_camera[camera_id] = self._policy.for_camera(camera_id)
+        return policy
 
     def decide(self, ctx: MiningContext) -> MiningDecision:
         """Confident, suspicious or nothing for one frame, with the reason, detail and priority."""
@@ -91,7 +100,7 @@ class Miner:
 
     def _compose(self, ctx: MiningContext) -> MiningDecision:
         """What the strategies say of the frame, under its camera's values of the policy."""
-        policy = self._policy.for_camera(ctx.camera_id)
+        policy = self.camera_policy(ctx.camera_id)
         confident = tuple(d for d in ctx.detections if d.score > policy.band_for(d.label).high)
         votes = self._votes(ctx, policy, fallback=False) or self._votes(ctx, policy, fallback=True)
         if votes:

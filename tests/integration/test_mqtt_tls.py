@@ -52,14 +52,14 @@ def tls_broker(tmp_path: Path, pki: dict[str, Any]) -> Iterator[MosquittoBroker]
 class Attacker:
     """A paho client with a certificate of its own (or none): connects, publishes, records what it reads."""
 
-    def __init__(self, broker: MosquittoBroker, tls: ClientTlsConfig | None) -> None:
+    def __init__(self, broker: MosquittoBroker, tls: ClientTlsConfig | None, ca_file: Path | None = None) -> None:
         self.connected = threading.Event()
         self.refused: list[str] = []
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="attacker", protocol=mqtt.MQTTv5)
         if tls is not None:
             self._client.tls_set_context(client_ssl_context(tls, "attacker"))
         else:  # TLS that checks the broker but shows no certificate of its own
-            context = ssl.create_default_context(cafile=str(pki_ca(broker)))
+            context = ssl.create_default_context(cafile=str(ca_file))
             self._client.tls_set_context(context)
         self._client.on_connect = lambda *a: self.connected.set() if not a[3].is_failure else None
         self._client.connect_async(broker.host, broker.port)
@@ -71,10 +71,6 @@ class Attacker:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
-
-
-def pki_ca(broker: MosquittoBroker) -> Path:
-    return Path(broker.folder).parent / "ca" / "ca.crt"
 
 
 async def test_with_certificates_and_the_acl_an_edge_speaks_only_for_itself(
@@ -106,7 +102,7 @@ async def test_with_certificates_and_the_acl_an_edge_speaks_only_for_itself(
             "gw-2's own sample at the cloud",
         )
         other.close()
-        anonymous = Attacker(tls_broker, None)
+        anonymous = Attacker(tls_broker, None, ca_file=pki["broker"].ca_file)
         got_in = await asyncio.to_thread(anonymous.connected.wait, 3)
         anonymous.close()
         judged = {s: await replica.store.get(s) is not None for s in ("honest-0", "forged-0", "gw2-own-0")}
