@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
+from common.boxes import CROP_PADDING, padded_union
 from common.config import error_lines
 from common.detect import Detection
 from edge.policy.settings import EdgePolicy
@@ -60,8 +61,6 @@ _ORIGINS: dict[int, OriginName] = {
     verdict_pb2.VERDICT_ORIGIN_BACKEND_ERROR: "backend_error",
     verdict_pb2.VERDICT_ORIGIN_EDGE_FALLBACK: "edge_fallback",
 }
-# Crop mode: the union of the boxes grows by this share of its width (height) on each side, for context.
-CROP_PADDING = 0.25
 MIN_MOTION_CROP = 96  # pixels a side: enough context for the cloud to recognise a small object
 
 
@@ -231,22 +230,8 @@ def verdict_summary(pb: verdict_pb2.Verdict) -> EdgeVerdict:
 def crop_box(
     frame_size: tuple[int, int], detections: Sequence[Detection], padding: float = CROP_PADDING
 ) -> tuple[int, int, int, int] | None:
-    """Union of the boxes, padded and clipped to the frame; None when that is the whole frame or nothing."""
-    width, height = frame_size
-    if not detections:
-        return None
-    x1 = min(d.box[0] for d in detections)
-    y1 = min(d.box[1] for d in detections)
-    x2 = max(d.box[2] for d in detections)
-    y2 = max(d.box[3] for d in detections)
-    pad_x, pad_y = (x2 - x1) * padding, (y2 - y1) * padding
-    left = max(0, math.floor(x1 - pad_x))
-    top = max(0, math.floor(y1 - pad_y))
-    right = min(width, math.ceil(x2 + pad_x))
-    bottom = min(height, math.ceil(y2 + pad_y))
-    if right <= left or bottom <= top or (left, top, right, bottom) == (0, 0, width, height):
-        return None
-    return left, top, right, bottom
+    """The detections' padded union (`common.boxes.padded_union`); None when that is the whole frame or nothing."""
+    return padded_union(frame_size, [d.box for d in detections], padding)
 
 
 def motion_crop_box(

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloud.backends.glm_inputs import BadImageError, chat_prefix, pixel_inputs, text_inputs, to_model_rgb
@@ -28,6 +30,7 @@ from cloud.backends.protocol import BackendStartError
 from cloud.backends.verdict_text import DEFAULT_QUESTION, build_prompt, parse_answer, to_result
 from cloud.convert import BackendResult, SampleInput
 from cloud.metrics import CloudMetrics
+from common.boxes import padded_union
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,13 @@ class GlmBackendConfig(BaseModel):
     )
     compile: bool = Field(default=False, description="torch.compile the model (CUDA only; ignored on the CPU).")
     threads: int = Field(default=0, ge=0, le=256, description="torch intra-op threads on the CPU; 0: torch decides.")
+    focus: Literal["claims", "image"] = Field(
+        default="claims",
+        description=(
+            "What the model is shown of a whole-frame sample: claims, the padded union of the edge's boxes "
+            "(the region a crop-mode edge would send); image, the whole frame. Crops are shown as they came."
+        ),
+    )
 
     @field_validator("image_size")
     @classmethod
@@ -233,7 +243,8 @@ class GlmBackend:
         asked: list[int] = []
         for index, sample in enumerate(batch):
             try:
-                pixels, grid = pixel_inputs(loaded.processor, [to_model_rgb(sample.image, self._config.image_size)])
+                shown = focused_image(sample) if self._config.focus == "claims" else sample.image
+                pixels, grid = pixel_inputs(loaded.processor, [to_model_rgb(shown, self._config.image_size)])
             except BadImageError as err:
                 answers.append(err)
                 continue
@@ -284,6 +295,28 @@ class GlmBackend:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = None
         self._loaded = None
+
+
+def focused_image(sample: SampleInput) -> NDArray[np.uint8]:
+    """The part of `sample.image` the edge's boxes claim: their padded union when the image is the whole frame.
+
+    A model trained at a small fixed size (the world GLM sees 112 pixels) can tell an object from a
+    crop around it but not from a whole frame squeezed to that size, where a person is a few pixels.
+    Focusing a full-frame sample on its claims shows it what a crop-mode edge would have sent. The
+    edge's crop rule (`common.boxes.padded_union`) draws the region, so both show the same thing.
+    A crop, and a frame without detections (motion), are shown whole.
+    """
+    if sample.crop is not None or not sample.detections:
+        return sample.image
+    height, width = int(sample.image.shape[0]), int(sample.image.shape[1])
+    frame_width, frame_height = sample.frame_size
+    sx, sy = width / frame_width, height / frame_height  # the frame may have been sent at a smaller size
+    boxes = [(d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy) for d in sample.detections]
+    region = padded_union((width, height), boxes)
+    if region is None:
+        return sample.image
+    x1, y1, x2, y2 = region
+    return sample.image[y1:y2, x1:x2]
 
 
 def _check_folder(path: Path) -> Path:

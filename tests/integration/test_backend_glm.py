@@ -15,6 +15,8 @@ from cloud.cli import app as cloud_app
 from cloud.convert import CloudDetection, SampleInput
 from cloud.metrics import CloudMetrics
 from sim.glm.evaluate import EvalCase, held_out_cases
+from sim.world.dataset import DatasetSpec, render_dataset_image
+from sim.world.photos import CLASSES
 from tests.helpers.glm_models import WORLD_GLM, agreement_bound, save_random_glm
 
 # torch on every core, under deadlines sized for one model at a time (tests/conftest.py).
@@ -22,6 +24,8 @@ pytestmark = pytest.mark.one_at_a_time("glm")
 
 # Test-split frames whose crops the world GLM is asked about here (a fixed, seeded set).
 AGREEMENT_FRAMES = 12
+# Test-split frames whose objects are asked about as whole-frame samples.
+FULL_FRAMES = 30
 
 
 def counted(metrics: CloudMetrics, name: str, **labels: str) -> float:
@@ -116,6 +120,7 @@ def test_config_is_a_backend_kind_with_bounds() -> None:
     config = adapter.validate_python({"kind": "glm", "model_path": "m"})
     assert isinstance(config, GlmBackendConfig)
     assert (config.device, config.dtype, config.temperature, config.image_size) == ("auto", "auto", 0.0, 112)
+    assert config.focus == "claims"
     with pytest.raises(ValidationError, match="not a multiple of 28"):
         GlmBackendConfig(model_path=Path("m"), image_size=100)
     with pytest.raises(ValidationError, match="cannot be filled"):
@@ -156,6 +161,54 @@ async def test_world_glm_verdicts_agree_with_ground_truth_as_reported(world_case
     assert confirmed, "no sample was confirmed"
     for result, case in confirmed:  # boxes are the edge's, for the labels the model saw
         assert all(d in case.sample.detections for d in result.detections)
+
+
+def full_frame_samples(frames: int) -> list[SampleInput]:
+    """One whole-frame sample per clearly visible object of test-split frames, claiming its true label and box."""
+    spec = DatasetSpec(seed=0)
+    samples = []
+    for index in range(frames):
+        scene = render_dataset_image(spec, "test", index)
+        height, width = scene.image.shape[:2]
+        for number, obj in enumerate(scene.objects):
+            if obj.small or obj.occluded:
+                continue
+            claim = CloudDetection(obj.label, CLASSES.index(obj.label), 0.5, obj.box)
+            samples.append(
+                SampleInput(
+                    sample_id=f"frame{index}-{number}",
+                    edge_id="e1",
+                    camera_id="c1",
+                    frame_seq=index,
+                    captured_at=0.0,
+                    image=scene.image,
+                    crop=None,
+                    frame_size=(width, height),
+                    detections=(claim,),
+                    mined_reason="uncertainty_band",
+                    priority=0.5,
+                    trace_id="",
+                )
+            )
+    return samples
+
+
+@pytest.mark.slow
+async def test_world_glm_confirms_a_true_claim_on_a_whole_frame_by_looking_at_the_claim() -> None:
+    """A 640x480 frame squeezed to 112 pixels hides the object; the focus on the claimed box shows it."""
+    reported = json.loads((WORLD_GLM / "eval.json").read_text())["held_out"]["decision_accuracy_by_claim"]["right"]
+    samples = full_frame_samples(FULL_FRAMES)
+    backend = GlmBackend(GlmBackendConfig(model_path=WORLD_GLM, max_batch_size=8))
+    await backend.start()
+    try:
+        results = []
+        for first in range(0, len(samples), 8):
+            results += await backend.infer(samples[first : first + 8])
+    finally:
+        await backend.close()
+    confirmed = sum(r.decision == "confirmed" for r in results)
+    assert len(samples) >= 30
+    assert confirmed / len(samples) >= agreement_bound(reported, len(samples))
 
 
 def test_the_glm_example_config_selects_the_world_glm() -> None:
