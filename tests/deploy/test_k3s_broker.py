@@ -1,8 +1,9 @@
 """The broker config of deploy/k3s, run by a real mosquitto: TLS with client certificates, per-edge ACL.
 
 The ConfigMap's mosquitto.conf and ACL files are used as rendered; only what belongs to the pod is
-moved to this machine (the /mosquitto folders become temporary ones, the listeners loopback ports, and
-mosquitto keeps the current user instead of switching to `mosquitto`). Certificates are made by running
+moved to this machine (the /mosquitto folders become temporary ones, the listener a loopback port that
+the broker's certificate also names, and mosquitto keeps the current user instead of switching to
+`mosquitto`). Certificates are made by running
 the README's own openssl commands: a CA, the broker's certificate, and one client certificate per edge
 whose CN is the edge id.
 """
@@ -25,9 +26,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 
+from common.tls import ClientTlsConfig, client_ssl_context
 from tests.helpers.broker import free_port, require_mosquitto
 from tests.helpers.k3s import K3S, by_kind, find, render
 
@@ -35,17 +38,26 @@ WAIT_S = 20.0
 HOST = "127.0.0.1"
 
 
-def _readme_certificates(folder: Path, clients: tuple[str, ...]) -> None:
-    """Run the README's openssl commands in `folder`: the CA, the broker's certificate, and one client
-    certificate per name (the README's example client, gw-lobby-01, renamed)."""
+def _readme_block() -> str:
+    """The shell block of the README's "Mosquitto TLS" section, continuation lines joined."""
     text = (K3S / "README.md").read_text()
     section = text[text.index("**Mosquitto TLS.**") :]
     block = section[section.index("```sh") + len("```sh") : section.index("```", section.index("```sh") + 5)]
-    commands = [line for line in block.replace("\\\n", " ").splitlines() if line.startswith("openssl")]
-    shared = [c for c in commands if "gw-lobby-01" not in c]
-    per_client = [c for c in commands if "gw-lobby-01" in c]
+    return block.replace("\\\n", " ")
+
+
+def _readme_certificates(folder: Path, clients: tuple[str, ...]) -> None:
+    """Run the README's openssl commands in `folder`: the CA, the broker's certificate, and one client
+    certificate per name (the README's loop over client names, run for these). The broker's certificate
+    also names 127.0.0.1, where the test's broker listens instead of the Service."""
+    lines = [line.strip() for line in _readme_block().splitlines()]
+    commands = [line for line in lines if line.startswith("openssl")]
+    shared = [c for c in commands if "$name" not in c]
+    per_client = [c for c in commands if "$name" in c]
     assert len(shared) == 3 and len(per_client) == 2, "the README's certificate steps changed: update this test"
-    script = shared + [c.replace("gw-lobby-01", name) for name in clients for c in per_client]
+    assert any(line.startswith("for name in edgeglm-cloud ") for line in lines), "the cloud's certificate is made"
+    shared = [c.replace('DNS:mosquitto"', 'DNS:mosquitto,IP:127.0.0.1"') for c in shared]
+    script = shared + [c.replace("$name", name) for name in clients for c in per_client]
     for command in script:
         result = subprocess.run(
             ["bash", "-c", command], cwd=folder, capture_output=True, text=True, timeout=60, check=False
@@ -53,22 +65,23 @@ def _readme_certificates(folder: Path, clients: tuple[str, ...]) -> None:
         assert result.returncode == 0, f"README step failed: {command}\n{result.stderr}"
 
 
-def _broker_files(folder: Path) -> tuple[Path, int, int]:
-    """The rendered broker config moved into `folder`: (mosquitto.conf, TLS port, plain port)."""
+def _broker_files(folder: Path) -> tuple[Path, int]:
+    """The rendered broker config moved into `folder`: (mosquitto.conf, TLS port)."""
     config_map = next(o for o in by_kind(render("fleet"), "ConfigMap") if o["metadata"]["name"].startswith("mosq"))
     files: dict[str, str] = config_map["data"]
-    tls_port, plain_port = free_port(), free_port()
+    listeners = re.findall(r"^listener .*$", files["mosquitto.conf"], flags=re.MULTILINE)
+    assert listeners == ["listener 8883"], "the broker has one listener, TLS"
+    tls_port = free_port()
     (folder / "config").mkdir()
     (folder / "data").mkdir()
     for name, rendered in files.items():
         text = rendered.replace("/mosquitto/", f"{folder}/")
         text = re.sub(r"^listener 8883$", f"listener {tls_port} {HOST}", text, flags=re.MULTILINE)
-        text = re.sub(r"^listener 1883$", f"listener {plain_port} {HOST}", text, flags=re.MULTILINE)
         text = text.replace("log_dest stdout", f"log_dest file {folder}/mosquitto.log")
         (folder / "config" / name).write_text(text)
     conf = folder / "config" / "mosquitto.conf"
     conf.write_text(conf.read_text() + f"\nuser {getpass.getuser()}\n")
-    return conf, tls_port, plain_port
+    return conf, tls_port
 
 
 @contextlib.contextmanager
@@ -102,7 +115,14 @@ def _running(command: list[str], ports: list[int], log: Path) -> Iterator[None]:
 class Client:
     """A paho MQTT 5 client that collects what it receives in a queue."""
 
-    def __init__(self, client_id: str, port: int, certs: Path | None, name: str | None) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        port: int,
+        certs: Path | None = None,
+        name: str | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
         self.received: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -113,9 +133,8 @@ class Client:
                 keyfile=str(certs / f"{name}.key") if name else None,
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
-            # The certificate names the broker's Service (checked above), not 127.0.0.1: the chain is
-            # still verified against the CA.
-            self.client.tls_insecure_set(True)
+        if context is not None:
+            self.client.tls_set_context(context)
         self.client.on_message = lambda _c, _u, message: self.received.put((message.topic, bytes(message.payload)))
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.connect(HOST, port)
@@ -153,19 +172,19 @@ def require_openssl() -> str:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
+def broker(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     binary = require_mosquitto()
     require_openssl()
     certs = tmp_path / "certs"
     certs.mkdir()
     _readme_certificates(certs, ("gw-01", "gw-02", "edgeglm-cloud"))
-    conf, tls_port, plain_port = _broker_files(tmp_path)
-    with _running([binary, "-c", str(conf)], [tls_port, plain_port], tmp_path / "mosquitto.log"):
-        yield certs, tls_port, plain_port
+    conf, tls_port = _broker_files(tmp_path)
+    with _running([binary, "-c", str(conf)], [tls_port], tmp_path / "mosquitto.log"):
+        yield certs, tls_port
 
 
-def test_the_brokers_certificate_names_its_service(broker: tuple[Path, int, int]) -> None:
-    certs, _, _ = broker
+def test_the_brokers_certificate_names_its_service(broker: tuple[Path, int]) -> None:
+    certs, _ = broker
     certificate = x509.load_pem_x509_certificate((certs / "tls.crt").read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     service = find(render("fleet"), "Service", "mosquitto")
@@ -185,8 +204,8 @@ def _clients(*clients: Client) -> Any:
     return _Closing()
 
 
-def test_an_edge_publishes_and_reads_only_under_its_own_id(broker: tuple[Path, int, int]) -> None:
-    certs, tls_port, _ = broker
+def test_an_edge_publishes_and_reads_only_under_its_own_id(broker: tuple[Path, int]) -> None:
+    certs, tls_port = broker
     with _clients(
         Client("edgeglm-cloud-0", tls_port, certs, "edgeglm-cloud"),
         Client("gw-01", tls_port, certs, "gw-01"),
@@ -208,8 +227,8 @@ def test_an_edge_publishes_and_reads_only_under_its_own_id(broker: tuple[Path, i
 CONNECT = bytes([0x10, 18, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 6]) + b"nobody"
 
 
-def test_clients_without_a_certificate_are_refused_on_the_tls_listener(broker: tuple[Path, int, int]) -> None:
-    certs, tls_port, _ = broker
+def test_clients_without_a_certificate_are_refused_on_the_tls_listener(broker: tuple[Path, int]) -> None:
+    certs, tls_port = broker
     context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
     with socket.create_connection((HOST, tls_port), timeout=WAIT_S) as raw:
         try:
@@ -221,14 +240,32 @@ def test_clients_without_a_certificate_are_refused_on_the_tls_listener(broker: t
     assert answer == b"", f"the broker answered a client without a certificate: {answer!r}"
 
 
-def test_the_plain_listener_only_carries_the_clouds_topics(broker: tuple[Path, int, int]) -> None:
-    certs, tls_port, plain_port = broker
+def _mounted_cloud_tls(certs: Path, folder: Path) -> ClientTlsConfig:
+    """The rendered cloud.yaml's `mqtt.tls`, its Secret's files made as the README's kubectl line makes them."""
+    line = next(line for line in _readme_block().splitlines() if "create secret generic edgeglm-mqtt-tls" in line)
+    folder.mkdir()
+    for source in re.findall(r"--from-file=(\S+)", line):
+        key, _, local = source.partition("=")
+        shutil.copy(certs / (local or key), folder / key)
+    maps = by_kind(render("fleet"), "ConfigMap")
+    config_map = next(o for o in maps if o["metadata"]["name"].startswith("edgeglm-cloud-config"))
+    settings = yaml.safe_load(config_map["data"]["cloud.yaml"])["mqtt"]
+    assert settings["port"] == 8883
+    tls = ClientTlsConfig.model_validate(settings["tls"])
+    moved = {name: folder / Path(getattr(tls, name)).name for name in ("ca_file", "cert_file", "key_file")}
+    return tls.model_copy(update=moved)
+
+
+def test_the_clouds_rendered_mqtt_settings_connect_as_the_cloud_user(broker: tuple[Path, int], tmp_path: Path) -> None:
+    certs, tls_port = broker
+    tls = _mounted_cloud_tls(certs, tmp_path / "mqtt-tls")
     with _clients(
-        Client("edgeglm-cloud-0", tls_port, certs, "edgeglm-cloud"),
-        Client("edgeglm-cloud-1", plain_port, None, None),
-    ) as (watcher, internal):
-        watcher.subscribe("$share/edgeglm-cloud/edgeglm/+/samples", "edgeglm/cloud/+/status")
-        internal.publish("edgeglm/gw-01/samples", b"forged by an anonymous client")
-        internal.publish("edgeglm/cloud/edgeglm-cloud-1/status", b"online")
-        assert watcher.next() == ("edgeglm/cloud/edgeglm-cloud-1/status", b"online")
-        assert watcher.received.empty()
+        Client("edgeglm-cloud-0", tls_port, context=client_ssl_context(tls, "mqtt.tls")),
+        Client("gw-01", tls_port, certs, "gw-01"),
+    ) as (cloud, edge):
+        cloud.subscribe("$share/edgeglm-cloud/edgeglm/+/samples")
+        edge.subscribe("edgeglm/gw-01/verdicts")
+        edge.publish("edgeglm/gw-01/samples", b"sample")
+        assert cloud.next() == ("edgeglm/gw-01/samples", b"sample")
+        cloud.publish("edgeglm/gw-01/verdicts", b"verdict")
+        assert edge.next() == ("edgeglm/gw-01/verdicts", b"verdict")

@@ -201,6 +201,9 @@ def test_files_the_configs_name_are_in_the_image_or_on_a_volume(variant: str) ->
             container(cloud, "cloud")[p]["grpc"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")
         ]
         assert probes == [health] * 3, f"{variant}: the probes speak no TLS: they use the health-only port"
+    mqtt_tls = cloud_config["mqtt"]["tls"]  # the broker has only a TLS listener
+    for name in ("ca_file", "cert_file", "key_file"):
+        assert _secret_file(cloud, mqtt_tls[name]) == "edgeglm-mqtt-tls", f"{variant}: mqtt.tls.{name}"
     assert cloud_config["policy"]["create_signing_key"] is False, "replicas share one key, made by keygen"
     users = cloud_config["admin"]["users"]
     assert {user["role"] for user in users} == {"operator", "viewer"}

@@ -127,7 +127,7 @@ def test_edges_reach_only_the_cloud_grpc_port_the_broker_dns_and_cameras(variant
     assert allowed(objects, edge, pod["camera"], 554)
     # And nothing else.
     assert not allowed(objects, edge, pod["cloud"], 8080), "the admin API has no auth: edges must not reach it"
-    assert not allowed(objects, edge, pod["broker"], 1883), "the plain listener is the cloud's"
+    assert not allowed(objects, edge, pod["broker"], 1883), "the broker has no plain listener"
     assert not allowed(objects, edge, pod["vllm"], 8000)
     assert not allowed(objects, edge, pod["other-app"], 80)
     assert not allowed(objects, edge, pod["internet"], 443)
@@ -136,15 +136,15 @@ def test_edges_reach_only_the_cloud_grpc_port_the_broker_dns_and_cameras(variant
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_admin_api_and_plain_mqtt_are_closed_to_everything_but_the_cloud_side(variant: str) -> None:
+def test_admin_api_is_closed_to_everything_but_the_cloud_side_and_mqtt_has_no_plain_port(variant: str) -> None:
     objects = render(variant)
     pod = _cast(objects)
     assert allowed(objects, pod["prometheus"], pod["cloud"], 8080)
     assert allowed(objects, pod["cloud"], pod["cloud"], 8080)
     assert not allowed(objects, pod["other-app"], pod["cloud"], 8080)
-    assert allowed(objects, pod["cloud"], pod["broker"], 1883)
-    for stranger in ("edge", "other-app", "prometheus", "vllm"):
-        assert not allowed(objects, pod[stranger], pod["broker"], 1883), stranger
+    assert allowed(objects, pod["cloud"], pod["broker"], 8883)
+    for anyone in ("cloud", "edge", "other-app", "prometheus", "vllm"):
+        assert not allowed(objects, pod[anyone], pod["broker"], 1883), anyone
     assert not allowed(objects, pod["other-app"], pod["cloud"], 50051)
     # Prometheus scrapes the edges' health port; nobody else reaches into an edge pod.
     health_port = HealthConfig.model_fields["port"].default
@@ -158,7 +158,7 @@ def test_policy_ports_are_the_brokers_listeners() -> None:
     listeners = {int(port) for port in re.findall(r"^listener (\d+)", conf, flags=re.MULTILINE)}
     policy = find(objects, "NetworkPolicy", "mosquitto")
     opened = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert opened == listeners == {8883, 1883}
+    assert opened == listeners == {8883}
     broker = find(objects, "StatefulSet", "mosquitto")
     exposed = {p["containerPort"] for p in broker["spec"]["template"]["spec"]["containers"][0]["ports"]}
     assert exposed == listeners
