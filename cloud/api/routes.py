@@ -12,10 +12,15 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from google.protobuf import json_format
 
 from cloud.api.state import AdminState, require_store
-from cloud.store import MAX_PAGE, CursorError, VerdictFilter
+from cloud.store import MAX_PAGE, MAX_PAGE_BYTES, CursorError, VerdictFilter
 from protos import verdict_pb2
 
 MAX_BUCKETS = 2000
+PAGE_RULE = (
+    "Judged samples, newest decided first, a page at a time; `next_cursor` is null on the last page. A page "
+    f"holds at most `limit` items and ends early where its items would pass {MAX_PAGE_BYTES >> 20} MiB of JSON "
+    "(it always holds one): follow `next_cursor`, not the count, to the end."
+)
 DEFAULT_SERIES_SPAN_S = 3600.0
 
 
@@ -63,7 +68,7 @@ def api_router(state: AdminState) -> APIRouter:
             return {"enabled": False}
         return {"enabled": True, **state.closed_loop.snapshot()}
 
-    @router.get("/verdicts", tags=["verdicts"])
+    @router.get("/verdicts", tags=["verdicts"], description=PAGE_RULE)
     async def verdicts(
         edge_id: str | None = Query(None, description="Only this edge's samples."),
         camera_id: str | None = Query(None, description="Only this camera's samples."),
@@ -74,7 +79,7 @@ def api_router(state: AdminState) -> APIRouter:
         limit: int = Query(50, ge=1, le=MAX_PAGE, description="Verdicts per page."),
         cursor: str | None = Query(None, description="next_cursor of the previous page."),
     ) -> Response:
-        """Judged samples, newest decided first, a page at a time; `next_cursor` is null on the last page."""
+        """Judged samples, newest decided first, a page at a time (see PAGE_RULE)."""
         where = VerdictFilter(edge_id, camera_id, label, decision, since, until)
         try:
             page = await require_store(state).list_verdicts(where, limit=limit, cursor=cursor)

@@ -2,7 +2,7 @@
 metadata and thumbnails, the policy history and edge snapshots, behind the `VerdictRepository` interface.
 """
 
-from cloud.store.base import MAX_PAGE, VerdictRepository
+from cloud.store.base import MAX_PAGE, MAX_PAGE_BYTES, VerdictRepository
 from cloud.store.queries import CursorError
 from cloud.store.records import (
     DecisionPoint,
@@ -21,6 +21,7 @@ from cloud.store.verdicts import VerdictStore
 
 __all__ = [
     "MAX_PAGE",
+    "MAX_PAGE_BYTES",
     "CursorError",
     "DecisionPoint",
     "EdgeDetectionSummary",

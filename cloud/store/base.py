@@ -21,6 +21,9 @@ from cloud.store.records import (
 )
 
 MAX_PAGE = 500
+# A page's items as compact JSON, at most (a page always holds one item, whatever its size). With the
+# sample limits a record can reach ~0.3 MB (512 edge detections), so 500 of them would be ~150 MB.
+MAX_PAGE_BYTES = 4 << 20
 
 
 class VerdictRepository(Protocol):

@@ -8,6 +8,7 @@ import json
 import sqlite3
 from typing import Any
 
+from cloud.store.base import MAX_PAGE_BYTES
 from cloud.store.records import (
     DecisionPoint,
     EdgeDetectionSummary,
@@ -49,8 +50,14 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     return float(decided_at), sample_id
 
 
-def list_verdicts(conn: sqlite3.Connection, where: VerdictFilter, limit: int, cursor: str | None) -> VerdictPage:
-    """One page of judged samples, newest decided first (ties by sample_id), stable under new arrivals."""
+def list_verdicts(
+    conn: sqlite3.Connection, where: VerdictFilter, limit: int, cursor: str | None, max_bytes: int = MAX_PAGE_BYTES
+) -> VerdictPage:
+    """One page of judged samples, newest decided first (ties by sample_id), stable under new arrivals.
+
+    The page ends early, with a cursor after its last item, where one more item would take its JSON
+    past `max_bytes`; it always holds at least one item.
+    """
     clauses = ["v.verdict IS NOT NULL"]
     params: list[Any] = []
     for column, value in (("edge_id", where.edge_id), ("camera_id", where.camera_id), ("decision", where.decision)):
@@ -75,8 +82,15 @@ def list_verdicts(conn: sqlite3.Connection, where: VerdictFilter, limit: int, cu
         " ORDER BY v.decided_at DESC, v.sample_id DESC LIMIT ?"
     )
     rows = conn.execute(sql, (*params, limit + 1)).fetchall()
-    items = [_record(row) for row in rows[:limit]]
-    last = items[-1] if len(rows) > limit else None
+    items: list[VerdictRecord] = []
+    size = 0
+    for row in rows[:limit]:
+        record = _record(row)
+        size += record.json_size() + 1  # and its comma
+        if items and size > max_bytes:
+            break
+        items.append(record)
+    last = items[-1] if len(rows) > len(items) else None
     next_cursor = encode_cursor(last.decided_at or 0.0, last.sample_id) if last is not None else None
     return VerdictPage(items, next_cursor)
 

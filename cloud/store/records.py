@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,6 +56,10 @@ class VerdictRecord:
     origin_detail: str
     uplink_bytes: int | None
     has_thumbnail: bool
+
+    def json_size(self) -> int:
+        """Bytes of the record as compact JSON (as a page of the admin API carries it)."""
+        return len(json.dumps(self.to_json(), separators=(",", ":")))
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON."""

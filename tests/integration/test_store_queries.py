@@ -13,6 +13,8 @@ import pytest
 
 from cloud.metrics import CloudMetrics
 from cloud.store import (
+    MAX_PAGE,
+    MAX_PAGE_BYTES,
     CursorError,
     EdgeDetectionSummary,
     EdgeSnapshot,
@@ -22,6 +24,7 @@ from cloud.store import (
     VerdictRepository,
     VerdictStore,
     make_thumbnail,
+    queries,
 )
 from cloud.store.retention import StoreRetention
 from cloud.store.schema import SCHEMA_VERSION
@@ -222,3 +225,26 @@ async def test_a_failed_prune_is_counted_in_the_task_failures_metric(tmp_path):
     finally:
         await retention.stop()
     assert failed() == 1
+
+
+async def test_a_page_of_large_records_ends_within_its_byte_bound_and_its_cursor_goes_on(store, tmp_path):
+    fat = tuple(f"{'x' * 60}{n:03d}" for n in range(512))  # the most edge detections a sample may carry
+    for n in range(120):
+        sample_id = f"s-{n:03d}"
+        await store.put(sample_id, "gw-1", verdict(sample_id), received_at=1000.0 + n, meta=meta(edge_labels=fat))
+    pages, cursor = [], None
+    while True:
+        page = await store.list_verdicts(limit=MAX_PAGE, cursor=cursor)
+        pages.append(page)
+        if (cursor := page.next_cursor) is None:
+            break
+    sizes = [sum(record.json_size() + 1 for record in page.items) for page in pages]
+    assert len(pages) >= 2, f"120 records of {sizes[0] // len(pages[0].items)} bytes fit one page"
+    assert max(sizes) <= MAX_PAGE_BYTES
+    assert len(pages[0].items) < MAX_PAGE
+    seen = [record.sample_id for page in pages for record in page.items]
+    assert sorted(seen) == [f"s-{n:03d}" for n in range(120)], "every record once, across the pages"
+    # A single record larger than the bound still makes a page of one, and paging goes on.
+    with sqlite3.connect(tmp_path / "verdicts.sqlite") as conn:
+        first = queries.list_verdicts(conn, VerdictFilter(), limit=10, cursor=None, max_bytes=100)
+    assert len(first.items) == 1 and first.next_cursor is not None
