@@ -77,6 +77,13 @@ class CloudMetrics:
             ["reason"],
             registry=r,
         )
+        self.admin_refused = Counter(
+            "edgeglm_cloud_admin_refused",
+            "Admin API requests refused, by reason (no_token, wrong_token, viewer_change, session_change, "
+            "rate_limited, wrong_sign_in).",
+            ["reason"],
+            registry=r,
+        )
         self.task_failures = Counter(
             "edgeglm_cloud_task_failures", "Background tasks that failed, by task.", ["task"], registry=r
         )

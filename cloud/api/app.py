@@ -18,7 +18,7 @@ from cloud.api.auth import AdminIdentity, HostCheck, SecurityHeaders, TokenAuth,
 from cloud.api.policies import add_policy_routes
 from cloud.api.routes import api_router
 from cloud.api.state import AdminState
-from cloud.api.web import add_web_routes
+from cloud.api.web import add_login_routes, add_web_routes
 
 __all__ = ["AdminState", "create_app"]
 
@@ -33,10 +33,12 @@ def create_app(
     `write_rate` ((per second, burst) of changes per user; none: no limit) guard it."""
     app = FastAPI(title="EdgeGLM cloud admin", version="2", docs_url=None, redoc_url=None)
     if write_rate is not None:
-        app.add_middleware(WriteRateLimit, per_s=write_rate[0], burst=write_rate[1])  # after TokenAuth names who
+        app.add_middleware(
+            WriteRateLimit, per_s=write_rate[0], burst=write_rate[1], refused=state.metrics.admin_refused
+        )  # after TokenAuth names who
     app.add_middleware(SecurityHeaders)
     if users:
-        app.add_middleware(TokenAuth, users=users)
+        app.add_middleware(TokenAuth, users=users, refused=state.metrics.admin_refused)
     if allowed_hosts:
         app.add_middleware(HostCheck, allowed_hosts=allowed_hosts)  # added last: runs first
 
@@ -59,5 +61,6 @@ def create_app(
 
     add_policy_routes(app, state)
     app.include_router(api_router(state))
+    add_login_routes(app, users or [], state.metrics.admin_refused)
     add_web_routes(app)
     return app

@@ -15,6 +15,15 @@ changes anything):
   says who made each change. Tokens are read from files at start (a Kubernetes Secret, say) and
   kept only as SHA-256 digests, compared in constant time.
 
+The dashboard's login (`/login`, routes in `cloud/api/web.py`) takes a token once and answers with
+a session cookie: HttpOnly (no script on the page can read it), SameSite=Strict (no other site's
+page sends it), Secure over HTTPS, valid for `SESSION_S`. The cookie is not the token: it is the
+user's name, an expiry and an HMAC of both keyed by the token's digest, so every replica checks it
+without shared state, and replacing a user's token ends their sessions. A session only reads: a
+change needs the token itself in the Authorization header (scripts, the CLI, Swagger's Authorize),
+so no page can make a browser change a policy by riding its cookie. A browser asking for a page
+without a session is sent to /login.
+
 With no users the API answers anyone who reaches it; `AdminConfig` allows that only on a loopback
 address (or when `allow_anonymous` says the operator accepts it).
 """
@@ -29,15 +38,20 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Literal
 
+from prometheus_client import Counter
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 Role = Literal["viewer", "operator"]
 OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+LOGIN_PATHS = frozenset({"/login", "/auth/login", "/auth/logout", "/static/style.css", "/static/icon.svg"})
+SESSION_COOKIE = "edgeglm_session"
+SESSION_S = 8 * 3600
 READ_METHODS = frozenset({"GET", "HEAD"})
 MIN_TOKEN_CHARS = 16
 
@@ -69,6 +83,45 @@ def load_identity(name: str, role: Role, token_file: Path) -> AdminIdentity:
     return AdminIdentity(name, role, hashlib.sha256(token.encode()).digest())
 
 
+def session_value(user: AdminIdentity, now: float | None = None) -> str:
+    """The session cookie's value for `user`, valid SESSION_S from `now`."""
+    expires = int((time.time() if now is None else now) + SESSION_S)
+    name = base64.urlsafe_b64encode(user.name.encode()).decode().rstrip("=")
+    return f"{name}.{expires}.{_session_tag(user, name, expires)}"
+
+
+def _session_tag(user: AdminIdentity, name: str, expires: int) -> str:
+    return hmac.new(user.digest, f"session:{name}.{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def session_user(users: list[AdminIdentity], value: str, now: float | None = None) -> AdminIdentity | None:
+    """The user a session cookie's value names, if its tag is theirs and it has not expired."""
+    name, _, rest = value.partition(".")
+    expires_text, _, tag = rest.partition(".")
+    if not expires_text.isdigit() or len(expires_text) > 12 or int(expires_text) <= (now or time.time()):
+        return None
+    try:
+        user_name = base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    for user in users:
+        if user.name == user_name and hmac.compare_digest(_session_tag(user, name, int(expires_text)), tag):
+            return user
+    return None
+
+
+def user_by_token(users: list[AdminIdentity], token: str) -> AdminIdentity | None:
+    """The user whose token this is; every digest is compared, so the time taken does not say which matched."""
+    if not token:
+        return None
+    digest = hashlib.sha256(token.encode()).digest()
+    found = None
+    for user in users:
+        if hmac.compare_digest(user.digest, digest):
+            found = user
+    return found
+
+
 class HostCheck:
     """Refuse (400) a request whose Host is not an allowed name, except on OPEN_PATHS."""
 
@@ -88,29 +141,58 @@ class HostCheck:
 class TokenAuth:
     """Name the user of each request by their token; 401 without one, 403 for a viewer's change."""
 
-    def __init__(self, app: ASGIApp, users: list[AdminIdentity]) -> None:
-        """Guard `app` for `users`."""
+    def __init__(self, app: ASGIApp, users: list[AdminIdentity], refused: Counter | None = None) -> None:
+        """Guard `app` for `users`; `refused` counts refusals by reason."""
         self._app = app
         self._users = users
+        self._refused = refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authenticate and authorise HTTP requests off OPEN_PATHS; pass everything else through."""
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"] in LOGIN_PATHS:
             await self._app(scope, receive, send)
             return
-        user = self._identify(scope)
+        headers = dict(scope["headers"])
+        user = self._identify(headers)
+        by_session = False
+        if user is None and b"authorization" not in headers:
+            user = self._from_session(headers)
+            by_session = user is not None
         if user is None:
+            self._count("wrong_token" if b"authorization" in headers or b"cookie" in headers else "no_token")
+            if scope["method"] == "GET" and b"text/html" in headers.get(b"accept", b""):
+                await send({"type": "http.response.start", "status": 303, "headers": [(b"location", b"/login")]})
+                await send({"type": "http.response.body", "body": b""})
+                return
             await _reply(send, 401, "a token is needed: Authorization: Bearer <token>, or Basic with it as password")
+            return
+        if by_session and scope["method"] not in READ_METHODS:
+            self._count("session_change")
+            await _reply(send, 403, "a browser session only reads; send the token as Authorization: Bearer to change")
             return
         if user.role != "operator" and scope["method"] not in READ_METHODS:
             logger.warning("admin: %s (viewer) refused %s %s", user.name, scope["method"], scope["path"])
+            self._count("viewer_change")
             await _reply(send, 403, f"user {user.name} is a viewer; changes need an operator's token")
             return
         scope.setdefault("state", {})["admin_user"] = user.name
         await self._app(scope, receive, send)
 
-    def _identify(self, scope: Scope) -> AdminIdentity | None:
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+    def _count(self, reason: str) -> None:
+        if self._refused is not None:
+            self._refused.labels(reason).inc()
+
+    def _from_session(self, headers: dict[bytes, bytes]) -> AdminIdentity | None:
+        cookies = SimpleCookie()
+        try:
+            cookies.load(headers.get(b"cookie", b"").decode("latin-1"))
+        except CookieError:
+            return None
+        morsel = cookies.get(SESSION_COOKIE)
+        return None if morsel is None else session_user(self._users, morsel.value)
+
+    def _identify(self, headers: dict[bytes, bytes]) -> AdminIdentity | None:
+        header = headers.get(b"authorization", b"").decode("latin-1")
         kind, _, credentials = header.partition(" ")
         token = ""
         if kind.lower() == "bearer":
@@ -120,14 +202,7 @@ class TokenAuth:
                 token = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[2]
             except (binascii.Error, UnicodeDecodeError):
                 return None
-        if not token:
-            return None
-        digest = hashlib.sha256(token.encode()).digest()
-        found = None
-        for user in self._users:  # every digest is compared: the time taken does not say which matched
-            if hmac.compare_digest(user.digest, digest):
-                found = user
-        return found
+        return user_by_token(self._users, token)
 
 
 async def _reply(send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -146,6 +221,7 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
     "img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
+CACHEABLE_PREFIXES = ("/static/", "/docs-assets/")
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -154,7 +230,11 @@ _SECURITY_HEADERS = [
 
 
 class SecurityHeaders:
-    """Add the Content-Security-Policy (off /docs) and the usual hardening headers to every HTTP response."""
+    """Add the Content-Security-Policy (off /docs) and the usual hardening headers to every HTTP response.
+
+    Pages and API answers are also `Cache-Control: no-store` unless they say otherwise (the static
+    files may be cached): a browser that signed out must not be shown the dashboard from its cache.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         """Wrap `app`."""
@@ -169,9 +249,15 @@ class SecurityHeaders:
         if not scope["path"].startswith("/docs"):
             headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
 
+        cacheable = scope["path"].startswith(CACHEABLE_PREFIXES)
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *headers]}
+                own = list(message.get("headers", []))
+                extra = list(headers)
+                if not cacheable and not any(name.lower() == b"cache-control" for name, _ in own):
+                    extra.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": [*own, *extra]}
             await send(message)
 
         await self._app(scope, receive, send_with_headers)
@@ -182,9 +268,10 @@ class WriteRateLimit:
     API is open): a script gone wrong cannot publish thousands of policy versions to the fleet. 429 beyond,
     with Retry-After."""
 
-    def __init__(self, app: ASGIApp, per_s: float, burst: int) -> None:
-        """Guard `app`'s writing requests (any method but GET and HEAD)."""
+    def __init__(self, app: ASGIApp, per_s: float, burst: int, refused: Counter | None = None) -> None:
+        """Guard `app`'s writing requests (any method but GET and HEAD); `refused` counts the 429s."""
         self._app = app
+        self._refused = refused
         self._per_s = per_s
         self._burst = float(burst)
         self._buckets: dict[str, tuple[float, float]] = {}  # who -> (tokens, at)
@@ -202,6 +289,8 @@ class WriteRateLimit:
         if tokens < 1.0:
             wait = (1.0 - tokens) / self._per_s
             logger.warning("admin: %s is changing too fast; refused %s %s", who, scope["method"], scope["path"])
+            if self._refused is not None:
+                self._refused.labels("rate_limited").inc()
             await _reply(
                 send,
                 429,

@@ -15,6 +15,7 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from cloud.api.auth import SESSION_S, AdminIdentity, session_user, session_value
 from cloud.cli import app as cloud_app
 from cloud.config import CloudConfig
 from cloud.policy import PolicyEngine
@@ -175,3 +176,59 @@ async def test_changes_beyond_the_write_rate_get_429_and_the_operator_is_told_wh
     assert int(limited.headers["retry-after"]) >= 1 and "at most 0.01 a second" in limited.json()["detail"]
     assert reads == 200, "reads are not rate-limited"
     assert engine(service).fleet.uplink.jpeg_quality == 52
+
+
+def counted_refusals(service: CloudService, reason: str) -> float:
+    value = service.metrics.registry.get_sample_value("edgeglm_cloud_admin_refused_total", {"reason": reason})
+    return 0.0 if value is None else value
+
+
+async def test_a_sign_in_gives_a_cookie_that_reads_but_never_changes_and_is_not_the_token(
+    tmp_path: Path, clip: Path
+) -> None:
+    async with running(guarded(tmp_path, clip)) as service:
+        base = f"http://127.0.0.1:{service.admin_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=WAIT_S) as client:
+            browser = {"accept": "text/html,application/xhtml+xml"}
+            sent_away = await client.get("/", headers=browser)
+            form = await client.get("/login", headers=browser)
+            wrong = await client.post("/auth/login", data={"token": "x" * 40})
+            signed_in = await client.post("/auth/login", data={"token": OPERATOR})
+            cookie = signed_in.cookies["edgeglm_session"]
+            with_session = {"cookie": f"edgeglm_session={cookie}"}
+            reads = await client.get("/api/verdicts", headers=with_session)
+            page = await client.get("/", headers={**browser, **with_session})
+            change = await client.put("/api/policies/fleet", content=BANDS_OFF, headers=with_session)
+            name, expires, tag = cookie.split(".")
+            forged = f"{base64.urlsafe_b64encode(b'bob').decode().rstrip('=')}.{expires}.{tag}"
+            forged_read = await client.get("/api/verdicts", headers={"cookie": f"edgeglm_session={forged}"})
+            later = f"{name}.{int(expires) + 3600}.{tag}"  # a longer life than it was given
+            stretched = await client.get("/api/verdicts", headers={"cookie": f"edgeglm_session={later}"})
+            signed_out = await client.post("/auth/logout", headers=with_session)
+    assert (sent_away.status_code, sent_away.headers["location"]) == (303, "/login")
+    assert form.status_code == 200 and 'action="/auth/login"' in form.text and "not one of" not in form.text
+    assert (wrong.status_code, wrong.headers["location"]) == (303, "/login?failed=1")
+    assert counted_refusals(service, "wrong_sign_in") == 1
+    assert (signed_in.status_code, signed_in.headers["location"]) == (303, "/")
+    set_cookie = signed_in.headers["set-cookie"].lower()
+    assert "httponly" in set_cookie and "samesite=strict" in set_cookie and "max-age=28800" in set_cookie
+    assert "secure" not in set_cookie, "plain HTTP on loopback: a Secure cookie would never come back"
+    assert OPERATOR not in cookie and OPERATOR not in set_cookie, "the cookie is not the token"
+    assert reads.status_code == 200 and page.status_code == 200
+    assert change.status_code == 403 and "only reads" in change.json()["detail"]
+    assert counted_refusals(service, "session_change") == 1
+    assert engine(service).fleet.mining.uncertainty_band_enabled, "a cookie changed nothing"
+    assert forged_read.status_code == 401 and stretched.status_code == 401
+    assert counted_refusals(service, "wrong_token") == 2
+    assert signed_out.status_code == 303 and 'edgeglm_session=""' in signed_out.headers["set-cookie"]
+
+
+def test_a_session_ends_when_it_expires_or_its_users_token_is_replaced() -> None:
+    alice = AdminIdentity("alice", "operator", b"\x01" * 32)
+    value = session_value(alice, now=1000.0)
+    assert session_user([alice], value, now=1000.0 + SESSION_S - 1) == alice
+    assert session_user([alice], value, now=1000.0 + SESSION_S) is None
+    rotated = AdminIdentity("alice", "operator", b"\x02" * 32)
+    assert session_user([rotated], value, now=1001.0) is None
+    for junk in ("", "...", "YWxpY2U.notanumber.x", "YWxpY2U.99999999999999999.x", "%%%.2000.ab"):
+        assert session_user([alice], junk, now=1001.0) is None

@@ -118,3 +118,52 @@ async def test_the_dashboard_shows_a_verdict_made_from_a_real_sample(tmp_path: P
     assert "1,200" in shown["gw1_card"] and "40 / 38" in shown["gw1_card"] and "1.9 MB" in shown["gw1_card"]
     assert shown["errors"] == []
     assert screenshot.read_bytes().startswith(b"\x89PNG")
+
+
+def sign_in_and_out(url: str, token: str, profile: Path) -> dict[str, Any]:
+    """Open the dashboard without a session, sign in with `token`, read the page, sign out."""
+    with headless_chromium(profile) as browser:
+        browser.set_page_load_timeout(PAGE_WAIT_S)
+        wait = WebDriverWait(browser, PAGE_WAIT_S)
+        browser.get(url)
+        wait.until(lambda b: b.current_url.endswith("/login"))
+        shown: dict[str, Any] = {"first_url": browser.current_url}
+        browser.find_element(By.ID, "token").send_keys("not-a-token-" + "z" * 20)
+        browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".problem"))
+        shown["problem"] = browser.find_element(By.CSS_SELECTOR, ".problem").text
+        browser.find_element(By.ID, "token").send_keys(token)
+        browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, '#edges .edge[data-edge="gw-1"]'))
+        shown["signed_in_url"] = browser.current_url
+        shown["script_cookies"] = browser.execute_script("return document.cookie")
+        shown["cookie"] = browser.get_cookie("edgeglm_session")
+        shown["errors"] = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+        browser.find_element(By.ID, "sign-out").click()
+        wait.until(lambda b: b.current_url.endswith("/login"))
+        browser.get(url)
+        wait.until(lambda b: b.current_url.endswith("/login"))
+        shown["after_sign_out"] = browser.current_url
+    return shown
+
+
+async def test_a_user_signs_in_to_the_dashboard_with_a_token_and_the_page_never_holds_it(
+    tmp_path: Path, clip: Path
+) -> None:
+    require_chromium()
+    token = "viewer-" + "t" * 40
+    (tmp_path / "viewer.token").write_text(token)
+    users = [{"name": "carol", "role": "viewer", "token_file": str(tmp_path / "viewer.token")}]
+    admin = {"enabled": True, "host": "127.0.0.1", "port": 0, "users": users}
+    async with running(make_config(tmp_path, clip, admin=admin)) as service:
+        await send(service, clip, "gw-1", busy_frames(clip)[:1], "door")
+        base = f"http://127.0.0.1:{service.admin_port}/"
+        shown = await asyncio.to_thread(sign_in_and_out, base, token, tmp_path / "profile")
+    assert shown["first_url"] == base + "login"
+    assert "not one of this service's users" in shown["problem"]
+    assert shown["signed_in_url"] == base
+    assert shown["cookie"]["httpOnly"] is True and shown["cookie"]["sameSite"] == "Strict"
+    assert "edgeglm_session" not in shown["script_cookies"], "no script on the page can read the session"
+    assert token not in shown["cookie"]["value"]
+    assert shown["errors"] == []
+    assert shown["after_sign_out"] == base + "login"
