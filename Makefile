@@ -33,6 +33,19 @@ setup: $(VENV)/.ready mosquitto ## create .venv with the runtime and test depend
 # The MQTT tests start Debian's mosquitto on a free port and read topics with mosquitto_sub (a client
 # this project did not write): installed here when missing (CI runs as root); elsewhere a warning,
 # and those tests skip (on CI they fail instead).
+# The store's PostgreSQL tests start a throwaway cluster of Debian's server (tests/helpers/postgres.py).
+.PHONY: postgres
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1 \
+			|| { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1; } \
+			|| echo "warning: apt-get could not install postgresql; the PostgreSQL store tests will be skipped" >&2; \
+	else \
+		echo "warning: PostgreSQL is missing (sudo apt-get install postgresql); its store tests skip" >&2; \
+	fi
+
 .PHONY: mosquitto
 mosquitto:
 	@if { command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; } && command -v mosquitto_sub >/dev/null; then exit 0; fi; \
@@ -107,12 +120,12 @@ XDIST := -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1
 pytest: $(VENV)/.ready k3s-tools
 	$(BIN)/pytest -q $(XDIST)
 
-test: lint typecheck mosquitto netns-tools chromium pytest ## ruff, mypy and every test
+test: lint typecheck mosquitto postgres netns-tools chromium pytest ## ruff, mypy and every test
 
 pytest-fast: $(VENV)/.ready k3s-tools
 	$(BIN)/pytest -q $(XDIST) -m "not slow"
 
-test-fast: lint typecheck mosquitto netns-tools chromium pytest-fast ## as test, less the tests marked slow (10 s or more each)
+test-fast: lint typecheck mosquitto postgres netns-tools chromium pytest-fast ## as test, less the tests marked slow (10 s or more each)
 
 bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	$(BIN)/python -m bench.detector --out bench/results/detector.json

@@ -93,10 +93,20 @@ class ServerConfig(_Section):
 class StoreConfig(_Section):
     """Where the verdicts (deduplication) and the policy versions are kept."""
 
+    kind: Literal["sqlite", "postgres"] = Field(
+        "sqlite", description="sqlite: a file on this node (the embedded default); postgres: a PostgreSQL server."
+    )
     path: Path = Field(
         Path("/var/lib/edgeglm-cloud/verdicts.sqlite"),
-        description="SQLite file of verdicts; the policy version state sits next to it (policy-state.json).",
+        description="SQLite file of verdicts; the policy version state sits next to it (policy-state.json), "
+        "on postgres too.",
     )
+    dsn_file: Path | None = Field(
+        None,
+        description="postgres: a file (a Secret) holding the connection string, e.g. "
+        "postgresql://edgeglm:PASSWORD@db:5432/edgeglm; it is never logged.",
+    )
+    pool_size: int = Field(4, ge=1, le=64, description="postgres: connections the verdict store keeps at most.")
     retention_s: float = Field(
         7 * 86400.0,
         ge=3600,
@@ -104,6 +114,19 @@ class StoreConfig(_Section):
         description="Verdicts, thumbnails and edge snapshots older than this are pruned (hourly); keep it above "
         "the edges' outbox TTL, or an old resend is judged again.",
     )
+
+    @model_validator(mode="after")
+    def _postgres_has_a_dsn(self) -> Self:
+        if self.kind == "postgres" and self.dsn_file is None:
+            raise ValueError("kind is postgres but dsn_file is unset: give the file holding the connection string")
+        return self
+
+    @property
+    def dsn_file_required(self) -> Path:
+        """dsn_file, which postgres requires (the validator makes sure)."""
+        if self.dsn_file is None:
+            raise ValueError("store.dsn_file is unset")
+        return self.dsn_file
 
     @property
     def policy_state_path(self) -> Path:
@@ -243,6 +266,9 @@ def load_config(path: Path) -> CloudConfig:
             f"{path.name}: backend.model_path: {model_path} does not exist "
             "(train one with make train-glm, or point at a GLM-4V folder)"
         )
+    dsn_file = resolved.store.dsn_file
+    if resolved.store.kind == "postgres" and dsn_file is not None and not dsn_file.is_file():
+        raise ConfigError(f"{path.name}: store.dsn_file: {dsn_file} does not exist (the PostgreSQL connection string)")
     return resolved
 
 
@@ -252,7 +278,7 @@ def resolve_paths(config: CloudConfig, base: Path) -> CloudConfig:
     def fix(value: Path | None) -> Path | None:
         return value if value is None or value.is_absolute() else (base / value).resolve()
 
-    store = config.store.model_copy(update={"path": fix(config.store.path)})
+    store = config.store.model_copy(update={"path": fix(config.store.path), "dsn_file": fix(config.store.dsn_file)})
     policy = config.policy.model_copy(update={"signing_key": fix(config.policy.signing_key)})
     backend_paths: dict[str, Any] = {
         name: fix(value) for name, value in vars(config.backend).items() if isinstance(value, Path)

@@ -21,7 +21,7 @@ from cloud.api.recorder import EdgeSnapshotter, PolicyRecorder
 from cloud.backends import Backend, build_backend
 from cloud.batcher import DynamicBatcher
 from cloud.bridge.bridge import MqttBridge
-from cloud.config import CloudConfig
+from cloud.config import CloudConfig, StoreConfig
 from cloud.ingest import IngestCore
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine, PolicySigner
@@ -31,6 +31,7 @@ from cloud.server import EdgeGLMServicer, FleetStatus, Health, SessionDeps, buil
 from cloud.server.identity import IdentityCheck, revocation_list
 from cloud.store import VerdictStore
 from cloud.store.pairs import PairStore
+from cloud.store.pg import postgres_database
 from cloud.store.retention import StoreRetention
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,13 @@ def load_signer(config: CloudConfig) -> PolicySigner:
     return PolicySigner.from_file(path)
 
 
+def _verdict_store(config: StoreConfig) -> VerdictStore:
+    """The verdict store `store.kind` names: the SQLite file at `path`, or the PostgreSQL server."""
+    if config.kind == "sqlite":
+        return VerdictStore(config.path)
+    return VerdictStore(database=postgres_database(config.dsn_file_required, "verdict store", config.pool_size))
+
+
 class CloudService:
     """One cloud service instance; `start`, then `stop` (once)."""
 
@@ -62,7 +70,7 @@ class CloudService:
         self.config = config
         self.metrics = metrics or CloudMetrics()
         self.backend = backend or build_backend(config.backend, self.metrics)
-        self.store = VerdictStore(config.store.path)
+        self.store = _verdict_store(config.store)
         self.batcher = DynamicBatcher(self.backend, config.batcher, self.metrics)
         self.fleet = FleetStatus()
         self.health = Health()
@@ -195,7 +203,9 @@ class CloudService:
 
     def _band_controller(self, policy: PolicyEngine) -> BandController:
         loop = self.config.policy.closed_loop
-        pairs = PairStore(self.config.store.path, loop.window_pairs, loop.history_per_key)
+        store = self.config.store
+        database = None if store.kind == "sqlite" else postgres_database(store.dsn_file_required, "pair store", 2)
+        pairs = PairStore(store.path, loop.window_pairs, loop.history_per_key, database=database)
 
         def site_of(edge_id: str) -> str:
             record = self.fleet.get(edge_id)

@@ -150,7 +150,7 @@ class BandController:
             sum(map(len, self._windows.values())),
             len(self._windows),
             len(moves),
-            self._store.path,
+            self._store.where,
         )
         self._task = asyncio.create_task(self._run(), name="band-controller")
 

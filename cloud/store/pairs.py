@@ -1,10 +1,11 @@
-"""PairStore: the closed loop's window of (edge score, cloud decision) pairs and its band moves, in SQLite.
+"""PairStore: the closed loop's window of (edge score, cloud decision) pairs and its band moves.
 
-The tables live in the verdict store's file (WAL mode, so this second connection never blocks the
-verdict store's readers) and are created here with CREATE TABLE IF NOT EXISTS: they do not touch
-the verdict store's schema version. Rows are bounded per (edge_id, label): `max_pairs_per_key` pairs
-and `max_moves_per_key` band moves, the oldest go first. sqlite3 is blocking, so every statement runs
-in one dedicated thread that owns the connection, never on the event loop.
+On SQLite the tables live in the verdict store's file (WAL mode, so this second connection never
+blocks the verdict store's readers) and are created here with CREATE TABLE IF NOT EXISTS: they do
+not touch the verdict store's schema version; every statement runs in one dedicated thread that owns
+the connection. On PostgreSQL they are part of the store's schema (`cloud.store.pg`) and the pool
+is shared with the verdict store. Rows are bounded per (edge_id, label): `max_pairs_per_key` pairs
+and `max_moves_per_key` band moves, the oldest go first. Nothing runs on the event loop.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from cloud.store.sqlite import SqliteWorker, StoreError, open_wal
+from cloud.store.db import Conn, Database
+from cloud.store.sqlite import StoreError, open_wal, sqlite_unless
 
 T = TypeVar("T")
 
@@ -89,17 +91,23 @@ class BandMoveRow:
 class PairStore:
     """Score pairs and band moves in a SQLite file; all methods are coroutines safe to call from the loop."""
 
-    def __init__(self, path: Path | str, max_pairs_per_key: int, max_moves_per_key: int = 100) -> None:
-        """Use the database at `path` (normally the verdict store's file), bounded per (edge_id, label)."""
-        self._path = Path(path)
+    def __init__(
+        self,
+        path: Path | str | None,
+        max_pairs_per_key: int,
+        max_moves_per_key: int = 100,
+        *,
+        database: Database | None = None,
+    ) -> None:
+        """Use the SQLite file at `path` (normally the verdict store's), or `database`; bounded per (edge_id, label)."""
         self._max_pairs = max_pairs_per_key
         self._max_moves = max_moves_per_key
-        self._db = SqliteWorker(self._path, "pair store", _connect)
+        self._db = sqlite_unless(database, path, "pair store", _connect)
 
     @property
-    def path(self) -> Path:
-        """The database file."""
-        return self._path
+    def where(self) -> str:
+        """The SQLite file, or the PostgreSQL server and database."""
+        return self._db.where
 
     async def open(self) -> None:
         """Open the database and create the tables now, so a bad path fails at start-up."""
@@ -145,9 +153,8 @@ class PairStore:
         """Finish queued statements, close the database and its thread; again is a no-op."""
         await self._db.close()
 
-    def _add_pairs(self, conn: sqlite3.Connection, rows: Sequence[PairRow]) -> None:
-        with conn:  # one transaction: a batch is stored whole or not at all
-            conn.execute("BEGIN")
+    def _add_pairs(self, conn: Conn, rows: Sequence[PairRow]) -> None:
+        with conn.transaction():  # a batch is stored whole or not at all
             conn.executemany(
                 "INSERT INTO score_pairs (edge_id, label, edge_score, confirmed, weight, audit, observed_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -157,9 +164,8 @@ class PairStore:
                 trim = _TRIM.format(table="score_pairs")
                 conn.execute(trim, (edge_id, label, edge_id, label, self._max_pairs))
 
-    def _add_move(self, conn: sqlite3.Connection, move: BandMoveRow) -> None:
-        with conn:
-            conn.execute("BEGIN")
+    def _add_move(self, conn: Conn, move: BandMoveRow) -> None:
+        with conn.transaction():
             conn.execute(
                 "INSERT INTO band_moves (edge_id, label, moved_at, low, high, version, reason) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -168,7 +174,7 @@ class PairStore:
             trim = _TRIM.format(table="band_moves")
             conn.execute(trim, (move.edge_id, move.label, move.edge_id, move.label, self._max_moves))
 
-    async def _run(self, operation: str, statement: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, operation: str, statement: Callable[[Conn], T]) -> T:
         return await self._db.run(operation, statement)
 
 

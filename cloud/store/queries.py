@@ -1,14 +1,17 @@
-"""The store's read queries and the cursor of verdict pages (blocking: run in the store's thread)."""
+"""The store's read queries and the cursor of verdict pages (blocking: run on a store thread).
+
+Written once for SQLite and PostgreSQL (`cloud.store.db`).
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
-import sqlite3
 from typing import Any
 
 from cloud.store.base import MAX_PAGE_BYTES
+from cloud.store.db import Conn
 from cloud.store.records import (
     DecisionPoint,
     EdgeDetectionSummary,
@@ -51,7 +54,7 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 def list_verdicts(
-    conn: sqlite3.Connection, where: VerdictFilter, limit: int, cursor: str | None, max_bytes: int = MAX_PAGE_BYTES
+    conn: Conn, where: VerdictFilter, limit: int, cursor: str | None, max_bytes: int = MAX_PAGE_BYTES
 ) -> VerdictPage:
     """One page of judged samples, newest decided first (ties by sample_id), stable under new arrivals.
 
@@ -95,7 +98,7 @@ def list_verdicts(
     return VerdictPage(items, next_cursor)
 
 
-def get_record(conn: sqlite3.Connection, sample_id: str) -> VerdictRecord | None:
+def get_record(conn: Conn, sample_id: str) -> VerdictRecord | None:
     """One judged sample's record."""
     row = conn.execute(
         f"SELECT {_RECORD_COLUMNS} {_FROM} WHERE v.sample_id = ? AND v.verdict IS NOT NULL", (sample_id,)
@@ -137,30 +140,27 @@ def _range(column: str, since: float | None, until: float | None) -> tuple[str, 
     if until is not None:
         clauses.append(f"{column} < ?")
         params.append(until)
-    return (" AND ".join(clauses) or "1"), params
+    return (" AND ".join(clauses) or "TRUE"), params
 
 
-def uplink_series(
-    conn: sqlite3.Connection, bucket_s: float, since: float | None, until: float | None
-) -> list[UplinkPoint]:
+def uplink_series(conn: Conn, bucket_s: float, since: float | None, until: float | None) -> list[UplinkPoint]:
     """Samples (each sample_id once) and their bytes per edge and bucket of arrival time."""
     where, params = _range("received_at", since, until)
     rows = conn.execute(
-        "SELECT edge_id, CAST(received_at / ? AS INTEGER) AS bucket, COUNT(*), COALESCE(SUM(uplink_bytes), 0)"
+        f"SELECT edge_id, {conn.bucket('received_at')} AS bucket, COUNT(*), COALESCE(SUM(uplink_bytes), 0)"
         f" FROM verdicts WHERE {where} GROUP BY edge_id, bucket ORDER BY edge_id, bucket",
         (bucket_s, *params),
     ).fetchall()
     return [UplinkPoint(edge, bucket * bucket_s, int(count), int(size)) for edge, bucket, count, size in rows]
 
 
-def decision_series(
-    conn: sqlite3.Connection, bucket_s: float, since: float | None, until: float | None
-) -> list[DecisionPoint]:
+def decision_series(conn: Conn, bucket_s: float, since: float | None, until: float | None) -> list[DecisionPoint]:
     """Confirmed, rejected and unsure verdicts per edge and bucket of decision time."""
     where, params = _range("decided_at", since, until)
     rows = conn.execute(
-        "SELECT edge_id, CAST(decided_at / ? AS INTEGER) AS bucket, SUM(decision = 'confirmed'),"
-        " SUM(decision = 'rejected'), SUM(decision = 'unsure')"
+        f"SELECT edge_id, {conn.bucket('decided_at')} AS bucket,"
+        " SUM(CASE WHEN decision = 'confirmed' THEN 1 ELSE 0 END),"
+        " SUM(CASE WHEN decision = 'rejected' THEN 1 ELSE 0 END), SUM(CASE WHEN decision = 'unsure' THEN 1 ELSE 0 END)"
         # decision is set exactly on judged rows (put and the schema-2 backfill), and is in the covering index.
         f" FROM verdicts WHERE decision IS NOT NULL AND {where} GROUP BY edge_id, bucket ORDER BY edge_id, bucket",
         (bucket_s, *params),
@@ -168,7 +168,7 @@ def decision_series(
     return [DecisionPoint(edge, bucket * bucket_s, int(c), int(r), int(u)) for edge, bucket, c, r, u in rows]
 
 
-def list_policies(conn: sqlite3.Connection, limit: int, before_version: int | None) -> list[PolicyRecord]:
+def list_policies(conn: Conn, limit: int, before_version: int | None) -> list[PolicyRecord]:
     """Published policy versions, newest first."""
     sql = "SELECT version, scope, scope_id, settings, created_at, reason FROM policy_history"
     params: list[Any] = []
@@ -179,7 +179,7 @@ def list_policies(conn: sqlite3.Connection, limit: int, before_version: int | No
     return [_policy(row) for row in rows]
 
 
-def get_policy(conn: sqlite3.Connection, version: int) -> PolicyRecord | None:
+def get_policy(conn: Conn, version: int) -> PolicyRecord | None:
     """One published version."""
     row = conn.execute(
         "SELECT version, scope, scope_id, settings, created_at, reason FROM policy_history WHERE version = ?",
@@ -199,9 +199,11 @@ def _policy(row: tuple[Any, ...]) -> PolicyRecord:
     )
 
 
-def latest_edge_snapshots(conn: sqlite3.Connection) -> list[EdgeSnapshot]:
+def latest_edge_snapshots(conn: Conn) -> list[EdgeSnapshot]:
     """The newest snapshot of every edge."""
     rows = conn.execute(
-        "SELECT edge_id, MAX(taken_at), record FROM edge_snapshots GROUP BY edge_id ORDER BY edge_id"
+        "SELECT s.edge_id, s.taken_at, s.record FROM edge_snapshots s JOIN"
+        " (SELECT edge_id, MAX(taken_at) AS newest FROM edge_snapshots GROUP BY edge_id) n"
+        " ON s.edge_id = n.edge_id AND s.taken_at = n.newest ORDER BY s.edge_id"
     ).fetchall()
     return [EdgeSnapshot(edge, float(taken_at), json.loads(record)) for edge, taken_at, record in rows]

@@ -1,5 +1,7 @@
 """What the cloud's SQLite stores share: one connection in WAL mode, used from one dedicated thread.
 
+(`cloud.store.pg` is the same for PostgreSQL: a connection pool, used from a few threads.)
+
 `VerdictStore` and the closed loop's `PairStore` keep their tables in the same file, each through
 its own connection on its own thread, so that blocking SQLite work never runs on the event loop.
 """
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from cloud.store.db import Conn, Database, SqliteConn
 from common.sqlite import SqliteThread
 
 BUSY_TIMEOUT_S = 5.0
@@ -46,20 +49,22 @@ def open_wal(path: Path) -> sqlite3.Connection:
 
 
 class SqliteWorker:
-    """One connection, opened lazily by `connect` on the worker thread; every statement runs there."""
+    """A `Database` on one SQLite file: one connection, opened lazily by `connect` on the worker thread;
+    every statement runs there, in submission order."""
 
     def __init__(self, path: Path, what: str, connect: Callable[[Path], sqlite3.Connection]) -> None:
         """`what` names the store in errors ("verdict store"); `connect` opens and prepares the connection."""
         self._thread = SqliteThread(path, what, StoreError)
         self._connect = connect
-        self._conn: sqlite3.Connection | None = None
+        self._conn: SqliteConn | None = None
+        self.where = str(path)
 
     @property
     def closed(self) -> bool:
         """True once `close` was called."""
         return self._thread.closed
 
-    async def run(self, operation: str, statement: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, operation: str, statement: Callable[[Conn], T]) -> T:
         """Run `statement` on the worker thread; SQLite errors become StoreError naming the file and operation."""
         return await self._thread.run(operation, self._call, statement)
 
@@ -67,12 +72,23 @@ class SqliteWorker:
         """Close the connection on its thread and stop the thread (again is a no-op)."""
         await self._thread.close(self._disconnect)
 
-    def _call(self, statement: Callable[[sqlite3.Connection], T]) -> T:
+    def _call(self, statement: Callable[[Conn], T]) -> T:
         if self._conn is None:
-            self._conn = self._connect(self._thread.path)
+            self._conn = SqliteConn(self._connect(self._thread.path))
         return statement(self._conn)
 
     def _disconnect(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def sqlite_unless(
+    database: Database | None, path: Path | str | None, what: str, connect: Callable[[Path], sqlite3.Connection]
+) -> Database:
+    """`database` if given, else a SqliteWorker on `path` (which must then be given)."""
+    if database is not None:
+        return database
+    if path is None:
+        raise ValueError(f"the {what} needs a SQLite path or a database")
+    return SqliteWorker(Path(path), what, connect)

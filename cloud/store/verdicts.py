@@ -1,4 +1,4 @@
-"""VerdictStore: every sample_id the cloud received, and its verdict once judged, in SQLite (WAL).
+"""VerdictStore: every sample_id the cloud received, and its verdict once judged, in SQLite (WAL) or PostgreSQL.
 
 Besides the idempotency record it keeps, for the admin API and the dashboard, each judged sample's
 metadata and thumbnail, the history of published policies and snapshots of the edges (schema
@@ -6,11 +6,13 @@ version 2, see `cloud.store.schema`; a version-1 file is migrated when opened). 
 `cloud.store.base.VerdictRepository`.
 
 The cloud deduplicates on sample_id: an edge that did not hear an ack sends the sample again, and
-gets the stored verdict instead of a second judgement. sqlite3 is blocking, so every statement runs
-in one dedicated thread that owns the connection (statements run in submission order), never on
-the event loop. The database is in WAL mode with synchronous=NORMAL: readers never block the writer,
-and a power cut may lose the last verdicts but never corrupts the file (the edge resends, and the
-cloud judges those samples again).
+gets the stored verdict instead of a second judgement. The statements are written once for both
+engines (`cloud.store.db`) and never run on the event loop. On SQLite (the embedded default) every
+statement runs in one dedicated thread that owns the connection, in submission order; the file is in
+WAL mode with synchronous=NORMAL: readers never block the writer, and a power cut may lose the last
+verdicts but never corrupts the file (the edge resends, and the cloud judges those samples again).
+On PostgreSQL (`cloud.store.pg`) they run on a connection pool from a few threads; a commit is
+durable as the server's settings make it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import TypeVar
 from cloud.store import queries
 from cloud.store.base import MAX_PAGE
 from cloud.store.columns import all_labels, meta_params, verdict_columns
+from cloud.store.db import Conn, Database
 from cloud.store.records import (
     DecisionPoint,
     EdgeSnapshot,
@@ -37,7 +40,7 @@ from cloud.store.records import (
     VerdictRecord,
 )
 from cloud.store.schema import SCHEMA_VERSION, migrate
-from cloud.store.sqlite import SqliteWorker, StoreError, open_wal
+from cloud.store.sqlite import StoreError, open_wal, sqlite_unless
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +50,10 @@ INSERT INTO verdicts (sample_id, edge_id, received_at, decided_at, verdict) VALU
 ON CONFLICT (sample_id) DO UPDATE SET decided_at = excluded.decided_at, verdict = excluded.verdict
 WHERE verdicts.verdict IS NULL OR verdicts.origin IN ('timeout', 'backend_error')
 """
+_PUT_LABEL = "INSERT INTO verdict_labels (label, sample_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
+_PUT_THUMBNAIL = (
+    "INSERT INTO thumbnails (sample_id, jpeg) VALUES (?, ?) ON CONFLICT (sample_id) DO UPDATE SET jpeg = excluded.jpeg"
+)
 _PUT_COLUMNS = """
 UPDATE verdicts SET decision = :decision, labels = :labels, confidence = :confidence, text = :text,
     backend = :backend, model = :model, origin = :origin, origin_detail = :origin_detail
@@ -61,17 +68,21 @@ WHERE sample_id = :sample_id
 
 
 class VerdictStore:
-    """Verdicts by sample_id in a SQLite file; all methods are coroutines safe to call from the loop."""
+    """Verdicts by sample_id in SQLite or PostgreSQL; all methods are coroutines safe to call from the loop."""
 
-    def __init__(self, path: Path | str) -> None:
-        """Use the database at `path` (created with its folder on first use)."""
-        self._path = Path(path)
-        self._db = SqliteWorker(self._path, "verdict store", _connect)
+    def __init__(self, path: Path | str | None = None, *, database: Database | None = None) -> None:
+        """Use the SQLite file at `path` (created with its folder on first use), or `database` (PostgreSQL)."""
+        self._db = sqlite_unless(database, path, "verdict store", _connect)
 
     @property
-    def path(self) -> Path:
-        """The database file."""
-        return self._path
+    def database(self) -> Database:
+        """Where the statements run (for checks and tools that read the tables directly)."""
+        return self._db
+
+    @property
+    def where(self) -> str:
+        """The SQLite file, or the PostgreSQL server and database."""
+        return self._db.where
 
     async def open(self) -> None:
         """Open (or create) the database now, so a bad path fails at start-up rather than at the first sample."""
@@ -184,8 +195,8 @@ class VerdictStore:
             "add_policy",
             lambda conn: (
                 conn.execute(
-                    "INSERT OR IGNORE INTO policy_history (version, scope, scope_id, settings, created_at, reason)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO policy_history (version, scope, scope_id, settings, created_at, reason)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     params,
                 ).rowcount
                 == 1
@@ -206,7 +217,9 @@ class VerdictStore:
         await self._run(
             "add_edge_snapshots",
             lambda conn: conn.executemany(
-                "INSERT OR REPLACE INTO edge_snapshots (edge_id, taken_at, record) VALUES (?, ?, ?)", rows
+                "INSERT INTO edge_snapshots (edge_id, taken_at, record) VALUES (?, ?, ?)"
+                " ON CONFLICT (edge_id, taken_at) DO UPDATE SET record = excluded.record",
+                rows,
             ),
         )
 
@@ -222,7 +235,7 @@ class VerdictStore:
         row = await self._run(operation, lambda conn: conn.execute(sql).fetchone())
         return int(row[0])
 
-    async def _run(self, operation: str, statement: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, operation: str, statement: Callable[[Conn], T]) -> T:
         return await self._db.run(operation, statement)
 
 
@@ -254,43 +267,27 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _put(conn: sqlite3.Connection, row: tuple[str, str, float, float], verdict: bytes, meta: SampleMeta | None) -> bool:
+def _put(conn: Conn, row: tuple[str, str, float, float], verdict: bytes, meta: SampleMeta | None) -> bool:
     """The verdict row, its columns, labels, metadata and thumbnail, in one transaction."""
     columns = verdict_columns(verdict)
     sample_id = row[0]
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with conn.transaction():
         stored = conn.execute(_PUT_VERDICT, (*row, verdict)).rowcount == 1
         if stored:
             conn.execute(_PUT_COLUMNS, {**columns.as_params(), "sample_id": sample_id})
-            conn.executemany(
-                "INSERT OR IGNORE INTO verdict_labels (label, sample_id) VALUES (?, ?)",
-                [(label, sample_id) for label in sorted(all_labels(columns, meta))],
-            )
+            conn.executemany(_PUT_LABEL, [(label, sample_id) for label in sorted(all_labels(columns, meta))])
             if meta is not None:
                 conn.execute(_PUT_META, {**meta_params(meta), "sample_id": sample_id})
                 if meta.thumbnail_jpeg:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO thumbnails (sample_id, jpeg) VALUES (?, ?)",
-                        (sample_id, meta.thumbnail_jpeg),
-                    )
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+                    conn.execute(_PUT_THUMBNAIL, (sample_id, meta.thumbnail_jpeg))
     return stored
 
 
-def _prune(conn: sqlite3.Connection, before: float) -> int:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+def _prune(conn: Conn, before: float) -> int:
+    with conn.transaction():
         old = "SELECT sample_id FROM verdicts WHERE decided_at < ?"
         conn.execute(f"DELETE FROM thumbnails WHERE sample_id IN ({old})", (before,))
         conn.execute(f"DELETE FROM verdict_labels WHERE sample_id IN ({old})", (before,))
         gone = conn.execute("DELETE FROM verdicts WHERE decided_at < ?", (before,)).rowcount
         conn.execute("DELETE FROM edge_snapshots WHERE taken_at < ?", (before,))
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
     return gone

@@ -1,5 +1,6 @@
 """Fixtures of the integration tests: a generated clip for the cloud's oracle, the transport (every
-transport test runs on gRPC and on MQTT), and MQTT observers."""
+transport test runs on gRPC and on MQTT), MQTT observers, and the store's engine (every store test
+runs on SQLite and on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from cloud.store.db import Database
+from cloud.store.pg import PgPool
 from tests.helpers.broker import MosquittoBroker, running_broker
 from tests.helpers.cloud import make_clip
 from tests.helpers.mqtt import Observer
+from tests.helpers.postgres import PostgresServer, postgres_server
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +49,22 @@ def observer_factory(broker: MosquittoBroker | None) -> Iterator[Callable[..., O
     yield make
     for observer in made:
         observer.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster per test process (tests/helpers/postgres.py), started when first asked for."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], Database | None]]:
+    """Every store test runs on both engines: this makes the Database of one store (None: SQLite at the
+    test's own path, as `VerdictStore(path)` opens it), each store of a test on one fresh database."""
+    if request.param == "sqlite":
+        yield lambda what: None
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    dsn = server.new_dsn()
+    yield lambda what: PgPool(dsn, what, max_size=2)

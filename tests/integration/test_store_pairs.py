@@ -1,8 +1,10 @@
-"""PairStore on a real SQLite file, next to the verdict store in the same file: bounds, age, reopen."""
+"""PairStore on a real SQLite file (next to the verdict store in the same file) and on a real PostgreSQL
+database: bounds, age, reopen."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from cloud.store import VerdictStore
 from cloud.store.pairs import BandMoveRow, PairRow, PairStore
@@ -13,8 +15,8 @@ def pairs(edge_id: str, label: str, count: int, start: float = 0.0) -> list[Pair
     return [PairRow(edge_id, label, i / count, i % 2 == 0, 1.0, i % 5 == 0, start + i) for i in range(count)]
 
 
-async def test_each_key_keeps_its_newest_pairs_only(tmp_path: Path) -> None:
-    store = PairStore(tmp_path / "verdicts.sqlite", max_pairs_per_key=50)
+async def test_each_key_keeps_its_newest_pairs_only(tmp_path: Path, store_database: Any) -> None:
+    store = PairStore(tmp_path / "verdicts.sqlite", max_pairs_per_key=50, database=store_database("pair store"))
     await store.open()
     try:
         await store.add_pairs(pairs("gw-1", "person", 80))
@@ -31,15 +33,15 @@ async def test_each_key_keeps_its_newest_pairs_only(tmp_path: Path) -> None:
     assert sum(p.edge_id == "gw-2" for p in loaded) == 10
 
 
-async def test_pairs_and_moves_survive_reopening_and_old_pairs_are_pruned(tmp_path: Path) -> None:
+async def test_pairs_and_moves_survive_reopening_and_old_pairs_are_pruned(tmp_path: Path, store_database: Any) -> None:
     path = tmp_path / "verdicts.sqlite"
-    store = PairStore(path, max_pairs_per_key=100, max_moves_per_key=2)
+    store = PairStore(path, max_pairs_per_key=100, max_moves_per_key=2, database=store_database("pair store"))
     await store.open()
     await store.add_pairs(pairs("gw-1", "person", 20))
     for version in (3, 4, 5):
         await store.add_move(BandMoveRow("gw-1", "person", float(version), 0.3, 0.6, version, f"move {version}"))
     await store.close()
-    again = PairStore(path, max_pairs_per_key=100, max_moves_per_key=2)
+    again = PairStore(path, max_pairs_per_key=100, max_moves_per_key=2, database=store_database("pair store"))
     await again.open()
     try:
         assert len(await again.load_pairs(since=0.0)) == 20
@@ -53,10 +55,10 @@ async def test_pairs_and_moves_survive_reopening_and_old_pairs_are_pruned(tmp_pa
         await again.close()
 
 
-async def test_the_pair_tables_live_beside_the_verdicts_in_one_file(tmp_path: Path) -> None:
+async def test_the_pair_tables_live_beside_the_verdicts_in_one_database(tmp_path: Path, store_database: Any) -> None:
     path = tmp_path / "verdicts.sqlite"
-    verdicts = VerdictStore(path)
-    pair_store = PairStore(path, max_pairs_per_key=10)
+    verdicts = VerdictStore(path, database=store_database("verdict store"))
+    pair_store = PairStore(path, max_pairs_per_key=10, database=store_database("pair store"))
     await verdicts.open()
     await pair_store.open()
     try:
@@ -68,7 +70,7 @@ async def test_the_pair_tables_live_beside_the_verdicts_in_one_file(tmp_path: Pa
     finally:
         await pair_store.close()
         await verdicts.close()
-    reopened = VerdictStore(path)
+    reopened = VerdictStore(path, database=store_database("verdict store"))
     await reopened.open()
     try:
         assert await reopened.count() == 1

@@ -46,8 +46,8 @@ def meta(camera: str = "cam0", edge_labels: tuple[str, ...] = ("car",), size: in
 
 
 @pytest.fixture
-async def store(tmp_path):
-    store = VerdictStore(tmp_path / "verdicts.sqlite")
+async def store(tmp_path, store_database):
+    store = VerdictStore(tmp_path / "verdicts.sqlite", database=store_database("verdict store"))
     await store.open()
     yield store
     await store.close()
@@ -148,13 +148,13 @@ async def test_policy_history_keeps_each_version_once_newest_first(store):
     assert await store.get_policy(3) is None
 
 
-async def test_the_newest_snapshot_of_each_edge_is_kept_across_reopening(tmp_path):
+async def test_the_newest_snapshot_of_each_edge_is_kept_across_reopening(tmp_path, store_database):
     path = tmp_path / "verdicts.sqlite"
-    first = VerdictStore(path)
+    first = VerdictStore(path, database=store_database("verdict store"))
     await first.add_edge_snapshots([EdgeSnapshot("gw-1", 1.0, {"samples": 1}), EdgeSnapshot("gw-2", 1.0, {})])
     await first.add_edge_snapshots([EdgeSnapshot("gw-1", 2.0, {"samples": 5})])
     await first.close()
-    again: VerdictRepository = VerdictStore(path)
+    again: VerdictRepository = VerdictStore(path, database=store_database("verdict store"))
     try:
         snapshots = await again.latest_edge_snapshots()
     finally:
@@ -199,8 +199,10 @@ async def test_retention_prunes_old_verdicts_with_their_thumbnails_labels_and_sn
     assert await store.get_thumbnail("old") is None and await store.get_thumbnail("new") is not None
     assert [r.sample_id for r in (await store.list_verdicts(VerdictFilter(label="car"))).items] == ["new"]
     assert [s.edge_id for s in await store.latest_edge_snapshots()] == ["gw-2"]
-    with sqlite3.connect(store.path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM verdict_labels WHERE sample_id = 'old'").fetchone()[0] == 0
+    left = await store.database.run(
+        "check", lambda conn: conn.execute("SELECT COUNT(*) FROM verdict_labels WHERE sample_id = 'old'").fetchone()
+    )
+    assert left[0] == 0
 
 
 async def test_a_failed_prune_is_counted_in_the_task_failures_metric(tmp_path):
@@ -227,7 +229,7 @@ async def test_a_failed_prune_is_counted_in_the_task_failures_metric(tmp_path):
     assert failed() == 1
 
 
-async def test_a_page_of_large_records_ends_within_its_byte_bound_and_its_cursor_goes_on(store, tmp_path):
+async def test_a_page_of_large_records_ends_within_its_byte_bound_and_its_cursor_goes_on(store):
     fat = tuple(f"{'x' * 60}{n:03d}" for n in range(512))  # the most edge detections a sample may carry
     for n in range(120):
         sample_id = f"s-{n:03d}"
@@ -245,6 +247,7 @@ async def test_a_page_of_large_records_ends_within_its_byte_bound_and_its_cursor
     seen = [record.sample_id for page in pages for record in page.items]
     assert sorted(seen) == [f"s-{n:03d}" for n in range(120)], "every record once, across the pages"
     # A single record larger than the bound still makes a page of one, and paging goes on.
-    with sqlite3.connect(tmp_path / "verdicts.sqlite") as conn:
-        first = queries.list_verdicts(conn, VerdictFilter(), limit=10, cursor=None, max_bytes=100)
+    first = await store.database.run(
+        "page", lambda conn: queries.list_verdicts(conn, VerdictFilter(), limit=10, cursor=None, max_bytes=100)
+    )
     assert len(first.items) == 1 and first.next_cursor is not None

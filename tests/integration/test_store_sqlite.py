@@ -1,4 +1,5 @@
-"""VerdictStore on a real SQLite file: dedup on sample_id, durable across reopen, WAL, clear errors."""
+"""VerdictStore on a real SQLite file and a real PostgreSQL database: dedup on sample_id, durable across
+reopen, clear errors; WAL and the schema version of the SQLite file (PostgreSQL's: test_store_postgres)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ def verdict(sample_id: str, text: str = "first") -> bytes:
 
 
 @pytest.fixture
-async def store(tmp_path):
-    store = VerdictStore(tmp_path / "cloud" / "verdicts.db")
+async def store(tmp_path, store_database):
+    store = VerdictStore(tmp_path / "cloud" / "verdicts.db", database=store_database("verdict store"))
     await store.open()
     yield store
     await store.close()
@@ -36,13 +37,13 @@ async def test_put_stores_a_verdict_once_and_get_returns_it(store):
     assert await store.count() == 1
 
 
-async def test_verdicts_survive_closing_and_reopening_the_file(tmp_path):
+async def test_verdicts_survive_closing_and_reopening_the_database(tmp_path, store_database):
     path = tmp_path / "verdicts.db"
-    first = VerdictStore(path)
+    first = VerdictStore(path, database=store_database("verdict store"))
     await first.put("s-1", "edge-1", verdict("s-1"))
     await first.close()
 
-    again = VerdictStore(path)
+    again = VerdictStore(path, database=store_database("verdict store"))
     try:
         assert await again.get("s-1") == verdict("s-1")
         assert await again.put("s-1", "edge-1", verdict("s-1", text="replayed")) is False
@@ -61,10 +62,12 @@ async def test_concurrent_puts_from_many_tasks_all_land_once(store):
     assert await store.count() == 40
 
 
-async def test_database_is_in_wal_mode_with_the_schema_versioned(store):
+async def test_database_is_in_wal_mode_with_the_schema_versioned(tmp_path):
+    store = VerdictStore(tmp_path / "verdicts.db")
     await store.put("s-1", "edge-1", verdict("s-1"))
+    await store.close()
 
-    with sqlite3.connect(store.path) as conn:
+    with sqlite3.connect(tmp_path / "verdicts.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
@@ -100,8 +103,8 @@ async def test_a_store_path_that_cannot_be_a_database_fails_open_naming_it(tmp_p
     await store.close()
 
 
-async def test_a_closed_store_refuses_work(tmp_path):
-    store = VerdictStore(tmp_path / "verdicts.db")
+async def test_a_closed_store_refuses_work(tmp_path, store_database):
+    store = VerdictStore(tmp_path / "verdicts.db", database=store_database("verdict store"))
     await store.close()
     await store.close()  # again: nothing happens
 
