@@ -1,125 +1,26 @@
-"""A throwaway PostgreSQL cluster for the store's tests: Debian's server, on a free loopback port.
+"""The store tests' PostgreSQL: `bench.postgres`'s throwaway cluster, and a skip when the server is missing.
 
-`PostgresServer` runs `initdb` into a temporary folder and `pg_ctl start` on a free port (trust
-authentication on 127.0.0.1 only, fsync off: a test database, not a durability test), hands out a
-new empty database per test (`new_dsn`), and is stopped and removed after. PostgreSQL refuses to
-run as root, so as root the server runs as Debian's `postgres` user (`runuser`). `require_postgres()`
-skips when the server is not installed, and fails under CI=true (`make test` installs it).
+`require_postgres()` skips the calling test when Debian's server is not installed, and fails it under
+CI=true (`make test` installs it with `make postgres`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import subprocess
-import tempfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.broker import free_port
+from bench.postgres import MISSING, PostgresServer, postgres_bin, postgres_server
 
-START_TIMEOUT_S = 60
+__all__ = ["PostgresServer", "postgres_server", "require_postgres"]
 
 
 def require_postgres() -> Path:
-    """The folder of Debian's PostgreSQL programs (initdb, pg_ctl); skips, or fails under CI=true."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        message = "PostgreSQL is not installed: run `make postgres` (apt-get install postgresql)"
+    """The folder of the server's programs; skips, or fails under CI=true, when it is not installed."""
+    found = postgres_bin()
+    if found is None:
         if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found[-1].parent
-
-
-class PostgresServer:
-    """One cluster in `folder`, serving 127.0.0.1:`port` until `stop`."""
-
-    def __init__(self, folder: Path) -> None:
-        """Nothing runs before `start`."""
-        self.bin = require_postgres()
-        self.folder = folder
-        self.data = folder / "data"
-        self.port = free_port()
-        self.user = "edgeglm"
-        self._as: list[str] = []
-        if os.geteuid() == 0:  # the server refuses root; Debian's package made this user
-            self._as = ["runuser", "-u", "postgres", "--"]
-            shutil.chown(folder, "postgres", "postgres")
-
-    def _run(self, *command: str) -> None:
-        result = subprocess.run(
-            [*self._as, *command], capture_output=True, text=True, timeout=START_TIMEOUT_S, check=False
-        )
-        if result.returncode != 0:
-            log = self.folder / "server.log"
-            logged = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}{logged}")
-
-    def start(self) -> None:
-        """initdb and start the server; returns once it accepts connections."""
-        self._run(
-            str(self.bin / "initdb"),
-            "-D",
-            str(self.data),
-            "-U",
-            self.user,
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        )
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        self._run(
-            str(self.bin / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.folder / "server.log"),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            str(START_TIMEOUT_S),
-            "start",
-        )
-
-    def dsn(self, database: str = "postgres") -> str:
-        """The connection string of `database` on this server."""
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
-
-    def new_dsn(self) -> str:
-        """A new, empty database's connection string."""
-        import psycopg
-
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.dsn(name)
-
-    def stop(self) -> None:
-        """Stop the server at once (its data is thrown away)."""
-        with contextlib.suppress(RuntimeError):
-            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
-
-
-@contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
-    """A started server in a new folder under the system's temporary one (the `postgres` user must reach
-    it, which pytest's private tmp_path does not allow), stopped and removed on exit."""
-    folder = Path(tempfile.mkdtemp(prefix="edgeglm-pg-"))
-    try:
-        server = PostgresServer(folder)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+            pytest.fail(MISSING)
+        pytest.skip(MISSING)
+    return found

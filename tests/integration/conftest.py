@@ -14,7 +14,7 @@ from cloud.store.pg import PgPool
 from tests.helpers.broker import MosquittoBroker, running_broker
 from tests.helpers.cloud import make_clip
 from tests.helpers.mqtt import Observer
-from tests.helpers.postgres import PostgresServer, postgres_server
+from tests.helpers.postgres import PostgresServer, postgres_server, require_postgres
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,7 @@ def observer_factory(broker: MosquittoBroker | None) -> Iterator[Callable[..., O
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """One throwaway PostgreSQL cluster per test process (tests/helpers/postgres.py), started when first asked for."""
+    require_postgres()
     with postgres_server() as server:
         yield server
 
