@@ -73,8 +73,14 @@ class CloudMetrics:
         self.samples_deferred = Counter(
             "edgeglm_cloud_samples_deferred",
             "Samples not judged now, the edge told to send them again, by reason (overloaded, timeout, "
-            "backend_error, store_error, shutting_down).",
+            "backend_error, store_error, shutting_down, claim_lapsed).",
             ["reason"],
+            registry=r,
+        )
+        self.samples_judged_elsewhere = Counter(
+            "edgeglm_cloud_samples_judged_elsewhere",
+            "Samples another replica was judging when they reached this one (a shared store): this one waited for "
+            "that verdict instead of judging them again.",
             registry=r,
         )
         self.admin_refused = Counter(

@@ -29,6 +29,19 @@ class IngestConfig(BaseModel):
         le=3600,
         description="Judging failed (timeout, backend or store error): the edge sends the sample again after this.",
     )
+    claim_lease_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Replicas on one database (store.kind postgres): how long a replica's claim to judge a sample "
+        "holds; above the longest judgement, so no other replica judges it too, yet a dead replica's samples free up.",
+    )
+    claim_poll_s: float = Field(
+        0.25,
+        gt=0,
+        le=60,
+        description="A resend reached a replica while another judges it: how often this one looks for the verdict.",
+    )
     shutting_down_retry_after_s: float = Field(
         1.0,
         gt=0,

@@ -20,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +47,7 @@ from protos import sample_pb2, session_pb2, verdict_pb2
 logger = logging.getLogger(__name__)
 
 VerdictObserver = Callable[[SampleInput, verdict_pb2.Verdict], None]
-DeferReason = Literal["overloaded", "timeout", "backend_error", "store_error", "shutting_down"]
+DeferReason = Literal["overloaded", "timeout", "backend_error", "store_error", "shutting_down", "claim_lapsed"]
 
 _CODES: dict[DeferReason, session_pb2.SessionErrorCode.ValueType] = {
     "overloaded": session_pb2.SESSION_ERROR_CODE_OVERLOADED,
@@ -52,6 +55,7 @@ _CODES: dict[DeferReason, session_pb2.SessionErrorCode.ValueType] = {
     "backend_error": session_pb2.SESSION_ERROR_CODE_INTERNAL,
     "store_error": session_pb2.SESSION_ERROR_CODE_INTERNAL,
     "shutting_down": session_pb2.SESSION_ERROR_CODE_SHUTTING_DOWN,
+    "claim_lapsed": session_pb2.SESSION_ERROR_CODE_INTERNAL,
 }
 # Fallbacks an older version stored as verdicts; never a judgement, so a resend is judged.
 _FALLBACK_ORIGINS = frozenset({verdict_pb2.VERDICT_ORIGIN_TIMEOUT, verdict_pb2.VERDICT_ORIGIN_BACKEND_ERROR})
@@ -107,8 +111,11 @@ class IngestCore:
         backend: Backend,
         metrics: CloudMetrics,
         config: IngestConfig | None = None,
+        replica: str = "",
     ) -> None:
-        """Judge with `batcher` (in front of `backend`), keep verdicts in `store`."""
+        """Judge with `batcher` (in front of `backend`), keep verdicts in `store`; `replica` names this service
+        in the claims it takes on a shared store (default: host name, process id and a random part)."""
+        self._replica = replica or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._store = store
         self._batcher = batcher
         self._backend = backend
@@ -165,13 +172,86 @@ class IngestCore:
     async def _admit_new(
         self, pb: sample_pb2.Sample, pending: _Pending, timeout_s: float | None, keep_late: bool
     ) -> Admission:
-        stored = await self._stored_verdict(pb.sample_id)
-        if stored is not None and stored.edge_id != pb.edge_id:
+        if self._store.shared:
+            claimed = await self._claimed(pb, pending)
+            if claimed is not None:
+                return claimed
+        else:
+            stored = await self._stored_verdict(pb.sample_id)
+            if stored is not None and stored.edge_id != pb.edge_id:
+                return self._refuse(_taken(pb))
+            if stored is not None:
+                pending.outcome.set_result(stored)
+                self._metrics.samples_duplicate.inc()
+                return Admission(_accepted(pb.sample_id, duplicate=True), pending.outcome)
+        admission = await self._judge_new(pb, pending, timeout_s, keep_late)
+        if admission.outcome is None and self._store.shared:
+            await self._release(pb.sample_id)  # refused or deferred: a resend is judged at once, anywhere
+        return admission
+
+    async def _claimed(self, pb: sample_pb2.Sample, pending: _Pending) -> Admission | None:
+        """On a store replicas share: None when this replica now holds the sample's claim (judge it), else the
+        answer: its stored verdict, a refusal (another edge's id), or the verdict another replica is making."""
+        try:
+            claim = await self._store.claim(pb.sample_id, pb.edge_id, self._replica, self._config.claim_lease_s)
+        except StoreError:
+            logger.exception("sample %s: store claim failed; judging it", pb.sample_id)
+            return None
+        if claim.state == "mine":
+            return None
+        if claim.state == "taken":
             return self._refuse(_taken(pb))
-        if stored is not None:
-            pending.outcome.set_result(stored)
-            self._metrics.samples_duplicate.inc()
-            return Admission(_accepted(pb.sample_id, duplicate=True), pending.outcome)
+        self._metrics.samples_duplicate.inc()
+        if claim.state == "judged" and claim.verdict is not None:
+            pending.outcome.set_result(verdict_pb2.Verdict.FromString(claim.verdict))
+        else:
+            self._metrics.samples_judged_elsewhere.inc()
+            task = asyncio.create_task(self._await_elsewhere(pb, pending), name=f"elsewhere-{pb.sample_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return Admission(_accepted(pb.sample_id, duplicate=True), pending.outcome)
+
+    async def _await_elsewhere(self, pb: sample_pb2.Sample, pending: _Pending) -> None:
+        """Another replica judges this sample: its verdict when stored, or (its claim lapsed) a resend."""
+        outcome: Outcome
+        try:
+            while True:
+                await asyncio.sleep(self._config.claim_poll_s)
+                claim = await self._store.claim(pb.sample_id, pb.edge_id, self._replica, self._config.claim_lease_s)
+                if claim.state == "judged" and claim.verdict is not None:
+                    outcome = verdict_pb2.Verdict.FromString(claim.verdict)
+                    break
+                if claim.state == "mine":  # the other replica died or gave up: the edge sends it again
+                    await self._release(pb.sample_id)
+                    outcome = self._lapsed(pb.sample_id)
+                    break
+        except StoreError as err:
+            outcome = self._defer(pb.sample_id, err)
+        except BaseException as err:
+            _fail(pending, err)
+            raise
+        finally:
+            if self._pending.get(pb.sample_id) is pending:
+                del self._pending[pb.sample_id]
+        pending.outcome.set_result(outcome)
+
+    def _lapsed(self, sample_id: str) -> Deferral:
+        self._metrics.samples_deferred.labels("claim_lapsed").inc()
+        after = self._config.shutting_down_retry_after_s
+        detail = f"sample {sample_id}: the replica judging it stopped before its verdict; send it again"
+        logger.warning("sample %s deferred (claim_lapsed): another replica's claim lapsed", sample_id)
+        return Deferral(sample_id, "claim_lapsed", after, detail)
+
+    async def _release(self, sample_id: str) -> None:
+        try:
+            await self._store.release(sample_id, self._replica)
+        except StoreError:
+            logger.warning("sample %s: its claim could not be released (it lapses by itself)", sample_id)
+
+    async def _judge_new(
+        self, pb: sample_pb2.Sample, pending: _Pending, timeout_s: float | None, keep_late: bool
+    ) -> Admission:
+        """Decode, enqueue and judge a sample nobody has judged."""
         try:
             # Decoding and the dashboard's thumbnail both off the loop, a bounded number at once.
             async with self._decoding:
@@ -251,6 +331,8 @@ class IngestCore:
         try:
             result, queue_ms, inference_ms = await self._batcher.result(ticket, keep_late)
         except BatcherError as err:
+            if self._store.shared:
+                await self._release(sample.sample_id)
             return self._defer(sample.sample_id, err)
         verdict = verdict_to_pb(
             sample,

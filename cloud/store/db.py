@@ -150,6 +150,7 @@ class Database(Protocol):
     """Where a store's statements run: one SQLite file (`sqlite.SqliteWorker`) or a PostgreSQL pool (`pg.PgPool`)."""
 
     where: str  # the file, or the server and database (never the password), for errors and logs
+    shared: bool  # whether other processes (replicas) judge into the same database
 
     @property
     def closed(self) -> bool:

@@ -10,7 +10,8 @@ The schema is the SQLite one (`cloud.store.schema`, `cloud.store.pairs`) in Post
 `BYTEA` for blobs, `DOUBLE PRECISION`, `BIGINT`, identity columns, and ids in the "C" collation so
 that pages order exactly as on SQLite. Its version is kept in `edgeglm_schema`; `migrate` runs at
 open under a transaction-scoped advisory lock, so replicas starting together migrate once.
-PostgreSQL starts at schema version 2 (version 1 only ever existed as SQLite files). Text cannot
+PostgreSQL starts at schema version 2 (version 1 only ever existed as SQLite files); version 3's
+columns are added to a version-2 database. Text cannot
 hold NUL characters in PostgreSQL; a NUL in a string parameter (a model's description, say) is
 stored as U+FFFD rather than failing the write.
 """
@@ -32,7 +33,7 @@ from cloud.store.pairs import (
     SCORE_PAIRS_BY_TIME,
     SCORE_PAIRS_TABLE,
 )
-from cloud.store.schema import SCHEMA_VERSION, V2_STATEMENTS, V2_VERDICT_COLUMNS, VERDICTS_BY_DECIDED_AT
+from cloud.store.schema import SCHEMA_VERSION, V2_STATEMENTS, VERDICT_COLUMNS, VERDICTS_BY_DECIDED_AT
 from cloud.store.sqlite import StoreError
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ _VERDICTS = (
     '    edge_id     TEXT COLLATE "C" NOT NULL,\n'
     "    received_at DOUBLE PRECISION NOT NULL,\n"
     "    decided_at  DOUBLE PRECISION,\n"
-    "    verdict     BYTEA,\n" + ",\n".join(f"    {name} {_TYPES[kind]}" for name, kind in V2_VERDICT_COLUMNS) + "\n)"
+    "    verdict     BYTEA,\n" + ",\n".join(f"    {name} {_TYPES[kind]}" for name, kind in VERDICT_COLUMNS) + "\n)"
 )
 
 
@@ -97,6 +98,8 @@ def migrate(conn: Conn) -> int | None:
             )
         for statement in SCHEMA:
             conn.execute(statement)
+        for name, kind in VERDICT_COLUMNS:  # what a database of an earlier version lacks
+            conn.execute(f"ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS {name} {_TYPES[kind]}")
         if found is None:
             conn.execute("INSERT INTO edgeglm_schema (version) VALUES (?)", (SCHEMA_VERSION,))
         elif found < SCHEMA_VERSION:
@@ -161,6 +164,7 @@ class PgPool:
         from psycopg_pool import ConnectionPool
 
         self.where = describe(dsn)
+        self.shared = True
         self._dsn = dsn
         self._what = what
         self._pool = ConnectionPool(

@@ -2,9 +2,11 @@
 
 Version 1 kept only the idempotency record (sample_id, edge, times, serialized verdict). Version 2
 adds, for the admin API and the dashboard, the sample's metadata and the verdict's fields as columns
-of the same row, a label index, thumbnails, the policy history and edge snapshots. `migrate` brings a
-file of either version to 2; it works from the columns actually present, so running it twice, or on
-a file another process touched, is safe.
+of the same row, a label index, thumbnails, the policy history and edge snapshots. Version 3 adds the
+claim of a sample being judged (`claimed_by`, `claim_until`): replicas sharing one database judge a
+sample once (`cloud.store.verdicts.VerdictStore.claim`). `migrate` brings a file of any version to
+3; it works from the columns actually present, so running it twice, or on a file another process
+touched, is safe.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sqlite3
 
 from cloud.store.columns import verdict_columns
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # One row per sample_id ever received: the idempotency record of the cloud. `verdict` is the
 # serialized Verdict, NULL while the sample is received but not judged yet.
@@ -46,6 +48,12 @@ V2_VERDICT_COLUMNS = (
     ("origin_detail", "TEXT"),
     ("uplink_bytes", "INTEGER"),
 )
+# Version 3: which replica judges a received sample, until when (unix seconds); NULL on other rows.
+V3_VERDICT_COLUMNS = (
+    ("claimed_by", "TEXT"),
+    ("claim_until", "REAL"),
+)
+VERDICT_COLUMNS = V2_VERDICT_COLUMNS + V3_VERDICT_COLUMNS
 V2_STATEMENTS = (
     "CREATE INDEX IF NOT EXISTS verdicts_edge_decided_at ON verdicts (edge_id, decided_at)",
     # Covering indexes of the two series: they are read without touching the rows (and their blobs).
@@ -89,7 +97,7 @@ def migrate(conn: sqlite3.Connection) -> int:
         conn.execute(VERDICTS_TABLE)
         conn.execute(VERDICTS_BY_DECIDED_AT)
         present = {row[1] for row in conn.execute("PRAGMA table_info(verdicts)")}
-        for name, kind in V2_VERDICT_COLUMNS:
+        for name, kind in VERDICT_COLUMNS:
             if name not in present:
                 conn.execute(f"ALTER TABLE verdicts ADD COLUMN {name} {kind}")
         for statement in V2_STATEMENTS:

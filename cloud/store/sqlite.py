@@ -58,6 +58,7 @@ class SqliteWorker:
         self._connect = connect
         self._conn: SqliteConn | None = None
         self.where = str(path)
+        self.shared = False
 
     @property
     def closed(self) -> bool:

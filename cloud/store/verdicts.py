@@ -22,8 +22,9 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from cloud.store import queries
 from cloud.store.base import MAX_PAGE
@@ -50,6 +51,17 @@ INSERT INTO verdicts (sample_id, edge_id, received_at, decided_at, verdict) VALU
 ON CONFLICT (sample_id) DO UPDATE SET decided_at = excluded.decided_at, verdict = excluded.verdict
 WHERE verdicts.verdict IS NULL OR verdicts.origin IN ('timeout', 'backend_error')
 """
+# A replica takes a received sample to judge: a new row, or an unjudged one nobody else holds a live
+# claim on (a claim ends at claim_until, so a replica that died frees its samples). One statement, so
+# of replicas racing for a sample exactly one changes the row.
+_CLAIM = """
+INSERT INTO verdicts (sample_id, edge_id, received_at, claimed_by, claim_until) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (sample_id) DO UPDATE SET claimed_by = excluded.claimed_by, claim_until = excluded.claim_until
+WHERE verdicts.edge_id = excluded.edge_id
+    AND (verdicts.verdict IS NULL OR verdicts.origin IN ('timeout', 'backend_error'))
+    AND (verdicts.claimed_by IS NULL OR verdicts.claimed_by = excluded.claimed_by OR verdicts.claim_until < ?)
+"""
+_CLAIMED = "SELECT edge_id, verdict, origin, claimed_by, claim_until FROM verdicts WHERE sample_id = ?"
 _PUT_LABEL = "INSERT INTO verdict_labels (label, sample_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
 _PUT_THUMBNAIL = (
     "INSERT INTO thumbnails (sample_id, jpeg) VALUES (?, ?) ON CONFLICT (sample_id) DO UPDATE SET jpeg = excluded.jpeg"
@@ -128,6 +140,31 @@ class VerdictStore:
             now if decided_at is None else decided_at,
         )
         return await self._run("put", lambda conn: _put(conn, row, verdict, meta))
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes (replicas) may judge into the same database: PostgreSQL yes, a SQLite file no."""
+        return self._db.shared
+
+    async def claim(self, sample_id: str, edge_id: str, replica: str, lease_s: float) -> Claim:
+        """Take `sample_id` for `replica` to judge for `lease_s` seconds, unless it is judged or another holds it.
+
+        A `Claim` says which: `mine` (judge it), `judged` (its stored verdict), `elsewhere` (another
+        replica's live claim; ask again, it lapses at `until`) or `taken` (another edge's sample_id).
+        """
+        now = time.time()
+        row = (sample_id, edge_id, now, replica, now + lease_s)
+        return await self._run("claim", lambda conn: _claim(conn, row, now))
+
+    async def release(self, sample_id: str, replica: str) -> None:
+        """Give up `replica`'s claim on an unjudged sample, so a resend is judged at once wherever it lands."""
+        await self._run(
+            "release",
+            lambda conn: conn.execute(
+                "UPDATE verdicts SET claim_until = 0 WHERE sample_id = ? AND claimed_by = ? AND verdict IS NULL",
+                (sample_id, replica),
+            ),
+        )
 
     async def count(self) -> int:
         """Number of verdicts stored."""
@@ -283,11 +320,37 @@ def _put(conn: Conn, row: tuple[str, str, float, float], verdict: bytes, meta: S
     return stored
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The outcome of `VerdictStore.claim`."""
+
+    state: Literal["mine", "judged", "elsewhere", "taken"]
+    verdict: bytes | None = None  # judged: the stored verdict
+    holder: str = ""  # elsewhere: the replica judging it
+    until: float = 0.0  # elsewhere: when its claim lapses (unix seconds)
+
+
+def _claim(conn: Conn, row: tuple[str, str, float, str, float], now: float) -> Claim:
+    if conn.execute(_CLAIM, (*row, now)).rowcount == 1:
+        return Claim("mine")
+    found = conn.execute(_CLAIMED, (row[0],)).fetchone()
+    if found is None:  # pruned between the two statements: nobody holds it
+        return Claim("elsewhere", until=now)
+    edge_id, verdict, origin, holder, until = found
+    if edge_id != row[1]:
+        return Claim("taken")
+    if verdict is not None and origin not in ("timeout", "backend_error"):
+        return Claim("judged", bytes(verdict))
+    return Claim("elsewhere", holder=str(holder or ""), until=float(until or now))
+
+
 def _prune(conn: Conn, before: float) -> int:
     with conn.transaction():
         old = "SELECT sample_id FROM verdicts WHERE decided_at < ?"
         conn.execute(f"DELETE FROM thumbnails WHERE sample_id IN ({old})", (before,))
         conn.execute(f"DELETE FROM verdict_labels WHERE sample_id IN ({old})", (before,))
         gone = conn.execute("DELETE FROM verdicts WHERE decided_at < ?", (before,)).rowcount
+        # Received but never judged (a claim whose replica died and whose edge gave up): as old, as gone.
+        conn.execute("DELETE FROM verdicts WHERE verdict IS NULL AND received_at < ?", (before,))
         conn.execute("DELETE FROM edge_snapshots WHERE taken_at < ?", (before,))
     return gone

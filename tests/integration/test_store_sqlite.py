@@ -69,7 +69,7 @@ async def test_database_is_in_wal_mode_with_the_schema_versioned(tmp_path):
 
     with sqlite3.connect(tmp_path / "verdicts.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 async def test_prune_forgets_old_verdicts_only(store):
