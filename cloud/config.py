@@ -85,6 +85,19 @@ class ServerConfig(_Section):
         description="Samples of one Session being judged at once; beyond, reading that edge's stream waits.",
     )
     hello_timeout_s: float = Field(10.0, gt=0, le=600, description="Time an edge has to say Hello after connecting.")
+    max_connection_age_s: float | None = Field(
+        None,
+        gt=0,
+        le=30 * 86400,
+        description="Replicas: close each edge connection after this long (GOAWAY) so long Session streams "
+        "spread over replicas added since; unset: never. The edge reconnects and resends what is in flight.",
+    )
+    max_connection_age_grace_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="After max_connection_age_s, the time a Session stream still has to finish before it is cut.",
+    )
     shutdown_grace_s: float = Field(
         10.0, ge=0, le=600, description="Shutdown: time to finish judging and delivering what was accepted."
     )

@@ -32,7 +32,17 @@ class GrpcUplinkConfig(_Section):
     """The cloud over one gRPC Session stream."""
 
     kind: Literal["grpc"] = "grpc"
-    target: str = Field("localhost:50051", min_length=3, description="host:port of the cloud's gRPC service.")
+    target: str = Field(
+        "localhost:50051",
+        min_length=3,
+        description="host:port of the cloud's gRPC service; dns:///host:port uses every address the name has "
+        "(a headless Service: one per replica), ipv4:a:port,b:port a fixed list.",
+    )
+    load_balancing: Literal["pick_first", "round_robin"] = Field(
+        "pick_first",
+        description="Among the target's addresses: pick_first keeps to the first that answers (the next on "
+        "failure); round_robin spreads new streams over them (edges spread over replicas).",
+    )
     keepalive_time_ms: int = Field(20_000, ge=1_000, le=600_000, description="Ping the cloud after this idle time.")
     keepalive_timeout_ms: int = Field(10_000, ge=500, le=120_000, description="Drop the link if a ping is unanswered.")
     max_send_message_bytes: int = Field(8 << 20, ge=64 << 10, le=256 << 20, description="Largest message sent.")
@@ -52,6 +62,9 @@ class GrpcUplinkConfig(_Section):
     @field_validator("target")
     @classmethod
     def _host_port(cls, value: str) -> str:
+        for scheme in ("dns:///", "ipv4:", "ipv6:"):  # gRPC's own resolvers
+            if value.startswith(scheme) and len(value) > len(scheme) + 2:
+                return value
         if "://" in value:
             raise ValueError(
                 f"{value!r} has a scheme; give host:port (e.g. cloud.example:50051), and for TLS set uplink.tls"

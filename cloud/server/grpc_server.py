@@ -54,6 +54,14 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
         ("grpc.http2.min_recv_ping_interval_without_data_ms", config.min_client_ping_interval_ms),
         ("grpc.http2.min_ping_interval_without_data_ms", config.min_client_ping_interval_ms),
         ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+        *(
+            []
+            if config.max_connection_age_s is None
+            else [
+                ("grpc.max_connection_age_ms", round(config.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", round(config.max_connection_age_grace_s * 1000)),
+            ]
+        ),
     ]
 
 

@@ -43,6 +43,7 @@ STOP_WAIT_S = 5.0  # stop(): the most the session task, then the channel, may ta
 def channel_options(config: GrpcUplinkConfig) -> list[tuple[str, object]]:
     """Keepalive, message sizes, reconnect backoff and unary retries, all from config."""
     retry = {
+        "loadBalancingConfig": [{config.load_balancing: {}}],
         "methodConfig": [
             {
                 "name": [{"service": "edgeglm.v1.EdgeGLM", "method": "GetPolicy"}],

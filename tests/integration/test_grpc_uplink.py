@@ -8,6 +8,8 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+import pytest
+from pydantic import ValidationError
 
 from edge.config import GrpcUplinkConfig
 from edge.metrics import EdgeMetrics
@@ -177,3 +179,44 @@ async def test_an_expired_edge_certificate_is_named_as_such_and_the_edge_keeps_t
             await uplink.stop()
     assert "pki issue-edge" in uplink.last_error
     assert heard.policies == 0
+
+
+async def test_an_aged_connection_is_closed_and_round_robin_spreads_the_new_streams_over_replicas(
+    tmp_path: Path, clip: Path
+) -> None:
+    """Two replicas close each connection after a second (GOAWAY, a short grace); an edge given both
+    addresses with round_robin reopens its Session on each in turn, so a replica added later gets edges."""
+    aged = {"max_connection_age_s": 1.0, "max_connection_age_grace_s": 0.2}
+    async with (
+        running(make_config(tmp_path / "a", clip, server=aged)) as a,
+        running(make_config(tmp_path / "b", clip, server=aged)) as b,
+    ):
+        config = GrpcUplinkConfig(
+            target=f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}", load_balancing="round_robin", heartbeat_interval_s=0.5
+        )
+        heard, metrics = Heard("gw-roaming"), EdgeMetrics()
+        seen: dict[str, int] = {"a": 0, "b": 0}
+
+        def count_open() -> bool:
+            for name, service in (("a", a), ("b", b)):
+                seen[name] += counter(service, "edgeglm_cloud_sessions_open") > 0
+            return heard.sessions >= 4 and min(seen.values()) >= 1
+
+        uplink = GrpcUplink(config, heard.handlers(), metrics)
+        await uplink.start()
+        try:
+            await wait_until(count_open, lambda: f"sessions on both replicas: {heard.sessions} opened, {seen}", 30)
+        finally:
+            await uplink.stop()
+    assert heard.sessions >= 4, "each connection was closed at its age and a new stream opened"
+    assert seen["a"] >= 1 and seen["b"] >= 1, "the streams went to both replicas"
+
+
+def test_the_target_may_name_grpcs_own_resolvers_but_not_a_url() -> None:
+    for target in (
+        "dns:///edgeglm-cloud-headless.edgeglm.svc.cluster.local:50051",
+        "ipv4:10.0.0.1:50051,10.0.0.2:50051",
+    ):
+        assert GrpcUplinkConfig(target=target).target == target
+    with pytest.raises(ValidationError, match="has a scheme"):
+        GrpcUplinkConfig(target="https://cloud.example:50051")
