@@ -199,7 +199,8 @@ def _effective(pod: dict[str, Any], each: dict[str, Any], key: str) -> Any:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_container_has_resources_probes_and_runs_unprivileged_as_non_root(variant: str) -> None:
     workloads = [o for o in render(variant) if o["kind"] in WORKLOAD_KINDS]
-    assert len(workloads) == 3
+    names = {"edgeglm-edge", "edgeglm-cloud", "mosquitto"} | ({"edgeglm-postgres"} if "fleet" in variant else set())
+    assert {w["metadata"]["name"] for w in workloads} == names and len(workloads) == len(names)
     for workload in workloads:
         spec = pod_spec(workload)
         kinds = [("container", c) for c in spec["containers"]] + [("init", c) for c in spec.get("initContainers", [])]
@@ -272,6 +273,13 @@ def test_cloud_configmap_passes_cloud_check_config(variant: str, tmp_path: Path)
         stand_in.mkdir(parents=True)
         assert text.count(f"model_path: {model_path}") == 1
         text = text.replace(f"model_path: {model_path}", f"model_path: {stand_in}")
+    dsn_file = yaml.safe_load(text)["store"].get("dsn_file")
+    if dsn_file is not None:  # the Secret edgeglm-pg-dsn in the pod (test_k3s_consistency checks the mount)
+        stand_in = tmp_path / "volumes" / dsn_file.lstrip("/")
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_text("postgresql://edgeglm:password@edgeglm-postgres.edgeglm.svc.cluster.local:5432/edgeglm\n")
+        assert text.count(f"dsn_file: {dsn_file}") == 1
+        text = text.replace(f"dsn_file: {dsn_file}", f"dsn_file: {stand_in}")
     env = pod_environment(container(cloud, "cloud"), *NODE)
     output = _check_config("edgeglm-cloud", name, text, env, tmp_path)
     assert f"(backend {kind}, gRPC port 50051," in output

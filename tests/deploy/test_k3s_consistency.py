@@ -201,6 +201,12 @@ def test_files_the_configs_name_are_in_the_image_or_on_a_volume(variant: str) ->
             container(cloud, "cloud")[p]["grpc"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")
         ]
         assert probes == [health] * 3, f"{variant}: the probes speak no TLS: they use the health-only port"
+    if cloud_config["store"].get("kind") == "postgres":  # the fleet's replicas share one database
+        assert _secret_file(cloud, cloud_config["store"]["dsn_file"]) == "edgeglm-pg-dsn", variant
+        database = find(render(variant), "Service", "edgeglm-postgres")
+        host = f"{database['metadata']['name']}.{database['metadata']['namespace']}.svc.cluster.local"
+        readme = (ROOT / "deploy" / "k3s" / "README.md").read_text()
+        assert f"@{host}:{database['spec']['ports'][0]['port']}/" in readme, "the README's DSN names the Service"
     mqtt_tls = cloud_config["mqtt"]["tls"]  # the broker has only a TLS listener
     for name in ("ca_file", "cert_file", "key_file"):
         assert _secret_file(cloud, mqtt_tls[name]) == "edgeglm-mqtt-tls", f"{variant}: mqtt.tls.{name}"

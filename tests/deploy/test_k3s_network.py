@@ -110,6 +110,7 @@ def _cast(objects: tuple[dict[str, Any], ...]) -> dict[str, Pod]:
         "prometheus": Pod("monitoring", {"app.kubernetes.io/name": "prometheus"}, POD_NETWORK.format(4, 10)),
         "other-app": Pod("default", {"app": "shop"}, POD_NETWORK.format(5, 10)),
         "vllm": Pod("edgeglm", {"app.kubernetes.io/name": "vllm"}, POD_NETWORK.format(6, 10)),
+        "postgres": Pod("edgeglm", {"app.kubernetes.io/name": "edgeglm-postgres"}, POD_NETWORK.format(7, 10)),
         "camera": Pod("", {}, "192.168.10.20"),
         "internet": Pod("", {}, "203.0.113.7"),
     }
@@ -169,3 +170,13 @@ def _name(objects: tuple[dict[str, Any], ...], prefix: str) -> str:
     names = [o["metadata"]["name"] for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].startswith(prefix)]
     assert len(names) == 1, names
     return str(names[0])
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v.startswith("fleet")])
+def test_only_the_cloud_reaches_the_fleets_database(variant: str) -> None:
+    objects = render(variant)
+    pod = _cast(objects)
+    find(objects, "StatefulSet", "edgeglm-postgres")
+    assert allowed(objects, pod["cloud"], pod["postgres"], 5432)
+    for stranger in ("edge", "broker", "other-app", "prometheus", "vllm"):
+        assert not allowed(objects, pod[stranger], pod["postgres"], 5432), stranger
