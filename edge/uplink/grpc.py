@@ -55,7 +55,7 @@ def channel_options(config: GrpcUplinkConfig) -> list[tuple[str, object]]:
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
     }
     return [
         ("grpc.keepalive_time_ms", config.keepalive_time_ms),
