@@ -23,6 +23,7 @@ from cloud.policy.loop_config import ClosedLoopConfig
 from cloud.policy.settings import PolicyOverride, PolicySettings
 from common.config import ConfigError, FileSettings, load_settings
 from common.tls import ServerTlsConfig
+from common.tracing import TracingConfig
 
 __all__ = ["CloudConfig", "ConfigError", "load_config", "resolve_paths"]
 MIB = 1 << 20
@@ -259,6 +260,9 @@ class CloudConfig(FileSettings):
     )
     mqtt: MqttBridgeConfig = Field(
         default_factory=MqttBridgeConfig, description="MQTT bridge: samples from edges that speak MQTT."
+    )
+    tracing: TracingConfig = Field(
+        default_factory=TracingConfig, description="OpenTelemetry traces of samples (common/tracing.py); off."
     )
 
     @field_validator("known_edges")

@@ -33,6 +33,7 @@ from cloud.store import VerdictStore
 from cloud.store.pairs import PairStore
 from cloud.store.pg import postgres_database
 from cloud.store.retention import StoreRetention
+from common.tracing import Tracing, setup_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +65,16 @@ class CloudService:
     """One cloud service instance; `start`, then `stop` (once)."""
 
     def __init__(
-        self, config: CloudConfig, metrics: CloudMetrics | None = None, backend: Backend | None = None
+        self,
+        config: CloudConfig,
+        metrics: CloudMetrics | None = None,
+        backend: Backend | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
-        """Build the parts from config (nothing starts yet); `backend` replaces the configured one (tests)."""
+        """Build the parts from config (nothing starts yet); `backend` and `tracing` replace the configured
+        ones (tests)."""
         self.config = config
+        self.tracing = tracing or setup_tracing(config.tracing, "edgeglm-cloud")
         self.metrics = metrics or CloudMetrics()
         self.backend = backend or build_backend(config.backend, self.metrics)
         self.store = _verdict_store(config.store)
@@ -128,7 +135,9 @@ class CloudService:
             self.store, config.store.retention_s, failures=self.metrics.task_failures.labels("store-retention")
         )
         self._retention.start()
-        self.ingest = IngestCore(self.store, self.batcher, self.backend, self.metrics, config.ingest)
+        self.ingest = IngestCore(
+            self.store, self.batcher, self.backend, self.metrics, config.ingest, tracing=self.tracing
+        )
         if config.policy.closed_loop.enabled:
             self.bands = self._band_controller(self.policy)
             await self.bands.start()
@@ -251,4 +260,5 @@ class CloudService:
         if self._retention is not None:
             await self._retention.stop()
         await self.store.close()
+        await asyncio.to_thread(self.tracing.shutdown)  # the spans still batched go out
         logger.info("cloud service stopped")

@@ -23,6 +23,7 @@ from common.detect import Detection, Detector
 from common.files import write_atomic
 from common.periodic import PeriodicTask
 from common.supervise import spawn
+from common.tracing import Tracing, setup_tracing
 from edge import convert
 from edge.config import EdgeConfig
 from edge.events import EventSink
@@ -56,9 +57,10 @@ SNAPSHOT_QUALITY = 80  # JPEG quality of event snapshots
 class EdgeAgent:
     """One gateway's agent. `run(stop)` until the stop event is set, then an ordered shutdown."""
 
-    def __init__(self, config: EdgeConfig, metrics: EdgeMetrics | None = None) -> None:
+    def __init__(self, config: EdgeConfig, metrics: EdgeMetrics | None = None, tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = metrics or EdgeMetrics()
+        self.tracing = tracing or setup_tracing(config.tracing, "edgeglm-edge")
         config.state_dir.mkdir(parents=True, exist_ok=True)
         keys = [config.policy.public_key] if config.policy.public_key else []
         trusted = [load_public_key(path) for path in [*keys, *config.policy.extra_public_keys]]
@@ -236,6 +238,7 @@ class EdgeAgent:
         self._write_summary()
         self.health.stop()
         self._infer_pool.shutdown(wait=True)
+        await asyncio.to_thread(self.tracing.shutdown)  # the spans still batched go out
         logger.info("agent stopped")
 
     def _write_summary(self) -> None:
@@ -452,6 +455,21 @@ class EdgeAgent:
             self._outbox_error = None
         self._outbox_samples += 1 - len(evicted)
         self.dispatcher.notify()
+        if self.tracing.enabled:
+            self.tracing.root(
+                sample.trace_id,
+                "edge.sample",
+                round(convert.seconds_of(sample.captured_at) * 1e9),
+                time.time_ns(),
+                {
+                    "edgeglm.sample_id": sample.sample_id,
+                    "edgeglm.edge_id": sample.edge_id,
+                    "edgeglm.camera_id": sample.camera_id,
+                    "edgeglm.track_id": sample.track_id,
+                    "edgeglm.mined_reason": ask.reason,
+                    "edgeglm.bytes": sample.ByteSize(),
+                },
+            )
         return True
 
     def _hello(self) -> session_pb2.Hello:
@@ -497,6 +515,15 @@ class EdgeAgent:
         self.metrics.cloud_round_trip.observe(answered.round_trip_s)
         self._round_trips_ms.append(round(answered.round_trip_s * 1000, 2))
         sample = answered.item.sample()
+        if self.tracing.enabled:
+            now_ns = time.time_ns()
+            self.tracing.span(
+                sample.trace_id,
+                "edge.round_trip",
+                now_ns - round(answered.round_trip_s * 1e9),
+                now_ns,
+                {"edgeglm.sample_id": sample.sample_id, "edgeglm.decision": summary.decision},
+            )
         captured_at = convert.seconds_of(sample.captured_at)
         latency_s = max(0.0, time.time() - captured_at)
         self.metrics.verdict_latency.observe(latency_s)

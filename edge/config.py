@@ -18,6 +18,7 @@ from pydantic_settings import SettingsConfigDict
 from common.config import ConfigError, FileSettings, load_settings
 from common.detect import DetectorConfig
 from common.tls import ClientTlsConfig
+from common.tracing import TracingConfig
 from edge.policy.settings import EdgePolicy
 from edge.sources import CameraConfig
 
@@ -266,6 +267,9 @@ class EdgeConfig(FileSettings):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Object tracking and questions.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health and metrics endpoint.")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline queues and shutdown.")
+    tracing: TracingConfig = Field(
+        default_factory=TracingConfig, description="OpenTelemetry traces of samples (common/tracing.py); off."
+    )
 
     @field_validator("cameras")
     @classmethod

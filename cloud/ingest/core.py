@@ -42,6 +42,7 @@ from cloud.ingest.config import IngestConfig
 from cloud.ingest.decode import decode_sample
 from cloud.metrics import CloudMetrics
 from cloud.store import SampleMeta, StoreError, VerdictStore
+from common.tracing import Tracing
 from protos import sample_pb2, session_pb2, verdict_pb2
 
 logger = logging.getLogger(__name__)
@@ -112,10 +113,12 @@ class IngestCore:
         metrics: CloudMetrics,
         config: IngestConfig | None = None,
         replica: str = "",
+        tracing: Tracing | None = None,
     ) -> None:
         """Judge with `batcher` (in front of `backend`), keep verdicts in `store`; `replica` names this service
         in the claims it takes on a shared store (default: host name, process id and a random part)."""
         self._replica = replica or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._tracing = tracing or Tracing()
         self._store = store
         self._batcher = batcher
         self._backend = backend
@@ -252,6 +255,7 @@ class IngestCore:
         self, pb: sample_pb2.Sample, pending: _Pending, timeout_s: float | None, keep_late: bool
     ) -> Admission:
         """Decode, enqueue and judge a sample nobody has judged."""
+        admitted_ns = time.time_ns()
         try:
             # Decoding and the dashboard's thumbnail both off the loop, a bounded number at once.
             async with self._decoding:
@@ -264,7 +268,7 @@ class IngestCore:
             deferral = self._defer(sample.sample_id, err)
             return Admission(deferral.ack(), None)
         task = asyncio.create_task(
-            self._judge(sample, meta, ticket, pending, keep_late), name=f"judge-{sample.sample_id}"
+            self._judge(sample, meta, ticket, pending, keep_late, admitted_ns), name=f"judge-{sample.sample_id}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -316,17 +320,25 @@ class IngestCore:
         return Deferral(sample_id, reason, after, f"sample {sample_id} not judged ({reason}): {err}; send it again")
 
     async def _judge(
-        self, sample: SampleInput, meta: SampleMeta, ticket: Ticket, pending: _Pending, keep_late: bool
+        self,
+        sample: SampleInput,
+        meta: SampleMeta,
+        ticket: Ticket,
+        pending: _Pending,
+        keep_late: bool,
+        admitted_ns: int,
     ) -> None:
         try:
-            pending.outcome.set_result(await self._outcome(sample, meta, ticket, keep_late))
+            pending.outcome.set_result(await self._outcome(sample, meta, ticket, keep_late, admitted_ns))
         except BaseException as err:
             _fail(pending, err)
             raise
         finally:
             self._pending.pop(sample.sample_id, None)
 
-    async def _outcome(self, sample: SampleInput, meta: SampleMeta, ticket: Ticket, keep_late: bool) -> Outcome:
+    async def _outcome(
+        self, sample: SampleInput, meta: SampleMeta, ticket: Ticket, keep_late: bool, admitted_ns: int
+    ) -> Outcome:
         backend = self._backend
         try:
             result, queue_ms, inference_ms = await self._batcher.result(ticket, keep_late)
@@ -343,11 +355,14 @@ class IngestCore:
             queue_ms=queue_ms,
             inference_ms=inference_ms,
         )
+        put_ns = time.time_ns()
         try:
             stored = await self._store.put(sample.sample_id, sample.edge_id, verdict.SerializeToString(), meta=meta)
         except StoreError as err:
             # Not durable, so not sent: a verdict the cloud could not answer a resend with again.
             return self._defer(sample.sample_id, err)
+        if self._tracing.enabled:
+            self._trace(sample, verdict, admitted_ns, put_ns, queue_ms, inference_ms)
         if not stored:  # another replica's verdict got there first: that one is the sample's verdict
             kept = await self._stored_verdict(sample.sample_id)
             if kept is not None:
@@ -355,6 +370,37 @@ class IngestCore:
         for observer in self._observers:
             observer(sample, verdict)
         return verdict
+
+    def _trace(
+        self,
+        sample: SampleInput,
+        verdict: verdict_pb2.Verdict,
+        admitted_ns: int,
+        put_ns: int,
+        queue_ms: float,
+        inference_ms: float,
+    ) -> None:
+        """The cloud's spans of a judged sample: judge, and under it queue, backend and store (common/tracing.py).
+
+        The batcher reports queue and inference milliseconds once the result is in; the backend's span
+        ends where the store write begins, and the queue's where the backend's begins.
+        """
+        done_ns = time.time_ns()
+        attributes = {
+            "edgeglm.sample_id": sample.sample_id,
+            "edgeglm.edge_id": sample.edge_id,
+            "edgeglm.camera_id": sample.camera_id,
+            "edgeglm.track_id": sample.track_id,
+            "edgeglm.mined_reason": sample.mined_reason,
+            "edgeglm.decision": decision_label(verdict),
+            "edgeglm.backend": self._backend.name,
+        }
+        judge = self._tracing.span(sample.trace_id, "cloud.judge", admitted_ns, done_ns, attributes)
+        backend_ns = max(admitted_ns, put_ns - round(inference_ms * 1e6))
+        queue_ns = max(admitted_ns, backend_ns - round(queue_ms * 1e6))
+        self._tracing.span(sample.trace_id, "cloud.queue", queue_ns, backend_ns, {}, parent=judge)
+        self._tracing.span(sample.trace_id, "cloud.backend", backend_ns, put_ns, {}, parent=judge)
+        self._tracing.span(sample.trace_id, "cloud.store", put_ns, done_ns, {}, parent=judge)
 
     async def drain(self, deadline: float) -> int:
         """Wait for the judgements under way until `deadline` (monotonic); returns how many were cut."""

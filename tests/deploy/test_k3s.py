@@ -200,6 +200,7 @@ def _effective(pod: dict[str, Any], each: dict[str, Any], key: str) -> Any:
 def test_every_container_has_resources_probes_and_runs_unprivileged_as_non_root(variant: str) -> None:
     workloads = [o for o in render(variant) if o["kind"] in WORKLOAD_KINDS]
     names = {"edgeglm-edge", "edgeglm-cloud", "mosquitto"} | ({"edgeglm-postgres"} if "fleet" in variant else set())
+    names |= {"otel-collector"} if "otel" in variant else set()
     assert {w["metadata"]["name"] for w in workloads} == names and len(workloads) == len(names)
     for workload in workloads:
         spec = pod_spec(workload)

@@ -180,3 +180,19 @@ def test_only_the_cloud_reaches_the_fleets_database(variant: str) -> None:
     assert allowed(objects, pod["cloud"], pod["postgres"], 5432)
     for stranger in ("edge", "broker", "other-app", "prometheus", "vllm"):
         assert not allowed(objects, pod[stranger], pod["postgres"], 5432), stranger
+
+
+def test_the_edges_and_the_cloud_send_traces_to_the_collector_and_nobody_else_does() -> None:
+    objects = render("fleet+otel-collector")
+    pod = _cast(objects)
+    collector = _pod_of(objects, "Deployment", "otel-collector", POD_NETWORK.format(8, 10))
+    assert allowed(objects, pod["edge"], collector, 4317) and allowed(objects, pod["cloud"], collector, 4317)
+    for stranger in ("broker", "other-app", "prometheus", "vllm"):
+        assert not allowed(objects, pod[stranger], collector, 4317), stranger
+    service = find(objects, "Service", "otel-collector")
+    endpoint = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:4317"
+    for kind, name, program in (("Deployment", "edgeglm-cloud", "CLOUD"), ("DaemonSet", "edgeglm-edge", "EDGE")):
+        containers = find(objects, kind, name)["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in containers[0]["env"]}
+        assert env[f"EDGEGLM_{program}_TRACING__ENABLED"] == "true"
+        assert env[f"EDGEGLM_{program}_TRACING__ENDPOINT"] == endpoint

@@ -29,6 +29,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "fleet": ("fleet", ()),
     "fleet+openai+queue-depth": ("fleet", ("openai-backend", "hpa-queue-depth")),
     "fleet+servicemonitor": ("fleet", ("servicemonitor",)),
+    "fleet+otel-collector": ("fleet", ("otel-collector",)),
 }
 # Kinds that are CRDs: kubernetes-validate has no schema for them (checked by hand in the tests).
 CRD_KINDS = {"ServiceMonitor", "PodMonitor"}
