@@ -42,7 +42,8 @@ class GrpcUplinkConfig(_Section):
     load_balancing: Literal["pick_first", "round_robin"] = Field(
         "pick_first",
         description="Among the target's addresses: pick_first keeps to the first that answers (the next on "
-        "failure); round_robin spreads new streams over them (edges spread over replicas).",
+        "failure); round_robin starts at a random one and takes the next for each new stream (edges spread "
+        "over replicas).",
     )
     keepalive_time_ms: int = Field(20_000, ge=1_000, le=600_000, description="Ping the cloud after this idle time.")
     keepalive_timeout_ms: int = Field(10_000, ge=500, le=120_000, description="Drop the link if a ping is unanswered.")
