@@ -112,8 +112,8 @@ class StoreConfig(_Section):
     )
     path: Path = Field(
         Path("/var/lib/edgeglm-cloud/verdicts.sqlite"),
-        description="SQLite file of verdicts; the policy version state sits next to it (policy-state.json), "
-        "on postgres too.",
+        description="SQLite file of verdicts; the policy version state sits next to it (policy-state.json); "
+        "on postgres both live in the database (this folder is then unused).",
     )
     dsn_file: Path | None = Field(
         None,

@@ -26,12 +26,13 @@ from cloud.ingest import IngestCore
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine, PolicySigner
 from cloud.policy.loop import BandController
+from cloud.policy.shared import PgPolicyState
 from cloud.policy.signing import write_key_files
 from cloud.server import EdgeGLMServicer, FleetStatus, Health, SessionDeps, build_health_server, build_server
 from cloud.server.identity import IdentityCheck, revocation_list
 from cloud.store import VerdictStore
 from cloud.store.pairs import PairStore
-from cloud.store.pg import postgres_database
+from cloud.store.pg import describe, postgres_database, read_dsn
 from cloud.store.retention import StoreRetention
 from common.tracing import Tracing, setup_tracing
 
@@ -52,6 +53,14 @@ def load_signer(config: CloudConfig) -> PolicySigner:
         write_key_files(path, path.with_suffix(".pub"))
         logger.warning("created policy signing key %s; install %s on the edges", path, path.with_suffix(".pub"))
     return PolicySigner.from_file(path)
+
+
+def _shared_policy(config: StoreConfig) -> PgPolicyState | None:
+    """Replicas on one PostgreSQL store share the policy state too; a SQLite store keeps it in a file."""
+    if config.kind != "postgres":
+        return None
+    dsn = read_dsn(config.dsn_file_required)
+    return PgPolicyState(dsn, describe(dsn))
 
 
 def _verdict_store(config: StoreConfig) -> VerdictStore:
@@ -121,6 +130,7 @@ class CloudService:
             sites=config.policy.sites,
             edges=config.policy.edges,
             lifetime_s=config.policy.lifetime_s,
+            shared=_shared_policy(config.store),
         )
         logger.info("policy v%d in force, signed by key %s", self.policy.version, signer.key_id)
         await PolicyRecorder(self.policy, self.store).start()  # the policy history of the admin API
@@ -192,6 +202,7 @@ class CloudService:
             )
             await self._bridge.start()
             logger.info("MQTT bridge to %s:%d", config.mqtt.host, config.mqtt.port)
+        await asyncio.to_thread(self.policy.follow_from, asyncio.get_running_loop())  # other replicas' changes
         await self.health.serving()
         logger.info(
             "serving: backend %s (model %s %s), gRPC port %d, admin port %s",
@@ -259,6 +270,8 @@ class CloudService:
             await self._snapshotter.stop()
         if self._retention is not None:
             await self._retention.stop()
+        if self.policy is not None:
+            await asyncio.to_thread(self.policy.close)
         await self.store.close()
         await asyncio.to_thread(self.tracing.shutdown)  # the spans still batched go out
         logger.info("cloud service stopped")

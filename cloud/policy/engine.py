@@ -11,6 +11,11 @@ written before a version is published: a restart never reissues a version, and a
 settings did not change across a restart keeps its version (edges are not sent the same policy
 again). The settings themselves come from cloud.yaml at start; changes made through the admin API
 last until the next restart (write them into cloud.yaml to keep them).
+
+Replicas on one PostgreSQL store share it instead (`shared`, cloud/policy/shared.py): the counter and
+every layer's settings are rows there, a change on any replica is pushed by every replica to its own
+edges (`follow`), and a layer keeps what the admin API made of it across restarts as long as its
+part of cloud.yaml did not change (a changed cloud.yaml layer wins, under a new version).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from cloud.policy.settings import (
     parse_override,
     parse_settings,
 )
+from cloud.policy.shared import PgPolicyState, StoredLayer
 from cloud.policy.signing import PolicySigner
 from common.files import write_atomic
 from protos import policy_pb2
@@ -108,6 +114,15 @@ def _key(scope: ScopeName, scope_id: str) -> str:
     return "fleet" if scope == "fleet" else f"{scope}:{scope_id}"
 
 
+def _scope_of(key: str) -> tuple[ScopeName, str]:
+    """The scope and scope id a layer key names (the inverse of `_key`)."""
+    if key.startswith("site:"):
+        return "site", key.removeprefix("site:")
+    if key.startswith("edge:"):
+        return "edge", key.removeprefix("edge:")
+    return "fleet", ""
+
+
 class PolicyEngine:
     """Holds the layers, versions and signs them, and tells listeners about every change."""
 
@@ -121,6 +136,7 @@ class PolicyEngine:
         edges: Mapping[str, PolicyOverride] | None = None,
         lifetime_s: float = DEFAULT_LIFETIME_S,
         clock: Callable[[], float] = time.time,
+        shared: PgPolicyState | None = None,
     ) -> None:
         """Load the version state from `state_path` (created if missing) and version the given layers.
 
@@ -135,13 +151,20 @@ class PolicyEngine:
         self._listeners: list[PolicyListener] = []
         self._lock = asyncio.Lock()
         self._cache: dict[tuple[str, str], tuple[float, policy_pb2.SignedPolicy]] = {}  # (refresh at, signed)
-        self._last_version, persisted = self._read_state()
+        self._shared = shared
+        self._config_digests: dict[str, str] = {}  # layer -> digest of what cloud.yaml gave it (shared state)
+        self._loop: asyncio.AbstractEventLoop | None = None
         wanted: dict[str, PolicySettings | None] = {"fleet": fleet or PolicySettings()}
         wanted |= {_key("site", s): o for s, o in (sites or {}).items()}
         wanted |= {_key("edge", e): o for e, o in (edges or {}).items()}
+        self._layers: dict[str, _Layer] = {}
+        if shared is not None:
+            self._last_version = 0
+            self._reconcile(shared, wanted)
+            return
+        self._last_version, persisted = self._read_state()
         for key in persisted:
             wanted.setdefault(key, None)  # an override gone from the config since the last run: a tombstone
-        self._layers: dict[str, _Layer] = {}
         for key, settings in wanted.items():
             old = persisted.get(key)
             digest = _digest(settings)
@@ -338,10 +361,16 @@ class PolicyEngine:
             raise PolicyValidationError(
                 f"{scope} policy", [("version", f"the last version is {self._last_version}; no edge accepts more")]
             )
-        self._last_version += 1
-        self._layers[key] = _Layer(settings, self._last_version, time.time(), _digest(settings))
+        if self._shared is not None:
+            layer = _Layer(settings, 0, time.time(), _digest(settings))
+            version = await asyncio.to_thread(self._publish_shared, key, layer, self._config_digests.get(key, ""))
+            self._layers[key] = dataclasses.replace(layer, version=version)
+            self._last_version = max(self._last_version, version)
+        else:
+            self._last_version += 1
+            self._layers[key] = _Layer(settings, self._last_version, time.time(), _digest(settings))
+            await asyncio.to_thread(self._write_state)
         self._cache.clear()
-        await asyncio.to_thread(self._write_state)
         self._metrics.policies_published.labels(scope).inc()
         change = PolicyChange(scope, scope_id, self._last_version)
         logger.info("policy v%d published for %s%s", change.version, scope, f" {scope_id}" if scope_id else "")
@@ -351,6 +380,90 @@ class PolicyEngine:
             except Exception:
                 logger.exception("policy listener failed on v%d", change.version)
         return change.version
+
+    def _publish_shared(self, key: str, layer: _Layer, config_digest: str) -> int:
+        """Store `layer` under the shared counter's next version (blocking)."""
+        assert self._shared is not None
+        stored = StoredLayer(self._written(layer), 0, layer.issued_at, layer.digest, config_digest)
+        return self._shared.publish(key, stored, self._last_version)
+
+    def _reconcile(self, shared: PgPolicyState, wanted: dict[str, PolicySettings | None]) -> None:
+        """Take the shared layers, publishing those cloud.yaml changed since they took it (blocking)."""
+        self._last_version, stored = shared.load()
+        for key, settings in wanted.items():
+            digest = _digest(settings)
+            self._config_digests[key] = digest
+            found = stored.get(key)
+            if found is not None and found.config_digest == digest:
+                self._layers[key] = self._from_stored(key, found)
+                continue
+            layer = _Layer(settings, 0, time.time(), digest)
+            version = self._publish_shared(key, layer, digest)
+            self._layers[key] = dataclasses.replace(layer, version=version)
+            self._last_version = max(self._last_version, version)
+        for key, found in stored.items():
+            if key in wanted:
+                continue
+            self._config_digests[key] = found.config_digest
+            if found.config_digest not in ("", "removed") and found.settings is not None:
+                # cloud.yaml had this override and no longer has it: removed, under a new version
+                self._config_digests[key] = "removed"
+                layer = _Layer(None, 0, time.time(), "removed")
+                version = self._publish_shared(key, layer, "removed")
+                self._layers[key] = dataclasses.replace(layer, version=version)
+                self._last_version = max(self._last_version, version)
+            else:
+                self._layers[key] = self._from_stored(key, found)
+
+    def _from_stored(self, key: str, found: StoredLayer) -> _Layer:
+        where = "fleet policy" if key == "fleet" else f"{key.replace(':', ' ')} override"
+        settings: PolicySettings | None = None
+        if found.settings is not None and key == "fleet":
+            settings = parse_settings(found.settings, where)
+        elif found.settings is not None:
+            settings = parse_override(found.settings, where)
+        return _Layer(settings, found.version, found.issued_at, found.digest)
+
+    def follow_from(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Shared state: take every other replica's changes and push them, on `loop`, to this one's edges
+        (from now on; blocking until the listener is in place)."""
+        if self._shared is None:
+            return
+        self._loop = loop
+
+        def changed(_version: int) -> None:
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._catch_up(), name="policy-catch-up"))
+
+        self._shared.listen(changed)
+
+    async def _catch_up(self) -> None:
+        """Apply the shared layers newer than ours and tell the listeners (the edges get them)."""
+        assert self._shared is not None
+        last, stored = await asyncio.to_thread(self._shared.load)
+        changes = []
+        async with self._lock:
+            for key, found in stored.items():
+                local = self._layers.get(key)
+                if local is not None and found.version <= local.version:
+                    continue
+                self._layers[key] = self._from_stored(key, found)
+                self._config_digests[key] = found.config_digest
+                changes.append(PolicyChange(*_scope_of(key), found.version))
+            self._last_version = max(self._last_version, last)
+            if changes:
+                self._cache.clear()
+        for change in sorted(changes, key=lambda c: c.version):
+            logger.info("policy v%d from another replica for %s %s", change.version, change.scope, change.scope_id)
+            for listener in list(self._listeners):
+                try:
+                    await listener(change)
+                except Exception:
+                    logger.exception("policy listener failed on v%d", change.version)
+
+    def close(self) -> None:
+        """Stop following the shared state (blocking: the listener's thread ends)."""
+        if self._shared is not None:
+            self._shared.close()
 
     def _read_state(self) -> tuple[int, dict[str, _Layer]]:
         try:
