@@ -52,7 +52,8 @@ def light_cloud_yaml(
             "max_queue_size": cloud.max_queue_size,
             "default_timeout_ms": cloud.inference_timeout_ms,
         },
-        "store": {"path": str(out / "cloud" / "verdicts.sqlite")},
+        "store": {"path": str(out / "cloud" / "verdicts.sqlite")}
+        | ({} if cloud.store_dsn_file is None else {"kind": "postgres", "dsn_file": str(cloud.store_dsn_file)}),
         "policy": {"signing_key": str(out / "keys" / "policy-signing.key"), "create_signing_key": True},
         "known_edges": [],
         "admin": {"enabled": True, "host": "127.0.0.1", "port": admin_port},

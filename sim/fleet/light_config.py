@@ -142,6 +142,9 @@ class LightCloudConfig(BaseModel):
     inference_timeout_ms: float = Field(
         default=120_000.0, gt=0, le=3_600_000, description="Batcher deadline per request (queue plus inference)."
     )
+    store_dsn_file: Path | None = Field(
+        default=None, description="The cloud's store on PostgreSQL: a file with its DSN; unset: a SQLite file."
+    )
     start_timeout_s: float = Field(default=120.0, gt=0, le=1_800, description="Time the cloud has to become healthy.")
 
 
