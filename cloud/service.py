@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -25,6 +26,7 @@ from cloud.config import CloudConfig, StoreConfig
 from cloud.ingest import IngestCore
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine, PolicySigner
+from cloud.policy.lease import AdvisoryLease
 from cloud.policy.loop import BandController
 from cloud.policy.shared import PgPolicyState
 from cloud.policy.signing import write_key_files
@@ -104,10 +106,18 @@ class CloudService:
         self._snapshotter: EdgeSnapshotter | None = None
         self._retention: StoreRetention | None = None
         self.bands: BandController | None = None  # the closed loop, when policy.closed_loop.enabled
+        self._lease: AdvisoryLease | None = None  # replicas on one database: which one runs the closed loop
         self.failed = asyncio.Event()  # set when a part it cannot work without died; the process must exit
         self.failure = ""
         self._health_task: asyncio.Task[None] | None = None
         self.batcher.on_failure = self._part_failed
+
+    @property
+    def leads_loop(self) -> bool:
+        """Whether this replica runs the closed loop: always on a SQLite store, the lease holder's on PostgreSQL."""
+        if self.bands is None:
+            return False
+        return self._lease is None or self._lease.held
 
     async def start(self) -> None:
         """Open everything, load the model, listen; SERVING once ready. A failure closes what was opened."""
@@ -226,12 +236,21 @@ class CloudService:
         store = self.config.store
         database = None if store.kind == "sqlite" else postgres_database(store.dsn_file_required, "pair store", 2)
         pairs = PairStore(store.path, loop.window_pairs, loop.history_per_key, database=database)
+        leader: Callable[[], bool] | None = None
+        if store.kind == "postgres":  # replicas: the one holding the lease runs the loop over all their pairs
+            dsn = read_dsn(store.dsn_file_required)
+            lease = AdvisoryLease(dsn, describe(dsn))
+            lease.start()
+            self._lease = lease
+
+            def leader() -> bool:
+                return lease.held
 
         def site_of(edge_id: str) -> str:
             record = self.fleet.get(edge_id)
             return record.site_id if record is not None else ""
 
-        return BandController(loop, policy, pairs, self.metrics.registry, site_of=site_of)
+        return BandController(loop, policy, pairs, self.metrics.registry, site_of=site_of, leader=leader)
 
     async def stop(self) -> None:
         """The ordered shutdown, bounded by server.shutdown_grace_s (again is a no-op)."""
@@ -264,6 +283,8 @@ class CloudService:
                 )
         if self.bands is not None:
             await self.bands.close()  # after the last verdicts: their pairs are written
+        if self._lease is not None:
+            await asyncio.to_thread(self._lease.close)
         if self._admin is not None:
             await self._admin.stop()
         if self._snapshotter is not None:

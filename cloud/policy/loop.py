@@ -102,9 +102,19 @@ class BandController:
         *,
         site_of: Callable[[str], str] | None = None,
         clock: Callable[[], float] = time.time,
+        leader: Callable[[], bool] | None = None,
     ) -> None:
-        """Feed from `engine`'s verdicts, persist in `store`; `site_of` names an edge's site (its policy's layer)."""
+        """Feed from `engine`'s verdicts, persist in `store`; `site_of` names an edge's site (its policy's layer).
+
+        `leader` (replicas on one store): whether this replica runs the loop now. Given, the band
+        windows are fed from the store, every replica's pairs as they are written, and only the leader
+        evaluates and publishes; the others write their pairs and wait. The per-camera rules (motion,
+        audit, re-ask) still learn from the verdicts of the replica that leads.
+        """
         self._config = config
+        self._leader = leader
+        self._pulled_id = 0  # shared store: the last pair row taken into the windows
+        self._pulled_new: dict[str, int] = {}  # shared store: pairs pulled per edge since its last evaluation
         self._engine = engine
         self._store = store
         self._metrics = BandMetrics(registry)
@@ -136,9 +146,12 @@ class BandController:
         """Load the window and the band history from SQLite, publish the last bands again, start evaluating."""
         await self._store.open()
         now = self._clock()
-        for row in await self._store.load_pairs(now - self._config.window_age_s):
-            pair = ScorePair(row.score, row.confirmed, row.weight, row.audit, row.observed_at)
-            self._window((row.edge_id, row.label)).append(pair)
+        if self._leader is not None:
+            await self._pull()
+        else:
+            for row in await self._store.load_pairs(now - self._config.window_age_s):
+                pair = ScorePair(row.score, row.confirmed, row.weight, row.audit, row.observed_at)
+                self._window((row.edge_id, row.label)).append(pair)
         moves = await self._store.load_moves()
         for move in moves:
             key = (move.edge_id, move.label)
@@ -300,7 +313,9 @@ class BandController:
         for detection, confirmed in zip(
             detections, edge_decisions(sample, verdict, self._config.match_iou), strict=True
         ):
-            self._window((edge_id, detection.label)).append(ScorePair(detection.score, confirmed, weight, audit, now))
+            pair = ScorePair(detection.score, confirmed, weight, audit, now)
+            if self._leader is None:  # shared: the pair reaches the windows from the store (`_pull`)
+                self._window((edge_id, detection.label)).append(pair)
             band = mining.band_for(detection.label)
             if audited is not None and not band.low <= detection.score <= band.high:
                 # A decision the edge made alone: a local event above the band, dropped below it.
@@ -314,7 +329,8 @@ class BandController:
         self._new_pairs[edge_id] = count
         if count >= self._config.evaluate_every_pairs:
             self._new_pairs[edge_id] = 0
-            self._due.add(edge_id)
+            if self._leader is None:  # shared: `_pull` counts the pairs (every replica's) and marks the edge
+                self._due.add(edge_id)
             self._wake.set()
         if audited is not None:
             self._rule_evidence(edge_id, self._config.audit_min_samples)
@@ -366,6 +382,12 @@ class BandController:
             self._wake.clear()
             with contextlib.suppress(StoreError):  # logged and counted; the pairs stay in memory
                 await self._flush()
+            if self._leader is not None:
+                if not self._leader():
+                    self._due.clear()  # another replica leads: it evaluates, from every replica's pairs
+                    continue
+                with contextlib.suppress(StoreError):
+                    await self._pull()
             due, self._due = self._due, set()
             for edge_id in sorted(due):
                 try:
@@ -385,6 +407,29 @@ class BandController:
             raise
         for _ in range(min(len(rows), len(self._unsaved))):  # those observed meanwhile stay queued
             self._unsaved.popleft()
+
+    async def _pull(self) -> None:
+        """Shared store: take the pairs every replica wrote since the last pull into the windows."""
+        since = self._clock() - self._config.window_age_s
+        try:
+            rows = await self._store.load_pairs_after(self._pulled_id, since)
+        except StoreError:
+            self._metrics.errors.labels("pull").inc()
+            logger.exception("closed loop: the pairs of the other replicas could not be read")
+            raise
+        counts: dict[str, int] = {}
+        for row_id, row in rows:
+            self._pulled_id = max(self._pulled_id, row_id)
+            self._window((row.edge_id, row.label)).append(
+                ScorePair(row.score, row.confirmed, row.weight, row.audit, row.observed_at)
+            )
+            counts[row.edge_id] = counts.get(row.edge_id, 0) + 1
+        for edge_id, count in counts.items():
+            total = self._pulled_new.get(edge_id, 0) + count
+            self._pulled_new[edge_id] = total
+            if total >= self._config.evaluate_every_pairs:
+                self._pulled_new[edge_id] = 0
+                self._due.add(edge_id)
 
     async def _evaluate(self, edge_id: str) -> int | None:
         """Plan every class band and per-camera rule of one edge; what moved becomes one signed version."""

@@ -59,6 +59,10 @@ _LOAD_PAIRS = """
 SELECT edge_id, label, edge_score, confirmed, weight, audit, observed_at FROM score_pairs
 WHERE observed_at >= ? ORDER BY id
 """
+_LOAD_PAIRS_AFTER = """
+SELECT id, edge_id, label, edge_score, confirmed, weight, audit, observed_at FROM score_pairs
+WHERE id > ? AND observed_at >= ? ORDER BY id
+"""
 _LOAD_MOVES = "SELECT edge_id, label, moved_at, low, high, version, reason FROM band_moves ORDER BY id"
 
 
@@ -123,6 +127,17 @@ class PairStore:
         found = await self._run("load_pairs", lambda conn: conn.execute(_LOAD_PAIRS, (since,)).fetchall())
         return [
             PairRow(str(e), str(lab), float(s), bool(c), float(w), bool(a), float(t)) for e, lab, s, c, w, a, t in found
+        ]
+
+    async def load_pairs_after(self, after_id: int, since: float) -> list[tuple[int, PairRow]]:
+        """Pairs stored after row `after_id` and observed at or after `since`, oldest first, with their row ids
+        (replicas on one database: every replica's pairs, as they are written)."""
+        found = await self._run(
+            "load_pairs_after", lambda conn: conn.execute(_LOAD_PAIRS_AFTER, (after_id, since)).fetchall()
+        )
+        return [
+            (int(i), PairRow(str(e), str(lab), float(s), bool(c), float(w), bool(a), float(t)))
+            for i, e, lab, s, c, w, a, t in found
         ]
 
     async def prune_pairs(self, observed_before: float) -> int:

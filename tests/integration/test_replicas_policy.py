@@ -17,8 +17,9 @@ from typing import Any
 from cloud.config import CloudConfig
 from cloud.service import CloudService
 from protos import policy_pb2
-from tests.helpers.cloud import channel, make_config, open_session, read, running
+from tests.helpers.cloud import busy_frames, channel, make_config, open_session, read, running, send
 from tests.helpers.postgres import PostgresServer
+from tests.helpers.wait import wait_until
 
 
 def replica(tmp_path: Path, clip: Path, dsn_file: Path, name: str) -> CloudConfig:
@@ -77,3 +78,36 @@ async def test_versions_stay_distinct_under_changes_on_both_and_a_restart_keeps_
         assert again.policy.fleet.uplink.jpeg_quality == 63, "cloud.yaml did not change: the API's change stays"
         assert again.policy.version == last, "nothing new to publish on a restart"
         assert again.policy.snapshot()["edges"]["gw-7"]["settings"] == {"uplink": {"jpeg_quality": 77}}
+
+
+async def test_one_replica_runs_the_closed_loop_over_every_replicas_pairs_and_another_takes_over(
+    postgres: PostgresServer, tmp_path: Path, clip: Path
+) -> None:
+    dsn_file = tmp_path / "pg-dsn"
+    dsn_file.write_text(postgres.new_dsn())
+    loop = {"closed_loop": {"enabled": True, "flush_interval_s": 0.2}}
+    configs = []
+    for name in ("a", "b"):
+        config = replica(tmp_path, clip, dsn_file, name).model_dump(mode="json")
+        config["policy"] = {**config["policy"], **loop}
+        configs.append(CloudConfig.model_validate(config))
+    frames = busy_frames(clip)
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(running(configs[0]))
+        b = await stack.enter_async_context(running(configs[1]))
+        await wait_until(lambda: [s.leads_loop for s in (a, b)].count(True) == 1, "one replica leads", timeout_s=30)
+        leader, other = (a, b) if a.leads_loop else (b, a)
+        await send(other, clip, "gw-on-other", frames[:4], "other")  # judged by the replica that does not lead
+        await send(leader, clip, "gw-on-leader", frames[4:8], "leader")
+
+        def seen(service: CloudService) -> set[str]:
+            assert service.bands is not None
+            return set(service.bands.snapshot()["edges"])
+
+        await wait_until(lambda: {"gw-on-other", "gw-on-leader"} <= seen(leader), "the leader sees both", 30)
+        assert seen(other) == set(), "a replica that does not lead keeps no windows"
+        await stack.aclose()  # both stop; a third replica then finds the lease free
+    async with running(configs[1]) as again:
+        await wait_until(lambda: again.leads_loop, "the lease taken over", timeout_s=30)
+        assert again.bands is not None
+        assert {"gw-on-other", "gw-on-leader"} <= set(again.bands.snapshot()["edges"]), "the pairs stayed in the store"
