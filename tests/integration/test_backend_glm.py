@@ -216,3 +216,16 @@ def test_the_glm_example_config_selects_the_world_glm() -> None:
     result = CliRunner().invoke(cloud_app, ["check-config", str(example)])
     assert result.exit_code == 0, result.stderr
     assert "backend glm" in result.stdout
+
+
+async def test_the_judge_report_compares_the_edge_and_the_world_glm_on_the_edges_detections() -> None:
+    from sim.glm.judge import MODELS, judge
+
+    report = await judge(MODELS / "edge.onnx", WORLD_GLM, frames=12, batch_size=8)
+    assert set(report["subsets"]) == {"hard", "all"}
+    everything = report["subsets"]["all"]
+    assert everything["edge"]["samples"] == everything["glm"]["samples"] > 0
+    assert report["subsets"]["hard"]["edge"]["samples"] <= everything["edge"]["samples"]
+    for subset in report["subsets"].values():
+        for decider in ("edge", "glm"):
+            assert all(0.0 <= subset[decider][k] <= 1.0 for k in ("accuracy", "precision", "recall"))
