@@ -15,9 +15,9 @@ import numpy as np
 from cloud.backends.glm import GlmBackend
 from cloud.backends.glm_inputs import BadImageError
 from cloud.backends.verdict_text import ParsedAnswer, parse_answer
-from cloud.convert import CloudDetection, SampleInput
+from cloud.convert import CloudDetection, MinedReasonName, SampleInput
 from sim.glm.crops import NOTHING, Crop, draw_claim, frame_crops, true_answer
-from sim.world.photos import CLASSES
+from sim.world.photos import CLASSES, Image
 
 UNPARSABLE = "unparsable"
 
@@ -84,6 +84,31 @@ def held_out_cases(frames: int, seed: int = 0, claim_seed: int = 1234) -> list[E
     return [case_for(crop, index, rng) for index, crop in enumerate(crops)]
 
 
+def world_sample(
+    image: Image,
+    detections: tuple[CloudDetection, ...],
+    sample_id: str,
+    frame_seq: int,
+    reason: MinedReasonName = "uncertainty_band",
+) -> SampleInput:
+    """What the cloud gets when an edge asks about `image` (the whole of it, no crop) with these claims."""
+    height, width = image.shape[:2]
+    return SampleInput(
+        sample_id=sample_id,
+        edge_id="eval",
+        camera_id="world",
+        frame_seq=frame_seq,
+        captured_at=0.0,
+        image=image,
+        crop=None,
+        frame_size=(width, height),
+        detections=detections,
+        mined_reason=reason,
+        priority=0.5,
+        trace_id="",
+    )
+
+
 def case_for(crop: Crop, index: int, rng: np.random.Generator) -> EvalCase:
     """The sample the cloud would get for `crop`, with a drawn claim and the answer it should get."""
     claim = draw_claim(crop.label, rng)
@@ -92,20 +117,7 @@ def case_for(crop: Crop, index: int, rng: np.random.Generator) -> EvalCase:
     detections = tuple(CloudDetection(label, CLASSES.index(label), score, box) for label, score in claim.detections)
     claimed = {d.label for d in detections}
     kind = "none" if not claimed else "right" if crop.label in claimed else "wrong"
-    sample = SampleInput(
-        sample_id=f"glm-eval-{index}",
-        edge_id="eval",
-        camera_id="world",
-        frame_seq=crop.frame,
-        captured_at=0.0,
-        image=crop.image,
-        crop=None,
-        frame_size=(width, height),
-        detections=detections,
-        mined_reason=claim.reason,
-        priority=0.5,
-        trace_id="",
-    )
+    sample = world_sample(crop.image, detections, f"glm-eval-{index}", crop.frame, claim.reason)
     return EvalCase(sample, crop, true_answer(crop.label, crop.hard, claim), kind)
 
 

@@ -30,6 +30,7 @@ from cloud.backends.glm import GlmBackend, GlmBackendConfig
 from cloud.convert import CloudDetection, SampleInput
 from common.boxes import iou
 from common.detect import Detector, DetectorConfig
+from sim.glm.evaluate import world_sample
 from sim.world.dataset import DatasetSpec, render_dataset_image
 from sim.world.photos import CLASSES
 
@@ -46,25 +47,10 @@ def detections(frames: int, model: Path) -> list[tuple[SampleInput, bool]]:
     found = []
     for index in track(range(frames), description="edge detector on test frames"):
         scene = render_dataset_image(spec, "test", index)
-        height, width = scene.image.shape[:2]
         for number, det in enumerate(detector.detect(scene.image)):
             true = any(obj.label == det.label and iou(obj.box, det.box) >= MATCH_IOU for obj in scene.objects)
             claim = CloudDetection(det.label, CLASSES.index(det.label), det.score, det.box)
-            sample = SampleInput(
-                sample_id=f"test{index}-{number}",
-                edge_id="judge",
-                camera_id="world",
-                frame_seq=index,
-                captured_at=0.0,
-                image=scene.image,
-                crop=None,
-                frame_size=(width, height),
-                detections=(claim,),
-                mined_reason="uncertainty_band",
-                priority=0.5,
-                trace_id="",
-            )
-            found.append((sample, true))
+            found.append((world_sample(scene.image, (claim,), f"test{index}-{number}", index), true))
     return found
 
 

@@ -14,7 +14,7 @@ from cloud.backends import BackendConfig, BackendStartError, GlmBackend, GlmBack
 from cloud.cli import app as cloud_app
 from cloud.convert import CloudDetection, SampleInput
 from cloud.metrics import CloudMetrics
-from sim.glm.evaluate import EvalCase, held_out_cases
+from sim.glm.evaluate import EvalCase, held_out_cases, world_sample
 from sim.world.dataset import DatasetSpec, render_dataset_image
 from sim.world.photos import CLASSES
 from tests.helpers.glm_models import WORLD_GLM, agreement_bound, save_random_glm
@@ -169,27 +169,11 @@ def full_frame_samples(frames: int) -> list[SampleInput]:
     samples = []
     for index in range(frames):
         scene = render_dataset_image(spec, "test", index)
-        height, width = scene.image.shape[:2]
         for number, obj in enumerate(scene.objects):
             if obj.small or obj.occluded:
                 continue
             claim = CloudDetection(obj.label, CLASSES.index(obj.label), 0.5, obj.box)
-            samples.append(
-                SampleInput(
-                    sample_id=f"frame{index}-{number}",
-                    edge_id="e1",
-                    camera_id="c1",
-                    frame_seq=index,
-                    captured_at=0.0,
-                    image=scene.image,
-                    crop=None,
-                    frame_size=(width, height),
-                    detections=(claim,),
-                    mined_reason="uncertainty_band",
-                    priority=0.5,
-                    trace_id="",
-                )
-            )
+            samples.append(world_sample(scene.image, (claim,), f"frame{index}-{number}", index))
     return samples
 
 
