@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from sim.fleet.light import run_light_fleet
 from sim.fleet.light_cloud import process_cpu_s, run_fleet_1000
 from sim.fleet.light_config import Fleet1000Config, LightFleetConfig
 from sim.fleet.light_samples import ensure_clips
-from sim.fleet.run import free_port, start, stop_process
+from sim.fleet.run import free_port, start, stop_process, wait_port
 
 console = Console(stderr=True)
 KEPT = (
@@ -73,17 +72,7 @@ def run_bare(config: Fleet1000Config, work: Path) -> dict[str, Any]:
     log = work / "logs" / "bare.log"
     server = start(["bench.bare_ack", "--port", str(port)], log)
     try:
-        deadline = time.monotonic() + 30
-        while True:  # until it accepts connections
-            if server.poll() is not None:
-                raise RuntimeError(f"bench.bare_ack exited with {server.returncode}; see {log}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"bench.bare_ack did not listen within 30 s; see {log}") from None
-                time.sleep(0.05)
+        wait_port(port, time.monotonic() + 30, server, log)
         clips = ensure_clips(config.fleet, work)
         result = asyncio.run(run_light_fleet(config.fleet, f"127.0.0.1:{port}", work, progress=True, clips=clips))
         cpu_s = process_cpu_s(server.pid)

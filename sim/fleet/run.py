@@ -153,6 +153,19 @@ def wait_http(url: str, deadline: float, process: subprocess.Popen[bytes], log: 
     raise TimeoutError(f"{url} did not answer in time:\n{tail(log)}")
 
 
+def wait_port(port: int, deadline: float, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until 127.0.0.1:`port` accepts connections; fails with the log's tail when the process dies or time runs out."""
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{tail(log)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on port {port} in time:\n{tail(log)}")
+
+
 def tail(log: Path, lines: int = 30) -> str:
     """The last lines of a log, for error messages."""
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,22 +10,17 @@ from typing import Any
 import grpc.aio
 
 from protos import session_pb2, session_pb2_grpc, verdict_pb2
+from sim.fleet.run import start, stop_process, wait_port
 from tests.helpers.broker import free_port
 from tests.helpers.cloud import make_sample
 
 
-async def test_the_bare_server_acks_and_answers_each_sample_on_a_session(clip: Path) -> None:
+async def test_the_bare_server_acks_and_answers_each_sample_on_a_session(clip: Path, tmp_path: Path) -> None:
     port = free_port()
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.bare_ack", "--port", str(port))
+    log = tmp_path / "bare.log"
+    process = start(["bench.bare_ack", "--port", str(port)], log)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and process.returncode is None, "bench.bare_ack did not listen"
-                await asyncio.sleep(0.05)
+        await asyncio.to_thread(wait_port, port, time.monotonic() + 30, process, log)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub: Any = session_pb2_grpc.EdgeGLMStub(channel)
             call = stub.Session()
@@ -37,8 +30,7 @@ async def test_the_bare_server_acks_and_answers_each_sample_on_a_session(clip: P
             answers: list[Any] = [await asyncio.wait_for(call.read(), 10) for _ in range(6)]
             call.cancel()
     finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 10)
+        assert stop_process(process, timeout=10) is not None
     acks = [m.ack.sample_id for m in answers if m.WhichOneof("kind") == "ack"]
     verdicts = [m.verdict for m in answers if m.WhichOneof("kind") == "verdict"]
     assert acks == ["s-0", "s-1", "s-2"] and [v.sample_id for v in verdicts] == acks
