@@ -113,7 +113,6 @@ class BandController:
         """
         self._config = config
         self._leader = leader
-        self._pulled_id = 0  # shared store: the last pair row taken into the windows
         self._pulled_new: dict[str, int] = {}  # shared store: pairs pulled per edge since its last evaluation
         self._engine = engine
         self._store = store
@@ -325,10 +324,7 @@ class BandController:
                 self._metrics.dropped.labels("not_saved").inc()
             self._unsaved.append(PairRow(edge_id, detection.label, detection.score, confirmed, weight, audit, now))
             self._metrics.pairs.labels("confirmed" if confirmed else "rejected").inc()
-        count = self._new_pairs.get(edge_id, 0) + len(detections)
-        self._new_pairs[edge_id] = count
-        if count >= self._config.evaluate_every_pairs:
-            self._new_pairs[edge_id] = 0
+        if self._counted(self._new_pairs, edge_id, len(detections)):
             if self._leader is None:  # shared: `_pull` counts the pairs (every replica's) and marks the edge
                 self._due.add(edge_id)
             self._wake.set()
@@ -412,24 +408,22 @@ class BandController:
         """Shared store: take the pairs every replica wrote since the last pull into the windows."""
         since = self._clock() - self._config.window_age_s
         try:
-            rows = await self._store.load_pairs_after(self._pulled_id, since)
+            rows = await self._store.pull_new(since)
         except StoreError:
             self._metrics.errors.labels("pull").inc()
             logger.exception("closed loop: the pairs of the other replicas could not be read")
             raise
-        counts: dict[str, int] = {}
-        for row_id, row in rows:
-            self._pulled_id = max(self._pulled_id, row_id)
-            self._window((row.edge_id, row.label)).append(
-                ScorePair(row.score, row.confirmed, row.weight, row.audit, row.observed_at)
-            )
-            counts[row.edge_id] = counts.get(row.edge_id, 0) + 1
-        for edge_id, count in counts.items():
-            total = self._pulled_new.get(edge_id, 0) + count
-            self._pulled_new[edge_id] = total
-            if total >= self._config.evaluate_every_pairs:
-                self._pulled_new[edge_id] = 0
-                self._due.add(edge_id)
+        for row in rows:
+            pair = ScorePair(row.score, row.confirmed, row.weight, row.audit, row.observed_at)
+            self._window((row.edge_id, row.label)).append(pair)
+            if self._counted(self._pulled_new, row.edge_id, 1):
+                self._due.add(row.edge_id)
+
+    def _counted(self, counter: dict[str, int], edge_id: str, pairs: int) -> bool:
+        """Count `pairs` new pairs of an edge; True (and the count starts again) when they call for an evaluation."""
+        count = counter.get(edge_id, 0) + pairs
+        counter[edge_id] = 0 if count >= self._config.evaluate_every_pairs else count
+        return count >= self._config.evaluate_every_pairs
 
     async def _evaluate(self, edge_id: str) -> int | None:
         """Plan every class band and per-camera rule of one edge; what moved becomes one signed version."""

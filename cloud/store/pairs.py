@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cloud.store.db import Conn, Database
 from cloud.store.sqlite import StoreError, open_wal, sqlite_unless
@@ -107,6 +107,7 @@ class PairStore:
         self._max_pairs = max_pairs_per_key
         self._max_moves = max_moves_per_key
         self._db = sqlite_unless(database, path, "pair store", _connect)
+        self._pulled_id = 0  # the last pair row `pull_new` returned
 
     @property
     def where(self) -> str:
@@ -125,20 +126,16 @@ class PairStore:
     async def load_pairs(self, since: float) -> list[PairRow]:
         """Every pair observed at or after `since` (unix seconds), oldest first."""
         found = await self._run("load_pairs", lambda conn: conn.execute(_LOAD_PAIRS, (since,)).fetchall())
-        return [
-            PairRow(str(e), str(lab), float(s), bool(c), float(w), bool(a), float(t)) for e, lab, s, c, w, a, t in found
-        ]
+        return [_pair(row) for row in found]
 
-    async def load_pairs_after(self, after_id: int, since: float) -> list[tuple[int, PairRow]]:
-        """Pairs stored after row `after_id` and observed at or after `since`, oldest first, with their row ids
-        (replicas on one database: every replica's pairs, as they are written)."""
-        found = await self._run(
-            "load_pairs_after", lambda conn: conn.execute(_LOAD_PAIRS_AFTER, (after_id, since)).fetchall()
-        )
-        return [
-            (int(i), PairRow(str(e), str(lab), float(s), bool(c), float(w), bool(a), float(t)))
-            for i, e, lab, s, c, w, a, t in found
-        ]
+    async def pull_new(self, since: float) -> list[PairRow]:
+        """Pairs written since the last pull (by any replica on this database) and observed at or after
+        `since`, oldest first; the first pull returns every such pair."""
+        after = self._pulled_id
+        found = await self._run("pull_new", lambda conn: conn.execute(_LOAD_PAIRS_AFTER, (after, since)).fetchall())
+        if found:
+            self._pulled_id = max(self._pulled_id, int(found[-1][0]))
+        return [_pair(row[1:]) for row in found]
 
     async def prune_pairs(self, observed_before: float) -> int:
         """Forget pairs observed before `observed_before` (unix seconds); returns how many went."""
@@ -191,6 +188,12 @@ class PairStore:
 
     async def _run(self, operation: str, statement: Callable[[Conn], T]) -> T:
         return await self._db.run(operation, statement)
+
+
+def _pair(row: Sequence[Any]) -> PairRow:
+    """A pair from its columns (edge_id, label, edge_score, confirmed, weight, audit, observed_at)."""
+    edge_id, label, score, confirmed, weight, audit, at = row
+    return PairRow(str(edge_id), str(label), float(score), bool(confirmed), float(weight), bool(audit), float(at))
 
 
 def _connect(path: Path) -> sqlite3.Connection:
