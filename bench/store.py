@@ -127,7 +127,7 @@ async def engine(
             VerdictFilter(label="dog", decision="rejected"), limit=50
         ),
         "page_50_behind_a_cursor_100_pages_deep": lambda: store.list_verdicts(limit=50, cursor=deep),
-        "one_thumbnail": lambda: store.get_thumbnail(f"s-{rows // 2:08d}"),
+        "one_thumbnail": lambda: store.get_thumbnail(f"s-{rows // 2:08d}", f"edge-{(rows // 2) % edges}"),
         "uplink_series_day_60s": lambda: store.uplink_series(60.0, now - DAY_S, now),
         "decision_series_day_60s": lambda: store.decision_series(60.0, now - DAY_S, now),
     }

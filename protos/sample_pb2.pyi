@@ -232,7 +232,9 @@ class Sample(_message.Message):
     TRACK_ID_FIELD_NUMBER: _builtins.int
     MOTION_AREA_FRACTION_FIELD_NUMBER: _builtins.int
     sample_id: _builtins.str
-    """Idempotency key, unique per sample (e.g. a UUID); the cloud deduplicates on it."""
+    """Idempotency key, unique per sample among the edge's own (e.g. a UUID); the cloud deduplicates on
+    (edge_id, sample_id), so another edge's sample with the same id is another sample.
+    """
     edge_id: _builtins.str
     """The edge agent that captured and mined the sample."""
     camera_id: _builtins.str

@@ -165,8 +165,8 @@ class Ack(_message.Message):
     edge's duty to keep the sample. Delivery works like this, on gRPC and MQTT alike:
      - The edge keeps every sample in its outbox (on disk) until the sample's Verdict reaches it, or
        until an Ack refuses the sample for good. An accepted Ack does not free the sample.
-     - The cloud judges a sample_id at most once to a real verdict (origin BACKEND) and stores that
-       verdict durably before it sends it. A sample sent again is answered with the stored verdict;
+     - The cloud judges a sample (an edge's sample_id: the key is edge_id and sample_id) at most once
+       to a real verdict (origin BACKEND) and stores that verdict durably before it sends it. A sample sent again is answered with the stored verdict;
        one still being judged is answered when its judgement ends; one the cloud does not know (it
        crashed, or the message was lost) is judged.
      - The edge sends a sample again when its session (gRPC stream, or the cloud's MQTT presence)

@@ -89,14 +89,15 @@ def api_router(state: AdminState) -> APIRouter:
             lambda: {"items": [record.to_json() for record in page.items], "next_cursor": page.next_cursor}
         )
 
-    @router.get("/verdicts/{sample_id}", tags=["verdicts"])
-    async def verdict(sample_id: str) -> Response:
-        """One judged sample: its record and the full verdict as sent (boxes, times) under `verdict`."""
+    @router.get("/verdicts/{edge_id}/{sample_id}", tags=["verdicts"])
+    async def verdict(edge_id: str, sample_id: str) -> Response:
+        """One judged sample of an edge (a sample_id is its edge's own): its record and the full verdict as sent
+        (boxes, times) under `verdict`."""
         store = require_store(state)
-        record = await store.get_record(sample_id)
-        blob = await store.get(sample_id)
+        record = await store.get_record(sample_id, edge_id)
+        blob = await store.get(sample_id, edge_id)
         if record is None or blob is None:
-            raise HTTPException(404, f"no verdict for sample {sample_id}")
+            raise HTTPException(404, f"no verdict for sample {sample_id} of edge {edge_id}")
 
         def render() -> dict[str, Any]:
             message = verdict_pb2.Verdict.FromString(blob)
@@ -104,12 +105,12 @@ def api_router(state: AdminState) -> APIRouter:
 
         return await _json_off_loop(render)
 
-    @router.get("/verdicts/{sample_id}/thumbnail.jpg", tags=["verdicts"], response_class=Response)
-    async def thumbnail(sample_id: str) -> Response:
+    @router.get("/verdicts/{edge_id}/{sample_id}/thumbnail.jpg", tags=["verdicts"], response_class=Response)
+    async def thumbnail(edge_id: str, sample_id: str) -> Response:
         """The sample's thumbnail (JPEG, at most 160 px on its longer side)."""
-        jpeg = await require_store(state).get_thumbnail(sample_id)
+        jpeg = await require_store(state).get_thumbnail(sample_id, edge_id)
         if jpeg is None:
-            raise HTTPException(404, f"no thumbnail for sample {sample_id}")
+            raise HTTPException(404, f"no thumbnail for sample {sample_id} of edge {edge_id}")
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400, immutable"})
 
     @router.get("/series/uplink", tags=["series"])
@@ -118,7 +119,7 @@ def api_router(state: AdminState) -> APIRouter:
         since: float | None = Query(None, description="From (unix seconds); default an hour before `until`."),
         until: float | None = Query(None, description="To (unix seconds); default now."),
     ) -> dict[str, Any]:
-        """Per edge and bucket of arrival: samples received (each sample_id once, resends not counted), bytes."""
+        """Per edge and bucket of arrival: samples received (each sample once, resends not counted), bytes."""
         start, end = _span(bucket_s, since, until)
         points = await require_store(state).uplink_series(bucket_s, start, end)
         series: dict[str, list[dict[str, float]]] = {}

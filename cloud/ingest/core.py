@@ -3,8 +3,9 @@
 Every front (Session stream, unary Infer, MQTT bridge) goes through `IngestCore.admit`. The contract
 is the one `protos/session.proto` gives the Ack:
 
-- A sample_id gets at most one real verdict (origin BACKEND), stored before anyone is told of it. A
-  resend while it is being judged joins that judgement; a resend after gets the stored verdict.
+- A sample (an edge's sample_id: the key is `(edge_id, sample_id)`, so two edges' ids never meet)
+  gets at most one real verdict (origin BACKEND), stored before anyone is told of it. A resend while
+  it is being judged joins that judgement; a resend after gets the stored verdict.
 - Whether the batcher takes a sample is known before the Ack is sent: a full batcher defers the
   sample (code OVERLOADED, retry after), it is never accepted and then failed.
 - A timeout, a backend error or a store error is not a judgement: the sample's outcome is a
@@ -37,7 +38,7 @@ from cloud.batcher import (
     QueueFullError,
     Ticket,
 )
-from cloud.convert import BadSampleError, SampleInput, shown_id, verdict_to_pb
+from cloud.convert import BadSampleError, SampleInput, verdict_to_pb
 from cloud.ingest.config import IngestConfig
 from cloud.ingest.decode import decode_sample
 from cloud.metrics import CloudMetrics
@@ -91,7 +92,6 @@ class _Pending:
 
     ack: asyncio.Future[session_pb2.Ack]
     outcome: asyncio.Future[Outcome]
-    edge_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +102,11 @@ class Admission:
     outcome: asyncio.Future[Outcome] | None
 
 
+SampleKey = tuple[str, str]  # (edge_id, sample_id)
+
+
 class IngestCore:
-    """Admits samples and judges each sample_id to one stored verdict."""
+    """Admits samples and judges each sample (edge_id, sample_id) to one stored verdict."""
 
     def __init__(
         self,
@@ -125,7 +128,7 @@ class IngestCore:
         self._metrics = metrics
         self._config = config or IngestConfig()
         self._observers: list[VerdictObserver] = []
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[SampleKey, _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._decoding = asyncio.Semaphore(self._config.max_concurrent_decodes)
 
@@ -152,23 +155,22 @@ class IngestCore:
         sample_id = pb.sample_id
         if not sample_id:
             return self._refuse(BadSampleError("", "malformed", "sample_id is empty; every sample needs one"))
-        pending = self._pending.get(sample_id)
+        key = (pb.edge_id, sample_id)
+        pending = self._pending.get(key)
         if pending is not None:
-            if pending.edge_id != pb.edge_id:
-                return self._refuse(_taken(pb))
             return await self._join(pending, sample_id)
         loop = asyncio.get_running_loop()
         # Registered before the first await, so a resend arriving meanwhile joins this one.
-        pending = _Pending(loop.create_future(), loop.create_future(), pb.edge_id)
-        self._pending[sample_id] = pending
+        pending = _Pending(loop.create_future(), loop.create_future())
+        self._pending[key] = pending
         try:
             admission = await self._admit_new(pb, pending, timeout_s, keep_late)
         except BaseException as err:
-            self._pending.pop(sample_id, None)
+            self._pending.pop(key, None)
             _fail(pending, err)
             raise
         if admission.outcome is None or admission.ack.duplicate:
-            self._pending.pop(sample_id, None)
+            self._pending.pop(key, None)
         pending.ack.set_result(admission.ack)
         return admission
 
@@ -180,21 +182,19 @@ class IngestCore:
             if claimed is not None:
                 return claimed
         else:
-            stored = await self._stored_verdict(pb.sample_id)
-            if stored is not None and stored.edge_id != pb.edge_id:
-                return self._refuse(_taken(pb))
+            stored = await self._stored_verdict(pb.sample_id, pb.edge_id)
             if stored is not None:
                 pending.outcome.set_result(stored)
                 self._metrics.samples_duplicate.inc()
                 return Admission(_accepted(pb.sample_id, duplicate=True), pending.outcome)
         admission = await self._judge_new(pb, pending, timeout_s, keep_late)
         if admission.outcome is None and self._store.shared:
-            await self._release(pb.sample_id)  # refused or deferred: a resend is judged at once, anywhere
+            await self._release(pb.sample_id, pb.edge_id)  # refused or deferred: a resend is judged at once, anywhere
         return admission
 
     async def _claimed(self, pb: sample_pb2.Sample, pending: _Pending) -> Admission | None:
         """On a store replicas share: None when this replica now holds the sample's claim (judge it), else the
-        answer: its stored verdict, a refusal (another edge's id), or the verdict another replica is making."""
+        answer: its stored verdict, or the verdict another replica is making."""
         try:
             claim = await self._store.claim(pb.sample_id, pb.edge_id, self._replica, self._config.claim_lease_s)
         except StoreError:
@@ -202,8 +202,6 @@ class IngestCore:
             return None
         if claim.state == "mine":
             return None
-        if claim.state == "taken":
-            return self._refuse(_taken(pb))
         self._metrics.samples_duplicate.inc()
         if claim.state == "judged" and claim.verdict is not None:
             pending.outcome.set_result(verdict_pb2.Verdict.FromString(claim.verdict))
@@ -225,7 +223,7 @@ class IngestCore:
                     outcome = verdict_pb2.Verdict.FromString(claim.verdict)
                     break
                 if claim.state == "mine":  # the other replica died or gave up: the edge sends it again
-                    await self._release(pb.sample_id)
+                    await self._release(pb.sample_id, pb.edge_id)
                     outcome = self._lapsed(pb.sample_id)
                     break
         except StoreError as err:
@@ -234,8 +232,8 @@ class IngestCore:
             _fail(pending, err)
             raise
         finally:
-            if self._pending.get(pb.sample_id) is pending:
-                del self._pending[pb.sample_id]
+            if self._pending.get((pb.edge_id, pb.sample_id)) is pending:
+                del self._pending[(pb.edge_id, pb.sample_id)]
         pending.outcome.set_result(outcome)
 
     def _lapsed(self, sample_id: str) -> Deferral:
@@ -245,9 +243,9 @@ class IngestCore:
         logger.warning("sample %s deferred (claim_lapsed): another replica's claim lapsed", sample_id)
         return Deferral(sample_id, "claim_lapsed", after, detail)
 
-    async def _release(self, sample_id: str) -> None:
+    async def _release(self, sample_id: str, edge_id: str) -> None:
         try:
-            await self._store.release(sample_id, self._replica)
+            await self._store.release(sample_id, edge_id, self._replica)
         except StoreError:
             logger.warning("sample %s: its claim could not be released (it lapses by itself)", sample_id)
 
@@ -274,9 +272,9 @@ class IngestCore:
         task.add_done_callback(self._tasks.discard)
         return Admission(_accepted(sample.sample_id), pending.outcome)
 
-    async def _stored_verdict(self, sample_id: str) -> verdict_pb2.Verdict | None:
+    async def _stored_verdict(self, sample_id: str, edge_id: str) -> verdict_pb2.Verdict | None:
         try:
-            stored = await self._store.get(sample_id)
+            stored = await self._store.get(sample_id, edge_id)
         except StoreError:
             # Not knowing is not a reason to refuse: judged again, the store keeps the first verdict.
             logger.exception("sample %s: store lookup failed; judging it", sample_id)
@@ -334,7 +332,7 @@ class IngestCore:
             _fail(pending, err)
             raise
         finally:
-            self._pending.pop(sample.sample_id, None)
+            self._pending.pop((sample.edge_id, sample.sample_id), None)
 
     async def _outcome(
         self, sample: SampleInput, meta: SampleMeta, ticket: Ticket, keep_late: bool, admitted_ns: int
@@ -344,7 +342,7 @@ class IngestCore:
             result, queue_ms, inference_ms = await self._batcher.result(ticket, keep_late)
         except BatcherError as err:
             if self._store.shared:
-                await self._release(sample.sample_id)
+                await self._release(sample.sample_id, sample.edge_id)
             return self._defer(sample.sample_id, err)
         verdict = verdict_to_pb(
             sample,
@@ -364,7 +362,7 @@ class IngestCore:
         if self._tracing.enabled:
             self._trace(sample, verdict, admitted_ns, put_ns, queue_ms, inference_ms)
         if not stored:  # another replica's verdict got there first: that one is the sample's verdict
-            kept = await self._stored_verdict(sample.sample_id)
+            kept = await self._stored_verdict(sample.sample_id, sample.edge_id)
             if kept is not None:
                 return kept
         for observer in self._observers:
@@ -431,9 +429,3 @@ def _fail(pending: _Pending, err: BaseException) -> None:
         if not future.done():
             future.set_exception(error)
             future.exception()  # marked retrieved: nobody may be waiting
-
-
-def _taken(pb: sample_pb2.Sample) -> BadSampleError:
-    """A sample_id another edge's sample holds: its verdict is that edge's, never shown to this one (nor who)."""
-    problem = f"sample_id belongs to another edge's sample; edge {pb.edge_id!r} must use ids of its own"
-    return BadSampleError(shown_id(pb.sample_id), "malformed", problem)

@@ -1,5 +1,6 @@
-"""The cloud's durable state in SQLite (WAL): verdicts by sample_id (deduplication) with their samples'
-metadata and thumbnails, the policy history and edge snapshots, behind the `VerdictRepository` interface.
+"""The cloud's durable state in SQLite (WAL) or PostgreSQL: verdicts by (edge_id, sample_id) (deduplication)
+with their samples' metadata and thumbnails, the policy history and edge snapshots, behind the
+`VerdictRepository` interface.
 """
 
 from cloud.store.base import MAX_PAGE, MAX_PAGE_BYTES, VerdictRepository

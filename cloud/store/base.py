@@ -27,7 +27,7 @@ MAX_PAGE_BYTES = 4 << 20
 
 
 class VerdictRepository(Protocol):
-    """Verdicts by sample_id with their samples' metadata, policy history and edge snapshots."""
+    """Verdicts by (edge_id, sample_id) with their samples' metadata, policy history and edge snapshots."""
 
     async def open(self) -> None:
         """Open (or create, or migrate) the store now."""
@@ -35,11 +35,11 @@ class VerdictRepository(Protocol):
     async def close(self) -> None:
         """Finish queued statements and close; again is a no-op."""
 
-    async def get(self, sample_id: str) -> bytes | None:
-        """The serialized Verdict of `sample_id`, or None."""
+    async def get(self, sample_id: str, edge_id: str) -> bytes | None:
+        """The serialized Verdict of `edge_id`'s `sample_id`, or None."""
 
-    async def contains(self, sample_id: str) -> bool:
-        """Whether `sample_id` was received before."""
+    async def contains(self, sample_id: str, edge_id: str) -> bool:
+        """Whether `edge_id`'s `sample_id` was received before."""
 
     async def put(
         self,
@@ -58,10 +58,10 @@ class VerdictRepository(Protocol):
     ) -> VerdictPage:
         """Judged samples matching `where`, newest decided first, `limit` per page after `cursor`."""
 
-    async def get_record(self, sample_id: str) -> VerdictRecord | None:
+    async def get_record(self, sample_id: str, edge_id: str) -> VerdictRecord | None:
         """One judged sample's record, or None."""
 
-    async def get_thumbnail(self, sample_id: str) -> bytes | None:
+    async def get_thumbnail(self, sample_id: str, edge_id: str) -> bytes | None:
         """The sample's thumbnail JPEG, or None when there is none."""
 
     async def uplink_series(

@@ -11,7 +11,8 @@ The schema is the SQLite one (`cloud.store.schema`, `cloud.store.pairs`) in Post
 that pages order exactly as on SQLite. Its version is kept in `edgeglm_schema`; `migrate` runs at
 open under a transaction-scoped advisory lock, so replicas starting together migrate once.
 PostgreSQL starts at schema version 2 (version 1 only ever existed as SQLite files); version 3's
-columns are added to a version-2 database. Text cannot
+columns are added to a version-2 database, and a database before version 4 is re-keyed in place by
+(edge_id, sample_id) (`_rekey`). Text cannot
 hold NUL characters in PostgreSQL; a NUL in a string parameter (a model's description, say) is
 stored as U+FFFD rather than failing the write.
 """
@@ -46,11 +47,13 @@ _TYPES = {"TEXT": "TEXT", "INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION"}
 
 _VERDICTS = (
     "CREATE TABLE IF NOT EXISTS verdicts (\n"
-    '    sample_id   TEXT COLLATE "C" PRIMARY KEY,\n'
+    '    sample_id   TEXT COLLATE "C" NOT NULL,\n'
     '    edge_id     TEXT COLLATE "C" NOT NULL,\n'
     "    received_at DOUBLE PRECISION NOT NULL,\n"
     "    decided_at  DOUBLE PRECISION,\n"
-    "    verdict     BYTEA,\n" + ",\n".join(f"    {name} {_TYPES[kind]}" for name, kind in VERDICT_COLUMNS) + "\n)"
+    "    verdict     BYTEA,\n"
+    + "".join(f"    {name} {_TYPES[kind]},\n" for name, kind in VERDICT_COLUMNS)
+    + "    PRIMARY KEY (edge_id, sample_id)\n)"
 )
 
 
@@ -66,6 +69,7 @@ def _pg(statement: str) -> str:
         .replace("label     TEXT", 'label     TEXT COLLATE "C"')
         .replace("sample_id TEXT", 'sample_id TEXT COLLATE "C"')
         .replace("edge_id  TEXT", 'edge_id  TEXT COLLATE "C"')
+        .replace("edge_id   TEXT", 'edge_id   TEXT COLLATE "C"')
     )
 
 
@@ -96,6 +100,8 @@ def migrate(conn: Conn) -> int | None:
                 f"schema version {found} is newer than this cloud service's {SCHEMA_VERSION}; run a newer cloud "
                 "service or point the store at another database"
             )
+        if found is not None and found < 4:
+            _rekey(conn)
         for statement in SCHEMA:
             conn.execute(statement)
         for name, kind in VERDICT_COLUMNS:  # what a database of an earlier version lacks
@@ -105,6 +111,27 @@ def migrate(conn: Conn) -> int | None:
         elif found < SCHEMA_VERSION:
             conn.execute("UPDATE edgeglm_schema SET version = ?", (SCHEMA_VERSION,))
     return found
+
+
+def _rekey(conn: Conn) -> None:
+    """Key a database of version 2 or 3 by (edge_id, sample_id) in place (see `cloud.store.schema`)."""
+    for table in ("verdict_labels", "thumbnails"):  # their edge from the verdict row, while it is keyed by sample_id
+        conn.execute(f'ALTER TABLE {table} ADD COLUMN IF NOT EXISTS edge_id TEXT COLLATE "C"')
+        conn.execute(f"UPDATE {table} t SET edge_id = v.edge_id FROM verdicts v WHERE v.sample_id = t.sample_id")
+        conn.execute(f"DELETE FROM {table} WHERE edge_id IS NULL")
+        conn.execute(f"ALTER TABLE {table} ALTER COLUMN edge_id SET NOT NULL")
+    conn.execute("DROP INDEX IF EXISTS verdict_labels_sample")
+    for table, key in (
+        ("verdicts", "edge_id, sample_id"),
+        ("verdict_labels", "label, edge_id, sample_id"),
+        ("thumbnails", "edge_id, sample_id"),
+    ):
+        row = conn.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = ?::regclass AND contype = 'p'", (table,)
+        ).fetchone()
+        if row is not None:
+            conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{row[0]}"')
+        conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({key})")
 
 
 def _no_nul(value: Any) -> Any:

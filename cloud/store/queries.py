@@ -28,35 +28,35 @@ _RECORD_COLUMNS = (
     " v.edge_detections, v.decision, v.labels, v.confidence, v.text, v.backend, v.model, v.policy_version,"
     " v.origin, v.origin_detail, v.uplink_bytes, t.sample_id IS NOT NULL"
 )
-_FROM = "FROM verdicts v LEFT JOIN thumbnails t ON t.sample_id = v.sample_id"
+_FROM = "FROM verdicts v LEFT JOIN thumbnails t ON t.edge_id = v.edge_id AND t.sample_id = v.sample_id"
 
 
 class CursorError(ValueError):
     """A page cursor this store did not hand out (or from another filter's paging that no longer parses)."""
 
 
-def encode_cursor(decided_at: float, sample_id: str) -> str:
-    """An opaque cursor after the row (decided_at, sample_id) in newest-first order."""
-    raw = json.dumps([decided_at, sample_id], separators=(",", ":")).encode()
+def encode_cursor(decided_at: float, edge_id: str, sample_id: str) -> str:
+    """An opaque cursor after the row (decided_at, edge_id, sample_id) in newest-first order."""
+    raw = json.dumps([decided_at, edge_id, sample_id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[float, str]:
+def decode_cursor(cursor: str) -> tuple[float, str, str]:
     """The row a cursor points after; CursorError when it is not one of ours."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        decided_at, sample_id = json.loads(raw)
+        decided_at, edge_id, sample_id = json.loads(raw)
     except (binascii.Error, ValueError, TypeError) as err:
         raise CursorError(f"cursor {cursor!r} is not a cursor this API returned") from err
-    if not isinstance(decided_at, int | float) or not isinstance(sample_id, str):
+    if not isinstance(decided_at, int | float) or not isinstance(edge_id, str) or not isinstance(sample_id, str):
         raise CursorError(f"cursor {cursor!r} is not a cursor this API returned")
-    return float(decided_at), sample_id
+    return float(decided_at), edge_id, sample_id
 
 
 def list_verdicts(
     conn: Conn, where: VerdictFilter, limit: int, cursor: str | None, max_bytes: int = MAX_PAGE_BYTES
 ) -> VerdictPage:
-    """One page of judged samples, newest decided first (ties by sample_id), stable under new arrivals.
+    """One page of judged samples, newest decided first (ties by edge and sample_id), stable under new arrivals.
 
     The page ends early, with a cursor after its last item, where one more item would take its JSON
     past `max_bytes`; it always holds at least one item.
@@ -68,7 +68,10 @@ def list_verdicts(
             clauses.append(f"v.{column} = ?")
             params.append(value)
     if where.label is not None:
-        clauses.append("v.sample_id IN (SELECT sample_id FROM verdict_labels WHERE label = ?)")
+        clauses.append(
+            "EXISTS (SELECT 1 FROM verdict_labels l WHERE l.label = ? AND l.edge_id = v.edge_id"
+            " AND l.sample_id = v.sample_id)"
+        )
         params.append(where.label)
     if where.since is not None:
         clauses.append("v.decided_at >= ?")
@@ -77,12 +80,12 @@ def list_verdicts(
         clauses.append("v.decided_at < ?")
         params.append(where.until)
     if cursor is not None:
-        decided_at, sample_id = decode_cursor(cursor)
-        clauses.append("(v.decided_at < ? OR (v.decided_at = ? AND v.sample_id < ?))")
-        params += [decided_at, decided_at, sample_id]
+        decided_at, edge_id, sample_id = decode_cursor(cursor)
+        clauses.append("(v.decided_at < ? OR (v.decided_at = ? AND (v.edge_id, v.sample_id) < (?, ?)))")
+        params += [decided_at, decided_at, edge_id, sample_id]
     sql = (
         f"SELECT {_RECORD_COLUMNS} {_FROM} WHERE {' AND '.join(clauses)}"
-        " ORDER BY v.decided_at DESC, v.sample_id DESC LIMIT ?"
+        " ORDER BY v.decided_at DESC, v.edge_id DESC, v.sample_id DESC LIMIT ?"
     )
     rows = conn.execute(sql, (*params, limit + 1)).fetchall()
     items: list[VerdictRecord] = []
@@ -94,14 +97,15 @@ def list_verdicts(
             break
         items.append(record)
     last = items[-1] if len(rows) > len(items) else None
-    next_cursor = encode_cursor(last.decided_at or 0.0, last.sample_id) if last is not None else None
+    next_cursor = encode_cursor(last.decided_at or 0.0, last.edge_id, last.sample_id) if last is not None else None
     return VerdictPage(items, next_cursor)
 
 
-def get_record(conn: Conn, sample_id: str) -> VerdictRecord | None:
+def get_record(conn: Conn, sample_id: str, edge_id: str) -> VerdictRecord | None:
     """One judged sample's record."""
     row = conn.execute(
-        f"SELECT {_RECORD_COLUMNS} {_FROM} WHERE v.sample_id = ? AND v.verdict IS NOT NULL", (sample_id,)
+        f"SELECT {_RECORD_COLUMNS} {_FROM} WHERE v.edge_id = ? AND v.sample_id = ? AND v.verdict IS NOT NULL",
+        (edge_id, sample_id),
     ).fetchone()
     return None if row is None else _record(row)
 
@@ -144,7 +148,7 @@ def _range(column: str, since: float | None, until: float | None) -> tuple[str, 
 
 
 def uplink_series(conn: Conn, bucket_s: float, since: float | None, until: float | None) -> list[UplinkPoint]:
-    """Samples (each sample_id once) and their bytes per edge and bucket of arrival time."""
+    """Samples (each once) and their bytes per edge and bucket of arrival time."""
     where, params = _range("received_at", since, until)
     rows = conn.execute(
         f"SELECT edge_id, {conn.bucket('received_at')} AS bucket, COUNT(*), COALESCE(SUM(uplink_bytes), 0)"

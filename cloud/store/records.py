@@ -109,7 +109,7 @@ class VerdictPage:
 
 @dataclass(frozen=True, slots=True)
 class UplinkPoint:
-    """Sample bytes and counts one edge sent in one time bucket (each sample_id once: resends are not counted)."""
+    """Sample bytes and counts one edge sent in one time bucket (each sample once: resends are not counted)."""
 
     edge_id: str
     bucket_start: float

@@ -4,9 +4,11 @@ Version 1 kept only the idempotency record (sample_id, edge, times, serialized v
 adds, for the admin API and the dashboard, the sample's metadata and the verdict's fields as columns
 of the same row, a label index, thumbnails, the policy history and edge snapshots. Version 3 adds the
 claim of a sample being judged (`claimed_by`, `claim_until`): replicas sharing one database judge a
-sample once (`cloud.store.verdicts.VerdictStore.claim`). `migrate` brings a file of any version to
-3; it works from the columns actually present, so running it twice, or on a file another process
-touched, is safe.
+sample once (`cloud.store.verdicts.VerdictStore.claim`). Version 4 keys every sample by its edge and
+its id, `(edge_id, sample_id)`: a sample_id is the edge's own name for its sample, so two edges may
+use the same one, and each gets its own verdict; the label index and thumbnails are keyed the same.
+`migrate` brings a file of any version to 4; it works from the columns and keys actually present, so
+running it twice, or on a file another process touched, is safe.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ import sqlite3
 
 from cloud.store.columns import verdict_columns
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
-# One row per sample_id ever received: the idempotency record of the cloud. `verdict` is the
-# serialized Verdict, NULL while the sample is received but not judged yet.
+# One row per sample ever received, by (edge_id, sample_id): the idempotency record of the cloud.
+# `verdict` is the serialized Verdict, NULL while the sample is received but not judged yet.
 VERDICTS_TABLE = """
 CREATE TABLE IF NOT EXISTS verdicts (
-    sample_id   TEXT PRIMARY KEY,
+    sample_id   TEXT NOT NULL,
     edge_id     TEXT NOT NULL,
     received_at REAL NOT NULL,
     decided_at  REAL,
-    verdict     BLOB
+    verdict     BLOB,
+    PRIMARY KEY (edge_id, sample_id)
 ) WITHOUT ROWID
 """
 VERDICTS_BY_DECIDED_AT = "CREATE INDEX IF NOT EXISTS verdicts_decided_at ON verdicts (decided_at)"
@@ -62,13 +65,16 @@ V2_STATEMENTS = (
     # Labels the cloud saw or the edge reported, for the label filter.
     """CREATE TABLE IF NOT EXISTS verdict_labels (
         label     TEXT NOT NULL,
+        edge_id   TEXT NOT NULL,
         sample_id TEXT NOT NULL,
-        PRIMARY KEY (label, sample_id)
+        PRIMARY KEY (label, edge_id, sample_id)
     ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS verdict_labels_sample ON verdict_labels (sample_id)",
+    "CREATE INDEX IF NOT EXISTS verdict_labels_by_sample ON verdict_labels (edge_id, sample_id)",
     """CREATE TABLE IF NOT EXISTS thumbnails (
-        sample_id TEXT PRIMARY KEY,
-        jpeg      BLOB NOT NULL
+        edge_id   TEXT NOT NULL,
+        sample_id TEXT NOT NULL,
+        jpeg      BLOB NOT NULL,
+        PRIMARY KEY (edge_id, sample_id)
     ) WITHOUT ROWID""",
     # Every policy version published: the layer it changed and its written settings (JSON, NULL for
     # a removed override).
@@ -88,12 +94,20 @@ V2_STATEMENTS = (
     ) WITHOUT ROWID""",
 )
 BACKFILL_CHUNK = 1000
+# Before version 4 these tables were keyed by sample_id alone; `rekey` copies them into version 4's.
+REKEYED = ("verdicts", "verdict_labels", "thumbnails")
+_V3_INDEXES = ("verdicts_decided_at", "verdicts_edge_decided_at", "verdicts_uplink", "verdicts_decisions")
 
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Create or bring the schema to SCHEMA_VERSION in one transaction; returns the rows backfilled."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        old = [table for table in REKEYED if _keyed_by_sample_id_alone(conn, table)]
+        for table in old:  # version 3 or earlier: set aside, copied into the new tables below
+            conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v3")
+        for index in (*_V3_INDEXES, "verdict_labels_sample") if old else ():
+            conn.execute(f"DROP INDEX IF EXISTS {index}")
         conn.execute(VERDICTS_TABLE)
         conn.execute(VERDICTS_BY_DECIDED_AT)
         present = {row[1] for row in conn.execute("PRAGMA table_info(verdicts)")}
@@ -102,6 +116,8 @@ def migrate(conn: sqlite3.Connection) -> int:
                 conn.execute(f"ALTER TABLE verdicts ADD COLUMN {name} {kind}")
         for statement in V2_STATEMENTS:
             conn.execute(statement)
+        if old:
+            _copy_rekeyed(conn, old)
         backfilled = _backfill(conn)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:
@@ -111,26 +127,55 @@ def migrate(conn: sqlite3.Connection) -> int:
     return backfilled
 
 
+def _keyed_by_sample_id_alone(conn: sqlite3.Connection, table: str) -> bool:
+    """Whether `table` exists with the primary key of version 3 and earlier (no edge_id in it)."""
+    key = {row[1] for row in conn.execute(f"PRAGMA table_info({table})") if row[5] > 0}
+    return bool(key) and "edge_id" not in key
+
+
+def _copy_rekeyed(conn: sqlite3.Connection, old: list[str]) -> None:
+    """Copy the set-aside tables of version 3 or earlier into version 4's, then drop them."""
+    if "verdicts" in old:
+        present = [row[1] for row in conn.execute("PRAGMA table_info(verdicts_v3)")]
+        names = ", ".join(present)
+        conn.execute(f"INSERT INTO verdicts ({names}) SELECT {names} FROM verdicts_v3")
+    # Labels and thumbnails take their edge from the verdict row (a row without one had no sample);
+    # the old verdicts table is still keyed by sample_id, so each is one lookup.
+    verdicts = "verdicts_v3" if "verdicts" in old else "verdicts"
+    if "verdict_labels" in old:
+        conn.execute(
+            "INSERT OR IGNORE INTO verdict_labels (label, edge_id, sample_id) SELECT l.label, v.edge_id, l.sample_id"
+            f" FROM verdict_labels_v3 l JOIN {verdicts} v ON v.sample_id = l.sample_id"
+        )
+    if "thumbnails" in old:
+        conn.execute(
+            "INSERT OR IGNORE INTO thumbnails (edge_id, sample_id, jpeg) SELECT v.edge_id, t.sample_id, t.jpeg"
+            f" FROM thumbnails_v3 t JOIN {verdicts} v ON v.sample_id = t.sample_id"
+        )
+    for table in old:
+        conn.execute(f"DROP TABLE {table}_v3")
+
+
 def _backfill(conn: sqlite3.Connection) -> int:
     """Fill the verdict columns of rows judged under version 1 from their serialized verdicts."""
     done = 0
     while True:
         rows = conn.execute(
-            "SELECT sample_id, verdict FROM verdicts WHERE verdict IS NOT NULL AND decision IS NULL LIMIT ?",
+            "SELECT edge_id, sample_id, verdict FROM verdicts WHERE verdict IS NOT NULL AND decision IS NULL LIMIT ?",
             (BACKFILL_CHUNK,),
         ).fetchall()
         if not rows:
             return done
-        for sample_id, blob in rows:
+        for edge_id, sample_id, blob in rows:
             columns = verdict_columns(bytes(blob))
             conn.execute(
                 "UPDATE verdicts SET decision = :decision, labels = :labels, confidence = :confidence, text = :text,"
                 " backend = :backend, model = :model, origin = :origin, origin_detail = :origin_detail"
-                " WHERE sample_id = :sample_id",
-                {**columns.as_params(), "sample_id": sample_id},
+                " WHERE edge_id = :edge_id AND sample_id = :sample_id",
+                {**columns.as_params(), "edge_id": edge_id, "sample_id": sample_id},
             )
             conn.executemany(
-                "INSERT OR IGNORE INTO verdict_labels (label, sample_id) VALUES (?, ?)",
-                [(label, sample_id) for label in columns.labels],
+                "INSERT OR IGNORE INTO verdict_labels (label, edge_id, sample_id) VALUES (?, ?, ?)",
+                [(label, edge_id, sample_id) for label in columns.labels],
             )
         done += len(rows)

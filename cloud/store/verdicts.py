@@ -1,12 +1,14 @@
-"""VerdictStore: every sample_id the cloud received, and its verdict once judged, in SQLite (WAL) or PostgreSQL.
+"""VerdictStore: every sample the cloud received, and its verdict once judged, in SQLite (WAL) or PostgreSQL.
 
 Besides the idempotency record it keeps, for the admin API and the dashboard, each judged sample's
 metadata and thumbnail, the history of published policies and snapshots of the edges (schema
-version 2, see `cloud.store.schema`; a version-1 file is migrated when opened). It implements
-`cloud.store.base.VerdictRepository`.
+version 2, see `cloud.store.schema`; a file of an earlier version is migrated when opened). It
+implements `cloud.store.base.VerdictRepository`.
 
-The cloud deduplicates on sample_id: an edge that did not hear an ack sends the sample again, and
-gets the stored verdict instead of a second judgement. The statements are written once for both
+The cloud deduplicates on (edge_id, sample_id): an edge that did not hear an ack sends the sample
+again, and gets the stored verdict instead of a second judgement. A sample_id is an edge's own name
+for its sample: another edge using the same one has another sample, judged on its own, and never sees
+the first edge's verdict. The statements are written once for both
 engines (`cloud.store.db`) and never run on the event loop. On SQLite (the embedded default) every
 statement runs in one dedicated thread that owns the connection, in submission order; the file is in
 WAL mode with synchronous=NORMAL: readers never block the writer, and a power cut may lose the last
@@ -48,7 +50,7 @@ T = TypeVar("T")
 # An upsert that fills the verdict of a row recorded on arrival, but never replaces a verdict.
 _PUT_VERDICT = """
 INSERT INTO verdicts (sample_id, edge_id, received_at, decided_at, verdict) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (sample_id) DO UPDATE SET decided_at = excluded.decided_at, verdict = excluded.verdict
+ON CONFLICT (edge_id, sample_id) DO UPDATE SET decided_at = excluded.decided_at, verdict = excluded.verdict
 WHERE verdicts.verdict IS NULL OR verdicts.origin IN ('timeout', 'backend_error')
 """
 # A replica takes a received sample to judge: a new row, or an unjudged one nobody else holds a live
@@ -56,31 +58,32 @@ WHERE verdicts.verdict IS NULL OR verdicts.origin IN ('timeout', 'backend_error'
 # of replicas racing for a sample exactly one changes the row.
 _CLAIM = """
 INSERT INTO verdicts (sample_id, edge_id, received_at, claimed_by, claim_until) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (sample_id) DO UPDATE SET claimed_by = excluded.claimed_by, claim_until = excluded.claim_until
-WHERE verdicts.edge_id = excluded.edge_id
-    AND (verdicts.verdict IS NULL OR verdicts.origin IN ('timeout', 'backend_error'))
+ON CONFLICT (edge_id, sample_id) DO UPDATE SET claimed_by = excluded.claimed_by, claim_until = excluded.claim_until
+WHERE (verdicts.verdict IS NULL OR verdicts.origin IN ('timeout', 'backend_error'))
     AND (verdicts.claimed_by IS NULL OR verdicts.claimed_by = excluded.claimed_by OR verdicts.claim_until < ?)
 """
-_CLAIMED = "SELECT edge_id, verdict, origin, claimed_by, claim_until FROM verdicts WHERE sample_id = ?"
-_PUT_LABEL = "INSERT INTO verdict_labels (label, sample_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
+_CLAIMED = "SELECT verdict, origin, claimed_by, claim_until FROM verdicts WHERE edge_id = ? AND sample_id = ?"
+_PUT_LABEL = "INSERT INTO verdict_labels (label, edge_id, sample_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
 _PUT_THUMBNAIL = (
-    "INSERT INTO thumbnails (sample_id, jpeg) VALUES (?, ?) ON CONFLICT (sample_id) DO UPDATE SET jpeg = excluded.jpeg"
+    "INSERT INTO thumbnails (edge_id, sample_id, jpeg) VALUES (?, ?, ?)"
+    " ON CONFLICT (edge_id, sample_id) DO UPDATE SET jpeg = excluded.jpeg"
 )
+_SAMPLE = "edge_id = ? AND sample_id = ?"
 _PUT_COLUMNS = """
 UPDATE verdicts SET decision = :decision, labels = :labels, confidence = :confidence, text = :text,
     backend = :backend, model = :model, origin = :origin, origin_detail = :origin_detail
-WHERE sample_id = :sample_id
+WHERE edge_id = :edge_id AND sample_id = :sample_id
 """
 _PUT_META = """
 UPDATE verdicts SET camera_id = :camera_id, frame_seq = :frame_seq, captured_at = :captured_at,
     mined_reason = :mined_reason, edge_detections = :edge_detections, policy_version = :policy_version,
     uplink_bytes = :uplink_bytes
-WHERE sample_id = :sample_id
+WHERE edge_id = :edge_id AND sample_id = :sample_id
 """
 
 
 class VerdictStore:
-    """Verdicts by sample_id in SQLite or PostgreSQL; all methods are coroutines safe to call from the loop."""
+    """Verdicts by (edge_id, sample_id) in SQLite or PostgreSQL; every method is a coroutine safe on the loop."""
 
     def __init__(self, path: Path | str | None = None, *, database: Database | None = None) -> None:
         """Use the SQLite file at `path` (created with its folder on first use), or `database` (PostgreSQL)."""
@@ -100,18 +103,19 @@ class VerdictStore:
         """Open (or create) the database now, so a bad path fails at start-up rather than at the first sample."""
         await self._run("open", lambda conn: None)
 
-    async def get(self, sample_id: str) -> bytes | None:
-        """The serialized Verdict of `sample_id`, or None if there is none (unknown, or not judged yet)."""
+    async def get(self, sample_id: str, edge_id: str) -> bytes | None:
+        """The serialized Verdict of `edge_id`'s `sample_id`, or None if there is none (unknown, or not judged yet)."""
         row = await self._run(
             "get",
-            lambda conn: conn.execute("SELECT verdict FROM verdicts WHERE sample_id = ?", (sample_id,)).fetchone(),
+            lambda conn: conn.execute(f"SELECT verdict FROM verdicts WHERE {_SAMPLE}", (edge_id, sample_id)).fetchone(),
         )
         return None if row is None or row[0] is None else bytes(row[0])
 
-    async def contains(self, sample_id: str) -> bool:
-        """Whether `sample_id` was received before (judged or not)."""
+    async def contains(self, sample_id: str, edge_id: str) -> bool:
+        """Whether `edge_id`'s `sample_id` was received before (judged or not)."""
         row = await self._run(
-            "contains", lambda conn: conn.execute("SELECT 1 FROM verdicts WHERE sample_id = ?", (sample_id,)).fetchone()
+            "contains",
+            lambda conn: conn.execute(f"SELECT 1 FROM verdicts WHERE {_SAMPLE}", (edge_id, sample_id)).fetchone(),
         )
         return row is not None
 
@@ -125,9 +129,10 @@ class VerdictStore:
         decided_at: float | None = None,
         meta: SampleMeta | None = None,
     ) -> bool:
-        """Store the verdict of `sample_id` (with the sample's `meta`) unless it has one already; whether it was.
+        """Store the verdict of `edge_id`'s `sample_id` (with the sample's `meta`) unless it has one already;
+        whether it was.
 
-        Idempotent: a second put for the same sample_id changes nothing and returns False, except over
+        Idempotent: a second put for the same sample changes nothing and returns False, except over
         a fallback verdict (timeout, backend error): the sample was never really judged, and a resend
         judged later replaces it. The verdict's fields are read into
         columns here too (before the write, off the loop), in one transaction with the verdict.
@@ -147,22 +152,23 @@ class VerdictStore:
         return self._db.shared
 
     async def claim(self, sample_id: str, edge_id: str, replica: str, lease_s: float) -> Claim:
-        """Take `sample_id` for `replica` to judge for `lease_s` seconds, unless it is judged or another holds it.
+        """Take `edge_id`'s `sample_id` for `replica` to judge for `lease_s` seconds, unless it is judged or
+        another holds it.
 
-        A `Claim` says which: `mine` (judge it), `judged` (its stored verdict), `elsewhere` (another
-        replica's live claim; ask again, it lapses at `until`) or `taken` (another edge's sample_id).
+        A `Claim` says which: `mine` (judge it), `judged` (its stored verdict) or `elsewhere` (another
+        replica's live claim; ask again, it lapses at `until`).
         """
         now = time.time()
         row = (sample_id, edge_id, now, replica, now + lease_s)
         return await self._run("claim", lambda conn: _claim(conn, row, now))
 
-    async def release(self, sample_id: str, replica: str) -> None:
+    async def release(self, sample_id: str, edge_id: str, replica: str) -> None:
         """Give up `replica`'s claim on an unjudged sample, so a resend is judged at once wherever it lands."""
         await self._run(
             "release",
             lambda conn: conn.execute(
-                "UPDATE verdicts SET claim_until = 0 WHERE sample_id = ? AND claimed_by = ? AND verdict IS NULL",
-                (sample_id, replica),
+                f"UPDATE verdicts SET claim_until = 0 WHERE {_SAMPLE} AND claimed_by = ? AND verdict IS NULL",
+                (edge_id, sample_id, replica),
             ),
         )
 
@@ -192,22 +198,22 @@ class VerdictStore:
             "list_verdicts", lambda conn: queries.list_verdicts(conn, where or VerdictFilter(), limit, cursor)
         )
 
-    async def get_record(self, sample_id: str) -> VerdictRecord | None:
+    async def get_record(self, sample_id: str, edge_id: str) -> VerdictRecord | None:
         """One judged sample's record, or None (unknown or not judged yet)."""
-        return await self._run("get_record", lambda conn: queries.get_record(conn, sample_id))
+        return await self._run("get_record", lambda conn: queries.get_record(conn, sample_id, edge_id))
 
-    async def get_thumbnail(self, sample_id: str) -> bytes | None:
+    async def get_thumbnail(self, sample_id: str, edge_id: str) -> bytes | None:
         """The sample's thumbnail JPEG, or None when there is none."""
         row = await self._run(
             "get_thumbnail",
-            lambda conn: conn.execute("SELECT jpeg FROM thumbnails WHERE sample_id = ?", (sample_id,)).fetchone(),
+            lambda conn: conn.execute(f"SELECT jpeg FROM thumbnails WHERE {_SAMPLE}", (edge_id, sample_id)).fetchone(),
         )
         return None if row is None else bytes(row[0])
 
     async def uplink_series(
         self, bucket_s: float, since: float | None = None, until: float | None = None
     ) -> list[UplinkPoint]:
-        """Per edge and bucket of arrival time: samples received (each sample_id once) and their bytes.
+        """Per edge and bucket of arrival time: samples received (each sample once) and their bytes.
 
         Bytes are the Sample messages' sizes as received; rows written before schema 2, or not judged yet,
         count as samples with 0 bytes.
@@ -307,16 +313,18 @@ def _connect(path: Path) -> sqlite3.Connection:
 def _put(conn: Conn, row: tuple[str, str, float, float], verdict: bytes, meta: SampleMeta | None) -> bool:
     """The verdict row, its columns, labels, metadata and thumbnail, in one transaction."""
     columns = verdict_columns(verdict)
-    sample_id = row[0]
+    sample_id, edge_id = row[0], row[1]
+    key = {"edge_id": edge_id, "sample_id": sample_id}
     with conn.transaction():
         stored = conn.execute(_PUT_VERDICT, (*row, verdict)).rowcount == 1
         if stored:
-            conn.execute(_PUT_COLUMNS, {**columns.as_params(), "sample_id": sample_id})
-            conn.executemany(_PUT_LABEL, [(label, sample_id) for label in sorted(all_labels(columns, meta))])
+            conn.execute(_PUT_COLUMNS, {**columns.as_params(), **key})
+            labels = sorted(all_labels(columns, meta))
+            conn.executemany(_PUT_LABEL, [(label, edge_id, sample_id) for label in labels])
             if meta is not None:
-                conn.execute(_PUT_META, {**meta_params(meta), "sample_id": sample_id})
+                conn.execute(_PUT_META, {**meta_params(meta), **key})
                 if meta.thumbnail_jpeg:
-                    conn.execute(_PUT_THUMBNAIL, (sample_id, meta.thumbnail_jpeg))
+                    conn.execute(_PUT_THUMBNAIL, (edge_id, sample_id, meta.thumbnail_jpeg))
     return stored
 
 
@@ -324,7 +332,7 @@ def _put(conn: Conn, row: tuple[str, str, float, float], verdict: bytes, meta: S
 class Claim:
     """The outcome of `VerdictStore.claim`."""
 
-    state: Literal["mine", "judged", "elsewhere", "taken"]
+    state: Literal["mine", "judged", "elsewhere"]
     verdict: bytes | None = None  # judged: the stored verdict
     holder: str = ""  # elsewhere: the replica judging it
     until: float = 0.0  # elsewhere: when its claim lapses (unix seconds)
@@ -333,12 +341,10 @@ class Claim:
 def _claim(conn: Conn, row: tuple[str, str, float, str, float], now: float) -> Claim:
     if conn.execute(_CLAIM, (*row, now)).rowcount == 1:
         return Claim("mine")
-    found = conn.execute(_CLAIMED, (row[0],)).fetchone()
+    found = conn.execute(_CLAIMED, (row[1], row[0])).fetchone()
     if found is None:  # pruned between the two statements: nobody holds it
         return Claim("elsewhere", until=now)
-    edge_id, verdict, origin, holder, until = found
-    if edge_id != row[1]:
-        return Claim("taken")
+    verdict, origin, holder, until = found
     if verdict is not None and origin not in ("timeout", "backend_error"):
         return Claim("judged", bytes(verdict))
     return Claim("elsewhere", holder=str(holder or ""), until=float(until or now))
@@ -346,9 +352,9 @@ def _claim(conn: Conn, row: tuple[str, str, float, str, float], now: float) -> C
 
 def _prune(conn: Conn, before: float) -> int:
     with conn.transaction():
-        old = "SELECT sample_id FROM verdicts WHERE decided_at < ?"
-        conn.execute(f"DELETE FROM thumbnails WHERE sample_id IN ({old})", (before,))
-        conn.execute(f"DELETE FROM verdict_labels WHERE sample_id IN ({old})", (before,))
+        old = "SELECT 1 FROM verdicts v WHERE v.edge_id = t.edge_id AND v.sample_id = t.sample_id AND v.decided_at < ?"
+        conn.execute(f"DELETE FROM thumbnails AS t WHERE EXISTS ({old})", (before,))
+        conn.execute(f"DELETE FROM verdict_labels AS t WHERE EXISTS ({old})", (before,))
         gone = conn.execute("DELETE FROM verdicts WHERE decided_at < ?", (before,)).rowcount
         # Received but never judged (a claim whose replica died and whose edge gave up): as old, as gone.
         conn.execute("DELETE FROM verdicts WHERE verdict IS NULL AND received_at < ?", (before,))

@@ -10,7 +10,7 @@ come. It keeps the delivery contract of `protos/session.proto`:
 - At most `window` samples are in flight, so an edge never has more than that waiting in the cloud.
 - A sample in flight is sent again when the cloud comes back (a new session, a bridge online
   again), when its Ack is `ack_timeout_s` late, when its Verdict is `verdict_timeout_s` late after
-  the Ack, and after the `retry_after_ms` of a deferring Ack. The cloud deduplicates on sample_id
+  the Ack, and after the `retry_after_ms` of a deferring Ack. The cloud deduplicates on (edge_id, sample_id)
   and answers a judged sample with its stored verdict, so a resend is never judged twice.
 - OVERLOADED is back-pressure: nothing new is sent until its retry_after has passed.
 

@@ -84,10 +84,11 @@ async def test_a_verdict_detail_carries_the_sample_metadata_and_a_jpeg_thumbnail
     async with running(admin_config(tmp_path, clip)) as service:
         (sample,) = await send(service, clip, "gw-1", [frame], "s")
         async with admin(service) as client:
-            detail = (await client.get(f"/api/verdicts/{sample.sample_id}")).json()
-            thumbnail = await client.get(f"/api/verdicts/{sample.sample_id}/thumbnail.jpg")
-            missing = await client.get("/api/verdicts/nope")
-            missing_thumbnail = await client.get("/api/verdicts/nope/thumbnail.jpg")
+            detail = (await client.get(f"/api/verdicts/gw-1/{sample.sample_id}")).json()
+            thumbnail = await client.get(f"/api/verdicts/gw-1/{sample.sample_id}/thumbnail.jpg")
+            missing = await client.get("/api/verdicts/gw-1/nope")
+            missing_thumbnail = await client.get("/api/verdicts/gw-1/nope/thumbnail.jpg")
+            another_edges = await client.get(f"/api/verdicts/gw-2/{sample.sample_id}")
 
     objects = truth(clip)[frame]
     assert (detail["edge_id"], detail["camera_id"], detail["frame_seq"]) == ("gw-1", "cam0", frame)
@@ -100,6 +101,7 @@ async def test_a_verdict_detail_carries_the_sample_metadata_and_a_jpeg_thumbnail
     image = cv2.imdecode(np.frombuffer(thumbnail.content, np.uint8), cv2.IMREAD_COLOR)
     assert image is not None and image.shape == (120, 160, 3)  # 640x480 frame, longer side 160
     assert (missing.status_code, missing_thumbnail.status_code) == (404, 404)
+    assert another_edges.status_code == 404, "a sample_id names a sample only with its edge"
 
 
 async def test_series_count_each_edges_samples_bytes_and_decisions(tmp_path: Path, clip: Path) -> None:
@@ -167,7 +169,7 @@ async def test_a_schema_1_store_is_served_after_the_upgrade(tmp_path: Path, clip
     write_v1_file(config.store.path)
     async with running(config) as service, admin(service) as client:
         listed = (await client.get("/api/verdicts", params={"edge_id": "gw-1"})).json()
-        old = (await client.get("/api/verdicts/old-1")).json()
+        old = (await client.get("/api/verdicts/gw-1/old-1")).json()
 
     assert [v["sample_id"] for v in listed["items"]] == ["old-2", "old-1"]
     assert (old["text"], old["decision"], old["labels"], old["has_thumbnail"]) == (
@@ -189,7 +191,8 @@ async def test_openapi_docs_and_dashboard_are_served_from_local_files(tmp_path: 
 
     assert {
         "/api/verdicts",
-        "/api/verdicts/{sample_id}/thumbnail.jpg",
+        "/api/verdicts/{edge_id}/{sample_id}",
+        "/api/verdicts/{edge_id}/{sample_id}/thumbnail.jpg",
         "/api/policies/fleet",
         "/api/edges",
         "/api/series/uplink",

@@ -69,7 +69,7 @@ async def test_agent_killed_mid_run_resends_everything_after_restart(
 
         async def all_stored() -> bool:
             for sample_id in waiting - stored:
-                if await service.store.get(sample_id) is not None:
+                if await service.store.get(sample_id, "gw-kill") is not None:
                     stored.add(sample_id)
             return stored == waiting
 

@@ -209,7 +209,7 @@ async def test_a_sample_cut_by_a_shutdown_is_judged_when_resent_after_the_restar
         assert verdict.origin == verdict_pb2.VERDICT_ORIGIN_BACKEND
         assert verdict.decision == verdict_pb2.DECISION_CONFIRMED
         assert counter(again, "edgeglm_inference_request_success_total", backend="oracle") == 1
-        stored = await again.store.get("s-cut")
+        stored = await again.store.get("s-cut", sample.edge_id)
         assert (
             stored is not None and verdict_pb2.Verdict.FromString(stored).origin == verdict_pb2.VERDICT_ORIGIN_BACKEND
         )

@@ -38,7 +38,7 @@ async def test_the_service_judges_through_the_endpoint_and_its_failures_are_not_
             good = await stub.Infer(session_pb2.InferRequest(sample=whole, timeout_ms=10_000), timeout=WAIT_S)
             bad = await stub.Infer(session_pb2.InferRequest(sample=broken, timeout_ms=10_000), timeout=WAIT_S)
             errors = counter(service, "edgeglm_cloud_backend_errors_total", backend="openai", kind="http_5xx")
-            stored_bad = await service.store.get("s-500")
+            stored_bad = await service.store.get("s-500", broken.edge_id)
     assert (good.decision, good.backend, good.text) == (verdict_pb2.DECISION_CONFIRMED, "openai", "it is there")
     assert {d.label for d in good.detections} == {d.label for d in whole.detections}
     # Not a judgement: the unary caller hears why, nothing is stored, a resend is judged again.

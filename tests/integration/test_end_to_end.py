@@ -147,7 +147,7 @@ async def test_per_track_asking_asks_each_object_once_and_its_verdict_makes_one_
             summary = await run_to_end(agent)
             sent[ask] = summary["samples_sent"]
             page = await service.store.list_verdicts(limit=500)
-            stored = [await service.store.get(r.sample_id) for r in page.items]
+            stored = [await service.store.get(r.sample_id, r.edge_id) for r in page.items]
         assert summary["verdicts"] == summary["samples_sent"] > 0
         if ask == "per_track":
             tracks = [verdict_pb2.Verdict.FromString(raw).track_id for raw in stored if raw is not None]

@@ -105,7 +105,10 @@ async def test_with_certificates_and_the_acl_an_edge_speaks_only_for_itself(
         anonymous = Attacker(tls_broker, None, ca_file=pki["broker"].ca_file)
         got_in = await asyncio.to_thread(anonymous.connected.wait, 3)
         anonymous.close()
-        judged = {s: await replica.store.get(s) is not None for s in ("honest-0", "forged-0", "gw2-own-0")}
+        judged = {
+            s: await replica.store.get(s, edge) is not None
+            for s, edge in (("honest-0", EDGE), ("forged-0", EDGE), ("gw2-own-0", "gw-2"))
+        }
     assert judged == {"honest-0": True, "forged-0": False, "gw2-own-0": True}
     assert [v.sample_id for v in gw.verdicts] == [good.sample_id], "no forged verdict reached gw-1"
     assert all(ack.sample_id != "x" for ack in gw.acks)

@@ -73,7 +73,7 @@ async def test_an_edge_with_its_certificate_is_served_and_speaks_only_for_itself
             await stub.Infer(session_pb2.InferRequest(sample=theirs), timeout=WAIT_S)
         with pytest.raises(grpc.aio.AioRpcError) as their_policy:
             await stub.GetPolicy(session_pb2.GetPolicyRequest(edge_id="gw-2"), timeout=WAIT_S)
-        forged_stored = await service.store.get("s-forged")
+        forged_stored = await service.store.get("s-forged", "gw-2")
     assert ack.accepted and verdict.decision == verdict_pb2.DECISION_CONFIRMED
     assert told.code == session_pb2.SESSION_ERROR_CODE_UNKNOWN_EDGE
     for refused in (said_hello_as_another, asked_for_another, their_policy):

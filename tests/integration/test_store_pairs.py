@@ -65,7 +65,7 @@ async def test_the_pair_tables_live_beside_the_verdicts_in_one_database(tmp_path
         stored = verdict_pb2.Verdict(sample_id="s-1", decision=verdict_pb2.DECISION_CONFIRMED).SerializeToString()
         assert await verdicts.put("s-1", "gw-1", stored)
         await pair_store.add_pairs(pairs("gw-1", "person", 3))
-        assert await verdicts.get("s-1") == stored
+        assert await verdicts.get("s-1", "gw-1") == stored
         assert await pair_store.count_pairs() == 3
     finally:
         await pair_store.close()

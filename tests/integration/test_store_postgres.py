@@ -89,8 +89,8 @@ async def test_text_with_nul_characters_is_kept_and_blobs_are_byte_exact(postgre
     blob = verdict("s-1", text="a cat\x00 by the door")
     try:
         assert await store.put("s-1", "gw-1", blob)
-        record = await store.get_record("s-1")
-        assert await store.get("s-1") == blob
+        record = await store.get_record("s-1", "gw-1")
+        assert await store.get("s-1", "gw-1") == blob
     finally:
         await store.close()
     assert record is not None and record.text == "a cat\ufffd by the door"
@@ -138,7 +138,7 @@ async def test_the_cloud_service_judges_samples_into_postgres_and_its_closed_loo
     reopened = VerdictStore(database=PgPool(dsn_file.read_text().strip(), "verdict store"))
     pairs = PairStore(None, max_pairs_per_key=100, database=PgPool(dsn_file.read_text().strip(), "pair store"))
     try:
-        stored = [await reopened.get(sample.sample_id) for sample in sent]
+        stored = [await reopened.get(sample.sample_id, sample.edge_id) for sample in sent]
         paired = await pairs.count_pairs()
     finally:
         await reopened.close()

@@ -56,8 +56,8 @@ async def store(tmp_path, store_database):
 async def test_a_verdict_is_stored_with_its_sample_metadata_and_thumbnail(store):
     await store.put("s-1", "gw-1", verdict("s-1", text="a person by the door"), received_at=990.0, meta=meta())
 
-    record = await store.get_record("s-1")
-    thumbnail = await store.get_thumbnail("s-1")
+    record = await store.get_record("s-1", "gw-1")
+    thumbnail = await store.get_thumbnail("s-1", "gw-1")
 
     assert record is not None
     assert (record.edge_id, record.camera_id, record.frame_seq, record.mined_reason) == (
@@ -74,7 +74,7 @@ async def test_a_verdict_is_stored_with_its_sample_metadata_and_thumbnail(store)
     assert thumbnail is not None and thumbnail.startswith(b"\xff\xd8\xff")
     decoded = cv2.imdecode(np.frombuffer(thumbnail, np.uint8), cv2.IMREAD_COLOR)
     assert decoded is not None and decoded.shape == (120, 160, 3)
-    assert await store.get_thumbnail("unknown") is None
+    assert await store.get_thumbnail("unknown", "gw-1") is None
 
 
 async def test_filters_select_by_edge_camera_label_decision_and_time(store):
@@ -167,13 +167,13 @@ async def test_a_schema_1_file_is_migrated_and_its_verdicts_become_queryable(tmp
     write_v1_file(path)
     store = VerdictStore(path)
     try:
-        stored = await store.get("old-1")
+        stored = await store.get("old-1", "gw-1")
         assert stored is not None and verdict_pb2.Verdict.FromString(stored).text == "seen before the upgrade"
         assert await store.put("old-1", "gw-1", verdict("old-1", text="again")) is False  # still deduplicated
         assert await store.put("old-pending", "gw-2", verdict("old-pending"), meta=meta()) is True
         listed = (await store.list_verdicts()).items
         by_label = (await store.list_verdicts(VerdictFilter(label="person"))).items
-        old = await store.get_record("old-1")
+        old = await store.get_record("old-1", "gw-1")
     finally:
         await store.close()
     with sqlite3.connect(path) as conn:
@@ -196,7 +196,7 @@ async def test_retention_prunes_old_verdicts_with_their_thumbnails_labels_and_sn
 
     assert await StoreRetention(store, retention_s=7 * 86400).prune_now() == 1
 
-    assert await store.get_thumbnail("old") is None and await store.get_thumbnail("new") is not None
+    assert await store.get_thumbnail("old", "gw-1") is None and await store.get_thumbnail("new", "gw-1") is not None
     assert [r.sample_id for r in (await store.list_verdicts(VerdictFilter(label="car"))).items] == ["new"]
     assert [s.edge_id for s in await store.latest_edge_snapshots()] == ["gw-2"]
     left = await store.database.run(

@@ -1,5 +1,6 @@
-"""VerdictStore on a real SQLite file and a real PostgreSQL database: dedup on sample_id, durable across
-reopen, clear errors; WAL and the schema version of the SQLite file (PostgreSQL's: test_store_postgres)."""
+"""VerdictStore on a real SQLite file and a real PostgreSQL database: dedup per edge on (edge_id, sample_id),
+durable across reopen, clear errors; WAL and the schema version of the SQLite file (PostgreSQL's:
+test_store_postgres)."""
 
 from __future__ import annotations
 
@@ -31,10 +32,30 @@ async def test_put_stores_a_verdict_once_and_get_returns_it(store):
     assert await store.put("s-1", "edge-1", verdict("s-1")) is True
     assert await store.put("s-1", "edge-1", verdict("s-1", text="second")) is False
 
-    stored = verdict_pb2.Verdict.FromString(await store.get("s-1"))
+    stored = verdict_pb2.Verdict.FromString(await store.get("s-1", "edge-1"))
     assert stored.text == "first"
-    assert await store.get("unknown") is None
+    assert await store.get("unknown", "edge-1") is None
     assert await store.count() == 1
+
+
+async def test_two_edges_using_one_sample_id_each_keep_their_own_sample_and_verdict(store):
+    """A sample_id is its edge's own name: another edge's sample of that id is another sample."""
+    assert await store.put("s-1", "edge-1", verdict("s-1", text="edge 1's")) is True
+    assert (await store.claim("s-1", "edge-2", "replica-a", lease_s=30)).state == "mine"
+    assert await store.put("s-1", "edge-2", verdict("s-1", text="edge 2's")) is True
+    assert await store.put("s-1", "edge-2", verdict("s-1", text="a resend")) is False
+
+    one = verdict_pb2.Verdict.FromString(await store.get("s-1", "edge-1"))
+    two = verdict_pb2.Verdict.FromString(await store.get("s-1", "edge-2"))
+    claim = await store.claim("s-1", "edge-1", "replica-a", lease_s=30)
+    assert (one.text, two.text) == ("edge 1's", "edge 2's")
+    assert claim.state == "judged" and claim.verdict == verdict("s-1", text="edge 1's")
+    assert await store.get("s-1", "edge-3") is None and not await store.contains("s-1", "edge-3")
+    assert await store.count() == 2
+    assert {(r.edge_id, r.text) for r in (await store.list_verdicts()).items} == {
+        ("edge-1", "edge 1's"),
+        ("edge-2", "edge 2's"),
+    }
 
 
 async def test_verdicts_survive_closing_and_reopening_the_database(tmp_path, store_database):
@@ -45,7 +66,7 @@ async def test_verdicts_survive_closing_and_reopening_the_database(tmp_path, sto
 
     again = VerdictStore(path, database=store_database("verdict store"))
     try:
-        assert await again.get("s-1") == verdict("s-1")
+        assert await again.get("s-1", "edge-1") == verdict("s-1")
         assert await again.put("s-1", "edge-1", verdict("s-1", text="replayed")) is False
         assert await again.count() == 1
     finally:
@@ -69,7 +90,7 @@ async def test_database_is_in_wal_mode_with_the_schema_versioned(tmp_path):
 
     with sqlite3.connect(tmp_path / "verdicts.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 async def test_prune_forgets_old_verdicts_only(store):
@@ -78,8 +99,8 @@ async def test_prune_forgets_old_verdicts_only(store):
 
     assert await store.prune(decided_before=1_500.0) == 1
 
-    assert await store.get("old") is None
-    assert await store.get("new") is not None
+    assert await store.get("old", "edge-1") is None
+    assert await store.get("new", "edge-1") is not None
 
 
 async def test_a_database_from_a_newer_version_is_refused_with_a_clear_error(tmp_path):
@@ -109,4 +130,4 @@ async def test_a_closed_store_refuses_work(tmp_path, store_database):
     await store.close()  # again: nothing happens
 
     with pytest.raises(StoreError, match="closed verdict store"):
-        await store.get("s-1")
+        await store.get("s-1", "edge-1")

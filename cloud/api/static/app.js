@@ -144,18 +144,22 @@ function filterQuery() {
   return params;
 }
 
+// A sample is its edge's: (edge_id, sample_id) names it, as the store keys it.
+const sampleKey = (v) => `${v.edge_id}\u0000${v.sample_id}`;
+const sampleUrl = (v) => `/api/verdicts/${encodeURIComponent(v.edge_id)}/${encodeURIComponent(v.sample_id)}`;
+
 function thumbnail(v, size) {
   if (!v.has_thumbnail) return el("div", { class: "thumb none" }, "no image");
   return el("img", {
     class: "thumb", loading: "lazy", alt: `sample ${v.sample_id}`, width: size, style: size ? `width:${size}px;height:auto` : null,
-    src: `/api/verdicts/${encodeURIComponent(v.sample_id)}/thumbnail.jpg`,
+    src: `${sampleUrl(v)}/thumbnail.jpg`,
   });
 }
 
 function verdictItem(v, fresh) {
   const labels = v.labels.length ? v.labels.join(", ") : (v.edge_detections.map((d) => d.label).join(", ") || "nothing");
   const edgeSaw = v.edge_detections.map((d) => `${d.label} ${d.score.toFixed(2)}`).join(", ");
-  return el("li", { class: `verdict${fresh ? " fresh" : ""}`, "data-sample-id": v.sample_id, onclick: () => openDetail(v.sample_id) },
+  return el("li", { class: `verdict${fresh ? " fresh" : ""}`, "data-sample-id": v.sample_id, "data-edge-id": v.edge_id, onclick: () => openDetail(v) },
     thumbnail(v),
     el("div", {},
       el("div", { class: "v-head" },
@@ -175,11 +179,11 @@ function verdictItem(v, fresh) {
 
 function renderFeed(items) {
   const feed = $("feed");
-  const all = items.concat(state.older.filter((o) => !items.some((i) => i.sample_id === o.sample_id)));
+  const all = items.concat(state.older.filter((o) => !items.some((i) => sampleKey(i) === sampleKey(o))));
   if (!all.length) { feed.replaceChildren(el("li", { class: "empty" }, "No verdict matches.")); return; }
   feed.replaceChildren(...all.map((v) => {
-    const fresh = !state.firstFeed && !state.known.has(v.sample_id);
-    state.known.add(v.sample_id);
+    const fresh = !state.firstFeed && !state.known.has(sampleKey(v));
+    state.known.add(sampleKey(v));
     return verdictItem(v, fresh);
   }));
   state.firstFeed = false;
@@ -209,8 +213,8 @@ function resetFeed() {
   refreshFeed().catch(() => markUpdated(false));
 }
 
-async function openDetail(sampleId) {
-  const v = await api(`/api/verdicts/${encodeURIComponent(sampleId)}`);
+async function openDetail(item) {
+  const v = await api(sampleUrl(item));
   const rows = [
     ["sample", v.sample_id], ["edge / camera", `${v.edge_id} / ${v.camera_id || "–"}`], ["frame", v.frame_seq],
     ["decision", `${v.decision} (${v.confidence === null ? "–" : v.confidence.toFixed(2)})`],
