@@ -179,12 +179,21 @@ class PolicyConfig(_Section):
     )
 
 
+# The admin API's roles, each allowed what the one before it is: viewer reads, operator also changes
+# policies and overrides, admin also issues and revokes API tokens (/api/admin).
+AdminRole = Literal["viewer", "operator", "admin"]
+ADMIN_ROLES: tuple[AdminRole, ...] = ("viewer", "operator", "admin")
+ADMIN_USER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+
+
 class AdminUserConfig(_Section):
     """One user of the admin API (cloud/api/auth.py)."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$", description="Shown in the policy history.")
-    role: Literal["viewer", "operator"] = Field(
-        ..., description="viewer: read everything; operator: also change policies and overrides."
+    name: str = Field(..., pattern=ADMIN_USER_NAME, description="Shown in the policy history.")
+    role: AdminRole = Field(
+        ...,
+        description="viewer: read everything; operator: also change policies and overrides; admin: also issue and "
+        "revoke API tokens (/api/admin).",
     )
     token_file: Path = Field(..., description="File holding the user's token (16+ characters), e.g. a Secret's key.")
 

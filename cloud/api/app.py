@@ -14,7 +14,8 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cloud.api.auth import AdminIdentity, HostCheck, SecurityHeaders, TokenAuth, WriteRateLimit
+from cloud.api.admin import add_admin_routes
+from cloud.api.auth import AdminIdentity, HostCheck, SecurityHeaders, TokenAuth, UserDirectory, WriteRateLimit
 from cloud.api.policies import add_policy_routes
 from cloud.api.routes import api_router
 from cloud.api.state import AdminState
@@ -29,16 +30,18 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     write_rate: tuple[float, int] | None = None,
 ) -> FastAPI:
-    """The admin app over one service's state; `users` (none: open), `allowed_hosts` (none: any) and
-    `write_rate` ((per second, burst) of changes per user; none: no limit) guard it."""
+    """The admin app over one service's state; `users` (the configured ones; none: open, and no token can be
+    issued), `allowed_hosts` (none: any) and `write_rate` ((per second, burst) of changes per user; none: no
+    limit) guard it."""
+    directory = UserDirectory(users or [], state.store)
     app = FastAPI(title="EdgeGLM cloud admin", version="2", docs_url=None, redoc_url=None)
     if write_rate is not None:
         app.add_middleware(
             WriteRateLimit, per_s=write_rate[0], burst=write_rate[1], refused=state.metrics.admin_refused
         )  # after TokenAuth names who
     app.add_middleware(SecurityHeaders)
-    if users:
-        app.add_middleware(TokenAuth, users=users, refused=state.metrics.admin_refused)
+    if directory.guarded:
+        app.add_middleware(TokenAuth, users=directory, refused=state.metrics.admin_refused)
     if allowed_hosts:
         app.add_middleware(HostCheck, allowed_hosts=allowed_hosts)  # added last: runs first
 
@@ -61,6 +64,7 @@ def create_app(
 
     add_policy_routes(app, state)
     app.include_router(api_router(state))
-    add_login_routes(app, users or [], state.metrics.admin_refused)
+    add_admin_routes(app, directory)
+    add_login_routes(app, directory, state.metrics.admin_refused)
     add_web_routes(app)
     return app

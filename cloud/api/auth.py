@@ -10,10 +10,15 @@ changes anything):
 - `TokenAuth`, when `admin.users` is not empty: each request names its user by a token, as
   `Authorization: Bearer <token>` (scripts, `edgeglm-cloud policy set --token-file`) or HTTP Basic
   with the user's name and the token as password (a browser asks for them). No or a wrong token:
-  401 with a Basic challenge; a viewer asking to change anything (any method but GET and HEAD):
-  403. The user's name goes with the request (`request.state.admin_user`), so the policy history
-  says who made each change. Tokens are read from files at start (a Kubernetes Secret, say) and
-  kept only as SHA-256 digests, compared in constant time.
+  401 with a Basic challenge. Roles rank viewer < operator < admin (`required_role`): a change (any
+  method but GET and HEAD) needs an operator, anything under /api/admin (the tokens) an admin;
+  less gets 403. The user's name goes with the request (`request.state.admin_user`), so the policy
+  history says who made each change. Tokens are kept only as SHA-256 digests, compared in constant
+  time: the configured users' read from files at start (a Kubernetes Secret, say), and the ones an
+  admin issued (`UserDirectory`) from the store, which every replica on one database shares. A
+  replica re-reads the issued ones every `ISSUED_REFRESH_S`: a revoked token stops working at once
+  on the replica that revoked it and within that time on the others. While the store cannot be
+  read, a replica keeps the issued tokens it read last.
 
 The dashboard's login (`/login`, routes in `cloud/api/web.py`) takes a token once and answers with
 a session cookie: HttpOnly (no script on the page can read it), SameSite=Strict (no other site's
@@ -30,24 +35,31 @@ address (or when `allow_anonymous` says the operator accepts it).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import json
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
-from typing import Literal
 
 from prometheus_client import Counter
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloud.config import ADMIN_ROLES, AdminRole
+from cloud.store import StoreError, TokenRecord, VerdictRepository
+
 logger = logging.getLogger(__name__)
-Role = Literal["viewer", "operator"]
+Role = AdminRole
+ADMIN_PREFIX = "/api/admin"
+ISSUED_REFRESH_S = 2.0
+ISSUED_TOKEN_BYTES = 32
 OPEN_PATHS = frozenset({"/healthz", "/metrics"})
 LOGIN_PATHS = frozenset({"/login", "/auth/login", "/auth/logout", "/static/style.css", "/static/icon.svg"})
 SESSION_COOKIE = "edgeglm_session"
@@ -138,11 +150,119 @@ class HostCheck:
             await self._app(scope, receive, send)
 
 
-class TokenAuth:
-    """Name the user of each request by their token; 401 without one, 403 for a viewer's change."""
+def required_role(method: str, path: str) -> Role:
+    """The least role a request needs: admin under /api/admin, operator to change anything, else viewer."""
+    if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
+        return "admin"
+    return "viewer" if method in READ_METHODS else "operator"
 
-    def __init__(self, app: ASGIApp, users: list[AdminIdentity], refused: Counter | None = None) -> None:
-        """Guard `app` for `users`; `refused` counts refusals by reason."""
+
+def allows(role: str, needed: Role) -> bool:
+    """Whether `role` may do what `needed` may (roles rank viewer < operator < admin)."""
+    return role in ADMIN_ROLES and ADMIN_ROLES.index(role) >= ADMIN_ROLES.index(needed)
+
+
+class TokenNameError(ValueError):
+    """An API token cannot be issued or revoked under that name; the message says why."""
+
+
+class UserDirectory:
+    """The admin API's users: the configured ones (token files) and those an admin issued (the store)."""
+
+    def __init__(
+        self,
+        configured: list[AdminIdentity],
+        store: VerdictRepository | None = None,
+        refresh_s: float = ISSUED_REFRESH_S,
+    ) -> None:
+        """`configured` from admin.users; issued tokens live in `store` (None: none can be issued)."""
+        self._configured = list(configured)
+        self._names = {user.name for user in configured}
+        self._store = store
+        self._refresh_s = refresh_s
+        self._issued: list[AdminIdentity] = []
+        self._records: list[TokenRecord] = []
+        self._loaded_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the API asks who you are (some user is configured); otherwise it is open."""
+        return bool(self._configured)
+
+    async def users(self) -> list[AdminIdentity]:
+        """Everyone who may sign in now: the configured users, then the issued tokens (re-read when stale)."""
+        if self._store is not None and time.monotonic() - self._loaded_at >= self._refresh_s:
+            async with self._lock:
+                if time.monotonic() - self._loaded_at >= self._refresh_s:
+                    await self._load(self._store)
+        return [*self._configured, *self._issued]
+
+    async def describe(self) -> list[dict[str, object]]:
+        """Every user as JSON, without a digest: name, role, where it comes from, when and by whom issued."""
+        await self.users()
+        listed: list[dict[str, object]] = [
+            {"name": u.name, "role": u.role, "source": "config", "created_at": None, "created_by": None}
+            for u in self._configured
+        ]
+        listed += [
+            {"name": r.name, "role": r.role, "source": "issued", "created_at": r.created_at, "created_by": r.created_by}
+            for r in self._records
+            if r.name not in self._names
+        ]
+        return listed
+
+    async def issue(self, name: str, role: Role, by: str) -> str:
+        """A new random token for `name` with `role`, kept as its digest; the token itself is returned once."""
+        store = self._issuing_store()
+        if name in self._names:
+            raise TokenNameError(f"{name} is a configured user (admin.users); pick another name")
+        token = secrets.token_urlsafe(ISSUED_TOKEN_BYTES)
+        record = TokenRecord(name, role, hashlib.sha256(token.encode()).digest(), time.time(), by)
+        if not await store.add_token(record):
+            raise TokenNameError(f"a token named {name} is issued already; revoke it first to replace it")
+        self._loaded_at = float("-inf")
+        logger.warning("admin: %s issued an API token for %s (%s)", by, name, role)
+        return token
+
+    async def revoke(self, name: str, by: str) -> bool:
+        """Forget the issued token of `name`; whether there was one. A configured user cannot be revoked here."""
+        store = self._issuing_store()
+        if name in self._names:
+            raise TokenNameError(f"{name} is a configured user: remove it from admin.users (and its Secret)")
+        gone = await store.remove_token(name)
+        self._loaded_at = float("-inf")
+        if gone:
+            logger.warning("admin: %s revoked the API token of %s", by, name)
+        return gone
+
+    def _issuing_store(self) -> VerdictRepository:
+        if not self._configured:
+            raise TokenNameError("the admin API is open (no admin.users): configure an admin user to issue tokens")
+        if self._store is None:
+            raise TokenNameError("this admin API has no store to keep issued tokens in")
+        return self._store
+
+    async def _load(self, store: VerdictRepository) -> None:
+        try:
+            records = await store.list_tokens()
+        except StoreError as err:
+            logger.warning("admin: issued tokens cannot be read (%s); keeping the %d read last", err, len(self._issued))
+        else:
+            self._records = records
+            self._issued = [
+                AdminIdentity(r.name, r.role, r.digest)
+                for r in records
+                if r.name not in self._names and r.role in ADMIN_ROLES
+            ]
+        self._loaded_at = time.monotonic()
+
+
+class TokenAuth:
+    """Name the user of each request by their token; 401 without one, 403 for what their role may not do."""
+
+    def __init__(self, app: ASGIApp, users: UserDirectory, refused: Counter | None = None) -> None:
+        """Guard `app` for the `users` of a directory; `refused` counts refusals by reason."""
         self._app = app
         self._users = users
         self._refused = refused
@@ -153,10 +273,11 @@ class TokenAuth:
             await self._app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        user = self._identify(headers)
+        users = await self._users.users()
+        user = self._identify(users, headers)
         by_session = False
         if user is None and b"authorization" not in headers:
-            user = self._from_session(headers)
+            user = self._from_session(users, headers)
             by_session = user is not None
         if user is None:
             self._count("wrong_token" if b"authorization" in headers or b"cookie" in headers else "no_token")
@@ -170,10 +291,11 @@ class TokenAuth:
             self._count("session_change")
             await _reply(send, 403, "a browser session only reads; send the token as Authorization: Bearer to change")
             return
-        if user.role != "operator" and scope["method"] not in READ_METHODS:
-            logger.warning("admin: %s (viewer) refused %s %s", user.name, scope["method"], scope["path"])
-            self._count("viewer_change")
-            await _reply(send, 403, f"user {user.name} is a viewer; changes need an operator's token")
+        needed = required_role(scope["method"], scope["path"])
+        if not allows(user.role, needed):
+            logger.warning("admin: %s (%s) refused %s %s", user.name, user.role, scope["method"], scope["path"])
+            self._count("not_admin" if needed == "admin" else "viewer_change")
+            await _reply(send, 403, f"user {user.name} is a {user.role}; this needs an {needed}'s token")
             return
         scope.setdefault("state", {})["admin_user"] = user.name
         await self._app(scope, receive, send)
@@ -182,16 +304,18 @@ class TokenAuth:
         if self._refused is not None:
             self._refused.labels(reason).inc()
 
-    def _from_session(self, headers: dict[bytes, bytes]) -> AdminIdentity | None:
+    @staticmethod
+    def _from_session(users: list[AdminIdentity], headers: dict[bytes, bytes]) -> AdminIdentity | None:
         cookies = SimpleCookie()
         try:
             cookies.load(headers.get(b"cookie", b"").decode("latin-1"))
         except CookieError:
             return None
         morsel = cookies.get(SESSION_COOKIE)
-        return None if morsel is None else session_user(self._users, morsel.value)
+        return None if morsel is None else session_user(users, morsel.value)
 
-    def _identify(self, headers: dict[bytes, bytes]) -> AdminIdentity | None:
+    @staticmethod
+    def _identify(users: list[AdminIdentity], headers: dict[bytes, bytes]) -> AdminIdentity | None:
         header = headers.get(b"authorization", b"").decode("latin-1")
         kind, _, credentials = header.partition(" ")
         token = ""
@@ -202,7 +326,7 @@ class TokenAuth:
                 token = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[2]
             except (binascii.Error, UnicodeDecodeError):
                 return None
-        return user_by_token(self._users, token)
+        return user_by_token(users, token)
 
 
 async def _reply(send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:

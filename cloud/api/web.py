@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter
 
-from cloud.api.auth import SESSION_COOKIE, SESSION_S, AdminIdentity, session_value, user_by_token
+from cloud.api.auth import SESSION_COOKIE, SESSION_S, UserDirectory, session_value, user_by_token
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
@@ -45,14 +45,14 @@ def _https(request: Request) -> bool:
     return request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
 
 
-def add_login_routes(app: FastAPI, users: list[AdminIdentity], refused: Counter) -> None:
+def add_login_routes(app: FastAPI, users: UserDirectory, refused: Counter) -> None:
     """/login (the page), /auth/login (its form: the token, for a session cookie) and /auth/logout."""
     page = (STATIC / "login.html").read_text()
 
     @app.get("/login", include_in_schema=False)
     async def login_page(failed: int = 0) -> Response:
         """The sign-in form; with no users the API is open and there is nothing to sign in to."""
-        if not users:
+        if not users.guarded:
             return RedirectResponse("/", status_code=303)
         return HTMLResponse(page.replace("<!--problem-->", _PROBLEM if failed else ""))
 
@@ -65,7 +65,7 @@ def add_login_routes(app: FastAPI, users: list[AdminIdentity], refused: Counter)
             if len(body) > MAX_LOGIN_BODY:
                 return HTMLResponse("the sign-in form is at most 4 KiB", status_code=413)
         token = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0].strip()
-        user = user_by_token(users, token)
+        user = user_by_token(await users.users(), token)
         if user is None:
             client = request.client.host if request.client else "?"
             logger.warning("admin: a sign-in with a wrong token from %s", client)

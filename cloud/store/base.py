@@ -14,6 +14,7 @@ from cloud.store.records import (
     EdgeSnapshot,
     PolicyRecord,
     SampleMeta,
+    TokenRecord,
     UplinkPoint,
     VerdictFilter,
     VerdictPage,
@@ -82,6 +83,15 @@ class VerdictRepository(Protocol):
 
     async def get_policy(self, version: int) -> PolicyRecord | None:
         """One published version, or None."""
+
+    async def add_token(self, token: TokenRecord) -> bool:
+        """Keep an issued API token's record; False when that name is taken."""
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        """Every issued API token's record, by name."""
+
+    async def remove_token(self, name: str) -> bool:
+        """Forget an issued API token; whether there was one."""
 
     async def add_edge_snapshots(self, snapshots: Sequence[EdgeSnapshot]) -> None:
         """Keep edges' records as they are now."""

@@ -34,7 +34,13 @@ from cloud.store.pairs import (
     SCORE_PAIRS_BY_TIME,
     SCORE_PAIRS_TABLE,
 )
-from cloud.store.schema import SCHEMA_VERSION, V2_STATEMENTS, VERDICT_COLUMNS, VERDICTS_BY_DECIDED_AT
+from cloud.store.schema import (
+    ADMIN_TOKENS_TABLE,
+    SCHEMA_VERSION,
+    V2_STATEMENTS,
+    VERDICT_COLUMNS,
+    VERDICTS_BY_DECIDED_AT,
+)
 from cloud.store.sqlite import StoreError
 
 logger = logging.getLogger(__name__)
@@ -77,6 +83,7 @@ SCHEMA = (
     _VERDICTS,
     VERDICTS_BY_DECIDED_AT,
     *(_pg(statement) for statement in V2_STATEMENTS),
+    _pg(ADMIN_TOKENS_TABLE).replace("name       TEXT", 'name       TEXT COLLATE "C"'),
     _pg(SCORE_PAIRS_TABLE),
     SCORE_PAIRS_BY_KEY,
     SCORE_PAIRS_BY_TIME,

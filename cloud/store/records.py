@@ -158,3 +158,14 @@ class EdgeSnapshot:
     edge_id: str
     taken_at: float
     record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """An API token an admin issued: who may use it, as what, and the SHA-256 of the token (never the token)."""
+
+    name: str
+    role: str
+    digest: bytes
+    created_at: float
+    created_by: str

@@ -7,6 +7,7 @@ claim of a sample being judged (`claimed_by`, `claim_until`): replicas sharing o
 sample once (`cloud.store.verdicts.VerdictStore.claim`). Version 4 keys every sample by its edge and
 its id, `(edge_id, sample_id)`: a sample_id is the edge's own name for its sample, so two edges may
 use the same one, and each gets its own verdict; the label index and thumbnails are keyed the same.
+It also adds the API tokens an admin issues (`admin_tokens`).
 `migrate` brings a file of any version to 4; it works from the columns and keys actually present, so
 running it twice, or on a file another process touched, is safe.
 """
@@ -93,6 +94,15 @@ V2_STATEMENTS = (
         PRIMARY KEY (edge_id, taken_at)
     ) WITHOUT ROWID""",
 )
+# Version 4: API tokens an admin issued (cloud/api/auth.py), beside the users the config names; only
+# the token's SHA-256 is kept. Shared by every replica on one database.
+ADMIN_TOKENS_TABLE = """CREATE TABLE IF NOT EXISTS admin_tokens (
+    name       TEXT PRIMARY KEY,
+    role       TEXT NOT NULL,
+    digest     BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    created_by TEXT NOT NULL
+)"""
 BACKFILL_CHUNK = 1000
 # Before version 4 these tables were keyed by sample_id alone; `rekey` copies them into version 4's.
 REKEYED = ("verdicts", "verdict_labels", "thumbnails")
@@ -116,6 +126,7 @@ def migrate(conn: sqlite3.Connection) -> int:
                 conn.execute(f"ALTER TABLE verdicts ADD COLUMN {name} {kind}")
         for statement in V2_STATEMENTS:
             conn.execute(statement)
+        conn.execute(ADMIN_TOKENS_TABLE)
         if old:
             _copy_rekeyed(conn, old)
         backfilled = _backfill(conn)

@@ -37,6 +37,7 @@ from cloud.store.records import (
     EdgeSnapshot,
     PolicyRecord,
     SampleMeta,
+    TokenRecord,
     UplinkPoint,
     VerdictFilter,
     VerdictPage,
@@ -253,6 +254,38 @@ class VerdictStore:
     async def get_policy(self, version: int) -> PolicyRecord | None:
         """One published version, or None."""
         return await self._run("get_policy", lambda conn: queries.get_policy(conn, version))
+
+    async def add_token(self, token: TokenRecord) -> bool:
+        """Keep an issued API token's record; False when a token of that name is kept already."""
+        params = (token.name, token.role, token.digest, token.created_at, token.created_by)
+        return await self._run(
+            "add_token",
+            lambda conn: (
+                conn.execute(
+                    "INSERT INTO admin_tokens (name, role, digest, created_at, created_by) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    params,
+                ).rowcount
+                == 1
+            ),
+        )
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        """Every issued API token's record, by name."""
+        rows = await self._run(
+            "list_tokens",
+            lambda conn: conn.execute(
+                "SELECT name, role, digest, created_at, created_by FROM admin_tokens ORDER BY name"
+            ).fetchall(),
+        )
+        return [TokenRecord(str(n), str(r), bytes(d), float(at), str(by)) for n, r, d, at, by in rows]
+
+    async def remove_token(self, name: str) -> bool:
+        """Forget an issued API token (it stops working); whether there was one of that name."""
+        return await self._run(
+            "remove_token",
+            lambda conn: conn.execute("DELETE FROM admin_tokens WHERE name = ?", (name,)).rowcount == 1,
+        )
 
     async def add_edge_snapshots(self, snapshots: Sequence[EdgeSnapshot]) -> None:
         """Keep edges' records as they are now (one row per edge and time)."""

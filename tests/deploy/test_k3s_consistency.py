@@ -212,7 +212,7 @@ def test_files_the_configs_name_are_in_the_image_or_on_a_volume(variant: str) ->
         assert _secret_file(cloud, mqtt_tls[name]) == "edgeglm-mqtt-tls", f"{variant}: mqtt.tls.{name}"
     assert cloud_config["policy"]["create_signing_key"] is False, "replicas share one key, made by keygen"
     users = cloud_config["admin"]["users"]
-    assert {user["role"] for user in users} == {"operator", "viewer"}
+    assert {user["role"] for user in users} == {"admin", "operator", "viewer"}
     assert {_secret_file(cloud, user["token_file"]) for user in users} == {"edgeglm-admin-tokens"}
     mount, volume = volume_for(cloud, cloud_config["store"]["path"])
     assert not mount.get("readOnly")
