@@ -158,14 +158,32 @@ def test_every_volume_referenced_exists(variant: str) -> None:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims
 
 
-def _secret_file(workload: dict[str, Any], path: str) -> str:
-    """The Secret that provides the file at `path` (its key is the file's name in the mount)."""
+def _file_source(workload: dict[str, Any], path: str) -> tuple[str, str]:
+    """(kind, name) of the Secret or ConfigMap that provides the file at `path`, directly or in a projected
+    volume (its item's path is the file's name in the mount)."""
     mount, volume = volume_for(workload, path)
-    assert "secret" in volume, f"{path} is not from a Secret"
     relative = path.removeprefix(mount["mountPath"].rstrip("/") + "/")
-    items = {item["path"]: item["key"] for item in volume["secret"].get("items", [])}
-    assert relative in items, f"{path}: the Secret volume has no item {relative}"
-    return str(volume["secret"]["secretName"])
+    if "secret" in volume:
+        sources = [("Secret", volume["secret"]["secretName"], volume["secret"].get("items", []))]
+    elif "projected" in volume:
+        sources = [
+            ("Secret" if "secret" in each else "ConfigMap", part["name"], part.get("items", []))
+            for each in volume["projected"]["sources"]
+            for part in [each.get("secret") or each.get("configMap") or {"name": "?"}]
+        ]
+    else:
+        raise AssertionError(f"{path} is not from a Secret or ConfigMap")
+    for kind, name, items in sources:
+        if relative in {item["path"] for item in items}:
+            return kind, str(name)
+    raise AssertionError(f"{path}: the {volume['name']} volume has no item {relative}")
+
+
+def _secret_file(workload: dict[str, Any], path: str) -> str:
+    """The Secret that provides the file at `path`."""
+    kind, name = _file_source(workload, path)
+    assert kind == "Secret", f"{path} is not from a Secret"
+    return name
 
 
 def _image_path(dockerfile: str, path: str) -> Path:
@@ -194,8 +212,13 @@ def test_files_the_configs_name_are_in_the_image_or_on_a_volume(variant: str) ->
     cloud, cloud_config = _cloud(variant)
     assert _secret_file(cloud, cloud_config["policy"]["signing_key"]) == "edgeglm-policy-signing-key"
     if server_tls := cloud_config["server"].get("tls"):
-        for name in ("cert_file", "key_file", "client_ca_file", "revoked_file"):
+        for name in ("cert_file", "key_file", "client_ca_file"):
             assert _secret_file(cloud, server_tls[name]) == "edgeglm-grpc-tls", f"{variant}: server.tls.{name}"
+        # The deny list: in that Secret when made by hand, beside it in a ConfigMap under cert-manager.
+        assert _file_source(cloud, server_tls["revoked_file"]) in {
+            ("Secret", "edgeglm-grpc-tls"),
+            ("ConfigMap", "edgeglm-grpc-revoked"),
+        }, variant
         health = cloud_config["server"]["health_port"]
         probes = [
             container(cloud, "cloud")[p]["grpc"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")

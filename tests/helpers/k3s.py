@@ -30,9 +30,10 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "fleet+openai+queue-depth": ("fleet", ("openai-backend", "hpa-queue-depth")),
     "fleet+servicemonitor": ("fleet", ("servicemonitor",)),
     "fleet+otel-collector": ("fleet", ("otel-collector",)),
+    "fleet+cert-manager+admin-ingress": ("fleet", ("cert-manager", "admin-ingress")),
 }
 # Kinds that are CRDs: kubernetes-validate has no schema for them (checked by hand in the tests).
-CRD_KINDS = {"ServiceMonitor", "PodMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "Certificate", "Issuer", "ClusterIssuer"}
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet"}
 
 
