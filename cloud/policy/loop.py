@@ -13,8 +13,9 @@ unless the edge's policy moved less than `min_interval_s` ago, publishes the mov
 The same evaluation sizes each camera's other rules from the outcomes of its samples
 (`cloud.policy.motion` for the motion rule; `cloud.policy.rules` for the audit rate and the watch
 list's re-ask interval) and writes them to the edge's `mining.cameras`; what moves in one
-evaluation, bands and rules, is one version whose reason holds every move's evidence. Those
-windows live in memory (a restart starts them afresh); the moves are in the history and restored.
+evaluation, bands and rules, is one version whose reason holds every move's evidence. Their
+evidence (`cloud.policy.evidence`) is kept with the pairs, so it survives a restart and, on a shared
+store, reaches the leader from every replica; the moves are in the history and restored.
 
 The window and the band history survive a restart (SQLite). The engine keeps operators' settings
 from cloud.yaml only, so at start the controller publishes again the last band it set for each class
@@ -27,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,6 +37,7 @@ from prometheus_client import CollectorRegistry
 from cloud.convert import SampleInput
 from cloud.policy.bands import BandPlan, ScorePair, edge_decisions, estimate, plan_band
 from cloud.policy.engine import PolicyEngine
+from cloud.policy.evidence import AUDIT, MOTION, RULE_FIELDS, RuleEvidence, RuleKey
 from cloud.policy.loop_config import BandMetrics, ClosedLoopConfig
 from cloud.policy.motion import MotionPlan, plan_motion_area
 from cloud.policy.rules import RulePlan, plan_audit_rate, plan_watch_reask
@@ -46,14 +48,9 @@ from protos import verdict_pb2
 
 logger = logging.getLogger(__name__)
 Key = tuple[str, str]  # (edge_id, label)
-RuleKey = tuple[str, str, str]  # (edge_id, camera_id, policy field)
 # The per-camera rules' moves share the band-move history (low = high = the value) under a label
 # "rule:<field>@<camera>"; "rule:<field>" alone is an edge-wide move of an earlier version.
 RULE_PREFIX = "rule:"
-MOTION = "motion_min_area_fraction"
-AUDIT = "random_audit_rate"
-WATCH = "watch_reask_interval_s"
-RULE_FIELDS = (MOTION, AUDIT, WATCH)
 _JUDGED = (verdict_pb2.DECISION_CONFIRMED, verdict_pb2.DECISION_REJECTED)
 __all__ = ["BandController", "ClosedLoopConfig", "edge_decisions", "rule_label"]
 
@@ -108,8 +105,8 @@ class BandController:
 
         `leader` (replicas on one store): whether this replica runs the loop now. Given, the band
         windows are fed from the store, every replica's pairs as they are written, and only the leader
-        evaluates and publishes; the others write their pairs and wait. The per-camera rules (motion,
-        audit, re-ask) still learn from the verdicts of the replica that leads.
+        evaluates and publishes; the others write their pairs and wait. The per-camera rules' outcomes
+        (motion, audit, re-ask) reach the leader the same way.
         """
         self._config = config
         self._leader = leader
@@ -127,11 +124,8 @@ class BandController:
         self._due: set[str] = set()
         self._last_move: dict[str, float] = {}
         self._settings_cache: dict[str, tuple[tuple[int, str], PolicySettings]] = {}
-        # Per camera and rule: the evidence (motion: (area, rejected); audit: wrong; watch: changed).
-        self._rules: dict[RuleKey, deque[Any]] = {}
-        self._rules_new: dict[str, int] = {}
+        self._evidence = RuleEvidence(config, leader is not None, self._mark_due, clock)
         self._rule_plans: dict[RuleKey, tuple[float, MotionPlan | RulePlan]] = {}
-        self._answers: OrderedDict[tuple[str, str, str], int] = OrderedDict()  # watched track -> last decision
         self._wake = asyncio.Event()
         self._evaluating = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -151,6 +145,8 @@ class BandController:
             for row in await self._store.load_pairs(now - self._config.window_age_s):
                 pair = ScorePair(row.score, row.confirmed, row.weight, row.audit, row.observed_at)
                 self._window((row.edge_id, row.label)).append(pair)
+            for outcome in await self._store.pull_new_rules(now - self._config.window_age_s):
+                self._evidence.add(outcome)
         moves = await self._store.load_moves()
         for move in moves:
             key = (move.edge_id, move.label)
@@ -247,7 +243,7 @@ class BandController:
         `hits` counts the evidence against the value: motion samples the cloud rejected, audited local
         decisions it contradicted, re-asks that changed its answer.
         """
-        keys = set(self._rules) | set(self._rule_plans)
+        keys = self._evidence.keys() | set(self._rule_plans)
         for edge_id, label in self._history:
             parsed = _parse_rule_label(label)
             if parsed is not None:
@@ -255,7 +251,7 @@ class BandController:
         rules: dict[str, Any] = {}
         for key in sorted(keys):
             edge_id, camera_id, name = key
-            window = self._rules.get(key, deque())
+            window = self._evidence.get(key) or deque()
             hits = sum(bool(item[1]) if isinstance(item, tuple) else bool(item) for item in window)
             last = self._rule_plans.get(key)
             mining = self._settings(edge_id).mining.for_camera(camera_id)
@@ -285,10 +281,7 @@ class BandController:
 
     def _observe(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
         detections = sample.detections
-        if sample.mined_reason == "motion_without_detection" and self._config.motion_enabled:
-            self._observe_motion(sample, verdict)
-        if sample.mined_reason == "watch_list" and sample.track_id and self._config.watch_enabled:
-            self._observe_reask(sample, verdict)
+        self._evidence.observe(sample, verdict)
         if not detections:
             return
         if verdict.decision not in _JUDGED:
@@ -306,9 +299,6 @@ class BandController:
             weight = 1.0 / rate
         now = self._clock()
         edge_id = sample.edge_id
-        audited = None
-        if audit and self._config.audit_enabled:
-            audited = self._rule_window((edge_id, sample.camera_id, AUDIT))
         for detection, confirmed in zip(
             detections, edge_decisions(sample, verdict, self._config.match_iou), strict=True
         ):
@@ -316,9 +306,9 @@ class BandController:
             if self._leader is None:  # shared: the pair reaches the windows from the store (`_pull`)
                 self._window((edge_id, detection.label)).append(pair)
             band = mining.band_for(detection.label)
-            if audited is not None and not band.low <= detection.score <= band.high:
+            if audit and not band.low <= detection.score <= band.high:
                 # A decision the edge made alone: a local event above the band, dropped below it.
-                audited.append(confirmed != (detection.score > band.high))
+                self._evidence.audit(edge_id, sample.camera_id, confirmed != (detection.score > band.high))
             if len(self._unsaved) >= self._config.max_unsaved_pairs:
                 self._unsaved.popleft()
                 self._metrics.dropped.labels("not_saved").inc()
@@ -328,47 +318,11 @@ class BandController:
             if self._leader is None:  # shared: `_pull` counts the pairs (every replica's) and marks the edge
                 self._due.add(edge_id)
             self._wake.set()
-        if audited is not None:
-            self._rule_evidence(edge_id, self._config.audit_min_samples)
 
-    def _observe_motion(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
-        if verdict.decision not in _JUDGED:
-            return
-        window = self._rule_window((sample.edge_id, sample.camera_id, MOTION))
-        window.append((sample.motion_area_fraction, verdict.decision == verdict_pb2.DECISION_REJECTED))
-        self._rule_evidence(sample.edge_id, self._config.motion_min_samples)
-
-    def _observe_reask(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
-        """A judged answer on a watched object: a re-ask when the object was judged before."""
-        if verdict.decision not in _JUDGED:
-            return
-        track = (sample.edge_id, sample.camera_id, sample.track_id)
-        before = self._answers.pop(track, None)
-        self._answers[track] = verdict.decision
-        while len(self._answers) > self._config.tracks_remembered:
-            self._answers.popitem(last=False)
-        if before is None:
-            return
-        self._rule_window((sample.edge_id, sample.camera_id, WATCH)).append(before != verdict.decision)
-        self._rule_evidence(sample.edge_id, self._config.watch_min_samples)
-
-    def _rule_window(self, key: RuleKey) -> deque[Any]:
-        window = self._rules.get(key)
-        if window is None:
-            size = {MOTION: self._config.motion_window, AUDIT: self._config.audit_window}.get(
-                key[2], self._config.watch_window
-            )
-            window = self._rules[key] = deque(maxlen=size)
-        return window
-
-    def _rule_evidence(self, edge_id: str, min_samples: int) -> None:
-        """Count one outcome of a rule; the edge is evaluated after a quarter of a rule's minimum."""
-        count = self._rules_new.get(edge_id, 0) + 1
-        self._rules_new[edge_id] = count
-        if count >= max(1, min_samples // 4):
-            self._rules_new[edge_id] = 0
-            self._due.add(edge_id)
-            self._wake.set()
+    def _mark_due(self, edge_id: str) -> None:
+        """Evaluate `edge_id` soon: its rules have new evidence."""
+        self._due.add(edge_id)
+        self._wake.set()
 
     async def _run(self) -> None:
         while True:
@@ -394,21 +348,25 @@ class BandController:
 
     async def _flush(self) -> None:
         rows = list(self._unsaved)
+        outcomes = list(self._evidence.unsaved)
         try:
             await self._store.add_pairs(rows)
+            await self._store.add_rule_outcomes(outcomes)
             await self._store.prune_pairs(self._clock() - self._config.window_age_s)
         except StoreError:
             self._metrics.errors.labels("flush").inc()
             logger.exception("closed loop: %d pairs not written (kept in memory, retried)", len(rows))
             raise
-        for _ in range(min(len(rows), len(self._unsaved))):  # those observed meanwhile stay queued
-            self._unsaved.popleft()
+        for queue, written in ((self._unsaved, len(rows)), (self._evidence.unsaved, len(outcomes))):
+            for _ in range(min(written, len(queue))):  # those observed meanwhile stay queued
+                queue.popleft()
 
     async def _pull(self) -> None:
         """Shared store: take the pairs every replica wrote since the last pull into the windows."""
         since = self._clock() - self._config.window_age_s
         try:
             rows = await self._store.pull_new(since)
+            outcomes = await self._store.pull_new_rules(since)
         except StoreError:
             self._metrics.errors.labels("pull").inc()
             logger.exception("closed loop: the pairs of the other replicas could not be read")
@@ -418,6 +376,8 @@ class BandController:
             self._window((row.edge_id, row.label)).append(pair)
             if self._counted(self._pulled_new, row.edge_id, 1):
                 self._due.add(row.edge_id)
+        for outcome in outcomes:
+            self._evidence.add(outcome)
 
     def _counted(self, counter: dict[str, int], edge_id: str, pairs: int) -> bool:
         """Count `pairs` new pairs of an edge; True (and the count starts again) when they call for an evaluation."""
@@ -458,7 +418,7 @@ class BandController:
         ]
         for (_, camera_id, name), (value, why) in sorted(rules.items()):
             if name == MOTION:
-                self._rules[(edge_id, camera_id, name)].clear()  # the evidence was gathered under the old threshold
+                self._evidence.clear((edge_id, camera_id, name), now)  # gathered under the old threshold
             rows.append(BandMoveRow(edge_id, rule_label(name, camera_id), now, value, value, version, why))
         for row in rows:
             self._history.setdefault((edge_id, row.label), deque(maxlen=self._config.history_per_key)).append(row)
@@ -510,7 +470,7 @@ class BandController:
         """The per-camera rules of one edge that move: (new value, why) by (edge, camera, field)."""
         enabled = {MOTION: self._config.motion_enabled, AUDIT: self._config.audit_enabled}
         moved: dict[RuleKey, tuple[float, str]] = {}
-        for key, window in sorted(self._rules.items()):
+        for key, window in self._evidence.items():
             if key[0] != edge_id or not window or not enabled.get(key[2], self._config.watch_enabled):
                 continue
             plan = self._plan_rule(key, window, settings.mining.for_camera(key[1]))

@@ -1,4 +1,4 @@
-"""PairStore: the closed loop's window of (edge score, cloud decision) pairs and its band moves.
+"""PairStore: the closed loop's window of (edge score, cloud decision) pairs, its rules' outcomes, its band moves.
 
 On SQLite the tables live in the verdict store's file (WAL mode, so this second connection never
 blocks the verdict store's readers) and are created here with CREATE TABLE IF NOT EXISTS: they do
@@ -48,7 +48,31 @@ CREATE TABLE IF NOT EXISTS band_moves (
 )
 """
 BAND_MOVES_BY_KEY = "CREATE INDEX IF NOT EXISTS band_moves_key ON band_moves (edge_id, label, id)"
-STATEMENTS = (SCORE_PAIRS_TABLE, SCORE_PAIRS_BY_KEY, SCORE_PAIRS_BY_TIME, BAND_MOVES_TABLE, BAND_MOVES_BY_KEY)
+# The outcomes the per-camera rules learn from (cloud.policy.evidence): value is the motion share of a
+# motion sample (0 for the others), outcome whether it counts against the rule's value.
+RULE_OUTCOMES_TABLE = """
+CREATE TABLE IF NOT EXISTS rule_outcomes (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    edge_id     TEXT NOT NULL,
+    camera_id   TEXT NOT NULL,
+    rule        TEXT NOT NULL,
+    value       REAL NOT NULL,
+    outcome     INTEGER NOT NULL,
+    observed_at REAL NOT NULL
+)
+"""
+RULE_OUTCOMES_BY_KEY = "CREATE INDEX IF NOT EXISTS rule_outcomes_key ON rule_outcomes (edge_id, camera_id, rule, id)"
+RULE_OUTCOMES_BY_TIME = "CREATE INDEX IF NOT EXISTS rule_outcomes_observed_at ON rule_outcomes (observed_at)"
+STATEMENTS = (
+    SCORE_PAIRS_TABLE,
+    SCORE_PAIRS_BY_KEY,
+    SCORE_PAIRS_BY_TIME,
+    BAND_MOVES_TABLE,
+    BAND_MOVES_BY_KEY,
+    RULE_OUTCOMES_TABLE,
+    RULE_OUTCOMES_BY_KEY,
+    RULE_OUTCOMES_BY_TIME,
+)
 
 # Keep only the newest `limit` rows of one key: everything at or below the id of the (limit+1)-th newest.
 _TRIM = """
@@ -64,6 +88,15 @@ SELECT id, edge_id, label, edge_score, confirmed, weight, audit, observed_at FRO
 WHERE id > ? AND observed_at >= ? ORDER BY id
 """
 _LOAD_MOVES = "SELECT edge_id, label, moved_at, low, high, version, reason FROM band_moves ORDER BY id"
+_LOAD_RULES_AFTER = """
+SELECT id, edge_id, camera_id, rule, value, outcome, observed_at FROM rule_outcomes
+WHERE id > ? AND observed_at >= ? ORDER BY id
+"""
+_TRIM_RULES = """
+DELETE FROM rule_outcomes WHERE edge_id = ? AND camera_id = ? AND rule = ? AND id <= COALESCE(
+    (SELECT id FROM rule_outcomes WHERE edge_id = ? AND camera_id = ? AND rule = ? ORDER BY id DESC LIMIT 1 OFFSET ?),
+    -1)
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +109,18 @@ class PairRow:
     confirmed: bool
     weight: float
     audit: bool
+    observed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRow:
+    """One outcome a per-camera rule learns from (cloud.policy.evidence)."""
+
+    edge_id: str
+    camera_id: str
+    rule: str
+    value: float
+    outcome: bool
     observed_at: float
 
 
@@ -108,6 +153,7 @@ class PairStore:
         self._max_moves = max_moves_per_key
         self._db = sqlite_unless(database, path, "pair store", _connect)
         self._pulled_id = 0  # the last pair row `pull_new` returned
+        self._pulled_rule_id = 0  # the last rule outcome `pull_new_rules` returned
 
     @property
     def where(self) -> str:
@@ -137,12 +183,30 @@ class PairStore:
             self._pulled_id = max(self._pulled_id, int(found[-1][0]))
         return [_pair(row[1:]) for row in found]
 
-    async def prune_pairs(self, observed_before: float) -> int:
-        """Forget pairs observed before `observed_before` (unix seconds); returns how many went."""
-        return await self._run(
-            "prune_pairs",
-            lambda conn: conn.execute("DELETE FROM score_pairs WHERE observed_at < ?", (observed_before,)).rowcount,
+    async def add_rule_outcomes(self, rows: Sequence[RuleRow]) -> None:
+        """Append rule outcomes in one transaction, keeping the newest `max_pairs_per_key` of each rule."""
+        if rows:
+            await self._run("add_rule_outcomes", lambda conn: self._add_rule_outcomes(conn, rows))
+
+    async def pull_new_rules(self, since: float) -> list[RuleRow]:
+        """Rule outcomes written since the last pull (by any replica on this database) and observed at or
+        after `since`, oldest first; the first pull returns every such outcome."""
+        after = self._pulled_rule_id
+        found = await self._run(
+            "pull_new_rules", lambda conn: conn.execute(_LOAD_RULES_AFTER, (after, since)).fetchall()
         )
+        if found:
+            self._pulled_rule_id = max(self._pulled_rule_id, int(found[-1][0]))
+        return [RuleRow(str(e), str(c), str(r), float(v), bool(o), float(t)) for _, e, c, r, v, o, t in found]
+
+    async def prune_pairs(self, observed_before: float) -> int:
+        """Forget pairs and rule outcomes observed before `observed_before` (unix seconds); how many pairs went."""
+
+        def prune(conn: Conn) -> int:
+            conn.execute("DELETE FROM rule_outcomes WHERE observed_at < ?", (observed_before,))
+            return int(conn.execute("DELETE FROM score_pairs WHERE observed_at < ?", (observed_before,)).rowcount)
+
+        return await self._run("prune_pairs", prune)
 
     async def add_move(self, move: BandMoveRow) -> None:
         """Record a band move, keeping the newest `max_moves_per_key` of its key."""
@@ -175,6 +239,16 @@ class PairStore:
             for edge_id, label in sorted({(r.edge_id, r.label) for r in rows}):
                 trim = _TRIM.format(table="score_pairs")
                 conn.execute(trim, (edge_id, label, edge_id, label, self._max_pairs))
+
+    def _add_rule_outcomes(self, conn: Conn, rows: Sequence[RuleRow]) -> None:
+        with conn.transaction():
+            conn.executemany(
+                "INSERT INTO rule_outcomes (edge_id, camera_id, rule, value, outcome, observed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.edge_id, r.camera_id, r.rule, r.value, int(r.outcome), r.observed_at) for r in rows],
+            )
+            for edge_id, camera_id, rule in sorted({(r.edge_id, r.camera_id, r.rule) for r in rows}):
+                conn.execute(_TRIM_RULES, (edge_id, camera_id, rule, edge_id, camera_id, rule, self._max_pairs))
 
     def _add_move(self, conn: Conn, move: BandMoveRow) -> None:
         with conn.transaction():

@@ -30,6 +30,9 @@ from cloud.store.db import Conn, Params, PgConn
 from cloud.store.pairs import (
     BAND_MOVES_BY_KEY,
     BAND_MOVES_TABLE,
+    RULE_OUTCOMES_BY_KEY,
+    RULE_OUTCOMES_BY_TIME,
+    RULE_OUTCOMES_TABLE,
     SCORE_PAIRS_BY_KEY,
     SCORE_PAIRS_BY_TIME,
     SCORE_PAIRS_TABLE,
@@ -89,6 +92,9 @@ SCHEMA = (
     SCORE_PAIRS_BY_TIME,
     _pg(BAND_MOVES_TABLE),
     BAND_MOVES_BY_KEY,
+    _pg(RULE_OUTCOMES_TABLE),
+    RULE_OUTCOMES_BY_KEY,
+    RULE_OUTCOMES_BY_TIME,
 )
 
 

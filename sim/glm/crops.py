@@ -43,12 +43,16 @@ NO_CLAIM_REASONS: tuple[MinedReasonName, ...] = ("motion_without_detection", "ra
 
 @dataclass(frozen=True)
 class Crop:
-    """One crop (BGR, any size) and what it shows: a class name or NOTHING; `hard` for degraded views."""
+    """One crop (BGR, any size) and what it shows: a class name or NOTHING; `hard` for degraded views.
+
+    `claim` is what the edge really said about it (crops of the edge's own detections, `sim.glm.hard`);
+    None: a claim is drawn per use (`draw_claim`)."""
 
     image: Image
     label: str
     hard: bool
     frame: int
+    claim: Claim | None = None
 
 
 @dataclass(frozen=True)

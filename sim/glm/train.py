@@ -1,10 +1,11 @@
 """Train the world GLM: `python -m sim.glm.train --out sim/models/glm-world --steps 1800 --minutes 24`.
 
 A ~3M-parameter `Glm4vForConditionalGeneration` from scratch on crops of the sim world (see
-`sim/glm/crops.py`), asked with the cloud's own prompt (`cloud.backends.verdict_text`) and taught to
-answer its JSON. Loss on the answer tokens only. Seeded; bounded by steps and by wall time, whichever
-comes first. Saves fp16 safetensors, the tokenizer and the image processor config in `--out`, plus
-`train.json` (steps, wall time, losses, versions).
+`sim/glm/crops.py`) and on the edge detector's own detections of unseen frames (`sim/glm/hard.py`),
+asked with the cloud's own prompt (`cloud.backends.verdict_text`) and taught to answer its JSON. Loss
+on the answer tokens only. Seeded; bounded by steps and by wall time, whichever comes first. Saves
+fp16 safetensors, the tokenizer and the image processor config in `--out`, plus `train.json` (steps,
+wall time, losses, versions).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cloud.backends.glm_inputs import END_OF_TEXT, chat_prefix, image_tokens_for
 from cloud.backends.verdict_text import DEFAULT_QUESTION, format_answer, format_prompt
 from sim.glm import model as shape
 from sim.glm.crops import Crop, draw_claim, frame_crops, true_answer
+from sim.glm.hard import edge_detection_crops
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -46,8 +48,9 @@ def crop_set(split: str, frames: int, seed: int) -> list[Crop]:
 
 
 def make_example(tokenizer: Any, crop: Crop, index: int, rng: np.random.Generator, image_tokens: int) -> Example:
-    """Draw an edge claim for `crop` and tokenize prompt and answer apart (the answer is what is learned)."""
-    claim = draw_claim(crop.label, rng)
+    """The crop's edge claim (drawn when it has none) with prompt and answer tokenized apart (the answer is
+    what is learned)."""
+    claim = crop.claim or draw_claim(crop.label, rng)
     prompt = format_prompt(claim.detections, claim.reason, DEFAULT_QUESTION)
     answer = format_answer(true_answer(crop.label, crop.hard, claim)) + END_OF_TEXT
     prefix_ids = tokenizer(chat_prefix(prompt, image_tokens), add_special_tokens=False)["input_ids"]
@@ -104,7 +107,7 @@ def tokenizer_corpus(crops: list[Crop], seed: int, passes: int = 4) -> list[str]
     texts = []
     for _ in range(passes):
         for crop in crops:
-            claim = draw_claim(crop.label, rng)
+            claim = crop.claim or draw_claim(crop.label, rng)
             texts.append(format_prompt(claim.detections, claim.reason, DEFAULT_QUESTION))
             texts.append(format_answer(true_answer(crop.label, crop.hard, claim)))
     return texts
@@ -134,6 +137,12 @@ def main(
     batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 32,
     lr: Annotated[float, typer.Option(min=1e-6, help="Peak AdamW learning rate.")] = 1e-3,
     threads: Annotated[int, typer.Option(min=1, help="torch intra-op threads.")] = 2,
+    edge_frames: Annotated[
+        int, typer.Option(min=0, help="Unseen frames whose edge detections become hard crops (sim/glm/hard.py).")
+    ] = 2000,
+    edge_model: Annotated[Path, typer.Option(help="The edge detector ONNX those detections come from.")] = Path(
+        "sim/models/edge.onnx"
+    ),
 ) -> None:
     """Generate crops, fit the tokenizer, train the model, save it."""
     import torch
@@ -145,7 +154,12 @@ def main(
     random.seed(seed)
     torch.set_num_threads(threads)
     crops = crop_set("train", train_frames, seed)
-    typer.echo(f"{len(crops)} train crops from {train_frames} frames ({time.monotonic() - started:.0f} s)")
+    hard = list(edge_detection_crops(edge_model, edge_frames, seed)) if edge_frames else []
+    typer.echo(
+        f"{len(crops)} train crops from {train_frames} frames and {len(hard)} of the edge's detections on "
+        f"{edge_frames} more ({time.monotonic() - started:.0f} s)"
+    )
+    crops += hard
     tokenizer = shape.train_tokenizer(tokenizer_corpus(crops, seed))
     config = shape.build_config(tokenizer)
     processor = shape.build_image_processor()
@@ -192,6 +206,9 @@ def main(
         "lr": lr,
         "train_frames": train_frames,
         "train_crops": len(crops),
+        "edge_frames": edge_frames,
+        "edge_detection_crops": len(hard),
+        "edge_model": str(edge_model),
         "parameters": params,
         "wall_time_s": round(wall, 1),
         "final_loss": round(float(np.mean(losses[-50:])), 5) if losses else None,

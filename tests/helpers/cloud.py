@@ -106,6 +106,11 @@ def counter(service: CloudService, name: str, **labels: str) -> float:
 async def send(service: CloudService, clip: Path, edge_id: str, frames: list[int], prefix: str) -> list[Any]:
     """Send one sample per frame over a Session and wait for every verdict; returns the samples sent."""
     samples = [make_sample(clip, frame, f"{prefix}-{frame:03d}", edge_id) for frame in frames]
+    return await send_samples(service, edge_id, samples)
+
+
+async def send_samples(service: CloudService, edge_id: str, samples: list[Any]) -> list[Any]:
+    """Send `samples` of `edge_id` over one Session and wait for every verdict; returns them."""
     async with channel(service) as stub:
         call, _ = await open_session(stub, edge_id)
         status = status_pb2.EdgeStatus(edge_id=edge_id, state=status_pb2.EDGE_STATE_ONLINE, policy_version=1)

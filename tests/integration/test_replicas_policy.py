@@ -1,7 +1,8 @@
 """Replicas on one PostgreSQL share the policy state (issue 14 §2): a change through one reaches the
 edges of the other (pushed on its LISTEN/NOTIFY, not on a timer), versions stay distinct and
 increasing under changes on both at once, and a replica that restarts keeps what the admin API
-changed while cloud.yaml did not change.
+changed while cloud.yaml did not change; one replica runs the closed loop over every replica's pairs
+and rule outcomes.
 
 Real services (grpc.aio servers) on a real PostgreSQL; edges are Session streams on real channels.
 """
@@ -15,9 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from cloud.config import CloudConfig
+from cloud.policy.evidence import MOTION
 from cloud.service import CloudService
-from protos import policy_pb2
-from tests.helpers.cloud import busy_frames, channel, make_config, open_session, read, running, send
+from protos import policy_pb2, sample_pb2
+from tests.helpers.cloud import (
+    busy_frames,
+    channel,
+    make_config,
+    make_sample,
+    open_session,
+    read,
+    running,
+    send,
+    send_samples,
+)
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.wait import wait_until
 
@@ -80,12 +92,24 @@ async def test_versions_stay_distinct_under_changes_on_both_and_a_restart_keeps_
         assert again.policy.snapshot()["edges"]["gw-7"]["settings"] == {"uplink": {"jpeg_quality": 77}}
 
 
+def motion_samples(clip: Path, edge_id: str, count: int) -> list[Any]:
+    """Motion-without-detection samples (a judged outcome each for the motion rule)."""
+    samples = []
+    for frame in busy_frames(clip)[:count]:
+        sample = make_sample(clip, frame, f"motion-{frame:03d}", edge_id)
+        sample.ClearField("detections")
+        sample.mined_reason = sample_pb2.MINED_REASON_MOTION_WITHOUT_DETECTION
+        sample.motion_area_fraction = 0.002
+        samples.append(sample)
+    return samples
+
+
 async def test_one_replica_runs_the_closed_loop_over_every_replicas_pairs_and_another_takes_over(
     postgres: PostgresServer, tmp_path: Path, clip: Path
 ) -> None:
     dsn_file = tmp_path / "pg-dsn"
     dsn_file.write_text(postgres.new_dsn())
-    loop = {"closed_loop": {"enabled": True, "flush_interval_s": 0.2}}
+    loop = {"closed_loop": {"enabled": True, "flush_interval_s": 0.2, "motion_min_samples": 40}}
     configs = []
     for name in ("a", "b"):
         config = replica(tmp_path, clip, dsn_file, name).model_dump(mode="json")
@@ -106,6 +130,16 @@ async def test_one_replica_runs_the_closed_loop_over_every_replicas_pairs_and_an
 
         await wait_until(lambda: {"gw-on-other", "gw-on-leader"} <= seen(leader), "the leader sees both", 30)
         assert seen(other) == set(), "a replica that does not lead keeps no windows"
+        # The per-camera rules learn from every replica too: motion samples judged by the other one.
+        await send_samples(other, "gw-on-other", motion_samples(clip, "gw-on-other", 6))
+
+        def motion_evidence(service: CloudService) -> int:
+            assert service.bands is not None
+            rules = service.bands.snapshot()["rules"]
+            return int(rules.get("gw-on-other", {}).get("cam0", {}).get(MOTION, {}).get("samples", 0))
+
+        await wait_until(lambda: motion_evidence(leader) == 6, "the other replica's motion outcomes at the leader", 30)
+        assert motion_evidence(other) == 0
         await stack.aclose()  # both stop; a third replica then finds the lease free
     async with running(configs[1]) as again:
         await wait_until(lambda: again.leads_loop, "the lease taken over", timeout_s=30)

@@ -288,6 +288,19 @@ async def test_the_loop_raises_the_motion_threshold_when_the_cloud_keeps_rejecti
         assert motion_rule(engine) == pytest.approx(raised)
 
 
+async def test_the_rules_evidence_survives_a_restart(tmp_path: Path) -> None:
+    """The motion outcomes are kept with the pairs: a restart goes on from them, not from nothing."""
+    clock = Clock()
+    config = loop_config(motion_min_samples=200)
+    async with controller(tmp_path, clock, config) as (bands, _, _):
+        for area in (0.001, 0.002, 0.003):
+            observe_motion(bands, area, object_there=False)
+        observe_motion(bands, 0.02, object_there=True)
+    async with controller(tmp_path, clock, config) as (bands, _, _):
+        motion = bands.snapshot()["rules"][EDGE]["cam0"]["motion_min_area_fraction"]
+    assert (motion["samples"], motion["hits"]) == (4, 3)
+
+
 async def test_the_motion_threshold_holds_while_the_cloud_confirms_what_motion_sends(tmp_path: Path) -> None:
     rng = random.Random(4)
     async with controller(tmp_path, Clock(), loop_config(motion_min_samples=20)) as (bands, engine, _):
