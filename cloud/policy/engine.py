@@ -154,6 +154,7 @@ class PolicyEngine:
         self._shared = shared
         self._config_digests: dict[str, str] = {}  # layer -> digest of what cloud.yaml gave it (shared state)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._caught_up = 0  # shared state: every version up to this one is applied here
         wanted: dict[str, PolicySettings | None] = {"fleet": fleet or PolicySettings()}
         wanted |= {_key("site", s): o for s, o in (sites or {}).items()}
         wanted |= {_key("edge", e): o for e, o in (edges or {}).items()}
@@ -390,6 +391,7 @@ class PolicyEngine:
     def _reconcile(self, shared: PgPolicyState, wanted: dict[str, PolicySettings | None]) -> None:
         """Take the shared layers, publishing those cloud.yaml changed since they took it (blocking)."""
         self._last_version, stored = shared.load()
+        self._caught_up = self._last_version
         for key, settings in wanted.items():
             digest = _digest(settings)
             self._config_digests[key] = digest
@@ -437,9 +439,10 @@ class PolicyEngine:
         self._shared.listen(changed)
 
     async def _catch_up(self) -> None:
-        """Apply the shared layers newer than ours and tell the listeners (the edges get them)."""
+        """Apply the shared layers changed since the last catch-up that are newer than ours, and tell the
+        listeners (the edges get them)."""
         assert self._shared is not None
-        last, stored = await asyncio.to_thread(self._shared.load)
+        last, stored = await asyncio.to_thread(self._shared.load, self._caught_up)
         changes = []
         async with self._lock:
             for key, found in stored.items():
@@ -450,6 +453,7 @@ class PolicyEngine:
                 self._config_digests[key] = found.config_digest
                 changes.append(PolicyChange(*_scope_of(key), found.version))
             self._last_version = max(self._last_version, last)
+            self._caught_up = max(self._caught_up, last)
             if changes:
                 self._cache.clear()
         for change in sorted(changes, key=lambda c: c.version):

@@ -5,7 +5,8 @@ policies at once still get distinct, increasing versions. One row per layer (`po
 its written settings (JSON; NULL for a removed override), its version and, in `config_digest`, the
 digest of the cloud.yaml content it last took (empty for a layer made through the admin API). A
 change commits with `NOTIFY edgeglm_policy`; every replica LISTENs on its own connection, reloads
-the layers newer than its own and pushes them to its edges (`PolicyEngine.follow`).
+the layers changed since its last look (not every layer) and pushes them to its edges
+(`PolicyEngine.follow_from`).
 
 All of it is blocking psycopg on connections of its own: the engine calls it from worker threads.
 """
@@ -61,14 +62,18 @@ class PgPolicyState:
 
         return psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
 
-    def load(self) -> tuple[int, dict[str, StoredLayer]]:
-        """The last version issued and every layer (creating the tables on first use)."""
-        with self._connect() as conn:
+    def load(self, since: int = 0) -> tuple[int, dict[str, StoredLayer]]:
+        """The last version issued and every layer changed after version `since` (creating the tables on
+        first use). Versions commit in the order they are issued (the counter row is locked until its
+        transaction commits), so a reader that saw `last` has seen every version up to it: the next
+        catch-up asks only for what came after."""
+        with self._connect() as conn, conn.transaction():
             for statement in _SCHEMA:
                 conn.execute(statement)
             (last,) = conn.execute("SELECT last_version FROM policy_counter WHERE id = 1").fetchone()
             rows = conn.execute(
-                "SELECT key, settings, version, issued_at, digest, config_digest FROM policy_layers"
+                "SELECT key, settings, version, issued_at, digest, config_digest FROM policy_layers WHERE version > %s",
+                (since,),
             ).fetchall()
         layers = {
             str(key): StoredLayer(None if settings is None else json.loads(settings), int(v), float(t), str(d), str(c))

@@ -17,6 +17,7 @@ from typing import Any
 
 from cloud.config import CloudConfig
 from cloud.policy.evidence import MOTION
+from cloud.policy.shared import PgPolicyState, StoredLayer
 from cloud.service import CloudService
 from protos import policy_pb2, sample_pb2
 from tests.helpers.cloud import (
@@ -90,6 +91,21 @@ async def test_versions_stay_distinct_under_changes_on_both_and_a_restart_keeps_
         assert again.policy.fleet.uplink.jpeg_quality == 63, "cloud.yaml did not change: the API's change stays"
         assert again.policy.version == last, "nothing new to publish on a restart"
         assert again.policy.snapshot()["edges"]["gw-7"]["settings"] == {"uplink": {"jpeg_quality": 77}}
+
+
+def test_a_catch_up_reads_only_the_layers_changed_since_the_last_one(postgres: PostgresServer) -> None:
+    """A replica told of a change reads what changed since its last look, removals included, not every layer."""
+    state = PgPolicyState(postgres.new_dsn(), "test")
+    start, _ = state.load()
+    first = state.publish("edge:gw-1", StoredLayer({"uplink": {"jpeg_quality": 61}}, 0, 1.0, "d1", ""), start)
+    second = state.publish("edge:gw-2", StoredLayer({"uplink": {"jpeg_quality": 62}}, 0, 2.0, "d2", ""), first)
+    last, after_first = state.load(first)
+    removed = state.publish("edge:gw-1", StoredLayer(None, 0, 3.0, "removed", ""), second)
+    _, after_second = state.load(second)
+    _, everything = state.load()
+    assert (last, set(after_first)) == (second, {"edge:gw-2"})
+    assert after_second == {"edge:gw-1": StoredLayer(None, removed, 3.0, "removed", "")}
+    assert set(everything) == {"edge:gw-1", "edge:gw-2"}
 
 
 def motion_samples(clip: Path, edge_id: str, count: int) -> list[Any]:
