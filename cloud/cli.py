@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from google.protobuf import json_format
@@ -34,7 +34,8 @@ app = typer.Typer(
         "EdgeGLM cloud service. Receives suspicious samples from edge agents over gRPC or MQTT, judges them "
         "with a large model and pushes verdicts and policies back. `serve` runs it, `check-config` validates "
         "cloud.yaml, `keygen` makes the policy signing key, `policy set` changes the policy of a running "
-        "service, `decode` turns a wire message (for example an MQTT payload saved to a file) into readable JSON."
+        "service, `decode` turns a wire message (for example an MQTT payload saved to a file) into readable JSON, "
+        "`pki` issues certificates, `dataset export` writes the field dataset as a YOLO dataset."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -274,3 +275,60 @@ def decode(
         typer.echo(f"error: {path}: not a serialized {kind} message ({err})", err=True)
         raise typer.Exit(1) from err
     typer.echo(json_format.MessageToJson(message, preserving_proto_field_name=True))
+
+
+dataset_app = typer.Typer(
+    help="The field dataset (cloud.yaml dataset:): every judged sample kept as a training record.",
+    no_args_is_help=True,
+)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("export")
+def dataset_export(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the YOLO dataset (images/, labels/, data.yaml).")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="cloud.yaml whose dataset.path to read (default: --dir).")
+    ] = None,
+    folder: Annotated[Path | None, typer.Option("--dir", help="The field dataset's folder (dataset.path).")] = None,
+    classes: Annotated[
+        str,
+        typer.Option(help="Class names in the edge model's order, comma-separated (default: every label, sorted)."),
+    ] = "",
+    val_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of the groups put in val.")] = 0.2,
+    group_s: Annotated[
+        float, typer.Option(min=1.0, help="Untracked records of a camera within this many seconds stay together.")
+    ] = 60.0,
+) -> None:
+    """Write the field dataset as a YOLO dataset, split by track or time window, with report.json; print it."""
+    from cloud.config import ConfigError, load_config
+    from cloud.dataset import DatasetConfig, FieldDataset, export_yolo
+    from cloud.metrics import CloudMetrics
+
+    if (config is None) == (folder is None):
+        raise typer.BadParameter("give either --config or --dir")
+    try:
+        settings = load_config(config).dataset if config is not None else DatasetConfig(path=folder)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    if not (settings.path / "index.sqlite").is_file():
+        typer.echo(f"error: {settings.path} holds no field dataset (no index.sqlite)", err=True)
+        raise typer.Exit(1)
+
+    async def read() -> list[Any]:
+        dataset = FieldDataset(settings, CloudMetrics())
+        await dataset.open()
+        try:
+            return await dataset.records()
+        finally:
+            await dataset.close()
+
+    names = [name.strip() for name in classes.split(",") if name.strip()] or None
+    report = export_yolo(asyncio.run(read()), out, names, val_share, group_s)
+    summary = report.to_json()
+    typer.echo(
+        f"{out}: {summary['images']['train']} train and {summary['images']['val']} val images "
+        f"({summary['backgrounds']['train'] + summary['backgrounds']['val']} background), classes "
+        f"{', '.join(summary['classes']) or '-'}; left out: {summary['left_out'] or 'none'}; see {out / 'report.json'}"
+    )

@@ -18,6 +18,7 @@ from pydantic_settings import SettingsConfigDict
 from cloud.backends import BackendConfig, OracleBackendConfig
 from cloud.batcher import BatcherConfig
 from cloud.bridge.config import MqttBridgeConfig
+from cloud.dataset.config import DatasetConfig
 from cloud.ingest.config import IngestConfig
 from cloud.policy.loop_config import ClosedLoopConfig
 from cloud.policy.settings import PolicyOverride, PolicySettings
@@ -272,6 +273,10 @@ class CloudConfig(FileSettings):
     )
     tracing: TracingConfig = Field(
         default_factory=TracingConfig, description="OpenTelemetry traces of samples (common/tracing.py); off."
+    )
+    dataset: DatasetConfig = Field(
+        default_factory=DatasetConfig,
+        description="The field dataset: every judged sample kept as a training record (cloud/dataset); off.",
     )
 
     @field_validator("known_edges")

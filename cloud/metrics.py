@@ -85,11 +85,25 @@ class CloudMetrics:
         )
         self.admin_refused = Counter(
             "edgeglm_cloud_admin_refused",
-            "Admin API requests refused, by reason (no_token, wrong_token, viewer_change, session_change, "
+            "Admin API requests refused, by reason (no_token, wrong_token, viewer_change, not_admin, session_change, "
             "rate_limited, wrong_sign_in).",
             ["reason"],
             registry=r,
         )
+        self.dataset_records = Counter(
+            "edgeglm_cloud_dataset_records",
+            "Verdicts offered to the field dataset, by outcome (kept, near_duplicate, duplicate, not_decided, "
+            "dropped_busy, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.dataset_removed = Counter(
+            "edgeglm_cloud_dataset_removed",
+            "Field dataset records removed, by reason (retention, size_cap).",
+            ["reason"],
+            registry=r,
+        )
+        self.dataset_bytes = Gauge("edgeglm_cloud_dataset_bytes", "Bytes of the field dataset's images.", registry=r)
         self.task_failures = Counter(
             "edgeglm_cloud_task_failures", "Background tasks that failed, by task.", ["task"], registry=r
         )

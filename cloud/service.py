@@ -23,6 +23,7 @@ from cloud.backends import Backend, build_backend
 from cloud.batcher import DynamicBatcher
 from cloud.bridge.bridge import MqttBridge
 from cloud.config import CloudConfig, StoreConfig
+from cloud.dataset import FieldDataset
 from cloud.ingest import IngestCore
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine, PolicySigner
@@ -106,6 +107,7 @@ class CloudService:
         self._snapshotter: EdgeSnapshotter | None = None
         self._retention: StoreRetention | None = None
         self.bands: BandController | None = None  # the closed loop, when policy.closed_loop.enabled
+        self.dataset: FieldDataset | None = None  # the field dataset, when dataset.enabled
         self._lease: AdvisoryLease | None = None  # replicas on one database: which one runs the closed loop
         self.failed = asyncio.Event()  # set when a part it cannot work without died; the process must exit
         self.failure = ""
@@ -162,6 +164,11 @@ class CloudService:
             self.bands = self._band_controller(self.policy)
             await self.bands.start()
             self.ingest.add_observer(self.bands.observe)
+        if config.dataset.enabled:
+            self.dataset = FieldDataset(config.dataset, self.metrics)
+            await self.dataset.open()
+            self.ingest.add_observer(self.dataset.observe)
+            logger.info("field dataset in %s", config.dataset.path)
         deps = SessionDeps(
             ingest=self.ingest,
             backend=self.backend,
@@ -283,6 +290,8 @@ class CloudService:
                 )
         if self.bands is not None:
             await self.bands.close()  # after the last verdicts: their pairs are written
+        if self.dataset is not None:
+            await self.dataset.close()  # after the last verdicts: their records are written
         if self._lease is not None:
             await asyncio.to_thread(self._lease.close)
         if self._admin is not None:

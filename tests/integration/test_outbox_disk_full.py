@@ -8,15 +8,10 @@ returns it all recovers by itself: samples are stored and judged again, /readyz 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import json
-import os
 import shutil
-import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,45 +21,10 @@ from edge.agent import EdgeAgent
 from edge.config import EdgeConfig
 from tests.helpers.agents import cloud_config, edge_config, every_frame, make_agent_clip
 from tests.helpers.cloud import running
+from tests.helpers.disk import fill, small_tmpfs
 from tests.helpers.wait import wait_until
 
 WAIT_S = 60.0
-TMPFS_BYTES = 4 << 20
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path) -> Iterator[Path]:
-    """A tmpfs of TMPFS_BYTES at `path` (root only; on CI a missing permission fails instead of skipping)."""
-    path.mkdir(parents=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(path)],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        why = f"cannot mount a tmpfs ({mounted.stderr.strip() or 'not root'})"
-        if os.environ.get("CI") == "true" and os.geteuid() == 0:
-            pytest.fail(why)
-        pytest.skip(why)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Write a file in `folder` until the disk is full; returns it (delete it to free the space)."""
-    filler = folder / "filler"
-    with filler.open("wb") as out:
-        try:
-            while True:
-                out.write(bytes(64 << 10))
-                out.flush()
-        except OSError as err:
-            if err.errno != errno.ENOSPC:
-                raise
-    return filler
 
 
 def counter(agent: EdgeAgent, name: str, **labels: str) -> float:

@@ -1,0 +1,365 @@
+"""FieldDataset: every judged sample's image, as the edge sent it, with the cloud's labels and boxes.
+
+Each backend verdict that decided (confirmed or rejected; never an unsure answer or a fallback) is a
+label the edge model lacked. `observe` (an `IngestCore` observer, on the event loop) turns it into a
+`FieldRecord` and hands it to one writer thread; at most `max_pending` wait, beyond that a record is
+dropped and counted, so a slow disk never slows judging. The thread:
+
+- skips a near duplicate: a 64-bit difference hash (`imagehash.dhash`) within `near_duplicate_bits`
+  of one of the camera's `near_duplicate_window` newest records with the same labels, in the same
+  places (every box matched at IoU >= 0.7: a parked car asked about again; a person who walked on
+  is a new record even though a static camera's frames all hash alike);
+- writes the JPEG exactly as received (`images/<2 hex>/<32 hex>.jpg`, named by a hash of edge and
+  sample id, so no id reaches a path) atomically, then its row in `index.sqlite` (WAL): who, where,
+  when, why it was mined, the edge's detections and the cloud's, in the image's own pixels;
+- removes records past `retention_s`, then the oldest beyond `max_bytes`, files and rows.
+
+A crash between the file and its row leaves an orphan file: `open` removes it. A full disk fails the
+write with a counted error and a warning; judging goes on, and records are kept again once there is
+space. `edgeglm_cloud_dataset_records_total{outcome}` counts every verdict offered, by what became
+of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cloud.convert import SampleInput
+from cloud.dataset.config import DatasetConfig
+from cloud.metrics import CloudMetrics
+from cloud.store.sqlite import StoreError, open_wal
+from common.boxes import iou
+from common.files import write_atomic
+from common.sqlite import SqliteThread
+from protos import verdict_pb2
+
+logger = logging.getLogger(__name__)
+Box = tuple[float, float, float, float]
+SAME_BOX_IOU = 0.7  # two boxes this alike are the same object in the same place
+_DECIDED = {verdict_pb2.DECISION_CONFIRMED: "confirmed", verdict_pb2.DECISION_REJECTED: "rejected"}
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS records (
+        edge_id     TEXT NOT NULL,
+        sample_id   TEXT NOT NULL,
+        camera_id   TEXT NOT NULL,
+        kept_at     REAL NOT NULL,
+        file        TEXT NOT NULL,
+        bytes       INTEGER NOT NULL,
+        dhash       TEXT NOT NULL,
+        labels      TEXT NOT NULL,
+        record      TEXT NOT NULL,
+        PRIMARY KEY (edge_id, sample_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS records_camera ON records (edge_id, camera_id, labels, kept_at)",
+    "CREATE INDEX IF NOT EXISTS records_kept_at ON records (kept_at)",
+)
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One object in a record: its label, the edge's score (None: the cloud's), its box in image pixels."""
+
+    label: str
+    box: Box | None  # None: the answer named the object without a box
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class FieldRecord:
+    """One judged sample as a training record; boxes in the pixels of the image as sent."""
+
+    edge_id: str
+    sample_id: str
+    camera_id: str
+    frame_seq: int
+    captured_at: float
+    track_id: str
+    mined_reason: str
+    decision: str  # confirmed | rejected
+    confidence: float
+    cloud: tuple[Labelled, ...]  # what the cloud found: the labels to learn
+    edge: tuple[Labelled, ...]  # what the edge had said, with its scores
+    width: int
+    height: int
+    crop: Box | None  # where the image sits in the frame (None: the whole frame)
+    frame_size: tuple[int, int]
+    backend: str
+    model: str
+    edge_model: str
+
+    @property
+    def labels(self) -> str:
+        """The cloud's labels, sorted and joined: what near duplicates must share."""
+        return ",".join(sorted({item.label for item in self.cloud}))
+
+    def to_json(self) -> str:
+        """The record as one JSON object."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> FieldRecord:
+        """A record `to_json` wrote."""
+        raw = json.loads(text)
+        for side in ("cloud", "edge"):
+            raw[side] = tuple(
+                Labelled(i["label"], None if i["box"] is None else tuple(i["box"]), i["score"]) for i in raw[side]
+            )
+        raw["crop"] = None if raw["crop"] is None else tuple(raw["crop"])
+        raw["frame_size"] = tuple(raw["frame_size"])
+        return cls(**raw)
+
+
+def record_of(sample: SampleInput, verdict: verdict_pb2.Verdict) -> FieldRecord | None:
+    """The training record of a verdict, or None when it decided nothing (unsure, a fallback)."""
+    decision = _DECIDED.get(verdict.decision)
+    if decision is None or verdict.origin != verdict_pb2.VERDICT_ORIGIN_BACKEND:
+        return None
+    region = sample.region
+    width, height = region.image_wh
+
+    def in_image(frame_box: Box) -> Box | None:
+        x1, y1, x2, y2 = region.to_image(frame_box)
+        x1, x2 = max(0.0, min(width, x1)), max(0.0, min(width, x2))
+        y1, y2 = max(0.0, min(height, y1)), max(0.0, min(height, y2))
+        return (x1, y1, x2, y2) if x2 - x1 >= 1 and y2 - y1 >= 1 else None
+
+    cloud = tuple(
+        Labelled(d.label, in_image((d.box.x1, d.box.y1, d.box.x2, d.box.y2)) if d.HasField("box") else None)
+        for d in verdict.detections
+    )
+    edge = tuple(Labelled(d.label, in_image(d.box), d.score) for d in sample.detections)
+    crop = None if sample.crop is None else (sample.crop.x1, sample.crop.y1, sample.crop.x2, sample.crop.y2)
+    return FieldRecord(
+        edge_id=sample.edge_id,
+        sample_id=sample.sample_id,
+        camera_id=sample.camera_id,
+        frame_seq=sample.frame_seq,
+        captured_at=sample.captured_at,
+        track_id=sample.track_id,
+        mined_reason=sample.mined_reason,
+        decision=decision,
+        confidence=float(verdict.confidence),
+        cloud=cloud,
+        edge=edge,
+        width=width,
+        height=height,
+        crop=crop,
+        frame_size=sample.frame_size,
+        backend=verdict.backend,
+        model=f"{verdict.model_name} {verdict.model_version}".strip(),
+        edge_model=f"{sample.edge_model_name} {sample.edge_model_version}".strip(),
+    )
+
+
+def image_file(edge_id: str, sample_id: str) -> str:
+    """The image's path under the dataset folder: a hash of its key, so no id reaches the filesystem."""
+    digest = hashlib.sha256(f"{edge_id}\0{sample_id}".encode()).hexdigest()
+    return f"images/{digest[:2]}/{digest[2:34]}.jpg"
+
+
+def difference_hash(image: NDArray[np.uint8]) -> str:
+    """The 64-bit difference hash of a BGR image, as 16 hex digits (imagehash's dhash)."""
+    import imagehash
+    from PIL import Image
+
+    return str(imagehash.dhash(Image.fromarray(np.ascontiguousarray(image[..., ::-1]))))
+
+
+def same_objects(a: FieldRecord, b: FieldRecord, min_iou: float = SAME_BOX_IOU) -> bool:
+    """Whether two records show the cloud's objects in the same places (every box of one matched in the
+    other): a static camera's frames all hash alike, and only the objects tell a new one from a repeat."""
+    if len(a.cloud) != len(b.cloud):
+        return False
+    left = list(b.cloud)
+    for item in a.cloud:
+        match = next(
+            (
+                other
+                for other in left
+                if other.label == item.label
+                and (item.box is None) == (other.box is None)
+                and (item.box is None or other.box is None or iou(item.box, other.box) >= min_iou)
+            ),
+            None,
+        )
+        if match is None:
+            return False
+        left.remove(match)
+    return True
+
+
+def hash_distance(a: str, b: str) -> int:
+    """Bits that differ between two hashes `difference_hash` made."""
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+class FieldDataset:
+    """The field dataset in a folder; `observe` is safe on the event loop, the rest are coroutines."""
+
+    def __init__(self, config: DatasetConfig, metrics: CloudMetrics, clock: Callable[[], float] = time.time) -> None:
+        """Keep records under `config.path`; count in `metrics`."""
+        self._config = config
+        self._root = config.path
+        self._metrics = metrics
+        self._clock = clock
+        self._db = SqliteThread(self._root / "index.sqlite", "field dataset", StoreError)
+        self._conn: sqlite3.Connection | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    @property
+    def root(self) -> Path:
+        """The dataset's folder."""
+        return self._root
+
+    async def open(self) -> None:
+        """Create or open the index and remove image files no row names (a crash between the two)."""
+        await self._db.run("open", self._open)
+        self._metrics.dataset_bytes.set(await self.total_bytes())
+
+    def observe(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
+        """Queue the record of one backend verdict (O(1) on the loop; never raises)."""
+        try:
+            record = record_of(sample, verdict)
+        except Exception:
+            logger.exception("field dataset: no record for sample %s", sample.sample_id)
+            self._metrics.dataset_records.labels("failed").inc()
+            return
+        if record is None:
+            self._metrics.dataset_records.labels("not_decided").inc()
+            return
+        if len(self._pending) >= self._config.max_pending:
+            self._metrics.dataset_records.labels("dropped_busy").inc()
+            return
+        task = asyncio.get_running_loop().create_task(self._keep(record, sample))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def flush(self) -> None:
+        """Wait until every queued record is written (or refused)."""
+        while self._pending:
+            await asyncio.wait(set(self._pending))
+
+    async def count(self) -> int:
+        """Records kept."""
+        row = await self._db.run("count", lambda: self._index().execute("SELECT COUNT(*) FROM records").fetchone())
+        return int(row[0])
+
+    async def total_bytes(self) -> int:
+        """Bytes of the images kept."""
+        row = await self._db.run(
+            "bytes", lambda: self._index().execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()
+        )
+        return int(row[0])
+
+    async def records(self) -> list[tuple[FieldRecord, Path]]:
+        """Every record with its image file, oldest kept first."""
+        rows = await self._db.run(
+            "records", lambda: self._index().execute("SELECT record, file FROM records ORDER BY kept_at").fetchall()
+        )
+        return [(FieldRecord.from_json(text), self._root / file) for text, file in rows]
+
+    async def close(self) -> None:
+        """Write what is queued, then close the index."""
+        await self.flush()
+        await self._db.close(lambda: self._conn.close() if self._conn is not None else None)
+
+    async def _keep(self, record: FieldRecord, sample: SampleInput) -> None:
+        try:
+            outcome = await self._db.run("keep", self._write, record, sample.jpeg, sample.image)
+        except (StoreError, OSError) as err:
+            logger.warning("field dataset: sample %s not kept (%s)", record.sample_id, err)
+            outcome = "failed"
+        except Exception:
+            logger.exception("field dataset: sample %s not kept", record.sample_id)
+            outcome = "failed"
+        self._metrics.dataset_records.labels(outcome).inc()
+
+    def _open(self) -> None:
+        self._conn = open_wal(self._root / "index.sqlite")
+        for statement in _SCHEMA:
+            self._conn.execute(statement)
+        named = {row[0] for row in self._conn.execute("SELECT file FROM records")}
+        images = self._root / "images"
+        for path in images.glob("*/*.jpg") if images.is_dir() else ():
+            if path.relative_to(self._root).as_posix() not in named:
+                path.unlink(missing_ok=True)
+        for path in images.glob("*/.*.tmp") if images.is_dir() else ():
+            path.unlink(missing_ok=True)
+
+    def _index(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"{self._root}: the field dataset is not open")
+        return self._conn
+
+    def _write(self, record: FieldRecord, jpeg: bytes, image: NDArray[np.uint8]) -> str:
+        """Keep one record unless it is a near duplicate; then enforce retention and the size cap (thread)."""
+        conn = self._index()
+        key = (record.edge_id, record.sample_id)
+        if conn.execute("SELECT 1 FROM records WHERE edge_id = ? AND sample_id = ?", key).fetchone():
+            return "duplicate"
+        dhash = difference_hash(image)
+        recent = conn.execute(
+            "SELECT dhash, record FROM records WHERE edge_id = ? AND camera_id = ? AND labels = ?"
+            " ORDER BY kept_at DESC LIMIT ?",
+            (record.edge_id, record.camera_id, record.labels, self._config.near_duplicate_window),
+        ).fetchall()
+        for other, text in recent:
+            if hash_distance(dhash, other) <= self._config.near_duplicate_bits and same_objects(
+                record, FieldRecord.from_json(text)
+            ):
+                return "near_duplicate"
+        if not jpeg:
+            raise StoreError(f"sample {record.sample_id}: no JPEG to keep")
+        file = image_file(*key)
+        path = self._root / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, jpeg)
+        try:
+            conn.execute(
+                "INSERT INTO records (edge_id, sample_id, camera_id, kept_at, file, bytes, dhash, labels, record)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*key, record.camera_id, self._clock(), file, len(jpeg), dhash, record.labels, record.to_json()),
+            )
+        except sqlite3.Error:
+            path.unlink(missing_ok=True)
+            raise
+        self._enforce(conn)
+        return "kept"
+
+    def _enforce(self, conn: sqlite3.Connection) -> None:
+        """Remove records past retention, then the oldest while the images exceed max_bytes."""
+        before = self._clock() - self._config.retention_s
+        expired = conn.execute("SELECT edge_id, sample_id, file FROM records WHERE kept_at < ?", (before,)).fetchall()
+        self._remove(conn, expired, "retention")
+        total = int(conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()[0])
+        over: list[Any] = []
+        if total > self._config.max_bytes:
+            for edge_id, sample_id, file, size in conn.execute(
+                "SELECT edge_id, sample_id, file, bytes FROM records ORDER BY kept_at"
+            ):
+                over.append((edge_id, sample_id, file))
+                total -= int(size)
+                if total <= self._config.max_bytes:
+                    break
+        self._remove(conn, over, "size_cap")
+        self._metrics.dataset_bytes.set(total)
+
+    def _remove(self, conn: sqlite3.Connection, rows: list[Any], reason: str) -> None:
+        if not rows:
+            return
+        conn.executemany("DELETE FROM records WHERE edge_id = ? AND sample_id = ?", [(e, s) for e, s, _ in rows])
+        for _, _, file in rows:
+            (self._root / file).unlink(missing_ok=True)
+        self._metrics.dataset_removed.labels(reason).inc(len(rows))

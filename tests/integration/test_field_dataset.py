@@ -1,0 +1,235 @@
+"""The field dataset (issue 15 §1) on a real service, real files and a real full disk, and its YOLO export.
+
+Every judged sample is kept once, as sent, with the cloud's labels in the image's pixels; a resend or
+a near duplicate is not kept again; retention and the size cap remove the oldest; a full disk costs
+records, never verdicts; the export splits by track or time window and says what it left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cloud.cli import app as cloud_app
+from cloud.config import CloudConfig
+from cloud.dataset import DatasetConfig, FieldDataset, export_yolo
+from cloud.ingest.decode import decode_sample
+from cloud.metrics import CloudMetrics
+from cloud.service import CloudService
+from common.boxes import iou
+from protos import sample_pb2, verdict_pb2
+from sim.world.samples import frame_sample
+from tests.helpers.cloud import busy_frames, make_config, make_sample, running, send, send_samples, truth
+from tests.helpers.disk import fill, small_tmpfs
+
+
+def with_dataset(tmp_path: Path, clip: Path, folder: Path | None = None, **dataset: Any) -> CloudConfig:
+    path = folder or tmp_path / "dataset"
+    return make_config(tmp_path, clip, dataset={"enabled": True, "path": str(path), **dataset})
+
+
+def outcomes(service: CloudService) -> dict[str, float]:
+    names = ("kept", "near_duplicate", "duplicate", "not_decided", "dropped_busy", "failed")
+    registry = service.metrics.registry
+    return {n: registry.get_sample_value("edgeglm_cloud_dataset_records_total", {"outcome": n}) or 0.0 for n in names}
+
+
+def apart(clip: Path, count: int) -> list[int]:
+    """Busy frames whose objects are all somewhere else than in every frame chosen before."""
+    chosen: list[int] = []
+    objects = truth(clip)
+    for frame in busy_frames(clip):
+        boxes = [o["box"] for o in objects[frame]]
+        if all(all(iou(b, o["box"]) < 0.5 for b in boxes for o in objects[c]) for c in chosen):
+            chosen.append(frame)
+        if len(chosen) == count:
+            return chosen
+    raise AssertionError("the clip has too few frames with objects in new places")
+
+
+async def test_every_judged_sample_is_kept_once_as_sent_with_the_clouds_labels(tmp_path: Path, clip: Path) -> None:
+    frames = apart(clip, 3)
+    async with running(with_dataset(tmp_path, clip)) as service:
+        assert service.dataset is not None
+        sent = await send(service, clip, "gw-1", frames, "s")
+        await send(service, clip, "gw-1", frames[:1], "s")  # a resend: its stored verdict, no second record
+        repeat = make_sample(clip, frames[0], "s-repeat", "gw-1")  # the same view under another id
+        await send_samples(service, "gw-1", [repeat])
+        await service.dataset.flush()
+        records = sorted(await service.dataset.records(), key=lambda pair: pair[0].sample_id)
+        counted = outcomes(service)
+    assert [r.sample_id for r, _ in records] == [s.sample_id for s in sent]  # judged in any order
+    for (record, image), sample in zip(records, sent, strict=True):
+        assert image.read_bytes() == sample.image.jpeg, "the image as the edge sent it"
+        objects = truth(clip)[sample.frame_seq]
+        assert sorted(item.label for item in record.cloud) == sorted(o["label"] for o in objects)
+        for item in record.cloud:  # a whole frame: the image's pixels are the frame's
+            assert item.box is not None
+            assert max(iou(item.box, o["box"]) for o in objects if o["label"] == item.label) > 0.99
+        assert (record.decision, record.mined_reason, record.width, record.height) == (
+            "confirmed",
+            "uncertainty_band",
+            640,
+            480,
+        )
+    assert counted["kept"] == 3 and counted["near_duplicate"] == 1
+    assert counted["duplicate"] == 0, "a resend never reached the dataset twice (the store answered it)"
+
+
+def decided(pb: sample_pb2.Sample, labels: tuple[str, ...] = ()) -> tuple[Any, verdict_pb2.Verdict]:
+    """The decoded sample and a backend verdict finding `labels` at the edge's boxes (none: rejected)."""
+    sample, _ = decode_sample(pb)
+    found = [d for d in pb.detections if d.label in labels]
+    decision = verdict_pb2.DECISION_CONFIRMED if found else verdict_pb2.DECISION_REJECTED
+    verdict = verdict_pb2.Verdict(
+        sample_id=pb.sample_id, decision=decision, detections=found, origin=verdict_pb2.VERDICT_ORIGIN_BACKEND
+    )
+    return sample, verdict
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_size_cap_and_retention_remove_the_oldest_records_and_their_files(tmp_path: Path, clip: Path) -> None:
+    clock = Clock()
+    frames = apart(clip, 4)
+    samples = [make_sample(clip, frame, f"s-{number}") for number, frame in enumerate(frames)]
+    sizes = [len(pb.image.jpeg) for pb in samples]
+    cap = max(1 << 16, sizes[0] + sizes[1] + sizes[2] - 1)  # the three do not fit: the oldest must go
+    dataset = FieldDataset(
+        DatasetConfig(path=tmp_path / "dataset", max_bytes=cap, retention_s=600), CloudMetrics(), clock=clock
+    )
+    await dataset.open()
+    try:
+        for pb in samples[:3]:
+            dataset.observe(*decided(pb, tuple(d.label for d in pb.detections)))
+            await dataset.flush()
+            clock.now += 10
+        capped = await dataset.records()
+        clock.now += 3600  # past retention: every record so far goes when the next one is kept
+        dataset.observe(*decided(samples[3]))  # rejected, nothing found: a background image
+        await dataset.flush()
+        left = await dataset.records()
+        total = await dataset.total_bytes()
+    finally:
+        await dataset.close()
+    assert sum(sizes[:3]) > cap, "the test's images fit the smallest cap allowed; use larger frames"
+    assert [r.sample_id for r, _ in capped] == ["s-1", "s-2"], "the oldest went for the size cap"
+    assert [r.sample_id for r, _ in left] == ["s-3"] and left[0][0].cloud == ()
+    assert not any(image.exists() for _, image in capped), "removed records take their files"
+    assert total == sizes[3]
+
+
+async def test_a_full_disk_costs_records_never_verdicts_and_keeping_resumes_with_space(
+    tmp_path: Path, clip: Path
+) -> None:
+    frames = apart(clip, 3)
+    with small_tmpfs(tmp_path / "disk", size=2 << 20) as disk:
+        async with running(with_dataset(tmp_path, clip, folder=disk / "dataset")) as service:
+            assert service.dataset is not None
+            filler = fill(disk)
+            judged = await send(service, clip, "gw-1", frames[:2], "full")  # every verdict still comes back
+            await service.dataset.flush()
+            while_full = outcomes(service)
+            filler.unlink()
+            await send(service, clip, "gw-1", frames[2:], "later")
+            await service.dataset.flush()
+            kept = [r.sample_id for r, _ in await service.dataset.records()]
+    assert len(judged) == 2 and while_full["failed"] == 2 and while_full["kept"] == 0
+    assert kept == [f"later-{frames[2]:03d}"]
+
+
+async def test_an_image_left_by_a_crash_before_its_row_is_removed_at_open(tmp_path: Path) -> None:
+    stray = tmp_path / "dataset" / "images" / "ab" / "cd.jpg"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"\xff\xd8 half a record")
+    dataset = FieldDataset(DatasetConfig(path=tmp_path / "dataset"), CloudMetrics())
+    await dataset.open()
+    await dataset.close()
+    assert not stray.exists()
+
+
+async def records_for_export(tmp_path: Path, clip: Path) -> FieldDataset:
+    """Tracked and untracked records of two cameras, confirmed and rejected, one with a class outside the list."""
+    frames = apart(clip, 6)
+    dataset = FieldDataset(DatasetConfig(path=tmp_path / "dataset", near_duplicate_bits=0), CloudMetrics())
+    await dataset.open()
+    for number, frame in enumerate(frames):
+        pb = frame_sample(clip, frame, f"s-{number}", "gw-1", camera_id="cam0" if number % 2 else "cam1")
+        pb.track_id = f"t{number // 2}" if number < 4 else ""
+        pb.captured_at.FromSeconds(1_800_000_000 + 300 * number)
+        labels = tuple(d.label for d in pb.detections) if number != 5 else ()
+        dataset.observe(*decided(pb, labels))
+    await dataset.flush()
+    return dataset
+
+
+async def test_the_export_is_a_yolo_dataset_split_by_track_and_time(tmp_path: Path, clip: Path) -> None:
+    dataset = await records_for_export(tmp_path, clip)
+    records = await dataset.records()
+    await dataset.close()
+    classes = sorted({item.label for record, _ in records for item in record.cloud})
+    report = export_yolo(records, tmp_path / "yolo", classes, val_share=0.5, group_s=60)
+    out = tmp_path / "yolo"
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data == {"train": "images/train", "val": "images/val", "names": dict(enumerate(classes))}
+    written = {split: sorted(p.stem for p in (out / "images" / split).glob("*.jpg")) for split in ("train", "val")}
+    assert sum(map(len, written.values())) == len(records) == report.images["train"] + report.images["val"]
+    by_stem = {image.stem: record for record, image in records}
+    for split, stems in written.items():
+        for stem in stems:
+            lines = (out / "labels" / split / f"{stem}.txt").read_text().splitlines()
+            record = by_stem[stem]
+            assert len(lines) == len(record.cloud)
+            for line in lines:
+                cls, *xywh = line.split()
+                assert classes[int(cls)] in {item.label for item in record.cloud}
+                assert all(0.0 <= float(v) <= 1.0 for v in xywh)
+    tracks = {split: {by_stem[s].track_id for s in stems if by_stem[s].track_id} for split, stems in written.items()}
+    assert not tracks["train"] & tracks["val"], "a track's records stay on one side"
+    assert report.backgrounds["train"] + report.backgrounds["val"] == 1
+    assert json.loads((out / "report.json").read_text())["classes"] == classes
+
+
+def test_the_cli_exports_and_leaves_out_a_class_the_model_lacks(tmp_path: Path, clip: Path) -> None:
+    async def prepare() -> list[Any]:
+        dataset = await records_for_export(tmp_path, clip)
+        try:
+            return await dataset.records()
+        finally:
+            await dataset.close()
+
+    records = asyncio.run(prepare())  # the CLI runs its own event loop
+    present = sorted({item.label for record, _ in records for item in record.cloud})
+    keep = ["an-edge-class", *present[:-1]]  # the "edge model" lacks the last class the cloud found
+    lacking = sum(any(item.label == present[-1] for item in record.cloud) for record, _ in records)
+    out = tmp_path / "yolo"
+    result = CliRunner().invoke(
+        cloud_app,
+        ["dataset", "export", "--dir", str(tmp_path / "dataset"), "--out", str(out), "--classes", ",".join(keep)],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["left_out"] == ({"unknown_class": lacking} if lacking else {})
+    assert report["images"]["train"] + report["images"]["val"] == len(records) - lacking
+    assert "left out" in result.output and str(out / "report.json") in result.output
+    missing = CliRunner().invoke(cloud_app, ["dataset", "export", "--dir", str(tmp_path / "nothing"), "--out", "x"])
+    assert missing.exit_code == 1 and "holds no field dataset" in missing.output
+
+
+@pytest.mark.parametrize("bits", [0, 4])
+def test_dataset_settings_validate(bits: int) -> None:
+    assert DatasetConfig(near_duplicate_bits=bits).near_duplicate_bits == bits
+    with pytest.raises(ValueError, match="max_bytes"):
+        DatasetConfig(max_bytes=10)
