@@ -307,25 +307,35 @@ def dataset_export(
 
     if (config is None) == (folder is None):
         raise typer.BadParameter("give either --config or --dir")
+    database = None
     try:
-        settings = load_config(config).dataset if config is not None else DatasetConfig(path=folder)
+        if config is not None:
+            loaded = load_config(config)
+            settings = loaded.dataset
+            if loaded.store.kind == "postgres":  # the records are in the shared database
+                from cloud.store.pg import postgres_database
+
+                database = postgres_database(loaded.store.dsn_file_required, "field dataset", 2)
+        else:
+            settings = DatasetConfig(path=folder)
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
-    if not (settings.path / "index.sqlite").is_file():
+    if database is None and not (settings.path / "index.sqlite").is_file():
         typer.echo(f"error: {settings.path} holds no field dataset (no index.sqlite)", err=True)
         raise typer.Exit(1)
 
-    async def read() -> list[Any]:
-        dataset = FieldDataset(settings, CloudMetrics())
+    async def read() -> tuple[list[Any], Any]:
+        dataset = FieldDataset(settings, CloudMetrics(), database=database)
         await dataset.open()
         try:
-            return await dataset.records()
+            return await dataset.records(), dataset.images
         finally:
             await dataset.close()
 
     names = [name.strip() for name in classes.split(",") if name.strip()] or None
-    report = export_yolo(asyncio.run(read()), out, names, val_share, group_s)
+    records, images = asyncio.run(read())
+    report = export_yolo(records, images, out, names, val_share, group_s)
     summary = report.to_json()
     typer.echo(
         f"{out}: {summary['images']['train']} train and {summary['images']['val']} val images "

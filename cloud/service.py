@@ -165,10 +165,18 @@ class CloudService:
             await self.bands.start()
             self.ingest.add_observer(self.bands.observe)
         if config.dataset.enabled:
-            self.dataset = FieldDataset(config.dataset, self.metrics)
+            store = config.store
+            shared = None if store.kind == "sqlite" else postgres_database(store.dsn_file_required, "field dataset", 2)
+            self.dataset = FieldDataset(config.dataset, self.metrics, database=shared)
             await self.dataset.open()
             self.ingest.add_observer(self.dataset.observe)
-            logger.info("field dataset in %s", config.dataset.path)
+            logger.info("field dataset: %s", self.dataset.where)
+            if shared is not None and config.dataset.storage.kind == "folder":
+                logger.warning(
+                    "field dataset: the replicas share its records but each keeps its images in its own folder "
+                    "(%s); give dataset.storage an S3 bucket or mount one shared volume there",
+                    config.dataset.path,
+                )
         deps = SessionDeps(
             ingest=self.ingest,
             backend=self.backend,

@@ -13,14 +13,14 @@ same records split the same way on every run).
 
 Left out, and counted in the report by reason: a record naming a class not in `classes` (keeping the
 image without that object would teach the model it is not there), one whose cloud objects have no
-box (an answer that named a label only), one whose image file is gone.
+box (an answer that named a label only), one whose image is gone. Images are read from where the
+dataset keeps them (a folder or an S3 bucket, `cloud.dataset.images`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from rich.progress import track
 
+from cloud.dataset.images import ImageStore, ImageStoreError
 from cloud.dataset.store import FieldRecord
 
 SPLITS = ("train", "val")
@@ -93,13 +94,15 @@ def label_lines(record: FieldRecord, classes: Sequence[str]) -> list[str] | str:
 
 
 def export_yolo(
-    records: Sequence[tuple[FieldRecord, Path]],
+    records: Sequence[tuple[FieldRecord, str]],
+    images: ImageStore,
     out: Path,
     classes: Sequence[str] | None = None,
     val_share: float = 0.2,
     group_s: float = 60.0,
 ) -> ExportReport:
-    """Write `records` (with their image files) under `out` as a YOLO dataset; the report is also report.json."""
+    """Write `records` (with their images' names in `images`) under `out` as a YOLO dataset; the report is also
+    report.json."""
     if not 0.0 <= val_share <= 1.0:
         raise ValueError(f"val_share {val_share} is outside 0..1")
     names = list(classes) if classes else sorted({item.label for record, _ in records for item in record.cloud})
@@ -108,18 +111,20 @@ def export_yolo(
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-    for record, image in track(records, description="exporting the field dataset"):
+    for record, name in track(records, description="exporting the field dataset"):
         lines = label_lines(record, names)
         if isinstance(lines, str):
             report.left_out[lines] += 1
             continue
-        if not image.is_file():
+        try:
+            data = images.get(name)
+        except ImageStoreError:
             report.left_out["missing_image"] += 1
             continue
         group = group_of(record, group_s)
         split = split_of(group, val_share)
-        stem = image.stem
-        shutil.copyfile(image, out / "images" / split / f"{stem}.jpg")
+        stem = Path(name).stem
+        (out / "images" / split / f"{stem}.jpg").write_bytes(data)
         (out / "labels" / split / f"{stem}.txt").write_text("".join(line + "\n" for line in lines))
         report.images[split] += 1
         report.backgrounds[split] += not lines
@@ -129,7 +134,7 @@ def export_yolo(
         report.by_decision[record.decision] += 1
         report.by_reason[record.mined_reason] += 1
     report.groups = {split: len(groups) for split, groups in seen.items()}
-    data = {"train": "images/train", "val": "images/val", "names": dict(enumerate(names))}
-    (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    layout = {"train": "images/train", "val": "images/val", "names": dict(enumerate(names))}
+    (out / "data.yaml").write_text(yaml.safe_dump(layout, sort_keys=False))
     (out / "report.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
     return report

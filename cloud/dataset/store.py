@@ -38,33 +38,18 @@ from numpy.typing import NDArray
 
 from cloud.convert import SampleInput
 from cloud.dataset.config import DatasetConfig
+from cloud.dataset.images import ImageStore, image_store
 from cloud.metrics import CloudMetrics
-from cloud.store.sqlite import StoreError, open_wal
+from cloud.store.db import Conn, Database
+from cloud.store.field import FIELD_STATEMENTS
+from cloud.store.sqlite import StoreError, open_wal, sqlite_unless
 from common.boxes import iou
-from common.files import write_atomic
-from common.sqlite import SqliteThread
 from protos import verdict_pb2
 
 logger = logging.getLogger(__name__)
 Box = tuple[float, float, float, float]
 SAME_BOX_IOU = 0.7  # two boxes this alike are the same object in the same place
 _DECIDED = {verdict_pb2.DECISION_CONFIRMED: "confirmed", verdict_pb2.DECISION_REJECTED: "rejected"}
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS records (
-        edge_id     TEXT NOT NULL,
-        sample_id   TEXT NOT NULL,
-        camera_id   TEXT NOT NULL,
-        kept_at     REAL NOT NULL,
-        file        TEXT NOT NULL,
-        bytes       INTEGER NOT NULL,
-        dhash       TEXT NOT NULL,
-        labels      TEXT NOT NULL,
-        record      TEXT NOT NULL,
-        PRIMARY KEY (edge_id, sample_id)
-    ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS records_camera ON records (edge_id, camera_id, labels, kept_at)",
-    "CREATE INDEX IF NOT EXISTS records_kept_at ON records (kept_at)",
-)
 
 
 @dataclass(frozen=True)
@@ -206,26 +191,38 @@ def hash_distance(a: str, b: str) -> int:
 
 
 class FieldDataset:
-    """The field dataset in a folder; `observe` is safe on the event loop, the rest are coroutines."""
+    """The field dataset; `observe` is safe on the event loop, the rest are coroutines."""
 
-    def __init__(self, config: DatasetConfig, metrics: CloudMetrics, clock: Callable[[], float] = time.time) -> None:
-        """Keep records under `config.path`; count in `metrics`."""
+    def __init__(
+        self,
+        config: DatasetConfig,
+        metrics: CloudMetrics,
+        clock: Callable[[], float] = time.time,
+        *,
+        database: Database | None = None,
+    ) -> None:
+        """Records in `database` (PostgreSQL, shared by replicas) or config.path/index.sqlite; images where
+        config.storage says; counted in `metrics`."""
         self._config = config
-        self._root = config.path
         self._metrics = metrics
         self._clock = clock
-        self._db = SqliteThread(self._root / "index.sqlite", "field dataset", StoreError)
-        self._conn: sqlite3.Connection | None = None
+        self._db = sqlite_unless(database, config.path / "index.sqlite", "field dataset", _connect)
+        self.images: ImageStore = image_store(config.storage, config.path)
         self._pending: set[asyncio.Task[None]] = set()
 
     @property
-    def root(self) -> Path:
-        """The dataset's folder."""
-        return self._root
+    def where(self) -> str:
+        """Where the records and the images are."""
+        return f"records in {self._db.where}, images in {self.images.where}"
 
     async def open(self) -> None:
-        """Create or open the index and remove image files no row names (a crash between the two)."""
-        await self._db.run("open", self._open)
+        """Open (or create) the records and remove images no record names (a crash between the two)."""
+        named = await self._db.run(
+            "open", lambda conn: {str(row[0]) for row in conn.execute("SELECT file FROM field_records").fetchall()}
+        )
+        swept = await asyncio.to_thread(self.images.sweep, named)
+        if swept:
+            logger.info("field dataset: %d images no record names removed", swept)
         self._metrics.dataset_bytes.set(await self.total_bytes())
 
     def observe(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
@@ -253,31 +250,31 @@ class FieldDataset:
 
     async def count(self) -> int:
         """Records kept."""
-        row = await self._db.run("count", lambda: self._index().execute("SELECT COUNT(*) FROM records").fetchone())
+        row = await self._db.run("count", lambda conn: conn.execute("SELECT COUNT(*) FROM field_records").fetchone())
         return int(row[0])
 
     async def total_bytes(self) -> int:
         """Bytes of the images kept."""
         row = await self._db.run(
-            "bytes", lambda: self._index().execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()
+            "bytes", lambda conn: conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM field_records").fetchone()
         )
         return int(row[0])
 
-    async def records(self) -> list[tuple[FieldRecord, Path]]:
-        """Every record with its image file, oldest kept first."""
+    async def records(self) -> list[tuple[FieldRecord, str]]:
+        """Every record with its image's name (`images.get` reads it), oldest kept first."""
         rows = await self._db.run(
-            "records", lambda: self._index().execute("SELECT record, file FROM records ORDER BY kept_at").fetchall()
+            "records", lambda conn: conn.execute("SELECT record, file FROM field_records ORDER BY kept_at").fetchall()
         )
-        return [(FieldRecord.from_json(text), self._root / file) for text, file in rows]
+        return [(FieldRecord.from_json(str(text)), str(file)) for text, file in rows]
 
     async def close(self) -> None:
-        """Write what is queued, then close the index."""
+        """Write what is queued, then close the records' database."""
         await self.flush()
-        await self._db.close(lambda: self._conn.close() if self._conn is not None else None)
+        await self._db.close()
 
     async def _keep(self, record: FieldRecord, sample: SampleInput) -> None:
         try:
-            outcome = await self._db.run("keep", self._write, record, sample.jpeg, sample.image)
+            outcome = await self._db.run("keep", lambda conn: self._write(conn, record, sample.jpeg, sample.image))
         except (StoreError, OSError) as err:
             logger.warning("field dataset: sample %s not kept (%s)", record.sample_id, err)
             outcome = "failed"
@@ -286,69 +283,53 @@ class FieldDataset:
             outcome = "failed"
         self._metrics.dataset_records.labels(outcome).inc()
 
-    def _open(self) -> None:
-        self._conn = open_wal(self._root / "index.sqlite")
-        for statement in _SCHEMA:
-            self._conn.execute(statement)
-        named = {row[0] for row in self._conn.execute("SELECT file FROM records")}
-        images = self._root / "images"
-        for path in images.glob("*/*.jpg") if images.is_dir() else ():
-            if path.relative_to(self._root).as_posix() not in named:
-                path.unlink(missing_ok=True)
-        for path in images.glob("*/.*.tmp") if images.is_dir() else ():
-            path.unlink(missing_ok=True)
-
-    def _index(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError(f"{self._root}: the field dataset is not open")
-        return self._conn
-
-    def _write(self, record: FieldRecord, jpeg: bytes, image: NDArray[np.uint8]) -> str:
-        """Keep one record unless it is a near duplicate; then enforce retention and the size cap (thread)."""
-        conn = self._index()
+    def _write(self, conn: Conn, record: FieldRecord, jpeg: bytes, image: NDArray[np.uint8]) -> str:
+        """Keep one record unless it is a near duplicate; then enforce retention and the size cap (a worker thread)."""
         key = (record.edge_id, record.sample_id)
-        if conn.execute("SELECT 1 FROM records WHERE edge_id = ? AND sample_id = ?", key).fetchone():
+        if conn.execute("SELECT 1 FROM field_records WHERE edge_id = ? AND sample_id = ?", key).fetchone():
             return "duplicate"
         dhash = difference_hash(image)
         recent = conn.execute(
-            "SELECT dhash, record FROM records WHERE edge_id = ? AND camera_id = ? AND labels = ?"
+            "SELECT dhash, record FROM field_records WHERE edge_id = ? AND camera_id = ? AND labels = ?"
             " ORDER BY kept_at DESC LIMIT ?",
             (record.edge_id, record.camera_id, record.labels, self._config.near_duplicate_window),
         ).fetchall()
         for other, text in recent:
-            if hash_distance(dhash, other) <= self._config.near_duplicate_bits and same_objects(
-                record, FieldRecord.from_json(text)
+            if hash_distance(dhash, str(other)) <= self._config.near_duplicate_bits and same_objects(
+                record, FieldRecord.from_json(str(text))
             ):
                 return "near_duplicate"
         if not jpeg:
             raise StoreError(f"sample {record.sample_id}: no JPEG to keep")
         file = image_file(*key)
-        path = self._root / file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, jpeg)
+        self.images.put(file, jpeg)
         try:
-            conn.execute(
-                "INSERT INTO records (edge_id, sample_id, camera_id, kept_at, file, bytes, dhash, labels, record)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            inserted = conn.execute(
+                "INSERT INTO field_records (edge_id, sample_id, camera_id, kept_at, file, bytes, dhash, labels, record)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (*key, record.camera_id, self._clock(), file, len(jpeg), dhash, record.labels, record.to_json()),
-            )
-        except sqlite3.Error:
-            path.unlink(missing_ok=True)
+            ).rowcount
+        except Exception:
+            self.images.delete([file])
             raise
+        if inserted != 1:  # another replica kept the same sample meanwhile: its row names the same image
+            return "duplicate"
         self._enforce(conn)
         return "kept"
 
-    def _enforce(self, conn: sqlite3.Connection) -> None:
+    def _enforce(self, conn: Conn) -> None:
         """Remove records past retention, then the oldest while the images exceed max_bytes."""
         before = self._clock() - self._config.retention_s
-        expired = conn.execute("SELECT edge_id, sample_id, file FROM records WHERE kept_at < ?", (before,)).fetchall()
+        expired = conn.execute(
+            "SELECT edge_id, sample_id, file FROM field_records WHERE kept_at < ?", (before,)
+        ).fetchall()
         self._remove(conn, expired, "retention")
-        total = int(conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()[0])
+        total = int(conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM field_records").fetchone()[0])
         over: list[Any] = []
         if total > self._config.max_bytes:
             for edge_id, sample_id, file, size in conn.execute(
-                "SELECT edge_id, sample_id, file, bytes FROM records ORDER BY kept_at"
-            ):
+                "SELECT edge_id, sample_id, file, bytes FROM field_records ORDER BY kept_at"
+            ).fetchall():
                 over.append((edge_id, sample_id, file))
                 total -= int(size)
                 if total <= self._config.max_bytes:
@@ -356,10 +337,21 @@ class FieldDataset:
         self._remove(conn, over, "size_cap")
         self._metrics.dataset_bytes.set(total)
 
-    def _remove(self, conn: sqlite3.Connection, rows: list[Any], reason: str) -> None:
+    def _remove(self, conn: Conn, rows: list[Any], reason: str) -> None:
         if not rows:
             return
-        conn.executemany("DELETE FROM records WHERE edge_id = ? AND sample_id = ?", [(e, s) for e, s, _ in rows])
-        for _, _, file in rows:
-            (self._root / file).unlink(missing_ok=True)
+        conn.executemany("DELETE FROM field_records WHERE edge_id = ? AND sample_id = ?", [(e, s) for e, s, _ in rows])
+        self.images.delete([str(file) for _, _, file in rows])
         self._metrics.dataset_removed.labels(reason).inc(len(rows))
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """The dataset's own SQLite index, in WAL mode, with its table."""
+    conn = open_wal(path)
+    try:
+        for statement in FIELD_STATEMENTS:
+            conn.execute(statement)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"{path}: cannot open the field dataset's index: {exc}") from exc
+    return conn

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cloud.store.db import Conn, Params, PgConn
+from cloud.store.field import FIELD_STATEMENTS
 from cloud.store.pairs import (
     BAND_MOVES_BY_KEY,
     BAND_MOVES_TABLE,
@@ -95,6 +96,7 @@ SCHEMA = (
     _pg(RULE_OUTCOMES_TABLE),
     RULE_OUTCOMES_BY_KEY,
     RULE_OUTCOMES_BY_TIME,
+    *(_pg(statement) for statement in FIELD_STATEMENTS),
 )
 
 

@@ -38,11 +38,11 @@ def small_tmpfs(path: Path, size: int = TMPFS_BYTES) -> Iterator[Path]:
 def fill(folder: Path) -> Path:
     """Write a file in `folder` until the disk is full; returns it (delete it to free the space)."""
     filler = folder / "filler"
-    with filler.open("wb") as out:
+    # Unbuffered: a buffered file would try to flush what did not fit again when it closes, and fail there.
+    with filler.open("wb", buffering=0) as out:
         try:
             while True:
                 out.write(bytes(64 << 10))
-                out.flush()
         except OSError as err:
             if err.errno != errno.ENOSPC:
                 raise

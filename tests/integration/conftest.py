@@ -1,6 +1,6 @@
 """Fixtures of the integration tests: a generated clip for the cloud's oracle, the transport (every
-transport test runs on gRPC and on MQTT), MQTT observers, and the store's engine (every store test
-runs on SQLite and on PostgreSQL)."""
+transport test runs on gRPC and on MQTT), MQTT observers, the store's engine (every store test
+runs on SQLite and on PostgreSQL), and an S3-compatible server."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tests.helpers.broker import MosquittoBroker, running_broker
 from tests.helpers.cloud import make_clip
 from tests.helpers.mqtt import Observer
 from tests.helpers.postgres import PostgresServer, postgres_server, require_postgres
+from tests.helpers.s3 import S3Server, s3_server
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,13 @@ def postgres() -> Iterator[PostgresServer]:
     """One throwaway PostgreSQL cluster per test process (tests/helpers/postgres.py), started when first asked for."""
     require_postgres()
     with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One S3-compatible server (moto's, a real process) per test process; each test makes its own bucket."""
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
         yield server
 
 

@@ -2,7 +2,9 @@
 
 Every judged sample is kept once, as sent, with the cloud's labels in the image's pixels; a resend or
 a near duplicate is not kept again; retention and the size cap remove the oldest; a full disk costs
-records, never verdicts; the export splits by track or time window and says what it left out.
+records, never verdicts; the export splits by track or time window and says what it left out. Images
+go to the dataset's folder or to an S3 bucket (moto's server, a real process); with PostgreSQL and
+S3, two replicas keep one dataset.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typer.testing import CliRunner
 from cloud.cli import app as cloud_app
 from cloud.config import CloudConfig
 from cloud.dataset import DatasetConfig, FieldDataset, export_yolo
+from cloud.dataset.images import ImageStoreError
+from cloud.dataset.store import image_file
 from cloud.ingest.decode import decode_sample
 from cloud.metrics import CloudMetrics
 from cloud.service import CloudService
@@ -27,11 +31,39 @@ from protos import sample_pb2, verdict_pb2
 from sim.world.samples import frame_sample
 from tests.helpers.cloud import busy_frames, make_config, make_sample, running, send, send_samples, truth
 from tests.helpers.disk import fill, small_tmpfs
+from tests.helpers.postgres import PostgresServer
+from tests.helpers.s3 import S3Server
 
 
-def with_dataset(tmp_path: Path, clip: Path, folder: Path | None = None, **dataset: Any) -> CloudConfig:
-    path = folder or tmp_path / "dataset"
-    return make_config(tmp_path, clip, dataset={"enabled": True, "path": str(path), **dataset})
+def with_dataset(tmp_path: Path, clip: Path, folder: Path | None = None, **sections: Any) -> CloudConfig:
+    dataset = {"enabled": True, "path": str(folder or tmp_path / "dataset"), **sections.pop("dataset", {})}
+    return make_config(tmp_path, clip, dataset=dataset, **sections)
+
+
+def bucket_of(s3: S3Server) -> dict[str, Any]:
+    """dataset.storage for a new bucket of the test server."""
+    return {
+        "kind": "s3",
+        "bucket": s3.new_bucket(),
+        "endpoint_url": s3.endpoint_url,
+        "credentials_file": str(s3.credentials_file),
+    }
+
+
+@pytest.fixture(params=["folder", "s3"])
+def storage(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The kept records' tests run on both image stores: the dataset's folder and an S3 bucket."""
+    if request.param == "folder":
+        return {"kind": "folder"}
+    return bucket_of(request.getfixturevalue("s3"))
+
+
+def exists(dataset: FieldDataset, name: str) -> bool:
+    try:
+        dataset.images.get(name)
+    except ImageStoreError:
+        return False
+    return True
 
 
 def outcomes(service: CloudService) -> dict[str, float]:
@@ -53,9 +85,11 @@ def apart(clip: Path, count: int) -> list[int]:
     raise AssertionError("the clip has too few frames with objects in new places")
 
 
-async def test_every_judged_sample_is_kept_once_as_sent_with_the_clouds_labels(tmp_path: Path, clip: Path) -> None:
+async def test_every_judged_sample_is_kept_once_as_sent_with_the_clouds_labels(
+    tmp_path: Path, clip: Path, storage: dict[str, Any]
+) -> None:
     frames = apart(clip, 3)
-    async with running(with_dataset(tmp_path, clip)) as service:
+    async with running(with_dataset(tmp_path, clip, dataset={"storage": storage})) as service:
         assert service.dataset is not None
         sent = await send(service, clip, "gw-1", frames, "s")
         await send(service, clip, "gw-1", frames[:1], "s")  # a resend: its stored verdict, no second record
@@ -63,10 +97,11 @@ async def test_every_judged_sample_is_kept_once_as_sent_with_the_clouds_labels(t
         await send_samples(service, "gw-1", [repeat])
         await service.dataset.flush()
         records = sorted(await service.dataset.records(), key=lambda pair: pair[0].sample_id)
+        images = [service.dataset.images.get(name) for _, name in records]
         counted = outcomes(service)
     assert [r.sample_id for r, _ in records] == [s.sample_id for s in sent]  # judged in any order
-    for (record, image), sample in zip(records, sent, strict=True):
-        assert image.read_bytes() == sample.image.jpeg, "the image as the edge sent it"
+    for (record, _), image, sample in zip(records, images, sent, strict=True):
+        assert image == sample.image.jpeg, "the image as the edge sent it"
         objects = truth(clip)[sample.frame_seq]
         assert sorted(item.label for item in record.cloud) == sorted(o["label"] for o in objects)
         for item in record.cloud:  # a whole frame: the image's pixels are the frame's
@@ -101,33 +136,39 @@ class Clock:
         return self.now
 
 
-async def test_the_size_cap_and_retention_remove_the_oldest_records_and_their_files(tmp_path: Path, clip: Path) -> None:
+async def test_the_size_cap_and_retention_remove_the_oldest_records_and_their_images(
+    tmp_path: Path, clip: Path, storage: dict[str, Any]
+) -> None:
     clock = Clock()
     frames = apart(clip, 4)
     samples = [make_sample(clip, frame, f"s-{number}") for number, frame in enumerate(frames)]
     sizes = [len(pb.image.jpeg) for pb in samples]
     cap = max(1 << 16, sizes[0] + sizes[1] + sizes[2] - 1)  # the three do not fit: the oldest must go
-    dataset = FieldDataset(
-        DatasetConfig(path=tmp_path / "dataset", max_bytes=cap, retention_s=600), CloudMetrics(), clock=clock
+    config = DatasetConfig.model_validate(
+        {"path": str(tmp_path / "dataset"), "max_bytes": cap, "retention_s": 600, "storage": storage}
     )
+    dataset = FieldDataset(config, CloudMetrics(), clock=clock)
     await dataset.open()
     try:
         for pb in samples[:3]:
             dataset.observe(*decided(pb, tuple(d.label for d in pb.detections)))
             await dataset.flush()
             clock.now += 10
-        capped = await dataset.records()
+        first = await dataset.records()  # s-0 went for the cap when s-2 came
+        capped = [r.sample_id for r, _ in first]
         clock.now += 3600  # past retention: every record so far goes when the next one is kept
         dataset.observe(*decided(samples[3]))  # rejected, nothing found: a background image
         await dataset.flush()
         left = await dataset.records()
         total = await dataset.total_bytes()
+        still_there = [name for _, name in first if exists(dataset, name)]
+        evicted = exists(dataset, image_file("edge-1", "s-0"))
     finally:
         await dataset.close()
     assert sum(sizes[:3]) > cap, "the test's images fit the smallest cap allowed; use larger frames"
-    assert [r.sample_id for r, _ in capped] == ["s-1", "s-2"], "the oldest went for the size cap"
+    assert capped == ["s-1", "s-2"], "the oldest went for the size cap"
     assert [r.sample_id for r, _ in left] == ["s-3"] and left[0][0].cloud == ()
-    assert not any(image.exists() for _, image in capped), "removed records take their files"
+    assert still_there == [] and not evicted, "removed records take their images"
     assert total == sizes[3]
 
 
@@ -180,13 +221,13 @@ async def test_the_export_is_a_yolo_dataset_split_by_track_and_time(tmp_path: Pa
     records = await dataset.records()
     await dataset.close()
     classes = sorted({item.label for record, _ in records for item in record.cloud})
-    report = export_yolo(records, tmp_path / "yolo", classes, val_share=0.5, group_s=60)
+    report = export_yolo(records, dataset.images, tmp_path / "yolo", classes, val_share=0.5, group_s=60)
     out = tmp_path / "yolo"
     data = yaml.safe_load((out / "data.yaml").read_text())
     assert data == {"train": "images/train", "val": "images/val", "names": dict(enumerate(classes))}
     written = {split: sorted(p.stem for p in (out / "images" / split).glob("*.jpg")) for split in ("train", "val")}
     assert sum(map(len, written.values())) == len(records) == report.images["train"] + report.images["val"]
-    by_stem = {image.stem: record for record, image in records}
+    by_stem = {Path(name).stem: record for record, name in records}
     for split, stems in written.items():
         for stem in stems:
             lines = (out / "labels" / split / f"{stem}.txt").read_text().splitlines()
@@ -233,3 +274,37 @@ def test_dataset_settings_validate(bits: int) -> None:
     assert DatasetConfig(near_duplicate_bits=bits).near_duplicate_bits == bits
     with pytest.raises(ValueError, match="max_bytes"):
         DatasetConfig(max_bytes=10)
+
+
+async def test_two_replicas_on_postgresql_and_s3_keep_one_dataset(
+    postgres: PostgresServer, s3: S3Server, tmp_path: Path, clip: Path
+) -> None:
+    """The records are rows of the shared database and the images objects of one bucket: one export holds both
+    replicas' samples, and a sample both replicas are handed is kept once."""
+    dsn_file = tmp_path / "pg-dsn"
+    dsn_file.write_text(postgres.new_dsn())
+    bucket = bucket_of(s3)
+    frames = apart(clip, 4)
+    configs = [
+        with_dataset(
+            tmp_path / name,
+            clip,
+            store={"kind": "postgres", "dsn_file": str(dsn_file)},
+            policy={"signing_key": str(tmp_path / "keys" / "policy-signing.key"), "create_signing_key": True},
+            dataset={"storage": bucket},
+        )
+        for name in ("a", "b")
+    ]
+    async with running(configs[0]) as a, running(configs[1]) as b:
+        assert a.dataset is not None and b.dataset is not None
+        await send(a, clip, "gw-1", frames[:2], "on-a")
+        await send(b, clip, "gw-2", frames[2:], "on-b")
+        await a.dataset.flush()
+        await b.dataset.flush()
+        records = await a.dataset.records()
+        images = [a.dataset.images.get(name) for _, name in records]
+    assert sorted(r.sample_id for r, _ in records) == sorted(
+        [f"on-a-{f:03d}" for f in frames[:2]] + [f"on-b-{f:03d}" for f in frames[2:]]
+    )
+    assert all(image.startswith(b"\xff\xd8") for image in images)
+    assert len(s3.keys(bucket["bucket"])) == 4
