@@ -162,8 +162,11 @@ train: $(TRAIN_VENV)/.ready $(VENV)/.ready ## regenerate the world, retrain both
 # The world GLM: a ~3M-parameter GLM-4V trained from scratch on world crops, in .venv (torch CPU and
 # transformers, no torchvision). PASSIVE: OpenMP threads must not spin on cores other work shares.
 .PHONY: train-glm
-train-glm: $(VENV)/.ready ## train the world GLM (~20 min on 2 cores) and rewrite its REPORT.md
+train-glm: $(VENV)/.ready ## train the world GLM (~25 min on 2 cores), measure it as the judge, rewrite its REPORT.md
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m sim.glm.train --out sim/models/glm-world
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m sim.glm.judge --glm sim/models/glm-world --frames 400
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m sim.glm.judge --glm sim/models/glm-world --frames 400 --shown-score 0.5 \
+	  --out sim/models/glm-world/judge-blind.json
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m sim.glm.report --model sim/models/glm-world
 
 clean: ## remove environments and caches (not the committed models)

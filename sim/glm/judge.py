@@ -18,6 +18,7 @@ the hard subset and on all detections, are written to the JSON file and printed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,6 +55,12 @@ def detections(frames: int, model: Path) -> list[tuple[SampleInput, bool]]:
     return found
 
 
+def with_score(sample: SampleInput, score: float) -> SampleInput:
+    """`sample` with its claims' scores replaced by `score`: what the GLM decides from its eyes alone (the edge's
+    decision and the subsets keep the real score)."""
+    return dataclasses.replace(sample, detections=tuple(dataclasses.replace(d, score=score) for d in sample.detections))
+
+
 def scores(kept: list[bool], truth: list[bool]) -> dict[str, float | int]:
     """Accuracy of keep/drop against truth; precision and recall of what was kept."""
     tp = sum(k and t for k, t in zip(kept, truth, strict=True))
@@ -68,20 +75,29 @@ def scores(kept: list[bool], truth: list[bool]) -> dict[str, float | int]:
     }
 
 
-async def judge(model: Path, glm: Path, frames: int, batch_size: int) -> dict[str, Any]:
+async def judge(
+    model: Path, glm: Path, frames: int, batch_size: int, shown_score: float | None = None
+) -> dict[str, Any]:
     """Both deciders on every detection; the scores on the hard subset and on all."""
     cases = detections(frames, model)
+    asked = [sample if shown_score is None else with_score(sample, shown_score) for sample, _ in cases]
     backend = GlmBackend(GlmBackendConfig(model_path=glm, max_batch_size=batch_size))
     await backend.start()
     try:
         decisions: list[str] = []
         for first in track(range(0, len(cases), batch_size), description="world GLM on the claims"):
-            results = await backend.infer([sample for sample, _ in cases[first : first + batch_size]])
+            results = await backend.infer(asked[first : first + batch_size])
             decisions += [result.decision for result in results]
     finally:
         await backend.close()
     middle = (BAND[0] + BAND[1]) / 2
-    report: dict[str, Any] = {"frames": frames, "band": list(BAND), "edge_threshold": middle, "subsets": {}}
+    report: dict[str, Any] = {
+        "frames": frames,
+        "band": list(BAND),
+        "edge_threshold": middle,
+        "score_shown_to_glm": "the edge's" if shown_score is None else shown_score,
+        "subsets": {},
+    }
     for name, keep in (
         ("hard", lambda s: BAND[0] <= s.detections[0].score <= BAND[1]),
         ("all", lambda s: True),
@@ -106,10 +122,16 @@ def main(
     model: Annotated[Path, typer.Option(help="Edge detector ONNX.", dir_okay=False)] = MODELS / "edge.onnx",
     glm: Annotated[Path, typer.Option(help="World GLM folder.", file_okay=False)] = MODELS / "glm-world",
     batch_size: Annotated[int, typer.Option(min=1, max=64, help="Samples per generate call.")] = 8,
+    shown_score: Annotated[
+        float | None,
+        typer.Option(
+            "--shown-score", min=0.0, max=1.0, help="Tell the GLM this score instead of the edge's (its eyes alone)."
+        ),
+    ] = None,
 ) -> None:
     """Compare the edge's own score with the world GLM's verdict on the edge's detections."""
     console = Console(stderr=True)
-    report = asyncio.run(judge(model, glm, frames, batch_size))
+    report = asyncio.run(judge(model, glm, frames, batch_size, shown_score))
     out.write_text(json.dumps(report, indent=1) + "\n")
     for name, subset in report["subsets"].items():
         edge, cloud = subset["edge"], subset["glm"]

@@ -80,6 +80,9 @@ def main(
     train = json.loads((model / "train.json").read_text())
     result["train"] = train
     result["size_bytes"] = (model / "model.safetensors").stat().st_size
+    for key, name in (("judge", "judge.json"), ("judge_blind", "judge-blind.json")):  # sim.glm.judge, run first
+        judged = model / name
+        result[key] = json.loads(judged.read_text()) if judged.is_file() else None
     (model / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (model / "REPORT.md").write_text(render(result))
     held = result["held_out"]
@@ -88,6 +91,36 @@ def main(
         f"JSON {held['parseable_json_rate']:.1%} over {held['samples']} crops; "
         f"unseen photo: labels {result['unseen_photo']['label_accuracy']:.1%}"
     )
+
+
+def judge_section(judge: dict[str, Any] | None, blind: dict[str, Any] | None = None) -> str:
+    """The judge comparison (`sim.glm.judge`) as a table, or a line saying it was not run; `blind`: the same
+    with a constant score shown to the GLM (`--shown-score`), what its eyes alone decide."""
+    if judge is None:
+        return "## As the cloud's judge\n\nNot measured: run `python -m sim.glm.judge`.\n"
+    runs = [("the edge's score", judge)] + ([(f"score shown {blind['score_shown_to_glm']}", blind)] if blind else [])
+    rows = "".join(
+        f"| {name} ({subset['edge']['samples']}, {subset['true_share']:.0%} true) | {shown} | "
+        f"{subset['edge']['accuracy']:.3f} | {subset['glm']['accuracy']:.3f} | "
+        f"{subset['glm']['accuracy'] - subset['edge']['accuracy']:+.3f} | "
+        f"{subset['edge']['recall']:.3f} / {subset['glm']['recall']:.3f} | "
+        f"{subset['edge']['precision']:.3f} / {subset['glm']['precision']:.3f} |\n"
+        for shown, run in runs
+        for name, subset in run["subsets"].items()
+    )
+    low, high = judge["band"]
+    return f"""## As the cloud's judge (`python -m sim.glm.judge`, `judge.json`)
+
+The committed edge detector on {judge["frames"]} test-split frames; each detection is true when an
+object of its label lies under it (IoU >= 0.5). The edge decides alone by its score (kept at >=
+{judge["edge_threshold"]:.3f}, the middle of its band); the GLM sees the whole frame with that claim
+through the `glm` backend and keeps it when it answers confirmed. "hard" are the detections scored
+{low}-{high}: the ones EdgeGLM asks the cloud about. The prompt tells the GLM the edge's score; shown a
+constant instead (`--shown-score`, `judge-blind.json`), what it decides comes from the image alone.
+
+| detections | GLM told | edge accuracy | GLM accuracy | gain | recall edge / GLM | precision edge / GLM |
+|---|---|---|---|---|---|---|
+{rows}"""
 
 
 def render(result: dict[str, Any]) -> str:
@@ -102,6 +135,12 @@ def render(result: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in train["versions"].items())
     by_claim, by_hardness = held["decision_accuracy_by_claim"], held["decision_accuracy_by_hardness"]
     schedule = f"{train['steps']} of {train['steps_planned']} planned, batch {train['batch_size']}"
+    hard = train.get("edge_detection_crops", 0)
+    data = (
+        f"{train['train_crops']} crops: {train['train_crops'] - hard} of {train['train_frames']} train-split frames "
+        f"(seed {train['seed']}) and {hard} of the edge model's own detections on {train.get('edge_frames', 0)} "
+        "train-split frames it never saw (`sim/glm/hard.py`)"
+    )
     return f"""# World GLM: a small GLM-4V trained on the sim world
 
 `Glm4vForConditionalGeneration` with {train["parameters"] / 1e6:.2f} M parameters, trained from scratch
@@ -125,6 +164,7 @@ cloud's real `glm` backend (greedy decoding, batches of {result["batch_size"]}).
 Confusion (rows: what the crop shows; columns: the first label answered, "nothing" for none):
 
 {header}{rows}
+{judge_section(result.get("judge"), result.get("judge_blind"))}
 ## Where it fails: photos it has never seen
 
 The world is built from a handful of photos (one or two per class), and the held-out crops are new
@@ -140,7 +180,7 @@ end on a CPU, not a detector of people, cats, motorcycles, cups or rockets in ge
 | | |
 |---|---|
 | steps | {schedule}, AdamW peak lr {train["lr"]}, loss on answer tokens only |
-| data | {train["train_crops"]} crops of {train["train_frames"]} train-split frames (seed {train["seed"]}) |
+| data | {data} |
 | final loss (answer tokens) | {train["final_loss"]} |
 | wall time | {train["wall_time_s"] / 60:.1f} min on 2 CPU cores shared with other work |
 | versions | {versions} |
