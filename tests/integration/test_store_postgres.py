@@ -15,6 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cloud.cli import app as cloud_app
+from cloud.dataset import DatasetConfig, FieldDataset
+from cloud.metrics import CloudMetrics
 from cloud.store import StoreError, VerdictStore
 from cloud.store.pairs import PairStore
 from cloud.store.pg import PgPool
@@ -62,13 +64,17 @@ async def test_the_schema_has_sqlite_s_tables_and_columns_and_replicas_migrate_i
     await pairs.open()
     await pairs.close()
     await lite.close()
-    with sqlite3.connect(tmp_path / "verdicts.sqlite") as conn:
-        names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        expected = {
-            name: {row[1] for row in conn.execute(f"PRAGMA table_info({name})")}
-            for name in names
-            if name != "sqlite_sequence"
-        }
+    # On SQLite the field dataset's records are in its own index file (its folder is whole by itself).
+    dataset = FieldDataset(DatasetConfig(path=tmp_path / "dataset"), CloudMetrics())
+    await dataset.open()
+    await dataset.close()
+    expected: dict[str, set[str]] = {}
+    for path in (tmp_path / "verdicts.sqlite", tmp_path / "dataset" / "index.sqlite"):
+        with sqlite3.connect(path) as conn:
+            names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for name in names:
+                if name != "sqlite_sequence":
+                    expected[name] = {row[1] for row in conn.execute(f"PRAGMA table_info({name})")}
     assert {name: cols for name, cols in tables.items() if name != "edgeglm_schema"} == expected
 
 
