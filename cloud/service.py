@@ -160,6 +160,7 @@ class CloudService:
         self.ingest = IngestCore(
             self.store, self.batcher, self.backend, self.metrics, config.ingest, tracing=self.tracing
         )
+        self.ingest.start()
         if config.policy.closed_loop.enabled:
             self.bands = self._band_controller(self.policy)
             await self.bands.start()

@@ -30,11 +30,12 @@ class IngestConfig(BaseModel):
         description="Judging failed (timeout, backend or store error): the edge sends the sample again after this.",
     )
     claim_lease_s: float = Field(
-        120.0,
-        gt=0,
+        15.0,
+        ge=1.0,
         le=3600,
         description="Replicas on one database (store.kind postgres): how long a replica's claim to judge a sample "
-        "holds; above the longest judgement, so no other replica judges it too, yet a dead replica's samples free up.",
+        "holds unless renewed; the replica renews its claims every third of it while it judges them, so a judgement "
+        "may take longer, and a dead replica's samples free up within this time.",
     )
     claim_poll_s: float = Field(
         0.25,

@@ -131,6 +131,23 @@ class IngestCore:
         self._pending: dict[SampleKey, _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._decoding = asyncio.Semaphore(self._config.max_concurrent_decodes)
+        self._renewing: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """On a store replicas share: keep this replica's claims alive while it judges (every third of the lease)."""
+        if self._store.shared and self._renewing is None:
+            self._renewing = asyncio.create_task(self._renew_claims(), name="claim-renewal")
+
+    async def _renew_claims(self) -> None:
+        """Renew every claim this replica holds, so a judgement may outlast the lease and a dead replica's lapse."""
+        lease = self._config.claim_lease_s
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                await self._store.renew_claims(self._replica, lease)
+            except StoreError:
+                self._metrics.task_failures.labels("claim-renewal").inc()
+                logger.warning("claims of %s not renewed (they lapse in %.0f s unless renewed)", self._replica, lease)
 
     @property
     def judging(self) -> int:
@@ -404,6 +421,11 @@ class IngestCore:
         """Wait for the judgements under way until `deadline` (monotonic); returns how many were cut."""
         while self._tasks and time.monotonic() < deadline:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+        if self._renewing is not None:  # what is left is cut: its claims lapse (or are released below)
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+            self._renewing = None
         left = list(self._tasks)
         for task in left:
             task.cancel()

@@ -117,10 +117,11 @@ def migrate(conn: Conn) -> int | None:
             )
         if found is not None and found < 4:
             _rekey(conn)
+        conn.execute(_VERDICTS)
+        for name, kind in VERDICT_COLUMNS:  # what a database of an earlier version lacks (before its indexes)
+            conn.execute(f"ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS {name} {_TYPES[kind]}")
         for statement in SCHEMA:
             conn.execute(statement)
-        for name, kind in VERDICT_COLUMNS:  # what a database of an earlier version lacks
-            conn.execute(f"ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS {name} {_TYPES[kind]}")
         if found is None:
             conn.execute("INSERT INTO edgeglm_schema (version) VALUES (?)", (SCHEMA_VERSION,))
         elif found < SCHEMA_VERSION:

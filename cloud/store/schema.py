@@ -60,6 +60,8 @@ V3_VERDICT_COLUMNS = (
 VERDICT_COLUMNS = V2_VERDICT_COLUMNS + V3_VERDICT_COLUMNS
 V2_STATEMENTS = (
     "CREATE INDEX IF NOT EXISTS verdicts_edge_decided_at ON verdicts (edge_id, decided_at)",
+    # The claims a replica holds on samples it is judging, which it renews (VerdictStore.renew_claims).
+    "CREATE INDEX IF NOT EXISTS verdicts_claims ON verdicts (claimed_by) WHERE verdict IS NULL",
     # Covering indexes of the two series: they are read without touching the rows (and their blobs).
     "CREATE INDEX IF NOT EXISTS verdicts_uplink ON verdicts (received_at, edge_id, uplink_bytes)",
     "CREATE INDEX IF NOT EXISTS verdicts_decisions ON verdicts (decided_at, edge_id, decision)",

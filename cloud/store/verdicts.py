@@ -163,6 +163,22 @@ class VerdictStore:
         row = (sample_id, edge_id, now, replica, now + lease_s)
         return await self._run("claim", lambda conn: _claim(conn, row, now))
 
+    async def renew_claims(self, replica: str, lease_s: float) -> int:
+        """Extend every live claim `replica` holds on an unjudged sample to `lease_s` from now; how many.
+
+        One statement for all of them (the partial index `verdicts_claims` finds them); a released or
+        lapsed claim is not revived."""
+        now = time.time()
+        return await self._run(
+            "renew_claims",
+            lambda conn: (
+                conn.execute(
+                    "UPDATE verdicts SET claim_until = ? WHERE claimed_by = ? AND verdict IS NULL AND claim_until >= ?",
+                    (now + lease_s, replica, now),
+                ).rowcount
+            ),
+        )
+
     async def release(self, sample_id: str, edge_id: str, replica: str) -> None:
         """Give up `replica`'s claim on an unjudged sample, so a resend is judged at once wherever it lands."""
         await self._run(

@@ -3,8 +3,9 @@
 Real services (grpc.aio servers, the oracle backend slowed so a judgement takes a while), one real
 PostgreSQL. An edge sends a sample to replica A and, before A's verdict, sends it again to replica B
 (it reconnected there): B waits for A's verdict instead of judging it a second time, and both
-sessions get that one verdict. A replica that holds a claim and dies frees the sample when its claim
-lapses: the edge is told to send it again, and the resend is judged.
+sessions get that one verdict. A replica renews its claims while it judges, so a judgement may take
+longer than the lease; one that holds a claim and dies frees the sample when its claim lapses: the
+edge is told to send it again, and the resend is judged.
 """
 
 from __future__ import annotations
@@ -94,6 +95,34 @@ async def test_a_resend_to_another_replica_waits_for_the_first_replicas_verdict(
     assert verdicts[0].origin == verdict_pb2.VERDICT_ORIGIN_BACKEND
     acks = [m.ack for m in on_b if m.WhichOneof("kind") == "ack"]
     assert acks[0].accepted and acks[0].duplicate
+
+
+async def test_a_judgement_longer_than_the_lease_keeps_its_claim_while_its_replica_lives(
+    postgres: PostgresServer, tmp_path: Path, clip: Path
+) -> None:
+    """A judges for 1.5 s under a 1 s lease: it renews its claim meanwhile, so B, asked again, still waits for
+    A's verdict rather than taking the sample over (and judging it a second time)."""
+    sample = make_sample(clip, busy_frames(clip)[2], "door-003")
+    dsn = postgres.new_dsn()
+    async with replicas(tmp_path, clip, dsn, 2, claim_lease_s=1.0, claim_poll_s=0.05) as (a, b):
+        first = asyncio.create_task(answers(a, sample, "verdict"))
+        store = VerdictStore(database=PgPool(dsn, "check"))
+        try:
+            for _ in range(400):  # A has claimed it before B hears of it
+                claim = await store.database.run(
+                    "claimed", lambda conn: conn.execute("SELECT claimed_by FROM verdicts").fetchone()
+                )
+                if claim is not None:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await store.close()
+        assert claim is not None
+        on_b = await answers(b, sample, "verdict")
+        await first
+        assert counter(b, "edgeglm_cloud_samples_deferred_total", reason="claim_lapsed") == 0
+        assert judged([a, b]) == 1, "one judgement, though it took longer than the lease"
+    assert on_b[-1].verdict.origin == verdict_pb2.VERDICT_ORIGIN_BACKEND
 
 
 async def test_a_claim_of_a_replica_that_died_lapses_and_the_resend_is_judged(

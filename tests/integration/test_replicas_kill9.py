@@ -45,10 +45,6 @@ def replica_config(
     dumped["server"] = {**dumped["server"], "port": free_port()}
     dumped["backend"] = {**dumped["backend"], "delay_ms": 60, "jitter_ms": 40}
     dumped["store"] = {"kind": "postgres", "dsn_file": str(dsn_file), "path": str(tmp_path / name / "verdicts.sqlite")}
-    # The samples the killed replica was judging are claimed until their lease lapses; then the survivor
-    # judges them when the edge sends them again. Shorter than the agents' drain (90 s), or they would
-    # wait in the outbox for the next start (kept, not lost, but not what this test is about).
-    dumped["ingest"] = {**dumped.get("ingest", {}), "claim_lease_s": 15.0}
     if broker is not None:
         dumped["mqtt"] = {**dumped["mqtt"], "client_id": f"edgeglm-cloud-{name}"}
     return CloudConfig.model_validate(dumped)
