@@ -22,6 +22,7 @@ from cloud.store.pg import PgPool
 from protos import sample_pb2, session_pb2, verdict_pb2
 from tests.helpers.cloud import WAIT_S, busy_frames, channel, counter, make_config, make_sample, open_session, running
 from tests.helpers.postgres import PostgresServer
+from tests.helpers.wait import wait_until
 
 JUDGING_MS = 1500  # the oracle's time per batch: long enough for the resend to arrive while A judges
 
@@ -63,6 +64,21 @@ async def answers(service: CloudService, sample: sample_pb2.Sample, until: str) 
     return seen
 
 
+async def claimed(dsn: str) -> None:
+    """Until some replica has claimed a sample in the database `dsn` names."""
+    store = VerdictStore(database=PgPool(dsn, "check"))
+    try:
+        await wait_until(
+            lambda: store.database.run(
+                "claimed", lambda conn: conn.execute("SELECT claimed_by FROM verdicts").fetchone()
+            ),
+            "a replica's claim",
+            WAIT_S,
+        )
+    finally:
+        await store.close()
+
+
 def judged(services: list[CloudService]) -> float:
     return sum(counter(s, "edgeglm_inference_batch_size_sum", backend="oracle") for s in services)
 
@@ -73,18 +89,7 @@ async def test_a_resend_to_another_replica_waits_for_the_first_replicas_verdict(
     sample = make_sample(clip, busy_frames(clip)[0], "door-001")
     async with replicas(tmp_path, clip, postgres.new_dsn(), 2) as (a, b):
         first = asyncio.create_task(answers(a, sample, "verdict"))
-        store = VerdictStore(database=PgPool(postgres.dsn(a.store.where.rsplit("/", 1)[1]), "check"))
-        try:
-            for _ in range(400):  # A has claimed it (and is judging) before B hears of it
-                claim = await store.database.run(
-                    "claimed", lambda conn: conn.execute("SELECT claimed_by FROM verdicts").fetchone()
-                )
-                if claim is not None:
-                    break
-                await asyncio.sleep(0.01)
-        finally:
-            await store.close()
-        assert claim is not None
+        await claimed(postgres.dsn(a.store.where.rsplit("/", 1)[1]))  # A judges it before B hears of it
         on_b = await answers(b, sample, "verdict")
         on_a = await first
         assert counter(b, "edgeglm_cloud_samples_judged_elsewhere_total") == 1
@@ -106,18 +111,7 @@ async def test_a_judgement_longer_than_the_lease_keeps_its_claim_while_its_repli
     dsn = postgres.new_dsn()
     async with replicas(tmp_path, clip, dsn, 2, claim_lease_s=1.0, claim_poll_s=0.05) as (a, b):
         first = asyncio.create_task(answers(a, sample, "verdict"))
-        store = VerdictStore(database=PgPool(dsn, "check"))
-        try:
-            for _ in range(400):  # A has claimed it before B hears of it
-                claim = await store.database.run(
-                    "claimed", lambda conn: conn.execute("SELECT claimed_by FROM verdicts").fetchone()
-                )
-                if claim is not None:
-                    break
-                await asyncio.sleep(0.01)
-        finally:
-            await store.close()
-        assert claim is not None
+        await claimed(dsn)  # A judges it before B hears of it
         on_b = await answers(b, sample, "verdict")
         await first
         assert counter(b, "edgeglm_cloud_samples_deferred_total", reason="claim_lapsed") == 0
