@@ -81,6 +81,11 @@ class AdminIdentity:
     digest: bytes
 
 
+def token_digest(token: str) -> bytes:
+    """What is kept of a token (configured or issued): its SHA-256."""
+    return hashlib.sha256(token.encode()).digest()
+
+
 def load_identity(name: str, role: Role, token_file: Path) -> AdminIdentity:
     """Read a user's token (surrounding whitespace stripped) from `token_file`."""
     try:
@@ -92,7 +97,7 @@ def load_identity(name: str, role: Role, token_file: Path) -> AdminIdentity:
             f"admin.users {name}: the token in {token_file} has {len(token)} characters; give at least "
             f"{MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32 > {token_file}`)"
         )
-    return AdminIdentity(name, role, hashlib.sha256(token.encode()).digest())
+    return AdminIdentity(name, role, token_digest(token))
 
 
 def session_value(user: AdminIdentity, now: float | None = None) -> str:
@@ -126,7 +131,7 @@ def user_by_token(users: list[AdminIdentity], token: str) -> AdminIdentity | Non
     """The user whose token this is; every digest is compared, so the time taken does not say which matched."""
     if not token:
         return None
-    digest = hashlib.sha256(token.encode()).digest()
+    digest = token_digest(token)
     found = None
     for user in users:
         if hmac.compare_digest(user.digest, digest):
@@ -218,7 +223,7 @@ class UserDirectory:
         if name in self._names:
             raise TokenNameError(f"{name} is a configured user (admin.users); pick another name")
         token = secrets.token_urlsafe(ISSUED_TOKEN_BYTES)
-        record = TokenRecord(name, role, hashlib.sha256(token.encode()).digest(), time.time(), by)
+        record = TokenRecord(name, role, token_digest(token), time.time(), by)
         if not await store.add_token(record):
             raise TokenNameError(f"a token named {name} is issued already; revoke it first to replace it")
         self._loaded_at = float("-inf")

@@ -27,6 +27,7 @@ class ImageStore(Protocol):
     """Blocking put, get and delete of images by name."""
 
     where: str
+    sweeps: bool  # whether `sweep` does anything (a folder; listing a bucket at every start is not cheap)
 
     def put(self, name: str, data: bytes) -> None:
         """Store `data` as `name`, replacing any."""
@@ -48,6 +49,7 @@ class FolderImages:
         """Keep images under `root` (created on first write)."""
         self.root = root
         self.where = str(root)
+        self.sweeps = True
 
     def put(self, name: str, data: bytes) -> None:
         """Write atomically beside the target, then rename."""
@@ -100,6 +102,7 @@ class S3Images:
         )
         self._bucket = config.bucket
         self._prefix = config.prefix
+        self.sweeps = False
         at = f" at {config.endpoint_url}" if config.endpoint_url else ""
         self.where = f"s3://{config.bucket}/{config.prefix}{at}"
 

@@ -2,19 +2,22 @@
 
 Each backend verdict that decided (confirmed or rejected; never an unsure answer or a fallback) is a
 label the edge model lacked. `observe` (an `IngestCore` observer, on the event loop) turns it into a
-`FieldRecord` and hands it to one writer thread; at most `max_pending` wait, beyond that a record is
-dropped and counted, so a slow disk never slows judging. The thread:
+`FieldRecord` and hands it to the records' database worker (one thread on the dataset's own SQLite
+index, a few on a PostgreSQL store); at most `max_pending` wait, beyond that a record is dropped and
+counted, so a slow disk never slows judging. For each record the worker:
 
 - skips a near duplicate: a 64-bit difference hash (`imagehash.dhash`) within `near_duplicate_bits`
   of one of the camera's `near_duplicate_window` newest records with the same labels, in the same
   places (every box matched at IoU >= 0.7: a parked car asked about again; a person who walked on
   is a new record even though a static camera's frames all hash alike);
 - writes the JPEG exactly as received (`images/<2 hex>/<32 hex>.jpg`, named by a hash of edge and
-  sample id, so no id reaches a path) atomically, then its row in `index.sqlite` (WAL): who, where,
-  when, why it was mined, the edge's detections and the cloud's, in the image's own pixels;
-- removes records past `retention_s`, then the oldest beyond `max_bytes`, files and rows.
+  sample id, so no id reaches a path) to the image store (`cloud.dataset.images`: a folder or an S3
+  bucket), then its row (`field_records`): who, where, when, why it was mined, the edge's detections
+  and the cloud's, in the image's own pixels;
+- removes records past `retention_s`, then the oldest beyond `max_bytes`, images and rows.
 
-A crash between the file and its row leaves an orphan file: `open` removes it. A full disk fails the
+A crash between the image and its row leaves an orphan image: `open` removes it from a folder (a
+bucket is not listed at every start). A full disk fails the
 write with a counted error and a warning; judging goes on, and records are kept again once there is
 space. `edgeglm_cloud_dataset_records_total{outcome}` counts every verdict offered, by what became
 of it.
@@ -42,13 +45,14 @@ from cloud.dataset.images import ImageStore, image_store
 from cloud.metrics import CloudMetrics
 from cloud.store.db import Conn, Database
 from cloud.store.field import FIELD_STATEMENTS
-from cloud.store.sqlite import StoreError, open_wal, sqlite_unless
+from cloud.store.sqlite import StoreError, open_with_tables, sqlite_unless
 from common.boxes import iou
 from protos import verdict_pb2
 
 logger = logging.getLogger(__name__)
 Box = tuple[float, float, float, float]
 SAME_BOX_IOU = 0.7  # two boxes this alike are the same object in the same place
+CAP_BATCH = 16  # records read at a time when the size cap removes the oldest
 _DECIDED = {verdict_pb2.DECISION_CONFIRMED: "confirmed", verdict_pb2.DECISION_REJECTED: "rejected"}
 
 
@@ -217,12 +221,14 @@ class FieldDataset:
 
     async def open(self) -> None:
         """Open (or create) the records and remove images no record names (a crash between the two)."""
-        named = await self._db.run(
-            "open", lambda conn: {str(row[0]) for row in conn.execute("SELECT file FROM field_records").fetchall()}
-        )
-        swept = await asyncio.to_thread(self.images.sweep, named)
-        if swept:
-            logger.info("field dataset: %d images no record names removed", swept)
+        await self._db.run("open", lambda conn: None)
+        if self.images.sweeps:  # a folder: cheap to list, so the names are worth reading
+            named = await self._db.run(
+                "names", lambda conn: {str(row[0]) for row in conn.execute("SELECT file FROM field_records").fetchall()}
+            )
+            swept = await asyncio.to_thread(self.images.sweep, named)
+            if swept:
+                logger.info("field dataset: %d images no record names removed", swept)
         self._metrics.dataset_bytes.set(await self.total_bytes())
 
     def observe(self, sample: SampleInput, verdict: verdict_pb2.Verdict) -> None:
@@ -325,16 +331,19 @@ class FieldDataset:
         ).fetchall()
         self._remove(conn, expired, "retention")
         total = int(conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM field_records").fetchone()[0])
-        over: list[Any] = []
-        if total > self._config.max_bytes:
-            for edge_id, sample_id, file, size in conn.execute(
-                "SELECT edge_id, sample_id, file, bytes FROM field_records ORDER BY kept_at"
-            ).fetchall():
+        while total > self._config.max_bytes:  # the oldest, a few at a time (normally one: what the last write added)
+            oldest = conn.execute(
+                "SELECT edge_id, sample_id, file, bytes FROM field_records ORDER BY kept_at LIMIT ?", (CAP_BATCH,)
+            ).fetchall()
+            over: list[Any] = []
+            for edge_id, sample_id, file, size in oldest:
                 over.append((edge_id, sample_id, file))
                 total -= int(size)
                 if total <= self._config.max_bytes:
                     break
-        self._remove(conn, over, "size_cap")
+            self._remove(conn, over, "size_cap")
+            if not oldest:
+                break
         self._metrics.dataset_bytes.set(total)
 
     def _remove(self, conn: Conn, rows: list[Any], reason: str) -> None:
@@ -347,11 +356,4 @@ class FieldDataset:
 
 def _connect(path: Path) -> sqlite3.Connection:
     """The dataset's own SQLite index, in WAL mode, with its table."""
-    conn = open_wal(path)
-    try:
-        for statement in FIELD_STATEMENTS:
-            conn.execute(statement)
-    except sqlite3.Error as exc:
-        conn.close()
-        raise StoreError(f"{path}: cannot open the field dataset's index: {exc}") from exc
-    return conn
+    return open_with_tables(path, FIELD_STATEMENTS, "field dataset's index")

@@ -43,6 +43,7 @@ from cloud.ingest.config import IngestConfig
 from cloud.ingest.decode import decode_sample
 from cloud.metrics import CloudMetrics
 from cloud.store import SampleMeta, StoreError, VerdictStore
+from common.periodic import PeriodicTask
 from common.tracing import Tracing
 from protos import sample_pb2, session_pb2, verdict_pb2
 
@@ -131,23 +132,21 @@ class IngestCore:
         self._pending: dict[SampleKey, _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._decoding = asyncio.Semaphore(self._config.max_concurrent_decodes)
-        self._renewing: asyncio.Task[None] | None = None
+        lease = self._config.claim_lease_s
+        # On a store replicas share: this replica's claims stay alive while it judges (every third of the
+        # lease), so a judgement may outlast the lease and a dead replica's claims lapse within it.
+        self._renewal = PeriodicTask(
+            "claim-renewal",
+            lambda: self._store.renew_claims(self._replica, lease),
+            lease / 3,
+            failures=metrics.task_failures.labels("claim-renewal"),
+            log=logger,
+        )
 
     def start(self) -> None:
-        """On a store replicas share: keep this replica's claims alive while it judges (every third of the lease)."""
-        if self._store.shared and self._renewing is None:
-            self._renewing = asyncio.create_task(self._renew_claims(), name="claim-renewal")
-
-    async def _renew_claims(self) -> None:
-        """Renew every claim this replica holds, so a judgement may outlast the lease and a dead replica's lapse."""
-        lease = self._config.claim_lease_s
-        while True:
-            await asyncio.sleep(lease / 3)
-            try:
-                await self._store.renew_claims(self._replica, lease)
-            except StoreError:
-                self._metrics.task_failures.labels("claim-renewal").inc()
-                logger.warning("claims of %s not renewed (they lapse in %.0f s unless renewed)", self._replica, lease)
+        """Start renewing this replica's claims, on a store replicas share."""
+        if self._store.shared:
+            self._renewal.start()
 
     @property
     def judging(self) -> int:
@@ -421,11 +420,7 @@ class IngestCore:
         """Wait for the judgements under way until `deadline` (monotonic); returns how many were cut."""
         while self._tasks and time.monotonic() < deadline:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
-        if self._renewing is not None:  # what is left is cut: its claims lapse (or are released below)
-            self._renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewing
-            self._renewing = None
+        await self._renewal.stop()  # what is left is cut: its claims lapse (or are released below)
         left = list(self._tasks)
         for task in left:
             task.cancel()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cloud.store.db import Conn, Database
-from cloud.store.sqlite import StoreError, open_wal, sqlite_unless
+from cloud.store.sqlite import open_with_tables, sqlite_unless
 
 T = TypeVar("T")
 
@@ -272,14 +272,4 @@ def _pair(row: Sequence[Any]) -> PairRow:
 
 def _connect(path: Path) -> sqlite3.Connection:
     """Open the database in WAL mode and create the closed loop's tables."""
-    conn = open_wal(path)
-    try:
-        for statement in STATEMENTS:
-            conn.execute(statement)
-    except sqlite3.Error as exc:
-        conn.close()
-        raise StoreError(f"{path}: cannot open the closed loop's pair store: {exc}") from exc
-    except StoreError:
-        conn.close()
-        raise
-    return conn
+    return open_with_tables(path, STATEMENTS, "closed loop's pair store")

@@ -9,7 +9,7 @@ its own connection on its own thread, so that blocking SQLite work never runs on
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,6 +45,18 @@ def open_wal(path: Path) -> sqlite3.Connection:
     except StoreError:
         conn.close()
         raise
+    return conn
+
+
+def open_with_tables(path: Path, statements: Sequence[str], what: str) -> sqlite3.Connection:
+    """`open_wal`, then the CREATE ... IF NOT EXISTS `statements` of a store's tables; errors name `what`."""
+    conn = open_wal(path)
+    try:
+        for statement in statements:
+            conn.execute(statement)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"{path}: cannot open the {what}: {exc}") from exc
     return conn
 
 

@@ -269,9 +269,7 @@ def test_the_cli_exports_and_leaves_out_a_class_the_model_lacks(tmp_path: Path, 
     assert missing.exit_code == 1 and "holds no field dataset" in missing.output
 
 
-@pytest.mark.parametrize("bits", [0, 4])
-def test_dataset_settings_validate(bits: int) -> None:
-    assert DatasetConfig(near_duplicate_bits=bits).near_duplicate_bits == bits
+def test_a_size_cap_below_one_image_is_refused() -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         DatasetConfig(max_bytes=10)
 
