@@ -20,6 +20,7 @@ from cloud.batcher import BatcherConfig
 from cloud.bridge.config import MqttBridgeConfig
 from cloud.dataset.config import DatasetConfig
 from cloud.ingest.config import IngestConfig
+from cloud.models.config import ModelsConfig
 from cloud.policy.loop_config import ClosedLoopConfig
 from cloud.policy.settings import PolicyOverride, PolicySettings
 from common.config import ConfigError, FileSettings, load_settings
@@ -278,6 +279,9 @@ class CloudConfig(FileSettings):
         default_factory=DatasetConfig,
         description="The field dataset: every judged sample kept as a training record (cloud/dataset); off.",
     )
+    models: ModelsConfig = Field(
+        default_factory=ModelsConfig, description="Edge models: the registry edges fetch from, staged rollouts."
+    )
 
     @field_validator("known_edges")
     @classmethod
@@ -317,4 +321,5 @@ def resolve_paths(config: CloudConfig, base: Path) -> CloudConfig:
     if isinstance(config.backend, OracleBackendConfig):
         backend_paths["ground_truth"] = {camera: fix(p) for camera, p in config.backend.ground_truth.items()}
     backend = config.backend.model_copy(update=backend_paths)
-    return config.model_copy(update={"store": store, "policy": policy, "backend": backend})
+    models = config.models.model_copy(update={"registry": fix(config.models.registry)})
+    return config.model_copy(update={"store": store, "policy": policy, "backend": backend, "models": models})

@@ -114,6 +114,15 @@ class CloudMetrics:
             ["reason"],
             registry=r,
         )
+        self.model_fetches = Counter(
+            "edgeglm_cloud_model_fetches",
+            "FetchModel calls, by outcome (served, resumed, not_found, no_registry, out_of_range, cut).",
+            ["outcome"],
+            registry=r,
+        )
+        self.model_bytes_served = Counter(
+            "edgeglm_cloud_model_bytes_served", "Bytes of model files sent to edges.", registry=r
+        )
         self.verdicts_sent = Counter(
             "edgeglm_cloud_verdicts_sent", "Verdicts sent, by decision.", ["decision"], registry=r
         )

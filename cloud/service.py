@@ -26,6 +26,7 @@ from cloud.config import CloudConfig, StoreConfig
 from cloud.dataset import FieldDataset
 from cloud.ingest import IngestCore
 from cloud.metrics import CloudMetrics
+from cloud.models.registry import ModelRegistry
 from cloud.policy import PolicyEngine, PolicySigner
 from cloud.policy.lease import AdvisoryLease
 from cloud.policy.loop import BandController
@@ -190,6 +191,8 @@ class CloudService:
             hello_timeout_s=config.server.hello_timeout_s,
             shutdown_grace_s=config.server.shutdown_grace_s,
             identities=IdentityCheck(revocation_list(config.server.tls)),
+            models=ModelRegistry(config.models.registry) if config.models.registry is not None else None,
+            model_chunk_bytes=config.models.chunk_bytes,
         )
         self.servicer = EdgeGLMServicer(deps)
         self._server, self.port = build_server(config.server, self.servicer, self.health)

@@ -18,6 +18,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
+import numpy as np
+from numpy.typing import NDArray
 
 from common.detect import Detection, Detector
 from common.files import write_atomic
@@ -31,6 +33,7 @@ from edge.gate import FrameGate, GateResult
 from edge.health import HealthServer
 from edge.metrics import EdgeMetrics
 from edge.mine import Miner, MiningContext
+from edge.models import ModelStore, ModelUpdater, RunningModel
 from edge.outbox import Outbox, OutboxError
 from edge.policy.settings import EdgePolicy
 from edge.policy.signing import load_public_key
@@ -52,6 +55,7 @@ CLOSE_SHARE = 0.25  # ... and at most this share of it
 MIN_CLOSE_S = 0.5  # the transport gets this even when the deadline has passed (an offline status to say)
 LATENCY_RECORDS = 100_000  # latencies kept for the run summary (the newest)
 SNAPSHOT_QUALITY = 80  # JPEG quality of event snapshots
+SELF_TEST_FRAMES = 4  # recent frames a new model is tried on before it runs
 
 
 class EdgeAgent:
@@ -124,6 +128,19 @@ class EdgeAgent:
         )
         self.uplink = make_uplink(config.uplink, handlers, self.metrics)
         self.events.add_publisher(self.uplink.publish_event)
+        self._recent_frames: deque[NDArray[np.uint8]] = deque(maxlen=SELF_TEST_FRAMES)
+        self.models = ModelUpdater(
+            config.models,
+            ModelStore(config.models.dir or config.state_dir / "models"),
+            config.detector,
+            trusted,
+            self.metrics,
+            edge_id=config.edge_id,
+            chunks=self.uplink.model_chunks,
+            running=lambda: self._detector,
+            frames=lambda: list(self._recent_frames),
+            swap=self._swap_detector,
+        )
         self.dispatcher = Dispatcher(
             self.outbox,
             self.uplink,
@@ -144,12 +161,11 @@ class EdgeAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start everything, process frames until `stop` is set or every camera has ended, then shut down."""
-        loop = asyncio.get_running_loop()
         self.policies.load()
         await self.outbox.open()
         self._outbox_samples = (await self.outbox.stats()).samples
         self.health.start()
-        self._detector = await loop.run_in_executor(self._infer_pool, Detector, self.config.detector)
+        self._detector = await self.models.load(self._infer_pool, self.config.model_version)
         self._apply(self.policy)
         self.policies.subscribe(self._apply)
         await self.uplink.start()
@@ -157,6 +173,8 @@ class EdgeAgent:
             spawn("dispatch", self.dispatcher.run, self._task_failed),
             spawn("outbox-sweep", self._sweeper.run, self._task_failed),
         ]
+        if self.config.models.enabled:
+            background.append(spawn("models", self.models.run, self._task_failed))
         for source in self.sources:
             await source.start()
         workers = [
@@ -170,6 +188,10 @@ class EdgeAgent:
         cameras_done.cancel()
         await self._shutdown(workers, detector_task, background)
         stop_waiter.cancel()
+
+    async def _swap_detector(self, detector: Detector, _running: RunningModel) -> None:
+        """Put a checked model in place: the detect loop takes it at its next batch."""
+        self._detector = detector
 
     @staticmethod
     async def _all_ended(workers: list[asyncio.Task[None]]) -> None:
@@ -285,6 +307,8 @@ class EdgeAgent:
         for tracker in self._trackers.values():
             tracker.set_new_track_score(_lowest_band(policy))
         self.tracks.policy_version = policy.version
+        if self.config.models.enabled:
+            self.models.want(policy.model)
         watched = list(policy.mining.watch_list) if policy.mining.watch_list_enabled else []
         self.uplink.announce([camera.id for camera in self.config.cameras], watched)
 
@@ -331,14 +355,16 @@ class EdgeAgent:
     async def _detect_loop(self) -> None:
         """Batch what is waiting (up to detect_batch_size, across cameras), detect, decide."""
         loop = asyncio.get_running_loop()
-        assert self._detector is not None
-        detector = self._detector
         while True:
             batch = [await self._detect_queue.get()]
             while len(batch) < self.config.pipeline.detect_batch_size and not self._detect_queue.empty():
                 batch.append(self._detect_queue.get_nowait())
+            # The model is read per batch: a swap (edge.models) takes effect between two batches.
+            detector = self._detector
+            assert detector is not None
             try:
                 images = [frame.image for frame, _ in batch]
+                self._recent_frames.append(images[-1])
                 started = time.perf_counter()
                 results = await loop.run_in_executor(self._infer_pool, detector.detect_batch, images)
                 self.metrics.detect_seconds.observe(time.perf_counter() - started)
@@ -435,8 +461,8 @@ class EdgeAgent:
                 ask,
                 self.policy,
                 edge_id=self.config.edge_id,
-                model_name=self.config.detector.model_path.stem,
-                model_version=self.config.model_version,
+                model_name=self.models.running.name,
+                model_version=self.models.running.version,
             ),
         )
         # On disk before anything is sent: from here on the sample survives crashes and outages.
@@ -476,19 +502,21 @@ class EdgeAgent:
         return session_pb2.Hello(
             edge_id=self.config.edge_id,
             site_id=self.config.site_id,
-            model_name=self.config.detector.model_path.stem,
-            model_version=self.config.model_version,
+            model_name=self.models.running.name,
+            model_version=self.models.running.version,
             policy_version=self.policy.version,
             agent_version=AGENT_VERSION,
-            capabilities=["crop", "full_frame"],
+            capabilities=["crop", "full_frame", "model_update"]
+            if self.config.models.enabled
+            else ["crop", "full_frame"],
         )
 
     def _heartbeat(self) -> status_pb2.EdgeStatus:
         return self.status.build(
             state=self._state(),
             policy_version=self.policy.version,
-            model_name=self.config.detector.model_path.stem,
-            model_version=self.config.model_version,
+            model_name=self.models.running.name,
+            model_version=self.models.running.version,
             outbox_samples=self._outbox_samples,
             cameras=self.sources,
         )

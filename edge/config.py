@@ -19,6 +19,7 @@ from common.config import ConfigError, FileSettings, load_settings
 from common.detect import DetectorConfig
 from common.tls import ClientTlsConfig
 from common.tracing import TracingConfig
+from edge.models.config import ModelUpdateConfig
 from edge.policy.settings import EdgePolicy
 from edge.sources import CameraConfig
 
@@ -258,7 +259,10 @@ class EdgeConfig(FileSettings):
     state_dir: Path = Field(Path("/var/lib/edgeglm"), description="Persisted policy, events and (later) outbox.")
     cameras: list[CameraConfig] = Field(..., min_length=1, description="Cameras this agent reads.")
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="The YOLO ONNX detector.")
-    model_version: str = Field("", max_length=128, description="Version reported for the detector model.")
+    model_version: str = Field("", max_length=128, description="Version reported for the configured detector model.")
+    models: ModelUpdateConfig = Field(
+        default_factory=ModelUpdateConfig, description="Models the cloud rolls out: where kept, what they must pass."
+    )
     uplink: UplinkConfig = Field(
         default_factory=GrpcUplinkConfig, description="Link to the cloud: kind grpc (default) or mqtt."
     )
@@ -301,6 +305,7 @@ def resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:
     updates["policy"] = config.policy.model_copy(
         update={"public_key": fix(config.policy.public_key), "extra_public_keys": extras}
     )
+    updates["models"] = config.models.model_copy(update={"dir": fix(config.models.dir)})
     updates["events"] = config.events.model_copy(update={"path": fix(config.events.path)})
     updates["outbox"] = config.outbox.model_copy(update={"path": fix(config.outbox.path)})
     cameras = []

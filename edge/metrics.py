@@ -109,5 +109,21 @@ class EdgeMetrics:
             ["reason"],
             registry=r,
         )
+        self.model_updates = Counter(
+            "edgeglm_edge_model_updates",
+            "Model updates by outcome: swapped, rolled_back, download_failed, or why the file was refused "
+            "(size, hash, manifest, signature, not_detector, classes, input, self_test, latency, unsupported_uri, "
+            "not_published).",
+            ["outcome"],
+            registry=r,
+        )
+        self.model_download_bytes = Counter(
+            "edgeglm_edge_model_download_bytes", "Bytes of model files fetched from the cloud.", registry=r
+        )
+        self.model_swap_seconds = Gauge(
+            "edgeglm_edge_model_swap_seconds",
+            "Last update's time from the start of its download (or its file on disk) to the new model running.",
+            registry=r,
+        )
         self.uplink_connected = Gauge("edgeglm_edge_uplink_connected", "1 while the cloud session is up.", registry=r)
         self.uplink_reconnects = Counter("edgeglm_edge_uplink_reconnects", "Cloud session (re)connects.", registry=r)

@@ -371,14 +371,19 @@ class ModelRef(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     URI_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Model name, e.g. "yolo-edge-n"."""
     version: _builtins.str
     """Model version; the edge switches when it differs from the running one."""
     uri: _builtins.str
-    """Where to fetch the ONNX file (https://, file://, or a path relative to the model store)."""
+    """Where to fetch the ONNX file: edgeglm://<name>/<version> from the cloud's model registry over
+    the edge's own authenticated gRPC uplink (FetchModel), or file:///path on the edge's disk.
+    """
     sha256: _builtins.str
     """Lower-case hex SHA-256 of the file; the edge refuses a download that does not match."""
+    size_bytes: _builtins.int
+    """Size of the file in bytes; the edge refuses a download of any other size."""
     def __init__(
         self,
         *,
@@ -386,10 +391,11 @@ class ModelRef(_message.Message):
         version: _builtins.str = ...,
         uri: _builtins.str = ...,
         sha256: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "sha256", b"sha256", "uri", b"uri", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "sha256", b"sha256", "size_bytes", b"size_bytes", "uri", b"uri", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

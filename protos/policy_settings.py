@@ -221,12 +221,23 @@ class ModelRef(_Strict):
     uri: str = Field(
         ...,
         min_length=1,
-        description="Where to fetch the ONNX file (https://, file://, or a path relative to the model store).",
+        max_length=1024,
+        pattern=r"^(edgeglm://|file:///)",
+        description=(
+            "Where to fetch the ONNX file: edgeglm://<name>/<version> from the cloud's model registry over the "
+            "edge's own authenticated gRPC uplink (FetchModel), or file:///path on the edge's disk."
+        ),
     )
     sha256: str = Field(
         ...,
         pattern=r"^[0-9a-f]{64}$",
         description="Lower-case hex SHA-256 of the file; the edge refuses a download that does not match.",
+    )
+    size_bytes: int = Field(
+        ...,
+        gt=0,
+        le=2**31,
+        description="Size of the file in bytes; the edge refuses a download of any other size.",
     )
 
 
@@ -309,7 +320,9 @@ def settings_to_pb(settings: PolicySettings, policy: policy_pb2.Policy) -> None:
     if settings.model is not None:
         model = settings.model
         policy.model.CopyFrom(
-            policy_pb2.ModelRef(name=model.name, version=model.version, uri=model.uri, sha256=model.sha256)
+            policy_pb2.ModelRef(
+                name=model.name, version=model.version, uri=model.uri, sha256=model.sha256, size_bytes=model.size_bytes
+            )
         )
 
 
@@ -402,5 +415,11 @@ def _uplink_from_pb(uplink: policy_pb2.UplinkSettings, base: PolicySettings) -> 
     }
 
 
-def _model_from_pb(model: policy_pb2.ModelRef) -> dict[str, str]:
-    return {"name": model.name, "version": model.version, "uri": model.uri, "sha256": model.sha256}
+def _model_from_pb(model: policy_pb2.ModelRef) -> dict[str, str | int]:
+    return {
+        "name": model.name,
+        "version": model.version,
+        "uri": model.uri,
+        "sha256": model.sha256,
+        "size_bytes": model.size_bytes,
+    }

@@ -354,3 +354,71 @@ class GetPolicyRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPolicyRequest: _TypeAlias = GetPolicyRequest  # noqa: Y015
+
+@_typing.final
+class FetchModelRequest(_message.Message):
+    """Asks for a published model's file (and its signed manifest), from a byte offset on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EDGE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    edge_id: _builtins.str
+    """The asking edge; checked against its certificate like every call that names an edge."""
+    name: _builtins.str
+    """Model name, as in the policy's ModelRef."""
+    version: _builtins.str
+    """Model version, as in the policy's ModelRef."""
+    offset: _builtins.int
+    """First byte wanted: 0 for the whole file, or how much of it the edge has already (resume)."""
+    def __init__(
+        self,
+        *,
+        edge_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edge_id", b"edge_id", "name", b"name", "offset", b"offset", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchModelRequest: _TypeAlias = FetchModelRequest  # noqa: Y015
+
+@_typing.final
+class ModelChunk(_message.Message):
+    """One piece of a model file, in order; the first piece of a call also carries the manifest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    manifest: _builtins.bytes
+    """The model's signed manifest (common/manifest.py's JSON document); only in the first piece."""
+    offset: _builtins.int
+    """Offset of `data` in the file."""
+    data: _builtins.bytes
+    """The file's bytes from `offset` on (at most 1 MiB per piece)."""
+    total_size: _builtins.int
+    """Size of the whole file in bytes."""
+    def __init__(
+        self,
+        *,
+        manifest: _builtins.bytes = ...,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        total_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "manifest", b"manifest", "offset", b"offset", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelChunk: _TypeAlias = ModelChunk  # noqa: Y015

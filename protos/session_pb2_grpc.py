@@ -52,6 +52,11 @@ class EdgeGLMStub:
                 request_serializer=protos_dot_session__pb2.GetPolicyRequest.SerializeToString,
                 response_deserializer=protos_dot_policy__pb2.SignedPolicy.FromString,
                 _registered_method=True)
+        self.FetchModel = channel.unary_stream(
+                '/edgeglm.v1.EdgeGLM/FetchModel',
+                request_serializer=protos_dot_session__pb2.FetchModelRequest.SerializeToString,
+                response_deserializer=protos_dot_session__pb2.ModelChunk.FromString,
+                _registered_method=True)
 
 
 class EdgeGLMServicer:
@@ -80,6 +85,13 @@ class EdgeGLMServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchModel(self, request, context):
+        """Streams a published model's file from the requested offset; NOT_FOUND when it is not published.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EdgeGLMServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +109,11 @@ def add_EdgeGLMServicer_to_server(servicer, server):
                     servicer.GetPolicy,
                     request_deserializer=protos_dot_session__pb2.GetPolicyRequest.FromString,
                     response_serializer=protos_dot_policy__pb2.SignedPolicy.SerializeToString,
+            ),
+            'FetchModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchModel,
+                    request_deserializer=protos_dot_session__pb2.FetchModelRequest.FromString,
+                    response_serializer=protos_dot_session__pb2.ModelChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +198,33 @@ class EdgeGLM:
             '/edgeglm.v1.EdgeGLM/GetPolicy',
             protos_dot_session__pb2.GetPolicyRequest.SerializeToString,
             protos_dot_policy__pb2.SignedPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgeglm.v1.EdgeGLM/FetchModel',
+            protos_dot_session__pb2.FetchModelRequest.SerializeToString,
+            protos_dot_session__pb2.ModelChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,8 @@ class EdgeGLMStub:
     """Judges one sample and waits for its verdict."""
     GetPolicy: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetPolicyRequest, _policy_pb2.SignedPolicy]
     """Returns the newest signed policy for the edge, or an empty SignedPolicy if it has it already."""
+    FetchModel: _grpc.UnaryStreamMultiCallable[_session_pb2.FetchModelRequest, _session_pb2.ModelChunk]
+    """Streams a published model's file from the requested offset; NOT_FOUND when it is not published."""
 
 @_typing.type_check_only
 class EdgeGLMAsyncStub(EdgeGLMStub):
@@ -63,6 +65,8 @@ class EdgeGLMAsyncStub(EdgeGLMStub):
     """Judges one sample and waits for its verdict."""
     GetPolicy: _aio.UnaryUnaryMultiCallable[_session_pb2.GetPolicyRequest, _policy_pb2.SignedPolicy]  # type: ignore[assignment]
     """Returns the newest signed policy for the edge, or an empty SignedPolicy if it has it already."""
+    FetchModel: _aio.UnaryStreamMultiCallable[_session_pb2.FetchModelRequest, _session_pb2.ModelChunk]  # type: ignore[assignment]
+    """Streams a published model's file from the requested offset; NOT_FOUND when it is not published."""
 
 class EdgeGLMServicer(metaclass=_abc_1.ABCMeta):
     """The cloud service the edge agents talk to."""
@@ -92,5 +96,13 @@ class EdgeGLMServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.SignedPolicy, _abc.Awaitable[_policy_pb2.SignedPolicy]]:
         """Returns the newest signed policy for the edge, or an empty SignedPolicy if it has it already."""
+
+    @_abc_1.abstractmethod
+    def FetchModel(
+        self,
+        request: _session_pb2.FetchModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_session_pb2.ModelChunk], _abc.AsyncIterator[_session_pb2.ModelChunk]]:
+        """Streams a published model's file from the requested offset; NOT_FOUND when it is not published."""
 
 def add_EdgeGLMServicer_to_server(servicer: EdgeGLMServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

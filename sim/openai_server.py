@@ -3,9 +3,13 @@
 `POST /v1/chat/completions` takes the request the `openai` cloud backend sends (one user message with
 a `data:` image URL and a text part), decodes the image and the text, and answers with a pluggable
 generator: the world GLM (`sim.openai_glm`), or scripted replies that test the backend's failure
-handling (a fixed text, a non-JSON text, an HTTP error, a body that is not a chat completion, a delay
-longer than the client's timeout). `GET /v1/models` lists the one served model. When an API key is
-configured, requests without `Authorization: Bearer <key>` get 401, as from OpenAI or vLLM.
+handling (a fixed text, a non-JSON text, an HTTP error with headers such as a 429's `Retry-After`, a
+body that is not a chat completion, a delay longer than the client's timeout). A server made with
+`json_schema=False` refuses `response_format: {type: json_schema}` with a 400 naming the parameter,
+as servers without structured output do; otherwise the schema is passed to the generator (which may
+ignore it: this server constrains no decoding). `ServerStats` keeps every chat request's arrival
+and answer times. `GET /v1/models` lists the one served model. When an API key is configured,
+requests without `Authorization: Bearer <key>` get 401, as from OpenAI or vLLM.
 
     python -m sim.openai_server --model-path sim/models/glm-world --port 0
     python -m sim.openai_server --scripted-answer '{"decision": "rejected", ...}' --port 0
@@ -57,6 +61,8 @@ class ChatInput:
     jpeg: bytes
     max_tokens: int
     temperature: float
+    response_format: dict[str, Any] | None = None  # as sent, e.g. {"type": "json_schema", "json_schema": {...}}
+    chat_template_kwargs: dict[str, Any] | None = None  # as sent (vLLM's and SGLang's extension)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +70,8 @@ class Reply:
     """A generator's answer: the assistant text (or, with an error status, the error message), after a delay.
 
     `body`, when set, is sent as the response body instead of a chat completion (to test clients
-    against malformed responses).
+    against malformed responses). `headers` go with the response, e.g. {"Retry-After": "1"} on a 429.
+    `reasoning`, when set, is sent as the message's `reasoning_content`, as vLLM's reasoning parsers do.
     """
 
     text: str = ""
@@ -73,6 +80,8 @@ class Reply:
     body: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    reasoning: str | None = None
 
 
 class Generator(Protocol):
@@ -95,14 +104,29 @@ class ScriptedGenerator:
         return self._script(chat) if callable(self._script) else self._script
 
 
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One chat request as the server saw it: when it arrived and was answered (time.monotonic), and how.
+
+    `headers` are the response's, `request_headers` the request's (names in lower case).
+    """
+
+    arrived_at: float
+    answered_at: float
+    status: int
+    headers: dict[str, str]
+    request_headers: dict[str, str]
+
+
 @dataclass
 class ServerStats:
-    """What the server saw: requests by status, and the most requests it held at once."""
+    """What the server saw: requests by status, the most it held at once, and each request's record in order."""
 
     requests: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
+    log: list[RequestRecord] = field(default_factory=list)
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
@@ -144,6 +168,8 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    response_format: dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 class BadRequestError(ValueError):
@@ -185,21 +211,38 @@ def chat_input(request: ChatRequest) -> ChatInput:
     if not texts and image is None:
         raise BadRequestError("messages: the user message has neither text nor an image")
     max_tokens = request.max_completion_tokens or request.max_tokens or 256
-    return ChatInput(request.model, "\n".join(texts), image, jpeg, max_tokens, request.temperature)
+    return ChatInput(
+        request.model,
+        "\n".join(texts),
+        image,
+        jpeg,
+        max_tokens,
+        request.temperature,
+        request.response_format,
+        request.chat_template_kwargs,
+    )
 
 
-def _error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+def _error(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None, param: str | None = None
+) -> JSONResponse:
+    error: dict[str, Any] = {"message": message, "type": kind, "code": status}
+    if param is not None:
+        error["param"] = param
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def completion_body(model: str, reply: Reply) -> dict[str, Any]:
     """The OpenAI chat-completion response for `reply`."""
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+    if reply.reasoning is not None:
+        message["reasoning_content"] = reply.reasoning
     return {
         "id": "chatcmpl-" + uuid.uuid4().hex,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
         "usage": {
             "prompt_tokens": reply.prompt_tokens,
             "completion_tokens": reply.completion_tokens,
@@ -209,9 +252,16 @@ def completion_body(model: str, reply: Reply) -> dict[str, Any]:
 
 
 def create_app(
-    generator: Generator, model_name: str, api_key: str | None = None, stats: ServerStats | None = None
+    generator: Generator,
+    model_name: str,
+    api_key: str | None = None,
+    stats: ServerStats | None = None,
+    json_schema: bool = True,
 ) -> FastAPI:
-    """The server's FastAPI app: `generator` answers requests for `model_name`; `api_key` guards them."""
+    """The server's FastAPI app: `generator` answers requests for `model_name`; `api_key` guards them.
+
+    `json_schema=False` makes it refuse `response_format` of type json_schema with a 400.
+    """
     app = FastAPI(title="EdgeGLM OpenAI-compatible test server", docs_url=None, redoc_url=None)
     seen = stats if stats is not None else ServerStats()
     app.state.stats = seen
@@ -232,9 +282,14 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
+        arrived_at = time.monotonic()
         with seen.track():
             response = await _answer(request)
         seen.by_status[response.status_code] = seen.by_status.get(response.status_code, 0) + 1
+        record = RequestRecord(
+            arrived_at, time.monotonic(), response.status_code, dict(response.headers), dict(request.headers)
+        )
+        seen.log.append(record)
         return response
 
     async def _answer(request: Request) -> Response:
@@ -250,15 +305,20 @@ def create_app(
             return _error(400, str(err), "invalid_request_error")
         if chat.model != model_name:
             return _error(404, f"model {chat.model!r} is not served here (this server has {model_name!r})", "not_found")
+        asked_type = (chat.response_format or {}).get("type")
+        if not json_schema and asked_type == "json_schema":
+            message = "response_format of type 'json_schema' is not supported by this server"
+            return _error(400, message, "invalid_request_error", param="response_format")
         reply = await generator.generate(chat)
         if reply.delay_s > 0:
             await asyncio.sleep(reply.delay_s)
         if reply.status != 200:
             kind = "invalid_request_error" if reply.status < 500 else "server_error"
-            return _error(reply.status, reply.text or f"the generator failed with {reply.status}", kind)
+            message = reply.text or f"the generator failed with {reply.status}"
+            return _error(reply.status, message, kind, headers=reply.headers)
         if reply.body is not None:
-            return Response(reply.body, media_type="application/json")
-        return JSONResponse(completion_body(model_name, reply))
+            return Response(reply.body, media_type="application/json", headers=reply.headers)
+        return JSONResponse(completion_body(model_name, reply), headers=reply.headers)
 
     return app
 
@@ -316,6 +376,9 @@ def main(
     ] = None,
     device: Annotated[DeviceName, typer.Option(help="Where the model runs.")] = "auto",
     max_batch_size: Annotated[int, typer.Option(min=1, max=256, help="Most requests per model generate.")] = 8,
+    json_schema: Annotated[
+        bool, typer.Option(help="Take response_format json_schema requests (--no-json-schema refuses them with 400).")
+    ] = True,
 ) -> None:
     """Serve chat completions until interrupted; prints the base URL once listening."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -327,7 +390,7 @@ def main(
         if not api_key:
             raise typer.BadParameter(f"{api_key_file} is empty", param_hint="--api-key-file")
     name = model_name or (model_path.resolve().name if model_path is not None else "scripted")
-    asyncio.run(_serve(model_path, scripted_answer, name, host, port, api_key, device, max_batch_size))
+    asyncio.run(_serve(model_path, scripted_answer, name, host, port, api_key, device, max_batch_size, json_schema))
 
 
 async def _serve(
@@ -339,6 +402,7 @@ async def _serve(
     api_key: str | None,
     device: DeviceName,
     max_batch_size: int,
+    json_schema: bool = True,
 ) -> None:
     closing: Callable[[], Awaitable[None]] | None = None
     generator: Generator
@@ -350,7 +414,9 @@ async def _serve(
     else:
         generator = ScriptedGenerator(Reply(text=scripted_answer or ""))
     sock = socket.create_server((host, port))
-    config = uvicorn.Config(create_app(generator, name, api_key), log_level="info", lifespan="off")
+    config = uvicorn.Config(
+        create_app(generator, name, api_key, json_schema=json_schema), log_level="info", lifespan="off"
+    )
     print(f"serving {name} on http://{host}:{sock.getsockname()[1]}/v1", flush=True)
     try:
         await uvicorn.Server(config).serve(sockets=[sock])

@@ -5,6 +5,9 @@ the world GLM trained by `make train-glm`, or any GLM-4.1V/GLM-4V checkpoint sav
 `save_pretrained`. Everything torch does runs in one dedicated worker thread; `infer` runs ONE
 batched, left-padded `generate` for the whole batch and parses each answer with `verdict_text`.
 
+The prompt goes through the checkpoint's own chat template when the folder has one (real GLM-4.xV
+checkpoints do; `glm_inputs.chat_text`), else through the built-in GLM-4.1V chat the world GLM knows.
+
 Shared-prefix KV-cache reuse is not done: the only text every sample shares is the 5 tokens before
 the image ("[gMASK]<sop><|user|>\\n<|begin_of_image|>"); the image tokens and the edge's claims that
 follow differ per sample, and left padding puts even those 5 tokens at different positions. There is
@@ -25,7 +28,14 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cloud.backends.glm_inputs import BadImageError, chat_prefix, pixel_inputs, text_inputs, to_model_rgb
+from cloud.backends.glm_inputs import (
+    BadImageError,
+    chat_text,
+    has_chat_template,
+    pixel_inputs,
+    text_inputs,
+    to_model_rgb,
+)
 from cloud.backends.protocol import BackendStartError
 from cloud.backends.verdict_text import DEFAULT_QUESTION, build_prompt, parse_answer, to_result
 from cloud.convert import BackendResult, SampleInput
@@ -144,6 +154,11 @@ class GlmBackend:
         return self._config.max_batch_size
 
     @property
+    def uses_chat_template(self) -> bool | None:
+        """Whether prompts go through the checkpoint's own chat template (None before `start`)."""
+        return has_chat_template(self._loaded.tokenizer) if self._loaded is not None else None
+
+    @property
     def device(self) -> str | None:
         """Where the model runs ("cpu", "cuda"), None before `start`."""
         return self._loaded.device if self._loaded is not None else None
@@ -185,6 +200,16 @@ class GlmBackend:
         if not self._version:
             self._version = "sha256:" + _sha256(weights)[:12]
         params = sum(p.numel() for p in model.parameters())
+        if has_chat_template(tokenizer):
+            from jinja2 import TemplateError
+
+            try:  # a template that cannot render our question is a start-up error, not one per sample
+                chat_text(tokenizer, "probe", 1)
+            except (TemplateError, TypeError, ValueError) as err:
+                raise BackendStartError(f"glm backend: {path}: the chat template cannot be used: {err}") from err
+            logger.info("glm backend: %s: prompts go through the checkpoint's chat template", path)
+        else:
+            logger.info("glm backend: %s has no chat template; prompts use the built-in GLM-4.1V chat", path)
         logger.info(
             "glm backend: %s (%s, %.1f M parameters) on %s in %s; images %dx%d, batch %d, max %d new tokens, %s",
             path,
@@ -269,7 +294,8 @@ class GlmBackend:
         texts = []
         for sample, grid in zip(samples, grids, strict=True):
             image_tokens = int(grid.prod()) // loaded.merge_size**2
-            texts.append(chat_prefix(build_prompt(sample, config.question, config.prompt_template), image_tokens))
+            prompt = build_prompt(sample, config.question, config.prompt_template)
+            texts.append(chat_text(loaded.tokenizer, prompt, image_tokens))
         inputs = {
             k: v.to(loaded.device) for k, v in text_inputs(loaded.tokenizer, texts, loaded.image_token_id).items()
         }

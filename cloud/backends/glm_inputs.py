@@ -1,9 +1,13 @@
 """GLM-4V model inputs without `Glm4vProcessor` (it needs torchvision): chat text, token ids, pixels.
 
 Shared by the `glm` backend and the world-GLM training recipe (`sim/glm`), so a model is trained on
-exactly the inputs it is later asked with. The chat follows GLM-4.1V's template: one `<|image|>`
-token per merged vision patch between `<|begin_of_image|>` and `<|end_of_image|>`, then the prompt,
-then `<|assistant|>`. Batches are padded on the left (generation appends on the right).
+exactly the inputs it is later asked with. A checkpoint that carries a chat template
+(`chat_template.jinja`, or `chat_template` in tokenizer_config.json: real GLM-4.xV checkpoints do)
+is asked through it (`chat_text`): `apply_chat_template` with the image in the user message, then the
+template's one `<|image|>` expanded to one per merged vision patch, as Glm4vProcessor does. Without
+one the chat is built by hand the GLM-4.1V way (`chat_prefix`, what the world GLM is trained on):
+the image tokens between `<|begin_of_image|>` and `<|end_of_image|>`, then the prompt, then
+`<|assistant|>`. Batches are padded on the left (generation appends on the right).
 
 torch and transformers are imported inside the functions that need them: importing this module
 (the backend's config does) must not load them.
@@ -56,6 +60,33 @@ def chat_prefix(prompt: str, image_tokens: int) -> str:
     """The text before the answer: the user turn with the image placeholders and `prompt`, then the assistant tag."""
     image = "<|begin_of_image|>" + IMAGE_TOKEN * image_tokens + "<|end_of_image|>"
     return f"[gMASK]<sop><|user|>\n{image}{prompt}<|assistant|>\n"
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether the tokenizer carries a chat template (loaded from chat_template.jinja or tokenizer_config.json)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_text(tokenizer: Any, prompt: str, image_tokens: int, template_kwargs: dict[str, Any] | None = None) -> str:
+    """The text before the answer, through the tokenizer's chat template when it has one, else `chat_prefix`.
+
+    The template renders the image as one `<|image|>`; it is expanded to `image_tokens` of them.
+    `template_kwargs` go to the template (e.g. enable_thinking). ValueError names a template that
+    does not render exactly one image placeholder.
+    """
+    if not has_chat_template(tokenizer):
+        return chat_prefix(prompt, image_tokens)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = str(
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **(template_kwargs or {}))
+    )
+    found = text.count(IMAGE_TOKEN)
+    if found != 1:
+        raise ValueError(
+            f"the checkpoint's chat template renders {found} {IMAGE_TOKEN} placeholders for one image (expected 1); "
+            "fix its chat_template.jinja or remove it to use the built-in GLM-4.1V chat"
+        )
+    return text.replace(IMAGE_TOKEN, IMAGE_TOKEN * image_tokens)
 
 
 def image_tokens_for(image_size: int, patch_size: int, merge_size: int) -> int:

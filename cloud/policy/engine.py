@@ -37,6 +37,7 @@ from cloud.convert import timestamp_from_seconds
 from cloud.metrics import CloudMetrics
 from cloud.policy.settings import (
     Band,
+    ModelRef,
     PolicyOverride,
     PolicySettings,
     PolicyValidationError,
@@ -293,6 +294,28 @@ class PolicyEngine:
         logger.info("edge %s: adjusting %s (%s)", edge_id, ", ".join(sorted(fields)), reason)
         with policy_reason(reason):  # the policy history keeps why
             return await self.set_edge(edge_id, {**written, "mining": mining})
+
+    async def adjust_model(self, edge_id: str, model: ModelRef | None, reason: str) -> int:
+        """Name the model one edge runs in its override (a rollout's canary), or drop that so it follows
+        its site and the fleet again (None), as a new signed version."""
+        current = self._layers.get(_key("edge", edge_id))
+        written = overrides_of(current.settings) if current is not None and current.settings is not None else {}
+        written.pop("model", None)
+        logger.info(
+            "edge %s: model %s (%s)", edge_id, f"{model.name} {model.version}" if model else "of the fleet", reason
+        )
+        with policy_reason(reason):
+            if model is not None:
+                return await self.set_edge(edge_id, {**written, "model": model.model_dump()})
+            if written:
+                return await self.set_edge(edge_id, written)
+            return await self.clear_override("edge", edge_id)
+
+    async def set_fleet_model(self, model: ModelRef | None, reason: str) -> int:
+        """Name the model every edge runs (unless an override names another), as a new signed version."""
+        logger.info("fleet: model %s (%s)", f"{model.name} {model.version}" if model else "unset", reason)
+        with policy_reason(reason):
+            return await self.set_fleet(self.fleet.model_copy(update={"model": model}))
 
     async def adjust_loop(
         self,

@@ -8,7 +8,6 @@ hold the SubjectPublicKeyInfo PEM of its public key.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -21,21 +20,17 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from common.files import write_atomic
+from common.signing import ALGORITHM, key_id
 from protos import policy_pb2
 
-ALGORITHM = "ed25519"
+__all__ = ["ALGORITHM", "PolicySigner", "SigningKeyError", "key_id", "load_private_key", "write_keypair"]
+
 PRIVATE_KEY_NAME = "policy-signing.key"
 PUBLIC_KEY_NAME = "policy-signing.pub"
 
 
 class SigningKeyError(ValueError):
     """The signing key cannot be used (missing, not PEM, encrypted, or not Ed25519); the message names the file."""
-
-
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """First 16 hex digits of sha256 of the raw public key: names the key a policy was signed with."""
-    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:

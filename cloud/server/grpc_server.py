@@ -84,6 +84,11 @@ def build_server(config: ServerConfig, servicer: EdgeGLMServicer, health: Health
             request_deserializer=lenient(session_pb2.GetPolicyRequest, config.max_receive_message_bytes),
             response_serializer=policy_pb2.SignedPolicy.SerializeToString,
         ),
+        "FetchModel": grpc.unary_stream_rpc_method_handler(
+            servicer.FetchModel,
+            request_deserializer=lenient(session_pb2.FetchModelRequest, config.max_receive_message_bytes),
+            response_serializer=session_pb2.ModelChunk.SerializeToString,
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)

@@ -25,6 +25,7 @@ from cloud.backends import Backend
 from cloud.convert import MAX_STATUS_BYTES
 from cloud.ingest import Deferral, IngestCore, decision_label
 from cloud.metrics import CloudMetrics
+from cloud.models.registry import ModelRegistry
 from cloud.policy import PolicyEngine
 from cloud.server.fleet import FleetStatus
 from cloud.server.identity import IdentityCheck
@@ -50,6 +51,8 @@ class SessionDeps:
     hello_timeout_s: float
     shutdown_grace_s: float
     identities: IdentityCheck = field(default_factory=IdentityCheck)
+    models: ModelRegistry | None = None  # published edge models (FetchModel); None: none served
+    model_chunk_bytes: int = 1 << 20
 
 
 class _EndSessionError(Exception):

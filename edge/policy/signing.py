@@ -7,25 +7,24 @@ public key. The cloud keeps the private key; edges hold its SubjectPublicKeyInfo
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from google.protobuf.message import DecodeError
 
+from common.signing import ALGORITHM, SignatureError, key_id, verify_bytes
 from protos import policy_pb2
 
-ALGORITHM = "ed25519"
+__all__ = ["ALGORITHM", "PolicyKeyError", "PolicySignatureError", "key_id", "load_public_key", "parse_signed", "verify"]
 
 
 class PolicyKeyError(ValueError):
     """The configured public key cannot be used (missing, not PEM, or not an Ed25519 key)."""
 
 
-class PolicySignatureError(ValueError):
+class PolicySignatureError(SignatureError):
     """A signed policy that does not verify; the message says which check failed."""
 
 
@@ -44,34 +43,14 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """First 16 hex digits of sha256 of the raw public key: names the key a policy was signed with."""
-    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
 def verify(
     signed: policy_pb2.SignedPolicy, public_keys: Ed25519PublicKey | Sequence[Ed25519PublicKey]
 ) -> policy_pb2.Policy:
     """The policy inside `signed`, once its signature by one of `public_keys` (by key id) holds; else
     `PolicySignatureError`. Several keys are trusted while the cloud's key is rotated."""
-    if signed.algorithm != ALGORITHM:
-        raise PolicySignatureError(f"signature algorithm {signed.algorithm!r} is not supported (expected 'ed25519')")
-    keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
-    by_id = {key_id(key): key for key in keys}
-    public_key = by_id.get(signed.key_id)
-    expected = signed.key_id
-    if public_key is None:
-        raise PolicySignatureError(
-            f"signed with unknown key id {signed.key_id!r}; this edge trusts {', '.join(sorted(by_id)) or 'no key'} "
-            "(install the cloud's current public key if it rotated)"
-        )
-    try:
-        public_key.verify(signed.signature, signed.policy)
-    except InvalidSignature as err:
-        raise PolicySignatureError(
-            f"bad signature by key {expected} over {len(signed.policy)} policy bytes (altered or forged)"
-        ) from err
+    verify_bytes(
+        signed.policy, signed.signature, signed.key_id, signed.algorithm, public_keys, "policy", PolicySignatureError
+    )
     policy = policy_pb2.Policy()
     try:
         policy.ParseFromString(signed.policy)

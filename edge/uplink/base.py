@@ -6,7 +6,7 @@ What is in flight (sent, without its verdict yet) is the dispatcher's alone (`ed
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,4 +61,11 @@ class Uplink(Protocol):
 
     def announce(self, cameras: list[str], watched: list[str]) -> None:
         """The cameras and watched labels home automation should see (MQTT: Home Assistant discovery); else nothing."""
+        ...
+
+    def model_chunks(
+        self, request: session_pb2.FetchModelRequest, timeout_s: float
+    ) -> AsyncIterator[session_pb2.ModelChunk]:
+        """A published model's file from the cloud, piece by piece (gRPC's FetchModel); a transport that
+        cannot carry it (MQTT) raises `NotImplementedError`."""
         ...

@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 SessionCall = grpc.aio.StreamStreamCall[bytes, session_pb2.CloudMessage]
 SESSION_METHOD = "/edgeglm.v1.EdgeGLM/Session"
+FETCH_MODEL_METHOD = "/edgeglm.v1.EdgeGLM/FetchModel"
 _SAMPLE_TAG = bytes([(2 << 3) | 2])  # EdgeMessage.sample: field 2, length-delimited
 
 # A stream that dies at once (cloud refusing us) must not spin: wait at least this before the next.
@@ -148,6 +150,20 @@ class GrpcUplink:
 
     def announce(self, cameras: list[str], watched: list[str]) -> None:
         """gRPC has no home-automation side."""
+
+    async def model_chunks(
+        self, request: session_pb2.FetchModelRequest, timeout_s: float
+    ) -> AsyncIterator[session_pb2.ModelChunk]:
+        """The FetchModel stream on the uplink's own channel (its TLS identity), within `timeout_s`."""
+        if self._channel is None:
+            raise ConnectionError("the gRPC uplink has not started")
+        call = self._channel.unary_stream(
+            FETCH_MODEL_METHOD,
+            request_serializer=session_pb2.FetchModelRequest.SerializeToString,
+            response_deserializer=session_pb2.ModelChunk.FromString,
+        )(request, timeout=timeout_s, wait_for_ready=True)
+        async for chunk in call:
+            yield chunk
 
     async def start(self) -> None:
         """Open the channel (unless one was given) and start the session loop in the background."""

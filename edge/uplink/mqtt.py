@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,6 +322,13 @@ class MqttUplink:
             self._client.publish(topic, snapshot, qos=self._config.qos, retain=True)
         if self._home is not None:
             self._publish_all(self._home.on_event(event))
+
+    async def model_chunks(
+        self, request: session_pb2.FetchModelRequest, timeout_s: float
+    ) -> AsyncIterator[session_pb2.ModelChunk]:
+        """MQTT carries no model files: a policy for an MQTT edge names a file:// model."""
+        raise NotImplementedError("models are not fetched over MQTT")
+        yield  # an async generator, as the protocol's callers iterate it
 
     def announce(self, cameras: list[str], watched: list[str]) -> None:
         """The cameras and the watched labels Home Assistant should see sensors for (sent again on change)."""

@@ -69,6 +69,12 @@ class ScriptedCloud(session_pb2_grpc.EdgeGLMServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the scripted cloud has only Session")
         raise AssertionError("abort returns only by raising")
 
+    async def FetchModel(  # noqa: N802
+        self, request: session_pb2.FetchModelRequest, context: Any
+    ) -> AsyncIterator[session_pb2.ModelChunk]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the scripted cloud has only Session")
+        yield session_pb2.ModelChunk()  # an async generator, as gRPC serves a response stream
+
     def _answer(self, sample: Any) -> list[session_pb2.CloudMessage]:
         script, sample_id = self.script, sample.sample_id
         self.samples.append(sample_id)

@@ -159,7 +159,7 @@ async def test_a_500_is_retried_then_a_failure_not_a_verdict_and_counted_while_t
     metrics = CloudMetrics()
     async with (
         server(ScriptedGenerator(script)) as (url, stats),
-        backend_for(url, metrics, max_retries=2, retry_backoff_s=0.01) as backend,
+        backend_for(url, metrics, max_retries=2) as backend,
     ):
         cat, boom = await backend.infer([make_sample("s-1", "cat"), make_sample("s-2", "boom")])
     assert isinstance(cat, BackendResult) and cat.decision == "confirmed"
@@ -176,7 +176,7 @@ async def test_a_passing_500_is_retried_into_a_verdict() -> None:
     metrics = CloudMetrics()
     async with (
         server(ScriptedGenerator(script)) as (url, stats),
-        backend_for(url, metrics, max_retries=1, retry_backoff_s=0.01) as backend,
+        backend_for(url, metrics, max_retries=1) as backend,
     ):
         (cat,) = judgements(await backend.infer([make_sample("s-1", "cat")]))
     assert cat.decision == "confirmed"
@@ -189,7 +189,7 @@ async def test_a_timeout_is_a_failure_counted_and_the_next_request_still_works()
     metrics = CloudMetrics()
     async with (
         server(ScriptedGenerator(script)) as (url, _stats),
-        backend_for(url, metrics, timeout_s=0.3, max_retries=3, retry_backoff_s=0.01) as backend,
+        backend_for(url, metrics, timeout_s=0.3, max_retries=3) as backend,
     ):
         slow, cat = await backend.infer([make_sample("s-1", "slow"), make_sample("s-2", "cat")])
         (after,) = judgements(await backend.infer([make_sample("s-3", "cat")]))
@@ -206,7 +206,7 @@ async def test_a_refused_connection_is_a_failure_and_counted() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     metrics = CloudMetrics()
-    async with backend_for(f"http://127.0.0.1:{port}/v1", metrics, max_retries=1, retry_backoff_s=0.01) as backend:
+    async with backend_for(f"http://127.0.0.1:{port}/v1", metrics, max_retries=1) as backend:
         (result,) = await backend.infer([make_sample("s-1", "cat")])
     assert isinstance(result, SampleFailure)
     assert f"127.0.0.1:{port}/v1/chat/completions: ConnectError" in result.text
@@ -318,7 +318,7 @@ async def test_a_key_refused_after_start_is_a_failure_not_retried_and_says_to_ch
     metrics = CloudMetrics()
     async with (
         server(ScriptedGenerator(Reply(status=401))) as (url, stats),
-        backend_for(url, metrics, max_retries=3, retry_backoff_s=0.01) as backend,
+        backend_for(url, metrics, max_retries=3) as backend,
     ):
         (result,) = await backend.infer([make_sample("s-1", "cat")])
     assert isinstance(result, SampleFailure)

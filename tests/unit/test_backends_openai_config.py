@@ -165,3 +165,11 @@ def test_the_world_glm_adapter_rebuilds_the_sample_the_prompt_was_made_from(
 def test_the_world_glm_adapter_refuses_prompts_it_was_not_trained_on(prompt: str, problem: str) -> None:
     with pytest.raises(PromptError, match=problem):
         sample_from_chat(ChatInput("m", prompt, np.zeros((30, 40, 3), np.uint8), b"", 64, 0.0))
+
+
+def test_extra_body_cannot_ask_for_its_own_response_format_and_structured_output_is_bounded() -> None:
+    with pytest.raises(ValidationError, match=r"response_format are set by the backend .*structured_output"):
+        OpenAIBackendConfig(extra_body={"response_format": {"type": "json_object"}})
+    assert OpenAIBackendConfig().structured_output == "json_schema"
+    with pytest.raises(ValidationError, match="structured_output"):
+        OpenAIBackendConfig.model_validate({"structured_output": "json_object"})

@@ -60,6 +60,12 @@ class MemoryUplink:
     def announce(self, cameras: list[str], watched: list[str]) -> None:
         pass
 
+    async def model_chunks(
+        self, request: session_pb2.FetchModelRequest, timeout_s: float
+    ) -> AsyncIterator[session_pb2.ModelChunk]:
+        raise NotImplementedError("the memory uplink carries no models")
+        yield session_pb2.ModelChunk()
+
 
 def sample(sample_id: str, priority: float = 0.5) -> sample_pb2.Sample:
     pb = sample_pb2.Sample(sample_id=sample_id, edge_id="gw-1", camera_id="cam-1", priority=priority)

@@ -42,7 +42,9 @@ def rich_policy(scope: str = "site", scope_id: str = "plant-2") -> EdgePolicy:
                 jpeg_quality=70,
                 replay_order="oldest_first",
             ),
-            "model": ModelRef(name="yolo-edge-n", version="3", uri="file:///m/edge.onnx", sha256="ab" * 32),
+            "model": ModelRef(
+                name="yolo-edge-n", version="3", uri="file:///m/edge.onnx", sha256="ab" * 32, size_bytes=4_005_158
+            ),
         }
     )
 

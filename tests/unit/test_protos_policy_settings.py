@@ -48,7 +48,9 @@ def rich_settings() -> PolicySettings:
             jpeg_quality=65,
             replay_order="oldest_first",
         ),
-        model=ModelRef(name="yolo-edge-n", version="3", uri="file:///m/edge.onnx", sha256="ab" * 32),
+        model=ModelRef(
+            name="yolo-edge-n", version="3", uri="file:///m/edge.onnx", sha256="ab" * 32, size_bytes=4_005_158
+        ),
     )
 
 
