@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.files import write_atomic
 from common.manifest import ManifestError, ModelManifest, SignedManifest, file_digest, read_manifest, sign_manifest
+from protos.policy_settings import ModelRef
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -53,6 +54,17 @@ class PublishedModel:
     def uri(self) -> str:
         """How a policy names it: ``edgeglm://<name>/<version>``."""
         return model_uri(self.manifest.name, self.manifest.version)
+
+    def ref(self) -> ModelRef:
+        """What a policy says to make an edge run this model (fetched from this registry)."""
+        manifest = self.manifest
+        return ModelRef(
+            name=manifest.name,
+            version=manifest.version,
+            uri=self.uri,
+            sha256=manifest.sha256,
+            size_bytes=manifest.size_bytes,
+        )
 
 
 def model_uri(name: str, version: str) -> str:

@@ -28,10 +28,13 @@ class EdgeRecord:
     status: status_pb2.EdgeStatus | None = None
     policy_version_sent: int = 0
     samples: int = 0
+    # (name, version) of the detector model it runs, from its newest Hello or heartbeat.
+    model: tuple[str, str] = ("", "")
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON for the admin API."""
         hello = self.hello
+        model_name, model_version = self.model
         return {
             "edge_id": self.edge_id,
             "site_id": self.site_id,
@@ -39,8 +42,8 @@ class EdgeRecord:
             "sessions": self.sessions,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
-            "model_name": hello.model_name if hello else "",
-            "model_version": hello.model_version if hello else "",
+            "model_name": model_name,
+            "model_version": model_version,
             "agent_version": hello.agent_version if hello else "",
             "policy_version": self.status.policy_version if self.status else (hello.policy_version if hello else 0),
             "policy_version_sent": self.policy_version_sent,
@@ -72,6 +75,7 @@ class FleetStatus:
         record = self._record(hello.edge_id)
         record.site_id = hello.site_id
         record.hello = hello
+        record.model = (hello.model_name, hello.model_version)
         record.sessions += 1
         record.last_seen = time.time()
         return record
@@ -87,6 +91,8 @@ class FleetStatus:
         """An edge reported its status."""
         record = self._record(edge_id)
         record.status = status
+        if status.model_name:
+            record.model = (status.model_name, status.model_version)
         record.site_id = status.site_id or record.site_id
         record.last_seen = time.time()
 
@@ -110,3 +116,7 @@ class FleetStatus:
     def snapshot(self) -> list[dict[str, Any]]:
         """Every edge ever seen since start, as JSON, by edge id."""
         return [self._edges[edge].to_json() for edge in sorted(self._edges)]
+
+    def records(self) -> list[EdgeRecord]:
+        """Every edge ever seen since start, by edge id."""
+        return [self._edges[edge] for edge in sorted(self._edges)]

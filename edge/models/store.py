@@ -111,6 +111,15 @@ class ModelStore:
         self._refused[ref.version] = {"sha256": ref.sha256, "reason": reason}
         self._save()
 
+    def discard(self, ref: ModelRef) -> None:
+        """Remove what is on disk of `ref` (a refused file): its part, its file and manifest unless they run
+        or are kept for a rollback."""
+        self.part_path(ref).unlink(missing_ok=True)
+        kept = {m.file for m in (self._current, self._previous) if m is not None}
+        if f"{stem(ref)}.onnx" not in kept:
+            (self.root / f"{stem(ref)}.onnx").unlink(missing_ok=True)
+            self.manifest_path(ref).unlink(missing_ok=True)
+
     def adopt(self, ref: ModelRef, part: Path) -> InstalledModel:
         """Move a complete, verified download into place as `ref`'s file (not yet the current one)."""
         target = self.root / f"{stem(ref)}.onnx"

@@ -159,7 +159,7 @@ class ModelUpdater:
                     "model %s %s refused (%s): %s; the running model goes on", ref.name, ref.version, err.reason, err
                 )
                 self.store.refuse(ref, err.reason)
-                self.store.part_path(ref).unlink(missing_ok=True)
+                self.store.discard(ref)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), backoff * random.uniform(0.8, 1.2))
@@ -171,7 +171,7 @@ class ModelUpdater:
         if running is None:
             raise FetchError(f"model {ref.name} {ref.version}: the detector has not started yet")
         started = time.monotonic()
-        installed, manifest = await self._obtain(ref)
+        installed, manifest, kept = await self._obtain(ref)
         path = self.store.path(installed)
         candidate = await asyncio.to_thread(load_candidate, path, self._detector_config, manifest, running)
         result = await asyncio.to_thread(
@@ -182,7 +182,7 @@ class ModelUpdater:
         new = RunningModel(ref.name, ref.version, ref.sha256)
         await self._swap(candidate, new)
         self.running = new
-        self._metrics.model_updates.labels("swapped").inc()
+        self._metrics.model_updates.labels("rolled_back" if kept else "swapped").inc()
         self._metrics.model_swap_seconds.set(time.monotonic() - started)
         logger.info(
             "model %s %s is running (was %s %s): self-test on %d frames %.1f ms vs %.1f ms",
@@ -195,12 +195,13 @@ class ModelUpdater:
             result.running_ms,
         )
 
-    async def _obtain(self, ref: ModelRef) -> tuple[InstalledModel, ModelManifest]:
-        """`ref`'s file on disk and its checked manifest: kept from before (a rollback), or downloaded."""
+    async def _obtain(self, ref: ModelRef) -> tuple[InstalledModel, ModelManifest, bool]:
+        """`ref`'s file on disk, its checked manifest, and whether it was kept from before (a rollback)
+        rather than downloaded."""
         found = self.store.find(ref)
         if found is not None:
             data = await asyncio.to_thread(self.store.manifest_path(ref).read_bytes)
-            return found, check_manifest(ref, data, self._trusted, str(self.store.manifest_path(ref)))
+            return found, check_manifest(ref, data, self._trusted, str(self.store.manifest_path(ref))), True
         part = self.store.part_path(ref)
         try:
             data = await asyncio.wait_for(
@@ -215,7 +216,7 @@ class ModelUpdater:
         check_file(ref, part, sha256, size)
         manifest = check_manifest(ref, data, self._trusted, ref.uri)
         await asyncio.to_thread(self.store.manifest_path(ref).write_bytes, data)
-        return self.store.adopt(ref, part), manifest
+        return self.store.adopt(ref, part), manifest, False
 
     def _count_bytes(self, count: int) -> None:
         self._metrics.model_download_bytes.inc(count)
