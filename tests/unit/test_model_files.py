@@ -75,8 +75,8 @@ def test_the_registry_publishes_once_per_version_and_serves_pieces_from_an_offse
     other.write_bytes(MODEL.read_bytes() + b"\0")
     with pytest.raises(RegistryError, match="describe the file"):
         registry.publish(other, manifest_of(MODEL), KEY)
+    sha256, size = file_digest(other)
     with pytest.raises(RegistryError, match="published already"):
-        sha256, size = file_digest(other)
         registry.publish(other, manifest_of(MODEL).model_copy(update={"sha256": sha256, "size_bytes": size}), KEY)
     with pytest.raises(RegistryError, match=r"no published model yolo-edge 9 \(published: yolo-edge 2\)"):
         registry.get("yolo-edge", "9")
