@@ -136,6 +136,7 @@ class EdgeAgent:
             trusted,
             self.metrics,
             edge_id=config.edge_id,
+            configured_version=config.model_version,
             chunks=self.uplink.model_chunks,
             running=lambda: self._detector,
             frames=lambda: list(self._recent_frames),
@@ -165,7 +166,7 @@ class EdgeAgent:
         await self.outbox.open()
         self._outbox_samples = (await self.outbox.stats()).samples
         self.health.start()
-        self._detector = await self.models.load(self._infer_pool, self.config.model_version)
+        self._detector = await self.models.load(self._infer_pool)
         self._apply(self.policy)
         self.policies.subscribe(self._apply)
         await self.uplink.start()

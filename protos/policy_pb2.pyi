@@ -440,7 +440,7 @@ class Policy(_message.Message):
 
     @_builtins.property
     def model(self) -> Global___ModelRef:
-        """The edge detector model to run; unset means keep the current one."""
+        """The edge detector model to run; unset means the model in the edge's own config."""
 
     @_builtins.property
     def not_after(self) -> _timestamp_pb2.Timestamp:

@@ -251,7 +251,7 @@ class PolicySettings(_Strict):
     )
     uplink: UplinkSettings = Field(default_factory=UplinkSettings, description="Uplink budget and image settings.")
     model: ModelRef | None = Field(
-        None, description="The edge detector model to run; unset means keep the current one."
+        None, description="The edge detector model to run; unset means the model in the edge's own config."
     )
 
 
@@ -330,7 +330,8 @@ def settings_fields_from_pb(pb: policy_pb2.Policy, base: PolicySettings, where: 
     """The gate/mining/uplink/model fields of a wire policy, unvalidated, for a model built on `PolicySettings`.
 
     What the wire leaves unset keeps the value of `base` (the settings in force): a missing section or
-    default band, an UNSPECIFIED image mode or replay order, and an unset model. Raises
+    default band, an UNSPECIFIED image mode or replay order. An unset model is none (the edge runs its
+    configured model): the cloud signs every policy whole, so a model it leaves out is one it dropped. Raises
     `InvalidPolicyError` (prefixed with `where`) for what no model can say: a band without a label or a
     label given twice.
     """
@@ -338,7 +339,7 @@ def settings_fields_from_pb(pb: policy_pb2.Policy, base: PolicySettings, where: 
         "gate": _gate_from_pb(pb.gate) if pb.HasField("gate") else base.gate.model_dump(),
         "mining": _mining_from_pb(pb.mining, base, where) if pb.HasField("mining") else base.mining.model_dump(),
         "uplink": _uplink_from_pb(pb.uplink, base) if pb.HasField("uplink") else base.uplink.model_dump(),
-        "model": _model_from_pb(pb.model) if pb.HasField("model") else base.model,
+        "model": _model_from_pb(pb.model) if pb.HasField("model") else None,
     }
 
 

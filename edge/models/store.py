@@ -138,6 +138,14 @@ class ModelStore:
             if path.name != STATE_FILE and path.name not in keep and not path.name.endswith(".part"):
                 path.unlink(missing_ok=True)
 
+    def revert(self) -> None:
+        """The configured model runs again; the current fetched one becomes the previous (a rollback to it
+        needs no download)."""
+        if self._current is not None:
+            self._previous = self._current
+            self._current = None
+            self._save()
+
     def forget_current(self) -> None:
         """Run the configured model again (the current fetched one could not be loaded)."""
         self._current = None

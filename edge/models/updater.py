@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -50,6 +51,8 @@ class RunningModel:
 
 
 Swap = Callable[[Detector, RunningModel], Awaitable[None]]
+# No policy applied yet: nothing is wanted, whatever runs stays.
+_UNSET: Any = object()
 
 
 class ModelUpdater:
@@ -64,6 +67,7 @@ class ModelUpdater:
         metrics: EdgeMetrics,
         *,
         edge_id: str,
+        configured_version: str,
         chunks: ChunkSource | None,
         running: Callable[[], Detector | None],
         frames: Callable[[], list[NDArray[np.uint8]]],
@@ -77,15 +81,17 @@ class ModelUpdater:
         self._trusted = list(trusted)
         self._metrics = metrics
         self._edge_id = edge_id
+        self._configured_version = configured_version
         self._chunks = chunks
         self._running_detector = running
         self._frames = frames
         self._swap = swap
-        self._wanted: ModelRef | None = None
+        self._wanted: ModelRef | None = _UNSET
         self._changed = asyncio.Event()
+        self._revert_failed = False  # the configured model could not be loaded again: the fetched one runs on
         self.running = RunningModel(detector_config.model_path.stem, "", "")
 
-    def startup(self, configured_version: str) -> DetectorConfig:
+    def startup(self) -> DetectorConfig:
         """The detector config to start with: the fetched model that ran last when it is intact, else the
         configured one. Sets `running` to match."""
         current = self.store.current
@@ -99,13 +105,14 @@ class ModelUpdater:
                 current.version,
             )
             self.store.forget_current()
-        return self.configured(configured_version)
+        self.running = self._configured()
+        return self._detector_config
 
-    async def load(self, pool: Executor, configured_version: str) -> Detector:
+    async def load(self, pool: Executor) -> Detector:
         """The detector to start with, loaded in `pool`: the fetched model that ran last, or the configured
         one when there is none or it cannot be loaded."""
         loop = asyncio.get_running_loop()
-        config = self.startup(configured_version)
+        config = self.startup()
         try:
             return await loop.run_in_executor(pool, Detector, config)
         except DetectorError as err:
@@ -113,24 +120,27 @@ class ModelUpdater:
                 raise
             logger.error("%s; running the configured model %s instead", err, self._detector_config.model_path)
             self.store.forget_current()
-            return await loop.run_in_executor(pool, Detector, self.configured(configured_version))
+            self.running = self._configured()
+            return await loop.run_in_executor(pool, Detector, self._detector_config)
 
-    def configured(self, configured_version: str) -> DetectorConfig:
-        """Fall back to the configured model (the fetched one could not be loaded); sets `running`."""
+    def _configured(self) -> RunningModel:
+        """The configured model as Hello and heartbeats report it."""
         path = self._detector_config.model_path
         sha256 = file_digest(path)[0] if path.is_file() else ""
-        self.running = RunningModel(path.stem, configured_version, sha256)
-        return self._detector_config
+        return RunningModel(path.stem, self._configured_version, sha256)
 
     def want(self, ref: ModelRef | None) -> None:
-        """The newest policy names `ref` (None: keep what runs)."""
-        if ref is not None and ref != self._wanted:
+        """The newest policy names `ref`; None: it names none, so the configured model runs (a fetched model
+        that runs is swapped back to it, and kept for a rollback)."""
+        if ref is _UNSET or ref != self._wanted:
             self._wanted = ref
             self._changed.set()
 
     def _settled(self, ref: ModelRef | None) -> bool:
-        if ref is None:
+        if ref is _UNSET:
             return True
+        if ref is None:
+            return self.store.current is None or self._revert_failed
         if (self.running.version, self.running.sha256) == (ref.version, ref.sha256):
             return True
         return self.store.refusal(ref) is not None
@@ -144,8 +154,10 @@ class ModelUpdater:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            assert ref is not None
             self._changed.clear()
+            if ref is None:
+                await self._revert()
+                continue
             try:
                 await self.update(ref)
                 backoff = self._config.retry_initial_s
@@ -193,6 +205,38 @@ class ModelUpdater:
             result.frames,
             result.candidate_ms,
             result.running_ms,
+        )
+
+    async def _revert(self) -> None:
+        """Swap the configured model back in (the policy names no model any more); the fetched one is kept."""
+        running = self._running_detector()
+        if running is None:
+            return
+        previous = self.running
+        try:
+            candidate = await asyncio.to_thread(Detector, self._detector_config)
+            await asyncio.to_thread(self_test, candidate, running, self._frames(), 1, float("inf"))
+        except (DetectorError, ModelRefusedError) as err:
+            self._revert_failed = True
+            self._metrics.model_updates.labels("revert_failed").inc()
+            logger.error(
+                "the policy names no model, but the configured one fails (%s); %s %s runs on",
+                err,
+                previous.name,
+                previous.version,
+            )
+            return
+        self._revert_failed = False
+        self.store.revert()
+        new = self._configured()
+        await self._swap(candidate, new)
+        self.running = new
+        self._metrics.model_updates.labels("reverted").inc()
+        logger.info(
+            "the policy names no model: the configured %s runs again (was %s %s)",
+            self._detector_config.model_path,
+            previous.name,
+            previous.version,
         )
 
     async def _obtain(self, ref: ModelRef) -> tuple[InstalledModel, ModelManifest, bool]:

@@ -259,8 +259,18 @@ async def test_a_rollback_swaps_the_previous_model_back_without_a_download(tmp_p
             await engine.set_fleet_model(v2.ref(), "test rollback")
             await wait_until(lambda: agent.models.running.version == "2", "version 2 again", WAIT_S)
             await detected_more(agent, 10, "frames detected after the rollback")
+            # A policy that names no model: the edge runs the model of its own config again.
+            await engine.set_fleet_model(None, "test: back to the configured model")
+            await wait_until(lambda: agent.models.running.sha256 == file_digest(MODEL)[0], "the configured model")
+            await detected_more(agent, 10, "frames detected on the configured model")
+            assert agent.models.running.version == ""
+            assert agent.models.store.current is None
+            # ... and keeps version 2 for a rollout that names it again.
+            await engine.set_fleet_model(v2.ref(), "test: again")
+            await wait_until(lambda: agent.models.running.version == "2", "version 2 once more", WAIT_S)
     assert counter_total(agent.metrics.model_download_bytes) == downloaded
     assert cloud_counter(service, "model_fetches", "served") == fetches
-    assert outcome(agent, "rolled_back") == 1
+    assert outcome(agent, "rolled_back") == 2
     assert outcome(agent, "swapped") == 2
+    assert outcome(agent, "reverted") == 1
     assert summary(agent)["frames_dropped"] == 0

@@ -116,7 +116,7 @@ def test_duplicate_band_label_is_refused() -> None:
         policy_from_pb(pb)
 
 
-def test_unset_parts_keep_the_policy_in_force() -> None:
+def test_unset_parts_keep_the_policy_in_force_but_an_unset_model_is_none() -> None:
     base = rich_policy()
     pb = policy_pb2.Policy(version=9, scope=policy_pb2.POLICY_SCOPE_FLEET)
     pb.uplink.CopyFrom(policy_to_pb(base).uplink)
@@ -124,7 +124,9 @@ def test_unset_parts_keep_the_policy_in_force() -> None:
     pb.uplink.replay_order = policy_pb2.REPLAY_ORDER_UNSPECIFIED
     policy = policy_from_pb(pb, base)
     assert policy.version == 9 and policy.scope == "fleet"
-    assert policy.gate == base.gate and policy.mining == base.mining and policy.model == base.model
+    assert policy.gate == base.gate and policy.mining == base.mining
+    # The cloud signs whole policies: a model left out was dropped, and the edge goes back to its own.
+    assert base.model is not None and policy.model is None
     assert policy.uplink.image_mode == "crop" and policy.uplink.replay_order == "oldest_first"
 
 

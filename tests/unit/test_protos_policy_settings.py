@@ -77,14 +77,15 @@ def test_equal_settings_serialize_to_equal_bytes_whatever_the_band_order():
     assert first.SerializeToString() == second.SerializeToString()
 
 
-def test_what_the_wire_leaves_unset_keeps_the_base():
+def test_what_the_wire_leaves_unset_keeps_the_base_except_the_model():
     base = rich_settings()
     pb = policy_pb2.Policy(version=2, scope=policy_pb2.POLICY_SCOPE_FLEET)
     pb.mining.ibt_enabled = True  # a mining section without a default band
     fields = settings_fields_from_pb(pb, base, "policy v2")
     settings = PolicySettings.model_validate(fields)
-    assert (settings.gate, settings.uplink, settings.model) == (base.gate, base.uplink, base.model)
+    assert (settings.gate, settings.uplink) == (base.gate, base.uplink)
     assert settings.mining.default_band == base.mining.default_band
+    assert base.model is not None and settings.model is None, "no model on the wire: the edge's own"
 
 
 def test_unspecified_enums_keep_the_base():
