@@ -27,6 +27,7 @@ from cloud.dataset import FieldDataset
 from cloud.ingest import IngestCore
 from cloud.metrics import CloudMetrics
 from cloud.models.registry import ModelRegistry
+from cloud.models.rollout import RolloutController
 from cloud.policy import PolicyEngine, PolicySigner
 from cloud.policy.lease import AdvisoryLease
 from cloud.policy.loop import BandController
@@ -109,6 +110,7 @@ class CloudService:
         self._retention: StoreRetention | None = None
         self.bands: BandController | None = None  # the closed loop, when policy.closed_loop.enabled
         self.dataset: FieldDataset | None = None  # the field dataset, when dataset.enabled
+        self.rollout: RolloutController | None = None  # model rollouts, when models.registry is set
         self._lease: AdvisoryLease | None = None  # replicas on one database: which one runs the closed loop
         self.failed = asyncio.Event()  # set when a part it cannot work without died; the process must exit
         self.failure = ""
@@ -179,6 +181,18 @@ class CloudService:
                     "(%s); give dataset.storage an S3 bucket or mount one shared volume there",
                     config.dataset.path,
                 )
+        registry = ModelRegistry(config.models.registry) if config.models.registry is not None else None
+        if registry is not None:
+            self.rollout = RolloutController(
+                config.models.rollout,
+                self.policy,
+                registry,
+                self.fleet,
+                self.metrics.registry,
+                leader=lambda: self._lease is None or self._lease.held,
+            )
+            await self.rollout.start()
+            self.ingest.add_observer(self.rollout.observe)
         deps = SessionDeps(
             ingest=self.ingest,
             backend=self.backend,
@@ -191,7 +205,7 @@ class CloudService:
             hello_timeout_s=config.server.hello_timeout_s,
             shutdown_grace_s=config.server.shutdown_grace_s,
             identities=IdentityCheck(revocation_list(config.server.tls)),
-            models=ModelRegistry(config.models.registry) if config.models.registry is not None else None,
+            models=registry,
             model_chunk_bytes=config.models.chunk_bytes,
         )
         self.servicer = EdgeGLMServicer(deps)
@@ -217,6 +231,8 @@ class CloudService:
                 health=self.health,
                 store=self.store,
                 closed_loop=self.bands,
+                rollout=self.rollout,
+                models=registry,
             )
             admin = config.admin
             users = [load_identity(user.name, user.role, user.token_file) for user in admin.users]
@@ -300,6 +316,8 @@ class CloudService:
                 logger.warning(
                     "%d samples were accepted but not judged before shutdown (edges send them again)", unfinished
                 )
+        if self.rollout is not None:
+            await self.rollout.close()
         if self.bands is not None:
             await self.bands.close()  # after the last verdicts: their pairs are written
         if self.dataset is not None:

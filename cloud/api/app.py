@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cloud.api.admin import add_admin_routes
 from cloud.api.auth import AdminIdentity, HostCheck, SecurityHeaders, TokenAuth, UserDirectory, WriteRateLimit
+from cloud.api.models import add_model_routes
 from cloud.api.policies import add_policy_routes
 from cloud.api.routes import api_router
 from cloud.api.state import AdminState
@@ -63,6 +64,7 @@ def create_app(
         return state.fleet.snapshot()
 
     add_policy_routes(app, state)
+    add_model_routes(app, state)
     app.include_router(api_router(state))
     add_admin_routes(app, directory)
     add_login_routes(app, directory, state.metrics.admin_refused)

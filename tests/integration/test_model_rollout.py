@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -22,18 +20,16 @@ from cloud.config import CloudConfig
 from cloud.models.config import ModelsConfig
 from cloud.models.registry import ModelRegistry, PublishedModel
 from cloud.service import CloudService
-from common.detect import Detector, DetectorConfig
-from common.manifest import ModelManifest, describe_model, file_digest
+from common.manifest import describe_model, file_digest
 from edge.agent import EdgeAgent
 from edge.config import EdgeConfig
 from edge.status import counter_total
 from tests.helpers.agents import MODEL, SILENT, cloud_config, edge_config, make_agent_clip
 from tests.helpers.cut_proxy import cut_proxy
-from tests.helpers.onnx_models import save_yolo_model, v8_output
+from tests.helpers.model_files import NAME, hand_manifest, segmentation_model, variant
 from tests.helpers.policy_keys import generate_keypair, load_private_key
 from tests.helpers.wait import wait_until
 
-NAME = "yolo-edge"
 CAMERAS = 3
 FRAMES = CAMERAS * 40  # the clip's frames on each camera
 WAIT_S = 60.0
@@ -44,40 +40,8 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_agent_clip(tmp_path_factory.mktemp("clip"))
 
 
-def variant(out: Path, tag: str) -> Path:
-    """The committed edge model with one metadata value changed: the same detector, another file."""
-    model = onnx.load(str(MODEL))
-    for prop in model.metadata_props:
-        if prop.key == "description":
-            prop.value = f"{prop.value} ({tag})"
-    onnx.save(model, str(out))
-    return out
-
-
 def publish(registry: ModelRegistry, path: Path, version: str, key: Ed25519PrivateKey) -> PublishedModel:
     return registry.publish(path, describe_model(path, name=NAME, version=version, parent="1"), key)
-
-
-def segmentation_model(out: Path) -> Path:
-    """A segmentation export (boxes, classes, 32 mask coefficients, protos) with the edge model's classes."""
-    names = Detector(DetectorConfig(model_path=MODEL)).names
-    output = v8_output([], nc=len(names) + 32, anchors=64)
-    protos = {"output1": np.zeros((1, 32, 80, 80), np.float32)}
-    return save_yolo_model(out, output, names, task="segment", extra_outputs=protos)
-
-
-def hand_manifest(path: Path, version: str) -> ModelManifest:
-    """A manifest written without the detector runtime (which refuses a segmentation file)."""
-    names = Detector(DetectorConfig(model_path=MODEL)).names
-    sha256, size = file_digest(path)
-    return ModelManifest(
-        name=NAME,
-        version=version,
-        sha256=sha256,
-        size_bytes=size,
-        input_size=(320, 320),
-        classes=[names[i] for i in range(len(names))],
-    )
 
 
 def rollout_cloud(tmp_path: Path, clip: Path, chunk_bytes: int = 1 << 20) -> tuple[CloudConfig, ModelRegistry]:
