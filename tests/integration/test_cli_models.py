@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from cloud.cli import app
 from cloud.models.config import ModelsConfig
