@@ -120,6 +120,11 @@ class EdgeMetrics:
         self.model_download_bytes = Counter(
             "edgeglm_edge_model_download_bytes", "Bytes of model files fetched from the cloud.", registry=r
         )
+        self.model_download_seconds = Gauge(
+            "edgeglm_edge_model_download_seconds",
+            "Last model download's time, over all its attempts' transfer (0 for a file kept on disk).",
+            registry=r,
+        )
         self.model_swap_seconds = Gauge(
             "edgeglm_edge_model_swap_seconds",
             "Last update's time from the start of its download (or its file on disk) to the new model running.",

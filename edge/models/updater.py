@@ -88,6 +88,8 @@ class ModelUpdater:
         self._swap = swap
         self._wanted: ModelRef | None = _UNSET
         self._changed = asyncio.Event()
+        self._download_of: tuple[str, str] = ("", "")  # (version, sha256) of the download timed in _download_s
+        self._download_s = 0.0
         self._revert_failed = False  # the configured model could not be loaded again: the fetched one runs on
         self.running = RunningModel(detector_config.model_path.stem, "", "")
 
@@ -245,8 +247,12 @@ class ModelUpdater:
         found = self.store.find(ref)
         if found is not None:
             data = await asyncio.to_thread(self.store.manifest_path(ref).read_bytes)
+            self._metrics.model_download_seconds.set(0.0)
             return found, check_manifest(ref, data, self._trusted, str(self.store.manifest_path(ref))), True
         part = self.store.part_path(ref)
+        if self._download_of != (ref.version, ref.sha256):  # a new download: its attempts add up from here
+            self._download_of, self._download_s = (ref.version, ref.sha256), 0.0
+        started = time.monotonic()
         try:
             data = await asyncio.wait_for(
                 fetch(ref, part, self._edge_id, self._chunks, self._config.download_timeout_s, self._count_bytes),
@@ -256,6 +262,9 @@ class ModelUpdater:
             raise FetchError(
                 f"model {ref.name} {ref.version}: download took longer than {self._config.download_timeout_s:g} s"
             ) from err
+        finally:
+            self._download_s += time.monotonic() - started
+        self._metrics.model_download_seconds.set(self._download_s)
         sha256, size = await asyncio.to_thread(file_digest, part)
         check_file(ref, part, sha256, size)
         manifest = check_manifest(ref, data, self._trusted, ref.uri)
