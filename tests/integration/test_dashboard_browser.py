@@ -12,7 +12,11 @@ import httpx
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from cloud.models.registry import ModelRegistry
+from cloud.policy import load_private_key
+from common.manifest import describe_model
 from protos import session_pb2, status_pb2
+from tests.helpers.agents import MODEL
 from tests.helpers.browser import headless_chromium, require_chromium
 from tests.helpers.cloud import (
     WAIT_S,
@@ -49,7 +53,9 @@ def read_dashboard(url: str, sample_id: str, profile: Path, screenshot: Path) ->
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#loop-rows tr td.mono"))
         wait.until(lambda b: "1 connected" in b.find_element(By.ID, "fleet-summary").text)
         wait.until(lambda b: "yolo-world-n v1" in b.find_element(By.CSS_SELECTOR, '.edge[data-edge="gw-1"]').text)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, '#rollout-canaries tr[data-canary="gw-1"]'))
         shown = {
+            "rollout": browser.find_element(By.ID, "rollout").text,
             "gw1_card": browser.find_element(By.CSS_SELECTOR, '.edge[data-edge="gw-1"]').text,
             "item": item.text,
             "thumbnail_width": browser.execute_script("return arguments[0].naturalWidth", thumb),
@@ -87,11 +93,19 @@ async def test_the_dashboard_shows_a_verdict_made_from_a_real_sample(tmp_path: P
     frames = busy_frames(clip)
     screenshot = tmp_path / "dashboard.png"
     admin = {"enabled": True, "host": "127.0.0.1", "port": 0}
-    async with running(make_config(tmp_path, clip, admin=admin, policy={"closed_loop": {"enabled": True}})) as service:
+    config = make_config(
+        tmp_path, clip, admin=admin, policy={"closed_loop": {"enabled": True}}, models={"registry": str(tmp_path / "m")}
+    )
+    async with running(config) as service:
         base = f"http://127.0.0.1:{service.admin_port}"
+        key = load_private_key(tmp_path / "keys" / "policy-signing.key")
+        ModelRegistry(tmp_path / "m").publish(MODEL, describe_model(MODEL, name="yolo-edge", version="2"), key)
         async with httpx.AsyncClient(base_url=base, timeout=WAIT_S) as client:
             reason = {"reason": "watch the loading bay"}
             changed = await client.put("/api/policies/edges/gw-2", params=reason, content="uplink: {jpeg_quality: 60}")
+            rollout = await client.post(
+                "/api/rollout", json={"name": "yolo-edge", "version": "2", "canaries": ["gw-1"]}
+            )
         await send(service, clip, "gw-2", frames[3:6], "bay")
         (sample,) = await send(service, clip, "gw-1", frames[:1], "door")
         async with channel(service) as stub:  # gw-1 stays connected, reporting its counters, while the page is read
@@ -104,6 +118,9 @@ async def test_the_dashboard_shows_a_verdict_made_from_a_real_sample(tmp_path: P
             call.cancel()
 
     assert changed.status_code == 200
+    assert rollout.status_code == 201, rollout.text
+    assert "Model rollout" in shown["rollout"] and "canary" in shown["rollout"] and "yolo-edge 2" in shown["rollout"]
+    assert "gw-1 not yet" in shown["rollout"], "the canary reports another model"
     assert sample.sample_id in shown["item"]
     assert "gw-1" in shown["item"] and "simulation oracle" in shown["item"] and "confirmed" in shown["item"]
     assert shown["thumbnail_width"] == 160

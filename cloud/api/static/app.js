@@ -410,6 +410,28 @@ async function refreshLoop() {
   $("loop-rows").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 8, class: "empty" }, "No pair yet."))]));
 }
 
+// ------------------------------------------------------------------ model rollout (when the service has a registry)
+
+async function refreshRollout() {
+  const body = await api("/api/rollout");
+  const rollout = body.enabled && body.rollout;
+  $("rollout").hidden = !rollout;
+  if (!rollout) return;
+  $("rollout-stage").textContent = rollout.stage.replace("_", " ");
+  $("rollout-stage").className = `pill ${rollout.stage === "rolled_back" ? "bad" : rollout.stage === "promoted" ? "ok" : "warn"}`;
+  $("rollout-model").textContent = `${rollout.model.name} ${rollout.model.version}`;
+  const judged = (j) => j.confirmed + j.rejected;
+  $("rollout-health").textContent = `cloud rejects ${ratio(body.canary_rejection_rate)} of ${count(judged(rollout.canary))} `
+    + `canary samples on it, ${ratio(body.baseline_rejection_rate)} of ${count(judged(body.baseline))} on the baseline `
+    + `(${rollout.baseline_versions.map((v) => v || "configured").join(", ")}); `
+    + `bound +${ratio(body.config.max_rejection_increase)}`;
+  $("rollout-canaries").replaceChildren(...rollout.canaries.map((edge) => el("tr", { "data-canary": edge },
+    el("td", { style: `color:${edgeColor(edge)}` }, edge),
+    el("td", {}, rollout.switched[edge] ? ago(rollout.switched[edge]) : "not yet"))));
+  $("rollout-history").replaceChildren(...rollout.history.map((entry) => el("li", {},
+    el("strong", {}, entry.stage.replace("_", " ")), ` ${ago(entry.at)} by ${entry.who}: ${entry.why}`)));
+}
+
 // ------------------------------------------------------------------ polling
 
 function every(ms, task) {
@@ -429,5 +451,5 @@ window.addEventListener("resize", () => { clearTimeout(state.resizeTimer); state
 
 every(POLL_FLEET_MS, async () => { await refreshHealth(); await refreshFleet(); });
 every(POLL_FEED_MS, refreshFeed);
-every(POLL_POLICY_MS, async () => { await refreshPolicy(); await refreshLoop(); });
+every(POLL_POLICY_MS, async () => { await refreshPolicy(); await refreshLoop(); await refreshRollout(); });
 every(POLL_CHARTS_MS, refreshCharts);
