@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloud.backends.glm_inputs import (
     BadImageError,
+    answer_text,
     chat_text,
     has_chat_template,
     pixel_inputs,
@@ -82,6 +83,14 @@ class GlmBackendConfig(BaseModel):
     )
     compile: bool = Field(default=False, description="torch.compile the model (CUDA only; ignored on the CPU).")
     threads: int = Field(default=0, ge=0, le=256, description="torch intra-op threads on the CPU; 0: torch decides.")
+    thinking: bool | None = Field(
+        default=None,
+        description=(
+            "GLM-4.1V and later think before they answer: false asks for no thinking (enable_thinking=false to the "
+            "checkpoint's chat template), true for thinking (raise max_new_tokens: a thought takes hundreds); "
+            "unset: the template's default. Ignored without a chat template."
+        ),
+    )
     focus: Literal["claims", "image"] = Field(
         default="claims",
         description=(
@@ -137,6 +146,7 @@ class GlmBackend:
         self._loaded: _Loaded | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._version = config.model_version
+        self._template_kwargs = {} if config.thinking is None else {"enable_thinking": config.thinking}
 
     @property
     def model_name(self) -> str:
@@ -204,12 +214,15 @@ class GlmBackend:
             from jinja2 import TemplateError
 
             try:  # a template that cannot render our question is a start-up error, not one per sample
-                chat_text(tokenizer, "probe", 1)
+                chat_text(tokenizer, "probe", 1, self._template_kwargs)
             except (TemplateError, TypeError, ValueError) as err:
                 raise BackendStartError(f"glm backend: {path}: the chat template cannot be used: {err}") from err
-            logger.info("glm backend: %s: prompts go through the checkpoint's chat template", path)
+            thinking = {None: "its default thinking", True: "thinking on", False: "thinking off"}[config.thinking]
+            logger.info("glm backend: %s: prompts go through the checkpoint's chat template, %s", path, thinking)
         else:
             logger.info("glm backend: %s has no chat template; prompts use the built-in GLM-4.1V chat", path)
+            if config.thinking is not None:
+                logger.warning("glm backend: thinking is set but %s has no chat template to pass it to", path)
         logger.info(
             "glm backend: %s (%s, %.1f M parameters) on %s in %s; images %dx%d, batch %d, max %d new tokens, %s",
             path,
@@ -286,6 +299,16 @@ class GlmBackend:
                 answers[index] = text
         return answers
 
+    def chats(self, batch: list[SampleInput]) -> list[str]:
+        """The chat text each sample is asked with (its image as one placeholder), for inspection."""
+        if self._loaded is None:
+            raise RuntimeError(f"glm backend {self._config.model_path}: chats called before start")
+        return [self._chat(self._loaded, sample, 1) for sample in batch]
+
+    def _chat(self, loaded: _Loaded, sample: SampleInput, image_tokens: int) -> str:
+        prompt = build_prompt(sample, self._config.question, self._config.prompt_template)
+        return chat_text(loaded.tokenizer, prompt, image_tokens, self._template_kwargs)
+
     def _generate(self, loaded: _Loaded, samples: list[SampleInput], images: list[Any], grids: list[Any]) -> list[str]:
         """One left-padded generate call for `samples`; the decoded new text of each."""
         import torch
@@ -293,9 +316,7 @@ class GlmBackend:
         config = self._config
         texts = []
         for sample, grid in zip(samples, grids, strict=True):
-            image_tokens = int(grid.prod()) // loaded.merge_size**2
-            prompt = build_prompt(sample, config.question, config.prompt_template)
-            texts.append(chat_text(loaded.tokenizer, prompt, image_tokens))
+            texts.append(self._chat(loaded, sample, int(grid.prod()) // loaded.merge_size**2))
         inputs = {
             k: v.to(loaded.device) for k, v in text_inputs(loaded.tokenizer, texts, loaded.image_token_id).items()
         }
@@ -313,7 +334,7 @@ class GlmBackend:
                 **sampling,
             )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        return [str(text) for text in loaded.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return [answer_text(loaded.tokenizer, row.tolist()) for row in new_tokens]
 
     async def close(self) -> None:
         """Release the model and its thread (a running generate finishes in the background)."""

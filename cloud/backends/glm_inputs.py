@@ -56,6 +56,23 @@ class BadImageError(ValueError):
     """An image the model cannot be shown (empty, degenerate, wrong channels); the message says why."""
 
 
+# The built-in chat as a chat template: a checkpoint saved with it (the world GLM is) renders through
+# `apply_chat_template`, in this backend and in servers such as `transformers serve`, exactly what
+# `chat_prefix` writes (tests/unit/test_glm_world_template.py holds them equal).
+WORLD_CHAT_TEMPLATE = (
+    "[gMASK]<sop>"
+    "{%- for message in messages -%}"
+    "<|{{ message.role }}|>{{ '\\n' }}"
+    "{%- if message.content is string -%}{{ message.content }}"
+    "{%- else -%}{%- for part in message.content -%}"
+    "{%- if part.type == 'image' -%}<|begin_of_image|><|image|><|end_of_image|>"
+    "{%- elif part.type == 'text' -%}{{ part.text }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{{ '\\n' }}{%- endif -%}"
+)
+
+
 def chat_prefix(prompt: str, image_tokens: int) -> str:
     """The text before the answer: the user turn with the image placeholders and `prompt`, then the assistant tag."""
     image = "<|begin_of_image|>" + IMAGE_TOKEN * image_tokens + "<|end_of_image|>"
@@ -87,6 +104,22 @@ def chat_text(tokenizer: Any, prompt: str, image_tokens: int, template_kwargs: d
             "fix its chat_template.jinja or remove it to use the built-in GLM-4.1V chat"
         )
     return text.replace(IMAGE_TOKEN, IMAGE_TOKEN * image_tokens)
+
+
+def answer_text(tokenizer: Any, token_ids: Sequence[int]) -> str:
+    """The generated answer as text, up to the first end-of-turn token, with its markup tokens kept.
+
+    GLM-4.xV tokenizers hold `<think>`, `<answer>` and `<|begin_of_box|>` as special tokens, so
+    `skip_special_tokens=True` would erase the structure the answer parser reads; only what ends
+    the turn (end of text, the next role tag, padding) is cut here.
+    """
+    text = str(tokenizer.decode(list(token_ids), skip_special_tokens=False))
+    stops = {END_OF_TEXT, "<|user|>", "<|observation|>", "<|system|>"}
+    for token in (tokenizer.eos_token, tokenizer.pad_token):
+        if token:
+            stops.add(str(token))
+    cut = min((text.find(stop) for stop in stops if stop in text), default=len(text))
+    return text[:cut].strip()
 
 
 def image_tokens_for(image_size: int, patch_size: int, merge_size: int) -> int:

@@ -23,7 +23,14 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from cloud.backends.glm_inputs import END_OF_TEXT, chat_prefix, image_tokens_for, pixel_inputs, to_model_rgb
+from cloud.backends.glm_inputs import (
+    END_OF_TEXT,
+    WORLD_CHAT_TEMPLATE,
+    chat_prefix,
+    image_tokens_for,
+    pixel_inputs,
+    to_model_rgb,
+)
 from cloud.backends.verdict_text import DEFAULT_QUESTION, format_answer, format_prompt
 from sim.glm import model as shape
 from sim.glm.crops import Crop, draw_claim, frame_crops, true_answer
@@ -225,6 +232,7 @@ def save(model: Any, tokenizer: Any, processor: Any, out: Path) -> None:
     """fp16 safetensors, tokenizer files and image processor config, loadable by `from_pretrained`."""
     out.mkdir(parents=True, exist_ok=True)
     model.half().save_pretrained(out, safe_serialization=True)
+    tokenizer.chat_template = WORLD_CHAT_TEMPLATE  # one path: the backend and any server render chat_prefix
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
 

@@ -82,7 +82,7 @@ async def test_the_backend_asks_through_the_checkpoints_template(
         results = judgements(await backend.infer([grey_sample("s-1"), grey_sample("s-2")]))
     finally:
         await backend.close()
-    assert "prompts go through the checkpoint's chat template" in caplog.text
+    assert "prompts go through the checkpoint's chat template, its default thinking" in caplog.text
     assert [r.decision for r in results] == ["unsure", "unsure"]  # random weights write no verdict
 
 
@@ -92,3 +92,16 @@ async def test_a_template_without_an_image_placeholder_stops_the_start(tmp_path:
     backend = GlmBackend(GlmBackendConfig(model_path=folder, device="cpu"))
     with pytest.raises(BackendStartError, match=r"chat template cannot be used: .*renders 0 <\|image\|> placeholders"):
         await backend.start()
+
+
+async def test_thinking_off_reaches_the_template(templated_glm: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = GlmBackendConfig(model_path=templated_glm, device="cpu", max_new_tokens=8, thinking=False)
+    backend = GlmBackend(config)
+    with caplog.at_level(logging.INFO, logger="cloud.backends.glm"):
+        await backend.start()
+    try:
+        assert "thinking off" in caplog.text
+        (asked,) = backend.chats([grey_sample("s-1")])
+    finally:
+        await backend.close()
+    assert asked.endswith("<|assistant|>\n<think></think>Answer:")
