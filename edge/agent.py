@@ -371,6 +371,7 @@ class EdgeAgent:
                 self.metrics.detect_seconds.observe(time.perf_counter() - started)
                 for (frame, gate), detections in zip(batch, results, strict=True):
                     self.metrics.frames_detected.labels(frame.camera_id).inc()
+                    self.metrics.detections.labels(frame.camera_id).inc(len(detections))
                     await self._decide(frame, gate, detections)
                 self._last_detected = time.monotonic()
             finally:

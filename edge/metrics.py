@@ -35,6 +35,12 @@ class EdgeMetrics:
         self.frames_detected = Counter(
             "edgeglm_edge_frames_detected", "Frames the detector ran on.", ["camera"], registry=r
         )
+        self.detections = Counter(
+            "edgeglm_edge_detections",
+            "Detections the detector returned (above its confidence threshold), by camera.",
+            ["camera"],
+            registry=r,
+        )
         self.detect_seconds = Histogram(
             "edgeglm_edge_detect_seconds",
             "Detector time per batch (preprocess, inference, decode).",

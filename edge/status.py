@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from edge.metrics import EdgeMetrics
 from protos import status_pb2
@@ -46,6 +46,13 @@ def counter_total(counter: Counter) -> float:
     """Sum of a (possibly labelled) counter over all its label values."""
     return sum(
         sample.value for metric in counter.collect() for sample in metric.samples if sample.name.endswith("_total")
+    )
+
+
+def histogram_sum(histogram: Histogram) -> float:
+    """Sum of the observations of a (possibly labelled) histogram."""
+    return sum(
+        sample.value for metric in histogram.collect() for sample in metric.samples if sample.name.endswith("_sum")
     )
 
 
@@ -93,6 +100,10 @@ class StatusBuilder:
                 samples_mined=int(counter_total(m.mined)),
                 samples_sent=int(counter_total(m.samples_sent)),
                 bytes_sent=int(counter_total(m.uplink_bytes)),
+                frames_detected=int(counter_total(m.frames_detected)),
+                detections=int(counter_total(m.detections)),
+                detect_seconds=histogram_sum(m.detect_seconds),
+                task_failures=int(counter_total(m.task_failures)),
             ),
             cameras=[
                 status_pb2.CameraStatus(

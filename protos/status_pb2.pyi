@@ -147,6 +147,10 @@ class EdgeCounters(_message.Message):
     SAMPLES_SENT_FIELD_NUMBER: _builtins.int
     SAMPLES_EVICTED_FIELD_NUMBER: _builtins.int
     BYTES_SENT_FIELD_NUMBER: _builtins.int
+    FRAMES_DETECTED_FIELD_NUMBER: _builtins.int
+    DETECTIONS_FIELD_NUMBER: _builtins.int
+    DETECT_SECONDS_FIELD_NUMBER: _builtins.int
+    TASK_FAILURES_FIELD_NUMBER: _builtins.int
     frames_read: _builtins.int
     """Frames read from all cameras."""
     frames_skipped_by_gate: _builtins.int
@@ -159,6 +163,14 @@ class EdgeCounters(_message.Message):
     """Samples evicted from a full outbox or expired before they could be sent."""
     bytes_sent: _builtins.int
     """Bytes of sample payload sent up, retries included."""
+    frames_detected: _builtins.int
+    """Frames the detector ran on."""
+    detections: _builtins.int
+    """Detections the detector returned on them (above its confidence threshold)."""
+    detect_seconds: _builtins.float
+    """Seconds spent in detector runs."""
+    task_failures: _builtins.int
+    """Background tasks that failed and were restarted."""
     def __init__(
         self,
         *,
@@ -168,10 +180,14 @@ class EdgeCounters(_message.Message):
         samples_sent: _builtins.int = ...,
         samples_evicted: _builtins.int = ...,
         bytes_sent: _builtins.int = ...,
+        frames_detected: _builtins.int = ...,
+        detections: _builtins.int = ...,
+        detect_seconds: _builtins.float = ...,
+        task_failures: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_sent", b"bytes_sent", "frames_read", b"frames_read", "frames_skipped_by_gate", b"frames_skipped_by_gate", "samples_evicted", b"samples_evicted", "samples_mined", b"samples_mined", "samples_sent", b"samples_sent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_sent", b"bytes_sent", "detect_seconds", b"detect_seconds", "detections", b"detections", "frames_detected", b"frames_detected", "frames_read", b"frames_read", "frames_skipped_by_gate", b"frames_skipped_by_gate", "samples_evicted", b"samples_evicted", "samples_mined", b"samples_mined", "samples_sent", b"samples_sent", "task_failures", b"task_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -47,6 +47,27 @@ class RolloutConfig(BaseModel):
         le=90 * 86_400,
         description="A canary stage without enough judged samples by then pauses for an operator to decide.",
     )
+    min_frames: int = Field(
+        100,
+        ge=1,
+        le=10_000_000,
+        description="Frames a canary must detect on each model before its detections and latency are compared.",
+    )
+    max_detection_change: float = Field(
+        2.0,
+        gt=1,
+        le=100,
+        description=(
+            "Health bound: a canary's detections per frame on the new model may be at most this many times, or at "
+            "least 1/this, what they were on the old model; outside it, the canaries are rolled back."
+        ),
+    )
+    max_latency_increase: float = Field(
+        2.0,
+        gt=1,
+        le=100,
+        description="Health bound: a canary's detector time per frame may grow at most this many times.",
+    )
     check_every_s: float = Field(5.0, gt=0, le=3600, description="How often a rollout's health is checked.")
 
 

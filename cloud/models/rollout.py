@@ -10,6 +10,10 @@ Every `check_every_s` the canaries' health is judged (`judge`, a pure rule):
   (confirmed or rejected), their rejection rate is compared with the baseline's: samples of the
   model(s) the canaries ran before, from every edge, over the last `BASELINE_WINDOW` verdicts. More
   than `max_rejection_increase` above it fails the rollout;
+- a canary's own detector counters (from its heartbeats) compare the new model with the old one on
+  the same camera: detections per frame changed by more than `max_detection_change` either way,
+  detector time per frame up by more than `max_latency_increase`, a background task failure, or a
+  restart after switching fail the rollout (after `min_frames` frames on each model);
 - a failed rollout rolls the canaries back (their override drops the model: they follow the fleet
   again) and stops, with why, in the history;
 - healthy after `soak_s` from the last canary's switch: the fleet policy names the model (every edge
@@ -31,7 +35,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +50,7 @@ from cloud.policy import PolicyEngine
 from cloud.server import FleetStatus
 from common.files import write_atomic
 from common.periodic import PeriodicTask
-from protos import verdict_pb2
+from protos import status_pb2, verdict_pb2
 from protos.policy_settings import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -77,6 +81,62 @@ class Judged(BaseModel):
         return self.rejected / self.count if self.count else None
 
 
+class EdgeCounts(BaseModel):
+    """A canary's cumulative detector counters from one heartbeat (they restart with the agent)."""
+
+    started_at: float = 0.0
+    frames_detected: int = 0
+    detections: int = 0
+    detect_seconds: float = 0.0
+    task_failures: int = 0
+
+    @classmethod
+    def of(cls, status: status_pb2.EdgeStatus | None) -> EdgeCounts | None:
+        """The counts a heartbeat carries (None: no heartbeat yet)."""
+        if status is None:
+            return None
+        c = status.counters
+        return cls(
+            started_at=status.started_at.ToNanoseconds() / 1e9,
+            frames_detected=c.frames_detected,
+            detections=c.detections,
+            detect_seconds=c.detect_seconds,
+            task_failures=c.task_failures,
+        )
+
+
+def device_health(edge: str, before: EdgeCounts, now: EdgeCounts, config: RolloutConfig) -> str | None:
+    """Why a canary's own counters say the new model does worse than the old one did on it (None: they do not).
+
+    `before` is its heartbeat when it first reported the new model (the old model's whole run since the
+    agent started, with at most one heartbeat interval of the new one), `now` its latest.
+    """
+    if now.started_at != before.started_at:
+        return f"{edge} restarted after switching (did the new model crash it?)"
+    if now.task_failures > before.task_failures:
+        return f"{edge}: {now.task_failures - before.task_failures} background task failures since it switched"
+    frames = now.frames_detected - before.frames_detected
+    if frames < config.min_frames or before.frames_detected < config.min_frames:
+        return None
+    rate_before = before.detections / before.frames_detected
+    rate_now = (now.detections - before.detections) / frames
+    floor = 1 / config.min_frames  # a model that saw nothing before: one detection per min_frames frames
+    change = max(rate_now, floor) / max(rate_before, floor)
+    if not 1 / config.max_detection_change <= change <= config.max_detection_change:
+        return (
+            f"{edge} detects {rate_now:.2f} objects per frame on the new model against {rate_before:.2f} on the old "
+            f"({change:.2f}x, outside 1/{config.max_detection_change:g}-{config.max_detection_change:g}x)"
+        )
+    time_before = before.detect_seconds / before.frames_detected
+    time_now = (now.detect_seconds - before.detect_seconds) / frames
+    if time_now > config.max_latency_increase * time_before:
+        return (
+            f"{edge} takes {time_now * 1000:.1f} ms per frame on the new model against {time_before * 1000:.1f} ms "
+            f"(more than {config.max_latency_increase:g}x)"
+        )
+    return None
+
+
 class HistoryEntry(BaseModel):
     """One change of a rollout's stage, with who made it and why."""
 
@@ -98,6 +158,9 @@ class Rollout(BaseModel):
     stage: Stage = "canary"
     started_at: float
     switched: dict[str, float] = Field(default_factory=dict, description="When each canary reported the model.")
+    at_switch: dict[str, EdgeCounts] = Field(
+        default_factory=dict, description="Each canary's detector counters when it first reported the model."
+    )
     canary: Judged = Field(default_factory=Judged, description="Verdicts on the canaries' samples of the new model.")
     history: list[HistoryEntry] = Field(default_factory=list)
 
@@ -115,8 +178,20 @@ class Decision:
     why: str
 
 
-def judge(rollout: Rollout, baseline: Judged, config: RolloutConfig, now: float) -> Decision:
-    """The rule of a canary stage (module docstring), from what is known at `now`."""
+def judge(
+    rollout: Rollout,
+    baseline: Judged,
+    config: RolloutConfig,
+    now: float,
+    counts: Mapping[str, EdgeCounts] | None = None,
+) -> Decision:
+    """The rule of a canary stage (module docstring), from what is known at `now`; `counts` are the
+    canaries' latest detector counters."""
+    for edge, latest in (counts or {}).items():
+        before = rollout.at_switch.get(edge)
+        trouble = device_health(edge, before, latest, config) if before is not None else None
+        if trouble is not None:
+            return Decision("rollback", trouble)
     late = [edge for edge in rollout.canaries if edge not in rollout.switched]
     if late and now - rollout.started_at > config.switch_timeout_s:
         return Decision(
@@ -312,14 +387,21 @@ class RolloutController:
         if rollout is None or rollout.stage != "canary" or (self._leader is not None and not self._leader()):
             return None
         now = self._clock()
+        counts: dict[str, EdgeCounts] = {}
         for edge in rollout.canaries:
+            record = self._fleet.get(edge)
+            latest = EdgeCounts.of(record.status if record is not None else None)
             if edge not in rollout.switched and self._model_of(edge) == rollout.model.version:
                 rollout.switched[edge] = now
+                if latest is not None:
+                    rollout.at_switch[edge] = latest
                 logger.info("rollout of %s: canary %s runs it", rollout.model.version, edge)
+            elif edge in rollout.switched and latest is not None:
+                counts[edge] = latest
         baseline = self.baseline()
         self._metrics.rejection_rate.labels("canary").set(rollout.canary.rejection_rate or 0.0)
         self._metrics.rejection_rate.labels("baseline").set(baseline.rejection_rate or 0.0)
-        decision = judge(rollout, baseline, self._config, now)
+        decision = judge(rollout, baseline, self._config, now, counts)
         if decision.action == "rollback":
             await self._roll_back(decision.why, "rollout")
         elif decision.action == "promote":

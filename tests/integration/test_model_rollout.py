@@ -133,6 +133,8 @@ async def test_the_named_model_is_swapped_in_under_load_without_losing_a_frame_a
         assert record is not None
         await wait_until(lambda: record.model == (NAME, "2") or run.done(), "a heartbeat saying version 2")
         assert record.model == (NAME, "2"), "the cloud knows which model the edge runs"
+        assert record.status is not None and record.status.counters.frames_detected > 0
+        assert record.status.counters.detections > 0 and record.status.counters.detect_seconds > 0
         await asyncio.wait_for(run, WAIT_S)
     done = summary(agent)
     assert 0 < detected_at_swap < done["frames_detected"], "frames were detected on both models"

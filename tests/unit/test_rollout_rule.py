@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cloud.models.config import RolloutConfig
-from cloud.models.rollout import Judged, Rollout, judge, pick_canaries
+from cloud.models.rollout import EdgeCounts, Judged, Rollout, device_health, judge, pick_canaries
 from protos.policy_settings import ModelRef
 
 MODEL = ModelRef(name="m", version="2", uri="edgeglm://m/2", sha256="a" * 64, size_bytes=10)
@@ -72,3 +72,42 @@ def test_canaries_are_a_stable_share_of_at_least_one_edge() -> None:
     assert pick_canaries([], 0.5, "v2") == []
     others = {tuple(pick_canaries(fleet, 0.1, f"v{n}")) for n in range(10)}
     assert len(others) > 1, "different rollouts spread over the fleet"
+
+
+def counts(frames: int, detections: int, seconds: float, failures: int = 0, started: float = 1.0) -> EdgeCounts:
+    return EdgeCounts(
+        started_at=started,
+        frames_detected=frames,
+        detections=detections,
+        detect_seconds=seconds,
+        task_failures=failures,
+    )
+
+
+BEFORE = counts(frames=200, detections=100, seconds=2.0)  # 0.5 objects and 10 ms per frame on the old model
+
+
+@pytest.mark.parametrize(
+    ("now", "trouble"),
+    [
+        (counts(400, 200, 4.0), None),  # the same on the new model
+        (counts(400, 250, 4.0), None),  # 0.75 per frame: 1.5x, within 2x
+        (counts(400, 400, 4.0), "detects 1.50 objects per frame on the new model against 0.50"),  # 3x
+        (counts(400, 120, 4.0), "detects 0.10 objects per frame"),  # 0.2x: it went blind
+        (counts(400, 200, 8.0), "takes 30.0 ms per frame on the new model against 10.0 ms"),
+        (counts(400, 200, 4.0, failures=1), "1 background task failures since it switched"),
+        (counts(50, 10, 0.5, started=2.0), "restarted after switching"),
+        (counts(250, 200, 2.5), None),  # 50 frames on the new model: too few to compare
+    ],
+)
+def test_a_canarys_own_counters_compare_the_new_model_with_the_old(now: EdgeCounts, trouble: str | None) -> None:
+    config = RolloutConfig(min_frames=100, max_detection_change=2.0, max_latency_increase=2.0)
+    found = device_health("gw-a", BEFORE, now, config)
+    assert (found is None) if trouble is None else (found is not None and trouble in found), found
+
+
+def test_the_counters_rule_rolls_back_before_any_verdict() -> None:
+    late = rollout(switched={"gw-a": 5.0, "gw-b": 6.0})
+    late.at_switch.update({"gw-a": BEFORE, "gw-b": BEFORE})
+    decision = judge(late, Judged(), CONFIG, 20.0, {"gw-a": BEFORE, "gw-b": counts(400, 200, 4.0, failures=2)})
+    assert decision.action == "rollback" and decision.why.startswith("gw-b: 2 background task failures")
