@@ -40,7 +40,7 @@ from edge.policy.signing import load_public_key
 from edge.policy.store import PolicyStore
 from edge.questions import HeldFrame, area_share, sample_for
 from edge.sources import CameraSource, Frame
-from edge.status import StatusBuilder, counter_total
+from edge.status import StatusBuilder, run_summary
 from edge.track import AskRequest, CameraTracker, TrackBook, TrackEvent
 from edge.track.book import FrameOutcome
 from edge.uplink import UplinkHandlers, make_uplink
@@ -266,30 +266,18 @@ class EdgeAgent:
 
     def _write_summary(self) -> None:
         """What this run did, for people and for the simulation's report (state_dir/summary.json)."""
-        m = self.metrics
-        summary = {
-            "edge_id": self.config.edge_id,
-            "frames_read": counter_total(m.frames_read),
-            "frames_gated": counter_total(m.frames_gated),
-            "frames_detected": counter_total(m.frames_detected),
-            "frames_dropped": counter_total(m.frames_dropped),
-            "samples_mined": counter_total(m.mined),
-            "mined_by_reason": {
-                sample.labels["reason"]: sample.value
-                for metric in m.mined.collect()
-                for sample in metric.samples
-                if sample.name.endswith("_total")
+        summary = run_summary(
+            self.metrics,
+            self.config.edge_id,
+            policy_version=self.policy.version,
+            samples_unacknowledged=self._outbox_samples,
+            verdicts_unmatched=self._verdicts_unmatched,
+            latencies_ms={
+                "verdict_latency_ms": list(self._verdict_latencies_ms),
+                "local_latency_ms": list(self._local_latencies_ms),
+                "round_trip_ms": list(self._round_trips_ms),
             },
-            "samples_sent": counter_total(m.samples_sent),
-            "uplink_bytes": counter_total(m.uplink_bytes),
-            "verdicts": counter_total(m.verdicts),
-            "samples_unacknowledged": self._outbox_samples,
-            "policy_version": self.policy.version,
-            "verdicts_unmatched": self._verdicts_unmatched,
-            "verdict_latency_ms": list(self._verdict_latencies_ms),
-            "local_latency_ms": list(self._local_latencies_ms),
-            "round_trip_ms": list(self._round_trips_ms),
-        }
+        )
         write_atomic(self.config.state_dir / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
 
     def _apply(self, policy: EdgePolicy) -> None:
@@ -306,7 +294,7 @@ class EdgeAgent:
         else:
             self._miner.update_policy(policy.mining)
         for tracker in self._trackers.values():
-            tracker.set_new_track_score(_lowest_band(policy))
+            tracker.set_new_track_score(policy.lowest_band)
         self.tracks.policy_version = policy.version
         if self.config.models.enabled:
             self.models.want(policy.model)
@@ -318,7 +306,7 @@ class EdgeAgent:
         if tracker is None:
             tracking = self.config.tracking
             tracker = self._trackers[camera_id] = CameraTracker(
-                new_track_score=_lowest_band(self.policy),
+                new_track_score=self.policy.lowest_band,
                 match_diou=tracking.match_diou,
                 lost_after_s=tracking.lost_after_s,
                 frame_rate=tracking.frame_rate,
@@ -508,17 +496,14 @@ class EdgeAgent:
             model_version=self.models.running.version,
             policy_version=self.policy.version,
             agent_version=AGENT_VERSION,
-            capabilities=["crop", "full_frame", "model_update"]
-            if self.config.models.enabled
-            else ["crop", "full_frame"],
+            capabilities=["crop", "full_frame", *(["model_update"] if self.config.models.enabled else [])],
         )
 
     def _heartbeat(self) -> status_pb2.EdgeStatus:
         return self.status.build(
             state=self._state(),
             policy_version=self.policy.version,
-            model_name=self.models.running.name,
-            model_version=self.models.running.version,
+            model=(self.models.running.name, self.models.running.version),
             outbox_samples=self._outbox_samples,
             cameras=self.sources,
         )
@@ -609,9 +594,3 @@ class EdgeAgent:
         cloud_ok = self._cloud_reachable() or self.config.pipeline.autonomous_ready
         ready = self._detector is not None and cloud_ok and outbox_ok
         return ready, state, reasons
-
-
-def _lowest_band(policy: EdgePolicy) -> float:
-    """The lowest band low of the policy: detections from there up are objects (below, noise to every rule)."""
-    mining = policy.mining
-    return min([mining.default_band.low, *(band.low for band in mining.bands.values())])

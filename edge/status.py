@@ -77,12 +77,12 @@ class StatusBuilder:
         *,
         state: str,
         policy_version: int,
-        model_name: str,
-        model_version: str,
+        model: tuple[str, str],
         outbox_samples: int,
         cameras: Sequence[CameraLike],
     ) -> status_pb2.EdgeStatus:
-        """The current status as the wire message."""
+        """The current status as the wire message; `model` is (name, version) of the one running."""
+        model_name, model_version = model
         m = self._metrics
         return status_pb2.EdgeStatus(
             edge_id=self._edge_id,
@@ -114,3 +114,37 @@ class StatusBuilder:
                 for camera in cameras
             ],
         )
+
+
+def run_summary(
+    metrics: EdgeMetrics,
+    edge_id: str,
+    *,
+    policy_version: int,
+    samples_unacknowledged: int,
+    verdicts_unmatched: int,
+    latencies_ms: dict[str, list[float]],
+) -> dict[str, object]:
+    """What one run of the agent did (its summary.json): counters, and the latencies it kept."""
+    m = metrics
+    return {
+        "edge_id": edge_id,
+        "frames_read": counter_total(m.frames_read),
+        "frames_gated": counter_total(m.frames_gated),
+        "frames_detected": counter_total(m.frames_detected),
+        "frames_dropped": counter_total(m.frames_dropped),
+        "samples_mined": counter_total(m.mined),
+        "mined_by_reason": {
+            sample.labels["reason"]: sample.value
+            for metric in m.mined.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        },
+        "samples_sent": counter_total(m.samples_sent),
+        "uplink_bytes": counter_total(m.uplink_bytes),
+        "verdicts": counter_total(m.verdicts),
+        "samples_unacknowledged": samples_unacknowledged,
+        "policy_version": policy_version,
+        "verdicts_unmatched": verdicts_unmatched,
+        **latencies_ms,
+    }

@@ -30,3 +30,8 @@ class EdgePolicy(PolicySettings):
     not_after: float | None = Field(
         None, description="Unix seconds after which this policy is refused on arrival; None: no expiry."
     )
+
+    @property
+    def lowest_band(self) -> float:
+        """The lowest band low: detections from there up are objects (below, noise to every rule)."""
+        return min([self.mining.default_band.low, *(band.low for band in self.mining.bands.values())])
