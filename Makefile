@@ -140,6 +140,7 @@ bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	$(BIN)/python -m bench.tls --out bench/results/tls.json
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.glm --out bench/results/glm.json
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.openai --out bench/results/openai.json
+	$(BIN)/python -m bench.models --out bench/results/models.json
 
 fuzz: $(VENV)/.ready ## 10,000 generated inputs for each decoder the outside world reaches; bench/results/fuzz.json
 	$(BIN)/python -m bench.fuzz --examples 10000 --out bench/results/fuzz.json
@@ -158,6 +159,27 @@ $(TRAIN_VENV)/.ready: pyproject.toml
 train: $(TRAIN_VENV)/.ready $(VENV)/.ready ## regenerate the world, retrain both detectors (~1 h on 2 cores), rewrite the report
 	$(TRAIN_ENV) $(TRAIN_VENV)/bin/python -m sim.train.train --out sim/models
 	$(BIN)/python -m sim.train.report --models sim/models --data .cache/world-train
+
+# The edge model's weights, which the fine-tune of train-edge starts from: the seeded recipe of `make
+# train` (sim.train.train.EDGE, seed 0), reproduced (~25 min on 2 busy cores) without touching
+# sim/models/edge.onnx or the test fixtures.
+.PHONY: edge-weights
+edge-weights: $(TRAIN_VENV)/.ready ## reproduce sim/models/edge.pt, the weights train-edge fine-tunes
+	$(TRAIN_ENV) $(TRAIN_VENV)/bin/python -m sim.train.finetune base-weights --out sim/models/edge.pt
+
+# Fine-tune the edge model on a field export (`edgeglm-cloud dataset export --out DIR`), score it against
+# sim/models/edge.onnx, write the report. The fine-tune runs in .venv-train (ultralytics); the rest in
+# .venv, which has the edge runtime the evaluation uses. Publishing a promoted candidate: add
+# TRAIN_EDGE_ARGS="--registry DIR --signing-key KEY". docs/retraining.md.
+FIELD ?=
+RETRAIN_OUT ?= runs/train-edge
+TRAIN_EDGE_ARGS ?= --no-publish
+.PHONY: train-edge
+train-edge: $(TRAIN_VENV)/.ready $(VENV)/.ready ## fine-tune edge.pt on FIELD=<export dir> (~7 min), compare, report
+	@test -n "$(FIELD)" || { echo "usage: make train-edge FIELD=<folder written by edgeglm-cloud dataset export --out>" >&2; exit 2; }
+	$(TRAIN_ENV) EDGEGLM_CACHE_DIR=$(CURDIR)/.cache $(BIN)/edgeglm-cloud train-edge --field $(FIELD) --out $(RETRAIN_OUT) \
+	  --train-python $(TRAIN_VENV)/bin/python --weights sim/models/edge.pt \
+	  --current sim/models/edge.onnx --current-version world-2026-11 $(TRAIN_EDGE_ARGS)
 
 # The world GLM: a ~3M-parameter GLM-4V trained from scratch on world crops, in .venv (torch CPU and
 # transformers, no torchvision). PASSIVE: OpenMP threads must not spin on cores other work shares.

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import onnx
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -39,21 +38,12 @@ from edge.agent import EdgeAgent
 from edge.config import EdgeConfig
 from edge.status import counter_total
 from sim.world.clips import ClipSpec, write_clip
+from tests.helpers.model_files import variant
 
 app = typer.Typer(add_completion=False)
 MODEL = Path(__file__).resolve().parents[1] / "sim" / "models" / "edge.onnx"
 NAME = "yolo-edge"
 WAIT_S = 120.0
-
-
-def variant(out: Path, tag: str) -> Path:
-    """The committed edge model with its description changed: the same detector, another file."""
-    model = onnx.load(str(MODEL))
-    for prop in model.metadata_props:
-        if prop.key == "description":
-            prop.value = f"{prop.value} ({tag})"
-    onnx.save(model, str(out))
-    return out
 
 
 def cloud_config(folder: Path, clip: Path, chunk_bytes: int, registry: Path, key: Path) -> CloudConfig:

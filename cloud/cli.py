@@ -13,6 +13,7 @@ import typer
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
+from cloud.cli_models import model_app, rollout_app
 from common.signals import stop_on_signals
 from protos import policy_pb2, sample_pb2, session_pb2, verdict_pb2
 
@@ -35,13 +36,16 @@ app = typer.Typer(
         "with a large model and pushes verdicts and policies back. `serve` runs it, `check-config` validates "
         "cloud.yaml, `keygen` makes the policy signing key, `policy set` changes the policy of a running "
         "service, `decode` turns a wire message (for example an MQTT payload saved to a file) into readable JSON, "
-        "`pki` issues certificates, `dataset export` writes the field dataset as a YOLO dataset."
+        "`pki` issues certificates, `dataset export` writes the field dataset as a YOLO dataset, `model publish` "
+        "signs an edge model into the registry and `rollout start` rolls it out (canaries first, automatic rollback)."
     ),
     no_args_is_help=True,
     add_completion=False,
 )
 policy_app = typer.Typer(help="Policies of a running cloud service (through its admin API).", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+app.add_typer(model_app, name="model")
+app.add_typer(rollout_app, name="rollout")
 
 
 @app.callback()
@@ -342,3 +346,115 @@ def dataset_export(
         f"({summary['backgrounds']['train'] + summary['backgrounds']['val']} background), classes "
         f"{', '.join(summary['classes']) or '-'}; left out: {summary['left_out'] or 'none'}; see {out / 'report.json'}"
     )
+
+
+@app.command("train-edge")
+def train_edge(
+    field: Annotated[Path, typer.Option("--field", help="The field dataset as exported by `dataset export --out`.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: the mix, candidate.onnx, report.json and .md.")],
+    weights: Annotated[
+        Path, typer.Option("--weights", help="Starting weights of the current model (`make edge-weights`).")
+    ] = Path("sim/models/edge.pt"),
+    current: Annotated[
+        Path | None,
+        typer.Option("--current", help="The current edge model (ONNX) while the registry holds no --name model."),
+    ] = None,
+    current_version: Annotated[
+        str, typer.Option(help="The version --current is known by (the candidate's parent).")
+    ] = "",
+    base: Annotated[
+        Path | None,
+        typer.Option("--base", help="The world dataset (train and test splits); default: generated from --base-seed."),
+    ] = None,
+    base_seed: Annotated[int, typer.Option(min=0, help="Seed of the generated world dataset.")] = 0,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="cloud.yaml to take policy.signing_key and models.registry from.")
+    ] = None,
+    registry: Annotated[Path | None, typer.Option("--registry", help="The model registry folder.")] = None,
+    signing_key: Annotated[
+        Path | None, typer.Option("--signing-key", help="The cloud's Ed25519 policy signing key (PKCS8 PEM).")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Model name in the registry.")] = "edge",
+    version: Annotated[str, typer.Option(help="Version of a promoted candidate (default ft-<UTC time>).")] = "",
+    publish: Annotated[bool, typer.Option(help="Publish a promoted candidate into the registry.")] = True,
+    train_python: Annotated[
+        Path | None, typer.Option(help="Python of the training environment (ultralytics); default: this one.")
+    ] = None,
+    weights_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keep promoted weights here as <version>.pt, and start from the current version's."),
+    ] = None,
+    # Unset: the defaults of cloud.retrain.config (the one place they are), listed in docs/retraining.md.
+    epochs: Annotated[int | None, typer.Option(help="Fine-tune epochs.")] = None,
+    base_images: Annotated[int | None, typer.Option(help="Base training images mixed in.")] = None,
+    field_repeat: Annotated[int | None, typer.Option(help="Copies of each field training image.")] = None,
+    lr0: Annotated[float | None, typer.Option(help="Learning rate of the fine-tune.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Deadline of the fine-tune in seconds.")] = None,
+    metric: Annotated[str | None, typer.Option(help="Score the rule compares: map50 or map50_95.")] = None,
+    min_field_gain: Annotated[float | None, typer.Option(help="The field score must rise by more than this.")] = None,
+    max_base_drop: Annotated[float | None, typer.Option(help="The base score may fall by at most this.")] = None,
+    min_field_images: Annotated[int | None, typer.Option(help="Held-out field images needed to decide.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Score at most this many images per split.")] = None,
+) -> None:
+    """Fine-tune the edge model on the field dataset mixed with the world's, compare it with the current
+    model, and publish it signed when the promotion rule holds (docs/retraining.md)."""
+    from pydantic import ValidationError
+
+    from cloud.config import ConfigError, load_config
+    from cloud.models.registry import RegistryError
+    from cloud.policy import SigningKeyError
+    from cloud.retrain.command import TrainEdgeRequest
+    from cloud.retrain.command import train_edge as run
+    from cloud.retrain.config import RetrainConfig
+    from cloud.retrain.evaluate import RetrainDataError
+    from cloud.retrain.publish import utc_now
+    from cloud.retrain.train import FineTuneError
+    from common.manifest import ManifestError
+
+    def given(**values: Any) -> dict[str, Any]:
+        return {key: value for key, value in values.items() if value is not None}
+
+    fine_tune = given(epochs=epochs, base_images=base_images, field_repeat=field_repeat, lr0=lr0, timeout_s=timeout)
+    rule = given(
+        metric=metric, min_field_gain=min_field_gain, max_base_drop=max_base_drop, min_field_images=min_field_images
+    )
+    try:
+        settings = RetrainConfig.model_validate({"fine_tune": fine_tune, "rule": rule, **given(eval_limit=eval_limit)})
+        if config is not None:
+            loaded = load_config(config)
+            signing_key = signing_key or loaded.policy.signing_key
+            registry = registry or loaded.models.registry
+    except ValidationError as err:
+        for problem in err.errors():
+            typer.echo(f"train-edge: {'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}", err=True)
+        raise typer.Exit(2) from err
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    request = TrainEdgeRequest(
+        field=field,
+        out=out,
+        weights=weights,
+        config=settings,
+        current=current,
+        current_version=current_version,
+        base=base,
+        base_seed=base_seed,
+        registry=registry,
+        signing_key=signing_key,
+        name=name,
+        version=version,
+        publish=publish,
+        train_python=train_python,
+        weights_dir=weights_dir,
+    )
+    try:
+        report = run(request, utc_now())
+    except (RetrainDataError, SigningKeyError, RegistryError, ManifestError, FineTuneError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    decision = report.decision
+    typer.echo(f"{'promoted' if decision.promote else 'not promoted'}: {'; '.join(decision.reasons)}")
+    if report.published:
+        typer.echo(f"published {report.published['uri']} (sha256 {report.published['sha256']})")
+    typer.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")

@@ -13,9 +13,9 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from cloud.api.state import AdminState, RolloutView
+from cloud.api.state import AdminState
 from cloud.models.registry import RegistryError
-from cloud.models.rollout import RolloutError
+from cloud.models.rollout import RolloutController, RolloutError
 
 MAX_REASON_CHARS = 500
 
@@ -41,7 +41,7 @@ def _who(request: Request) -> str:
     return str(getattr(request.state, "admin_user", None) or "operator")
 
 
-def _rollout(state: AdminState) -> RolloutView:
+def _rollout(state: AdminState) -> RolloutController:
     if state.rollout is None:
         raise HTTPException(503, "this cloud has no model registry (set models.registry in cloud.yaml)")
     return state.rollout
@@ -80,7 +80,7 @@ def add_model_routes(app: FastAPI, state: AdminState) -> None:
             raise HTTPException(409, str(err)) from err
         return {"enabled": True, **view.snapshot()}
 
-    def steer(name: str, act: Callable[[RolloutView], Callable[[str, str], Awaitable[Any]]]) -> None:
+    def steer(name: str, act: Callable[[RolloutController], Callable[[str, str], Awaitable[Any]]]) -> None:
         async def route(body: Action, request: Request) -> dict[str, Any]:
             view = _rollout(state)
             try:

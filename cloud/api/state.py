@@ -9,6 +9,7 @@ from fastapi import HTTPException
 
 from cloud.metrics import CloudMetrics
 from cloud.models.registry import ModelRegistry
+from cloud.models.rollout import RolloutController
 from cloud.policy import PolicyEngine
 from cloud.server import FleetStatus, Health
 from cloud.store import VerdictRepository
@@ -21,36 +22,6 @@ class ClosedLoopView(Protocol):
         """The loop's targets and, per edge and class, band, window estimates and moves."""
 
 
-class RolloutView(Protocol):
-    """The model rollout as the admin API sees and steers it (cloud.models.rollout.RolloutController)."""
-
-    def snapshot(self) -> dict[str, Any]:
-        """The latest rollout, its health and its rule's settings."""
-
-    async def begin(
-        self,
-        name: str,
-        version: str,
-        *,
-        canaries: list[str] | None = None,
-        fraction: float | None = None,
-        who: str = "operator",
-    ) -> Any:
-        """Start a rollout."""
-
-    async def pause(self, why: str, who: str) -> Any:
-        """Hold it."""
-
-    async def resume(self, why: str, who: str) -> Any:
-        """Go on judging."""
-
-    async def promote(self, why: str, who: str) -> Any:
-        """Every edge now."""
-
-    async def roll_back(self, why: str, who: str) -> Any:
-        """Undo."""
-
-
 @dataclass(frozen=True, slots=True)
 class AdminState:
     """The service's parts the admin API reads and changes; `store` None serves no verdicts or history."""
@@ -61,7 +32,7 @@ class AdminState:
     health: Health
     store: VerdictRepository | None = None
     closed_loop: ClosedLoopView | None = None  # None: policy.closed_loop is off
-    rollout: RolloutView | None = None  # None: no model registry (models.registry unset)
+    rollout: RolloutController | None = None  # None: no model registry (models.registry unset)
     models: ModelRegistry | None = None
 
 

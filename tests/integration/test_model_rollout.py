@@ -25,6 +25,7 @@ from edge.agent import EdgeAgent
 from edge.config import EdgeConfig
 from edge.status import counter_total
 from tests.helpers.agents import MODEL, SILENT, cloud_config, edge_config, make_agent_clip
+from tests.helpers.cloud import running as cloud_running
 from tests.helpers.cut_proxy import cut_proxy
 from tests.helpers.model_files import NAME, hand_manifest, segmentation_model, variant
 from tests.helpers.policy_keys import generate_keypair, load_private_key
@@ -65,16 +66,6 @@ def rollout_edge(
 def signing_key(tmp_path: Path) -> Ed25519PrivateKey:
     private, _ = generate_keypair(tmp_path / "keys", "policy-signing")
     return load_private_key(private)
-
-
-@contextlib.asynccontextmanager
-async def started(config: CloudConfig) -> AsyncIterator[CloudService]:
-    service = CloudService(config)
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.stop()
 
 
 @contextlib.asynccontextmanager
@@ -120,7 +111,7 @@ async def test_the_named_model_is_swapped_in_under_load_without_losing_a_frame_a
     key = signing_key(tmp_path)
     config, registry = rollout_cloud(tmp_path, clip)
     v2 = publish(registry, variant(tmp_path / "v2.onnx", "v2"), "2", key)
-    async with started(config) as service:
+    async with cloud_running(config) as service:
         assert service.policy is not None
         await service.policy.set_fleet_model(v2.ref(), "test rollout")
         # The clip once on each camera, as fast as the pipeline takes it: the swap lands in the middle.
@@ -156,7 +147,7 @@ async def test_a_download_cut_in_the_middle_resumes_where_it_stopped(tmp_path: P
     config, registry = rollout_cloud(tmp_path, clip, chunk_bytes=64 * 1024)
     v2 = publish(registry, variant(tmp_path / "v2.onnx", "v2"), "2", key)
     size = v2.manifest.size_bytes
-    async with started(config) as service, cut_proxy(service.port, cut_after=size // 2) as proxy:
+    async with cloud_running(config) as service, cut_proxy(service.port, cut_after=size // 2) as proxy:
         assert service.policy is not None
         await service.policy.set_fleet_model(v2.ref(), "test rollout")
         agent = EdgeAgent(rollout_edge(tmp_path, clip, proxy.port, "gw-cut"))
@@ -188,7 +179,7 @@ async def test_a_bad_model_is_refused_and_the_running_model_goes_on(tmp_path: Pa
     else:
         path = segmentation_model(tmp_path / "seg.onnx")
         bad = registry.publish(path, hand_manifest(path, "2"), key)
-    async with started(config) as service:
+    async with cloud_running(config) as service:
         assert service.policy is not None
         agent = EdgeAgent(rollout_edge(tmp_path, clip, service.port, f"gw-{fault}"))
         async with running(agent):
@@ -212,7 +203,7 @@ async def test_a_rollback_swaps_the_previous_model_back_without_a_download(tmp_p
     config, registry = rollout_cloud(tmp_path, clip)
     v2 = publish(registry, variant(tmp_path / "v2.onnx", "v2"), "2", key)
     v3 = publish(registry, variant(tmp_path / "v3.onnx", "v3"), "3", key)
-    async with started(config) as service:
+    async with cloud_running(config) as service:
         engine = service.policy
         assert engine is not None
         agent = EdgeAgent(rollout_edge(tmp_path, clip, service.port, "gw-back"))
