@@ -223,6 +223,20 @@ def judge(
     return Decision("wait", f"{canary.count} canary and {baseline.count} baseline verdicts so far")
 
 
+def fleet_model(registry: ModelRegistry) -> ModelRef | None:
+    """What the fleet policy names according to the registry's saved rollout (None: no rollout reached the
+    fleet, so every edge runs its configured model): the model of a promoted rollout, else what the fleet
+    ran before the latest one began. For tools that work on the registry without the service (train-edge)."""
+    path = registry.root / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        rollout = Rollout.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as err:
+        raise RolloutError(f"{path}: cannot read the saved rollout: {err}") from err
+    return rollout.model if rollout.stage == "promoted" else rollout.previous
+
+
 def pick_canaries(edges: Iterable[str], fraction: float, salt: str) -> list[str]:
     """A stable share of `edges` (at least one): ordered by a hash of `salt` and the edge id, so one rollout
     always picks the same edges and different rollouts spread over the fleet."""

@@ -22,14 +22,6 @@ def default_version(now: datetime) -> str:
     return now.strftime("ft-%Y%m%d-%H%M%S")
 
 
-def newest(registry: ModelRegistry, name: str) -> PublishedModel | None:
-    """The most recently published version of `name` (by the manifest's created_at, then version), if any."""
-    versions = [model for model in registry.list() if model.manifest.name == name]
-    if not versions:
-        return None
-    return max(versions, key=lambda model: (model.manifest.created_at, model.manifest.version))
-
-
 def publish_candidate(
     registry: ModelRegistry,
     onnx: Path,

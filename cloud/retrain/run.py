@@ -20,11 +20,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.models.registry import ModelRegistry
+from cloud.models.rollout import RolloutError, fleet_model
 from cloud.retrain.config import RetrainConfig
 from cloud.retrain.evaluate import HELD_OUT, RetrainDataError, check_field_dataset, compare
 from cloud.retrain.mix import build_mix
 from cloud.retrain.promote import RetrainReport, decide, write_report
-from cloud.retrain.publish import newest, publish_candidate, utc_now
+from cloud.retrain.publish import publish_candidate, utc_now
 from cloud.retrain.train import run_fine_tune
 from common.manifest import describe_model, file_digest
 
@@ -66,12 +67,18 @@ class Candidate:
 
 
 def current_model(path: Path | None, version: str, registry: ModelRegistry | None, name: str) -> CurrentModel:
-    """The model to beat: the registry's newest `name`; `path` (known as `version`) while it has none."""
-    published = newest(registry, name) if registry is not None else None
-    if published is not None:
+    """The model to beat: the one the fleet runs (the registry's promoted rollout, `cloud.models.rollout.
+    fleet_model`); `path` (known as `version`, the edges' configured model) while no rollout reached the
+    fleet. A candidate published but never promoted, or rolled back, is not the current model."""
+    try:
+        running = fleet_model(registry) if registry is not None else None
+    except RolloutError as err:
+        raise RetrainDataError(str(err)) from err
+    if registry is not None and running is not None and running.name == name:
+        published = registry.get(running.name, running.version)
         path, version = published.path, published.manifest.version
-    elif path is None:
-        where = f"registry {registry.root} has no model {name!r}" if registry is not None else "no registry given"
+    if path is None:
+        where = f"no rollout in {registry.root} reached the fleet" if registry is not None else "no registry given"
         raise RetrainDataError(f"no current model: {where}; give --current (e.g. sim/models/edge.onnx)")
     # describe_model loads it with the edge runtime: a file the edge could not run stops here.
     classes = describe_model(path, name=name, version=version or "current").classes

@@ -23,6 +23,7 @@ from cloud.dataset import export_yolo
 from cloud.dataset.images import FolderImages
 from cloud.dataset.store import FieldRecord, Labelled, image_file
 from cloud.models.registry import ModelRegistry
+from cloud.models.rollout import Rollout
 from cloud.policy.signing import load_private_key, write_keypair
 from cloud.retrain import RetrainConfig
 from cloud.retrain.evaluate import RetrainDataError, compare
@@ -188,10 +189,16 @@ def test_a_better_candidate_is_published_signed_with_its_parent_metrics_and_trai
 ) -> None:
     key = load_private_key(signing_key)
     registry = ModelRegistry(tmp_path / "registry")
-    # The fleet runs the degraded model, published as v1; the committed edge model is the candidate.
-    registry.publish(
+    # The fleet runs the degraded model, published as v1 and promoted; the committed edge model is the candidate.
+    v1 = registry.publish(
         degraded, describe_model(degraded, name="edge", version="v1", created_at="2026-12-01T00:00:00"), key
     )
+    promoted = Rollout(
+        model=v1.ref(), previous=None, canaries=["gw-1"], baseline_versions=[""], started_at=0.0, stage="promoted"
+    )
+    (registry.root / "rollout.json").write_text(promoted.model_dump_json())
+    # Published later, never promoted: not what the fleet runs.
+    registry.publish(EDGE, describe_model(EDGE, name="edge", version="v1-late", created_at="2026-12-02T00:00:00"), key)
     current = current_model(None, "", registry, "edge")
     assert (current.version, current.path) == ("v1", registry.get("edge", "v1").path)
 
