@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,15 @@ class ModeRun:
     loop_state: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ModeHooks:
+    """What a scenario adds to one mode's run: cloud.yaml sections, and work done while the clips play."""
+
+    cloud_sections: dict[str, Any] = field(default_factory=dict)
+    # Started once every agent runs, with the admin URL and each edge's edge.yaml; cancelled when they end.
+    during: Callable[[str, dict[str, Path]], Coroutine[Any, Any, None]] | None = None
+
+
 def generate_world(scenario: Scenario, out: Path, console: Console) -> list[CameraRun]:
     """One clip per camera of every edge (each camera its own scene), shared by every mode."""
     cameras = []
@@ -72,6 +82,8 @@ def generate_world(scenario: Scenario, out: Path, console: Console) -> list[Came
                     small_fraction=camera.small_fraction,
                     night=camera.night,
                     quiet_start_seconds=camera.quiet_start_seconds,
+                    drift_at_s=camera.drift.at_s if camera.drift is not None else None,
+                    drift_to=camera.drift.to if camera.drift is not None else "night",
                 )
                 if not (folder / "clip.json").exists():
                     status.update(f"generating camera clips: {edge_id}/cam{number}")
@@ -177,6 +189,7 @@ async def run_mode(
     cameras: list[CameraRun],
     progress: Progress,
     task: TaskID,
+    hooks: ModeHooks | None = None,
 ) -> ModeRun:
     """One mode from start to finish; every process is stopped whatever happens."""
     folder = out / "modes" / mode
@@ -194,7 +207,8 @@ async def run_mode(
         if uses_mqtt:
             processes.append(start_mosquitto(folder / "broker", ports["mqtt"]))
         cloud_yaml = folder / "config" / "cloud.yaml"
-        cloud_yaml.write_text(yaml.safe_dump(cloud_settings(scenario, mode, folder, ports), sort_keys=False))
+        extra = hooks.cloud_sections if hooks is not None else {}
+        cloud_yaml.write_text(yaml.safe_dump(cloud_settings(scenario, mode, folder, ports) | extra, sort_keys=False))
         cloud = start(["cloud", "serve", "--config", str(cloud_yaml)], logs / "cloud.log")
         processes.append(cloud)
         admin = f"http://127.0.0.1:{ports['admin']}"
@@ -216,7 +230,15 @@ async def run_mode(
                     ["edge", "run", "--config", str(path)], logs / f"{edge_id}.log", links[edge_id].command_prefix
                 )
             processes.extend(edges.values())
-            await _watch(scenario, edges, admin, history, progress, task, logs)
+            configs = {edge_id: folder / "config" / f"{edge_id}.yaml" for edge_id in edges}
+            side = asyncio.create_task(hooks.during(admin, configs)) if hooks and hooks.during else None
+            try:
+                await _watch(scenario, edges, admin, history, progress, task, logs)
+            finally:
+                if side is not None:
+                    side.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await side  # its own failure is raised here
             link_stats = {edge_id: _stats(link) for edge_id, link in links.items()}
         metrics_text = await asyncio.to_thread(lambda: httpx.get(f"{admin}/metrics", timeout=10).text)
         published = await asyncio.to_thread(

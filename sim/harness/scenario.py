@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sim.fleet.summary import cloud_only_bytes
+from sim.harness.drift import DriftLog, drift_hooks
+from sim.harness.drift_report import write_drift
 from sim.harness.measure import fill_ratios, measure_mode
 from sim.harness.report import table, write_report
 from sim.harness.run import ModeRun, generate_world, keygen, run_mode
@@ -38,6 +40,7 @@ def run_scenario(scenario: Scenario, out: Path, console: Console) -> dict[str, A
     estimate = None if "cloud_only" in scenario.modes else cloud_only_bytes(cameras, scenario.policy.jpeg_quality)[1]
     runs: dict[str, ModeRun] = {}
     figures: dict[str, dict[str, Any]] = {}
+    drift_log = DriftLog() if scenario.retrain is not None else None
     started = time.time()
     progress = Progress(
         TextColumn("{task.description:<12}"),
@@ -50,7 +53,8 @@ def run_scenario(scenario: Scenario, out: Path, console: Console) -> dict[str, A
         tasks = {mode: progress.add_task(mode, total=scenario.duration_s, start=False) for mode in scenario.modes}
         for mode in scenario.modes:
             progress.start_task(tasks[mode])
-            run = asyncio.run(run_mode(scenario, mode, out, cameras, progress, tasks[mode]))
+            hooks = drift_hooks(scenario, out, drift_log) if drift_log is not None and mode == "edgeglm" else None
+            run = asyncio.run(run_mode(scenario, mode, out, cameras, progress, tasks[mode], hooks))
             runs[mode] = run
             figures[mode] = measure_mode(run, cameras, scenario, frames)
             progress.console.print(
@@ -71,6 +75,8 @@ def run_scenario(scenario: Scenario, out: Path, console: Console) -> dict[str, A
         "machine": f"{platform.machine()}, {platform.system()} {platform.release()}",
     }
     report = write_report(out, scenario, figures, runs, meta)
+    if drift_log is not None:
+        write_drift(out, cameras, runs, drift_log.to_json())
     console.print(table(figures))
     console.print(report["verdict"])
     console.print(f"report: {out / 'report.md'} (and report.json, *.png)")

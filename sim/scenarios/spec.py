@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from common.config import ConfigError, format_errors, read_yaml_mapping
 from protos.policy_settings import MiningSettings
 from sim.link.profile import LinkProfile, Outage
+from sim.scenarios.drift_spec import DriftSpec, RetrainSpec
 
 ModeName = Literal["cloud_only", "edge_only", "sedna_ibt", "random", "edgeglm"]
 ALL_MODES: tuple[ModeName, ...] = ("cloud_only", "edge_only", "sedna_ibt", "random", "edgeglm")
@@ -41,6 +42,7 @@ class CameraSpec(_Section):
     small_fraction: float = Field(0.25, ge=0.0, le=1.0, description="Share of objects drawn small (hard).")
     night: bool = Field(False, description="Dark, noisy scene (hard).")
     quiet_start_seconds: float = Field(4.0, ge=0.0, le=600.0, description="Seconds with nothing in view at the start.")
+    drift: DriftSpec | None = Field(None, description="The scene's look changes at a second of the clip.")
 
 
 class EdgeGroup(_Section):
@@ -130,6 +132,9 @@ class Scenario(_Section):
     light_fleet: LightFleetSpec | None = Field(
         None, description="Set for an ingest-capacity run of lightweight edges instead of agent processes."
     )
+    retrain: RetrainSpec | None = Field(
+        None, description="Drift scenarios: retrain and roll out a new edge model during the edgeglm mode."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -140,10 +145,33 @@ class Scenario(_Section):
             raise ValueError("a scenario needs edges (or light_fleet)")
         if len(set(self.modes)) != len(self.modes):
             raise ValueError(f"modes are listed twice: {self.modes}")
+        if self.retrain is not None:
+            self._check_retrain(self.retrain)
         for window in self.cloud_outages:
             if window.start_s >= self.duration_s:
                 raise ValueError(f"cloud outage at {window.start_s} s starts after the run ends ({self.duration_s} s)")
         return self
+
+    def _check_retrain(self, retrain: RetrainSpec) -> None:
+        drifting = self.drifting_edges()
+        if not drifting:
+            raise ValueError("retrain: needs a camera with a drift (edges[i].cameras[j].drift)")
+        if set(self.modes) - {"edgeglm", "edge_only"}:
+            raise ValueError(f"modes: a drift scenario runs edgeglm (and edge_only to compare), not {self.modes}")
+        if any(g.transport != "grpc" for g in self.edges):
+            raise ValueError("edges[i].transport: edges fetch models over gRPC only, so a drift scenario needs grpc")
+        unknown = set(retrain.rollout.canaries) - {edge for edge, _ in self.edge_ids()}
+        if unknown:
+            raise ValueError(f"retrain.rollout.canaries: no edge {sorted(unknown)} in this scenario")
+        if not retrain.start_at_s < retrain.give_up_at_s < self.duration_s:
+            raise ValueError(
+                f"retrain: start_at_s {retrain.start_at_s} < give_up_at_s {retrain.give_up_at_s} < duration_s "
+                f"{self.duration_s} must hold"
+            )
+
+    def drifting_edges(self) -> list[str]:
+        """Edges with a camera whose look changes."""
+        return [edge for edge, group in self.edge_ids() if any(c.drift is not None for c in group.cameras)]
 
     def edge_ids(self) -> list[tuple[str, EdgeGroup]]:
         """Every edge id with its group, in a stable order."""

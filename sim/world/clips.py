@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -28,6 +29,12 @@ from sim.world.compose import (
 from sim.world.photos import CLASSES, DISTRACTORS, SpriteSource
 
 DEFAULT_WATCH_LIST: tuple[str, ...] = ("person", "motorcycle")
+DriftLook = Literal["night", "infrared"]
+# The infrared look: what is left of colour, light gain and sensor noise (measured in the drift probe:
+# the edge model recalls about a third of what it recalls by day, with many scores in the uncertainty band).
+INFRARED_SATURATION = 0.2
+INFRARED_GAIN = 0.35
+INFRARED_NOISE_SIGMA = 8.0
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,23 @@ class ClipSpec:
     small_fraction: float = 0.25
     night: bool = False
     watch_list: tuple[str, ...] = DEFAULT_WATCH_LIST
+    drift_at_s: float | None = None
+    drift_to: DriftLook = "night"
 
     @property
     def frames(self) -> int:
         """Number of frames in the clip."""
         return round(self.seconds * self.fps)
+
+    @property
+    def drift_frame(self) -> int | None:
+        """The first frame of the drifted look (None: the look never changes)."""
+        return None if self.drift_at_s is None else round(self.drift_at_s * self.fps)
+
+    def drifted(self, index: int) -> bool:
+        """Whether frame `index` has the drifted look."""
+        start = self.drift_frame
+        return start is not None and index >= start
 
 
 @dataclass
@@ -109,10 +128,11 @@ def schedule_tracks(spec: ClipSpec, rng: np.random.Generator) -> list[Track]:
 def write_clip(spec: ClipSpec, out: Path, video: bool = False, progress: Callable[[int], None] | None = None) -> Path:
     """Render the clip into `out` (created); returns the folder."""
     rng = np.random.default_rng([spec.seed, 1000 + spec.camera])
-    background = render_background(rng, spec.width, spec.height).astype(np.float32)
-    if spec.night:
-        background *= 0.3
+    day_background = render_background(rng, spec.width, spec.height).astype(np.float32)
+    night_background = day_background * 0.3
     tracks = schedule_tracks(spec, rng)
+    # Its own generator, so the frames before the drift are those of the same clip without one.
+    look_rng = np.random.default_rng([spec.seed, 3000 + spec.camera])
     frames_dir = out / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     writer = None
@@ -123,11 +143,15 @@ def write_clip(spec: ClipSpec, out: Path, video: bool = False, progress: Callabl
     noise_rng = np.random.default_rng([spec.seed, 2000 + spec.camera])
     for index in range(spec.frames):
         # Slow light drift (clouds, auto-exposure) and sensor noise: no two quiet frames are equal.
-        drift = 1.0 + 0.04 * np.sin(2 * np.pi * index / max(1.0, spec.fps * 40))
-        canvas = np.clip(background * drift, 0, 255).astype(np.uint8)
+        light = 1.0 + 0.04 * np.sin(2 * np.pi * index / max(1.0, spec.fps * 40))
+        look = spec.drift_to if spec.drifted(index) else ("night" if spec.night else "day")
+        background = night_background if look == "night" else day_background
+        canvas = np.clip(background * light, 0, 255).astype(np.uint8)
         objects = draw_tracks(canvas, tracks, index)
-        noise = noise_rng.normal(0.0, 2.5 if not spec.night else 5.0, size=canvas.shape)
+        noise = noise_rng.normal(0.0, 5.0 if look == "night" else 2.5, size=canvas.shape)
         frame = np.clip(canvas.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+        if look == "infrared":
+            frame = infrared(frame, look_rng)
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             raise RuntimeError(f"{frames_dir}: OpenCV could not encode frame {index}")
@@ -143,6 +167,16 @@ def write_clip(spec: ClipSpec, out: Path, video: bool = False, progress: Callabl
     (out / "events.json").write_text(json.dumps(events_of(spec, tracks), indent=1) + "\n")
     (out / "clip.json").write_text(json.dumps(clip_manifest(spec), indent=1) + "\n")
     return out
+
+
+def infrared(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A camera's IR night mode: colour nearly gone, little light (gamma as `compose.degrade`), more noise."""
+    pixels = frame.astype(np.float32)
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(np.float32)[:, :, None]
+    pixels = grey + INFRARED_SATURATION * (pixels - grey)
+    pixels = 255.0 * (np.clip(pixels, 0, 255) * INFRARED_GAIN / 255.0) ** 1.1
+    pixels += rng.normal(0.0, INFRARED_NOISE_SIGMA, size=pixels.shape)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
 def draw_tracks(canvas: np.ndarray, tracks: list[Track], index: int) -> list[dict[str, object]]:
@@ -203,6 +237,9 @@ def clip_manifest(spec: ClipSpec) -> dict[str, object]:
         "width": spec.width,
         "height": spec.height,
         "night": spec.night,
+        "drift": None
+        if spec.drift_at_s is None
+        else {"at_s": spec.drift_at_s, "frame": spec.drift_frame, "to": spec.drift_to},
         "watch_list": list(spec.watch_list),
         "classes": list(CLASSES),
     }
