@@ -23,7 +23,7 @@ from cloud.backends.verdict_text import DEFAULT_QUESTION, build_prompt
 from cloud.convert import BackendResult, CloudDetection, SampleFailure, SampleInput
 from cloud.metrics import CloudMetrics
 from sim.openai_server import ChatInput, Generator, Reply, ScriptedGenerator, ServerStats, create_app, serving
-from tests.helpers.backends import judgements
+from tests.helpers.backends import backend_errors, judgements, unparsable_answers
 
 MODEL = "glm-test"
 KEY = "sk-test-0123456789"
@@ -84,16 +84,6 @@ async def backend_for(base_url: str, metrics: CloudMetrics, **settings: Any) -> 
         await backend.close()
 
 
-def errors(metrics: CloudMetrics, kind: str) -> float:
-    value = metrics.registry.get_sample_value("edgeglm_cloud_backend_errors_total", {"backend": "openai", "kind": kind})
-    return value or 0.0
-
-
-def unparsable(metrics: CloudMetrics) -> float:
-    value = metrics.registry.get_sample_value("edgeglm_cloud_backend_unparsable_answers_total", {"backend": "openai"})
-    return value or 0.0
-
-
 class Recorder:
     """A generator that keeps what it was asked and answers CONFIRMED."""
 
@@ -124,7 +114,7 @@ async def test_scripted_answers_become_verdicts_and_the_edge_boxes_of_confirmed_
     assert cat.detections[0].box == batch[0].detections[0].box
     assert (dog.decision, dog.detections, dog.confidence) == ("rejected", [], 0.8)
     assert (motion.decision, motion.text) == ("unsure", "dark")
-    assert unparsable(metrics) == 0
+    assert unparsable_answers(metrics) == 0
 
 
 async def test_the_server_receives_the_edge_jpeg_as_sent_and_the_shared_prompt() -> None:
@@ -151,7 +141,7 @@ async def test_a_non_json_answer_is_unsure_counted_and_the_rest_of_the_batch_is_
     assert cat.decision == "confirmed"
     assert dog.decision == "unsure"
     assert "probably a dog" in dog.text
-    assert unparsable(metrics) == 1
+    assert unparsable_answers(metrics) == 1
 
 
 async def test_a_500_is_retried_then_a_failure_not_a_verdict_and_counted_while_the_others_pass() -> None:
@@ -167,7 +157,7 @@ async def test_a_500_is_retried_then_a_failure_not_a_verdict_and_counted_while_t
     assert f"{url}/chat/completions answered HTTP 500" in boom.text
     assert "after 2 retries" in boom.text
     assert stats.by_status == {200: 1, 500: 3}
-    assert errors(metrics, "http_5xx") == 1
+    assert backend_errors(metrics, "http_5xx") == 1
 
 
 async def test_a_passing_500_is_retried_into_a_verdict() -> None:
@@ -181,7 +171,7 @@ async def test_a_passing_500_is_retried_into_a_verdict() -> None:
         (cat,) = judgements(await backend.infer([make_sample("s-1", "cat")]))
     assert cat.decision == "confirmed"
     assert stats.by_status == {503: 1, 200: 1}
-    assert errors(metrics, "http_5xx") == 0
+    assert backend_errors(metrics, "http_5xx") == 0
 
 
 async def test_a_timeout_is_a_failure_counted_and_the_next_request_still_works() -> None:
@@ -198,7 +188,7 @@ async def test_a_timeout_is_a_failure_counted_and_the_next_request_still_works()
     assert url in slow.text
     assert isinstance(cat, BackendResult)
     assert (cat.decision, after.decision) == ("confirmed", "confirmed")
-    assert errors(metrics, "timeout") == 1
+    assert backend_errors(metrics, "timeout") == 1
 
 
 async def test_a_refused_connection_is_a_failure_and_counted() -> None:
@@ -210,7 +200,7 @@ async def test_a_refused_connection_is_a_failure_and_counted() -> None:
         (result,) = await backend.infer([make_sample("s-1", "cat")])
     assert isinstance(result, SampleFailure)
     assert f"127.0.0.1:{port}/v1/chat/completions: ConnectError" in result.text
-    assert errors(metrics, "connection") == 1
+    assert backend_errors(metrics, "connection") == 1
 
 
 async def test_a_body_that_is_not_a_chat_completion_is_a_failure_and_counted() -> None:
@@ -222,7 +212,7 @@ async def test_a_body_that_is_not_a_chat_completion_is_a_failure_and_counted() -
     assert isinstance(odd, SampleFailure)
     assert "no chat completion" in odd.text
     assert '{"result": "confirmed"}' in odd.text
-    assert errors(metrics, "malformed") == 1
+    assert backend_errors(metrics, "malformed") == 1
 
 
 class Gathering:
@@ -301,7 +291,7 @@ async def test_an_endpoint_without_a_model_list_starts_and_its_404s_are_failures
     assert "answered HTTP 404; not checking the model list" in caplog.text
     assert isinstance(result, SampleFailure)
     assert "answered HTTP 404" in result.text
-    assert errors(metrics, "http_4xx") == 1
+    assert backend_errors(metrics, "http_4xx") == 1
 
 
 async def test_an_endpoint_that_is_down_at_start_does_not_stop_the_service(caplog: pytest.LogCaptureFixture) -> None:
@@ -324,4 +314,4 @@ async def test_a_key_refused_after_start_is_a_failure_not_retried_and_says_to_ch
     assert isinstance(result, SampleFailure)
     assert "answered HTTP 401 (check the API key in backend.api_key_file)" in result.text
     assert stats.by_status == {401: 1}
-    assert errors(metrics, "auth") == 1
+    assert backend_errors(metrics, "auth") == 1

@@ -19,7 +19,7 @@ from cloud.backends.verdict_text import answer_schema
 from cloud.convert import BackendResult, CloudDetection, SampleFailure, SampleInput
 from cloud.metrics import CloudMetrics
 from sim.openai_server import ChatInput, Reply, ServerStats, create_app, serving
-from tests.helpers.backends import judgements
+from tests.helpers.backends import backend_errors, judgements, unparsable_answers
 
 MODEL = "glm-test"
 VERDICT = {"decision": "confirmed", "labels": ["cat"], "confidence": 0.91, "description": "a cat"}
@@ -74,16 +74,6 @@ async def backend_behind(
             await backend.close()
 
 
-def errors(metrics: CloudMetrics, kind: str) -> float:
-    value = metrics.registry.get_sample_value("edgeglm_cloud_backend_errors_total", {"backend": "openai", "kind": kind})
-    return value or 0.0
-
-
-def unparsable(metrics: CloudMetrics) -> float:
-    value = metrics.registry.get_sample_value("edgeglm_cloud_backend_unparsable_answers_total", {"backend": "openai"})
-    return value or 0.0
-
-
 async def test_a_429_is_retried_after_its_retry_after() -> None:
     # The client's own first backoff is at most 0.5 s: a retry a second or more later is the header's doing.
     script = Script(Reply(status=429, text="slow down", headers={"Retry-After": "1"}), Reply(text=CONFIRMED))
@@ -94,7 +84,7 @@ async def test_a_429_is_retried_after_its_retry_after() -> None:
     refused, answered = stats.log
     assert (refused.status, refused.headers["retry-after"], answered.status) == (429, "1", 200)
     assert answered.arrived_at - refused.answered_at >= 1.0
-    assert errors(metrics, "http_429") == 0
+    assert backend_errors(metrics, "http_429") == 0
 
 
 async def test_a_retry_after_past_the_deadline_fails_the_sample_as_a_429_without_another_request() -> None:
@@ -106,7 +96,7 @@ async def test_a_retry_after_past_the_deadline_fails_the_sample_as_a_429_without
     assert result.kind == "http_429"
     assert "answered HTTP 429 with Retry-After 30; no time left for a retry within 0.5 s" in result.text
     assert stats.by_status == {429: 1}
-    assert errors(metrics, "http_429") == 1
+    assert backend_errors(metrics, "http_429") == 1
 
 
 async def test_requests_ask_for_the_verdict_schema_and_carry_the_chat_template_kwargs() -> None:
@@ -138,8 +128,8 @@ async def test_a_malformed_structured_answer_is_unsure_and_counted() -> None:
     assert "not the verdict schema (decision: " in maybe.text
     assert "not the verdict schema" in truncated.text
     assert (maybe.detections, truncated.detections) == ([], [])
-    assert errors(metrics, "schema_violation") == 2
-    assert unparsable(metrics) == 2
+    assert backend_errors(metrics, "schema_violation") == 2
+    assert unparsable_answers(metrics) == 2
 
 
 async def test_thinking_returned_apart_or_in_the_text_is_not_taken_for_the_verdict() -> None:
@@ -152,7 +142,7 @@ async def test_thinking_returned_apart_or_in_the_text_is_not_taken_for_the_verdi
     async with backend_behind(script, metrics, max_concurrency=1) as (backend, _stats):
         results = judgements(await backend.infer([make_sample("s-1"), make_sample("s-2")]))
     assert [r.decision for r in results] == ["confirmed", "confirmed"]
-    assert errors(metrics, "schema_violation") == 0
+    assert backend_errors(metrics, "schema_violation") == 0
 
 
 async def test_a_server_refusing_json_schema_is_asked_in_free_text_from_then_on() -> None:
@@ -166,8 +156,8 @@ async def test_a_server_refusing_json_schema_is_asked_in_free_text_from_then_on(
     assert [r.decision for r in [first, *later]] == ["confirmed"] * 3
     assert [record.status for record in stats.log] == [400, 200, 200, 200]  # refused once, then never asked
     assert [chat.response_format for chat in script.asked] == [None, None, None]
-    assert errors(metrics, "http_4xx") == 0
-    assert unparsable(metrics) == 0
+    assert backend_errors(metrics, "http_4xx") == 0
+    assert unparsable_answers(metrics) == 0
 
 
 async def test_a_400_that_is_not_about_the_schema_is_a_failure_not_a_fallback() -> None:
@@ -179,7 +169,7 @@ async def test_a_400_that_is_not_about_the_schema_is_a_failure_not_a_fallback() 
     assert "answered HTTP 400: " in result.text and "the prompt is too long" in result.text
     assert backend.asks_schema
     assert stats.by_status == {400: 1}
-    assert errors(metrics, "http_4xx") == 1
+    assert backend_errors(metrics, "http_4xx") == 1
 
 
 async def test_with_structured_output_off_no_schema_is_asked() -> None:
