@@ -163,71 +163,75 @@ async def test_sigterm_under_hostile_load_stops_within_grace_and_keeps_every_ver
     )
     cloud = CloudProcess(config, tmp_path / "cloud")
     await cloud.start()
-    load = Load()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{cloud.port}") as channel:
-        stub = session_pb2_grpc.EdgeGLMStub(channel)
-        tasks = [asyncio.create_task(edge_stream(stub, clip, edge, load)) for edge in EDGES]
-        tasks += [
-            asyncio.create_task(garbage_stream(channel, load)),
-            asyncio.create_task(corrupt_infers(stub, clip, load)),
-        ]
-        pages = threading.Thread(target=dashboard_pages, args=(admin_port, load), daemon=True)
-        pages.start()
-        try:
-            await wait_until(
-                lambda: (
-                    len(load.verdicts) >= 60
-                    and load.garbage_frames >= 200
-                    and load.infers_refused >= 20
-                    and load.pages >= 3
-                ),
-                lambda: (
-                    f"load under way: {len(load.verdicts)} verdicts, {load.garbage_frames} garbage frames, "
-                    f"{load.infers_refused} refused Infers ({load.infers_late} late, "
-                    f"{load.infer_error or 'no wrong answer'}), "
-                    f"{load.pages} pages\n{cloud.log()}"
-                ),
-                timeout_s=60,
-            )
-            metrics = await asyncio.to_thread(scrape, admin_port)
-            assert not load.infer_error, load.infer_error
-            ended = [task for task in tasks if task.done()]
-            assert not ended, f"a client stopped before SIGTERM: {[task.exception() for task in ended]}\n{cloud.log()}"
-            process = cloud._process
-            assert process is not None
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            process.send_signal(signal.SIGTERM)
+    try:
+        load = Load()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{cloud.port}") as channel:
+            stub = session_pb2_grpc.EdgeGLMStub(channel)
+            tasks = [asyncio.create_task(edge_stream(stub, clip, edge, load)) for edge in EDGES]
+            tasks += [
+                asyncio.create_task(garbage_stream(channel, load)),
+                asyncio.create_task(corrupt_infers(stub, clip, load)),
+            ]
+            pages = threading.Thread(target=dashboard_pages, args=(admin_port, load), daemon=True)
+            pages.start()
             try:
-                code = await asyncio.to_thread(process.wait, GRACE_S + CLOSE_S)
-            except subprocess.TimeoutExpired as err:
-                cloud.kill()
-                raise AssertionError(
-                    f"SIGTERM under load: still running after {GRACE_S + CLOSE_S} s\n{cloud.log()}"
-                ) from err
-            took = loop.time() - started
-        finally:
-            load.stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.to_thread(pages.join, CLOSE_S)
-    assert code == 0, cloud.log()
-    refused = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("edgeglm_cloud_bad_messages_total{")
-    )
-    assert refused >= 1, "the garbage frames were refused and counted"
-    assert took <= GRACE_S + CLOSE_S
-    log = cloud.log_path.read_text()
-    assert "cloud service stopped" in log
-    assert "Traceback" not in log, "refusals are one line each, not a traceback"
+                await wait_until(
+                    lambda: (
+                        len(load.verdicts) >= 60
+                        and load.garbage_frames >= 200
+                        and load.infers_refused >= 20
+                        and load.pages >= 3
+                    ),
+                    lambda: (
+                        f"load under way: {len(load.verdicts)} verdicts, {load.garbage_frames} garbage frames, "
+                        f"{load.infers_refused} refused Infers ({load.infers_late} late, "
+                        f"{load.infer_error or 'no wrong answer'}), "
+                        f"{load.pages} pages\n{cloud.log()}"
+                    ),
+                    timeout_s=60,
+                )
+                metrics = await asyncio.to_thread(scrape, admin_port)
+                assert not load.infer_error, load.infer_error
+                ended = [task for task in tasks if task.done()]
+                stopped = [task.exception() for task in ended]
+                assert not ended, f"a client stopped before SIGTERM: {stopped}\n{cloud.log()}"
+                process = cloud._process
+                assert process is not None
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                process.send_signal(signal.SIGTERM)
+                try:
+                    code = await asyncio.to_thread(process.wait, GRACE_S + CLOSE_S)
+                except subprocess.TimeoutExpired as err:
+                    cloud.kill()
+                    raise AssertionError(
+                        f"SIGTERM under load: still running after {GRACE_S + CLOSE_S} s\n{cloud.log()}"
+                    ) from err
+                took = loop.time() - started
+            finally:
+                load.stop.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.to_thread(pages.join, CLOSE_S)
+        assert code == 0, cloud.log()
+        refused = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("edgeglm_cloud_bad_messages_total{")
+        )
+        assert refused >= 1, "the garbage frames were refused and counted"
+        assert took <= GRACE_S + CLOSE_S
+        log = cloud.log_path.read_text()
+        assert "cloud service stopped" in log
+        assert "Traceback" not in log, "refusals are one line each, not a traceback"
 
-    store = config.store.path
-    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        rows = db.execute("SELECT sample_id, verdict FROM verdicts WHERE verdict IS NOT NULL").fetchall()
-    stored = {sample_id: verdict_pb2.Verdict.FromString(blob).decision for sample_id, blob in rows}
-    missing = {sample_id for sample_id in load.verdicts if sample_id not in stored}
-    assert not missing, f"{len(missing)} verdicts were sent but not stored, e.g. {sorted(missing)[:5]}"
-    assert all(stored[sample_id] == decision for sample_id, decision in load.verdicts.items())
-    assert not any(sample_id.startswith("corrupt-") for sample_id in stored), "a corrupt JPEG got a verdict"
+        store = config.store.path
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            rows = db.execute("SELECT sample_id, verdict FROM verdicts WHERE verdict IS NOT NULL").fetchall()
+        stored = {sample_id: verdict_pb2.Verdict.FromString(blob).decision for sample_id, blob in rows}
+        missing = {sample_id for sample_id in load.verdicts if sample_id not in stored}
+        assert not missing, f"{len(missing)} verdicts were sent but not stored, e.g. {sorted(missing)[:5]}"
+        assert all(stored[sample_id] == decision for sample_id, decision in load.verdicts.items())
+        assert not any(sample_id.startswith("corrupt-") for sample_id in stored), "a corrupt JPEG got a verdict"
+    finally:
+        cloud.kill()  # a failed run must not leave the service behind (no-op once it exited)
