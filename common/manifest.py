@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,27 @@ from common.signing import ALGORITHM, SignatureError, key_id, verify_bytes
 
 _CHUNK = 1 << 20
 MANIFEST_VERSION = 1
+
+
+# How a policy names a model in the cloud's registry: edgeglm://<name>/<version>, each a plain path
+# segment (the registry's folders). One rule for the cloud that serves it and the edge that asks.
+MODEL_URI_SCHEME = "edgeglm://"
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def model_uri(name: str, version: str) -> str:
+    """The URI of a registry model, fetched over the edge's uplink."""
+    return f"{MODEL_URI_SCHEME}{name}/{version}"
+
+
+def parse_model_uri(uri: str) -> tuple[str, str]:
+    """(name, version) of an ``edgeglm://`` URI; ValueError saying what is expected for anything else."""
+    if not uri.startswith(MODEL_URI_SCHEME):
+        raise ValueError(f"model uri {uri!r}: expected {MODEL_URI_SCHEME}<name>/<version>")
+    parts = uri[len(MODEL_URI_SCHEME) :].split("/")
+    if len(parts) != 2 or not all(MODEL_NAME.match(part) for part in parts):
+        raise ValueError(f"model uri {uri!r}: expected {MODEL_URI_SCHEME}<name>/<version> of letters, digits, . _ -")
+    return parts[0], parts[1]
 
 
 class ManifestError(ValueError):

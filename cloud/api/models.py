@@ -64,7 +64,7 @@ def add_model_routes(app: FastAPI, state: AdminState) -> None:
         this cloud has no model registry)."""
         if state.rollout is None:
             return {"enabled": False, "rollout": None}
-        return {"enabled": True, **state.rollout.snapshot()}
+        return state.rollout.snapshot()
 
     @router.post("/rollout", status_code=201)
     async def begin(body: RolloutRequest, request: Request) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def add_model_routes(app: FastAPI, state: AdminState) -> None:
             raise HTTPException(404, str(err)) from err
         except RolloutError as err:
             raise HTTPException(409, str(err)) from err
-        return {"enabled": True, **view.snapshot()}
+        return view.snapshot()
 
     def steer(name: str, act: Callable[[RolloutController], Callable[[str, str], Awaitable[Any]]]) -> None:
         async def route(body: Action, request: Request) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def add_model_routes(app: FastAPI, state: AdminState) -> None:
                 await act(view)(body.reason, _who(request))
             except RolloutError as err:
                 raise HTTPException(409, str(err)) from err
-            return {"enabled": True, **view.snapshot()}
+            return view.snapshot()
 
         route.__doc__ = f"{name.capitalize()} the rollout (409 when its stage does not allow it)."
         router.add_api_route(f"/rollout/{name}", route, methods=["POST"], name=f"rollout_{name}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,14 +23,22 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.files import write_atomic
-from common.manifest import ManifestError, ModelManifest, SignedManifest, file_digest, read_manifest, sign_manifest
+from common.manifest import (
+    MODEL_NAME,
+    ManifestError,
+    ModelManifest,
+    SignedManifest,
+    file_digest,
+    model_uri,
+    parse_model_uri,
+    read_manifest,
+    sign_manifest,
+)
 from protos.policy_settings import ModelRef
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
-URI_SCHEME = "edgeglm://"
 logger = logging.getLogger(__name__)
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class RegistryError(ValueError):
@@ -67,19 +74,12 @@ class PublishedModel:
         )
 
 
-def model_uri(name: str, version: str) -> str:
-    """The URI of a registry model, fetched over the edge's uplink."""
-    return f"{URI_SCHEME}{name}/{version}"
-
-
 def parse_uri(uri: str) -> tuple[str, str]:
     """(name, version) of an ``edgeglm://`` URI; `RegistryError` for anything else."""
-    if not uri.startswith(URI_SCHEME):
-        raise RegistryError(f"model uri {uri!r}: expected {URI_SCHEME}<name>/<version>")
-    parts = uri[len(URI_SCHEME) :].split("/")
-    if len(parts) != 2 or not all(_SEGMENT.match(part) for part in parts):
-        raise RegistryError(f"model uri {uri!r}: expected {URI_SCHEME}<name>/<version> of letters, digits, . _ -")
-    return parts[0], parts[1]
+    try:
+        return parse_model_uri(uri)
+    except ValueError as err:
+        raise RegistryError(str(err)) from err
 
 
 async def read_pieces(path: Path, offset: int, size: int, piece: int) -> AsyncIterator[tuple[int, bytes]]:
@@ -109,7 +109,7 @@ class ModelRegistry:
 
     def _folder(self, name: str, version: str) -> Path:
         for what, value in (("name", name), ("version", version)):
-            if not _SEGMENT.match(value):
+            if not MODEL_NAME.match(value):
                 raise RegistryError(f"model {what} {value!r}: use letters, digits, '.', '_' and '-' (at most 128)")
         return self.root / name / version
 

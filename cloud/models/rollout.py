@@ -307,6 +307,7 @@ class RolloutController:
         self._clock = clock
         self._recent: dict[str, deque[bool]] = {}
         self.rollout: Rollout | None = None
+        self._saved = b""  # the state file's bytes as last written or read
         self._task = PeriodicTask(
             "rollout", self.check, config.check_every_s, failures=self._metrics.errors, log=logger
         )
@@ -315,7 +316,8 @@ class RolloutController:
         """Read the saved rollout and start the periodic check."""
         if self._path.is_file():
             try:
-                self.rollout = Rollout.model_validate_json(self._path.read_bytes())
+                self._saved = self._path.read_bytes()
+                self.rollout = Rollout.model_validate_json(self._saved)
             except (OSError, ValidationError) as err:
                 logger.error("%s: cannot read the saved rollout (%s); starting with none", self._path, err)
         self._show()
@@ -463,9 +465,10 @@ class RolloutController:
         """The latest rollout, its baseline and the rule's settings, as JSON."""
         rollout = self.rollout
         if rollout is None:
-            return {"rollout": None, "config": self._config.model_dump()}
+            return {"enabled": True, "rollout": None, "config": self._config.model_dump()}
         baseline = self.baseline()
         return {
+            "enabled": True,
             "rollout": rollout.model_dump(mode="json"),
             "canary_rejection_rate": rollout.canary.rejection_rate,
             "baseline": baseline.model_dump(),
@@ -521,6 +524,12 @@ class RolloutController:
             self._metrics.stage.labels(rollout.model.version, stage).set(1 if stage == rollout.stage else 0)
 
     def _save(self) -> None:
-        if self.rollout is not None:
+        """Write the rollout when it changed since the last write (a check every few seconds mostly changes
+        nothing)."""
+        if self.rollout is None:
+            return
+        data = self.rollout.model_dump_json(indent=2).encode()
+        if data != self._saved:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self._path, self.rollout.model_dump_json(indent=2).encode())
+            write_atomic(self._path, data)
+            self._saved = data

@@ -23,10 +23,10 @@ from urllib.parse import unquote, urlparse
 
 import grpc
 
+from common.manifest import MODEL_URI_SCHEME, parse_model_uri
 from protos import session_pb2
 from protos.policy_settings import ModelRef
 
-URI_SCHEME = "edgeglm://"
 ChunkSource = Callable[[session_pb2.FetchModelRequest, float], AsyncIterator[session_pb2.ModelChunk]]
 
 
@@ -46,18 +46,12 @@ async def fetch(
     ref: ModelRef,
     part: Path,
     edge_id: str,
-    chunks: ChunkSource | None,
+    chunks: ChunkSource,
     timeout_s: float,
     on_bytes: Callable[[int], None],
 ) -> bytes:
     """Bring `ref`'s file into `part` (resuming it) and return its signed manifest's bytes."""
-    if ref.uri.startswith(URI_SCHEME):
-        if chunks is None:
-            raise ModelRefusedError(
-                "unsupported_uri",
-                f"model {ref.name} {ref.version}: {ref.uri} is fetched over the gRPC uplink, and this edge's "
-                "uplink is MQTT; publish it as file:// on the gateway or use the gRPC uplink",
-            )
+    if ref.uri.startswith(MODEL_URI_SCHEME):
         return await _fetch_grpc(ref, part, edge_id, chunks, timeout_s, on_bytes)
     if ref.uri.startswith("file://"):
         return await asyncio.to_thread(_fetch_file, ref, part, on_bytes)
@@ -65,10 +59,10 @@ async def fetch(
 
 
 def _registry_name(ref: ModelRef) -> tuple[str, str]:
-    parts = ref.uri[len(URI_SCHEME) :].split("/")
-    if len(parts) != 2 or not all(parts):
-        raise ModelRefusedError("unsupported_uri", f"model uri {ref.uri!r}: expected {URI_SCHEME}<name>/<version>")
-    return parts[0], parts[1]
+    try:
+        return parse_model_uri(ref.uri)
+    except ValueError as err:
+        raise ModelRefusedError("unsupported_uri", str(err)) from err
 
 
 async def _fetch_grpc(

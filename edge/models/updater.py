@@ -68,13 +68,13 @@ class ModelUpdater:
         *,
         edge_id: str,
         configured_version: str,
-        chunks: ChunkSource | None,
+        chunks: ChunkSource,
         running: Callable[[], Detector | None],
         frames: Callable[[], list[NDArray[np.uint8]]],
         swap: Swap,
     ) -> None:
         """`running` gives the detector in use, `frames` a few recent camera frames for the self-test,
-        `swap` puts a checked detector in place; `chunks` streams FetchModel (None: no gRPC uplink)."""
+        `swap` puts a checked detector in place; `chunks` streams FetchModel from the uplink."""
         self._config = config
         self.store = store
         self._detector_config = detector_config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -14,13 +15,15 @@ from cloud.models.registry import ModelRegistry, RegistryError, parse_uri, read_
 from common.detect import Detector, DetectorConfig
 from common.manifest import ManifestError, ModelManifest, describe_model, file_digest, parse_manifest, sign_manifest
 from common.signing import SignatureError
-from edge.models.fetch import ModelRefusedError
+from edge.models.fetch import ModelRefusedError, fetch
 from edge.models.store import ModelStore
 from edge.models.verify import check_file, check_manifest
+from edge.uplink.mqtt import MqttUplink
 from protos.policy_settings import ModelRef
 from tests.helpers.agents import MODEL
 
 KEY = Ed25519PrivateKey.generate()
+NO_CHUNKS = functools.partial(MqttUplink.model_chunks, None)  # type: ignore[arg-type]  # not used by file://
 
 
 def manifest_of(path: Path, version: str = "2") -> ModelManifest:
@@ -180,3 +183,28 @@ def test_discarding_a_refused_file_keeps_what_runs(tmp_path: Path) -> None:
     store.discard(running)
     assert [p.name for p in sorted(store.root.iterdir()) if p.suffix == ".onnx"] == [f"m-1-{running.sha256[:12]}.onnx"]
     assert store.manifest_path(running).exists()
+
+
+def test_a_file_model_is_copied_with_the_manifest_beside_it(tmp_path: Path) -> None:
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(MODEL.read_bytes())
+    manifest = manifest_of(MODEL)
+    ref = ref_of(manifest, uri=f"file://{folder / 'model.onnx'}")
+    counted: list[int] = []
+    with pytest.raises(ModelRefusedError) as unsigned:
+        asyncio.run(fetch(ref, tmp_path / "m.part", "gw", NO_CHUNKS, 5.0, counted.append))
+    assert unsigned.value.reason == "manifest" and "no signed manifest beside" in str(unsigned.value)
+    (folder / "manifest.json").write_bytes(sign_manifest(manifest, KEY).to_bytes())
+    data = asyncio.run(fetch(ref, tmp_path / "m.part", "gw", NO_CHUNKS, 5.0, counted.append))
+    assert check_manifest(ref, data, [KEY.public_key()], "usb") == manifest
+    assert (tmp_path / "m.part").read_bytes() == MODEL.read_bytes()
+    assert counted == [manifest.size_bytes]
+
+
+def test_an_mqtt_edge_refuses_a_registry_model_it_cannot_fetch(tmp_path: Path) -> None:
+    ref = ref_of(manifest_of(MODEL))
+    # The MQTT uplink's own FetchModel (it carries no model files), as the agent hands it to the updater.
+    with pytest.raises(ModelRefusedError) as refused:
+        asyncio.run(fetch(ref, tmp_path / "m.part", "gw", NO_CHUNKS, 5.0, lambda _: None))
+    assert refused.value.reason == "unsupported_uri" and "cannot carry it" in str(refused.value)
