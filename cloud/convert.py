@@ -12,6 +12,7 @@ Decoding a JPEG is blocking work: call `sample_from_pb` in an executor, not on t
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,30 +27,27 @@ from common.detect.errors import ImageDecodeError
 from common.detect.image import decode_image
 from protos import sample_pb2, verdict_pb2
 from protos.floats import f32
+from protos.policy_settings import MAX_WATCH_RULES, RULE_ID_PATTERN
+from protos.reasons import MINED_REASONS, MINED_REASONS_FROM_PB, MinedReasonName
 
 Box = tuple[float, float, float, float]
 DecisionName = Literal["confirmed", "rejected", "unsure"]
 OriginName = Literal["backend", "timeout", "backend_error", "edge_fallback"]
-MinedReasonName = Literal[
-    "uncertainty_band", "ibt", "cross_entropy", "watch_list", "motion_without_detection", "random_audit"
-]
 BadSampleReason = Literal["bad_image", "malformed"]
+RuleMatchName = Literal["matched", "not_matched", "unsure"]
 
-MINED_REASONS: dict[MinedReasonName, sample_pb2.MinedReason.ValueType] = {
-    "uncertainty_band": sample_pb2.MINED_REASON_UNCERTAINTY_BAND,
-    "ibt": sample_pb2.MINED_REASON_IBT,
-    "cross_entropy": sample_pb2.MINED_REASON_CROSS_ENTROPY,
-    "watch_list": sample_pb2.MINED_REASON_WATCH_LIST,
-    "motion_without_detection": sample_pb2.MINED_REASON_MOTION_WITHOUT_DETECTION,
-    "random_audit": sample_pb2.MINED_REASON_RANDOM_AUDIT,
-}
-_MINED_REASONS_FROM_PB = {pb: name for name, pb in MINED_REASONS.items()}
 DECISIONS: dict[DecisionName, verdict_pb2.Decision.ValueType] = {
     "confirmed": verdict_pb2.DECISION_CONFIRMED,
     "rejected": verdict_pb2.DECISION_REJECTED,
     "unsure": verdict_pb2.DECISION_UNSURE,
 }
 _DECISIONS_FROM_PB = {pb: name for name, pb in DECISIONS.items()}
+RULE_MATCHES: dict[RuleMatchName, verdict_pb2.RuleMatch.ValueType] = {
+    "matched": verdict_pb2.RULE_MATCH_MATCHED,
+    "not_matched": verdict_pb2.RULE_MATCH_NOT_MATCHED,
+    "unsure": verdict_pb2.RULE_MATCH_UNSURE,
+}
+_RULE_MATCHES_FROM_PB = {pb: name for name, pb in RULE_MATCHES.items()}
 ORIGINS: dict[OriginName, verdict_pb2.VerdictOrigin.ValueType] = {
     "backend": verdict_pb2.VERDICT_ORIGIN_BACKEND,
     "timeout": verdict_pb2.VERDICT_ORIGIN_TIMEOUT,
@@ -76,6 +74,23 @@ class CloudDetection:
     class_id: int
     score: float
     box: Box
+
+
+@dataclass(frozen=True, slots=True)
+class RuleQuestion:
+    """A watch rule a sample asks, as the cloud's policy words it."""
+
+    rule_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RuleAnswer:
+    """The answer to one watch rule: matched, not matched or unsure, and the model's short reason."""
+
+    rule_id: str
+    match: RuleMatchName
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +157,8 @@ class SampleInput:
     jpeg_quality: int = 0
     track_id: str = ""  # the edge's tracked object this sample asks about; echoed in the verdict
     motion_area_fraction: float = 0.0  # motion samples: the share of the frame the edge's gate saw change in
+    rule_ids: tuple[str, ...] = ()  # the watch rules the sample asks, as received
+    rules: tuple[RuleQuestion, ...] = ()  # those the cloud's policy for the edge has: what a backend is asked
 
     @property
     def region(self) -> ImageRegion:
@@ -159,6 +176,7 @@ class BackendResult:
     detections: list[CloudDetection]
     text: str
     confidence: float
+    rule_answers: tuple[RuleAnswer, ...] = ()  # answers to the sample's `rules` (cloud.rules completes them)
 
 
 @dataclass(frozen=True)
@@ -237,6 +255,9 @@ MAX_STATUS_BYTES = 16 << 10  # an edge's heartbeat (EdgeStatus): counters and a 
 MAX_FLEET_EDGES = 10_000  # edges the fleet status remembers; beyond, the longest gone is forgotten
 
 
+_RULE_ID = re.compile(RULE_ID_PATTERN)
+
+
 def shown_id(sample_id: str) -> str:
     """A sample id as errors and logs show it: an over-long one is cut, so a refusal never echoes a megabyte."""
     return sample_id if len(sample_id) <= MAX_ID_CHARS else f"{sample_id[:MAX_ID_CHARS]}... ({len(sample_id)} chars)"
@@ -257,7 +278,7 @@ def check_sample_fields(pb: sample_pb2.Sample) -> None:
     for name in ("mined_reason_detail", "edge_model_name", "edge_model_version"):
         if len(getattr(pb, name)) > MAX_TEXT_CHARS:
             refuse(f"{name} has {len(getattr(pb, name))} characters; at most {MAX_TEXT_CHARS}")
-    if pb.mined_reason not in _MINED_REASONS_FROM_PB:
+    if pb.mined_reason not in MINED_REASONS_FROM_PB:
         known = pb.mined_reason in sample_pb2.MinedReason.values()
         name = sample_pb2.MinedReason.Name(pb.mined_reason) if known else f"{pb.mined_reason} (unknown)"
         refuse(f"mined_reason is {name}; expected one of {', '.join(MINED_REASONS)}")
@@ -272,6 +293,13 @@ def check_sample_fields(pb: sample_pb2.Sample) -> None:
         refuse(f"image.frame_width/height are {width}x{height}; both 0 (the image is the frame) or 1-{MAX_FRAME_SIDE}")
     if not (0.0 <= pb.priority <= 1.0 and 0.0 <= pb.motion_area_fraction <= 1.0):  # NaN fails both
         refuse(f"priority ({pb.priority}) and motion_area_fraction ({pb.motion_area_fraction}) must lie in 0-1")
+    if len(pb.rule_ids) > MAX_WATCH_RULES:
+        refuse(f"{len(pb.rule_ids)} rule_ids; at most {MAX_WATCH_RULES}")
+    for index, rule_id in enumerate(pb.rule_ids):
+        if not _RULE_ID.fullmatch(rule_id):
+            refuse(f"rule_ids[{index}] ({rule_id[:MAX_ID_CHARS]!r}) is not a rule id (policy.proto WatchRule.rule_id)")
+    if len(set(pb.rule_ids)) != len(pb.rule_ids):
+        refuse("rule_ids names a rule more than once")
     if len(pb.detections) > MAX_DETECTIONS:
         refuse(f"{len(pb.detections)} detections; at most {MAX_DETECTIONS}")
     for index, detection in enumerate(pb.detections):
@@ -303,7 +331,7 @@ def sample_from_pb(pb: sample_pb2.Sample) -> SampleInput:
         crop=crop,
         frame_size=frame_size,
         detections=tuple(detection_from_pb(d) for d in pb.detections),
-        mined_reason=_MINED_REASONS_FROM_PB[pb.mined_reason],
+        mined_reason=MINED_REASONS_FROM_PB[pb.mined_reason],
         priority=f32(pb.priority),
         trace_id=pb.trace_id,
         mined_reason_detail=pb.mined_reason_detail,
@@ -314,6 +342,7 @@ def sample_from_pb(pb: sample_pb2.Sample) -> SampleInput:
         jpeg_quality=pb.image.jpeg_quality,
         track_id=pb.track_id,
         motion_area_fraction=f32(pb.motion_area_fraction),
+        rule_ids=tuple(pb.rule_ids),
     )
 
 
@@ -363,6 +392,7 @@ def sample_to_pb(sample: SampleInput) -> sample_pb2.Sample:
         frame_seq=sample.frame_seq,
         track_id=sample.track_id,
         motion_area_fraction=sample.motion_area_fraction,
+        rule_ids=list(sample.rule_ids),
     )
 
 
@@ -397,6 +427,10 @@ def verdict_to_pb(
         decided_at=timestamp_from_seconds(time.time() if decided_at is None else decided_at),
         trace_id=sample.trace_id,
         track_id=sample.track_id,
+        rule_answers=[
+            verdict_pb2.RuleAnswer(rule_id=a.rule_id, match=RULE_MATCHES[a.match], reason=a.reason)
+            for a in result.rule_answers
+        ],
     )
 
 
@@ -440,6 +474,9 @@ def result_from_pb(pb: verdict_pb2.Verdict) -> BackendResult:
         detections=[detection_from_pb(d) for d in pb.detections],
         text=pb.text,
         confidence=f32(pb.confidence),
+        rule_answers=tuple(
+            RuleAnswer(a.rule_id, _RULE_MATCHES_FROM_PB.get(a.match, "unsure"), a.reason) for a in pb.rule_answers
+        ),
     )
 
 

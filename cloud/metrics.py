@@ -126,6 +126,12 @@ class CloudMetrics:
         self.verdicts_sent = Counter(
             "edgeglm_cloud_verdicts_sent", "Verdicts sent, by decision.", ["decision"], registry=r
         )
+        self.rule_answers = Counter(
+            "edgeglm_cloud_rule_answers",
+            "Watch rules answered in verdicts, by answer (matched, not_matched, unsure, not_in_policy).",
+            ["answer"],
+            registry=r,
+        )
         self.sessions_open = Gauge("edgeglm_cloud_sessions_open", "Edge sessions currently connected.", registry=r)
         self.uplink_bytes = Counter("edgeglm_cloud_uplink_bytes", "Sample bytes received from edges.", registry=r)
         self.policies_published = Counter(

@@ -40,6 +40,7 @@ from cloud.store.pairs import PairStore
 from cloud.store.pg import describe, postgres_database, read_dsn
 from cloud.store.retention import StoreRetention
 from common.tracing import Tracing, setup_tracing
+from protos.policy_settings import WatchRule
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,13 @@ class CloudService:
         )
         self._retention.start()
         self.ingest = IngestCore(
-            self.store, self.batcher, self.backend, self.metrics, config.ingest, tracing=self.tracing
+            self.store,
+            self.batcher,
+            self.backend,
+            self.metrics,
+            config.ingest,
+            tracing=self.tracing,
+            rules=self._watch_rules,
         )
         self.ingest.start()
         if config.policy.closed_loop.enabled:
@@ -281,11 +288,17 @@ class CloudService:
             def leader() -> bool:
                 return lease.held
 
-        def site_of(edge_id: str) -> str:
-            record = self.fleet.get(edge_id)
-            return record.site_id if record is not None else ""
+        return BandController(loop, policy, pairs, self.metrics.registry, site_of=self._site_of, leader=leader)
 
-        return BandController(loop, policy, pairs, self.metrics.registry, site_of=site_of, leader=leader)
+    def _site_of(self, edge_id: str) -> str:
+        """The site an edge said it is at (empty while it has not said)."""
+        record = self.fleet.get(edge_id)
+        return record.site_id if record is not None else ""
+
+    def _watch_rules(self, edge_id: str) -> tuple[WatchRule, ...]:
+        """The watch rules of the policy in force for an edge: what its samples' rule ids mean."""
+        assert self.policy is not None
+        return self.policy.effective(edge_id, self._site_of(edge_id))[0].mining.watch_rules
 
     async def stop(self) -> None:
         """The ordered shutdown, bounded by server.shutdown_grace_s (again is a no-op)."""

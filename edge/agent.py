@@ -385,6 +385,7 @@ class EdgeAgent:
             self._miner.camera_policy(frame.camera_id),
             held,
             gate.changed_box,
+            (int(frame.image.shape[1]), int(frame.image.shape[0])),
         )
         self._local_latencies_ms.append(round(max(0.0, time.time() - frame.captured_at) * 1000, 2))
         if not self._cloud_reachable():

@@ -28,6 +28,7 @@ from edge.policy.settings import EdgePolicy
 from protos import policy_pb2, sample_pb2, verdict_pb2
 from protos.floats import f32
 from protos.policy_settings import InvalidPolicyError, settings_fields_from_pb, settings_to_pb
+from protos.reasons import MINED_REASONS
 
 PolicyScopeName = Literal["builtin", "fleet", "site", "edge"]
 DecisionName = Literal["confirmed", "rejected", "unsure"]
@@ -42,14 +43,6 @@ _SCOPE_TO_PB: dict[PolicyScopeName, policy_pb2.PolicyScope.ValueType] = {
     "edge": policy_pb2.POLICY_SCOPE_EDGE,
 }
 _SCOPE_FROM_PB = {pb: name for name, pb in _SCOPE_TO_PB.items() if name != "builtin"}
-MINED_REASONS: dict[str, sample_pb2.MinedReason.ValueType] = {
-    "uncertainty_band": sample_pb2.MINED_REASON_UNCERTAINTY_BAND,
-    "ibt": sample_pb2.MINED_REASON_IBT,
-    "cross_entropy": sample_pb2.MINED_REASON_CROSS_ENTROPY,
-    "watch_list": sample_pb2.MINED_REASON_WATCH_LIST,
-    "motion_without_detection": sample_pb2.MINED_REASON_MOTION_WITHOUT_DETECTION,
-    "random_audit": sample_pb2.MINED_REASON_RANDOM_AUDIT,
-}
 _DECISIONS: dict[int, DecisionName] = {
     verdict_pb2.DECISION_CONFIRMED: "confirmed",
     verdict_pb2.DECISION_REJECTED: "rejected",
@@ -60,6 +53,11 @@ _ORIGINS: dict[int, OriginName] = {
     verdict_pb2.VERDICT_ORIGIN_TIMEOUT: "timeout",
     verdict_pb2.VERDICT_ORIGIN_BACKEND_ERROR: "backend_error",
     verdict_pb2.VERDICT_ORIGIN_EDGE_FALLBACK: "edge_fallback",
+}
+_RULE_MATCHES: dict[int, Literal["matched", "not_matched", "unsure"]] = {
+    verdict_pb2.RULE_MATCH_MATCHED: "matched",
+    verdict_pb2.RULE_MATCH_NOT_MATCHED: "not_matched",
+    verdict_pb2.RULE_MATCH_UNSURE: "unsure",
 }
 MIN_MOTION_CROP = 96  # pixels a side: enough context for the cloud to recognise a small object
 
@@ -159,6 +157,7 @@ def build_sample(
     trace_id: str,
     track_id: str = "",
     motion_area_fraction: float = 0.0,
+    rule_ids: Sequence[str] = (),
 ) -> sample_pb2.Sample:
     """A Sample message; `frame_size` is (width, height), `reason` a mined-reason name such as "ibt"."""
     if reason not in MINED_REASONS:
@@ -185,10 +184,20 @@ def build_sample(
         trace_id=trace_id,
         track_id=track_id,
         motion_area_fraction=motion_area_fraction,
+        rule_ids=list(rule_ids),
     )
 
 
 # ---------------------------------------------------------------- verdicts
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRuleAnswer:
+    """The cloud's answer to one watch rule a sample asked."""
+
+    rule_id: str
+    match: Literal["matched", "not_matched", "unsure"]
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,7 @@ class EdgeVerdict:
     detections: tuple[Detection, ...] = ()
     text: str = ""  # the backend's explanation; a VLM's description of what it saw
     track_id: str = ""  # the tracked object the verdict is about (empty: none)
+    rule_answers: tuple[EdgeRuleAnswer, ...] = ()  # one per watch rule the sample asked
 
 
 def verdict_summary(pb: verdict_pb2.Verdict) -> EdgeVerdict:
@@ -221,6 +231,9 @@ def verdict_summary(pb: verdict_pb2.Verdict) -> EdgeVerdict:
         detections=detections,
         text=pb.text,
         track_id=pb.track_id,
+        rule_answers=tuple(
+            EdgeRuleAnswer(a.rule_id, _RULE_MATCHES.get(a.match, "unsure"), a.reason) for a in pb.rule_answers
+        ),
     )
 
 

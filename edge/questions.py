@@ -73,4 +73,5 @@ def sample_for(
         trace_id=uuid.uuid4().hex,
         track_id=ask.track_id or "",
         motion_area_fraction=area_share(held.gate, frame) if ask.reason == "motion_without_detection" else 0.0,
+        rule_ids=ask.rule_ids,
     )

@@ -25,33 +25,39 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/policy.proto\x12\nedgeglm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x0cGateSettings\x12\x1c\n\x14pixel_diff_threshold\x18\x01 \x01(\r\x12\x1d\n\x15\x63hanged_area_fraction\x18\x02 \x01(\x02\x12\x17\n\x0f\x64ownscale_width\x18\x03 \x01(\r\";\n\x0fUncertaintyBand\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0b\n\x03low\x18\x02 \x01(\x02\x12\x0c\n\x04high\x18\x03 \x01(\x02\"\xe7\x04\n\x0eMiningSettings\x12 \n\x18uncertainty_band_enabled\x18\x01 \x01(\x08\x12\x36\n\x11uncertainty_bands\x18\x02 \x03(\x0b\x32\x1b.edgeglm.v1.UncertaintyBand\x12=\n\x18\x64\x65\x66\x61ult_uncertainty_band\x18\x03 \x01(\x0b\x32\x1b.edgeglm.v1.UncertaintyBand\x12\x13\n\x0bibt_enabled\x18\x04 \x01(\x08\x12\x1f\n\x17ibt_box_score_threshold\x18\x05 \x01(\x02\x12$\n\x1cibt_image_fraction_threshold\x18\x06 \x01(\x02\x12\x1d\n\x15\x63ross_entropy_enabled\x18\x07 \x01(\x08\x12\x1f\n\x17\x63ross_entropy_threshold\x18\x08 \x01(\x02\x12\x1a\n\x12watch_list_enabled\x18\t \x01(\x08\x12\x19\n\x11watch_list_labels\x18\n \x03(\t\x12(\n motion_without_detection_enabled\x18\x0b \x01(\x08\x12\x1c\n\x14random_audit_enabled\x18\x0c \x01(\x08\x12\x19\n\x11random_audit_rate\x18\r \x01(\x02\x12\x19\n\x11resend_interval_s\x18\x0e \x01(\x02\x12 \n\x18motion_min_area_fraction\x18\x0f \x01(\x02\x12\x1e\n\x16watch_reask_interval_s\x18\x10 \x01(\x02\x12)\n\x07\x63\x61meras\x18\x11 \x03(\x0b\x32\x18.edgeglm.v1.CameraMining\"\xdb\x01\n\x0c\x43\x61meraMining\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12%\n\x18motion_min_area_fraction\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1e\n\x11random_audit_rate\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12#\n\x16watch_reask_interval_s\x18\x04 \x01(\x02H\x02\x88\x01\x01\x42\x1b\n\x19_motion_min_area_fractionB\x14\n\x12_random_audit_rateB\x19\n\x17_watch_reask_interval_s\"\xb7\x01\n\x0eUplinkSettings\x12\x1a\n\x12\x62udget_bytes_per_s\x18\x01 \x01(\x04\x12\x13\n\x0b\x62urst_bytes\x18\x02 \x01(\x04\x12/\n\nimage_mode\x18\x03 \x01(\x0e\x32\x1b.edgeglm.v1.UplinkImageMode\x12\x14\n\x0cjpeg_quality\x18\x04 \x01(\r\x12-\n\x0creplay_order\x18\x05 \x01(\x0e\x32\x17.edgeglm.v1.ReplayOrder\"Z\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\"\xd6\x02\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12&\n\x05scope\x18\x02 \x01(\x0e\x32\x17.edgeglm.v1.PolicyScope\x12\x10\n\x08scope_id\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x04gate\x18\x05 \x01(\x0b\x32\x18.edgeglm.v1.GateSettings\x12*\n\x06mining\x18\x06 \x01(\x0b\x32\x1a.edgeglm.v1.MiningSettings\x12*\n\x06uplink\x18\x07 \x01(\x0b\x32\x1a.edgeglm.v1.UplinkSettings\x12#\n\x05model\x18\x08 \x01(\x0b\x32\x14.edgeglm.v1.ModelRef\x12-\n\tnot_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x0cSignedPolicy\x12\x0e\n\x06policy\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t*q\n\x0bPolicyScope\x12\x1c\n\x18POLICY_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12POLICY_SCOPE_FLEET\x10\x01\x12\x15\n\x11POLICY_SCOPE_SITE\x10\x02\x12\x15\n\x11POLICY_SCOPE_EDGE\x10\x03*r\n\x0fUplinkImageMode\x12!\n\x1dUPLINK_IMAGE_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPLINK_IMAGE_MODE_CROP\x10\x01\x12 \n\x1cUPLINK_IMAGE_MODE_FULL_FRAME\x10\x02*i\n\x0bReplayOrder\x12\x1c\n\x18REPLAY_ORDER_UNSPECIFIED\x10\x00\x12\x1d\n\x19REPLAY_ORDER_NEWEST_FIRST\x10\x01\x12\x1d\n\x19REPLAY_ORDER_OLDEST_FIRST\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/policy.proto\x12\nedgeglm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x0cGateSettings\x12\x1c\n\x14pixel_diff_threshold\x18\x01 \x01(\r\x12\x1d\n\x15\x63hanged_area_fraction\x18\x02 \x01(\x02\x12\x17\n\x0f\x64ownscale_width\x18\x03 \x01(\r\";\n\x0fUncertaintyBand\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0b\n\x03low\x18\x02 \x01(\x02\x12\x0c\n\x04high\x18\x03 \x01(\x02\"\x93\x05\n\x0eMiningSettings\x12 \n\x18uncertainty_band_enabled\x18\x01 \x01(\x08\x12\x36\n\x11uncertainty_bands\x18\x02 \x03(\x0b\x32\x1b.edgeglm.v1.UncertaintyBand\x12=\n\x18\x64\x65\x66\x61ult_uncertainty_band\x18\x03 \x01(\x0b\x32\x1b.edgeglm.v1.UncertaintyBand\x12\x13\n\x0bibt_enabled\x18\x04 \x01(\x08\x12\x1f\n\x17ibt_box_score_threshold\x18\x05 \x01(\x02\x12$\n\x1cibt_image_fraction_threshold\x18\x06 \x01(\x02\x12\x1d\n\x15\x63ross_entropy_enabled\x18\x07 \x01(\x08\x12\x1f\n\x17\x63ross_entropy_threshold\x18\x08 \x01(\x02\x12\x1a\n\x12watch_list_enabled\x18\t \x01(\x08\x12\x19\n\x11watch_list_labels\x18\n \x03(\t\x12(\n motion_without_detection_enabled\x18\x0b \x01(\x08\x12\x1c\n\x14random_audit_enabled\x18\x0c \x01(\x08\x12\x19\n\x11random_audit_rate\x18\r \x01(\x02\x12\x19\n\x11resend_interval_s\x18\x0e \x01(\x02\x12 \n\x18motion_min_area_fraction\x18\x0f \x01(\x02\x12\x1e\n\x16watch_reask_interval_s\x18\x10 \x01(\x02\x12)\n\x07\x63\x61meras\x18\x11 \x03(\x0b\x32\x18.edgeglm.v1.CameraMining\x12*\n\x0bwatch_rules\x18\x12 \x03(\x0b\x32\x15.edgeglm.v1.WatchRule\"!\n\tZonePoint\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\"\x9f\x01\n\tWatchRule\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x12\n\ncamera_ids\x18\x04 \x03(\t\x12#\n\x04zone\x18\x05 \x03(\x0b\x32\x15.edgeglm.v1.ZonePoint\x12*\n\x08severity\x18\x06 \x01(\x0e\x32\x18.edgeglm.v1.RuleSeverity\"\xdb\x01\n\x0c\x43\x61meraMining\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12%\n\x18motion_min_area_fraction\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1e\n\x11random_audit_rate\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12#\n\x16watch_reask_interval_s\x18\x04 \x01(\x02H\x02\x88\x01\x01\x42\x1b\n\x19_motion_min_area_fractionB\x14\n\x12_random_audit_rateB\x19\n\x17_watch_reask_interval_s\"\xb7\x01\n\x0eUplinkSettings\x12\x1a\n\x12\x62udget_bytes_per_s\x18\x01 \x01(\x04\x12\x13\n\x0b\x62urst_bytes\x18\x02 \x01(\x04\x12/\n\nimage_mode\x18\x03 \x01(\x0e\x32\x1b.edgeglm.v1.UplinkImageMode\x12\x14\n\x0cjpeg_quality\x18\x04 \x01(\r\x12-\n\x0creplay_order\x18\x05 \x01(\x0e\x32\x17.edgeglm.v1.ReplayOrder\"Z\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\"\xd6\x02\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12&\n\x05scope\x18\x02 \x01(\x0e\x32\x17.edgeglm.v1.PolicyScope\x12\x10\n\x08scope_id\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x04gate\x18\x05 \x01(\x0b\x32\x18.edgeglm.v1.GateSettings\x12*\n\x06mining\x18\x06 \x01(\x0b\x32\x1a.edgeglm.v1.MiningSettings\x12*\n\x06uplink\x18\x07 \x01(\x0b\x32\x1a.edgeglm.v1.UplinkSettings\x12#\n\x05model\x18\x08 \x01(\x0b\x32\x14.edgeglm.v1.ModelRef\x12-\n\tnot_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x0cSignedPolicy\x12\x0e\n\x06policy\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t*q\n\x0bPolicyScope\x12\x1c\n\x18POLICY_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12POLICY_SCOPE_FLEET\x10\x01\x12\x15\n\x11POLICY_SCOPE_SITE\x10\x02\x12\x15\n\x11POLICY_SCOPE_EDGE\x10\x03*|\n\x0cRuleSeverity\x12\x1d\n\x19RULE_SEVERITY_UNSPECIFIED\x10\x00\x12\x16\n\x12RULE_SEVERITY_INFO\x10\x01\x12\x19\n\x15RULE_SEVERITY_WARNING\x10\x02\x12\x1a\n\x16RULE_SEVERITY_CRITICAL\x10\x03*r\n\x0fUplinkImageMode\x12!\n\x1dUPLINK_IMAGE_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPLINK_IMAGE_MODE_CROP\x10\x01\x12 \n\x1cUPLINK_IMAGE_MODE_FULL_FRAME\x10\x02*i\n\x0bReplayOrder\x12\x1c\n\x18REPLAY_ORDER_UNSPECIFIED\x10\x00\x12\x1d\n\x19REPLAY_ORDER_NEWEST_FIRST\x10\x01\x12\x1d\n\x19REPLAY_ORDER_OLDEST_FIRST\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POLICYSCOPE']._serialized_start=1780
-  _globals['_POLICYSCOPE']._serialized_end=1893
-  _globals['_UPLINKIMAGEMODE']._serialized_start=1895
-  _globals['_UPLINKIMAGEMODE']._serialized_end=2009
-  _globals['_REPLAYORDER']._serialized_start=2011
-  _globals['_REPLAYORDER']._serialized_end=2116
+  _globals['_POLICYSCOPE']._serialized_start=2021
+  _globals['_POLICYSCOPE']._serialized_end=2134
+  _globals['_RULESEVERITY']._serialized_start=2136
+  _globals['_RULESEVERITY']._serialized_end=2260
+  _globals['_UPLINKIMAGEMODE']._serialized_start=2262
+  _globals['_UPLINKIMAGEMODE']._serialized_end=2376
+  _globals['_REPLAYORDER']._serialized_start=2378
+  _globals['_REPLAYORDER']._serialized_end=2483
   _globals['_GATESETTINGS']._serialized_start=68
   _globals['_GATESETTINGS']._serialized_end=168
   _globals['_UNCERTAINTYBAND']._serialized_start=170
   _globals['_UNCERTAINTYBAND']._serialized_end=229
   _globals['_MININGSETTINGS']._serialized_start=232
-  _globals['_MININGSETTINGS']._serialized_end=847
-  _globals['_CAMERAMINING']._serialized_start=850
-  _globals['_CAMERAMINING']._serialized_end=1069
-  _globals['_UPLINKSETTINGS']._serialized_start=1072
-  _globals['_UPLINKSETTINGS']._serialized_end=1255
-  _globals['_MODELREF']._serialized_start=1257
-  _globals['_MODELREF']._serialized_end=1347
-  _globals['_POLICY']._serialized_start=1350
-  _globals['_POLICY']._serialized_end=1692
-  _globals['_SIGNEDPOLICY']._serialized_start=1694
-  _globals['_SIGNEDPOLICY']._serialized_end=1778
+  _globals['_MININGSETTINGS']._serialized_end=891
+  _globals['_ZONEPOINT']._serialized_start=893
+  _globals['_ZONEPOINT']._serialized_end=926
+  _globals['_WATCHRULE']._serialized_start=929
+  _globals['_WATCHRULE']._serialized_end=1088
+  _globals['_CAMERAMINING']._serialized_start=1091
+  _globals['_CAMERAMINING']._serialized_end=1310
+  _globals['_UPLINKSETTINGS']._serialized_start=1313
+  _globals['_UPLINKSETTINGS']._serialized_end=1496
+  _globals['_MODELREF']._serialized_start=1498
+  _globals['_MODELREF']._serialized_end=1588
+  _globals['_POLICY']._serialized_start=1591
+  _globals['_POLICY']._serialized_end=1933
+  _globals['_SIGNEDPOLICY']._serialized_start=1935
+  _globals['_SIGNEDPOLICY']._serialized_end=2019
 # @@protoc_insertion_point(module_scope)

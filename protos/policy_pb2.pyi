@@ -60,6 +60,34 @@ POLICY_SCOPE_EDGE: PolicyScope.ValueType  # 3
 """One edge; scope_id is the edge id."""
 Global___PolicyScope: _TypeAlias = PolicyScope  # noqa: Y015
 
+class _RuleSeverity:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RuleSeverityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RuleSeverity.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RULE_SEVERITY_UNSPECIFIED: _RuleSeverity.ValueType  # 0
+    """Not set; an edge refuses the policy."""
+    RULE_SEVERITY_INFO: _RuleSeverity.ValueType  # 1
+    """Worth a look."""
+    RULE_SEVERITY_WARNING: _RuleSeverity.ValueType  # 2
+    """Worth acting on."""
+    RULE_SEVERITY_CRITICAL: _RuleSeverity.ValueType  # 3
+    """Act now."""
+
+class RuleSeverity(_RuleSeverity, metaclass=_RuleSeverityEnumTypeWrapper):
+    """How much a matched watch rule matters, as its events say."""
+
+RULE_SEVERITY_UNSPECIFIED: RuleSeverity.ValueType  # 0
+"""Not set; an edge refuses the policy."""
+RULE_SEVERITY_INFO: RuleSeverity.ValueType  # 1
+"""Worth a look."""
+RULE_SEVERITY_WARNING: RuleSeverity.ValueType  # 2
+"""Worth acting on."""
+RULE_SEVERITY_CRITICAL: RuleSeverity.ValueType  # 3
+"""Act now."""
+Global___RuleSeverity: _TypeAlias = RuleSeverity  # noqa: Y015
+
 class _UplinkImageMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -191,6 +219,7 @@ class MiningSettings(_message.Message):
     MOTION_MIN_AREA_FRACTION_FIELD_NUMBER: _builtins.int
     WATCH_REASK_INTERVAL_S_FIELD_NUMBER: _builtins.int
     CAMERAS_FIELD_NUMBER: _builtins.int
+    WATCH_RULES_FIELD_NUMBER: _builtins.int
     uncertainty_band_enabled: _builtins.bool
     """Mine detections whose score falls in their class's uncertainty band."""
     ibt_enabled: _builtins.bool
@@ -249,6 +278,13 @@ class MiningSettings(_message.Message):
         camera; what an entry leaves unset keeps the value above.
         """
 
+    @_builtins.property
+    def watch_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchRule]:
+        """Rules in plain words that the cloud's vision-language model judges (at most 32, each rule_id
+        once): a tracked object that is a candidate of a rule asks the cloud about it, once per object and
+        rule (again after resend_interval_s while the answer is unsure); a match is an event.
+        """
+
     def __init__(
         self,
         *,
@@ -269,14 +305,93 @@ class MiningSettings(_message.Message):
         motion_min_area_fraction: _builtins.float = ...,
         watch_reask_interval_s: _builtins.float = ...,
         cameras: _abc.Iterable[Global___CameraMining] | None = ...,
+        watch_rules: _abc.Iterable[Global___WatchRule] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_uncertainty_band", b"default_uncertainty_band"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cameras", b"cameras", "cross_entropy_enabled", b"cross_entropy_enabled", "cross_entropy_threshold", b"cross_entropy_threshold", "default_uncertainty_band", b"default_uncertainty_band", "ibt_box_score_threshold", b"ibt_box_score_threshold", "ibt_enabled", b"ibt_enabled", "ibt_image_fraction_threshold", b"ibt_image_fraction_threshold", "motion_min_area_fraction", b"motion_min_area_fraction", "motion_without_detection_enabled", b"motion_without_detection_enabled", "random_audit_enabled", b"random_audit_enabled", "random_audit_rate", b"random_audit_rate", "resend_interval_s", b"resend_interval_s", "uncertainty_band_enabled", b"uncertainty_band_enabled", "uncertainty_bands", b"uncertainty_bands", "watch_list_enabled", b"watch_list_enabled", "watch_list_labels", b"watch_list_labels", "watch_reask_interval_s", b"watch_reask_interval_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cameras", b"cameras", "cross_entropy_enabled", b"cross_entropy_enabled", "cross_entropy_threshold", b"cross_entropy_threshold", "default_uncertainty_band", b"default_uncertainty_band", "ibt_box_score_threshold", b"ibt_box_score_threshold", "ibt_enabled", b"ibt_enabled", "ibt_image_fraction_threshold", b"ibt_image_fraction_threshold", "motion_min_area_fraction", b"motion_min_area_fraction", "motion_without_detection_enabled", b"motion_without_detection_enabled", "random_audit_enabled", b"random_audit_enabled", "random_audit_rate", b"random_audit_rate", "resend_interval_s", b"resend_interval_s", "uncertainty_band_enabled", b"uncertainty_band_enabled", "uncertainty_bands", b"uncertainty_bands", "watch_list_enabled", b"watch_list_enabled", "watch_list_labels", b"watch_list_labels", "watch_reask_interval_s", b"watch_reask_interval_s", "watch_rules", b"watch_rules"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MiningSettings: _TypeAlias = MiningSettings  # noqa: Y015
+
+@_typing.final
+class ZonePoint(_message.Message):
+    """A point of a zone, as shares of the frame's width and height from its top-left corner."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    X_FIELD_NUMBER: _builtins.int
+    Y_FIELD_NUMBER: _builtins.int
+    x: _builtins.float
+    """Share (0-1) of the frame's width from its left edge."""
+    y: _builtins.float
+    """Share (0-1) of the frame's height from its top edge."""
+    def __init__(
+        self,
+        *,
+        x: _builtins.float = ...,
+        y: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["x", b"x", "y", b"y"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ZonePoint: _TypeAlias = ZonePoint  # noqa: Y015
+
+@_typing.final
+class WatchRule(_message.Message):
+    """A rule in plain words, e.g. "a person climbing the fence": which objects are its candidates, and the
+    text the cloud's vision-language model is asked about each of them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    CAMERA_IDS_FIELD_NUMBER: _builtins.int
+    ZONE_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    rule_id: _builtins.str
+    """Stable id of the rule, named by samples, verdicts and events: a letter or digit, then up to 63
+    letters, digits, '.', '_' or '-'.
+    """
+    text: _builtins.str
+    """What to look for, in plain words, as the model is asked it: one line of at most 200 characters."""
+    severity: Global___RuleSeverity.ValueType
+    """How much a match matters."""
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Labels of the edge detector a tracked object must carry to be a candidate (one to 16)."""
+
+    @_builtins.property
+    def camera_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Cameras the rule watches, as the edge's config names them; empty: every camera."""
+
+    @_builtins.property
+    def zone(self) -> _containers.RepeatedCompositeFieldContainer[Global___ZonePoint]:
+        """Polygon of 3 to 32 points the bottom centre of a candidate's box must lie in; empty: the whole frame."""
+
+    def __init__(
+        self,
+        *,
+        rule_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        labels: _abc.Iterable[_builtins.str] | None = ...,
+        camera_ids: _abc.Iterable[_builtins.str] | None = ...,
+        zone: _abc.Iterable[Global___ZonePoint] | None = ...,
+        severity: Global___RuleSeverity.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["camera_ids", b"camera_ids", "labels", b"labels", "rule_id", b"rule_id", "severity", b"severity", "text", b"text", "zone", b"zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRule: _TypeAlias = WatchRule  # noqa: Y015
 
 @_typing.final
 class CameraMining(_message.Message):

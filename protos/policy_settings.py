@@ -17,7 +17,7 @@ Floats read from the wire go through `protos.floats.f32`, so settings survive a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -32,6 +32,10 @@ _E = TypeVar("_E")
 MAX_POLICY_VERSION = (1 << 53) - 1
 ImageModeName = Literal["crop", "full_frame"]
 ReplayOrderName = Literal["newest_first", "oldest_first"]
+RuleSeverityName = Literal["info", "warning", "critical"]
+RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_WATCH_RULES = 32  # per policy; a sample asks at most this many (cloud.convert bounds it too)
+MAX_RULE_TEXT = 200
 
 
 class InvalidPolicyError(ValueError):
@@ -92,6 +96,96 @@ class CameraMining(_Strict):
     watch_reask_interval_s: float | None = Field(
         None, ge=0.0, le=86_400.0, description="This camera's watch_reask_interval_s (0-86400)."
     )
+
+
+class ZonePoint(_Strict):
+    """A point of a zone, as shares of the frame's width and height from its top-left corner."""
+
+    x: float = Field(..., ge=0.0, le=1.0, description="Share (0-1) of the frame's width from its left edge.")
+    y: float = Field(..., ge=0.0, le=1.0, description="Share (0-1) of the frame's height from its top edge.")
+
+
+class WatchRule(_Strict):
+    """A rule in plain words, e.g. "a person climbing the fence": which objects are its candidates, and the
+    text the cloud's vision-language model is asked about each of them."""
+
+    rule_id: str = Field(
+        ...,
+        pattern=RULE_ID_PATTERN,
+        description="Stable id of the rule, named by samples, verdicts and events: a letter or digit, then up to 63 "
+        "letters, digits, '.', '_' or '-'.",
+    )
+    text: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_RULE_TEXT,
+        description="What to look for, in plain words, as the model is asked it: one line of at most 200 characters.",
+    )
+    labels: tuple[str, ...] = Field(
+        ...,
+        min_length=1,
+        max_length=16,
+        description="Labels of the edge detector a tracked object must carry to be a candidate (one to 16).",
+    )
+    camera_ids: tuple[str, ...] = Field(
+        (),
+        max_length=256,
+        description="Cameras the rule watches, as the edge's config names them; empty: every camera.",
+    )
+    zone: tuple[ZonePoint, ...] = Field(
+        (),
+        max_length=32,
+        description="Polygon of 3 to 32 points the bottom centre of a candidate's box must lie in; empty: the whole "
+        "frame.",
+    )
+    severity: RuleSeverityName = Field("warning", description="How much a match matters.")
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> Self:
+        if not self.text.strip() or any(not ch.isprintable() for ch in self.text):
+            raise ValueError(f"rule {self.rule_id}: text must be one line of printable characters, not blank")
+        if any(not label for label in self.labels) or any(not camera for camera in self.camera_ids):
+            raise ValueError(f"rule {self.rule_id}: a label or camera id is empty")
+        if 0 < len(self.zone) < 3:
+            raise ValueError(f"rule {self.rule_id}: a zone needs at least 3 points (it has {len(self.zone)})")
+        return self
+
+    def watches(self, camera_id: str) -> bool:
+        """Whether the rule applies on `camera_id`."""
+        return not self.camera_ids or camera_id in self.camera_ids
+
+    def is_candidate(self, label: str, box: tuple[float, float, float, float], frame_size: tuple[int, int]) -> bool:
+        """Whether an object of `label` at `box` (pixels of a `frame_size` (width, height) frame) is a candidate.
+
+        With a zone, the bottom centre of the box (where the object stands) must lie inside it; a frame of
+        unknown size is inside no zone.
+        """
+        if label not in self.labels:
+            return False
+        if not self.zone:
+            return True
+        width, height = frame_size
+        if width <= 0 or height <= 0:
+            return False
+        return _inside(((box[0] + box[2]) / 2 / width, box[3] / height), self.zone)
+
+
+def _inside(point: tuple[float, float], polygon: Sequence[ZonePoint]) -> bool:
+    """Even-odd rule: whether `point` lies inside `polygon` (a point on an edge may fall either way).
+
+    Written out rather than taken from shapely or matplotlib: the edge image carries neither, and the
+    test is ten lines.
+    """
+    x, y = point
+    inside = False
+    previous = polygon[-1]
+    for current in polygon:
+        if (current.y > y) != (previous.y > y):
+            crossing = previous.x + (y - previous.y) * (current.x - previous.x) / (current.y - previous.y)
+            if x < crossing:
+                inside = not inside
+        previous = current
+    return inside
 
 
 class MiningSettings(_Strict):
@@ -169,6 +263,13 @@ class MiningSettings(_Strict):
         description="Per-camera values of the rules the closed loop sizes for each camera, at most one entry per "
         "camera; what an entry leaves unset keeps the value above.",
     )
+    watch_rules: tuple[WatchRule, ...] = Field(
+        (),
+        max_length=MAX_WATCH_RULES,
+        description="Rules in plain words that the cloud's vision-language model judges (at most 32, each rule_id "
+        "once): a tracked object that is a candidate of a rule asks the cloud about it, once per object and rule "
+        "(again after resend_interval_s while the answer is unsure); a match is an event.",
+    )
 
     @model_validator(mode="after")
     def _labelled(self) -> Self:
@@ -176,7 +277,15 @@ class MiningSettings(_Strict):
             raise ValueError("bands: a band has an empty label")
         if any(not camera for camera in self.cameras):
             raise ValueError("cameras: an entry has an empty camera id")
+        ids = [rule.rule_id for rule in self.watch_rules]
+        if len(set(ids)) != len(ids):
+            twice = sorted({rule_id for rule_id in ids if ids.count(rule_id) > 1})
+            raise ValueError(f"watch_rules: rule_id {', '.join(twice)} appears more than once")
         return self
+
+    def rule(self, rule_id: str) -> WatchRule | None:
+        """The watch rule of that id, if the settings have it."""
+        return next((rule for rule in self.watch_rules if rule.rule_id == rule_id), None)
 
     def band_for(self, label: str) -> Band:
         """The band of one class."""
@@ -185,9 +294,12 @@ class MiningSettings(_Strict):
     def for_camera(self, camera_id: str) -> MiningSettings:
         """These settings with one camera's own values (`cameras`) in place of the edge-wide ones."""
         entry = self.cameras.get(camera_id)
-        if entry is None:
-            return self
-        written = {name: value for name, value in entry.model_dump().items() if value is not None}
+        written: dict[str, Any] = {}
+        if entry is not None:
+            written = {name: value for name, value in entry.model_dump().items() if value is not None}
+        rules = tuple(rule for rule in self.watch_rules if rule.watches(camera_id))
+        if rules != self.watch_rules:
+            written["watch_rules"] = rules
         return self.model_copy(update=written) if written else self
 
 
@@ -267,6 +379,37 @@ _REPLAY_ORDER_TO_PB: dict[ReplayOrderName, policy_pb2.ReplayOrder.ValueType] = {
     "oldest_first": policy_pb2.REPLAY_ORDER_OLDEST_FIRST,
 }
 _REPLAY_ORDER_FROM_PB = {pb: name for name, pb in _REPLAY_ORDER_TO_PB.items()}
+_SEVERITY_TO_PB: dict[RuleSeverityName, policy_pb2.RuleSeverity.ValueType] = {
+    "info": policy_pb2.RULE_SEVERITY_INFO,
+    "warning": policy_pb2.RULE_SEVERITY_WARNING,
+    "critical": policy_pb2.RULE_SEVERITY_CRITICAL,
+}
+_SEVERITY_FROM_PB = {pb: name for name, pb in _SEVERITY_TO_PB.items()}
+
+
+def _rule_to_pb(rule: WatchRule) -> policy_pb2.WatchRule:
+    return policy_pb2.WatchRule(
+        rule_id=rule.rule_id,
+        text=rule.text,
+        labels=list(rule.labels),
+        camera_ids=list(rule.camera_ids),
+        zone=[policy_pb2.ZonePoint(x=point.x, y=point.y) for point in rule.zone],
+        severity=_SEVERITY_TO_PB[rule.severity],
+    )
+
+
+def _rule_from_pb(rule: policy_pb2.WatchRule, where: str) -> dict[str, Any]:
+    severity = _SEVERITY_FROM_PB.get(rule.severity)
+    if severity is None:
+        raise InvalidPolicyError(f"{where}: mining.watch_rules.{rule.rule_id or '<no id>'}: severity is not set")
+    return {
+        "rule_id": rule.rule_id,
+        "text": rule.text,
+        "labels": tuple(rule.labels),
+        "camera_ids": tuple(rule.camera_ids),
+        "zone": tuple({"x": f32(point.x), "y": f32(point.y)} for point in rule.zone),
+        "severity": severity,
+    }
 
 
 def settings_to_pb(settings: PolicySettings, policy: policy_pb2.Policy) -> None:
@@ -306,6 +449,7 @@ def settings_to_pb(settings: PolicySettings, policy: policy_pb2.Policy) -> None:
                 policy_pb2.CameraMining(camera_id=camera, **entry.model_dump(exclude_none=True))
                 for camera, entry in sorted(mining.cameras.items())
             ],
+            watch_rules=[_rule_to_pb(rule) for rule in mining.watch_rules],
         )
     )
     policy.uplink.CopyFrom(
@@ -403,6 +547,7 @@ def _mining_from_pb(mining: policy_pb2.MiningSettings, base: PolicySettings, whe
         "motion_min_area_fraction": f32(mining.motion_min_area_fraction),
         "watch_reask_interval_s": f32(mining.watch_reask_interval_s),
         "cameras": cameras,
+        "watch_rules": tuple(_rule_from_pb(rule, where) for rule in mining.watch_rules),
     }
 
 

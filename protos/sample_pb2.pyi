@@ -45,6 +45,8 @@ class _MinedReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MinedReas
     """The gate saw change but the detector found nothing: a possible miss."""
     MINED_REASON_RANDOM_AUDIT: _MinedReason.ValueType  # 6
     """Picked at random at the policy's audit rate, to measure edge accuracy without bias."""
+    MINED_REASON_WATCH_RULE: _MinedReason.ValueType  # 7
+    """A tracked object is a candidate of one of the policy's watch rules in plain words (rule_ids)."""
 
 class MinedReason(_MinedReason, metaclass=_MinedReasonEnumTypeWrapper):
     """Why the edge's miner judged a frame suspicious (the first strategy that fired)."""
@@ -63,6 +65,8 @@ MINED_REASON_MOTION_WITHOUT_DETECTION: MinedReason.ValueType  # 5
 """The gate saw change but the detector found nothing: a possible miss."""
 MINED_REASON_RANDOM_AUDIT: MinedReason.ValueType  # 6
 """Picked at random at the policy's audit rate, to measure edge accuracy without bias."""
+MINED_REASON_WATCH_RULE: MinedReason.ValueType  # 7
+"""A tracked object is a candidate of one of the policy's watch rules in plain words (rule_ids)."""
 Global___MinedReason: _TypeAlias = MinedReason  # noqa: Y015
 
 @_typing.final
@@ -231,6 +235,7 @@ class Sample(_message.Message):
     FRAME_SEQ_FIELD_NUMBER: _builtins.int
     TRACK_ID_FIELD_NUMBER: _builtins.int
     MOTION_AREA_FRACTION_FIELD_NUMBER: _builtins.int
+    RULE_IDS_FIELD_NUMBER: _builtins.int
     sample_id: _builtins.str
     """Idempotency key, unique per sample among the edge's own (e.g. a UUID); the cloud deduplicates on
     (edge_id, sample_id), so another edge's sample with the same id is another sample.
@@ -281,6 +286,14 @@ class Sample(_message.Message):
     def detections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Detection]:
         """What the edge detector found in the frame, in original-frame pixels; may be empty."""
 
+    @_builtins.property
+    def rule_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The policy's watch rules (their rule_id) the cloud is asked to judge on this sample's object, at
+        most 32; the cloud reads each rule's text from the policy it signed for this edge, and the verdict
+        answers each one. Any mined reason may carry them (an object asked about for its score that is
+        also a rule's candidate asks both at once).
+        """
+
     def __init__(
         self,
         *,
@@ -300,10 +313,11 @@ class Sample(_message.Message):
         frame_seq: _builtins.int = ...,
         track_id: _builtins.str = ...,
         motion_area_fraction: _builtins.float = ...,
+        rule_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "image", b"image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["camera_id", b"camera_id", "captured_at", b"captured_at", "detections", b"detections", "edge_id", b"edge_id", "edge_model_name", b"edge_model_name", "edge_model_version", b"edge_model_version", "frame_seq", b"frame_seq", "image", b"image", "mined_reason", b"mined_reason", "mined_reason_detail", b"mined_reason_detail", "motion_area_fraction", b"motion_area_fraction", "policy_version", b"policy_version", "priority", b"priority", "sample_id", b"sample_id", "trace_id", b"trace_id", "track_id", b"track_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["camera_id", b"camera_id", "captured_at", b"captured_at", "detections", b"detections", "edge_id", b"edge_id", "edge_model_name", b"edge_model_name", "edge_model_version", b"edge_model_version", "frame_seq", b"frame_seq", "image", b"image", "mined_reason", b"mined_reason", "mined_reason_detail", b"mined_reason_detail", "motion_area_fraction", b"motion_area_fraction", "policy_version", b"policy_version", "priority", b"priority", "rule_ids", b"rule_ids", "sample_id", b"sample_id", "trace_id", b"trace_id", "track_id", b"track_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -95,6 +95,68 @@ VERDICT_ORIGIN_EDGE_FALLBACK: VerdictOrigin.ValueType  # 4
 """Made on the edge from its own detections because the cloud could not be reached."""
 Global___VerdictOrigin: _TypeAlias = VerdictOrigin  # noqa: Y015
 
+class _RuleMatch:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RuleMatchEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RuleMatch.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RULE_MATCH_UNSPECIFIED: _RuleMatch.ValueType  # 0
+    """Not set; a receiver treats it as UNSURE."""
+    RULE_MATCH_MATCHED: _RuleMatch.ValueType  # 1
+    """The image shows what the rule describes."""
+    RULE_MATCH_NOT_MATCHED: _RuleMatch.ValueType  # 2
+    """It does not."""
+    RULE_MATCH_UNSURE: _RuleMatch.ValueType  # 3
+    """The backend could not tell (a detector-only backend, a rule the cloud's policy no longer has, an
+    answer without it); the edge may ask again.
+    """
+
+class RuleMatch(_RuleMatch, metaclass=_RuleMatchEnumTypeWrapper):
+    """The answer to one watch rule."""
+
+RULE_MATCH_UNSPECIFIED: RuleMatch.ValueType  # 0
+"""Not set; a receiver treats it as UNSURE."""
+RULE_MATCH_MATCHED: RuleMatch.ValueType  # 1
+"""The image shows what the rule describes."""
+RULE_MATCH_NOT_MATCHED: RuleMatch.ValueType  # 2
+"""It does not."""
+RULE_MATCH_UNSURE: RuleMatch.ValueType  # 3
+"""The backend could not tell (a detector-only backend, a rule the cloud's policy no longer has, an
+answer without it); the edge may ask again.
+"""
+Global___RuleMatch: _TypeAlias = RuleMatch  # noqa: Y015
+
+@_typing.final
+class RuleAnswer(_message.Message):
+    """What the cloud answered about one of the watch rules a sample asked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    MATCH_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    rule_id: _builtins.str
+    """The rule asked (its rule_id in the policy)."""
+    match: Global___RuleMatch.ValueType
+    """Whether it matched."""
+    reason: _builtins.str
+    """The model's short reason, for people."""
+    def __init__(
+        self,
+        *,
+        rule_id: _builtins.str = ...,
+        match: Global___RuleMatch.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match", b"match", "reason", b"reason", "rule_id", b"rule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuleAnswer: _TypeAlias = RuleAnswer  # noqa: Y015
+
 @_typing.final
 class Verdict(_message.Message):
     """The verdict on one sample."""
@@ -117,6 +179,7 @@ class Verdict(_message.Message):
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     TRACK_ID_FIELD_NUMBER: _builtins.int
+    RULE_ANSWERS_FIELD_NUMBER: _builtins.int
     sample_id: _builtins.str
     """The sample judged (its idempotency key)."""
     edge_id: _builtins.str
@@ -153,6 +216,10 @@ class Verdict(_message.Message):
     def decided_at(self) -> _timestamp_pb2.Timestamp:
         """When the verdict was made, by the producer's clock."""
 
+    @_builtins.property
+    def rule_answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleAnswer]:
+        """One answer per rule the sample asked (its rule_ids), in the same order."""
+
     def __init__(
         self,
         *,
@@ -172,10 +239,11 @@ class Verdict(_message.Message):
         decided_at: _timestamp_pb2.Timestamp | None = ...,
         trace_id: _builtins.str = ...,
         track_id: _builtins.str = ...,
+        rule_answers: _abc.Iterable[Global___RuleAnswer] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "confidence", b"confidence", "decided_at", b"decided_at", "decision", b"decision", "detections", b"detections", "edge_id", b"edge_id", "inference_time_ms", b"inference_time_ms", "model_name", b"model_name", "model_version", b"model_version", "origin", b"origin", "origin_detail", b"origin_detail", "queue_time_ms", b"queue_time_ms", "sample_id", b"sample_id", "text", b"text", "trace_id", b"trace_id", "track_id", b"track_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "confidence", b"confidence", "decided_at", b"decided_at", "decision", b"decision", "detections", b"detections", "edge_id", b"edge_id", "inference_time_ms", b"inference_time_ms", "model_name", b"model_name", "model_version", b"model_version", "origin", b"origin", "origin_detail", b"origin_detail", "queue_time_ms", b"queue_time_ms", "rule_answers", b"rule_answers", "sample_id", b"sample_id", "text", b"text", "trace_id", b"trace_id", "track_id", b"track_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

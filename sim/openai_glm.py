@@ -20,7 +20,8 @@ from typing import Any, Literal, get_args
 from cloud.backends.glm import GlmBackend, GlmBackendConfig
 from cloud.backends.glm_inputs import BadImageError, chat_prefix, image_tokens_for
 from cloud.backends.verdict_text import DEFAULT_QUESTION, NO_DETECTIONS, build_prompt
-from cloud.convert import CloudDetection, MinedReasonName, SampleInput
+from cloud.convert import CloudDetection, SampleInput
+from protos.reasons import MinedReasonName
 from sim.openai_server import ChatInput, Reply
 
 logger = logging.getLogger(__name__)

@@ -12,12 +12,15 @@ from typing import Any
 import yaml
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from cloud.api.recorder import UNSTATED
 from cloud.api.state import AdminState, require_store
 from cloud.policy import PolicyValidationError
 from cloud.policy.engine import policy_reason
+from cloud.policy.settings import describe_errors
 from cloud.store import PolicyRecord
+from protos.policy_settings import PolicySettings, WatchRule
 
 MAX_POLICY_BYTES = 1 << 20
 MAX_REASON_CHARS = 500
@@ -42,6 +45,27 @@ async def _settings_body(request: Request, state: AdminState, where: str) -> Any
         raise PolicyValidationError(where, [("(body)", f"not valid YAML or JSON: {err}")]) from err
 
 
+def _watch_rule(body: Any, rule_id: str, where: str, state: AdminState) -> WatchRule:
+    """The rule a request body describes, under the path's id; PolicyValidationError (counted) names what is wrong."""
+    problems: list[tuple[str, str]] = []
+    if not isinstance(body, dict):
+        problems.append(("(body)", "expected a mapping with text, labels and optionally camera_ids, zone, severity"))
+    elif body.get("rule_id", rule_id) != rule_id:
+        problems.append(("rule_id", f"{body['rule_id']!r} differs from the path's {rule_id!r}"))
+    else:
+        try:
+            return WatchRule.model_validate({**body, "rule_id": rule_id})
+        except ValidationError as err:
+            problems = describe_errors(err, WatchRule)
+    state.metrics.policies_rejected.inc()
+    raise PolicyValidationError(where, problems)
+
+
+def _stated(request: Request, reason: str) -> str:
+    """What the policy history keeps of a change: the method and path, the reason given, and who made it."""
+    return f"{request.method} {request.url.path}" + (f": {reason}" if reason else "") + _by(request)
+
+
 def _by(request: Request) -> str:
     """ " (by <user>)" when the request named its user (cloud/api/auth.py), for the policy history."""
     user = getattr(request.state, "admin_user", None)
@@ -57,7 +81,7 @@ async def _publish(
     scope: str,
     scope_id: str,
 ) -> JSONResponse:
-    stated = f"{request.method} {request.url.path}" + (f": {reason}" if reason else "") + _by(request)
+    stated = _stated(request, reason)
     try:
         body = await _settings_body(request, state, where)
         with policy_reason(stated):
@@ -94,17 +118,59 @@ def _writing_routes(state: AdminState) -> APIRouter:
 
         return await _publish(request, state, f"edge {edge_id} override", reason, set_edge, "edge", edge_id)
 
+    @router.put("/policies/fleet/watch-rules/{rule_id}")
+    async def put_watch_rule(rule_id: str, request: Request, reason: str = ReasonQuery) -> JSONResponse:
+        """Add a watch rule in plain words to the fleet policy, or replace the one with this id.
+
+        The body (YAML or JSON) holds the rule's text, labels, camera_ids, zone and severity
+        (docs/rules.md); 422 names each invalid field. Other rules and settings stay as they are.
+        """
+        where = f"fleet watch rule {rule_id}"
+        stated = _stated(request, reason)
+        try:
+            body = await _settings_body(request, state, where)
+            rule = _watch_rule(body, rule_id, where, state)
+
+            def upsert(fleet: PolicySettings) -> PolicySettings:
+                rules = [r for r in fleet.mining.watch_rules if r.rule_id != rule_id]
+                at = next((i for i, r in enumerate(fleet.mining.watch_rules) if r.rule_id == rule_id), len(rules))
+                rules.insert(at, rule)
+                return fleet.model_copy(
+                    update={"mining": fleet.mining.model_copy(update={"watch_rules": tuple(rules)})}
+                )
+
+            with policy_reason(stated):
+                version = await policy.edit_fleet(upsert)
+        except PolicyValidationError as err:
+            return _invalid(err)
+        return JSONResponse({"version": version, "scope": "fleet", "scope_id": "", "rule_id": rule_id})
+
+    @router.delete("/policies/fleet/watch-rules/{rule_id}")
+    async def delete_watch_rule(rule_id: str, request: Request, reason: str = ReasonQuery) -> JSONResponse:
+        """Remove a watch rule from the fleet policy (404 when the fleet policy has none with this id)."""
+        if policy.fleet.mining.rule(rule_id) is None:
+            raise HTTPException(404, f"the fleet policy has no watch rule {rule_id!r}")
+        stated = _stated(request, reason)
+
+        def remove(fleet: PolicySettings) -> PolicySettings:
+            rules = tuple(r for r in fleet.mining.watch_rules if r.rule_id != rule_id)
+            return fleet.model_copy(update={"mining": fleet.mining.model_copy(update={"watch_rules": rules})})
+
+        with policy_reason(stated):
+            version = await policy.edit_fleet(remove)
+        return JSONResponse({"version": version, "scope": "fleet", "scope_id": "", "rule_id": rule_id})
+
     @router.delete("/policies/edges/{edge_id}")
     async def delete_edge(edge_id: str, request: Request, reason: str = ReasonQuery) -> JSONResponse:
         """Remove an edge's override; the edge gets its site's or the fleet policy under a new version."""
-        with policy_reason(f"DELETE {request.url.path}" + (f": {reason}" if reason else "") + _by(request)):
+        with policy_reason(_stated(request, reason)):
             version = await policy.clear_override("edge", edge_id)
         return JSONResponse({"version": version, "scope": "fleet", "scope_id": ""})
 
     @router.delete("/policies/sites/{site_id}")
     async def delete_site(site_id: str, request: Request, reason: str = ReasonQuery) -> JSONResponse:
         """Remove a site's override; its edges get the fleet policy (or their own override) under a new version."""
-        with policy_reason(f"DELETE {request.url.path}" + (f": {reason}" if reason else "") + _by(request)):
+        with policy_reason(_stated(request, reason)):
             version = await policy.clear_override("site", site_id)
         return JSONResponse({"version": version, "scope": "fleet", "scope_id": ""})
 

@@ -6,7 +6,11 @@ answers with one JSON object:
     {"decision": "confirmed" | "rejected", "labels": ["cat"], "confidence": 0.93, "description": "one line"}
 
 "confirmed" means the image shows a label the edge claimed (or, when the edge claimed nothing, any
-object). `VerdictAnswer` is that object as a pydantic model: every answer is validated with it, and
+object). A sample that asks watch rules in plain words (`SampleInput.rules`) lists them after the
+question, one per line as `[rule_id] text`, and the answer adds one entry per rule:
+
+    "rules": [{"id": "fence", "match": "matched" | "not_matched" | "unsure", "reason": "short"}]
+ `VerdictAnswer` is that object as a pydantic model: every answer is validated with it, and
 `answer_schema` is its JSON schema for servers that constrain decoding to one (`response_format`).
 `parse_answer` takes the first valid such object out of whatever the model wrote; `to_result` turns
 it, or its absence, into a `BackendResult`. The world GLM (`sim/glm`) is trained on exactly these
@@ -49,7 +53,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictStr, ValidationError, model_validator
 
-from cloud.convert import BackendResult, Box, CloudDetection, SampleInput
+from cloud.convert import BackendResult, Box, CloudDetection, RuleAnswer, RuleMatchName, SampleInput
 
 AnswerDecision = Literal["confirmed", "rejected", "unsure"]
 ANSWER_DECISIONS: tuple[AnswerDecision, ...] = ("confirmed", "rejected", "unsure")
@@ -57,6 +61,8 @@ ANSWER_DECISIONS: tuple[AnswerDecision, ...] = ("confirmed", "rejected", "unsure
 DEFAULT_QUESTION = "Does the image show what the edge detected (or any object if it detected none)?"
 # Placeholders: {detections}, {reason}, {question}. Short on purpose: every token costs on a small model.
 DEFAULT_TEMPLATE = "Edge: {detections}\nMined: {reason}\n{question}\nJSON: decision, labels, confidence, description"
+# How the rules a sample asks follow the question (one line each: "[id] text" after this header).
+RULES_HEADER = "Rules: answer each in rules (id, match matched/not_matched/unsure, reason)"
 # What the model sees when the edge reported no object (motion without detection, audits).
 NO_DETECTIONS = "none"
 # Raw text kept in an unsure verdict when the answer could not be parsed (verdicts are no log files).
@@ -105,6 +111,28 @@ class GroundedBox(BaseModel):
         return self
 
 
+def _match_name(value: object) -> object:
+    """A rule's match as models write it: matched/not_matched/unsure, or yes/no, or true/false."""
+    if isinstance(value, bool):
+        return "matched" if value else "not_matched"
+    if isinstance(value, str):
+        name = value.strip().lower().replace(" ", "_").replace("-", "_")
+        return {"yes": "matched", "match": "matched", "no": "not_matched", "no_match": "not_matched"}.get(name, name)
+    return value
+
+
+class RuleVerdict(BaseModel):
+    """The answer to one watch rule the prompt listed."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: StrictStr = Field(description="The rule's id as the prompt gave it.")
+    match: Annotated[RuleMatchName, BeforeValidator(_match_name)] = Field(
+        description="matched: the image shows what the rule says; not_matched: it does not; unsure: cannot tell."
+    )
+    reason: StrictStr = Field(default="", description="A few words on why.")
+
+
 class VerdictAnswer(BaseModel):
     """The answer object a model must give: what is validated, and the schema structured output asks for."""
 
@@ -122,6 +150,7 @@ class VerdictAnswer(BaseModel):
     )
     description: StrictStr = Field(default="", description="One line on what the image shows.")
     boxes: list[GroundedBox] = Field(default_factory=list, description="Where the labelled objects are, if located.")
+    rules: list[RuleVerdict] = Field(default_factory=list, description="One answer per rule the prompt listed.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +167,7 @@ class ParsedAnswer:
     description: str
     boxes: tuple[tuple[str, GridBox], ...] = ()
     reasoning_chars: int = 0
+    rules: tuple[RuleAnswer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,31 +187,44 @@ def format_detections(detections: Sequence[tuple[str, float]]) -> str:
 
 
 def format_prompt(
-    detections: Sequence[tuple[str, float]], reason: str, question: str, template: str | None = None
+    detections: Sequence[tuple[str, float]],
+    reason: str,
+    question: str,
+    template: str | None = None,
+    rules: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The user text from plain values (what training uses; `build_prompt` calls it for a sample)."""
-    return (template or DEFAULT_TEMPLATE).format(
+    """The user text from plain values (what training uses; `build_prompt` calls it for a sample).
+
+    `rules` ((id, text) pairs) follow under `RULES_HEADER`, one line each; without rules the text is
+    exactly the template's.
+    """
+    text = (template or DEFAULT_TEMPLATE).format(
         detections=format_detections(detections), reason=reason, question=question
     )
+    if rules:
+        text += "\n" + RULES_HEADER + "".join(f"\n[{rule_id}] {words}" for rule_id, words in rules)
+    return text
 
 
 def build_prompt(sample: SampleInput, question: str, template: str | None = None) -> str:
-    """The user text for `sample`: the edge's detections (label and score), why it was mined, the question."""
+    """The user text for `sample`: the edge's detections (label and score), why it was mined, the question,
+    and the watch rules it asks."""
     claims = [(d.label, d.score) for d in sample.detections]
-    return format_prompt(claims, sample.mined_reason, question, template)
+    rules = [(rule.rule_id, rule.text) for rule in sample.rules]
+    return format_prompt(claims, sample.mined_reason, question, template, rules)
 
 
 def format_answer(answer: ParsedAnswer) -> str:
-    """The canonical JSON text of an answer (the form the world GLM is trained to write)."""
-    return json.dumps(
-        {
-            "decision": answer.decision,
-            "labels": list(answer.labels),
-            "confidence": round(answer.confidence, 2),
-            "description": answer.description,
-        },
-        ensure_ascii=False,
-    )
+    """The canonical JSON text of an answer (the form the world GLM is trained to write); rules only when asked."""
+    body: dict[str, Any] = {
+        "decision": answer.decision,
+        "labels": list(answer.labels),
+        "confidence": round(answer.confidence, 2),
+        "description": answer.description,
+    }
+    if answer.rules:
+        body["rules"] = [{"id": a.rule_id, "match": a.match, "reason": a.reason} for a in answer.rules]
+    return json.dumps(body, ensure_ascii=False)
 
 
 def answer_schema() -> dict[str, Any]:
@@ -285,6 +328,7 @@ def _parsed(answer: VerdictAnswer, marked: tuple[tuple[str, GridBox], ...], reas
         description=" ".join(answer.description.split()),
         boxes=own + marked,
         reasoning_chars=reasoning_chars,
+        rules=tuple(RuleAnswer(rule.id.strip(), rule.match, " ".join(rule.reason.split())) for rule in answer.rules),
     )
 
 
@@ -305,7 +349,7 @@ def to_result(parsed: ParsedAnswer | None, raw_text: str, sample: SampleInput, w
     elif parsed.decision == "confirmed":
         seen = set(parsed.labels)
         detections = [d for d in sample.detections if not seen or d.label in seen]
-    return BackendResult(parsed.decision, detections, parsed.description, parsed.confidence)
+    return BackendResult(parsed.decision, detections, parsed.description, parsed.confidence, parsed.rules)
 
 
 def grid_to_frame(box: GridBox, sample: SampleInput) -> Box:

@@ -42,6 +42,7 @@ from cloud.convert import BadSampleError, SampleInput, verdict_to_pb
 from cloud.ingest.config import IngestConfig
 from cloud.ingest.decode import decode_sample
 from cloud.metrics import CloudMetrics
+from cloud.rules import NOT_IN_POLICY, RuleLookup, answered, with_rules
 from cloud.store import SampleMeta, StoreError, VerdictStore
 from common.periodic import PeriodicTask
 from common.tracing import Tracing
@@ -118,9 +119,12 @@ class IngestCore:
         config: IngestConfig | None = None,
         replica: str = "",
         tracing: Tracing | None = None,
+        rules: RuleLookup | None = None,
     ) -> None:
         """Judge with `batcher` (in front of `backend`), keep verdicts in `store`; `replica` names this service
-        in the claims it takes on a shared store (default: host name, process id and a random part)."""
+        in the claims it takes on a shared store (default: host name, process id and a random part); `rules`
+        gives an edge's watch rules, which samples name by id (`cloud.rules`; without it none is known)."""
+        self._rules = rules
         self._replica = replica or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._tracing = tracing or Tracing()
         self._store = store
@@ -276,6 +280,15 @@ class IngestCore:
                 sample, meta = await asyncio.get_running_loop().run_in_executor(None, decode_sample, pb)
         except BadSampleError as err:
             return self._refuse(err)
+        sample, unknown = with_rules(sample, self._rules)
+        if unknown:
+            logger.info(
+                "sample %s asks watch rules %s, which the policy for edge %s camera %s does not have: answered unsure",
+                sample.sample_id,
+                ", ".join(unknown),
+                sample.edge_id,
+                sample.camera_id,
+            )
         try:
             ticket = self._batcher.enqueue(sample, timeout_s)
         except BatcherError as err:
@@ -360,6 +373,10 @@ class IngestCore:
             if self._store.shared:
                 await self._release(sample.sample_id, sample.edge_id)
             return self._defer(sample.sample_id, err)
+        result = answered(sample, result, backend.name)
+        for answer in result.rule_answers:
+            kind = "not_in_policy" if answer.reason == NOT_IN_POLICY else answer.match
+            self._metrics.rule_answers.labels(kind).inc()
         verdict = verdict_to_pb(
             sample,
             result,

@@ -246,13 +246,28 @@ class PolicyEngine:
     async def set_fleet(self, settings: PolicySettings | Mapping[str, Any]) -> int:
         """Replace the fleet policy; returns the new version (PolicyValidationError when invalid, counted)."""
         async with self._lock:
-            parsed = self._checked(lambda: parse_settings(settings, "fleet policy"))
-            for key, layer in self._layers.items():
-                if key != "fleet" and layer.settings is not None:
-                    self._check_merge(
-                        parsed, layer.settings, f"{key.replace(':', ' ')} override over the new fleet policy"
-                    )
-            return await self._publish("fleet", "", parsed)
+            return await self._replace_fleet(settings)
+
+    async def edit_fleet(self, change: Callable[[PolicySettings], PolicySettings | Mapping[str, Any]]) -> int:
+        """Replace the fleet policy with `change(current fleet settings)`, with no other change in between.
+
+        For edits of one part (a watch rule, the model) that must not undo a change made meanwhile;
+        `change` may raise PolicyValidationError to refuse (counted like an invalid policy).
+        """
+        async with self._lock:
+            try:
+                changed = change(self.fleet)
+            except PolicyValidationError:
+                self._metrics.policies_rejected.inc()
+                raise
+            return await self._replace_fleet(changed)
+
+    async def _replace_fleet(self, settings: PolicySettings | Mapping[str, Any]) -> int:
+        parsed = self._checked(lambda: parse_settings(settings, "fleet policy"))
+        for key, layer in self._layers.items():
+            if key != "fleet" and layer.settings is not None:
+                self._check_merge(parsed, layer.settings, f"{key.replace(':', ' ')} override over the new fleet policy")
+        return await self._publish("fleet", "", parsed)
 
     async def set_site(self, site_id: str, settings: PolicySettings | Mapping[str, Any]) -> int:
         """Set a site's override (fields not written follow the fleet); returns the new version."""
@@ -315,7 +330,7 @@ class PolicyEngine:
         """Name the model every edge runs (unless an override names another), as a new signed version."""
         logger.info("fleet: model %s (%s)", f"{model.name} {model.version}" if model else "unset", reason)
         with policy_reason(reason):
-            return await self.set_fleet(self.fleet.model_copy(update={"model": model}))
+            return await self.edit_fleet(lambda fleet: fleet.model_copy(update={"model": model}))
 
     async def adjust_loop(
         self,

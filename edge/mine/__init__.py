@@ -5,15 +5,9 @@ made them suspicious and a priority that orders the uplink. See `edge.mine.miner
 strategies in `edge.mine.strategies` are composed.
 """
 
-from edge.mine.base import (
-    DecisionKind,
-    MinedReasonName,
-    MiningContext,
-    MiningDecision,
-    MiningStrategy,
-    StrategyVote,
-)
+from edge.mine.base import DecisionKind, MiningContext, MiningDecision, MiningStrategy, StrategyVote
 from edge.mine.miner import Miner
+from protos.reasons import MinedReasonName
 
 __all__ = [
     "DecisionKind",

@@ -8,11 +8,7 @@ from typing import ClassVar, Literal, Protocol
 
 from common.detect import Detection
 from edge.policy.settings import Band, MiningPolicy
-
-MinedReasonName = Literal[
-    "uncertainty_band", "ibt", "cross_entropy", "watch_list", "motion_without_detection", "random_audit"
-]
-"""Why a frame was mined; one to one with protos' MinedReason (MINED_REASON_<UPPER>)."""
+from protos.reasons import MinedReasonName
 
 DecisionKind = Literal["confident", "suspicious", "nothing"]
 

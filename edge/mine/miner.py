@@ -28,9 +28,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from edge.mine.base import DecisionKind, MinedReasonName, MiningContext, MiningDecision, MiningStrategy, StrategyVote
+from edge.mine.base import DecisionKind, MiningContext, MiningDecision, MiningStrategy, StrategyVote
 from edge.mine.strategies import default_strategies
 from edge.policy.settings import MiningPolicy
+from protos.reasons import MinedReasonName
 
 
 class Miner:

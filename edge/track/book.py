@@ -16,8 +16,15 @@ rules); the book turns that into questions about objects:
   within half its size of, a region asked about while motion goes on there (within `lost_after_s`)
   is held back, and the region follows it (a thing moving across the view is one question). The
   question names the region (`motion-N`, as its track_id); what the cloud finds there is one object.
+- Watch rules in plain words (`MiningPolicy.watch_rules`) are track rules, not frame rules: a track
+  that is a candidate of a rule (its label, its box's bottom centre in the rule's zone) asks about the
+  rule once, with its best frame of the window like every question (reason `watch_rule`, or the
+  reason of a question it asks anyway: one sample asks both); again only while the answer is
+  `unsure` and `resend_interval_s` has passed, within `max_asks`. The sample names the rules
+  (`AskRequest.rule_ids`).
 - In `per_frame` mode (the baselines that ask per frame, as Sedna does) the book asks nothing itself:
-  the caller sends frames and tells the book which tracks each showed (`sent_frame`).
+  the caller sends frames and tells the book which tracks each showed (`sent_frame`); watch rules are
+  not asked.
 
 What a verdict does (`apply_verdict`), to the whole track:
 - confirmed: the track's events carry the cloud's label (and the VLM's description as
@@ -25,6 +32,9 @@ What a verdict does (`apply_verdict`), to the whole track:
 - rejected: the track is suppressed: no more local events, no more questions; one announced
   already gets an `update` saying so (consumers withdraw it). One never announced stays silent.
 - unsure: nothing changes; the track may ask again after the policy's interval.
+- whatever the decision but rejected, a rule answered `matched` joins the track's `rules` (id, text,
+  severity, the model's reason), and the track's event says so: its `new` if it was not announced
+  yet, else an `update`.
 
 Events, per tracked object (schema in docs/events.md, `EVENT_SCHEMA`): `new` when the edge is sure
 of it (at once: a confident detection does not wait for the cloud) or when the cloud confirmed it;
@@ -45,9 +55,10 @@ from typing import Any, Generic, Literal, TypeVar
 from common.boxes import area, intersection
 from common.detect import Detection
 from edge.convert import EdgeVerdict
-from edge.mine.base import MinedReasonName, MiningDecision
+from edge.mine.base import MiningDecision
 from edge.policy.settings import MiningPolicy
 from edge.track.tracker import Tracked
+from protos.reasons import MinedReasonName
 
 F = TypeVar("F")  # whatever the caller keeps of a frame (the agent: the frame and its gate result)
 AskMode = Literal["per_track", "per_frame"]
@@ -61,6 +72,9 @@ MOTION_REGION_REACH = 0.5  # a change within half its region's size of an asked 
 HELD_TRACK_ASKED = "track_asked"
 HELD_MOTION_ASKED = "motion_region_asked"
 MOTION_PREFIX = "motion-"  # the track_id of a question about a moving region with no detection
+# A question about a watch rule goes ahead of band doubts, behind the watch list (edge.mine.strategies'
+# priorities): the operator wrote the rule.
+RULE_PRIORITY = 0.85
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +90,10 @@ class TrackEvent:
 
 @dataclass(frozen=True, slots=True)
 class AskRequest(Generic[F]):
-    """A question for the cloud: this frame, about this track (None: about the frame's motion or all of it)."""
+    """A question for the cloud: this frame, about this track (None: about the frame's motion or all of it).
+
+    `rule_ids` are the watch rules the question asks as well (or only, when `reason` is watch_rule).
+    """
 
     camera_id: str
     track_id: str | None
@@ -85,6 +102,7 @@ class AskRequest(Generic[F]):
     reason: MinedReasonName
     detail: str
     priority: float
+    rule_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +145,12 @@ class _Track(Generic[F]):
     waiting: bool = False
     window_opened: float | None = None
     best: _Candidate[F] | None = None
+    # watch rules: rule id -> (when asked, the answer: None while waiting); the rules the open window asks;
+    # each asked rule's (text, severity) as the policy said when it was asked; the matched ones' event entries
+    rules: dict[str, tuple[float, str | None]] = field(default_factory=dict)
+    window_rules: set[str] = field(default_factory=set)
+    rule_meta: dict[str, tuple[str, str]] = field(default_factory=dict)
+    matched: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def first(cls, track_id: str, camera_id: str, detection: Detection, frame_seq: int, at: float) -> _Track[F]:
@@ -177,8 +201,12 @@ class TrackBook(Generic[F]):
         policy: MiningPolicy,
         frame: F,
         motion_box: tuple[int, int, int, int] | None = None,
+        frame_size: tuple[int, int] = (0, 0),
     ) -> FrameOutcome[F]:
-        """One detected frame of `camera_id`: update its tracks, announce the sure ones, ask about the hard ones."""
+        """One detected frame of `camera_id`: update its tracks, announce the sure ones, ask about the hard ones.
+
+        `policy` is the camera's (`MiningPolicy.for_camera`); `frame_size` (width, height) places the
+        watch rules' zones."""
         camera = self._cameras.setdefault(camera_id, _Camera())
         events: list[TrackEvent] = []
         asks: list[AskRequest[F]] = []
@@ -194,6 +222,8 @@ class TrackBook(Generic[F]):
             held_back = self._ask_hard(
                 camera, camera_id, captured_at, tracked, decision, policy, frame, motion_box, asks
             )
+        if self.mode == "per_track" and policy.watch_rules:
+            self._ask_rules(camera, captured_at, tracked, policy, frame, frame_size)
         asks.extend(self._close_windows(camera, captured_at))
         events.extend(self._end_lost(camera, captured_at, asks))
         return FrameOutcome(events, asks, held_back)
@@ -233,6 +263,8 @@ class TrackBook(Generic[F]):
         track.asked_label = track.label
         track.asked_at = captured_at
         track.waiting = True
+        for rule_id in request.rule_ids:
+            track.rules[rule_id] = (captured_at, None)
 
     # ---------------------------------------------------------------- verdicts
 
@@ -292,13 +324,20 @@ class TrackBook(Generic[F]):
         return events
 
     def _judge(self, track: _Track[F], verdict: EdgeVerdict) -> list[TrackEvent]:
+        matched = self._rule_answers(track, verdict)
         if verdict.decision == "unsure":
             track.verdict = "unsure" if track.verdict is None else track.verdict
-            return []
+            if not matched:
+                return []
+            if track.announced:
+                return [self._event("update", track)]
+            track.announced = True
+            return [self._event("new", track)]
         ended = (track.camera_id, track.track_id) in self._ended
         if verdict.decision == "rejected":
             track.verdict = "rejected"
             track.best = track.window_opened = None
+            track.window_rules = set()
             return [self._event("update", track)] if track.announced else []
         track.verdict = "confirmed"
         track.source = "cloud"
@@ -316,6 +355,72 @@ class TrackBook(Generic[F]):
         if ended:
             events.append(self._event("end", track))
         return events
+
+    def _rule_answers(self, track: _Track[F], verdict: EdgeVerdict) -> bool:
+        """Keep a verdict's rule answers on the track; whether a rule newly matched (never on a rejection)."""
+        newly = False
+        for answer in verdict.rule_answers:
+            asked = track.rules.get(answer.rule_id)
+            if asked is None:
+                continue  # not a rule this track asked (a stale or foreign answer)
+            track.rules[answer.rule_id] = (asked[0], answer.match)
+            if answer.match != "matched" or verdict.decision == "rejected" or answer.rule_id in track.matched:
+                continue
+            text, severity = track.rule_meta.get(answer.rule_id, ("", "warning"))
+            track.matched[answer.rule_id] = {
+                "id": answer.rule_id,
+                "text": text,
+                "severity": severity,
+                "reason": answer.reason,
+            }
+            newly = True
+        return newly
+
+    def _ask_rules(
+        self,
+        camera: _Camera[F],
+        captured_at: float,
+        tracked: Sequence[Tracked],
+        policy: MiningPolicy,
+        frame: F,
+        frame_size: tuple[int, int],
+    ) -> None:
+        """Open (or join) the question window of each track that is a candidate of a rule it has not asked."""
+        for item in tracked:
+            track = camera.tracks[item.track_id]
+            if track.verdict == "rejected" or track.waiting or track.asks >= self.max_asks:
+                continue
+            detection = item.detection
+            due = [
+                rule
+                for rule in policy.watch_rules
+                if rule.is_candidate(detection.label, detection.box, frame_size)
+                and self._rule_due(track, rule.rule_id, captured_at, policy)
+            ]
+            if not due:
+                continue
+            for rule in due:
+                track.window_rules.add(rule.rule_id)
+                track.rule_meta[rule.rule_id] = (rule.text, rule.severity)
+            quality = detection.score * math.sqrt(max(0.0, area(detection.box)))
+            if track.best is None or (track.best.reason == "watch_rule" and quality > track.best.quality):
+                ids = ", ".join(sorted(track.window_rules))
+                detail = f"watch rule {ids}: {detection.label} {detection.score:.2f} (track {track.track_id})"
+                track.best = _Candidate(frame, detection, "watch_rule", detail, RULE_PRIORITY, quality)
+            if track.window_opened is None:
+                track.window_opened = captured_at
+
+    @staticmethod
+    def _rule_due(track: _Track[F], rule_id: str, captured_at: float, policy: MiningPolicy) -> bool:
+        """Whether the track should ask `rule_id`: never asked, or answered unsure longer ago than the interval."""
+        if rule_id in track.window_rules:
+            return False
+        asked = track.rules.get(rule_id)
+        if asked is None:
+            return True
+        at, answer = asked
+        interval = policy.resend_interval_s
+        return answer == "unsure" and interval > 0 and captured_at - at >= interval
 
     # ---------------------------------------------------------------- internals
 
@@ -436,8 +541,17 @@ class TrackBook(Generic[F]):
         best = track.best
         assert best is not None
         track.best = track.window_opened = None
+        rule_ids = tuple(sorted(track.window_rules))
+        track.window_rules = set()
         return AskRequest(
-            track.camera_id, track.track_id, best.frame, (best.detection,), best.reason, best.detail, best.priority
+            track.camera_id,
+            track.track_id,
+            best.frame,
+            (best.detection,),
+            best.reason,
+            best.detail,
+            best.priority,
+            rule_ids,
         )
 
     def _end_lost(self, camera: _Camera[F], captured_at: float, asks: list[AskRequest[F]]) -> list[TrackEvent]:
@@ -484,6 +598,7 @@ class TrackBook(Generic[F]):
             "last_seen": track.last_seen,
             "source": track.source,
             "verdict": track.verdict,
+            "rules": list(track.matched.values()),
             "policy_version": self.policy_version,
         }
         return TrackEvent(kind, track.camera_id, track.track_id, payload, track.frame_seq)

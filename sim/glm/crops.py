@@ -20,7 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from cloud.backends.verdict_text import ParsedAnswer
-from cloud.convert import MinedReasonName
+from protos.reasons import MinedReasonName
 from sim.world.compose import (
     Placement,
     degrade,

@@ -15,7 +15,8 @@ import numpy as np
 from cloud.backends.glm import GlmBackend
 from cloud.backends.glm_inputs import BadImageError
 from cloud.backends.verdict_text import ParsedAnswer, parse_answer
-from cloud.convert import CloudDetection, MinedReasonName, SampleInput
+from cloud.convert import CloudDetection, SampleInput
+from protos.reasons import MinedReasonName
 from sim.glm.crops import NOTHING, Crop, draw_claim, frame_crops, true_answer
 from sim.world.photos import CLASSES, Image
 

@@ -28,7 +28,7 @@ EDGE = "gw-ev"
 WAIT_S = 90.0
 EVENT_KEYS = {
     "schema", "type", "id", "edge_id", "camera", "track_id", "label", "sub_label", "score", "top_score", "box",
-    "frame_seq", "first_seen", "last_seen", "source", "verdict", "policy_version", "has_snapshot",
+    "frame_seq", "first_seen", "last_seen", "source", "verdict", "rules", "policy_version", "has_snapshot",
 }  # fmt: skip
 # What Home Assistant's MQTT discovery needs of a sensor to list it under a device.
 DISCOVERY_KEYS = {"name", "unique_id", "state_topic", "availability", "device"}

@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cloud.convert import CloudDetection, MinedReasonName, SampleInput
+from cloud.convert import CloudDetection, SampleInput
 from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyEngine, PolicySettings, PolicySigner
 from cloud.policy.engine import PolicyChange, change_reason
 from cloud.policy.loop import BandController, ClosedLoopConfig
 from cloud.store.pairs import PairStore
 from protos import sample_pb2, verdict_pb2
+from protos.reasons import MinedReasonName
 from tests.helpers.wait import wait_until
 
 EDGE = "gw-1"

@@ -8,9 +8,10 @@ from typing import ClassVar
 import pytest
 
 from common.detect import Detection
-from edge.mine import MinedReasonName, Miner, MiningContext, StrategyVote
+from edge.mine import Miner, MiningContext, StrategyVote
 from edge.mine.strategies import PRECEDENCE, default_strategies
 from edge.policy.settings import Band, MiningPolicy
+from protos.reasons import MinedReasonName
 
 NO_AUDIT = MiningPolicy(random_audit_enabled=False)
 

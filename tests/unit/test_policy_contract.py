@@ -28,6 +28,8 @@ from protos.policy_settings import (
     ModelRef,
     PolicySettings,
     UplinkSettings,
+    WatchRule,
+    ZonePoint,
 )
 
 PROTO = Path(__file__).resolve().parents[2] / "protos" / "policy.proto"
@@ -40,6 +42,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "CameraMining": CameraMining,
     "UplinkSettings": UplinkSettings,
     "ModelRef": ModelRef,
+    "WatchRule": WatchRule,
+    "ZonePoint": ZonePoint,
     "Policy": PolicySettings,
 }
 # (message, proto field) -> model field, where the Python name reads better than the wire's

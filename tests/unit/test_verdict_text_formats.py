@@ -9,19 +9,22 @@ brackets, JSON in code fences), with this project's verdict object as the answer
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from cloud.backends.verdict_text import (
+    RULES_HEADER,
     ParsedAnswer,
     answer_schema,
+    build_prompt,
     parse_answer,
     parse_structured,
     split_answer,
     to_result,
 )
-from cloud.convert import CloudDetection, CropBox, SampleInput
+from cloud.convert import CloudDetection, CropBox, RuleAnswer, RuleQuestion, SampleInput
 
 VERDICT = {"decision": "confirmed", "labels": ["cat"], "confidence": 0.9, "description": "a cat on a wall"}
 ANSWER = json.dumps(VERDICT)
@@ -184,9 +187,29 @@ def test_a_structured_answer_must_be_the_object_alone() -> None:
 
 def test_the_schema_names_the_verdict_fields_and_requires_decision_and_confidence() -> None:
     schema = answer_schema()
-    assert set(schema["properties"]) == {"decision", "labels", "confidence", "description", "boxes"}
+    assert set(schema["properties"]) == {"decision", "labels", "confidence", "description", "boxes", "rules"}
     assert set(schema["required"]) == {"decision", "confidence"}
     assert schema["properties"]["decision"]["enum"] == ["confirmed", "rejected", "unsure"]
+    rule = schema["$defs"]["RuleVerdict"]
+    assert set(rule["properties"]) == {"id", "match", "reason"} and set(rule["required"]) == {"id", "match"}
+    assert rule["properties"]["match"]["enum"] == ["matched", "not_matched", "unsure"]
+
+
+def test_rules_are_listed_after_the_question_and_their_answers_read_as_models_write_them() -> None:
+    asked = replace(
+        sample(), rules=(RuleQuestion("fence", "a person climbing the fence"), RuleQuestion("bag", "a bag"))
+    )
+    prompt = build_prompt(asked, "Is it there?")
+    assert prompt.endswith(f"{RULES_HEADER}\n[fence] a person climbing the fence\n[bag] a bag")
+    assert build_prompt(sample(), "Is it there?") == build_prompt(replace(sample(), rules=()), "Is it there?")
+    text = (
+        '<think>the person is on the fence</think>{"decision": "confirmed", "labels": ["person"], "confidence": 0.8, '
+        '"rules": [{"id": "fence", "match": "Yes", "reason": "on  it"}, {"id": "bag", "match": false}]}'
+    )
+    result = to_result(parse_answer(text), text, asked)
+    assert result.rule_answers == (RuleAnswer("fence", "matched", "on it"), RuleAnswer("bag", "not_matched", ""))
+    bad = '{"decision": "confirmed", "confidence": 0.8, "rules": [{"id": "fence", "match": "perhaps"}]}'
+    assert parse_structured(bad)[0] is None and "rules.0.match" in parse_structured(bad)[1]
 
 
 def test_an_unparsable_answer_says_why() -> None:

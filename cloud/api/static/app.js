@@ -343,6 +343,7 @@ async function refreshPolicy() {
   const openNow = new Set([...document.querySelectorAll("#layers details[open] strong")].map((s) => s.textContent));
   if (openNow.size) layers.forEach((d) => { d.open = openNow.has(d.querySelector("strong").textContent); });
   $("layers").replaceChildren(...layers);
+  showRules(current.fleet.settings.mining.watch_rules || []);
   $("history").replaceChildren(...body.history.map((record) => el("tr", {
     class: state.historyOpen === record.version ? "selected" : "",
     "data-version": record.version,
@@ -353,6 +354,56 @@ async function refreshPolicy() {
   el("td", { title: new Date(record.created_at * 1000).toISOString() }, ago(record.created_at)),
   el("td", { class: "reason" }, record.reason))));
 }
+
+// ------------------------------------------------------------------ watch rules (fleet policy)
+
+// A change needs the operator's token in the Authorization header (cloud/api/auth.py: a session only
+// reads); the token field is read for the one request and emptied, never stored.
+async function changeRules(method, ruleId, body) {
+  const token = $("rule-token").value;
+  $("rule-token").value = "";
+  const headers = { Accept: "application/json", "Content-Type": "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(`/api/policies/fleet/watch-rules/${encodeURIComponent(ruleId)}`,
+    { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const detail = answer.detail === undefined ? [] : [answer.detail].flat();
+    const problems = detail.map((d) => (typeof d === "string" ? d : `${d.loc}: ${d.msg}`)).join("; ");
+    throw new Error(`HTTP ${response.status}: ${problems || answer.error || "refused"}`);
+  }
+  return answer;
+}
+
+function words(value) { return value.split(",").map((w) => w.trim()).filter((w) => w); }
+
+function showRules(rules) {
+  $("rule-rows").replaceChildren(...(rules.length ? rules.map((rule) => el("tr", { "data-rule-id": rule.rule_id },
+    el("td", { class: "mono" }, rule.rule_id), el("td", {}, rule.text), el("td", {}, rule.labels.join(", ")),
+    el("td", {}, rule.camera_ids.length ? rule.camera_ids.join(", ") : "all"),
+    el("td", {}, rule.severity + (rule.zone.length ? ` (zone of ${rule.zone.length} points)` : "")),
+    el("td", {}, el("button", { type: "button", class: "rule-delete", onclick: async () => {
+      try {
+        const done = await changeRules("DELETE", rule.rule_id);
+        $("rule-status").textContent = `removed ${rule.rule_id}: policy v${done.version}`;
+        await refreshPolicy();
+      } catch (error) { $("rule-status").textContent = `not removed: ${error.message}`; }
+    } }, "remove"))))
+    : [el("tr", {}, el("td", { colspan: 6, class: "empty" }, "No watch rule."))]));
+}
+
+$("rule-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const ruleId = $("rule-id").value.trim();
+  const body = { text: $("rule-text").value.trim(), labels: words($("rule-labels").value),
+    camera_ids: words($("rule-cameras").value), severity: $("rule-severity").value };
+  try {
+    const done = await changeRules("PUT", ruleId, body);
+    $("rule-status").textContent = `saved ${ruleId}: policy v${done.version}`;
+    $("rule-form").reset();
+    await refreshPolicy();
+  } catch (error) { $("rule-status").textContent = `not saved: ${error.message}`; }
+});
 
 function showHistory(record) {
   state.historyOpen = state.historyOpen === record.version ? null : record.version;

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 
-from edge.mine.base import MinedReasonName, MiningStrategy
+from edge.mine.base import MiningStrategy
 from edge.mine.strategies.cross_entropy import CrossEntropy
 from edge.mine.strategies.ibt import ImageBoxThreshold
 from edge.mine.strategies.motion_without_detection import MotionWithoutDetection
 from edge.mine.strategies.random_audit import RandomAudit
 from edge.mine.strategies.uncertainty_band import UncertaintyBand
 from edge.mine.strategies.watch_list import WatchList
+from protos.reasons import MinedReasonName
 
 PRECEDENCE: tuple[MinedReasonName, ...] = (
     "watch_list",

@@ -19,8 +19,9 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-from edge.mine.base import MinedReasonName, MiningContext, StrategyVote, clamp_priority, kept_detections
+from edge.mine.base import MiningContext, StrategyVote, clamp_priority, kept_detections
 from edge.policy.settings import MiningPolicy
+from protos.reasons import MinedReasonName
 
 
 def normalised_confidence(scores: list[float]) -> float | None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from edge.mine.base import MinedReasonName, MiningContext, StrategyVote, clamp_priority, kept_detections
+from edge.mine.base import MiningContext, StrategyVote, clamp_priority, kept_detections
 from edge.policy.settings import MiningPolicy
+from protos.reasons import MinedReasonName
 
 
 class ImageBoxThreshold:

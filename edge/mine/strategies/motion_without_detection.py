@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from edge.mine.base import MinedReasonName, MiningContext, StrategyVote, kept_detections
+from edge.mine.base import MiningContext, StrategyVote, kept_detections
 from edge.policy.settings import MiningPolicy
+from protos.reasons import MinedReasonName
 
 # Below any real doubt about a detection, above the random audit: most such frames are a shadow or
 # a leaf, but the few that are not are exactly what the edge model cannot learn from otherwise.

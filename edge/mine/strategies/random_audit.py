@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 from typing import ClassVar
 
-from edge.mine.base import MinedReasonName, MiningContext, StrategyVote
+from edge.mine.base import MiningContext, StrategyVote
 from edge.policy.settings import MiningPolicy
+from protos.reasons import MinedReasonName
 
 # Lowest of all: an audit sample is useful on average, never urgent.
 _PRIORITY = 0.05

@@ -8,15 +8,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from edge.mine.base import (
-    MinedReasonName,
-    MiningContext,
-    StrategyVote,
-    band_closeness,
-    clamp_priority,
-    in_band,
-)
+from edge.mine.base import MiningContext, StrategyVote, band_closeness, clamp_priority, in_band
 from edge.policy.settings import MiningPolicy
+from protos.reasons import MinedReasonName
 
 # Even a score at a band edge outranks the random audit (0.05): it is a real doubt.
 _EDGE_PRIORITY = 0.1

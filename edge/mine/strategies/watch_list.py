@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from edge.mine.base import (
-    MinedReasonName,
-    MiningContext,
-    StrategyVote,
-    band_closeness,
-    clamp_priority,
-    kept_detections,
-)
+from edge.mine.base import MiningContext, StrategyVote, band_closeness, clamp_priority, kept_detections
 from edge.policy.settings import MiningPolicy
+from protos.reasons import MinedReasonName
 
 # Watch-listed frames go ahead of everything but the most uncertain band samples: the operator
 # said these matter. An unsure one goes slightly before a sure one.
