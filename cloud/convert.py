@@ -177,6 +177,8 @@ class BackendResult:
     text: str
     confidence: float
     rule_answers: tuple[RuleAnswer, ...] = ()  # answers to the sample's `rules` (cloud.rules completes them)
+    reasoning_tokens: int = 0  # tokens the model spent thinking before it answered (0: none, or not known)
+    thinking_ms: float = 0.0  # the share of its inference time those tokens took (an estimate)
 
 
 @dataclass(frozen=True)
@@ -431,6 +433,8 @@ def verdict_to_pb(
             verdict_pb2.RuleAnswer(rule_id=a.rule_id, match=RULE_MATCHES[a.match], reason=a.reason)
             for a in result.rule_answers
         ],
+        reasoning_tokens=result.reasoning_tokens,
+        thinking_time_ms=result.thinking_ms,
     )
 
 
@@ -477,6 +481,8 @@ def result_from_pb(pb: verdict_pb2.Verdict) -> BackendResult:
         rule_answers=tuple(
             RuleAnswer(a.rule_id, _RULE_MATCHES_FROM_PB.get(a.match, "unsure"), a.reason) for a in pb.rule_answers
         ),
+        reasoning_tokens=pb.reasoning_tokens,
+        thinking_ms=pb.thinking_time_ms,
     )
 
 

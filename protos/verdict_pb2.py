@@ -26,21 +26,21 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from protos import sample_pb2 as protos_dot_sample__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/verdict.proto\x12\nedgeglm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13protos/sample.proto\"S\n\nRuleAnswer\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12$\n\x05match\x18\x02 \x01(\x0e\x32\x15.edgeglm.v1.RuleMatch\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xd4\x03\n\x07Verdict\x12\x11\n\tsample_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65\x64ge_id\x18\x02 \x01(\t\x12&\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x14.edgeglm.v1.Decision\x12)\n\ndetections\x18\x04 \x03(\x0b\x32\x15.edgeglm.v1.Detection\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x12\n\nmodel_name\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t\x12\x15\n\rqueue_time_ms\x18\n \x01(\x01\x12\x19\n\x11inference_time_ms\x18\x0b \x01(\x01\x12)\n\x06origin\x18\x0c \x01(\x0e\x32\x19.edgeglm.v1.VerdictOrigin\x12\x15\n\rorigin_detail\x18\r \x01(\t\x12.\n\ndecided_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x0f \x01(\t\x12\x10\n\x08track_id\x18\x10 \x01(\t\x12,\n\x0crule_answers\x18\x11 \x03(\x0b\x32\x16.edgeglm.v1.RuleAnswer*h\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x45\x43ISION_CONFIRMED\x10\x01\x12\x15\n\x11\x44\x45\x43ISION_REJECTED\x10\x02\x12\x13\n\x0f\x44\x45\x43ISION_UNSURE\x10\x03*\xab\x01\n\rVerdictOrigin\x12\x1e\n\x1aVERDICT_ORIGIN_UNSPECIFIED\x10\x00\x12\x1a\n\x16VERDICT_ORIGIN_BACKEND\x10\x01\x12\x1a\n\x16VERDICT_ORIGIN_TIMEOUT\x10\x02\x12 \n\x1cVERDICT_ORIGIN_BACKEND_ERROR\x10\x03\x12 \n\x1cVERDICT_ORIGIN_EDGE_FALLBACK\x10\x04*r\n\tRuleMatch\x12\x1a\n\x16RULE_MATCH_UNSPECIFIED\x10\x00\x12\x16\n\x12RULE_MATCH_MATCHED\x10\x01\x12\x1a\n\x16RULE_MATCH_NOT_MATCHED\x10\x02\x12\x15\n\x11RULE_MATCH_UNSURE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/verdict.proto\x12\nedgeglm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13protos/sample.proto\"S\n\nRuleAnswer\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12$\n\x05match\x18\x02 \x01(\x0e\x32\x15.edgeglm.v1.RuleMatch\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x88\x04\n\x07Verdict\x12\x11\n\tsample_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65\x64ge_id\x18\x02 \x01(\t\x12&\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x14.edgeglm.v1.Decision\x12)\n\ndetections\x18\x04 \x03(\x0b\x32\x15.edgeglm.v1.Detection\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x12\n\nmodel_name\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t\x12\x15\n\rqueue_time_ms\x18\n \x01(\x01\x12\x19\n\x11inference_time_ms\x18\x0b \x01(\x01\x12)\n\x06origin\x18\x0c \x01(\x0e\x32\x19.edgeglm.v1.VerdictOrigin\x12\x15\n\rorigin_detail\x18\r \x01(\t\x12.\n\ndecided_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x0f \x01(\t\x12\x10\n\x08track_id\x18\x10 \x01(\t\x12,\n\x0crule_answers\x18\x11 \x03(\x0b\x32\x16.edgeglm.v1.RuleAnswer\x12\x18\n\x10reasoning_tokens\x18\x12 \x01(\r\x12\x18\n\x10thinking_time_ms\x18\x13 \x01(\x01*h\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x45\x43ISION_CONFIRMED\x10\x01\x12\x15\n\x11\x44\x45\x43ISION_REJECTED\x10\x02\x12\x13\n\x0f\x44\x45\x43ISION_UNSURE\x10\x03*\xab\x01\n\rVerdictOrigin\x12\x1e\n\x1aVERDICT_ORIGIN_UNSPECIFIED\x10\x00\x12\x1a\n\x16VERDICT_ORIGIN_BACKEND\x10\x01\x12\x1a\n\x16VERDICT_ORIGIN_TIMEOUT\x10\x02\x12 \n\x1cVERDICT_ORIGIN_BACKEND_ERROR\x10\x03\x12 \n\x1cVERDICT_ORIGIN_EDGE_FALLBACK\x10\x04*r\n\tRuleMatch\x12\x1a\n\x16RULE_MATCH_UNSPECIFIED\x10\x00\x12\x16\n\x12RULE_MATCH_MATCHED\x10\x01\x12\x1a\n\x16RULE_MATCH_NOT_MATCHED\x10\x02\x12\x15\n\x11RULE_MATCH_UNSURE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.verdict_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=646
-  _globals['_DECISION']._serialized_end=750
-  _globals['_VERDICTORIGIN']._serialized_start=753
-  _globals['_VERDICTORIGIN']._serialized_end=924
-  _globals['_RULEMATCH']._serialized_start=926
-  _globals['_RULEMATCH']._serialized_end=1040
+  _globals['_DECISION']._serialized_start=698
+  _globals['_DECISION']._serialized_end=802
+  _globals['_VERDICTORIGIN']._serialized_start=805
+  _globals['_VERDICTORIGIN']._serialized_end=976
+  _globals['_RULEMATCH']._serialized_start=978
+  _globals['_RULEMATCH']._serialized_end=1092
   _globals['_RULEANSWER']._serialized_start=90
   _globals['_RULEANSWER']._serialized_end=173
   _globals['_VERDICT']._serialized_start=176
-  _globals['_VERDICT']._serialized_end=644
+  _globals['_VERDICT']._serialized_end=696
 # @@protoc_insertion_point(module_scope)

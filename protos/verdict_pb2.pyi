@@ -180,6 +180,8 @@ class Verdict(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     TRACK_ID_FIELD_NUMBER: _builtins.int
     RULE_ANSWERS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    THINKING_TIME_MS_FIELD_NUMBER: _builtins.int
     sample_id: _builtins.str
     """The sample judged (its idempotency key)."""
     edge_id: _builtins.str
@@ -208,6 +210,14 @@ class Verdict(_message.Message):
     """The sample's trace id, copied through."""
     track_id: _builtins.str
     """The sample's track_id, echoed: the tracked object the verdict is about (empty: none)."""
+    reasoning_tokens: _builtins.int
+    """Tokens the model spent thinking (its <think> block) before it answered; 0 when it did not think
+    or the backend cannot tell (an OpenAI-compatible server that reports no reasoning tokens).
+    """
+    thinking_time_ms: _builtins.float
+    """The part of inference_time_ms the model spent thinking, estimated as its share of the tokens
+    generated for this sample times the time the generation took; 0 when reasoning_tokens is 0.
+    """
     @_builtins.property
     def detections(self) -> _containers.RepeatedCompositeFieldContainer[_sample_pb2.Detection]:
         """Objects the cloud sees, with labels, scores and boxes in original-frame pixels."""
@@ -240,10 +250,12 @@ class Verdict(_message.Message):
         trace_id: _builtins.str = ...,
         track_id: _builtins.str = ...,
         rule_answers: _abc.Iterable[Global___RuleAnswer] | None = ...,
+        reasoning_tokens: _builtins.int = ...,
+        thinking_time_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "confidence", b"confidence", "decided_at", b"decided_at", "decision", b"decision", "detections", b"detections", "edge_id", b"edge_id", "inference_time_ms", b"inference_time_ms", "model_name", b"model_name", "model_version", b"model_version", "origin", b"origin", "origin_detail", b"origin_detail", "queue_time_ms", b"queue_time_ms", "rule_answers", b"rule_answers", "sample_id", b"sample_id", "text", b"text", "trace_id", b"trace_id", "track_id", b"track_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "confidence", b"confidence", "decided_at", b"decided_at", "decision", b"decision", "detections", b"detections", "edge_id", b"edge_id", "inference_time_ms", b"inference_time_ms", "model_name", b"model_name", "model_version", b"model_version", "origin", b"origin", "origin_detail", b"origin_detail", "queue_time_ms", b"queue_time_ms", "reasoning_tokens", b"reasoning_tokens", "rule_answers", b"rule_answers", "sample_id", b"sample_id", "text", b"text", "thinking_time_ms", b"thinking_time_ms", "trace_id", b"trace_id", "track_id", b"track_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

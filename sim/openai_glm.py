@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from cloud.backends.glm import GlmBackend, GlmBackendConfig
+from cloud.backends.glm import Generated, GlmBackend, GlmBackendConfig
 from cloud.backends.glm_inputs import BadImageError, chat_prefix, image_tokens_for
 from cloud.backends.verdict_text import DEFAULT_QUESTION, NO_DETECTIONS, build_prompt
 from cloud.convert import CloudDetection, SampleInput
@@ -37,7 +37,7 @@ class PromptError(ValueError):
 @dataclass
 class _Pending:
     sample: SampleInput
-    answer: asyncio.Future[str | BadImageError]
+    answer: asyncio.Future[Generated | BadImageError]
 
 
 def sample_from_chat(chat: ChatInput, question: str = DEFAULT_QUESTION) -> SampleInput:
@@ -129,9 +129,10 @@ class GlmGenerator:
             return Reply(status=400, text=f"image refused: {answer}")
         prompt = chat_prefix(chat.text, self._image_tokens)
         return Reply(
-            text=answer,
+            text=answer.text,
             prompt_tokens=len(self._tokenizer(prompt)["input_ids"]),
-            completion_tokens=len(self._tokenizer(answer)["input_ids"]),
+            completion_tokens=len(self._tokenizer(answer.text)["input_ids"]),
+            reasoning_tokens=answer.thinking_tokens,
         )
 
     async def _run(self) -> None:

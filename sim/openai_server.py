@@ -71,7 +71,8 @@ class Reply:
 
     `body`, when set, is sent as the response body instead of a chat completion (to test clients
     against malformed responses). `headers` go with the response, e.g. {"Retry-After": "1"} on a 429.
-    `reasoning`, when set, is sent as the message's `reasoning_content`, as vLLM's reasoning parsers do.
+    `reasoning`, when set, is sent as the message's `reasoning_content`, as vLLM's reasoning parsers do;
+    `reasoning_tokens` goes in `usage.completion_tokens_details`, as OpenAI reports it.
     """
 
     text: str = ""
@@ -82,6 +83,7 @@ class Reply:
     completion_tokens: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     reasoning: str | None = None
+    reasoning_tokens: int | None = None
 
 
 class Generator(Protocol):
@@ -237,17 +239,20 @@ def completion_body(model: str, reply: Reply) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": reply.text}
     if reply.reasoning is not None:
         message["reasoning_content"] = reply.reasoning
+    usage: dict[str, Any] = {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
+    if reply.reasoning_tokens is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reply.reasoning_tokens}
     return {
         "id": "chatcmpl-" + uuid.uuid4().hex,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": {
-            "prompt_tokens": reply.prompt_tokens,
-            "completion_tokens": reply.completion_tokens,
-            "total_tokens": reply.prompt_tokens + reply.completion_tokens,
-        },
+        "usage": usage,
     }
 
 

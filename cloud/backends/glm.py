@@ -19,14 +19,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cloud.backends.glm_inputs import (
     BadImageError,
@@ -38,7 +39,7 @@ from cloud.backends.glm_inputs import (
     to_model_rgb,
 )
 from cloud.backends.protocol import BackendStartError
-from cloud.backends.verdict_text import DEFAULT_QUESTION, build_prompt, parse_answer, to_result
+from cloud.backends.verdict_text import DEFAULT_QUESTION, THINK_END, build_prompt, parse_answer, split_answer, to_result
 from cloud.convert import BackendResult, SampleInput
 from cloud.metrics import CloudMetrics
 from common.boxes import padded_union
@@ -75,11 +76,32 @@ class GlmBackendConfig(BaseModel):
     )
     question: str = Field(default=DEFAULT_QUESTION, min_length=1, description="The question asked about each image.")
     max_batch_size: int = Field(default=8, ge=1, le=256, description="Most samples per generate call.")
+    resize: Literal["square", "processor"] = Field(
+        default="square",
+        description=(
+            "square: every image is squeezed to image_size x image_size (what the world GLM is trained on); "
+            "processor: the checkpoint's image processor resizes it, keeping its aspect, to between min_pixels and "
+            "max_pixels (what real GLM-4.xV checkpoints expect; GLM-4V's processor counts an image's pixels twice, as "
+            "two temporal frames)."
+        ),
+    )
     image_size: int = Field(
         default=112,
         ge=28,
         le=2016,
-        description="Side (pixels) every image is resized to: the model's trained size; a multiple of 28.",
+        description="resize square: side (pixels) images are squeezed to, the model's trained size; a multiple of 28.",
+    )
+    min_pixels: int | None = Field(
+        default=None,
+        ge=28 * 28,
+        le=1 << 26,
+        description="resize processor: fewest pixels an image is scaled up to; unset: the checkpoint's own.",
+    )
+    max_pixels: int | None = Field(
+        default=None,
+        ge=28 * 28,
+        le=1 << 26,
+        description="resize processor: most pixels an image is scaled down to; unset: the checkpoint's own.",
     )
     compile: bool = Field(default=False, description="torch.compile the model (CUDA only; ignored on the CPU).")
     threads: int = Field(default=0, ge=0, le=256, description="torch intra-op threads on the CPU; 0: torch decides.")
@@ -105,6 +127,12 @@ class GlmBackendConfig(BaseModel):
         if value % 28:
             raise ValueError(f"{value} is not a multiple of 28 (patch 14 x merge 2); try {round(value / 28) * 28}")
         return value
+
+    @model_validator(mode="after")
+    def _pixels_ordered(self) -> GlmBackendConfig:
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} is above max_pixels {self.max_pixels}")
+        return self
 
     @field_validator("prompt_template")
     @classmethod
@@ -224,14 +252,15 @@ class GlmBackend:
             if config.thinking is not None:
                 logger.warning("glm backend: thinking is set but %s has no chat template to pass it to", path)
         logger.info(
-            "glm backend: %s (%s, %.1f M parameters) on %s in %s; images %dx%d, batch %d, max %d new tokens, %s",
+            "glm backend: %s (%s, %.1f M parameters) on %s in %s; images %s, batch %d, max %d new tokens, %s",
             path,
             self._version,
             params / 1e6,
             device,
             str(dtype).removeprefix("torch."),
-            config.image_size,
-            config.image_size,
+            f"{config.image_size}x{config.image_size}"
+            if config.resize == "square"
+            else f"resized by the processor within {config.min_pixels or 'its'}-{config.max_pixels or 'its'} pixels",
             config.max_batch_size,
             config.max_new_tokens,
             "greedy" if config.temperature == 0 else f"temperature {config.temperature}",
@@ -259,14 +288,15 @@ class GlmBackend:
                 self._metrics.backend_errors.labels(self.name, "bad_image").inc()
                 results.append(BackendResult("unsure", [], f"glm backend: sample {sample.sample_id}: {answer}", 0.0))
                 continue
-            parsed = parse_answer(answer)
+            parsed = parse_answer(answer.text)
             if parsed is None:
                 self._metrics.backend_unparsable.labels(self.name).inc()
-            results.append(to_result(parsed, answer, sample))
+            result = to_result(parsed, answer.text, sample)
+            results.append(replace(result, reasoning_tokens=answer.thinking_tokens, thinking_ms=answer.thinking_ms))
         return results
 
-    async def ask(self, batch: list[SampleInput]) -> list[str | BadImageError]:
-        """The model's raw answer to each sample (one generate call), or why its image could not be shown."""
+    async def ask(self, batch: list[SampleInput]) -> list[Generated | BadImageError]:
+        """The model's answer to each sample (one generate call), or why its image could not be shown."""
         if self._loaded is None or self._executor is None:
             raise RuntimeError(f"glm backend {self._config.model_path}: infer called before start")
         if not batch:
@@ -274,22 +304,22 @@ class GlmBackend:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._ask_blocking, self._loaded, batch)
 
-    def _ask_blocking(self, loaded: _Loaded, batch: list[SampleInput]) -> list[str | BadImageError]:
-        answers: list[str | BadImageError] = []
+    def _ask_blocking(self, loaded: _Loaded, batch: list[SampleInput]) -> list[Generated | BadImageError]:
+        answers: list[Generated | BadImageError] = []
         images: list[Any] = []
         grids: list[Any] = []
         asked: list[int] = []
         for index, sample in enumerate(batch):
             try:
                 shown = focused_image(sample) if self._config.focus == "claims" else sample.image
-                pixels, grid = pixel_inputs(loaded.processor, [to_model_rgb(shown, self._config.image_size)])
+                pixels, grid = pixel_inputs(loaded.processor, [self._model_rgb(shown)], self._processor_size)
             except BadImageError as err:
                 answers.append(err)
                 continue
             except ValueError as err:  # the image processor's own refusal
                 answers.append(BadImageError(str(err)))
                 continue
-            answers.append("")
+            answers.append(Generated(""))
             images.append(pixels)
             grids.append(grid)
             asked.append(index)
@@ -298,6 +328,22 @@ class GlmBackend:
             for index, text in zip(asked, texts, strict=True):
                 answers[index] = text
         return answers
+
+    def _model_rgb(self, image_bgr: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        """The image as the model is shown it: squeezed to the square size, or as it is for the processor to resize."""
+        config = self._config
+        return to_model_rgb(image_bgr, config.image_size if config.resize == "square" else None)
+
+    @property
+    def _processor_size(self) -> dict[str, int] | None:
+        """The image processor's pixel bounds when configured (resize processor), else its own."""
+        config = self._config
+        if config.resize != "processor" or (config.min_pixels is None and config.max_pixels is None):
+            return None
+        own = self._loaded.processor.size if self._loaded is not None else None
+        low = config.min_pixels if config.min_pixels is not None else int(getattr(own, "shortest_edge", 0) or 28 * 28)
+        high = config.max_pixels if config.max_pixels is not None else int(getattr(own, "longest_edge", 0) or 1 << 26)
+        return {"shortest_edge": low, "longest_edge": max(low, high)}
 
     def chats(self, batch: list[SampleInput]) -> list[str]:
         """The chat text each sample is asked with (its image as one placeholder), for inspection."""
@@ -309,8 +355,10 @@ class GlmBackend:
         prompt = build_prompt(sample, self._config.question, self._config.prompt_template)
         return chat_text(loaded.tokenizer, prompt, image_tokens, self._template_kwargs)
 
-    def _generate(self, loaded: _Loaded, samples: list[SampleInput], images: list[Any], grids: list[Any]) -> list[str]:
-        """One left-padded generate call for `samples`; the decoded new text of each."""
+    def _generate(
+        self, loaded: _Loaded, samples: list[SampleInput], images: list[Any], grids: list[Any]
+    ) -> list[Generated]:
+        """One left-padded generate call for `samples`; the decoded new text of each, and its thinking."""
         import torch
 
         config = self._config
@@ -323,6 +371,7 @@ class GlmBackend:
         sampling: dict[str, Any] = {"do_sample": False}
         if config.temperature > 0:
             sampling = {"do_sample": True, "temperature": config.temperature}
+        started = time.perf_counter()
         with torch.inference_mode():
             output = loaded.model.generate(
                 **inputs,
@@ -333,8 +382,15 @@ class GlmBackend:
                 eos_token_id=loaded.tokenizer.eos_token_id,
                 **sampling,
             )
+        generate_ms = (time.perf_counter() - started) * 1000
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        return [answer_text(loaded.tokenizer, row.tolist()) for row in new_tokens]
+        steps = max(1, int(new_tokens.shape[1]))  # every row took part in every decoding step
+        generated = []
+        for row in new_tokens:
+            ids = row.tolist()
+            thought = thinking_tokens(loaded.tokenizer, ids)
+            generated.append(Generated(answer_text(loaded.tokenizer, ids), thought, generate_ms * thought / steps))
+        return generated
 
     async def close(self) -> None:
         """Release the model and its thread (a running generate finishes in the background)."""
@@ -342,6 +398,34 @@ class GlmBackend:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = None
         self._loaded = None
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """One answer of a generate call: its text, the tokens spent thinking, and their share of the call's time."""
+
+    text: str
+    thinking_tokens: int = 0
+    thinking_ms: float = 0.0
+
+
+def thinking_tokens(tokenizer: Any, token_ids: list[int]) -> int:
+    """How many of the generated `token_ids` are thinking: up to and including `</think>`, or all of them when
+    the thinking never ended; 0 without a think block.
+
+    GLM-4.xV tokenizers hold `</think>` as one token: its position is exact. Otherwise the reasoning text
+    is tokenized again (an estimate within a token or two).
+    """
+    end_id = tokenizer.convert_tokens_to_ids(THINK_END) if THINK_END in tokenizer.get_vocab() else None
+    if end_id is not None and end_id in token_ids:
+        return token_ids.index(end_id) + 1
+    parts = split_answer(answer_text(tokenizer, token_ids))
+    if parts.thinking_unfinished:
+        pad = tokenizer.pad_token_id
+        return sum(1 for token in token_ids if token != pad)
+    if not parts.reasoning:
+        return 0
+    return len(tokenizer(parts.reasoning, add_special_tokens=False)["input_ids"]) + 2  # and the two tags
 
 
 def focused_image(sample: SampleInput) -> NDArray[np.uint8]:

@@ -139,18 +139,28 @@ def check_image(image: NDArray[np.uint8]) -> None:
         raise BadImageError(f"image is {width}x{height} pixels (aspect ratio above {MAX_ASPECT_RATIO:.0f})")
 
 
-def to_model_rgb(image_bgr: NDArray[np.uint8], image_size: int) -> NDArray[np.uint8]:
-    """The BGR image squeezed to `image_size` square (the size the model was trained on), as RGB."""
+def to_model_rgb(image_bgr: NDArray[np.uint8], image_size: int | None) -> NDArray[np.uint8]:
+    """The BGR image squeezed to `image_size` square (the size the model was trained on), as RGB.
+
+    `image_size` None keeps the size: the image processor resizes it (aspect kept, within its pixel bounds).
+    """
     check_image(image_bgr)
+    if image_size is None:
+        return np.ascontiguousarray(image_bgr[:, :, ::-1])
     height, width = image_bgr.shape[:2]
     interp = cv2.INTER_AREA if min(height, width) > image_size else cv2.INTER_LINEAR
     resized = cv2.resize(image_bgr, (image_size, image_size), interpolation=interp)
     return np.ascontiguousarray(resized[:, :, ::-1])
 
 
-def pixel_inputs(processor: Any, images_rgb: Sequence[NDArray[np.uint8]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`pixel_values` (all patches, concatenated) and `image_grid_thw` for RGB images through the image processor."""
-    features = processor(images=list(images_rgb), return_tensors="pt")
+def pixel_inputs(
+    processor: Any, images_rgb: Sequence[NDArray[np.uint8]], size: dict[str, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pixel_values` (all patches, concatenated) and `image_grid_thw` for RGB images through the image processor.
+
+    `size` ({"shortest_edge": min pixels, "longest_edge": max pixels}) bounds its resizing; None: its own.
+    """
+    features = processor(images=list(images_rgb), return_tensors="pt", **({"size": size} if size else {}))
     return features["pixel_values"], features["image_grid_thw"]
 
 

@@ -36,7 +36,7 @@ import base64
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -384,7 +384,8 @@ class OpenAIBackend:
             parsed, why = parse_answer(answer.text, answer.reasoning), ""
         if parsed is None:
             self._metrics.backend_unparsable.labels(self.name).inc()
-        return to_result(parsed, answer.text, sample, why)
+        result = to_result(parsed, answer.text, sample, why)
+        return replace(result, reasoning_tokens=answer.reasoning_tokens, thinking_ms=answer.thinking_ms)
 
     async def _messages(self, sample: SampleInput) -> list[dict[str, Any]]:
         config = self._config
@@ -453,6 +454,7 @@ class OpenAIBackend:
         try:
             async with asyncio.timeout_at(deadline + _GUARD_MARGIN_S):
                 raw = await client.chat.completions.with_raw_response.create(**args)
+            answered_ms = call.attempts[-1].elapsed_ms if call.attempts else 0.0  # the attempt that answered
         except (TimeoutError, DeadlinePassedError) as err:
             raise self._out_of_time(call) from err
         except openai.APIStatusError as err:
@@ -465,8 +467,9 @@ class OpenAIBackend:
             raise _RequestError(kind, _attempts(f"{self._url}: {what}", call.retries)) from err
         finally:
             CALL.reset(token)
-        text, reasoning = _answer_text(self._url, raw.http_response)
-        return _Answer(text, reasoning, structured)
+        text, reasoning, reasoning_tokens, completion_tokens = _answer_text(self._url, raw.http_response)
+        thinking_ms = answered_ms * reasoning_tokens / completion_tokens if completion_tokens else 0.0
+        return _Answer(text, reasoning, structured, reasoning_tokens, thinking_ms)
 
     def _out_of_time(self, call: Call) -> _RequestError:
         last = call.attempts[-1] if call.attempts else Attempt()
@@ -499,12 +502,16 @@ class _Answer:
     text: str
     reasoning: str
     structured: bool
+    reasoning_tokens: int = 0
+    thinking_ms: float = 0.0
 
 
-def _answer_text(url: str, response: httpx.Response) -> tuple[str, str]:
-    """choices[0].message's content and reasoning; _RequestError("malformed") when the body is no chat completion."""
+def _answer_text(url: str, response: httpx.Response) -> tuple[str, str, int, int]:
+    """choices[0].message's content and reasoning, and usage's reasoning and completion tokens (0 when not
+    reported); _RequestError("malformed") when the body is no chat completion."""
     try:
-        message = json.loads(response.text)["choices"][0]["message"]
+        body = json.loads(response.text)
+        message = body["choices"][0]["message"]
         content = message["content"]
     except (ValueError, KeyError, IndexError, TypeError) as err:
         raise _RequestError(
@@ -516,7 +523,14 @@ def _answer_text(url: str, response: httpx.Response) -> tuple[str, str]:
         raise _RequestError("malformed", f"{url} answered a message without text content: {_snippet(response.text)}")
     # vLLM and SGLang's reasoning parsers return the thinking apart: reasoning_content (older), reasoning (newer).
     reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
-    return content, reasoning if isinstance(reasoning, str) else ""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    usage = usage if isinstance(usage, dict) else {}
+    details = usage.get("completion_tokens_details")
+    thought = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    completion = usage.get("completion_tokens")
+    thought = thought if isinstance(thought, int) and thought >= 0 else 0
+    completion = completion if isinstance(completion, int) and completion >= thought else 0
+    return content, reasoning if isinstance(reasoning, str) else "", thought, completion
 
 
 def _encode_jpeg(sample: SampleInput, quality: int) -> bytes:

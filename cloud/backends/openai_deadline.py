@@ -33,6 +33,7 @@ class Attempt:
 
     outcome: str = ""
     kind: ErrorKind | None = None
+    elapsed_ms: float = 0.0  # from sending to the response's headers (a whole answer, when not streamed)
 
 
 @dataclass
@@ -76,8 +77,10 @@ class DeadlineTransport(httpx.AsyncBaseTransport):
             raise DeadlinePassedError(attempt.outcome)
         cut = {"connect": min(call.connect_timeout_s, left), "read": left, "write": left, "pool": left}
         request.extensions = {**request.extensions, "timeout": cut}
+        sent = asyncio.get_running_loop().time()
         try:
             response = await self._inner.handle_async_request(request)
+            attempt.elapsed_ms = (asyncio.get_running_loop().time() - sent) * 1000
         except httpx.TimeoutException as err:
             attempt.outcome, attempt.kind = f"{type(err).__name__} after {left:.3g} s", "timeout"
             raise

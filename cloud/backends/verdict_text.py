@@ -39,8 +39,8 @@ glmv_reward/ — and transformers' docs/source/en/model_doc/glm4v.md):
 - JSON in ``` code fences (GLM-V's grounding outputs label/`bbox_2d` lists that way): fenced blocks
   are tried first. A verdict's own `boxes` use the same `{"label", "bbox_2d"}` shape and grid.
 
-The time spent thinking cannot reach the verdict yet: `BackendResult` and the Verdict proto have no
-field for it (see docs/backends.md for what is needed); `reasoning_chars` is what is measured today.
+The time spent thinking reaches the verdict as `BackendResult.reasoning_tokens` and `thinking_ms`,
+which the backends fill (they know tokens and time; this module sees only text): docs/backends.md.
 """
 
 from __future__ import annotations

@@ -129,5 +129,5 @@ async def score(backend: GlmBackend, cases: list[EvalCase], batch_size: int) -> 
         chunk = cases[first : first + batch_size]
         answers = await backend.ask([case.sample for case in chunk])
         for case, answer in zip(chunk, answers, strict=True):
-            scores.add(case, None if isinstance(answer, BadImageError) else parse_answer(answer))
+            scores.add(case, None if isinstance(answer, BadImageError) else parse_answer(answer.text))
     return scores

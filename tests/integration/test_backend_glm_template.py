@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,3 +107,70 @@ async def test_thinking_off_reaches_the_template(templated_glm: Path, caplog: py
     finally:
         await backend.close()
     assert asked.endswith("<|assistant|>\n<think></think>Answer:")
+
+
+@pytest.mark.parametrize(
+    ("resize", "bounds", "grid"),
+    [
+        ("square", {}, [1, 8, 8]),  # squeezed to 112 x 112, whatever the image's shape
+        ("processor", {}, [1, 4, 12]),  # the processor's own bounds: 56 x 168 kept (its area is above their min)
+        # scaled up, about 1:3 kept; GLM-4V's processor counts an image twice (two temporal frames): 2x112x280 >= min
+        ("processor", {"min_pixels": 4 * 112 * 112, "max_pixels": 8 * 112 * 112}, [1, 8, 20]),
+    ],
+)
+async def test_images_are_resized_as_configured_and_each_chat_holds_its_images_tokens(
+    templated_glm: Path, monkeypatch: pytest.MonkeyPatch, resize: str, bounds: dict[str, int], grid: list[int]
+) -> None:
+    import cloud.backends.glm as glm_module
+    from cloud.backends import glm_inputs
+
+    seen: list[list[int]] = []
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        pixels, grids = glm_inputs.pixel_inputs(*args, **kwargs)
+        seen.extend(grids.tolist())
+        return pixels, grids
+
+    monkeypatch.setattr(glm_module, "pixel_inputs", recording)
+    wide = replace(grey_sample("s-wide"), image=np.full((56, 168, 3), 90, np.uint8))
+    config = GlmBackendConfig.model_validate(
+        {"model_path": templated_glm, "device": "cpu", "max_new_tokens": 8, "resize": resize, **bounds}
+    )
+    backend = GlmBackend(config)
+    await backend.start()
+    try:
+        # A second, square image in the same generate: the model raises unless each chat's tokens match its grid.
+        results = judgements(await backend.infer([wide, grey_sample("s-2")]))
+    finally:
+        await backend.close()
+    assert seen[0] == grid
+    assert len(results) == 2
+
+
+def test_pixel_bounds_out_of_order_are_refused_by_name(templated_glm: Path) -> None:
+    with pytest.raises(ValueError, match="min_pixels 50176 is above max_pixels 12544"):
+        GlmBackendConfig(model_path=templated_glm, resize="processor", min_pixels=50176, max_pixels=12544)
+
+
+def test_thinking_tokens_are_counted_exactly_with_a_think_token_and_by_retokenizing_without(
+    templated_glm: Path,
+) -> None:
+    from transformers import AutoTokenizer
+
+    from cloud.backends.glm import thinking_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(templated_glm, local_files_only=True)
+    answer = '{"decision": "confirmed", "confidence": 0.9}'
+
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    reasoning = ids("cat 0.50 ibt")
+    assert thinking_tokens(tokenizer, ids(answer)) == 0
+    assert thinking_tokens(tokenizer, ids(f"<think>cat 0.50 ibt</think>{answer}")) == len(reasoning) + 2
+    unfinished = ids("<think>cat 0.50 ibt cat")
+    pad = [tokenizer.pad_token_id] * 3
+    assert thinking_tokens(tokenizer, unfinished + pad) == len(unfinished)  # still thinking: all it wrote
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<think>", "</think>"]})
+    marked = ids("<think>cat 0.50 ibt</think>") + ids(answer)
+    assert thinking_tokens(tokenizer, marked) == len(ids("<think>cat 0.50 ibt</think>"))

@@ -315,3 +315,18 @@ async def test_a_key_refused_after_start_is_a_failure_not_retried_and_says_to_ch
     assert "answered HTTP 401 (check the API key in backend.api_key_file)" in result.text
     assert stats.by_status == {401: 1}
     assert backend_errors(metrics, "auth") == 1
+
+
+async def test_the_servers_reasoning_tokens_and_their_share_of_the_time_reach_the_verdict() -> None:
+    thought = Reply(
+        text=CONFIRMED, reasoning="the cat sits left", completion_tokens=40, reasoning_tokens=30, delay_s=0.2
+    )
+    script = by_label({"cat": thought, "dog": Reply(text=REJECTED, completion_tokens=12)})
+    metrics = CloudMetrics()
+    batch = [make_sample("s-think", "cat"), make_sample("s-plain", "dog")]
+    async with server(ScriptedGenerator(script)) as (url, _stats), backend_for(url, metrics) as backend:
+        thinking, plain = judgements(await backend.infer(batch))
+    assert thinking.reasoning_tokens == 30
+    # 30 of 40 tokens: three quarters of an answer that took at least the server's 0.2 s delay
+    assert thinking.thinking_ms >= 0.75 * 200
+    assert (plain.reasoning_tokens, plain.thinking_ms) == (0, 0.0)  # a server that reports none
