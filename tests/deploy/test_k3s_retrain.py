@@ -233,3 +233,30 @@ def test_the_image_installs_the_training_and_cloud_extras_and_copies_what_it_ins
     for destination, sources in _dockerfile_copies().items():
         for source in sources:
             assert source.exists(), f"train.Dockerfile copies {source} to {destination}, which is not in the repository"
+
+
+def test_every_cloud_replica_serves_the_registry_the_cronjob_publishes_into(
+    objects: Objects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloud.config import CloudConfig
+
+    pod = find(objects, "Deployment", "edgeglm-cloud")["spec"]["template"]["spec"]
+    (cloud,) = [c for c in pod["containers"] if c["name"] == "cloud"]
+    env = {e["name"]: e["value"] for e in cloud["env"] if "value" in e}
+    for name, value in env.items():
+        if name.startswith("EDGEGLM_CLOUD_"):
+            monkeypatch.setenv(name, value)
+    cloud_map = next(v["configMap"]["name"] for v in pod["volumes"] if v["name"] == "config")
+    raw = yaml.safe_load(find(objects, "ConfigMap", cloud_map)["data"]["cloud.yaml"])
+    # Its GPU model is not here: any backend does, the registry is what is read.
+    raw["backend"] = {"kind": "onnx", "model_path": str(ROOT / "sim" / "models" / "reference.onnx")}
+    registry = CloudConfig.model_validate(raw).models.registry
+    published = flags_taken(train_edge_argv(objects))["--registry"]
+    assert registry is not None and str(registry) == published, "the cloud reads the registry the job writes"
+    mounts = [m for m in cloud["volumeMounts"] if str(registry).startswith(m["mountPath"].rstrip("/") + "/")]
+    (mount,) = mounts
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["persistentVolumeClaim"]["claimName"] == "edgeglm-models"
+    assert not mount.get("readOnly"), "the rollout state (rollout.json) is written beside the registry"
+    claim = find(objects, "PersistentVolumeClaim", "edgeglm-models")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "the replicas and the job mount it on several nodes"
