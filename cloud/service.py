@@ -250,7 +250,14 @@ class CloudService:
         await self.batcher.start()
         if config.mqtt.enabled:
             self._bridge = MqttBridge(
-                config.mqtt, self.ingest, self.policy, self.metrics, fleet=self.fleet, known_edges=config.known_edges
+                config.mqtt,
+                self.ingest,
+                self.policy,
+                self.metrics,
+                fleet=self.fleet,
+                known_edges=config.known_edges,
+                models=registry,
+                model_piece_bytes=config.models.chunk_bytes,
             )
             await self._bridge.start()
             logger.info("MQTT bridge to %s:%d", config.mqtt.host, config.mqtt.port)

@@ -180,3 +180,15 @@ def describe_model(
         training=training or {},
         created_at=created_at,
     )
+
+
+class ModelServeError(Exception):
+    """A cloud would not serve a model of its registry; `code` is the gRPC status name it gave (e.g. NOT_FOUND).
+
+    Raised by an uplink whose transport has no call status of its own (MQTT); gRPC raises its AioRpcError.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        """`message` is the cloud's reason."""
+        super().__init__(message)
+        self.code = code

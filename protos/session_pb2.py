@@ -28,15 +28,15 @@ from protos import status_pb2 as protos_dot_status__pb2
 from protos import verdict_pb2 as protos_dot_verdict__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/session.proto\x12\nedgeglm.v1\x1a\x13protos/policy.proto\x1a\x13protos/sample.proto\x1a\x13protos/status.proto\x1a\x14protos/verdict.proto\"\x99\x01\n\x05Hello\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x04\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\"\x8c\x01\n\x0b\x45\x64geMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.edgeglm.v1.HelloH\x00\x12$\n\x06sample\x18\x02 \x01(\x0b\x32\x12.edgeglm.v1.SampleH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.edgeglm.v1.EdgeStatusH\x00\x42\x06\n\x04kind\"\x90\x01\n\x03\x41\x63k\x12\x11\n\tsample_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12*\n\x04\x63ode\x18\x05 \x01(\x0e\x32\x1c.edgeglm.v1.SessionErrorCode\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\x01\"K\n\x0cSessionError\x12*\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1c.edgeglm.v1.SessionErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb5\x01\n\x0c\x43loudMessage\x12\x1e\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x0f.edgeglm.v1.AckH\x00\x12&\n\x07verdict\x18\x02 \x01(\x0b\x32\x13.edgeglm.v1.VerdictH\x00\x12*\n\x06policy\x18\x03 \x01(\x0b\x32\x18.edgeglm.v1.SignedPolicyH\x00\x12)\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x18.edgeglm.v1.SessionErrorH\x00\x42\x06\n\x04kind\"F\n\x0cInferRequest\x12\"\n\x06sample\x18\x01 \x01(\x0b\x32\x12.edgeglm.v1.Sample\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x01\"K\n\x10GetPolicyRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x15\n\rknown_version\x18\x03 \x01(\x04\"S\n\x11\x46\x65tchModelRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\"P\n\nModelChunk\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x12\n\ntotal_size\x18\x04 \x01(\x04*\x94\x02\n\x10SessionErrorCode\x12\"\n\x1eSESSION_ERROR_CODE_UNSPECIFIED\x10\x00\x12%\n!SESSION_ERROR_CODE_HELLO_EXPECTED\x10\x01\x12#\n\x1fSESSION_ERROR_CODE_UNKNOWN_EDGE\x10\x02\x12&\n\"SESSION_ERROR_CODE_INVALID_MESSAGE\x10\x03\x12!\n\x1dSESSION_ERROR_CODE_OVERLOADED\x10\x04\x12$\n SESSION_ERROR_CODE_SHUTTING_DOWN\x10\x05\x12\x1f\n\x1bSESSION_ERROR_CODE_INTERNAL\x10\x06\x32\x8f\x02\n\x07\x45\x64geGLM\x12@\n\x07Session\x12\x17.edgeglm.v1.EdgeMessage\x1a\x18.edgeglm.v1.CloudMessage(\x01\x30\x01\x12\x36\n\x05Infer\x12\x18.edgeglm.v1.InferRequest\x1a\x13.edgeglm.v1.Verdict\x12\x43\n\tGetPolicy\x12\x1c.edgeglm.v1.GetPolicyRequest\x1a\x18.edgeglm.v1.SignedPolicy\x12\x45\n\nFetchModel\x12\x1d.edgeglm.v1.FetchModelRequest\x1a\x16.edgeglm.v1.ModelChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/session.proto\x12\nedgeglm.v1\x1a\x13protos/policy.proto\x1a\x13protos/sample.proto\x1a\x13protos/status.proto\x1a\x14protos/verdict.proto\"\x99\x01\n\x05Hello\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x04\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\"\x8c\x01\n\x0b\x45\x64geMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.edgeglm.v1.HelloH\x00\x12$\n\x06sample\x18\x02 \x01(\x0b\x32\x12.edgeglm.v1.SampleH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.edgeglm.v1.EdgeStatusH\x00\x42\x06\n\x04kind\"\x90\x01\n\x03\x41\x63k\x12\x11\n\tsample_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12*\n\x04\x63ode\x18\x05 \x01(\x0e\x32\x1c.edgeglm.v1.SessionErrorCode\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\x01\"K\n\x0cSessionError\x12*\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1c.edgeglm.v1.SessionErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xe4\x01\n\x0c\x43loudMessage\x12\x1e\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x0f.edgeglm.v1.AckH\x00\x12&\n\x07verdict\x18\x02 \x01(\x0b\x32\x13.edgeglm.v1.VerdictH\x00\x12*\n\x06policy\x18\x03 \x01(\x0b\x32\x18.edgeglm.v1.SignedPolicyH\x00\x12)\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x18.edgeglm.v1.SessionErrorH\x00\x12-\n\x0bmodel_chunk\x18\x05 \x01(\x0b\x32\x16.edgeglm.v1.ModelChunkH\x00\x42\x06\n\x04kind\"F\n\x0cInferRequest\x12\"\n\x06sample\x18\x01 \x01(\x0b\x32\x12.edgeglm.v1.Sample\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x01\"K\n\x10GetPolicyRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x15\n\rknown_version\x18\x03 \x01(\x04\"g\n\x11\x46\x65tchModelRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x91\x01\n\nModelChunk\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x12\n\ntotal_size\x18\x04 \x01(\x04\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x13\n\x0bstatus_code\x18\x06 \x01(\r\x12\x16\n\x0estatus_message\x18\x07 \x01(\t*\x94\x02\n\x10SessionErrorCode\x12\"\n\x1eSESSION_ERROR_CODE_UNSPECIFIED\x10\x00\x12%\n!SESSION_ERROR_CODE_HELLO_EXPECTED\x10\x01\x12#\n\x1fSESSION_ERROR_CODE_UNKNOWN_EDGE\x10\x02\x12&\n\"SESSION_ERROR_CODE_INVALID_MESSAGE\x10\x03\x12!\n\x1dSESSION_ERROR_CODE_OVERLOADED\x10\x04\x12$\n SESSION_ERROR_CODE_SHUTTING_DOWN\x10\x05\x12\x1f\n\x1bSESSION_ERROR_CODE_INTERNAL\x10\x06\x32\x8f\x02\n\x07\x45\x64geGLM\x12@\n\x07Session\x12\x17.edgeglm.v1.EdgeMessage\x1a\x18.edgeglm.v1.CloudMessage(\x01\x30\x01\x12\x36\n\x05Infer\x12\x18.edgeglm.v1.InferRequest\x1a\x13.edgeglm.v1.Verdict\x12\x43\n\tGetPolicy\x12\x1c.edgeglm.v1.GetPolicyRequest\x1a\x18.edgeglm.v1.SignedPolicy\x12\x45\n\nFetchModel\x12\x1d.edgeglm.v1.FetchModelRequest\x1a\x16.edgeglm.v1.ModelChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.session_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SESSIONERRORCODE']._serialized_start=1145
-  _globals['_SESSIONERRORCODE']._serialized_end=1421
+  _globals['_SESSIONERRORCODE']._serialized_start=1278
+  _globals['_SESSIONERRORCODE']._serialized_end=1554
   _globals['_HELLO']._serialized_start=122
   _globals['_HELLO']._serialized_end=275
   _globals['_EDGEMESSAGE']._serialized_start=278
@@ -46,15 +46,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONERROR']._serialized_start=567
   _globals['_SESSIONERROR']._serialized_end=642
   _globals['_CLOUDMESSAGE']._serialized_start=645
-  _globals['_CLOUDMESSAGE']._serialized_end=826
-  _globals['_INFERREQUEST']._serialized_start=828
-  _globals['_INFERREQUEST']._serialized_end=898
-  _globals['_GETPOLICYREQUEST']._serialized_start=900
-  _globals['_GETPOLICYREQUEST']._serialized_end=975
-  _globals['_FETCHMODELREQUEST']._serialized_start=977
-  _globals['_FETCHMODELREQUEST']._serialized_end=1060
-  _globals['_MODELCHUNK']._serialized_start=1062
-  _globals['_MODELCHUNK']._serialized_end=1142
-  _globals['_EDGEGLM']._serialized_start=1424
-  _globals['_EDGEGLM']._serialized_end=1695
+  _globals['_CLOUDMESSAGE']._serialized_end=873
+  _globals['_INFERREQUEST']._serialized_start=875
+  _globals['_INFERREQUEST']._serialized_end=945
+  _globals['_GETPOLICYREQUEST']._serialized_start=947
+  _globals['_GETPOLICYREQUEST']._serialized_end=1022
+  _globals['_FETCHMODELREQUEST']._serialized_start=1024
+  _globals['_FETCHMODELREQUEST']._serialized_end=1127
+  _globals['_MODELCHUNK']._serialized_start=1130
+  _globals['_MODELCHUNK']._serialized_end=1275
+  _globals['_EDGEGLM']._serialized_start=1557
+  _globals['_EDGEGLM']._serialized_end=1828
 # @@protoc_insertion_point(module_scope)

@@ -261,6 +261,7 @@ class CloudMessage(_message.Message):
     VERDICT_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    MODEL_CHUNK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ack(self) -> Global___Ack:
         """Receipt for a sample."""
@@ -277,6 +278,12 @@ class CloudMessage(_message.Message):
     def error(self) -> Global___SessionError:
         """A session-level problem."""
 
+    @_builtins.property
+    def model_chunk(self) -> Global___ModelChunk:
+        """Over MQTT only: a piece of a model file an edge asked for on edgeglm/{edge}/models (what
+        FetchModel streams on gRPC), or why it cannot be served.
+        """
+
     def __init__(
         self,
         *,
@@ -284,12 +291,13 @@ class CloudMessage(_message.Message):
         verdict: _verdict_pb2.Verdict | None = ...,
         policy: _policy_pb2.SignedPolicy | None = ...,
         error: Global___SessionError | None = ...,
+        model_chunk: Global___ModelChunk | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "kind", b"kind", "policy", b"policy", "verdict", b"verdict"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "kind", b"kind", "model_chunk", b"model_chunk", "policy", b"policy", "verdict", b"verdict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "kind", b"kind", "policy", b"policy", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "kind", b"kind", "model_chunk", b"model_chunk", "policy", b"policy", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["ack", "verdict", "policy", "error"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["ack", "verdict", "policy", "error", "model_chunk"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -365,6 +373,7 @@ class FetchModelRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     edge_id: _builtins.str
     """The asking edge; checked against its certificate like every call that names an edge."""
     name: _builtins.str
@@ -373,6 +382,10 @@ class FetchModelRequest(_message.Message):
     """Model version, as in the policy's ModelRef."""
     offset: _builtins.int
     """First byte wanted: 0 for the whole file, or how much of it the edge has already (resume)."""
+    request_id: _builtins.str
+    """Over MQTT (the request published on edgeglm/{edge}/models): names the download, and every piece
+    sent for it echoes it; empty on gRPC, where the call names it.
+    """
     def __init__(
         self,
         *,
@@ -380,10 +393,11 @@ class FetchModelRequest(_message.Message):
         name: _builtins.str = ...,
         version: _builtins.str = ...,
         offset: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["edge_id", b"edge_id", "name", b"name", "offset", b"offset", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edge_id", b"edge_id", "name", b"name", "offset", b"offset", "request_id", b"request_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -399,6 +413,9 @@ class ModelChunk(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
     manifest: _builtins.bytes
     """The model's signed manifest (common/manifest.py's JSON document); only in the first piece."""
     offset: _builtins.int
@@ -407,6 +424,14 @@ class ModelChunk(_message.Message):
     """The file's bytes from `offset` on (at most 1 MiB per piece)."""
     total_size: _builtins.int
     """Size of the whole file in bytes."""
+    request_id: _builtins.str
+    """Over MQTT: the request this piece answers (FetchModelRequest.request_id)."""
+    status_code: _builtins.int
+    """Over MQTT, where there is no call status: the gRPC status code FetchModel would have ended with
+    (5 NOT_FOUND, 9 FAILED_PRECONDITION, 11 OUT_OF_RANGE, ...), with no data; 0 for a piece of the file.
+    """
+    status_message: _builtins.str
+    """With a status_code: why the model cannot be served, for people."""
     def __init__(
         self,
         *,
@@ -414,10 +439,13 @@ class ModelChunk(_message.Message):
         offset: _builtins.int = ...,
         data: _builtins.bytes = ...,
         total_size: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+        status_code: _builtins.int = ...,
+        status_message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "manifest", b"manifest", "offset", b"offset", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "manifest", b"manifest", "offset", b"offset", "request_id", b"request_id", "status_code", b"status_code", "status_message", b"status_message", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,6 +12,13 @@ is the bound on samples being judged: beyond it the broker waits. A payload that
 or claims another edge than its topic, is counted in bad_messages and dropped (a refused Ack tells
 the edge when its id is known); nothing an edge sends ends the bridge.
 
+Models: an edge asks for a published model's file on `edgeglm/{edge}/models` (a FetchModelRequest
+naming its download by request_id, through a shared subscription: one replica serves it), and the
+pieces come back on its verdicts topic as CloudMessages with a ModelChunk, each echoing the
+request_id; a request that cannot be served gets one ModelChunk with the gRPC status code FetchModel
+would have ended with. At most `MODEL_WINDOW` pieces of one download wait for the broker's PUBACK, so
+a large model never sits whole in paho's queue. Serving is `cloud.models.serve`, shared with gRPC.
+
 paho's network loop runs in its own thread; its callbacks only hand their arguments to the asyncio
 loop. Policies are kept current on the retained policy topics by `EdgeDirectory`.
 """
@@ -24,6 +31,7 @@ import time
 from collections.abc import Collection
 from typing import Any
 
+import grpc
 import paho.mqtt.client as mqtt
 from google.protobuf.message import DecodeError
 from paho.mqtt.enums import CallbackAPIVersion
@@ -34,6 +42,8 @@ from cloud.bridge.config import MqttBridgeConfig
 from cloud.bridge.edges import EdgeDirectory
 from cloud.ingest import Deferral, IngestCore, decision_label
 from cloud.metrics import CloudMetrics
+from cloud.models.registry import ModelRegistry
+from cloud.models.serve import ServeRefusedError, model_pieces
 from cloud.policy import PolicyChange, PolicyEngine
 from cloud.server.fleet import FleetStatus
 from common.paho import Inbound, PahoHandoff, close, connect_properties
@@ -42,6 +52,8 @@ from protos import sample_pb2, session_pb2
 
 logger = logging.getLogger(__name__)
 QOS = 1
+MODEL_WINDOW = 4  # pieces of one model download published and not yet acknowledged by the broker
+MAX_FETCH_REQUEST_BYTES = 4096
 
 
 class MqttBridge:
@@ -56,14 +68,21 @@ class MqttBridge:
         *,
         fleet: FleetStatus | None = None,
         known_edges: Collection[str] = (),
+        models: ModelRegistry | None = None,
+        model_piece_bytes: int = 1 << 20,
     ) -> None:
-        """Judge samples with `ingest`, publish `policy`'s versions; `known_edges` (if any) is an allow-list."""
+        """Judge samples with `ingest`, publish `policy`'s versions; `known_edges` (if any) is an allow-list;
+        `models` is the registry edges fetch from (none: every fetch is refused, as on gRPC)."""
         self._config = config
+        self._models = models
+        self._model_piece_bytes = model_piece_bytes
+        self._published = asyncio.Event()
         self._ingest = ingest
         self._metrics = metrics
         self._policy = policy
         prefix = config.topic_prefix
         self._samples_filter = f"$share/{config.share_group}/{prefix}/+/samples"
+        self._models_filter = f"$share/{config.share_group}/{prefix}/+/models"
         self._status_filter = f"{prefix}/+/status"
         self.edges = EdgeDirectory(prefix, policy, metrics, self._publish, fleet, known_edges)
         self._client: mqtt.Client | None = None
@@ -156,7 +175,9 @@ class MqttBridge:
             return
         self._paho.connected()
         options = SubscribeOptions(qos=QOS)
-        client.subscribe([(self._status_filter, options), (self._samples_filter, options)])
+        client.subscribe(
+            [(self._status_filter, options), (self._samples_filter, options), (self._models_filter, options)]
+        )
         client.publish(self._presence_topic, b"online", qos=QOS, retain=True)
         self._paho.post(self._connection_made, flags.session_present)
 
@@ -167,7 +188,7 @@ class MqttBridge:
         self._paho.post(self._connection_lost, f"connection to the broker lost: {reason}")
 
     def _on_publish(self, _: mqtt.Client, __: Any, mid: int, ___: ReasonCode, ____: Any) -> None:
-        self._paho.post(self._unconfirmed.discard, mid)
+        self._paho.post(self._confirmed, mid)
 
     def _on_message(self, _: mqtt.Client, __: Any, message: mqtt.MQTTMessage) -> None:
         self._paho.post(self._received, self._paho.inbound(message))
@@ -190,10 +211,22 @@ class MqttBridge:
             logger.warning("MQTT bridge: %s", why)
         self._connected = False
         self._last_error = why
+        self._published.set()  # downloads waiting for PUBACKs stop
+
+    def _confirmed(self, mid: int) -> None:
+        self._unconfirmed.discard(mid)
+        self._published.set()
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
-        if self._client is not None:
-            self._unconfirmed.add(self._client.publish(topic, payload, qos=QOS, retain=retain).mid)
+        self._publish_mid(topic, payload, retain)
+
+    def _publish_mid(self, topic: str, payload: bytes, retain: bool) -> int:
+        """Publish at QoS 1; the message id, whose PUBACK `_confirmed` sees (-1 before start)."""
+        if self._client is None:
+            return -1
+        mid = self._client.publish(topic, payload, qos=QOS, retain=retain).mid
+        self._unconfirmed.add(mid)
+        return mid
 
     async def _policy_changed(self, change: PolicyChange) -> None:
         if not self._stopping:
@@ -201,8 +234,9 @@ class MqttBridge:
 
     def _received(self, inbound: Inbound) -> None:
         edge_id, kind = self._parse_topic(inbound.topic)
-        if kind == "samples":
-            task = asyncio.create_task(self._answer(edge_id, inbound), name=f"mqtt-sample-{edge_id}")
+        if kind in ("samples", "models"):
+            work = self._answer(edge_id, inbound) if kind == "samples" else self._serve_model(edge_id, inbound)
+            task = asyncio.create_task(work, name=f"mqtt-{kind}-{edge_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
@@ -268,6 +302,65 @@ class MqttBridge:
             return
         self._send(edge_id, session_pb2.CloudMessage(verdict=verdict))
         self._metrics.verdicts_sent.labels(decision_label(verdict)).inc()
+
+    async def _serve_model(self, edge_id: str, inbound: Inbound) -> None:
+        try:
+            await self._send_model(edge_id, inbound.payload)
+        except Exception:
+            logger.exception("model download of edge %s over MQTT failed (the edge will ask again)", edge_id)
+        finally:
+            self._paho.ack(self._client, inbound)
+
+    async def _send_model(self, edge_id: str, payload: bytes) -> None:
+        if len(payload) > MAX_FETCH_REQUEST_BYTES:
+            self._metrics.bad_messages.labels("oversized").inc()
+            logger.info("edge %s over MQTT: a %d-byte model request: dropped", edge_id, len(payload))
+            return
+        try:
+            request = session_pb2.FetchModelRequest.FromString(payload)
+        except DecodeError:
+            self._metrics.bad_messages.labels("malformed").inc()
+            logger.info("unreadable model request (%d bytes) from edge %s: dropped", len(payload), edge_id)
+            return
+        request.edge_id = request.edge_id or edge_id
+        refusal: tuple[grpc.StatusCode, str] | None = None
+        if request.edge_id != edge_id:
+            self._metrics.bad_messages.labels("impostor").inc()
+            refusal = grpc.StatusCode.PERMISSION_DENIED, f"edge_id {request.edge_id!r} on edge {edge_id}'s topic"
+        elif not self.edges.allowed(edge_id):
+            self._metrics.bad_messages.labels("unknown_edge").inc()
+            refusal = grpc.StatusCode.PERMISSION_DENIED, f"edge {edge_id!r} is not in the cloud's known_edges"
+        if refusal is not None:
+            self._send_piece(edge_id, self._refused_piece(request, *refusal))
+            return
+        mine: list[int] = []
+        try:
+            async for piece in model_pieces(
+                self._models, request, self._metrics, self._model_piece_bytes, transport="mqtt"
+            ):
+                mine.append(self._send_piece(edge_id, piece))
+                await self._within_window(mine)
+                if not self._connected:  # the edge asks again, from what it has
+                    logger.info("MQTT bridge: connection lost while edge %s downloaded a model", edge_id)
+                    return
+        except ServeRefusedError as refused:
+            self._send_piece(edge_id, self._refused_piece(request, refused.code, str(refused)))
+
+    @staticmethod
+    def _refused_piece(
+        request: session_pb2.FetchModelRequest, code: grpc.StatusCode, message: str
+    ) -> session_pb2.ModelChunk:
+        return session_pb2.ModelChunk(request_id=request.request_id, status_code=code.value[0], status_message=message)
+
+    def _send_piece(self, edge_id: str, piece: session_pb2.ModelChunk) -> int:
+        message = session_pb2.CloudMessage(model_chunk=piece)
+        return self._publish_mid(f"{self._config.topic_prefix}/{edge_id}/verdicts", message.SerializeToString(), False)
+
+    async def _within_window(self, mids: list[int]) -> None:
+        """Wait until at most MODEL_WINDOW of `mids` are unacknowledged (while connected)."""
+        while self._connected and sum(mid in self._unconfirmed for mid in mids) > MODEL_WINDOW:
+            self._published.clear()
+            await self._published.wait()
 
     def _refuse(self, edge_id: str, sample_id: str, reason: str, problem: str) -> None:
         self._metrics.bad_messages.labels(reason).inc()

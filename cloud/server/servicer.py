@@ -11,7 +11,7 @@ import grpc
 
 from cloud.convert import fallback_verdict
 from cloud.ingest import Deferral, decision_label
-from cloud.models.registry import RegistryError, read_pieces
+from cloud.models.serve import ServeRefusedError, model_pieces
 from cloud.policy import PolicyChange
 from cloud.server.session import EdgeSession, SessionDeps
 from cloud.server.wire import Undecodable
@@ -131,45 +131,13 @@ class EdgeGLMServicer(session_pb2_grpc.EdgeGLMServicer):
         """A published model's file from `request.offset` on, its signed manifest in the first piece."""
         await self._refuse_undecodable(request, context)
         await self._check_edge(request.edge_id, context)
-        metrics = self._deps.metrics
-        registry = self._deps.models
-        if registry is None:
-            metrics.model_fetches.labels("no_registry").inc()
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, "this cloud publishes no models (models.registry is unset)"
-            )
-            return
+        deps = self._deps
+        pieces = model_pieces(deps.models, request, deps.metrics, deps.model_chunk_bytes)
         try:
-            published = await asyncio.to_thread(registry.get, request.name, request.version)
-        except RegistryError as err:
-            metrics.model_fetches.labels("not_found").inc()
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
-            return
-        size = published.manifest.size_bytes
-        if request.offset > size:
-            metrics.model_fetches.labels("out_of_range").inc()
-            await context.abort(
-                grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} is past the end of the {size}-byte model"
-            )
-            return
-        metrics.model_fetches.labels("resumed" if request.offset else "served").inc()
-        logger.info(
-            "edge %s fetches model %s %s from byte %d of %d",
-            request.edge_id,
-            request.name,
-            request.version,
-            request.offset,
-            size,
-        )
-        manifest = published.signed.to_bytes()
-        try:
-            async for offset, data in read_pieces(published.path, request.offset, size, self._deps.model_chunk_bytes):
-                yield session_pb2.ModelChunk(manifest=manifest, offset=offset, data=data, total_size=size)
-                metrics.model_bytes_served.inc(len(data))
-                manifest = b""
-        except asyncio.CancelledError:
-            metrics.model_fetches.labels("cut").inc()
-            raise
+            async for chunk in pieces:
+                yield chunk
+        except ServeRefusedError as refused:
+            await context.abort(refused.code, str(refused))
 
     async def stop_sessions(self) -> None:
         """Refuse new calls; every session ends after delivering what it owes (within the grace)."""

@@ -1,9 +1,10 @@
 """Getting a model's file and signed manifest onto the edge's disk, resuming what a cut left.
 
 Two sources, by the ModelRef's URI:
-- ``edgeglm://<name>/<version>``: the cloud's registry over the edge's own gRPC uplink (the
-  `FetchModel` call: the same channel, TLS identity and deadline rules as the Session). A download
-  that is cut leaves its ``.part`` file; the next attempt asks from the part's size on.
+- ``edgeglm://<name>/<version>``: the cloud's registry over the edge's own uplink (gRPC: the
+  `FetchModel` call, with the same channel, TLS identity and deadline rules as the Session; MQTT:
+  the edge's models topic through the broker, under its broker identity). A download that is cut
+  leaves its ``.part`` file; the next attempt asks from the part's size on.
 - ``file:///path/model.onnx``: a file on the edge's disk (a USB stick, a volume), with its signed
   manifest beside it as ``manifest.json`` (the cloud registry's layout) or ``<file>.manifest.json``.
 
@@ -23,7 +24,7 @@ from urllib.parse import unquote, urlparse
 
 import grpc
 
-from common.manifest import MODEL_URI_SCHEME, parse_model_uri
+from common.manifest import MODEL_URI_SCHEME, ModelServeError, parse_model_uri
 from protos import session_pb2
 from protos.policy_settings import ModelRef
 
@@ -94,11 +95,11 @@ async def _fetch_grpc(
                     have += len(chunk.data)
                     on_bytes(len(chunk.data))
             await asyncio.to_thread(_sync, handle)
-    except NotImplementedError as err:
-        raise ModelRefusedError(
-            "unsupported_uri",
-            f"model {ref.name} {ref.version}: {ref.uri} is fetched over a gRPC uplink, and this edge's uplink "
-            f"cannot carry it ({err}); name a file:// model on the gateway instead",
+    except ModelServeError as err:
+        if err.code in (grpc.StatusCode.NOT_FOUND.name, grpc.StatusCode.FAILED_PRECONDITION.name):
+            raise ModelRefusedError("not_published", f"model {ref.name} {ref.version}: the cloud says {err}") from err
+        raise FetchError(
+            f"model {ref.name} {ref.version}: download cut at {have} of {ref.size_bytes} bytes ({err.code}: {err})"
         ) from err
     except grpc.aio.AioRpcError as err:
         if err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):

@@ -66,6 +66,8 @@ class Uplink(Protocol):
     def model_chunks(
         self, request: session_pb2.FetchModelRequest, timeout_s: float
     ) -> AsyncIterator[session_pb2.ModelChunk]:
-        """A published model's file from the cloud, piece by piece (gRPC's FetchModel); a transport that
-        cannot carry it (MQTT) raises `NotImplementedError`."""
+        """A published model's file from the cloud, piece by piece (gRPC's FetchModel, or MQTT's models topic).
+
+        A refusal raises `common.manifest.ModelServeError` (gRPC: `grpc.aio.AioRpcError`), a cut link
+        `ConnectionError`."""
         ...

@@ -11,6 +11,10 @@
 - `{edge}/status` up, retained: an EdgeStatus at connect (online), at every heartbeat, and with state
   EDGE_STATE_OFFLINE on a clean stop and as the last will, which the broker publishes when the edge
   vanishes.
+- `{edge}/models` up, QoS 1: a FetchModelRequest for a published model's file, named by a fresh
+  request_id; its pieces come down on `{edge}/verdicts` as ModelChunk CloudMessages echoing it (a
+  refusal as one piece with a gRPC status code). A piece sent twice (QoS 1) is skipped by offset; a
+  link lost mid-download ends it with ConnectionError, and the next attempt resumes from the part file.
 
 Delivery: a persistent session (clean start off, session expiry from config), QoS 1 both ways.
 paho's network loop runs in its own thread; its callbacks only hand their arguments to the asyncio
@@ -31,16 +35,19 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import paho.mqtt.client as mqtt
 from google.protobuf.message import DecodeError
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from common.manifest import ModelServeError
 from common.paho import Inbound, PahoHandoff, close, connect_properties
 from common.tls import client_ssl_context
 from common.topics import OFFLINE, ONLINE, availability_topic, topic_level
@@ -73,6 +80,7 @@ class _Topics:
     status: str
     events: str
     cloud_presence: str
+    models: str
 
     @classmethod
     def of(cls, prefix: str, edge_id: str) -> _Topics:
@@ -85,6 +93,7 @@ class _Topics:
             f"{edge}/status",
             f"{edge}/events",
             f"{prefix}/cloud/+/status",
+            f"{edge}/models",
         )
 
     def snapshot(self, camera_id: str, label: str) -> str:
@@ -118,6 +127,8 @@ class MqttUplink:
         self._announced: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self._home: HomeAssistantState | None = None
         self._edge_id = ""
+        # model downloads under way: request_id -> the pieces that came for it (None: the link was lost)
+        self._downloads: dict[str, asyncio.Queue[session_pb2.ModelChunk | None]] = {}
 
     @property
     def connected(self) -> bool:
@@ -279,6 +290,8 @@ class MqttUplink:
         self._cloud_replicas.clear()  # the retained statuses come again with the next subscription
         self._mids.clear()  # paho's own retransmission is not ours to track: what is lost is resent
         self._last_error = why
+        for pieces in self._downloads.values():  # a download does not survive the connection: it resumes later
+            pieces.put_nowait(None)
         self._metrics.uplink_connected.set(0)
 
     def _broker_acked(self, mid: int, reason: int) -> None:
@@ -326,9 +339,40 @@ class MqttUplink:
     async def model_chunks(
         self, request: session_pb2.FetchModelRequest, timeout_s: float
     ) -> AsyncIterator[session_pb2.ModelChunk]:
-        """MQTT carries no model files: a policy for an MQTT edge names a file:// model."""
-        raise NotImplementedError("models are not fetched over MQTT")
-        yield  # an async generator, as the protocol's callers iterate it
+        """A published model's file through the broker (the module's docstring), within `timeout_s` in all."""
+        if self._client is None or not self._connected:
+            raise ConnectionError(f"not connected to the broker ({self._last_error})")
+        request_id = uuid.uuid4().hex
+        asked = session_pb2.FetchModelRequest()
+        asked.CopyFrom(request)
+        asked.request_id = request_id
+        pieces: asyncio.Queue[session_pb2.ModelChunk | None] = asyncio.Queue()
+        self._downloads[request_id] = pieces
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        expected = request.offset
+        try:
+            self._client.publish(self._topics.models, asked.SerializeToString(), qos=self._config.qos)
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        piece = await pieces.get()
+                except TimeoutError as err:
+                    raise ConnectionError(f"model download: nothing more within {timeout_s:.3g} s") from err
+                if piece is None:
+                    raise ConnectionError(f"model download: {self._last_error}")
+                if piece.status_code:
+                    code = grpc.StatusCode.UNKNOWN.name
+                    code = next((c.name for c in grpc.StatusCode if c.value[0] == piece.status_code), code)
+                    raise ModelServeError(code, piece.status_message)
+                if piece.offset < expected and piece.total_size:
+                    continue  # a piece delivered again (QoS 1)
+                yield piece
+                expected = piece.offset + len(piece.data)
+                if expected >= piece.total_size:
+                    return
+        finally:
+            del self._downloads[request_id]
 
     def announce(self, cameras: list[str], watched: list[str]) -> None:
         """The cameras and the watched labels Home Assistant should see sensors for (sent again on change)."""
@@ -399,6 +443,10 @@ class MqttUplink:
             await self._handlers.on_policy(message.policy)
         elif kind == "error":
             logger.error("cloud says: %s %s", message.error.code, message.error.message)
+        elif kind == "model_chunk":
+            pieces = self._downloads.get(message.model_chunk.request_id)
+            if pieces is not None:  # else a piece of a download given up (timed out, replaced)
+                pieces.put_nowait(message.model_chunk)
 
     async def _on_policy(self, inbound: Inbound) -> None:
         if not inbound.payload:

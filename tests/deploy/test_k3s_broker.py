@@ -210,13 +210,16 @@ def test_an_edge_publishes_and_reads_only_under_its_own_id(broker: tuple[Path, i
         Client("edgeglm-cloud-0", tls_port, certs, "edgeglm-cloud"),
         Client("gw-01", tls_port, certs, "gw-01"),
     ) as (cloud, edge):
-        cloud.subscribe("$share/edgeglm-cloud/edgeglm/+/samples")
+        cloud.subscribe("$share/edgeglm-cloud/edgeglm/+/samples", "$share/edgeglm-cloud/edgeglm/+/models")
         edge.subscribe("edgeglm/gw-02/verdicts", "edgeglm/gw-01/verdicts")
         # Messages from one client are handled in order: when the allowed one arrives, a forged one
         # sent before it would have arrived first.
         edge.publish("edgeglm/gw-02/samples", b"forged")
         edge.publish("edgeglm/gw-01/samples", b"own")
         assert cloud.next() == ("edgeglm/gw-01/samples", b"own")
+        edge.publish("edgeglm/gw-02/models", b"forged model request")
+        edge.publish("edgeglm/gw-01/models", b"own model request")
+        assert cloud.next() == ("edgeglm/gw-01/models", b"own model request")
         cloud.publish("edgeglm/gw-02/verdicts", b"not yours")
         cloud.publish("edgeglm/gw-01/verdicts", b"yours")
         assert edge.next() == ("edgeglm/gw-01/verdicts", b"yours")

@@ -6,10 +6,8 @@ edge model (same graph, other metadata, so other bytes and hash) and a segmentat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.config import CloudConfig
 from cloud.models.config import ModelsConfig
-from cloud.models.registry import ModelRegistry, PublishedModel
+from cloud.models.registry import ModelRegistry
 from cloud.service import CloudService
-from common.manifest import describe_model, file_digest
+from common.manifest import file_digest
 from edge.agent import EdgeAgent
 from edge.config import EdgeConfig
 from edge.status import counter_total
@@ -28,7 +26,7 @@ from tests.helpers.agents import MODEL, SILENT, cloud_config, edge_config, make_
 from tests.helpers.cloud import running as cloud_running
 from tests.helpers.cut_proxy import cut_proxy
 from tests.helpers.model_files import NAME, hand_manifest, segmentation_model, variant
-from tests.helpers.policy_keys import generate_keypair, load_private_key
+from tests.helpers.rollout import outcome, publish, running, signing_key
 from tests.helpers.wait import wait_until
 
 CAMERAS = 3
@@ -39,10 +37,6 @@ WAIT_S = 60.0
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_agent_clip(tmp_path_factory.mktemp("clip"))
-
-
-def publish(registry: ModelRegistry, path: Path, version: str, key: Ed25519PrivateKey) -> PublishedModel:
-    return registry.publish(path, describe_model(path, name=NAME, version=version, parent="1"), key)
 
 
 def rollout_cloud(tmp_path: Path, clip: Path, chunk_bytes: int = 1 << 20) -> tuple[CloudConfig, ModelRegistry]:
@@ -63,30 +57,8 @@ def rollout_edge(
     return config.model_copy(update={"cameras": feeds, "models": models})
 
 
-def signing_key(tmp_path: Path) -> Ed25519PrivateKey:
-    private, _ = generate_keypair(tmp_path / "keys", "policy-signing")
-    return load_private_key(private)
-
-
-@contextlib.asynccontextmanager
-async def running(agent: EdgeAgent) -> AsyncIterator[EdgeAgent]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        await wait_until(lambda: counter_total(agent.metrics.frames_detected) > 0 or task.done(), "first detections")
-        yield agent
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=WAIT_S)
-
-
 def runs(agent: EdgeAgent, version: str) -> bool:
     return agent.models.running.version == version
-
-
-def outcome(agent: EdgeAgent, name: str) -> float:
-    value: float = agent.metrics.model_updates.labels(name)._value.get()
-    return value
 
 
 def cloud_counter(service: CloudService, name: str, *labels: str) -> float:
