@@ -49,6 +49,14 @@ class Discovery:
     discovery_prefix: str = "homeassistant"
     sw_version: str = ""
 
+    def config_topic(self, component: str, uid: str) -> str:
+        """Where a sensor's discovery config goes: `<discovery prefix>/<component>/<edge>/<object id>/config`.
+
+        The edge id is Home Assistant's optional node_id level, so a broker ACL can let each edge write
+        only its own configs (`pattern write homeassistant/+/%u/+/config`).
+        """
+        return f"{self.discovery_prefix}/{component}/{object_id(self.edge_id)}/{uid}/config"
+
     def camera_topic(self, camera: str) -> str:
         """The topics of one camera begin here."""
         return f"{self.prefix}/{topic_level(self.edge_id)}/{topic_level(camera)}"
@@ -91,7 +99,7 @@ class Discovery:
                     "device_class": "occupancy",
                     **common,
                 }
-                out.append((f"{self.discovery_prefix}/binary_sensor/{uid}/config", config))
+                out.append((self.config_topic("binary_sensor", uid), config))
             uid = object_id("edgeglm", self.edge_id, camera, "last_event")
             config = {
                 "name": "last event",
@@ -103,7 +111,7 @@ class Discovery:
                 "icon": "mdi:cctv",
                 **common,
             }
-            out.append((f"{self.discovery_prefix}/sensor/{uid}/config", config))
+            out.append((self.config_topic("sensor", uid), config))
         return out
 
 

@@ -31,6 +31,8 @@ from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 
 from common.tls import ClientTlsConfig, client_ssl_context
+from common.topics import availability_topic
+from edge.homeassistant import Discovery
 from tests.helpers.broker import free_port, require_mosquitto
 from tests.helpers.k3s import K3S, by_kind, find, render
 
@@ -177,7 +179,7 @@ def broker(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     require_openssl()
     certs = tmp_path / "certs"
     certs.mkdir()
-    _readme_certificates(certs, ("gw-01", "gw-02", "edgeglm-cloud"))
+    _readme_certificates(certs, ("gw-01", "gw-02", "edgeglm-cloud", "edgeglm-viewer"))
     conf, tls_port = _broker_files(tmp_path)
     with _running([binary, "-c", str(conf)], [tls_port], tmp_path / "mosquitto.log"):
         yield certs, tls_port
@@ -224,6 +226,32 @@ def test_an_edge_publishes_and_reads_only_under_its_own_id(broker: tuple[Path, i
         cloud.publish("edgeglm/gw-01/verdicts", b"yours")
         assert edge.next() == ("edgeglm/gw-01/verdicts", b"yours")
         assert cloud.received.empty() and edge.received.empty()
+
+
+def test_home_assistant_sees_an_edges_own_sensors_and_nothing_it_forges(broker: tuple[Path, int]) -> None:
+    certs, tls_port = broker
+    own, forged = Discovery("gw-01"), Discovery("gw-02")
+    with _clients(
+        Client("gw-01", tls_port, certs, "gw-01"),
+        Client("home-assistant", tls_port, certs, "edgeglm-viewer"),
+    ) as (edge, viewer):
+        viewer.subscribe(
+            "homeassistant/#", "edgeglm/+/availability", "edgeglm/+/+/last_event", "edgeglm/+/+/+/occupancy",
+            "edgeglm/+/+/+/snapshot",
+        )  # fmt: skip
+        # The topics the edge's own code publishes (edge.homeassistant, edge.uplink.mqtt), for itself and,
+        # forged, for another edge: each forged one goes first, so it would arrive before the allowed one.
+        for ours, theirs in [
+            (own.config_topic("binary_sensor", "x"), forged.config_topic("binary_sensor", "x")),
+            (availability_topic("edgeglm", "gw-01"), availability_topic("edgeglm", "gw-02")),
+            (own.occupancy_topic("cam0", "person"), forged.occupancy_topic("cam0", "person")),
+            (own.last_event_topic("cam0"), forged.last_event_topic("cam0")),
+            (f"{own.camera_topic('cam0')}/person/snapshot", f"{forged.camera_topic('cam0')}/person/snapshot"),
+        ]:
+            edge.publish(theirs, b"forged")
+            edge.publish(ours, b"own")
+            assert viewer.next() == (ours, b"own")
+        assert viewer.received.empty()
 
 
 # MQTT 3.1.1 CONNECT, clean session, keepalive 60 s, client id "nobody".

@@ -15,20 +15,20 @@ def event(kind: str, track: str, label: str = "person", verdict: str | None = No
 def test_each_camera_gets_an_occupancy_sensor_per_watched_label_and_a_last_event_sensor() -> None:
     configs = dict(Discovery("gw-1", sw_version="0.1.0").configs(["cam0", "door/1"], ["person", "cat"]))
     assert sorted(configs) == [
-        "homeassistant/binary_sensor/edgeglm_gw-1_cam0_cat_occupancy/config",
-        "homeassistant/binary_sensor/edgeglm_gw-1_cam0_person_occupancy/config",
-        "homeassistant/binary_sensor/edgeglm_gw-1_door_1_cat_occupancy/config",
-        "homeassistant/binary_sensor/edgeglm_gw-1_door_1_person_occupancy/config",
-        "homeassistant/sensor/edgeglm_gw-1_cam0_last_event/config",
-        "homeassistant/sensor/edgeglm_gw-1_door_1_last_event/config",
+        "homeassistant/binary_sensor/gw-1/edgeglm_gw-1_cam0_cat_occupancy/config",
+        "homeassistant/binary_sensor/gw-1/edgeglm_gw-1_cam0_person_occupancy/config",
+        "homeassistant/binary_sensor/gw-1/edgeglm_gw-1_door_1_cat_occupancy/config",
+        "homeassistant/binary_sensor/gw-1/edgeglm_gw-1_door_1_person_occupancy/config",
+        "homeassistant/sensor/gw-1/edgeglm_gw-1_cam0_last_event/config",
+        "homeassistant/sensor/gw-1/edgeglm_gw-1_door_1_last_event/config",
     ]
-    person = configs["homeassistant/binary_sensor/edgeglm_gw-1_door_1_person_occupancy/config"]
+    person = configs["homeassistant/binary_sensor/gw-1/edgeglm_gw-1_door_1_person_occupancy/config"]
     assert person["state_topic"] == "edgeglm/gw-1/door_1/person/occupancy"  # a "/" in a camera id is one level
     assert person["device_class"] == "occupancy"
     assert (person["payload_on"], person["payload_off"]) == ("ON", "OFF")
     assert person["availability"] == [{"topic": "edgeglm/gw-1/availability"}]
     assert person["device"]["identifiers"] == ["edgeglm_gw-1_door_1"]
-    last = configs["homeassistant/sensor/edgeglm_gw-1_cam0_last_event/config"]
+    last = configs["homeassistant/sensor/gw-1/edgeglm_gw-1_cam0_last_event/config"]
     assert last["state_topic"] == last["json_attributes_topic"] == "edgeglm/gw-1/cam0/last_event"
     assert last["value_template"] == "{{ value_json.label }}"
 
