@@ -142,6 +142,10 @@ bench: $(VENV)/.ready ## benchmarks; results in bench/results/
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.openai --out bench/results/openai.json
 	$(BIN)/python -m bench.models --out bench/results/models.json
 
+.PHONY: gpu-check
+gpu-check: $(VENV)/.ready ## the world GLM (bf16) and the detectors on CUDA, batching speed-ups to bench/results/gpu.json; skipped without a GPU
+	$(BIN)/python -m bench.gpu --out bench/results/gpu.json
+
 fuzz: $(VENV)/.ready ## 10,000 generated inputs for each decoder the outside world reaches; bench/results/fuzz.json
 	$(BIN)/python -m bench.fuzz --examples 10000 --out bench/results/fuzz.json
 
