@@ -55,7 +55,14 @@ from protos.policy_settings import ModelRef
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "rollout.json"
-BASELINE_WINDOW = 2000  # verdicts per model version kept for the baseline rate
+BASELINE_WINDOW = 2000  # verdicts per model (name and version) kept for the baseline rate
+
+
+def model_key(name: str, version: str) -> str:
+    """One model among all the fleet runs: its name and version (two models may share a version string)."""
+    return f"{name} {version}"
+
+
 Stage = Literal["canary", "paused", "promoted", "rolled_back"]
 ACTIVE: tuple[Stage, ...] = ("canary", "paused")
 
@@ -154,7 +161,10 @@ class Rollout(BaseModel):
     model: ModelRef
     previous: ModelRef | None = Field(description="What the fleet policy named before (None: each edge's own).")
     canaries: list[str]
-    baseline_versions: list[str] = Field(description="Model versions the canaries ran when it began.")
+    baseline_versions: list[str] = Field(
+        description="The models the canaries ran when it began, each as 'name version' (model_key); "
+        "'' for an edge that had not said."
+    )
     stage: Stage = "canary"
     started_at: float
     switched: dict[str, float] = Field(default_factory=dict, description="When each canary reported the model.")
@@ -335,17 +345,17 @@ class RolloutController:
             rejected = True
         else:
             return
-        version = sample.edge_model_version
-        window = self._recent.get(version)
+        key = model_key(sample.edge_model_name, sample.edge_model_version)
+        window = self._recent.get(key)
         if window is None:
-            window = self._recent[version] = deque(maxlen=BASELINE_WINDOW)
+            window = self._recent[key] = deque(maxlen=BASELINE_WINDOW)
         window.append(rejected)
         rollout = self.rollout
         if (
             rollout is not None
             and rollout.stage in ACTIVE
             and sample.edge_id in rollout.switched
-            and version == rollout.model.version
+            and key == model_key(rollout.model.name, rollout.model.version)
         ):
             if rejected:
                 rollout.canary.rejected += 1
@@ -407,7 +417,9 @@ class RolloutController:
         for edge in rollout.canaries:
             record = self._fleet.get(edge)
             latest = EdgeCounts.of(record.status if record is not None else None)
-            if edge not in rollout.switched and self._model_of(edge) == rollout.model.version:
+            if edge not in rollout.switched and self._model_of(edge) == model_key(
+                rollout.model.name, rollout.model.version
+            ):
                 rollout.switched[edge] = now
                 if latest is not None:
                     rollout.at_switch[edge] = latest
@@ -495,8 +507,9 @@ class RolloutController:
         logger.warning("rollout of %s %s rolled back: %s", rollout.model.name, rollout.model.version, why)
 
     def _model_of(self, edge_id: str) -> str:
+        """The model an edge says it runs, as `model_key` ('' before it said)."""
         record = self._fleet.get(edge_id)
-        return record.model[1] if record is not None else ""
+        return model_key(*record.model) if record is not None and any(record.model) else ""
 
     def _require(self, *stages: Stage) -> Rollout:
         rollout = self.rollout

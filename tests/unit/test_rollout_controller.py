@@ -31,7 +31,7 @@ class Clock:
         return self.now
 
 
-def sample(edge_id: str, version: str) -> SampleInput:
+def sample(edge_id: str, version: str, name: str = "edge") -> SampleInput:
     return SampleInput(  # every field the observer does not read is empty
         sample_id="s",
         edge_id=edge_id,
@@ -45,6 +45,7 @@ def sample(edge_id: str, version: str) -> SampleInput:
         mined_reason="watch_list",
         priority=0.0,
         trace_id="",
+        edge_model_name=name,
         edge_model_version=version,
     )
 
@@ -113,6 +114,18 @@ async def test_an_operator_pauses_resumes_and_rolls_back_after_a_promotion(parts
     await again.start()
     await again.close()
     assert again.rollout == controller.rollout
+
+
+async def test_the_baseline_is_the_canaries_own_model_not_another_with_the_same_version(parts) -> None:
+    controller, _engine, _fleet, _clock, _registry = parts
+    await controller.begin("edge", "2", canaries=["gw-a"])
+    for _ in range(6):  # another model that also calls itself version 1, and is rejected every time
+        controller.observe(sample("gw-c", "1", name="door-cam"), verdict(rejected=True))
+    for _ in range(3):
+        controller.observe(sample("gw-b", "1"), verdict(rejected=False))
+    baseline = controller.baseline()
+    assert (baseline.confirmed, baseline.rejected) == (3, 0)
+    assert controller.rollout is not None and controller.rollout.baseline_versions == ["edge 1"]
 
 
 async def test_a_canary_that_never_switches_is_rolled_back_when_its_time_is_up(parts) -> None:
