@@ -253,3 +253,20 @@ def samples(clip: Path, count: int, prefix: str = "s", edge_id: str = EDGE) -> l
     """`count` samples of busy frames (cycling through them), with unique ids."""
     frames = busy_frames(clip)
     return [make_sample(clip, frames[i % len(frames)], f"{prefix}-{i}", edge_id=edge_id) for i in range(count)]
+
+
+def quiet_handlers(edge_id: str) -> UplinkHandlers:
+    """What an uplink hands back, for an edge that does nothing with it (a bare uplink under test)."""
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    return UplinkHandlers(
+        hello=lambda: session_pb2.Hello(edge_id=edge_id),
+        status=lambda: status_pb2.EdgeStatus(edge_id=edge_id),
+        on_ack=nothing,
+        on_verdict=nothing,
+        on_policy=nothing,
+        on_cloud_back=lambda: None,
+        on_deferred=lambda *_: None,
+    )

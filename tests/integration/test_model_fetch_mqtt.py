@@ -18,14 +18,14 @@ from edge.agent import EdgeAgent
 from edge.config import MqttUplinkConfig
 from edge.metrics import EdgeMetrics
 from edge.status import counter_total
-from edge.uplink.base import UplinkHandlers
 from edge.uplink.mqtt import MqttUplink
-from protos import session_pb2, status_pb2
+from protos import session_pb2
 from tests.helpers.agents import SILENT, cloud_config, edge_config, make_agent_clip
 from tests.helpers.broker import MosquittoBroker
 from tests.helpers.cloud import running
 from tests.helpers.cut_proxy import cut_proxy
 from tests.helpers.model_files import NAME, variant
+from tests.helpers.mqtt import quiet_handlers
 from tests.helpers.rollout import outcome, publish, signing_key
 from tests.helpers.rollout import running as agent_running
 from tests.helpers.wait import wait_until
@@ -98,16 +98,9 @@ async def test_what_the_cloud_will_not_serve_is_refused_with_its_reason(
 ) -> None:
     key = signing_key(tmp_path)
     publish(ModelRegistry(tmp_path / "registry"), variant(tmp_path / "v2.onnx", "v2"), "2", key)
-    handlers = UplinkHandlers(
-        hello=lambda: session_pb2.Hello(edge_id="gw-ask"),
-        status=lambda: status_pb2.EdgeStatus(edge_id="gw-ask"),
-        on_ack=_nothing,
-        on_verdict=_nothing,
-        on_policy=_nothing,
-        on_cloud_back=lambda: None,
-        on_deferred=lambda *_: None,
+    uplink = MqttUplink(
+        MqttUplinkConfig(host=broker.host, port=broker.port, keepalive_s=5), quiet_handlers("gw-ask"), EdgeMetrics()
     )
-    uplink = MqttUplink(MqttUplinkConfig(host=broker.host, port=broker.port, keepalive_s=5), handlers, EdgeMetrics())
     async with running(mqtt_cloud(tmp_path, clip, broker)) as service:
         await uplink.start()
         try:
@@ -135,7 +128,3 @@ async def test_what_the_cloud_will_not_serve_is_refused_with_its_reason(
     data = b"".join(piece.data for piece in whole)
     assert data == (tmp_path / "registry" / NAME / "2" / "model.onnx").read_bytes()
     assert whole[0].manifest and all(not piece.manifest for piece in whole[1:])
-
-
-async def _nothing(*_: object) -> None:
-    return None

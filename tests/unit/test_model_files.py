@@ -20,29 +20,13 @@ from edge.metrics import EdgeMetrics
 from edge.models.fetch import FetchError, ModelRefusedError, fetch
 from edge.models.store import ModelStore
 from edge.models.verify import check_file, check_manifest
-from edge.uplink.base import UplinkHandlers
 from edge.uplink.mqtt import MqttUplink
-from protos import session_pb2, status_pb2
 from protos.policy_settings import ModelRef
 from tests.helpers.agents import MODEL
+from tests.helpers.mqtt import quiet_handlers
 
 KEY = Ed25519PrivateKey.generate()
 NO_CHUNKS = functools.partial(MqttUplink.model_chunks, None)  # type: ignore[arg-type]  # not used by file://
-
-
-def handlers() -> UplinkHandlers:
-    async def nothing(*_: object) -> None:
-        return None
-
-    return UplinkHandlers(
-        hello=lambda: session_pb2.Hello(edge_id="gw"),
-        status=lambda: status_pb2.EdgeStatus(edge_id="gw"),
-        on_ack=nothing,
-        on_verdict=nothing,
-        on_policy=nothing,
-        on_cloud_back=lambda: None,
-        on_deferred=lambda *_: None,
-    )
 
 
 def manifest_of(path: Path, version: str = "2") -> ModelManifest:
@@ -223,6 +207,8 @@ def test_a_file_model_is_copied_with_the_manifest_beside_it(tmp_path: Path) -> N
 
 def test_an_mqtt_edge_not_connected_to_its_broker_tries_again_later(tmp_path: Path) -> None:
     ref = ref_of(manifest_of(MODEL))
-    uplink = MqttUplink(MqttUplinkConfig(host="127.0.0.1", port=1), handlers(), EdgeMetrics())  # never started
+    uplink = MqttUplink(
+        MqttUplinkConfig(host="127.0.0.1", port=1), quiet_handlers("gw"), EdgeMetrics()
+    )  # never started
     with pytest.raises(FetchError, match="not connected to the broker"):
         asyncio.run(fetch(ref, tmp_path / "m.part", "gw", uplink.model_chunks, 5.0, lambda _: None))
