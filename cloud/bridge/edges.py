@@ -19,7 +19,7 @@ from cloud.metrics import CloudMetrics
 from cloud.policy import PolicyChange, PolicyEngine
 from cloud.server.fleet import FleetStatus
 from common.topics import OFFLINE, availability_topic
-from protos import session_pb2, status_pb2
+from protos import policy_pb2, session_pb2, status_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -152,5 +152,7 @@ class EdgeDirectory:
             return
         signed = self._policy.policy_for(edge_id, site_id)
         self._publish(f"{self._prefix}/{edge_id}/policy", signed.SerializeToString(), True)
-        self._published[edge_id] = version
-        logger.info("edge %s: policy v%d published (retained)", edge_id, version)
+        # What was sent, not what was asked for: the next change republishes unless these bytes carry it.
+        sent = policy_pb2.Policy.FromString(signed.policy).version
+        self._published[edge_id] = sent
+        logger.info("edge %s: policy v%d published (retained)", edge_id, sent)

@@ -151,7 +151,8 @@ class PolicyEngine:
         self._metrics = metrics
         self._listeners: list[PolicyListener] = []
         self._lock = asyncio.Lock()
-        self._cache: dict[tuple[str, str], tuple[float, policy_pb2.SignedPolicy]] = {}  # (refresh at, signed)
+        # (edge, site) -> (refresh at, the version it was signed for, signed)
+        self._cache: dict[tuple[str, str], tuple[float, int, policy_pb2.SignedPolicy]] = {}
         self._shared = shared
         self._config_digests: dict[str, str] = {}  # layer -> digest of what cloud.yaml gave it (shared state)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -223,8 +224,11 @@ class PolicyEngine:
         """The signed policy in force for an edge: fleet <- its site's override <- its own override."""
         now = self._clock()
         cached = self._cache.get((edge_id, site_id))
-        if cached is not None and now < cached[0]:
-            return cached[1]
+        # A cached policy serves only while it is the version in force: a change being published (its
+        # state file written off the loop) is in force before the cache is cleared, and a caller in that
+        # moment (the MQTT bridge, for an edge's status) must not get the old bytes under the new number.
+        if cached is not None and now < cached[0] and cached[1] == self.version_for(edge_id, site_id):
+            return cached[2]
         settings, version, scope, scope_id, issued_at = self.effective(edge_id, site_id)
         policy = policy_pb2.Policy(
             version=version,
@@ -235,7 +239,7 @@ class PolicyEngine:
         )
         settings_to_pb(settings, policy)
         signed = self._signer.sign(policy)
-        self._cache[(edge_id, site_id)] = (now + self._lifetime_s / 2, signed)
+        self._cache[(edge_id, site_id)] = (now + self._lifetime_s / 2, version, signed)
         return signed
 
     def version_for(self, edge_id: str, site_id: str = "") -> int:

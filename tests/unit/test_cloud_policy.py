@@ -134,3 +134,23 @@ async def test_versions_stop_at_the_highest_an_edge_accepts(tmp_path: Path) -> N
     assert policies.version == (1 << 53) - 1
     with pytest.raises(PolicyValidationError, match="no edge accepts more"):
         await policies.set_edge("gw-1", {"uplink": {"jpeg_quality": 50}})
+
+
+async def test_while_a_change_is_being_written_the_policy_served_is_never_older_than_its_number(
+    tmp_path: Path,
+) -> None:
+    # The MQTT bridge asks for an edge's policy whenever that edge's status arrives, and a status can
+    # arrive while a change's state file is written off the loop: it must get the new bytes, or it
+    # records the new number against the old policy and never sends the edge the change.
+    policy = engine(tmp_path)
+    assert policy_of(policy, "gw-1").version == 1  # cached
+    seen: list[tuple[int, int]] = []
+    write = policy._write_state
+
+    def write_and_look() -> None:
+        seen.append((policy.version_for("gw-1"), policy_of(policy, "gw-1").version))
+        write()
+
+    policy._write_state = write_and_look  # type: ignore[method-assign]
+    await policy.set_fleet({"mining": {"watch_list": ["person"]}})
+    assert seen == [(2, 2)]
