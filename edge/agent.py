@@ -17,7 +17,6 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -28,7 +27,7 @@ from common.supervise import spawn
 from common.tracing import Tracing, setup_tracing
 from edge import convert
 from edge.config import EdgeConfig
-from edge.events import EventSink
+from edge.events import EventSink, snapshot_jpeg
 from edge.gate import FrameGate, GateResult
 from edge.health import HealthServer
 from edge.metrics import EdgeMetrics
@@ -54,7 +53,6 @@ UPLINK_STOP_S = 5.0  # shutdown: the most of the drain deadline kept for closing
 CLOSE_SHARE = 0.25  # ... and at most this share of it
 MIN_CLOSE_S = 0.5  # the transport gets this even when the deadline has passed (an offline status to say)
 LATENCY_RECORDS = 100_000  # latencies kept for the run summary (the newest)
-SNAPSHOT_QUALITY = 80  # JPEG quality of event snapshots
 SELF_TEST_FRAMES = 4  # recent frames a new model is tried on before it runs
 
 
@@ -97,6 +95,7 @@ class EdgeAgent:
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect")
         self._detect_queue: asyncio.Queue[tuple[Frame, GateResult]] = asyncio.Queue(config.pipeline.detect_queue_size)
         self._detector: Detector | None = None
+        self._detector_model: tuple[str, str] = ("", "")  # (name, version) of `_detector`
         self._gates: dict[str, FrameGate] = {}
         self._miner: Miner | None = None
         # Liveness: a frame got through the gate or a batch through the detector (not frames read).
@@ -167,6 +166,7 @@ class EdgeAgent:
         self._outbox_samples = (await self.outbox.stats()).samples
         self.health.start()
         self._detector = await self.models.load(self._infer_pool)
+        self._detector_model = (self.models.running.name, self.models.running.version)
         self._apply(self.policy)
         self.policies.subscribe(self._apply)
         await self.uplink.start()
@@ -190,9 +190,9 @@ class EdgeAgent:
         await self._shutdown(workers, detector_task, background)
         stop_waiter.cancel()
 
-    async def _swap_detector(self, detector: Detector, _running: RunningModel) -> None:
-        """Put a checked model in place: the detect loop takes it at its next batch."""
-        self._detector = detector
+    async def _swap_detector(self, detector: Detector, running: RunningModel) -> None:
+        """Put a checked model in place: the detect loop takes it (and its name) at its next batch."""
+        self._detector, self._detector_model = detector, (running.name, running.version)
 
     @staticmethod
     async def _all_ended(workers: list[asyncio.Task[None]]) -> None:
@@ -349,7 +349,7 @@ class EdgeAgent:
             while len(batch) < self.config.pipeline.detect_batch_size and not self._detect_queue.empty():
                 batch.append(self._detect_queue.get_nowait())
             # The model is read per batch: a swap (edge.models) takes effect between two batches.
-            detector = self._detector
+            detector, model = self._detector, self._detector_model
             assert detector is not None
             try:
                 images = [frame.image for frame, _ in batch]
@@ -360,14 +360,16 @@ class EdgeAgent:
                 for (frame, gate), detections in zip(batch, results, strict=True):
                     self.metrics.frames_detected.labels(frame.camera_id).inc()
                     self.metrics.detections.labels(frame.camera_id).inc(len(detections))
-                    await self._decide(frame, gate, detections)
+                    await self._decide(frame, gate, detections, model)
                 self._last_detected = time.monotonic()
             finally:
                 # Whatever happened, these frames are done: a shutdown waiting on the queue must not hang.
                 for _ in batch:
                     self._detect_queue.task_done()
 
-    async def _decide(self, frame: Frame, gate: GateResult, detections: list[Detection]) -> None:
+    async def _decide(
+        self, frame: Frame, gate: GateResult, detections: list[Detection], model: tuple[str, str] = ("", "")
+    ) -> None:
         """Track and mine one frame: sure objects become events at once, hard ones questions for the cloud."""
         assert self._miner is not None
         tracked = self._tracker(frame.camera_id).update(detections, frame.captured_at)
@@ -375,7 +377,7 @@ class EdgeAgent:
             frame.camera_id, frame.seq, gate.motion, detections, frame.captured_at, area_share(gate, frame)
         )
         decision = self._miner.decide(context)
-        held = HeldFrame(frame, detections, gate)
+        held = HeldFrame(frame, detections, gate, model)
         outcome = self.tracks.observe(
             frame.camera_id,
             frame.seq,
@@ -420,15 +422,7 @@ class EdgeAgent:
 
     async def _snapshot(self, frame: Frame, event: TrackEvent) -> bytes | None:
         """A JPEG of the object's padded box on its frame, off the loop."""
-        loop = asyncio.get_running_loop()
-        box = event.payload["box"]
-        height, width = frame.image.shape[:2]
-        crop = convert.crop_box((width, height), [Detection((box[0], box[1], box[2], box[3]), 1.0, 0, "")])
-        x1, y1, x2, y2 = crop if crop is not None else (0, 0, width, height)
-        ok, buffer = await loop.run_in_executor(
-            None, cv2.imencode, ".jpg", frame.image[y1:y2, x1:x2], [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_QUALITY]
-        )
-        return buffer.tobytes() if ok else None
+        return await asyncio.get_running_loop().run_in_executor(None, snapshot_jpeg, frame.image, event)
 
     async def _send(self, ask: AskRequest[HeldFrame]) -> bool:
         """Encode the frame (or crop) as the policy says and put the sample in the outbox; whether it was kept.
@@ -452,8 +446,9 @@ class EdgeAgent:
                 ask,
                 self.policy,
                 edge_id=self.config.edge_id,
-                model_name=self.models.running.name,
-                model_version=self.models.running.version,
+                # The model that found the detections, not the one running now (a swap may come in between).
+                model_name=ask.frame.model[0] if any(ask.frame.model) else self.models.running.name,
+                model_version=ask.frame.model[1] if any(ask.frame.model) else self.models.running.version,
             ),
         )
         # On disk before anything is sent: from here on the sample survives crashes and outages.

@@ -16,14 +16,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from common.detect import Detection
+from edge.convert import crop_box
 from edge.metrics import EdgeMetrics
 from edge.track.book import TrackEvent
 
 logger = logging.getLogger(__name__)
+SNAPSHOT_QUALITY = 80  # JPEG quality of event snapshots
 
 Event = dict[str, Any]
 # (the event's JSON body, a JPEG snapshot of the object or None)
 Publisher = Callable[[Event, bytes | None], None]
+
+
+def snapshot_jpeg(image: NDArray[np.uint8], event: TrackEvent) -> bytes | None:
+    """A JPEG of the event's object, its box padded as a sample's crop is (blocking: run it off the loop)."""
+    box = event.payload["box"]
+    height, width = image.shape[:2]
+    crop = crop_box((width, height), [Detection((box[0], box[1], box[2], box[3]), 1.0, 0, "")])
+    x1, y1, x2, y2 = crop if crop is not None else (0, 0, width, height)
+    ok, buffer = cv2.imencode(".jpg", image[y1:y2, x1:x2], [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_QUALITY])
+    return buffer.tobytes() if ok else None
 
 
 class EventSink:

@@ -23,6 +23,7 @@ class HeldFrame:
     frame: Frame
     detections: list[Detection]
     gate: GateResult
+    model: tuple[str, str] = ("", "")  # (name, version) of the detector that found `detections`
 
     @property
     def motion_box(self) -> tuple[int, int, int, int] | None:

@@ -181,3 +181,23 @@ async def test_a_question_cancelled_half_way_by_a_shutdown_still_reaches_the_out
         assert (await agent.outbox.stats()).samples == 1
     finally:
         await agent.outbox.close()
+
+
+async def test_a_sample_names_the_model_that_detected_it_even_after_a_swap(tmp_path: Path, clip: Path) -> None:
+    # A track's question may leave after its window closed, and a new model may have been swapped in
+    # meanwhile: the sample is the old model's finding, and the cloud's rollout rule counts it as such.
+    generate_keypair(tmp_path / "keys", "policy-signing")
+    agent = EdgeAgent(edge_config(tmp_path, clip, free_port(), "gw-credit", initial=every_frame()))
+    await agent.outbox.open()
+    try:
+        image = np.full((480, 640, 3), 90, np.uint8)
+        gate = GateResult(True, 0.2, (10, 10, 200, 200))
+        held = HeldFrame(Frame("cam0", 7, time.time(), image), [], gate, ("yolo-edge", "1"))
+        assert (agent.models.running.name, agent.models.running.version) != ("yolo-edge", "1")  # running now
+        ask = AskRequest("cam0", None, held, (), "motion_without_detection", "test", 0.5)
+        assert await agent._send(ask)
+        (item,) = await agent.outbox.next_batch(5)
+        sample = item.sample()
+    finally:
+        await agent.outbox.close()
+    assert (sample.edge_model_name, sample.edge_model_version) == ("yolo-edge", "1")
