@@ -38,7 +38,7 @@ from edge.policy.settings import EdgePolicy
 from edge.policy.signing import load_public_key
 from edge.policy.store import PolicyStore
 from edge.questions import HeldFrame, area_share, sample_for
-from edge.sources import CameraSource, Frame
+from edge.sources import CameraSource, Frame, stop_sources
 from edge.status import StatusBuilder, run_summary
 from edge.track import AskRequest, CameraTracker, TrackBook, TrackEvent
 from edge.track.book import FrameOutcome
@@ -196,7 +196,10 @@ class EdgeAgent:
 
     @staticmethod
     async def _all_ended(workers: list[asyncio.Task[None]]) -> None:
-        await asyncio.gather(*workers)
+        # asyncio.wait, not gather: cancelling this waiter must not cancel the cameras (the shutdown lets
+        # them hand over what they read).
+        if workers:
+            await asyncio.wait(workers)
 
     def _task_failed(self, name: str, _: BaseException) -> None:
         """A supervised task failed (already logged with its traceback); it is being restarted."""
@@ -230,10 +233,7 @@ class EdgeAgent:
         end = time.monotonic() + self.config.pipeline.drain_deadline_s
         deadline = end - min(UPLINK_STOP_S, CLOSE_SHARE * self.config.pipeline.drain_deadline_s)
         logger.info("shutting down: stopping %d cameras", len(self.sources))
-        for source in self.sources:
-            await source.stop()
-        for worker in workers:
-            worker.cancel()
+        await stop_sources(self.sources, workers, deadline, self.metrics)
         try:
             await asyncio.wait_for(self._detect_queue.join(), timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
@@ -323,7 +323,11 @@ class EdgeAgent:
             if frame is None:
                 logger.info("camera %s ended", camera)
                 return
-            result = await loop.run_in_executor(None, gate.check, frame.image)
+            try:
+                result = await loop.run_in_executor(None, gate.check, frame.image)
+            except asyncio.CancelledError:
+                self.metrics.frames_dropped.labels(camera, "shutdown").inc()  # cut at the deadline, mid-check
+                raise
             if not result.changed:
                 self.metrics.frames_gated.labels(camera).inc()
                 self._last_gated = time.monotonic()

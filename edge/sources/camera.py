@@ -113,6 +113,14 @@ class CameraSource:
         self._metrics.camera_up.labels(self.camera_id).set(0)
         self._finish()
 
+    def discard(self) -> int:
+        """Empty the queue of a stopped source; how many frames it held (the caller counts them)."""
+        left = 0
+        while not self._queue.empty():
+            if self._queue.get_nowait() is not None:
+                left += 1
+        return left
+
     async def get(self) -> Frame | None:
         """The next frame, waiting for it; None when the source has ended for good."""
         if self._finished and self._queue.empty():
@@ -122,7 +130,8 @@ class CameraSource:
     # --- event-loop side -------------------------------------------------------------------------
 
     def _offer(self, frame: Frame) -> None:
-        if self._finished:
+        if self._finished:  # read as the source stopped: it goes nowhere
+            self._metrics.frames_dropped.labels(self.camera_id, "shutdown").inc()
             return
         if self._queue.full():
             self._queue.get_nowait()
@@ -130,8 +139,10 @@ class CameraSource:
         self._queue.put_nowait(frame)
 
     async def _put_waiting(self, frame: Frame) -> None:
-        if not self._finished:
-            await self._queue.put(frame)
+        if self._finished:  # read as the source stopped: it goes nowhere
+            self._metrics.frames_dropped.labels(self.camera_id, "shutdown").inc()
+            return
+        await self._queue.put(frame)
 
     def _finish(self) -> None:
         if self._finished:
@@ -226,6 +237,7 @@ class CameraSource:
                 continue
             if not self._live and self.config.realtime:
                 if self._stop.wait(limiter.wait_s(time.monotonic())):
+                    self._metrics.frames_dropped.labels(camera, "shutdown").inc()  # read, never handed over
                     break
                 limiter.admit(time.monotonic())
             self._last_frame_at = time.monotonic()
@@ -234,6 +246,7 @@ class CameraSource:
                 self._set_state("streaming")
                 self._metrics.camera_up.labels(camera).set(1)
             if not self._deliver(Frame(camera, seq, self._captured_at(), image)):
+                self._metrics.frames_dropped.labels(camera, "shutdown").inc()
                 break
             delivered += 1
         return "stopped", delivered
@@ -310,3 +323,23 @@ async def open_sources(configs: Sequence[CameraConfig], metrics: EdgeMetrics) ->
     for source in sources:
         await source.start()
     return sources
+
+
+async def stop_sources(
+    sources: Sequence[CameraSource], consumers: Sequence[asyncio.Task[None]], deadline: float, metrics: EdgeMetrics
+) -> None:
+    """Stop every source and let its consumer take the frames already read (each source's queue, then its
+    end) until `deadline` (monotonic); consumers still at it then are cancelled, and the frames their
+    sources still held are counted as dropped (reason shutdown): a frame read is detected, gated or
+    counted as dropped, never none of them."""
+    for source in sources:
+        await source.stop()
+    late: set[asyncio.Task[None]] = set()
+    if consumers:
+        _, late = await asyncio.wait(consumers, timeout=max(0.0, deadline - time.monotonic()))
+    for consumer in late:
+        consumer.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
+    for source in sources:
+        if left := source.discard():
+            metrics.frames_dropped.labels(source.camera_id, "shutdown").inc(left)

@@ -48,3 +48,15 @@ def outcome(agent: EdgeAgent, name: str) -> float:
     """edgeglm_edge_model_updates of one outcome."""
     value: float = agent.metrics.model_updates.labels(name)._value.get()
     return value
+
+
+def dropped_while_running(agent: EdgeAgent) -> float:
+    """Frames the agent dropped, but for those a stop cut (reason shutdown: a looping camera stopped mid-stream)."""
+    return float(
+        sum(
+            sample.value
+            for metric in agent.metrics.frames_dropped.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total") and sample.labels.get("reason") != "shutdown"
+        )
+    )

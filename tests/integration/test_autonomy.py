@@ -7,6 +7,7 @@ store while a real agent plays a looping clip in real time.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -201,3 +202,23 @@ async def test_a_sample_names_the_model_that_detected_it_even_after_a_swap(tmp_p
     finally:
         await agent.outbox.close()
     assert (sample.edge_model_name, sample.edge_model_version) == ("yolo-edge", "1")
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+async def test_every_frame_read_is_detected_gated_or_counted_when_a_looping_camera_stops(
+    tmp_path: Path, clip: Path, lossless: bool
+) -> None:
+    # Stopped mid-stream (a looping camera never ends by itself): the frames read and still queued, or
+    # cut in the middle of the gate, are counted; none goes missing from the books.
+    generate_keypair(tmp_path / "keys", "policy-signing")
+    config = edge_config(tmp_path, clip, free_port(), "gw-books", loop=True)
+    camera = config.cameras[0].model_copy(update={"realtime": not lossless})
+    agent = EdgeAgent(config.model_copy(update={"cameras": [camera]}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await wait_until(lambda: counter_total(agent.metrics.frames_read) >= 30, "frames read")
+    stop.set()
+    await asyncio.wait_for(task, timeout=60)
+    done = json.loads((tmp_path / "gw-books" / "summary.json").read_text())
+    assert done["frames_read"] >= 30
+    assert done["frames_read"] == done["frames_detected"] + done["frames_gated"] + done["frames_dropped"], done
