@@ -18,7 +18,8 @@ class EdgeMetrics:
         self.frames_read = Counter("edgeglm_edge_frames_read", "Frames read from cameras.", ["camera"], registry=r)
         self.frames_dropped = Counter(
             "edgeglm_edge_frames_dropped",
-            "Frames dropped before detection (queue_full: inference lagged; fps_cap: above the camera's cap).",
+            "Frames dropped before detection (queue_full, detect_queue_full: inference lagged; fps_cap: above the "
+            "camera's cap; shutdown: read as the agent stopped, cut before detection).",
             ["camera", "reason"],
             registry=r,
         )
