@@ -46,8 +46,11 @@ class Recipe:
 
 
 EDGE = Recipe("edge", depth=0.33, width=0.125, imgsz=320, epochs=30, batch=16, dynamic_batch=True)
-# The reference runs in the cloud behind a dynamic batcher: its batch axis must be dynamic too.
-REFERENCE = Recipe("reference", depth=0.33, width=0.25, imgsz=640, epochs=15, batch=16, dynamic_batch=True)
+# The reference runs in the cloud behind a dynamic batcher: its batch axis must be dynamic too. It is the
+# sim's cloud judge, which must be clearly stronger than the edge (as a cloud model is in the field):
+# at 15 epochs it reached mAP50 0.809 with its losses still falling; 35 epochs (~2 h on 2 cores)
+# is what this CPU can give it. A cut run goes on with `--only reference --resume`.
+REFERENCE = Recipe("reference", depth=0.33, width=0.25, imgsz=640, epochs=35, batch=16, dynamic_batch=True)
 
 
 def offline_environment(config_dir: Path) -> None:
@@ -81,33 +84,42 @@ def model_yaml(recipe: Recipe, run_dir: Path) -> Path:
     return out
 
 
-def train_one(recipe: Recipe, data_yaml: Path, run_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
-    """Train, validate on the test split with ultralytics, export ONNX; returns the facts."""
+def train_one(
+    recipe: Recipe, data_yaml: Path, run_dir: Path, out_dir: Path, seed: int, resume: bool = False
+) -> dict[str, Any]:
+    """Train (or go on with a cut run), validate on the test split with ultralytics, export ONNX."""
     from ultralytics import YOLO
 
-    model = YOLO(str(model_yaml(recipe, run_dir)), task="detect")
-    params = sum(p.numel() for p in model.model.parameters())
-    started = time.monotonic()
-    model.train(
-        data=str(data_yaml),
-        epochs=recipe.epochs,
-        imgsz=recipe.imgsz,
-        batch=recipe.batch,
-        device="cpu",
-        workers=0,
-        seed=seed,
-        deterministic=True,
-        pretrained=False,
-        amp=False,
-        plots=False,
-        val=False,
-        project=str(run_dir),
-        name=recipe.name,
-        exist_ok=True,
-        verbose=False,
-    )
-    train_seconds = time.monotonic() - started
     weights = run_dir / recipe.name / "weights" / "last.pt"
+    started = time.monotonic()
+    if resume:
+        if not weights.exists():
+            raise SystemExit(f"--resume: no cut run to go on with ({weights} does not exist)")
+        model = YOLO(str(weights), task="detect")
+        params = sum(p.numel() for p in model.model.parameters())
+        model.train(resume=True)
+    else:
+        model = YOLO(str(model_yaml(recipe, run_dir)), task="detect")
+        params = sum(p.numel() for p in model.model.parameters())
+        model.train(
+            data=str(data_yaml),
+            epochs=recipe.epochs,
+            imgsz=recipe.imgsz,
+            batch=recipe.batch,
+            device="cpu",
+            workers=0,
+            seed=seed,
+            deterministic=True,
+            pretrained=False,
+            amp=False,
+            plots=False,
+            val=False,
+            project=str(run_dir),
+            name=recipe.name,
+            exist_ok=True,
+            verbose=False,
+        )
+    train_seconds = time.monotonic() - started
     trained = YOLO(str(weights), task="detect")
     metrics = trained.val(
         data=str(data_yaml),
@@ -127,6 +139,7 @@ def train_one(recipe: Recipe, data_yaml: Path, run_dir: Path, out_dir: Path, see
         "recipe": asdict(recipe),
         "parameters": int(params),
         "train_seconds": round(train_seconds, 1),
+        "resumed": resume,
         "onnx": target.name,
         "onnx_bytes": target.stat().st_size,
         "ultralytics_test": {
@@ -222,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="world generator and training seed")
     parser.add_argument("--only", choices=["edge", "reference"], help="train one model only")
     parser.add_argument("--export-only", action="store_true", help="re-export the last trained weights, no training")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the cut run in runs/<name> (ultralytics' resume) instead of starting over",
+    )
     args = parser.parse_args(argv)
 
     offline_environment(REPO / ".yolo")
@@ -257,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and recipe.name != args.only:
             continue
         print(f"training {recipe.name}: {recipe}", flush=True)
-        results[recipe.name] = train_one(recipe, args.data / "data.yaml", run_dir, args.out, args.seed)
+        results[recipe.name] = train_one(recipe, args.data / "data.yaml", run_dir, args.out, args.seed, args.resume)
         results_path.write_text(json.dumps(results, indent=1) + "\n")
         if recipe is EDGE:
             record_fixture(args.out / "edge.onnx", args.data, recipe.imgsz)
