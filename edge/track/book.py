@@ -57,6 +57,7 @@ from common.detect import Detection
 from edge.convert import EdgeVerdict
 from edge.mine.base import MiningDecision
 from edge.policy.settings import MiningPolicy
+from edge.track.rules import TrackRules
 from edge.track.tracker import Tracked
 from protos.reasons import MinedReasonName
 
@@ -145,12 +146,7 @@ class _Track(Generic[F]):
     waiting: bool = False
     window_opened: float | None = None
     best: _Candidate[F] | None = None
-    # watch rules: rule id -> (when asked, the answer: None while waiting); the rules the open window asks;
-    # each asked rule's (text, severity) as the policy said when it was asked; the matched ones' event entries
-    rules: dict[str, tuple[float, str | None]] = field(default_factory=dict)
-    window_rules: set[str] = field(default_factory=set)
-    rule_meta: dict[str, tuple[str, str]] = field(default_factory=dict)
-    matched: dict[str, dict[str, str]] = field(default_factory=dict)
+    rules: TrackRules = field(default_factory=TrackRules)
 
     @classmethod
     def first(cls, track_id: str, camera_id: str, detection: Detection, frame_seq: int, at: float) -> _Track[F]:
@@ -263,8 +259,7 @@ class TrackBook(Generic[F]):
         track.asked_label = track.label
         track.asked_at = captured_at
         track.waiting = True
-        for rule_id in request.rule_ids:
-            track.rules[rule_id] = (captured_at, None)
+        track.rules.sent(request.rule_ids, captured_at)
 
     # ---------------------------------------------------------------- verdicts
 
@@ -324,7 +319,7 @@ class TrackBook(Generic[F]):
         return events
 
     def _judge(self, track: _Track[F], verdict: EdgeVerdict) -> list[TrackEvent]:
-        matched = self._rule_answers(track, verdict)
+        matched = track.rules.answered(verdict)
         if verdict.decision == "unsure":
             track.verdict = "unsure" if track.verdict is None else track.verdict
             if not matched:
@@ -337,7 +332,7 @@ class TrackBook(Generic[F]):
         if verdict.decision == "rejected":
             track.verdict = "rejected"
             track.best = track.window_opened = None
-            track.window_rules = set()
+            track.rules.take_window()
             return [self._event("update", track)] if track.announced else []
         track.verdict = "confirmed"
         track.source = "cloud"
@@ -356,26 +351,6 @@ class TrackBook(Generic[F]):
             events.append(self._event("end", track))
         return events
 
-    def _rule_answers(self, track: _Track[F], verdict: EdgeVerdict) -> bool:
-        """Keep a verdict's rule answers on the track; whether a rule newly matched (never on a rejection)."""
-        newly = False
-        for answer in verdict.rule_answers:
-            asked = track.rules.get(answer.rule_id)
-            if asked is None:
-                continue  # not a rule this track asked (a stale or foreign answer)
-            track.rules[answer.rule_id] = (asked[0], answer.match)
-            if answer.match != "matched" or verdict.decision == "rejected" or answer.rule_id in track.matched:
-                continue
-            text, severity = track.rule_meta.get(answer.rule_id, ("", "warning"))
-            track.matched[answer.rule_id] = {
-                "id": answer.rule_id,
-                "text": text,
-                "severity": severity,
-                "reason": answer.reason,
-            }
-            newly = True
-        return newly
-
     def _ask_rules(
         self,
         camera: _Camera[F],
@@ -391,36 +366,17 @@ class TrackBook(Generic[F]):
             if track.verdict == "rejected" or track.waiting or track.asks >= self.max_asks:
                 continue
             detection = item.detection
-            due = [
-                rule
-                for rule in policy.watch_rules
-                if rule.is_candidate(detection.label, detection.box, frame_size)
-                and self._rule_due(track, rule.rule_id, captured_at, policy)
-            ]
+            due = track.rules.due(policy, detection, frame_size, captured_at)
             if not due:
                 continue
-            for rule in due:
-                track.window_rules.add(rule.rule_id)
-                track.rule_meta[rule.rule_id] = (rule.text, rule.severity)
+            track.rules.join(due)
             quality = detection.score * math.sqrt(max(0.0, area(detection.box)))
             if track.best is None or (track.best.reason == "watch_rule" and quality > track.best.quality):
-                ids = ", ".join(sorted(track.window_rules))
+                ids = ", ".join(sorted(track.rules.window))
                 detail = f"watch rule {ids}: {detection.label} {detection.score:.2f} (track {track.track_id})"
                 track.best = _Candidate(frame, detection, "watch_rule", detail, RULE_PRIORITY, quality)
             if track.window_opened is None:
                 track.window_opened = captured_at
-
-    @staticmethod
-    def _rule_due(track: _Track[F], rule_id: str, captured_at: float, policy: MiningPolicy) -> bool:
-        """Whether the track should ask `rule_id`: never asked, or answered unsure longer ago than the interval."""
-        if rule_id in track.window_rules:
-            return False
-        asked = track.rules.get(rule_id)
-        if asked is None:
-            return True
-        at, answer = asked
-        interval = policy.resend_interval_s
-        return answer == "unsure" and interval > 0 and captured_at - at >= interval
 
     # ---------------------------------------------------------------- internals
 
@@ -541,8 +497,7 @@ class TrackBook(Generic[F]):
         best = track.best
         assert best is not None
         track.best = track.window_opened = None
-        rule_ids = tuple(sorted(track.window_rules))
-        track.window_rules = set()
+        rule_ids = track.rules.take_window()
         return AskRequest(
             track.camera_id,
             track.track_id,
@@ -598,7 +553,7 @@ class TrackBook(Generic[F]):
             "last_seen": track.last_seen,
             "source": track.source,
             "verdict": track.verdict,
-            "rules": list(track.matched.values()),
+            "rules": list(track.rules.matched.values()),
             "policy_version": self.policy_version,
         }
         return TrackEvent(kind, track.camera_id, track.track_id, payload, track.frame_seq)
