@@ -68,7 +68,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _start_transformers_serve(command: Path, model: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_transformers_serve(command: Path, model: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`transformers serve` on a free loopback port with `model` preloaded, offline; its /v1 URL once healthy."""
     import httpx
 
@@ -113,7 +113,7 @@ async def _measure(
             paths.append(("openai", OpenAIBackend(config)))
             if transformers is not None:
                 console.print(f"starting {transformers} serve {model} (log {log})")
-                served, serve_url = await asyncio.to_thread(_start_transformers_serve, transformers, model, log)
+                served, serve_url = await asyncio.to_thread(start_transformers_serve, transformers, model, log)
                 serve_config = config.model_copy(update={"base_url": serve_url, "model": str(model)})
                 paths.append(("transformers_serve", OpenAIBackend(serve_config)))
             try:

@@ -9,16 +9,12 @@ get a valid verdict for every sample, mostly the in-process backend's.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from bench.openai import start_transformers_serve
 from cloud.backends import GlmBackend, GlmBackendConfig, OpenAIBackend, OpenAIBackendConfig
 from cloud.metrics import CloudMetrics
 from sim.glm.evaluate import held_out_cases
@@ -27,7 +23,6 @@ from tests.helpers.glm_models import WORLD_GLM
 
 REPO = Path(__file__).resolve().parents[2]
 TRANSFORMERS = REPO / ".venv-train" / "bin" / "transformers"
-START_S = 180.0
 
 
 @pytest.fixture(scope="module")
@@ -35,25 +30,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`transformers serve` on a free loopback port, the world GLM preloaded; its /v1 URL."""
     if not TRANSFORMERS.is_file():
         pytest.skip(f"{TRANSFORMERS} is not there: transformers serve needs torchvision (make .venv-train/.ready)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     log = tmp_path_factory.mktemp("serve") / "transformers-serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    argv = [str(TRANSFORMERS), "serve", str(WORLD_GLM), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    process, url = start_transformers_serve(TRANSFORMERS, WORLD_GLM, log)  # bench.openai's: one way to start it
     try:
-        deadline = time.monotonic() + START_S
-        while True:
-            assert process.poll() is None, f"transformers serve exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"no /health within {START_S} s: {log.read_text()[-2000:]}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.25)  # the server says when it is up only through /health
-        yield f"http://127.0.0.1:{port}/v1"
+        yield url
     finally:
         process.terminate()
         process.wait(30)
